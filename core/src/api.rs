@@ -1,0 +1,177 @@
+//! What crosses the wire between nodes, as async traits with typed errors.
+//!
+//! Transports (`shoal-transport-inproc`, `shoal-transport-capnp`) implement these traits for
+//! remote nodes; the node logic implements them locally.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{DataNodeId, DatabaseName, Epoch, RegionId, TaskId};
+
+/// Why a call between nodes failed. Decides retry vs abort in one place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// No reply within the call's deadline: the call may or may not have run.
+    #[error("call timed out after {0:?}")]
+    Timeout(Duration),
+    /// The peer could not be reached (connection refused, node down, partition): the call
+    /// did not run.
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    /// The caller's leader epoch is lower than one the peer has seen.
+    #[error("stale leader: request epoch {request}, peer has seen {seen}")]
+    StaleLeader {
+        /// The epoch the request carried.
+        request: Epoch,
+        /// The highest epoch the peer has seen.
+        seen: Epoch,
+    },
+    /// The peer refused the request for a reason that will not change by retrying.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The peer tried and failed; `retryable` says whether trying again may help.
+    #[error("remote failure: {message}")]
+    Remote {
+        /// The peer's message.
+        message: String,
+        /// Whether a retry may succeed.
+        retryable: bool,
+    },
+    /// The request or reply could not be decoded.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl ApiError {
+    /// Whether a retry of the same call may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApiError::Timeout(_) | ApiError::Unreachable(_) => true,
+            ApiError::Remote { retryable, .. } => *retryable,
+            ApiError::StaleLeader { .. } | ApiError::Refused(_) | ApiError::Malformed(_) => false,
+        }
+    }
+}
+
+/// Create one region replica on a DataNode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRegionRequest {
+    /// The region group.
+    pub region: RegionId,
+    /// The owning database.
+    pub database: DatabaseName,
+    /// Every replica's DataNode (the group's consensus peers).
+    pub peers: Vec<DataNodeId>,
+}
+
+/// A long DataNode operation, run as a task keyed by [`TaskId`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MaintainTaskKind {
+    /// Remove the local consensus peer of `region`, then delete the region's data. Missing
+    /// region: success.
+    DeleteRegionPeer {
+        /// The region.
+        region: RegionId,
+    },
+}
+
+impl MaintainTaskKind {
+    /// The region the task operates on (one maintain operation per region at a time).
+    pub fn region(&self) -> RegionId {
+        match self {
+            MaintainTaskKind::DeleteRegionPeer { region } => *region,
+        }
+    }
+}
+
+/// A task submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintainTask {
+    /// The id the owning procedure persisted before submitting.
+    pub task_id: TaskId,
+    /// What to do.
+    pub kind: MaintainTaskKind,
+}
+
+/// The DataNode's answer to a submission it did not refuse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubmitOutcome {
+    /// The task runs (or already ran: a resubmitted id runs nothing new).
+    Accepted,
+    /// The task cannot run, e.g. the same id was used for a different task.
+    Rejected(String),
+}
+
+/// A task's status as the DataNode reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskStatus {
+    /// Accepted and not yet finished.
+    Processing,
+    /// Finished successfully.
+    Success,
+    /// Finished with a failure; the task stopped.
+    Fail(String),
+    /// The DataNode holds no such task (never submitted, or acked and forgotten). The
+    /// coordinator resubmits; it is never taken as success.
+    NotExist,
+}
+
+impl TaskStatus {
+    /// Whether the status is final.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, TaskStatus::Success | TaskStatus::Fail(_))
+    }
+}
+
+/// One region replica as a DataNode reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionReport {
+    /// The region.
+    pub region: RegionId,
+    /// Bytes of data held.
+    pub bytes: u64,
+}
+
+/// A DataNode's heartbeat reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReport {
+    /// The replicas it holds.
+    pub regions: Vec<RegionReport>,
+    /// Maintain tasks still running.
+    pub running_tasks: Vec<TaskId>,
+}
+
+/// The DataNode's API as the ConfigNode (and load generators) call it.
+#[async_trait]
+pub trait DataNodeApi: Send + Sync + 'static {
+    /// Creates a replica (synchronous, idempotent: same region and config is success).
+    async fn create_region(
+        &self,
+        epoch: Epoch,
+        request: CreateRegionRequest,
+    ) -> Result<(), ApiError>;
+    /// Deletes a replica synchronously. Kept for compatibility; **unsafe for long deletions**:
+    /// a caller that times out and retries may see success while the first call still runs.
+    /// Use [`DataNodeApi::submit_task`] with [`MaintainTaskKind::DeleteRegionPeer`].
+    async fn delete_region(&self, epoch: Epoch, region: RegionId) -> Result<(), ApiError>;
+    /// Appends bytes to a replica (load generators and tests). Returns the new size.
+    async fn write_region(&self, region: RegionId, bytes: Vec<u8>) -> Result<u64, ApiError>;
+    /// Submits a maintain task. A resubmitted id is accepted and runs nothing new.
+    async fn submit_task(
+        &self,
+        epoch: Epoch,
+        task: MaintainTask,
+    ) -> Result<SubmitOutcome, ApiError>;
+    /// A task's status; with `wait`, returns as soon as the task is terminal or `wait` ends.
+    async fn task_result(
+        &self,
+        task_id: TaskId,
+        wait: Option<Duration>,
+    ) -> Result<TaskStatus, ApiError>;
+    /// The coordinator is done with a terminal task; the DataNode may forget it.
+    async fn ack_task(&self, epoch: Epoch, task_id: TaskId) -> Result<(), ApiError>;
+    /// Liveness and a region report.
+    async fn heartbeat(&self, epoch: Epoch) -> Result<HeartbeatReport, ApiError>;
+}

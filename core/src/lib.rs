@@ -1,0 +1,16 @@
+//! Shoal's core: the region-lifecycle logic of a sharded storage cluster, free of any
+//! transport, storage backend or async runtime.
+//!
+//! Start with [`model`] (ids and values), [`plan`] and [`state`] (every metadata change and
+//! its deterministic application), [`consensus`] (how changes are committed), then the
+//! storage and runtime seams in [`storage`] and [`runtime`], and the wire traits in [`api`].
+
+pub mod api;
+pub mod codes;
+pub mod consensus;
+pub mod model;
+pub mod plan;
+pub mod runtime;
+pub mod snapshot;
+pub mod state;
+pub mod storage;

@@ -1,0 +1,386 @@
+//! Every change to ConfigNode metadata, as one enum with stable numeric codes.
+//!
+//! The table in [`config_plans!`] below is the only place codes are assigned. A code never
+//! changes meaning once released; a retired variant stays decodable and applies as a no-op so
+//! an old log still replays. Codes are grouped in blocks: 1xx DataNodes, 2xx databases,
+//! 3xx regions and the region-maintain queue, 4xx procedures.
+//!
+//! Encoding: `code: u16 BE | crc32c(code ‖ body): u32 BE | body: CBOR`. The checksum makes a
+//! bit flip anywhere a typed [`PlanDecodeError`] rather than a different, valid plan.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, ProcedureId, RegionId, RegionKind,
+    RegionReplicaSet, TaskId,
+};
+use crate::state::{DataNodeStatus, NewProcedure, ProcedureRecord, RegionMaintainKind};
+
+/// Bytes before the CBOR body: the code and the checksum.
+pub const PLAN_HEADER_LEN: usize = 6;
+
+/// Why bytes could not be decoded into a [`ConfigPlan`]. Never retryable: the bytes are wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanDecodeError {
+    /// Fewer bytes than the header.
+    #[error("plan truncated: {len} bytes, header needs {PLAN_HEADER_LEN}")]
+    Truncated {
+        /// Bytes available.
+        len: usize,
+    },
+    /// The checksum does not match: the bytes were damaged.
+    #[error("plan checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// Checksum in the header.
+        stored: u32,
+        /// Checksum of the bytes as read.
+        computed: u32,
+    },
+    /// A code this build does not know (written by a newer version, or garbage).
+    #[error("unknown plan code {0}")]
+    UnknownCode(u16),
+    /// The body does not decode as the code's body type.
+    #[error("plan code {code} has a malformed body: {message}")]
+    MalformedBody {
+        /// The plan code.
+        code: u16,
+        /// The decoder's message.
+        message: String,
+    },
+}
+
+/// Why a plan could not be encoded (only possible if a body refuses to serialize).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("plan code {code} failed to encode: {message}")]
+pub struct PlanEncodeError {
+    /// The plan code.
+    pub code: u16,
+    /// The encoder's message.
+    pub message: String,
+}
+
+macro_rules! config_plans {
+    ($( $(#[$doc:meta])* $variant:ident = $code:literal => $body:ty, )*) => {
+        /// One change to ConfigNode metadata. See the module docs for the code table rules.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum ConfigPlan {
+            $( $(#[$doc])* $variant($body), )*
+        }
+
+        /// The stable numeric code of each [`ConfigPlan`] variant.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[repr(u16)]
+        pub enum PlanCode {
+            $( $(#[$doc])* $variant = $code, )*
+        }
+
+        impl PlanCode {
+            /// Every code, in table order.
+            pub const ALL: &'static [PlanCode] = &[$(PlanCode::$variant,)*];
+
+            /// The code for `value`, if this build knows it.
+            pub fn from_u16(value: u16) -> Option<PlanCode> {
+                match value {
+                    $( $code => Some(PlanCode::$variant), )*
+                    _ => None,
+                }
+            }
+        }
+
+        impl ConfigPlan {
+            /// This plan's stable code.
+            pub fn code(&self) -> PlanCode {
+                match self {
+                    $( ConfigPlan::$variant(_) => PlanCode::$variant, )*
+                }
+            }
+
+            fn encode_body(&self) -> Result<Vec<u8>, String> {
+                let mut out = Vec::new();
+                match self {
+                    $( ConfigPlan::$variant(body) => ciborium::into_writer(body, &mut out), )*
+                }
+                .map_err(|e| e.to_string())?;
+                Ok(out)
+            }
+
+            fn decode_body(code: PlanCode, body: &[u8]) -> Result<ConfigPlan, String> {
+                match code {
+                    $( PlanCode::$variant => Ok(ConfigPlan::$variant(decode_exact(body)?)), )*
+                }
+            }
+        }
+    };
+}
+
+config_plans! {
+    // ---- 1xx: DataNodes ----
+    /// Register a DataNode (or re-register a known one at a new address).
+    RegisterDataNode = 100 => RegisterDataNode,
+    /// Change a DataNode's status (running, unreachable, removing).
+    UpdateDataNodeStatus = 101 => UpdateDataNodeStatus,
+
+    // ---- 2xx: databases ----
+    /// Create a database.
+    CreateDatabase = 200 => CreateDatabase,
+    /// Mark a database deleting (`deleting = true`) or undo that mark.
+    PreDeleteDatabase = 201 => PreDeleteDatabase,
+    /// Drop a database's schema and partition table; refused while region groups remain.
+    DeleteDatabase = 202 => DeleteDatabase,
+
+    // ---- 3xx: regions and the region-maintain queue ----
+    /// Publish created region groups into a database's partition table.
+    CreateRegionGroups = 300 => CreateRegionGroups,
+    /// Drop one region group from its database's partition table.
+    RemoveRegionGroup = 301 => RemoveRegionGroup,
+    /// Record that a DataNode now holds a replica of a region group.
+    AddRegionLocation = 302 => AddRegionLocation,
+    /// Retired: leader hints are carried by heartbeats now. Decodes and applies as a no-op.
+    RetiredRegionLeaderHint = 303 => RetiredRegionLeaderHint,
+    /// Record that a DataNode no longer holds a replica of a region group.
+    RemoveRegionLocation = 304 => RemoveRegionLocation,
+    /// Reserve a block of region ids before their replicas are created.
+    ReserveRegionIds = 305 => ReserveRegionIds,
+    /// Queue region-maintain tasks (create a missing replica; legacy logs also hold deletes).
+    OfferRegionMaintainTasks = 310 => OfferRegionMaintainTasks,
+    /// Remove the oldest region-maintain task from the queue.
+    PollRegionMaintainTask = 311 => PollRegionMaintainTask,
+    /// Remove specific region-maintain tasks from the queue.
+    PollSpecificRegionMaintainTask = 312 => PollSpecificRegionMaintainTask,
+    /// Forget a pending legacy deletion once a procedure owns it.
+    ResolveLegacyDeletion = 313 => ResolveLegacyDeletion,
+
+    // ---- 4xx: procedures ----
+    /// Durably record a new procedure; allocates its id.
+    SubmitProcedure = 400 => SubmitProcedure,
+    /// Record a procedure's transition, and atomically any children it spawns.
+    UpdateProcedure = 401 => UpdateProcedure,
+    /// Delete finished procedure records (retention).
+    DeleteProcedures = 402 => DeleteProcedures,
+}
+
+/// Body of [`ConfigPlan::RegisterDataNode`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterDataNode {
+    /// The id the node already holds, if it registered before.
+    pub known_id: Option<DataNodeId>,
+    /// Where it listens.
+    pub address: String,
+}
+
+/// Body of [`ConfigPlan::UpdateDataNodeStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateDataNodeStatus {
+    /// The node.
+    pub id: DataNodeId,
+    /// Its new status.
+    pub status: DataNodeStatus,
+}
+
+/// Body of [`ConfigPlan::CreateDatabase`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateDatabase {
+    /// The schema to create.
+    pub schema: DatabaseSchema,
+}
+
+/// Body of [`ConfigPlan::PreDeleteDatabase`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreDeleteDatabase {
+    /// The database.
+    pub name: DatabaseName,
+    /// `true` marks it deleting; `false` undoes the mark (rollback).
+    pub deleting: bool,
+}
+
+/// Body of [`ConfigPlan::DeleteDatabase`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteDatabase {
+    /// The database.
+    pub name: DatabaseName,
+}
+
+/// Body of [`ConfigPlan::CreateRegionGroups`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRegionGroups {
+    /// The owning database.
+    pub database: DatabaseName,
+    /// Groups to publish; their ids must have been reserved.
+    pub groups: Vec<RegionReplicaSet>,
+}
+
+/// Body of [`ConfigPlan::RemoveRegionGroup`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveRegionGroup {
+    /// The owning database.
+    pub database: DatabaseName,
+    /// The group to drop.
+    pub region: RegionId,
+}
+
+/// Body of [`ConfigPlan::AddRegionLocation`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddRegionLocation {
+    /// The group.
+    pub region: RegionId,
+    /// The DataNode now holding a replica.
+    pub data_node: DataNodeId,
+}
+
+/// Body of [`ConfigPlan::RemoveRegionLocation`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveRegionLocation {
+    /// The group.
+    pub region: RegionId,
+    /// The DataNode no longer holding a replica.
+    pub data_node: DataNodeId,
+}
+
+/// Body of the retired [`ConfigPlan::RetiredRegionLeaderHint`]; kept so old logs decode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredRegionLeaderHint {
+    /// The group.
+    pub region: RegionId,
+    /// The DataNode believed to lead it.
+    pub leader: DataNodeId,
+}
+
+/// Body of [`ConfigPlan::ReserveRegionIds`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveRegionIds {
+    /// Kind of every reserved id.
+    pub kind: RegionKind,
+    /// How many consecutive ids to reserve (at most [`crate::state::MAX_RESERVE`]).
+    pub count: u32,
+}
+
+/// Body of [`ConfigPlan::OfferRegionMaintainTasks`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferRegionMaintainTasks {
+    /// Tasks to queue; ids are allocated on apply.
+    pub tasks: Vec<NewRegionMaintainTask>,
+}
+
+/// One task offered to the region-maintain queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewRegionMaintainTask {
+    /// What to do.
+    pub kind: RegionMaintainKind,
+    /// The owning database.
+    pub database: DatabaseName,
+    /// The region group, with its replica set at offer time.
+    pub region: RegionReplicaSet,
+    /// The DataNode to act on.
+    pub target: DataNodeLocation,
+}
+
+/// Body of [`ConfigPlan::PollRegionMaintainTask`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollRegionMaintainTask {}
+
+/// Body of [`ConfigPlan::PollSpecificRegionMaintainTask`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollSpecificRegionMaintainTask {
+    /// Tasks to remove from the queue; unknown ids are ignored (idempotent).
+    pub task_ids: Vec<TaskId>,
+}
+
+/// Body of [`ConfigPlan::ResolveLegacyDeletion`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolveLegacyDeletion {
+    /// The legacy task id of the pending deletion.
+    pub task_id: TaskId,
+}
+
+/// Body of [`ConfigPlan::SubmitProcedure`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitProcedure {
+    /// The procedure to record.
+    pub procedure: NewProcedure,
+    /// A client's request key: a second submit with the same key returns the first id.
+    pub request_key: Option<String>,
+}
+
+/// Body of [`ConfigPlan::UpdateProcedure`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateProcedure {
+    /// The procedure's new record (replaces the stored one).
+    pub record: ProcedureRecord,
+    /// Children spawned by this transition, committed in the same entry.
+    pub spawn: Vec<NewProcedure>,
+}
+
+/// Body of [`ConfigPlan::DeleteProcedures`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteProcedures {
+    /// Finished procedures to forget.
+    pub ids: Vec<ProcedureId>,
+}
+
+/// Decodes one CBOR value and refuses trailing bytes.
+fn decode_exact<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let mut reader = body;
+    let value = ciborium::from_reader(&mut reader).map_err(|e| e.to_string())?;
+    if !reader.is_empty() {
+        return Err(format!("{} trailing bytes", reader.len()));
+    }
+    Ok(value)
+}
+
+impl ConfigPlan {
+    /// Encodes as `code | crc32c | CBOR body`.
+    pub fn encode(&self) -> Result<Vec<u8>, PlanEncodeError> {
+        let code = self.code() as u16;
+        let body = self
+            .encode_body()
+            .map_err(|message| PlanEncodeError { code, message })?;
+        let mut out = Vec::with_capacity(PLAN_HEADER_LEN + body.len());
+        out.extend_from_slice(&code.to_be_bytes());
+        out.extend_from_slice(&checksum(code, &body).to_be_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Decodes bytes written by [`ConfigPlan::encode`] (by this or any older version).
+    pub fn decode(bytes: &[u8]) -> Result<ConfigPlan, PlanDecodeError> {
+        if bytes.len() < PLAN_HEADER_LEN {
+            return Err(PlanDecodeError::Truncated { len: bytes.len() });
+        }
+        let raw_code = u16::from_be_bytes([bytes[0], bytes[1]]);
+        let stored = u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
+        let body = &bytes[PLAN_HEADER_LEN..];
+        let computed = checksum(raw_code, body);
+        if stored != computed {
+            return Err(PlanDecodeError::Checksum { stored, computed });
+        }
+        let code = PlanCode::from_u16(raw_code).ok_or(PlanDecodeError::UnknownCode(raw_code))?;
+        ConfigPlan::decode_body(code, body).map_err(|message| PlanDecodeError::MalformedBody {
+            code: raw_code,
+            message,
+        })
+    }
+
+    /// Whether this variant is retired (decodes, applies as a no-op, never proposed anew).
+    pub fn is_retired(&self) -> bool {
+        matches!(self, ConfigPlan::RetiredRegionLeaderHint(_))
+    }
+}
+
+fn checksum(code: u16, body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&code.to_be_bytes()), body)
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl ConfigPlan {
+    /// Encodes `body` under an arbitrary code, with a valid checksum (tests of unknown codes).
+    pub fn encode_raw(code: u16, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(PLAN_HEADER_LEN + body.len());
+        out.extend_from_slice(&code.to_be_bytes());
+        out.extend_from_slice(&checksum(code, body).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

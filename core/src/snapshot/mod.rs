@@ -1,0 +1,173 @@
+//! Snapshot codec: [`ClusterState`] to bytes and back.
+//!
+//! Layout (all integers big-endian):
+//!
+//! ```text
+//! magic "SHOALSNP" (8) | version u16 | body_len u64 | crc32c(version ‖ body_len ‖ body) u32 | body
+//! ```
+//!
+//! The body is CBOR of the version's body struct. Version 2 is current. Every older version
+//! stays readable forever; committed fixtures of each are loaded by tests.
+
+mod v1;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::ClusterState;
+
+/// First bytes of every snapshot.
+pub const MAGIC: &[u8; 8] = b"SHOALSNP";
+/// The format version [`encode`] writes.
+pub const CURRENT_VERSION: u16 = 2;
+/// Bytes before the body.
+pub const HEADER_LEN: usize = 8 + 2 + 8 + 4;
+
+/// Why bytes could not be decoded into a snapshot. Never retryable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// Shorter than the header, or than the length the header declares.
+    #[error("snapshot truncated: {len} bytes, need {needed}")]
+    Truncated {
+        /// Bytes available.
+        len: usize,
+        /// Bytes required.
+        needed: u64,
+    },
+    /// Not a Shoal snapshot.
+    #[error("bad snapshot magic")]
+    BadMagic,
+    /// Written by a newer Shoal (or garbage).
+    #[error("unsupported snapshot version {0}")]
+    UnsupportedVersion(u16),
+    /// Bytes after the declared body.
+    #[error("{0} trailing bytes after snapshot body")]
+    TrailingBytes(usize),
+    /// The checksum does not match: the bytes were damaged.
+    #[error("snapshot checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// Checksum in the header.
+        stored: u32,
+        /// Checksum of the bytes as read.
+        computed: u32,
+    },
+    /// The body does not decode as its version's body.
+    #[error("snapshot v{version} body is malformed: {message}")]
+    MalformedBody {
+        /// Format version.
+        version: u16,
+        /// The decoder's message.
+        message: String,
+    },
+    /// The state could not be encoded.
+    #[error("snapshot encode failed: {0}")]
+    Encode(String),
+}
+
+/// A decoded snapshot: the state after applying every log entry up to `last_index`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Index of the last log entry the state includes.
+    pub last_index: u64,
+    /// Term (epoch) of that entry.
+    pub last_term: u64,
+    /// The state.
+    pub state: ClusterState,
+}
+
+/// Encodes `snapshot` in the current format.
+pub fn encode(snapshot: &Snapshot) -> Result<Vec<u8>, SnapshotError> {
+    let mut body = Vec::new();
+    ciborium::into_writer(snapshot, &mut body).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+    Ok(frame(CURRENT_VERSION, &body))
+}
+
+/// Decodes a snapshot of any supported version into the current state shape.
+pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+    let (version, body) = unframe(bytes)?;
+    let malformed = |message: String| SnapshotError::MalformedBody { version, message };
+    match version {
+        1 => {
+            let legacy: v1::SnapshotV1 = decode_exact(body).map_err(malformed)?;
+            Ok(legacy.upgrade())
+        }
+        2 => decode_exact(body).map_err(malformed),
+        other => Err(SnapshotError::UnsupportedVersion(other)),
+    }
+}
+
+/// Wraps a body in the header for `version`.
+fn frame(version: u16, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    let crc = checksum(&out[8..18], body);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn unframe(bytes: &[u8]) -> Result<(u16, &[u8]), SnapshotError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(SnapshotError::Truncated {
+            len: bytes.len(),
+            needed: HEADER_LEN as u64,
+        });
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(SnapshotError::BadMagic);
+    }
+    let version = u16::from_be_bytes([bytes[8], bytes[9]]);
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&bytes[10..18]);
+    let body_len = u64::from_be_bytes(len_bytes);
+    let stored = u32::from_be_bytes([bytes[18], bytes[19], bytes[20], bytes[21]]);
+    let available = (bytes.len() - HEADER_LEN) as u64;
+    if available < body_len {
+        return Err(SnapshotError::Truncated {
+            len: bytes.len(),
+            needed: HEADER_LEN as u64 + body_len,
+        });
+    }
+    if available > body_len {
+        return Err(SnapshotError::TrailingBytes(
+            (available - body_len) as usize,
+        ));
+    }
+    let body = &bytes[HEADER_LEN..];
+    let computed = checksum(&bytes[8..18], body);
+    if stored != computed {
+        return Err(SnapshotError::Checksum { stored, computed });
+    }
+    if version == 0 || version > CURRENT_VERSION {
+        return Err(SnapshotError::UnsupportedVersion(version));
+    }
+    Ok((version, body))
+}
+
+fn checksum(header: &[u8], body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(header), body)
+}
+
+fn decode_exact<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let mut reader = body;
+    let value = ciborium::from_reader(&mut reader).map_err(|e| e.to_string())?;
+    if !reader.is_empty() {
+        return Err(format!("{} trailing bytes in body", reader.len()));
+    }
+    Ok(value)
+}
+
+#[cfg(any(test, feature = "testing"))]
+pub use v1::{ClusterStateV1, SnapshotV1};
+
+/// Encodes a legacy v1 snapshot (fixture generation and upgrade tests only).
+#[cfg(any(test, feature = "testing"))]
+pub fn encode_v1(snapshot: &SnapshotV1) -> Result<Vec<u8>, SnapshotError> {
+    let mut body = Vec::new();
+    ciborium::into_writer(snapshot, &mut body).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+    Ok(frame(1, &body))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,433 @@
+//! [`ClusterState::apply`]: the one deterministic function that changes ConfigNode metadata.
+
+use crate::model::{DataNodeId, DataNodeLocation, DatabaseName, ProcedureId, RegionId, TaskId};
+use crate::plan::{self, ConfigPlan};
+
+use super::{
+    ClusterState, DataNodeInfo, DataNodeStatus, DatabaseEntry, MAX_RESERVE, PartitionTable,
+    ProcedureRecord, RegionMaintainKind, RegionMaintainTask,
+};
+
+/// What applying an accepted plan produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The state changed.
+    Done,
+    /// The plan was valid but already in effect (idempotent re-apply) or retired.
+    Unchanged,
+    /// A DataNode was registered (or re-registered) under this id.
+    DataNodeRegistered(DataNodeId),
+    /// Region ids `first..first + count` were reserved.
+    RegionIdsReserved {
+        /// First reserved id.
+        first: u32,
+        /// How many.
+        count: u32,
+    },
+    /// Region-maintain tasks were queued under these ids.
+    TasksOffered(Vec<TaskId>),
+    /// A procedure was recorded; `existing` when its request key matched an earlier one.
+    ProcedureSubmitted {
+        /// Its id.
+        id: ProcedureId,
+        /// Whether the request key matched an earlier submission.
+        existing: bool,
+    },
+    /// A procedure transition was recorded, spawning these children.
+    ProcedureUpdated {
+        /// Ids of the spawned children, in spawn order.
+        children: Vec<ProcedureId>,
+    },
+}
+
+/// Why a plan was refused. The state is unchanged by a refused plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A database with this name exists.
+    #[error("database {0} already exists")]
+    DatabaseExists(DatabaseName),
+    /// No database with this name.
+    #[error("database {0} does not exist")]
+    DatabaseNotFound(DatabaseName),
+    /// The database is being deleted; nothing new may be added to it.
+    #[error("database {0} is being deleted")]
+    DatabaseDeleting(DatabaseName),
+    /// The database must be marked deleting before it is dropped.
+    #[error("database {0} is not marked deleting")]
+    DatabaseNotDeleting(DatabaseName),
+    /// Dropping the database would orphan region groups.
+    #[error("database {name} still has {groups} region groups")]
+    RegionGroupsRemain {
+        /// The database.
+        name: DatabaseName,
+        /// How many groups remain.
+        groups: usize,
+    },
+    /// No DataNode with this id.
+    #[error("unknown DataNode {0}")]
+    UnknownDataNode(DataNodeId),
+    /// No published region group with this id.
+    #[error("unknown region group {0}")]
+    UnknownRegion(RegionId),
+    /// The region id was never reserved, or is published with other replicas.
+    #[error("region {0} was not reserved or conflicts with a published group")]
+    RegionConflict(RegionId),
+    /// No procedure with this id.
+    #[error("unknown procedure {0}")]
+    UnknownProcedure(ProcedureId),
+    /// Only finished procedures may be deleted.
+    #[error("procedure {0} has not finished")]
+    ProcedureNotFinished(ProcedureId),
+    /// The plan's arguments are out of range.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// The outcome of one [`ClusterState::apply`].
+pub type ApplyResult = Result<Applied, Rejection>;
+
+impl ClusterState {
+    /// Applies `plan`. Deterministic: the same state and plan always give the same result
+    /// and the same next state. A rejected plan leaves the state untouched.
+    pub fn apply(&mut self, plan: &ConfigPlan) -> ApplyResult {
+        match plan {
+            ConfigPlan::RegisterDataNode(p) => self.register_data_node(p),
+            ConfigPlan::UpdateDataNodeStatus(p) => {
+                let node = self
+                    .data_nodes
+                    .get_mut(&p.id)
+                    .ok_or(Rejection::UnknownDataNode(p.id))?;
+                node.status = p.status;
+                Ok(Applied::Done)
+            }
+            ConfigPlan::CreateDatabase(p) => {
+                let name = &p.schema.name;
+                if let Some(entry) = self.databases.get(name) {
+                    return Err(if entry.deleting {
+                        Rejection::DatabaseDeleting(name.clone())
+                    } else {
+                        Rejection::DatabaseExists(name.clone())
+                    });
+                }
+                self.databases.insert(
+                    name.clone(),
+                    DatabaseEntry {
+                        schema: p.schema.clone(),
+                        deleting: false,
+                    },
+                );
+                self.partition_tables
+                    .insert(name.clone(), PartitionTable::default());
+                Ok(Applied::Done)
+            }
+            ConfigPlan::PreDeleteDatabase(p) => {
+                let entry = self
+                    .databases
+                    .get_mut(&p.name)
+                    .ok_or_else(|| Rejection::DatabaseNotFound(p.name.clone()))?;
+                if entry.deleting == p.deleting {
+                    return Ok(Applied::Unchanged);
+                }
+                entry.deleting = p.deleting;
+                Ok(Applied::Done)
+            }
+            ConfigPlan::DeleteDatabase(p) => self.delete_database(&p.name),
+            ConfigPlan::CreateRegionGroups(p) => self.create_region_groups(p),
+            ConfigPlan::RemoveRegionGroup(p) => {
+                let removed = self
+                    .partition_tables
+                    .get_mut(&p.database)
+                    .and_then(|table| table.groups.remove(&p.region));
+                // Queued creates for a dropped group would resurrect it.
+                self.region_maintain_queue
+                    .retain(|_, t| t.region.region != p.region);
+                Ok(if removed.is_some() {
+                    Applied::Done
+                } else {
+                    Applied::Unchanged
+                })
+            }
+            ConfigPlan::AddRegionLocation(p) => self.change_location(p.region, p.data_node, true),
+            ConfigPlan::RemoveRegionLocation(p) => {
+                self.change_location(p.region, p.data_node, false)
+            }
+            ConfigPlan::RetiredRegionLeaderHint(_) => Ok(Applied::Unchanged),
+            ConfigPlan::ReserveRegionIds(p) => {
+                if p.count == 0 || p.count > MAX_RESERVE {
+                    return Err(Rejection::Invalid(format!(
+                        "reserve count {} outside 1..={MAX_RESERVE}",
+                        p.count
+                    )));
+                }
+                let first = self.next_region_id;
+                let next = first
+                    .checked_add(p.count)
+                    .ok_or_else(|| Rejection::Invalid("region id space exhausted".into()))?;
+                self.next_region_id = next;
+                Ok(Applied::RegionIdsReserved {
+                    first,
+                    count: p.count,
+                })
+            }
+            ConfigPlan::OfferRegionMaintainTasks(p) => self.offer_tasks(p),
+            ConfigPlan::PollRegionMaintainTask(_) => {
+                Ok(match self.region_maintain_queue.pop_first() {
+                    Some(_) => Applied::Done,
+                    None => Applied::Unchanged,
+                })
+            }
+            ConfigPlan::PollSpecificRegionMaintainTask(p) => {
+                let before = self.region_maintain_queue.len();
+                for id in &p.task_ids {
+                    self.region_maintain_queue.remove(id);
+                }
+                Ok(if before == self.region_maintain_queue.len() {
+                    Applied::Unchanged
+                } else {
+                    Applied::Done
+                })
+            }
+            ConfigPlan::ResolveLegacyDeletion(p) => {
+                Ok(match self.pending_legacy_deletions.remove(&p.task_id) {
+                    Some(_) => Applied::Done,
+                    None => Applied::Unchanged,
+                })
+            }
+            ConfigPlan::SubmitProcedure(p) => {
+                if let Some(key) = &p.request_key
+                    && let Some(id) = self.procedure_request_keys.get(key)
+                {
+                    return Ok(Applied::ProcedureSubmitted {
+                        id: *id,
+                        existing: true,
+                    });
+                }
+                let id = self.allocate_procedure_id();
+                let mut record = ProcedureRecord::from_new(id, p.procedure.clone(), None);
+                record.request_key = p.request_key.clone();
+                if let Some(key) = &p.request_key {
+                    self.procedure_request_keys.insert(key.clone(), id);
+                }
+                self.procedures.insert(id, record);
+                Ok(Applied::ProcedureSubmitted {
+                    id,
+                    existing: false,
+                })
+            }
+            ConfigPlan::UpdateProcedure(p) => self.update_procedure(p),
+            ConfigPlan::DeleteProcedures(p) => {
+                // Validate all first so a refused plan changes nothing.
+                for id in &p.ids {
+                    if let Some(record) = self.procedures.get(id)
+                        && !record.status.is_finished()
+                    {
+                        return Err(Rejection::ProcedureNotFinished(*id));
+                    }
+                }
+                let mut changed = false;
+                for id in &p.ids {
+                    if let Some(record) = self.procedures.remove(id) {
+                        changed = true;
+                        if let Some(key) = record.request_key {
+                            self.procedure_request_keys.remove(&key);
+                        }
+                    }
+                }
+                Ok(if changed {
+                    Applied::Done
+                } else {
+                    Applied::Unchanged
+                })
+            }
+        }
+    }
+
+    fn register_data_node(&mut self, p: &plan::RegisterDataNode) -> ApplyResult {
+        let location_for = |id| {
+            DataNodeLocation::new(id, p.address.clone())
+                .map_err(|e| Rejection::Invalid(e.to_string()))
+        };
+        if let Some(id) = p.known_id {
+            let location = location_for(id)?;
+            let node = self
+                .data_nodes
+                .get_mut(&id)
+                .ok_or(Rejection::UnknownDataNode(id))?;
+            node.location = location;
+            node.status = DataNodeStatus::Running;
+            return Ok(Applied::DataNodeRegistered(id));
+        }
+        // A retried first registration (reply lost) must not allocate a second id.
+        if let Some(node) = self
+            .data_nodes
+            .values()
+            .find(|n| n.location.address == p.address)
+        {
+            return Ok(Applied::DataNodeRegistered(node.location.id));
+        }
+        let id = DataNodeId(self.next_data_node_id);
+        let location = location_for(id)?;
+        self.next_data_node_id += 1;
+        self.data_nodes.insert(
+            id,
+            DataNodeInfo {
+                location,
+                status: DataNodeStatus::Running,
+            },
+        );
+        Ok(Applied::DataNodeRegistered(id))
+    }
+
+    fn delete_database(&mut self, name: &DatabaseName) -> ApplyResult {
+        let Some(entry) = self.databases.get(name) else {
+            // Re-applied after a crash: already gone.
+            return Ok(Applied::Unchanged);
+        };
+        if !entry.deleting {
+            return Err(Rejection::DatabaseNotDeleting(name.clone()));
+        }
+        let groups = self
+            .partition_tables
+            .get(name)
+            .map_or(0, |t| t.groups.len());
+        if groups > 0 {
+            return Err(Rejection::RegionGroupsRemain {
+                name: name.clone(),
+                groups,
+            });
+        }
+        self.databases.remove(name);
+        self.partition_tables.remove(name);
+        self.region_maintain_queue
+            .retain(|_, t| &t.database != name);
+        Ok(Applied::Done)
+    }
+
+    fn create_region_groups(&mut self, p: &plan::CreateRegionGroups) -> ApplyResult {
+        let entry = self
+            .databases
+            .get(&p.database)
+            .ok_or_else(|| Rejection::DatabaseNotFound(p.database.clone()))?;
+        if entry.deleting {
+            return Err(Rejection::DatabaseDeleting(p.database.clone()));
+        }
+        let mut changed = false;
+        for group in &p.groups {
+            if group.region.id >= self.next_region_id {
+                return Err(Rejection::RegionConflict(group.region));
+            }
+            if let Some(node) = group
+                .replicas
+                .iter()
+                .find(|n| !self.data_nodes.contains_key(n))
+            {
+                return Err(Rejection::UnknownDataNode(*node));
+            }
+            match (
+                self.database_of(group.region),
+                self.region_group(group.region),
+            ) {
+                (Some(db), Some(existing)) if db == &p.database && existing == group => {}
+                (Some(_), _) => return Err(Rejection::RegionConflict(group.region)),
+                (None, _) => changed = true,
+            }
+        }
+        let table = self.partition_tables.entry(p.database.clone()).or_default();
+        for group in &p.groups {
+            table.groups.insert(group.region, group.clone());
+        }
+        Ok(if changed {
+            Applied::Done
+        } else {
+            Applied::Unchanged
+        })
+    }
+
+    fn change_location(&mut self, region: RegionId, node: DataNodeId, add: bool) -> ApplyResult {
+        if add && !self.data_nodes.contains_key(&node) {
+            return Err(Rejection::UnknownDataNode(node));
+        }
+        let group = self
+            .partition_tables
+            .values_mut()
+            .find_map(|t| t.groups.get_mut(&region))
+            .ok_or(Rejection::UnknownRegion(region))?;
+        let present = group.replicas.contains(&node);
+        match (add, present) {
+            (true, false) => {
+                group.replicas.push(node);
+                group.replicas.sort();
+            }
+            (false, true) => group.replicas.retain(|n| *n != node),
+            _ => return Ok(Applied::Unchanged),
+        }
+        Ok(Applied::Done)
+    }
+
+    fn offer_tasks(&mut self, p: &plan::OfferRegionMaintainTasks) -> ApplyResult {
+        for task in &p.tasks {
+            if task.kind == RegionMaintainKind::Create
+                && let Some(entry) = self.databases.get(&task.database)
+                && entry.deleting
+            {
+                return Err(Rejection::DatabaseDeleting(task.database.clone()));
+            }
+        }
+        let mut ids = Vec::with_capacity(p.tasks.len());
+        for task in &p.tasks {
+            let id = TaskId(self.next_task_id);
+            self.next_task_id += 1;
+            ids.push(id);
+            let stored = RegionMaintainTask {
+                kind: task.kind,
+                database: task.database.clone(),
+                region: task.region.clone(),
+                target: task.target.clone(),
+            };
+            match task.kind {
+                RegionMaintainKind::Create => {
+                    self.region_maintain_queue.insert(id, stored);
+                }
+                RegionMaintainKind::LegacyDelete => {
+                    tracing::warn!(
+                        task = %id, region = %task.region.region, data_node = %task.target.id,
+                        "legacy delete task kept as a pending legacy deletion"
+                    );
+                    self.pending_legacy_deletions.insert(id, stored);
+                }
+            }
+        }
+        Ok(Applied::TasksOffered(ids))
+    }
+
+    fn update_procedure(&mut self, p: &plan::UpdateProcedure) -> ApplyResult {
+        let id = p.record.id;
+        let stored = self
+            .procedures
+            .get(&id)
+            .ok_or(Rejection::UnknownProcedure(id))?;
+        let mut record = p.record.clone();
+        // Identity and bookkeeping fields are owned by the state, not by the proposer.
+        record.request_key = stored.request_key.clone();
+        record.parent = stored.parent;
+        record.children = stored.children.clone();
+        let mut children = Vec::with_capacity(p.spawn.len());
+        for new in &p.spawn {
+            let child = self.allocate_procedure_id();
+            self.procedures.insert(
+                child,
+                ProcedureRecord::from_new(child, new.clone(), Some(id)),
+            );
+            children.push(child);
+        }
+        record.children.extend(children.iter().copied());
+        self.procedures.insert(id, record);
+        Ok(Applied::ProcedureUpdated { children })
+    }
+
+    fn allocate_procedure_id(&mut self) -> ProcedureId {
+        // Ids start at 1 so 0 never names a real procedure.
+        self.next_procedure_id += 1;
+        ProcedureId(self.next_procedure_id)
+    }
+}

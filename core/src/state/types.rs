@@ -1,0 +1,220 @@
+//! Value types stored in [`super::ClusterState`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::coded_enum;
+use crate::model::{
+    DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, ProcedureId, RegionId,
+    RegionReplicaSet,
+};
+
+coded_enum! {
+    /// A DataNode's status as the ConfigNode sees it.
+    pub enum DataNodeStatus {
+        /// Heartbeating; eligible for new replicas.
+        Running = 1,
+        /// Missed heartbeats; not chosen for new replicas.
+        Unknown = 2,
+        /// Being decommissioned; not chosen for new replicas.
+        Removing = 3,
+    }
+}
+
+/// A registered DataNode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataNodeInfo {
+    /// Id and address.
+    pub location: DataNodeLocation,
+    /// Current status.
+    pub status: DataNodeStatus,
+}
+
+/// A database and whether it is being deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseEntry {
+    /// Its schema.
+    pub schema: DatabaseSchema,
+    /// Set by pre-delete: new region groups and writes are refused.
+    pub deleting: bool,
+}
+
+/// A database's published region groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionTable {
+    /// Groups by region id.
+    pub groups: std::collections::BTreeMap<RegionId, RegionReplicaSet>,
+}
+
+coded_enum! {
+    /// What a region-maintain task does.
+    pub enum RegionMaintainKind {
+        /// Create a missing replica (the region cleaner retries until it exists).
+        Create = 1,
+        /// Legacy: delete a replica by synchronous RPC. Only read from old logs and v1
+        /// snapshots, and turned into a pending legacy deletion; never executed as such.
+        LegacyDelete = 2,
+    }
+}
+
+/// One queued region-maintain task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionMaintainTask {
+    /// What to do.
+    pub kind: RegionMaintainKind,
+    /// The owning database.
+    pub database: DatabaseName,
+    /// The region group, with its replica set at offer time.
+    pub region: RegionReplicaSet,
+    /// The DataNode to act on.
+    pub target: DataNodeLocation,
+}
+
+coded_enum! {
+    /// Shared or exclusive hold of a lock key.
+    pub enum LockMode {
+        /// Many holders at once.
+        Shared = 1,
+        /// One holder; excludes shared holders too.
+        Exclusive = 2,
+    }
+}
+
+/// A resource a procedure locks for its life. Keys are taken in their `Ord` order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LockResource {
+    /// A database (and everything in it).
+    Database(DatabaseName),
+    /// One region group.
+    RegionGroup(RegionId),
+    /// One DataNode.
+    DataNode(DataNodeId),
+    /// A free-form key (tests, cluster-wide singletons).
+    Named(String),
+}
+
+/// A resource and how it is held.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LockKey {
+    /// What is locked.
+    pub resource: LockResource,
+    /// How.
+    pub mode: LockMode,
+}
+
+coded_enum! {
+    /// A procedure's durable status.
+    pub enum ProcedureStatus {
+        /// Ready to run its next step.
+        Runnable = 1,
+        /// Sleeping until `wake_at_ms`; holds no worker.
+        Waiting = 2,
+        /// Waiting for its children to finish.
+        Suspended = 3,
+        /// Running its rollback steps.
+        RollingBack = 4,
+        /// Finished with success.
+        Succeeded = 10,
+        /// Finished with a non-retryable error and no rollback.
+        Failed = 11,
+        /// Finished after a rollback completed.
+        RolledBack = 12,
+    }
+}
+
+impl ProcedureStatus {
+    /// Whether the procedure will never run again.
+    pub const fn is_finished(self) -> bool {
+        matches!(
+            self,
+            ProcedureStatus::Succeeded | ProcedureStatus::Failed | ProcedureStatus::RolledBack
+        )
+    }
+}
+
+/// A procedure about to be recorded (its id is allocated on apply).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewProcedure {
+    /// Stable code of the procedure type.
+    pub type_code: u32,
+    /// Human-readable type name, for status output.
+    pub type_name: String,
+    /// Stable code of its first state.
+    pub state_code: u32,
+    /// Name of its first state.
+    pub state_name: String,
+    /// The procedure's persistent data (CBOR, owned by the procedure type).
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    /// Locks it holds for its life.
+    pub lock_keys: Vec<LockKey>,
+    /// Submission time, milliseconds on the proposer's clock.
+    pub submitted_at_ms: u64,
+}
+
+/// A procedure's durable record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcedureRecord {
+    /// Its id.
+    pub id: ProcedureId,
+    /// Stable code of the procedure type.
+    pub type_code: u32,
+    /// Human-readable type name.
+    pub type_name: String,
+    /// The parent that spawned it, if any.
+    pub parent: Option<ProcedureId>,
+    /// Children it spawned, in spawn order.
+    pub children: Vec<ProcedureId>,
+    /// Durable status.
+    pub status: ProcedureStatus,
+    /// Stable code of its current state.
+    pub state_code: u32,
+    /// Name of its current state.
+    pub state_name: String,
+    /// The procedure's persistent data (CBOR, owned by the procedure type).
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    /// Locks it holds for its life.
+    pub lock_keys: Vec<LockKey>,
+    /// The client request key it was submitted with.
+    pub request_key: Option<String>,
+    /// Submission time (ms).
+    pub submitted_at_ms: u64,
+    /// Time of the last recorded transition (ms).
+    pub updated_at_ms: u64,
+    /// When a `Waiting` procedure wakes (ms).
+    pub wake_at_ms: Option<u64>,
+    /// Step attempts since the last successful transition.
+    pub attempts: u32,
+    /// The last error a step returned.
+    pub last_error: Option<String>,
+    /// What it is waiting for, in words (shown by the status API).
+    pub waiting_for: Option<String>,
+    /// Output of a succeeded procedure (CBOR, owned by the procedure type).
+    pub output: Option<serde_bytes::ByteBuf>,
+}
+
+impl ProcedureRecord {
+    /// The record a [`NewProcedure`] becomes under `id`.
+    pub fn from_new(id: ProcedureId, new: NewProcedure, parent: Option<ProcedureId>) -> Self {
+        Self {
+            id,
+            type_code: new.type_code,
+            type_name: new.type_name,
+            parent,
+            children: Vec::new(),
+            status: ProcedureStatus::Runnable,
+            state_code: new.state_code,
+            state_name: new.state_name,
+            data: new.data,
+            lock_keys: new.lock_keys,
+            request_key: None,
+            submitted_at_ms: new.submitted_at_ms,
+            updated_at_ms: new.submitted_at_ms,
+            wake_at_ms: None,
+            attempts: 0,
+            last_error: None,
+            waiting_for: None,
+            output: None,
+        }
+    }
+}

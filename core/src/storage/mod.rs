@@ -1,0 +1,179 @@
+//! Storage seams: everything Shoal keeps durably goes through one of these traits.
+//!
+//! In-memory twins live in [`mem`]; file-system implementations live in `shoal-storage-fs`.
+
+pub mod mem;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{DataNodeId, DatabaseName, RegionId};
+
+/// A storage failure. One enum for every storage trait in core.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// An I/O operation failed.
+    #[error("{op} failed on {path}: {message}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: String,
+        /// The OS error.
+        message: String,
+    },
+    /// Stored bytes are damaged where they should be whole (not a torn tail).
+    #[error("corrupt data in {file} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The file.
+        file: String,
+        /// Byte offset of the bad record.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A log append by a leader whose term was superseded.
+    #[error("log is fenced: append at term {term}, current term {current}")]
+    Fenced {
+        /// The appender's term.
+        term: u64,
+        /// The term in force.
+        current: u64,
+    },
+    /// A region exists with a different configuration.
+    #[error("region {region} exists with a different configuration")]
+    RegionConflict {
+        /// The region.
+        region: RegionId,
+    },
+    /// The region does not exist (for operations other than delete, where missing is fine).
+    #[error("region {0} does not exist")]
+    RegionNotFound(RegionId),
+    /// The store was closed or poisoned by an earlier unrecoverable error.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// An injected fault (tests only; retryable).
+    #[error("injected fault: {0}")]
+    Injected(String),
+}
+
+impl StorageError {
+    /// Whether trying the same operation again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StorageError::Io { .. } | StorageError::Injected(_) => true,
+            StorageError::Corrupt { .. }
+            | StorageError::Fenced { .. }
+            | StorageError::RegionConflict { .. }
+            | StorageError::RegionNotFound(_)
+            | StorageError::Unavailable(_) => false,
+        }
+    }
+}
+
+/// One consensus-log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Position in the log, from 1.
+    pub index: u64,
+    /// Term (epoch) of the leader that appended it.
+    pub term: u64,
+    /// An encoded [`crate::plan::ConfigPlan`].
+    pub payload: Vec<u8>,
+}
+
+/// The ConfigNode's consensus log. Appends are fenced by term so a deposed leader cannot
+/// add entries once a newer leader has claimed a higher term.
+#[async_trait]
+pub trait LogStore: Send + Sync + 'static {
+    /// The highest term ever claimed (durable).
+    fn current_term(&self) -> u64;
+    /// Durably raises the term to `term`. Fails with [`StorageError::Fenced`] if the current
+    /// term is already `>= term`.
+    async fn claim_term(&self, term: u64) -> Result<(), StorageError>;
+    /// Appends `payload` as leader of `term` and returns its index. The entry is not durable
+    /// until [`LogStore::sync`] covers it. Fenced if `term` is below the current term.
+    fn append(&self, term: u64, payload: &[u8]) -> Result<u64, StorageError>;
+    /// Resolves once every entry up to `index` is durable. Concurrent callers may share one
+    /// flush (group commit).
+    async fn sync(&self, index: u64) -> Result<(), StorageError>;
+    /// Entries from `from` (inclusive), at most `max` of them.
+    fn read(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, StorageError>;
+    /// Index of the first retained entry (1 when nothing was compacted).
+    fn first_index(&self) -> u64;
+    /// Index of the last appended entry (0 when empty).
+    fn last_index(&self) -> u64;
+    /// Discards entries up to and including `index` (they are covered by a snapshot).
+    async fn compact(&self, index: u64) -> Result<(), StorageError>;
+}
+
+/// Durable snapshots of the ConfigNode state.
+#[async_trait]
+pub trait SnapshotStore: Send + Sync + 'static {
+    /// Durably stores `bytes` as the snapshot covering the log up to `last_index`.
+    async fn save(&self, last_index: u64, bytes: Vec<u8>) -> Result<(), StorageError>;
+    /// The newest snapshot that is whole, if any.
+    async fn load_latest(&self) -> Result<Option<Vec<u8>>, StorageError>;
+}
+
+/// What a region replica is: its group, database and consensus peer membership.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RegionConfig {
+    /// The region group.
+    pub region: RegionId,
+    /// The owning database.
+    pub database: DatabaseName,
+    /// The group's consensus peers as this replica knows them.
+    pub peers: Vec<DataNodeId>,
+}
+
+/// Whether a create made the region or found it already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// The region was created.
+    Created,
+    /// The region already existed with the same configuration.
+    AlreadyExists,
+}
+
+/// Whether a delete removed data or found nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The region existed; this many bytes were removed.
+    Deleted {
+        /// Bytes removed.
+        bytes: u64,
+    },
+    /// Nothing was there (a retried deletion converges here).
+    NotFound,
+}
+
+/// A DataNode's region replicas and their data.
+#[async_trait]
+pub trait RegionStore: Send + Sync + 'static {
+    /// Creates a replica. Same region and config: `AlreadyExists`. Different config:
+    /// [`StorageError::RegionConflict`].
+    async fn create(&self, config: &RegionConfig) -> Result<CreateOutcome, StorageError>;
+    /// Appends bytes to a replica's data; returns its new size.
+    async fn append(&self, region: RegionId, bytes: &[u8]) -> Result<u64, StorageError>;
+    /// Replaces the replica's stored peer membership.
+    async fn set_peers(&self, region: RegionId, peers: &[DataNodeId]) -> Result<(), StorageError>;
+    /// Deletes a replica and all its data, honouring the store's delete rate limit. Resolves
+    /// only when no byte of the region remains. Missing region: `NotFound` (success).
+    async fn delete(&self, region: RegionId) -> Result<DeleteOutcome, StorageError>;
+    /// Every replica, in region order.
+    async fn list(&self) -> Result<Vec<RegionConfig>, StorageError>;
+    /// Bytes of data a replica holds, or `None` if it does not exist.
+    async fn size(&self, region: RegionId) -> Result<Option<u64>, StorageError>;
+}
+
+/// The DataNode's durable journal of task records (opaque bytes owned by the DataNode).
+#[async_trait]
+pub trait TaskJournal: Send + Sync + 'static {
+    /// Durably appends one record.
+    async fn append(&self, record: Vec<u8>) -> Result<(), StorageError>;
+    /// Every record, in append order.
+    async fn load(&self) -> Result<Vec<Vec<u8>>, StorageError>;
+    /// Atomically replaces the journal's contents with `records` (compaction).
+    async fn rewrite(&self, records: Vec<Vec<u8>>) -> Result<(), StorageError>;
+}

@@ -1,0 +1,1 @@
+//! Shoal's cross-crate integration tests (under `tests/tests/`) and their fixtures.
