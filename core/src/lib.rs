@@ -14,3 +14,6 @@ pub mod runtime;
 pub mod snapshot;
 pub mod state;
 pub mod storage;
+
+#[cfg(test)]
+mod test_support;

@@ -22,7 +22,7 @@ const REPLAY_BATCH: usize = 4096;
 #[derive(Debug)]
 enum Pending {
     /// Appended, waiting for durability.
-    Plan(ConfigPlan, u64),
+    Plan(Box<ConfigPlan>, u64),
     /// Applied; the proposer has not collected its result yet.
     Applied(ApplyResult),
 }
@@ -205,7 +205,7 @@ impl Consensus for LocalConsensus {
             let bytes = plan.encode()?;
             match self.log.append(epoch.0, &bytes) {
                 Ok(index) => {
-                    inner.pending.insert(index, Pending::Plan(plan, epoch.0));
+                    inner.pending.insert(index, Pending::Plan(Box::new(plan), epoch.0));
                     index
                 }
                 Err(StorageError::Fenced { current, .. }) => {

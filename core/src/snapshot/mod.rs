@@ -122,7 +122,14 @@ fn unframe(bytes: &[u8]) -> Result<(u16, &[u8]), SnapshotError> {
     len_bytes.copy_from_slice(&bytes[10..18]);
     let body_len = u64::from_be_bytes(len_bytes);
     let stored = u32::from_be_bytes([bytes[18], bytes[19], bytes[20], bytes[21]]);
-    let available = (bytes.len() - HEADER_LEN) as u64;
+    // Check the checksum before trusting any header field: a damaged length or version is
+    // then reported as damage, not as a truncation or a future format.
+    let body = &bytes[HEADER_LEN..];
+    let computed = checksum(&bytes[8..18], body);
+    if stored != computed {
+        return Err(SnapshotError::Checksum { stored, computed });
+    }
+    let available = body.len() as u64;
     if available < body_len {
         return Err(SnapshotError::Truncated {
             len: bytes.len(),
@@ -133,11 +140,6 @@ fn unframe(bytes: &[u8]) -> Result<(u16, &[u8]), SnapshotError> {
         return Err(SnapshotError::TrailingBytes(
             (available - body_len) as usize,
         ));
-    }
-    let body = &bytes[HEADER_LEN..];
-    let computed = checksum(&bytes[8..18], body);
-    if stored != computed {
-        return Err(SnapshotError::Checksum { stored, computed });
     }
     if version == 0 || version > CURRENT_VERSION {
         return Err(SnapshotError::UnsupportedVersion(version));

@@ -1,2 +1,101 @@
-#![allow(unused_imports)]
+use proptest::prelude::*;
+
 use super::*;
+use crate::test_support::plan_history;
+
+fn state_after(plans: &[crate::plan::ConfigPlan]) -> ClusterState {
+    let mut state = ClusterState::default();
+    for plan in plans {
+        let _ = state.apply(plan);
+    }
+    state
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn snapshot_round_trips(plans in plan_history(60), index in 0u64..1000, term in 0u64..9) {
+        let snap = Snapshot { last_index: index, last_term: term, state: state_after(&plans) };
+        let bytes = encode(&snap).unwrap();
+        prop_assert_eq!(&bytes[..8], MAGIC.as_slice());
+        prop_assert_eq!(decode(&bytes).unwrap(), snap);
+    }
+
+    #[test]
+    fn flipped_byte_is_a_checksum_error(
+        plans in plan_history(30),
+        at in any::<prop::sample::Index>(),
+        mask in 1u8..=255,
+    ) {
+        let snap = Snapshot { last_index: 3, last_term: 1, state: state_after(&plans) };
+        let mut bytes = encode(&snap).unwrap();
+        let i = at.index(bytes.len());
+        bytes[i] ^= mask;
+        let err = decode(&bytes).unwrap_err();
+        if i < MAGIC.len() {
+            prop_assert_eq!(err, SnapshotError::BadMagic);
+        } else {
+            prop_assert!(matches!(err, SnapshotError::Checksum { .. }), "byte {i}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn truncation_is_a_typed_error(plans in plan_history(20), cut in any::<prop::sample::Index>()) {
+        let snap = Snapshot { last_index: 3, last_term: 1, state: state_after(&plans) };
+        let bytes = encode(&snap).unwrap();
+        let len = cut.index(bytes.len());
+        let err = decode(&bytes[..len]).unwrap_err();
+        prop_assert!(
+            matches!(err, SnapshotError::Truncated { .. } | SnapshotError::BadMagic | SnapshotError::Checksum { .. }),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn future_version_is_refused_by_number() {
+    let bytes = frame(9, &[0xa0]);
+    assert_eq!(decode(&bytes), Err(SnapshotError::UnsupportedVersion(9)));
+}
+
+#[test]
+fn v1_legacy_delete_tasks_become_pending_legacy_deletions() {
+    use crate::model::*;
+    use crate::state::{RegionMaintainKind, RegionMaintainTask};
+    let task = |kind| RegionMaintainTask {
+        kind,
+        database: DatabaseName::new("db").unwrap(),
+        region: RegionReplicaSet::new(RegionId::new(RegionKind::Data, 1), vec![DataNodeId(0)]),
+        target: DataNodeLocation::new(DataNodeId(0), "127.0.0.1:1").unwrap(),
+    };
+    let mut v1 = ClusterStateV1::default();
+    v1.region_maintain_queue
+        .insert(TaskId(1), task(RegionMaintainKind::Create));
+    v1.region_maintain_queue
+        .insert(TaskId(2), task(RegionMaintainKind::LegacyDelete));
+    let bytes = encode_v1(&SnapshotV1 {
+        last_index: 5,
+        last_term: 2,
+        state: v1,
+    })
+    .unwrap();
+    let loaded = decode(&bytes).unwrap();
+    assert_eq!(loaded.last_index, 5);
+    assert_eq!(
+        loaded
+            .state
+            .region_maintain_queue
+            .keys()
+            .collect::<Vec<_>>(),
+        [&TaskId(1)]
+    );
+    assert_eq!(
+        loaded
+            .state
+            .pending_legacy_deletions
+            .keys()
+            .collect::<Vec<_>>(),
+        [&TaskId(2)]
+    );
+}

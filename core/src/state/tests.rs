@@ -1,2 +1,366 @@
-#![allow(unused_imports)]
+use proptest::prelude::*;
+
 use super::*;
+use crate::model::*;
+use crate::plan::*;
+use crate::snapshot::{self, Snapshot};
+use crate::test_support::plan_history;
+
+fn name(s: &str) -> DatabaseName {
+    DatabaseName::new(s).unwrap()
+}
+
+fn schema(s: &str) -> DatabaseSchema {
+    DatabaseSchema {
+        name: name(s),
+        schema_replication_factor: ReplicationFactor::new(1).unwrap(),
+        data_replication_factor: ReplicationFactor::new(3).unwrap(),
+    }
+}
+
+fn register(state: &mut ClusterState, port: u16) -> DataNodeId {
+    match state.apply(&ConfigPlan::RegisterDataNode(RegisterDataNode {
+        known_id: None,
+        address: format!("127.0.0.1:{port}"),
+    })) {
+        Ok(Applied::DataNodeRegistered(id)) => id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn cluster_with_db() -> (ClusterState, Vec<DataNodeId>) {
+    let mut state = ClusterState::default();
+    let nodes = (0..3).map(|i| register(&mut state, 7000 + i)).collect();
+    state
+        .apply(&ConfigPlan::CreateDatabase(CreateDatabase {
+            schema: schema("db"),
+        }))
+        .unwrap();
+    (state, nodes)
+}
+
+fn reserve(state: &mut ClusterState, count: u32) -> u32 {
+    match state.apply(&ConfigPlan::ReserveRegionIds(ReserveRegionIds {
+        kind: RegionKind::Data,
+        count,
+    })) {
+        Ok(Applied::RegionIdsReserved { first, .. }) => first,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn retired_plan_applies_as_a_no_op() {
+    let (mut state, nodes) = cluster_with_db();
+    let before = state.clone();
+    let retired = ConfigPlan::RetiredRegionLeaderHint(RetiredRegionLeaderHint {
+        region: RegionId::new(RegionKind::Data, 0),
+        leader: nodes[0],
+    });
+    let decoded = ConfigPlan::decode(&retired.encode().unwrap()).unwrap();
+    assert_eq!(state.apply(&decoded), Ok(Applied::Unchanged));
+    assert_eq!(state, before);
+}
+
+#[test]
+fn duplicate_database_is_rejected() {
+    let (mut state, _) = cluster_with_db();
+    let again = ConfigPlan::CreateDatabase(CreateDatabase {
+        schema: schema("db"),
+    });
+    assert_eq!(
+        state.apply(&again),
+        Err(Rejection::DatabaseExists(name("db")))
+    );
+}
+
+#[test]
+fn deleting_database_refuses_new_region_groups_and_creates() {
+    let (mut state, nodes) = cluster_with_db();
+    let first = reserve(&mut state, 1);
+    state
+        .apply(&ConfigPlan::PreDeleteDatabase(PreDeleteDatabase {
+            name: name("db"),
+            deleting: true,
+        }))
+        .unwrap();
+    let group = RegionReplicaSet::new(RegionId::new(RegionKind::Data, first), nodes.clone());
+    let create = ConfigPlan::CreateRegionGroups(CreateRegionGroups {
+        database: name("db"),
+        groups: vec![group],
+    });
+    assert_eq!(
+        state.apply(&create),
+        Err(Rejection::DatabaseDeleting(name("db")))
+    );
+    let recreate = ConfigPlan::CreateDatabase(CreateDatabase {
+        schema: schema("db"),
+    });
+    assert_eq!(
+        state.apply(&recreate),
+        Err(Rejection::DatabaseDeleting(name("db")))
+    );
+    // Undo the mark (rollback) and the group can be created.
+    state
+        .apply(&ConfigPlan::PreDeleteDatabase(PreDeleteDatabase {
+            name: name("db"),
+            deleting: false,
+        }))
+        .unwrap();
+    assert_eq!(state.apply(&create), Ok(Applied::Done));
+}
+
+#[test]
+fn database_is_dropped_only_after_every_region_group_is_gone() {
+    let (mut state, nodes) = cluster_with_db();
+    let first = reserve(&mut state, 2);
+    let groups: Vec<_> = (first..first + 2)
+        .map(|id| RegionReplicaSet::new(RegionId::new(RegionKind::Data, id), nodes.clone()))
+        .collect();
+    state
+        .apply(&ConfigPlan::CreateRegionGroups(CreateRegionGroups {
+            database: name("db"),
+            groups: groups.clone(),
+        }))
+        .unwrap();
+    let drop = ConfigPlan::DeleteDatabase(DeleteDatabase { name: name("db") });
+    assert_eq!(
+        state.apply(&drop),
+        Err(Rejection::DatabaseNotDeleting(name("db")))
+    );
+    state
+        .apply(&ConfigPlan::PreDeleteDatabase(PreDeleteDatabase {
+            name: name("db"),
+            deleting: true,
+        }))
+        .unwrap();
+    assert_eq!(
+        state.apply(&drop),
+        Err(Rejection::RegionGroupsRemain {
+            name: name("db"),
+            groups: 2
+        })
+    );
+    for group in &groups {
+        let remove = ConfigPlan::RemoveRegionGroup(RemoveRegionGroup {
+            database: name("db"),
+            region: group.region,
+        });
+        assert_eq!(state.apply(&remove), Ok(Applied::Done));
+        assert_eq!(state.apply(&remove), Ok(Applied::Unchanged));
+    }
+    assert_eq!(state.apply(&drop), Ok(Applied::Done));
+    assert!(state.databases.is_empty() && state.partition_tables.is_empty());
+    assert_eq!(
+        state.apply(&drop),
+        Ok(Applied::Unchanged),
+        "re-apply after a crash converges"
+    );
+}
+
+#[test]
+fn unreserved_region_and_unknown_node_are_rejected() {
+    let (mut state, nodes) = cluster_with_db();
+    let unreserved = RegionReplicaSet::new(RegionId::new(RegionKind::Data, 0), nodes.clone());
+    let create = |groups| {
+        ConfigPlan::CreateRegionGroups(CreateRegionGroups {
+            database: name("db"),
+            groups,
+        })
+    };
+    assert_eq!(
+        state.apply(&create(vec![unreserved])),
+        Err(Rejection::RegionConflict(RegionId::new(
+            RegionKind::Data,
+            0
+        )))
+    );
+    let first = reserve(&mut state, 1);
+    let stranger =
+        RegionReplicaSet::new(RegionId::new(RegionKind::Data, first), vec![DataNodeId(42)]);
+    assert_eq!(
+        state.apply(&create(vec![stranger])),
+        Err(Rejection::UnknownDataNode(DataNodeId(42)))
+    );
+    assert_eq!(
+        state.apply(&ConfigPlan::UpdateDataNodeStatus(UpdateDataNodeStatus {
+            id: DataNodeId(42),
+            status: DataNodeStatus::Unknown,
+        })),
+        Err(Rejection::UnknownDataNode(DataNodeId(42)))
+    );
+}
+
+#[test]
+fn retried_registration_keeps_one_id() {
+    let mut state = ClusterState::default();
+    let a = register(&mut state, 7000);
+    let again = register(&mut state, 7000);
+    let b = register(&mut state, 7001);
+    assert_eq!(a, again);
+    assert_ne!(a, b);
+    assert_eq!(state.data_nodes.len(), 2);
+}
+
+#[test]
+fn legacy_delete_offer_becomes_pending_legacy_deletion() {
+    let (mut state, nodes) = cluster_with_db();
+    let task = NewRegionMaintainTask {
+        kind: RegionMaintainKind::LegacyDelete,
+        database: name("db"),
+        region: RegionReplicaSet::new(RegionId::new(RegionKind::Data, 9), nodes.clone()),
+        target: state.data_nodes[&nodes[0]].location.clone(),
+    };
+    let result = state.apply(&ConfigPlan::OfferRegionMaintainTasks(
+        OfferRegionMaintainTasks { tasks: vec![task] },
+    ));
+    let Ok(Applied::TasksOffered(ids)) = result else {
+        panic!("{result:?}")
+    };
+    assert!(state.region_maintain_queue.is_empty());
+    assert_eq!(state.pending_legacy_deletions.len(), 1);
+    state
+        .apply(&ConfigPlan::ResolveLegacyDeletion(ResolveLegacyDeletion {
+            task_id: ids[0],
+        }))
+        .unwrap();
+    assert!(state.pending_legacy_deletions.is_empty());
+}
+
+#[test]
+fn request_key_returns_the_first_procedure_id() {
+    let mut state = ClusterState::default();
+    let new = NewProcedure {
+        type_code: 1,
+        type_name: "T".into(),
+        state_code: 0,
+        state_name: "S".into(),
+        data: vec![],
+        lock_keys: vec![],
+        submitted_at_ms: 0,
+    };
+    let submit = ConfigPlan::SubmitProcedure(SubmitProcedure {
+        procedure: new,
+        request_key: Some("req-1".into()),
+    });
+    let first = state.apply(&submit).unwrap();
+    let second = state.apply(&submit).unwrap();
+    let Applied::ProcedureSubmitted {
+        id,
+        existing: false,
+    } = first
+    else {
+        panic!("{first:?}")
+    };
+    assert_eq!(second, Applied::ProcedureSubmitted { id, existing: true });
+    assert_eq!(state.procedures.len(), 1);
+}
+
+#[test]
+fn unfinished_procedure_cannot_be_deleted() {
+    let mut state = ClusterState::default();
+    let new = NewProcedure {
+        type_code: 1,
+        type_name: "T".into(),
+        state_code: 0,
+        state_name: "S".into(),
+        data: vec![],
+        lock_keys: vec![],
+        submitted_at_ms: 0,
+    };
+    let Ok(Applied::ProcedureSubmitted { id, .. }) =
+        state.apply(&ConfigPlan::SubmitProcedure(SubmitProcedure {
+            procedure: new,
+            request_key: None,
+        }))
+    else {
+        panic!()
+    };
+    let delete = ConfigPlan::DeleteProcedures(DeleteProcedures { ids: vec![id] });
+    assert_eq!(
+        state.apply(&delete),
+        Err(Rejection::ProcedureNotFinished(id))
+    );
+    assert!(state.procedures.contains_key(&id));
+}
+
+#[test]
+fn children_are_allocated_in_the_same_entry_as_the_parent_transition() {
+    let mut state = ClusterState::default();
+    let new = |code| NewProcedure {
+        type_code: code,
+        type_name: "T".into(),
+        state_code: 0,
+        state_name: "S".into(),
+        data: vec![],
+        lock_keys: vec![],
+        submitted_at_ms: 0,
+    };
+    let Ok(Applied::ProcedureSubmitted { id, .. }) =
+        state.apply(&ConfigPlan::SubmitProcedure(SubmitProcedure {
+            procedure: new(1),
+            request_key: None,
+        }))
+    else {
+        panic!()
+    };
+    let mut record = state.procedures[&id].clone();
+    record.status = ProcedureStatus::Suspended;
+    let result = state
+        .apply(&ConfigPlan::UpdateProcedure(UpdateProcedure {
+            record,
+            spawn: vec![new(2), new(2)],
+        }))
+        .unwrap();
+    let Applied::ProcedureUpdated { children } = result else {
+        panic!("{result:?}")
+    };
+    assert_eq!(children.len(), 2);
+    assert_eq!(state.procedures[&id].children, children);
+    for child in &children {
+        assert_eq!(state.procedures[child].parent, Some(id));
+    }
+}
+
+fn replay(plans: &[ConfigPlan]) -> ClusterState {
+    let mut state = ClusterState::default();
+    for plan in plans {
+        let _ = state.apply(plan);
+    }
+    state
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// State after N plans == state loaded from a snapshot taken at k, plus plans k..N.
+    #[test]
+    fn snapshot_then_replay_equals_full_replay(
+        plans in plan_history(60),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let k = cut.index(plans.len() + 1);
+        let full = replay(&plans);
+        let snap = Snapshot { last_index: k as u64, last_term: 1, state: replay(&plans[..k]) };
+        let mut loaded = snapshot::decode(&snapshot::encode(&snap).unwrap()).unwrap();
+        prop_assert_eq!(loaded.last_index, k as u64);
+        for plan in &plans[k..] {
+            // Plans also go through their encoding, as they would through the log.
+            let decoded = ConfigPlan::decode(&plan.encode().unwrap()).unwrap();
+            let _ = loaded.state.apply(&decoded);
+        }
+        prop_assert_eq!(loaded.state, full);
+    }
+
+    /// A rejected plan leaves the state exactly as it was.
+    #[test]
+    fn rejected_plans_change_nothing(plans in plan_history(60)) {
+        let mut state = ClusterState::default();
+        for plan in &plans {
+            let before = state.clone();
+            if state.apply(plan).is_err() {
+                prop_assert_eq!(&state, &before);
+            }
+        }
+    }
+}

@@ -105,10 +105,13 @@ impl LogStore for MemLogStore {
     }
 }
 
+/// The newest snapshot: its last index and bytes.
+type StoredSnapshot = Option<(u64, Vec<u8>)>;
+
 /// An in-memory [`SnapshotStore`]; clones share the stored snapshots.
 #[derive(Debug, Clone, Default)]
 pub struct MemSnapshotStore {
-    latest: Arc<Mutex<Option<(u64, Vec<u8>)>>>,
+    latest: Arc<Mutex<StoredSnapshot>>,
 }
 
 impl MemSnapshotStore {

@@ -1,2 +1,227 @@
-#![allow(unused_imports)]
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::*;
+use crate::model::{DataNodeId, Epoch};
+use crate::plan::{RegisterDataNode, UpdateDataNodeStatus};
+use crate::state::{Applied, DataNodeStatus, Rejection};
+use crate::storage::LogEntry;
+use crate::storage::mem::{MemLogStore, MemSnapshotStore};
+
+fn register(port: u16) -> ConfigPlan {
+    ConfigPlan::RegisterDataNode(RegisterDataNode {
+        known_id: None,
+        address: format!("127.0.0.1:{port}"),
+    })
+}
+
+fn node_over(log: &MemLogStore, snaps: &MemSnapshotStore) -> LocalConsensus {
+    LocalConsensus::new(Arc::new(log.clone()), Arc::new(snaps.clone()))
+}
+
+#[test]
+fn propose_resolves_after_apply() {
+    smol::block_on(async {
+        let (log, snaps) = (MemLogStore::new(), MemSnapshotStore::new());
+        let node = node_over(&log, &snaps);
+        let epoch = node.campaign().await.unwrap();
+        assert_eq!(epoch, Epoch(1));
+        let result = node.propose(epoch, register(1)).await.unwrap();
+        assert_eq!(result, Ok(Applied::DataNodeRegistered(DataNodeId(0))));
+        assert_eq!(node.state().read(|s| s.data_nodes.len()), 1);
+        assert_eq!(log.last_index(), 1);
+        // A rejection is a committed, applied outcome too.
+        let bad = ConfigPlan::UpdateDataNodeStatus(UpdateDataNodeStatus {
+            id: DataNodeId(9),
+            status: DataNodeStatus::Unknown,
+        });
+        let result = node.propose(epoch, bad).await.unwrap();
+        assert_eq!(result, Err(Rejection::UnknownDataNode(DataNodeId(9))));
+    });
+}
+
+#[test]
+fn follower_and_wrong_epoch_cannot_propose() {
+    smol::block_on(async {
+        let node = node_over(&MemLogStore::new(), &MemSnapshotStore::new());
+        assert_eq!(
+            node.propose(Epoch(1), register(1)).await,
+            Err(ConsensusError::NotLeader)
+        );
+        let epoch = node.campaign().await.unwrap();
+        let stale = Epoch(epoch.0 - 1);
+        assert!(matches!(
+            node.propose(stale, register(1)).await,
+            Err(ConsensusError::StaleEpoch { .. })
+        ));
+        node.step_down();
+        assert_eq!(
+            node.propose(epoch, register(1)).await,
+            Err(ConsensusError::NotLeader)
+        );
+    });
+}
+
+#[test]
+fn second_leader_takes_over_the_log_and_fences_the_first() {
+    smol::block_on(async {
+        let (log, snaps) = (MemLogStore::new(), MemSnapshotStore::new());
+        let a = node_over(&log, &snaps);
+        let b = node_over(&log, &snaps);
+        let ea = a.campaign().await.unwrap();
+        a.propose(ea, register(1)).await.unwrap().unwrap();
+        a.propose(ea, register(2)).await.unwrap().unwrap();
+
+        let eb = b.campaign().await.unwrap();
+        assert!(eb > ea, "epochs strictly increase");
+        assert_eq!(
+            b.state().snapshot(),
+            a.state().snapshot(),
+            "b replayed a's entries"
+        );
+
+        let fenced = a.propose(ea, register(3)).await;
+        assert!(
+            matches!(fenced, Err(ConsensusError::StaleEpoch { .. })),
+            "{fenced:?}"
+        );
+        assert!(
+            !a.leadership().get().is_leader,
+            "the fenced leader stepped down"
+        );
+        assert_eq!(
+            log.last_index(),
+            2,
+            "nothing was appended by the deposed leader"
+        );
+
+        b.propose(eb, register(3)).await.unwrap().unwrap();
+        assert_eq!(b.state().read(|s| s.data_nodes.len()), 3);
+        // Leadership can move back; the epoch keeps rising.
+        let ea2 = a.campaign().await.unwrap();
+        assert!(ea2 > eb);
+        assert_eq!(a.state().read(|s| s.data_nodes.len()), 3);
+    });
+}
+
+#[test]
+fn snapshot_truncates_the_log_and_a_new_leader_restores_from_it() {
+    smol::block_on(async {
+        let (log, snaps) = (MemLogStore::new(), MemSnapshotStore::new());
+        let a = node_over(&log, &snaps);
+        let epoch = a.campaign().await.unwrap();
+        for port in 0..10 {
+            a.propose(epoch, register(port)).await.unwrap().unwrap();
+        }
+        assert_eq!(a.take_snapshot().await.unwrap(), 10);
+        assert_eq!(log.first_index(), 11);
+        for port in 10..13 {
+            a.propose(epoch, register(port)).await.unwrap().unwrap();
+        }
+        let b = node_over(&log, &snaps);
+        b.campaign().await.unwrap();
+        assert_eq!(b.applied_index(), 13);
+        assert_eq!(b.state().snapshot(), a.state().snapshot());
+    });
+}
+
+#[test]
+fn undecodable_log_entry_is_reported_never_skipped() {
+    smol::block_on(async {
+        let (log, snaps) = (MemLogStore::new(), MemSnapshotStore::new());
+        let a = node_over(&log, &snaps);
+        let epoch = a.campaign().await.unwrap();
+        a.propose(epoch, register(1)).await.unwrap().unwrap();
+        log.append(epoch.0, b"garbage").unwrap();
+        let b = node_over(&log, &snaps);
+        let err = b.campaign().await.unwrap_err();
+        assert!(
+            matches!(err, ConsensusError::CorruptEntry { index: 2, .. }),
+            "{err:?}"
+        );
+        assert!(!b.leadership().get().is_leader);
+    });
+}
+
+#[test]
+fn concurrent_proposals_apply_in_log_order() {
+    smol::block_on(async {
+        let (log, snaps) = (MemLogStore::new(), MemSnapshotStore::new());
+        let node = Arc::new(node_over(&log, &snaps));
+        let epoch = node.campaign().await.unwrap();
+        let tasks: Vec<_> = (0..32u16)
+            .map(|port| {
+                let node = node.clone();
+                smol::spawn(async move { node.propose(epoch, register(port)).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        // Replaying the log gives the same state: apply order was log order.
+        let replayed = node_over(&log, &snaps);
+        replayed.load().await.unwrap();
+        assert_eq!(replayed.state().snapshot(), node.state().snapshot());
+        assert_eq!(node.applied_index(), 32);
+    });
+}
+
+/// A log whose next sync fails once.
+struct FlakySync {
+    inner: MemLogStore,
+    fail_next: AtomicBool,
+}
+
+#[async_trait]
+impl LogStore for FlakySync {
+    fn current_term(&self) -> u64 {
+        self.inner.current_term()
+    }
+    async fn claim_term(&self, term: u64) -> Result<(), StorageError> {
+        self.inner.claim_term(term).await
+    }
+    fn append(&self, term: u64, payload: &[u8]) -> Result<u64, StorageError> {
+        self.inner.append(term, payload)
+    }
+    async fn sync(&self, index: u64) -> Result<(), StorageError> {
+        if self.fail_next.swap(false, Ordering::SeqCst) {
+            return Err(StorageError::Injected("sync".into()));
+        }
+        self.inner.sync(index).await
+    }
+    fn read(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, StorageError> {
+        self.inner.read(from, max)
+    }
+    fn first_index(&self) -> u64 {
+        self.inner.first_index()
+    }
+    fn last_index(&self) -> u64 {
+        self.inner.last_index()
+    }
+    async fn compact(&self, index: u64) -> Result<(), StorageError> {
+        self.inner.compact(index).await
+    }
+}
+
+#[test]
+fn failed_sync_is_an_error_never_a_silent_success() {
+    smol::block_on(async {
+        let log = Arc::new(FlakySync {
+            inner: MemLogStore::new(),
+            fail_next: AtomicBool::new(false),
+        });
+        let node = LocalConsensus::new(log.clone(), Arc::new(MemSnapshotStore::new()));
+        let epoch = node.campaign().await.unwrap();
+        log.fail_next.store(true, Ordering::SeqCst);
+        let err = node.propose(epoch, register(1)).await.unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        assert_eq!(
+            node.state().read(|s| s.data_nodes.len()),
+            0,
+            "not applied before durable"
+        );
+        // The retry (same plan, idempotent) converges to one registration.
+        let result = node.propose(epoch, register(1)).await.unwrap();
+        assert_eq!(result, Ok(Applied::DataNodeRegistered(DataNodeId(0))));
+        assert_eq!(node.state().read(|s| s.data_nodes.len()), 1);
+    });
+}
