@@ -205,7 +205,9 @@ impl Consensus for LocalConsensus {
             let bytes = plan.encode()?;
             match self.log.append(epoch.0, &bytes) {
                 Ok(index) => {
-                    inner.pending.insert(index, Pending::Plan(Box::new(plan), epoch.0));
+                    inner
+                        .pending
+                        .insert(index, Pending::Plan(Box::new(plan), epoch.0));
                     index
                 }
                 Err(StorageError::Fenced { current, .. }) => {

@@ -1,0 +1,396 @@
+//! The network, its links and the generic call path.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_lite::future;
+use shoal_core::api::{
+    ApiError, CreateRegionRequest, DataNodeApi, HeartbeatReport, MaintainTask, SubmitOutcome,
+    TaskStatus,
+};
+use shoal_core::model::{Epoch, RegionId, TaskId};
+use shoal_core::runtime::{BoxFuture, Runtime};
+
+/// Faults on one directed link. The default is a healthy link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkFaults {
+    /// Delay before each request is delivered.
+    pub latency: Duration,
+    /// The next this-many requests are lost: the call never runs, the caller times out.
+    pub drop_requests: u32,
+    /// The next this-many replies are lost: the call runs, the caller times out.
+    pub drop_replies: u32,
+    /// Calls fail at once as unreachable (and never run) while set.
+    pub partitioned: bool,
+    /// Per-call timeout on this link, overriding the network default.
+    pub timeout: Option<Duration>,
+}
+
+/// What happened on one directed link so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Calls the caller started.
+    pub calls: u64,
+    /// Requests delivered to the callee (the call ran).
+    pub delivered: u64,
+    /// Requests lost on the way.
+    pub dropped_requests: u64,
+    /// Replies lost on the way back.
+    pub dropped_replies: u64,
+    /// Calls refused because of a partition or a stopped node.
+    pub unreachable: u64,
+    /// Calls that ended in a timeout.
+    pub timeouts: u64,
+}
+
+type Envelope<S> = Box<dyn FnOnce(Arc<S>) -> BoxFuture<()> + Send>;
+
+struct Hosted<S: ?Sized> {
+    inbox: async_channel::Sender<Envelope<S>>,
+    /// Dropped on stop: every in-flight call of this incarnation is cancelled.
+    _alive: async_channel::Sender<()>,
+}
+
+struct NetState<S: ?Sized> {
+    nodes: BTreeMap<String, Hosted<S>>,
+    links: BTreeMap<(String, String), LinkFaults>,
+    stats: BTreeMap<(String, String), LinkStats>,
+}
+
+/// A network of in-process nodes serving `S` (e.g. `dyn DataNodeApi`).
+pub struct InprocNetwork<S: ?Sized + Send + Sync + 'static> {
+    state: Arc<Mutex<NetState<S>>>,
+    runtime: Runtime,
+    default_timeout: Duration,
+}
+
+impl<S: ?Sized + Send + Sync + 'static> Clone for InprocNetwork<S> {
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            runtime: self.runtime.clone(),
+            default_timeout: self.default_timeout,
+        }
+    }
+}
+
+impl<S: ?Sized + Send + Sync + 'static> std::fmt::Debug for InprocNetwork<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<String> = self.lock().nodes.keys().cloned().collect();
+        f.debug_struct("InprocNetwork")
+            .field("nodes", &nodes)
+            .finish()
+    }
+}
+
+impl<S: ?Sized + Send + Sync + 'static> InprocNetwork<S> {
+    /// An empty network whose calls time out after `default_timeout` unless a link says
+    /// otherwise.
+    pub fn new(runtime: Runtime, default_timeout: Duration) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(NetState {
+                nodes: BTreeMap::new(),
+                links: BTreeMap::new(),
+                stats: BTreeMap::new(),
+            })),
+            runtime,
+            default_timeout,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, NetState<S>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts serving `service` at `address`, replacing (and stopping) any node there.
+    pub fn host(&self, address: &str, service: Arc<S>) {
+        let (inbox, requests) = async_channel::unbounded::<Envelope<S>>();
+        let (alive, alive_rx) = async_channel::bounded::<()>(1);
+        let spawner = self.runtime.spawner.clone();
+        let name = format!("inproc-serve-{address}");
+        self.runtime.spawner.spawn(
+            &name,
+            Box::pin(async move {
+                while let Ok(envelope) = requests.recv().await {
+                    let call = envelope(service.clone());
+                    let alive = alive_rx.clone();
+                    // Each call runs concurrently (long polls must not block the node), and
+                    // is cancelled when the node stops.
+                    spawner.spawn(
+                        "inproc-call",
+                        Box::pin(async move {
+                            future::or(call, async move {
+                                let _ = alive.recv().await;
+                            })
+                            .await;
+                        }),
+                    );
+                }
+            }),
+        );
+        self.lock().nodes.insert(
+            address.to_owned(),
+            Hosted {
+                inbox,
+                _alive: alive,
+            },
+        );
+    }
+
+    /// Stops the node at `address`: in-flight calls are cancelled and new calls find it
+    /// unreachable until it is hosted again. Returns whether a node was there.
+    pub fn stop(&self, address: &str) -> bool {
+        self.lock().nodes.remove(address).is_some()
+    }
+
+    /// Whether a node is hosted at `address`.
+    pub fn is_up(&self, address: &str) -> bool {
+        self.lock().nodes.contains_key(address)
+    }
+
+    /// A client calling `to` from the node named `from`.
+    pub fn client(&self, from: &str, to: &str) -> InprocClient<S> {
+        InprocClient {
+            network: self.clone(),
+            from: from.to_owned(),
+            to: to.to_owned(),
+        }
+    }
+
+    /// Replaces the faults of the link `from` → `to`.
+    pub fn set_link(&self, from: &str, to: &str, faults: LinkFaults) {
+        self.lock()
+            .links
+            .insert((from.to_owned(), to.to_owned()), faults);
+    }
+
+    /// Changes the faults of the link `from` → `to` in place.
+    pub fn update_link(&self, from: &str, to: &str, change: impl FnOnce(&mut LinkFaults)) {
+        change(
+            self.lock()
+                .links
+                .entry((from.to_owned(), to.to_owned()))
+                .or_default(),
+        );
+    }
+
+    /// Cuts both directions between `a` and `b`.
+    pub fn partition(&self, a: &str, b: &str) {
+        self.update_link(a, b, |l| l.partitioned = true);
+        self.update_link(b, a, |l| l.partitioned = true);
+    }
+
+    /// Restores both directions between `a` and `b`.
+    pub fn heal(&self, a: &str, b: &str) {
+        self.update_link(a, b, |l| l.partitioned = false);
+        self.update_link(b, a, |l| l.partitioned = false);
+    }
+
+    /// What happened on the link `from` → `to`.
+    pub fn stats(&self, from: &str, to: &str) -> LinkStats {
+        self.lock()
+            .stats
+            .get(&(from.to_owned(), to.to_owned()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn record(&self, from: &str, to: &str, change: impl FnOnce(&mut LinkStats)) {
+        change(
+            self.lock()
+                .stats
+                .entry((from.to_owned(), to.to_owned()))
+                .or_default(),
+        );
+    }
+}
+
+/// Decides, under the lock, what happens to one call on a link.
+enum Fate<S: ?Sized> {
+    Unreachable,
+    Deliver {
+        inbox: async_channel::Sender<Envelope<S>>,
+        drop_reply: bool,
+    },
+    Lose,
+}
+
+/// A client of one node over one link.
+pub struct InprocClient<S: ?Sized + Send + Sync + 'static> {
+    network: InprocNetwork<S>,
+    from: String,
+    to: String,
+}
+
+impl<S: ?Sized + Send + Sync + 'static> Clone for InprocClient<S> {
+    fn clone(&self) -> Self {
+        Self {
+            network: self.network.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+        }
+    }
+}
+
+impl<S: ?Sized + Send + Sync + 'static> std::fmt::Debug for InprocClient<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InprocClient")
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .finish()
+    }
+}
+
+impl<S: ?Sized + Send + Sync + 'static> InprocClient<S> {
+    /// Runs `call` on the remote service, subject to the link's faults.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        call: impl FnOnce(Arc<S>) -> BoxFuture<Result<R, ApiError>> + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let net = &self.network;
+        let faults = net
+            .lock()
+            .links
+            .get(&(self.from.clone(), self.to.clone()))
+            .cloned();
+        let faults = faults.unwrap_or_default();
+        let timeout = faults.timeout.unwrap_or(net.default_timeout);
+        net.record(&self.from, &self.to, |s| s.calls += 1);
+        if !faults.latency.is_zero() {
+            net.runtime.clock.sleep(faults.latency).await;
+        }
+        let fate = {
+            let mut state = net.lock();
+            let key = (self.from.clone(), self.to.clone());
+            let link = state.links.entry(key).or_default();
+            if link.partitioned {
+                Fate::Unreachable
+            } else if link.drop_requests > 0 {
+                link.drop_requests -= 1;
+                Fate::Lose
+            } else {
+                let drop_reply = if link.drop_replies > 0 {
+                    link.drop_replies -= 1;
+                    true
+                } else {
+                    false
+                };
+                match state.nodes.get(&self.to) {
+                    Some(node) => Fate::Deliver {
+                        inbox: node.inbox.clone(),
+                        drop_reply,
+                    },
+                    None => Fate::Unreachable,
+                }
+            }
+        };
+        let (inbox, drop_reply) = match fate {
+            Fate::Unreachable => {
+                net.record(&self.from, &self.to, |s| s.unreachable += 1);
+                return Err(ApiError::Unreachable(format!("{} is unreachable", self.to)));
+            }
+            Fate::Lose => {
+                net.record(&self.from, &self.to, |s| {
+                    s.dropped_requests += 1;
+                    s.timeouts += 1;
+                });
+                net.runtime.clock.sleep(timeout).await;
+                return Err(ApiError::Timeout(timeout));
+            }
+            Fate::Deliver { inbox, drop_reply } => (inbox, drop_reply),
+        };
+        let (reply_tx, reply_rx) = async_channel::bounded::<Result<R, ApiError>>(1);
+        let envelope: Envelope<S> = Box::new(move |service| {
+            let fut = call(service);
+            Box::pin(async move {
+                let result = fut.await;
+                if !drop_reply {
+                    let _ = reply_tx.send(result).await;
+                }
+            })
+        });
+        if inbox.send(envelope).await.is_err() {
+            net.record(&self.from, &self.to, |s| s.unreachable += 1);
+            return Err(ApiError::Unreachable(format!("{} stopped", self.to)));
+        }
+        net.record(&self.from, &self.to, |s| {
+            s.delivered += 1;
+            if drop_reply {
+                s.dropped_replies += 1;
+            }
+        });
+        let clock = net.runtime.clock.clone();
+        let outcome = future::or(async { Some(reply_rx.recv().await) }, async move {
+            clock.sleep(timeout).await;
+            None
+        })
+        .await;
+        match outcome {
+            Some(Ok(result)) => result,
+            // The node stopped while the call ran: the caller cannot know whether it ran.
+            Some(Err(_closed)) if !drop_reply => Err(ApiError::Unreachable(format!(
+                "{} stopped during the call",
+                self.to
+            ))),
+            Some(Err(_)) | None => {
+                net.record(&self.from, &self.to, |s| s.timeouts += 1);
+                Err(ApiError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl DataNodeApi for InprocClient<dyn DataNodeApi> {
+    async fn create_region(
+        &self,
+        epoch: Epoch,
+        request: CreateRegionRequest,
+    ) -> Result<(), ApiError> {
+        self.call(move |s| Box::pin(async move { s.create_region(epoch, request).await }))
+            .await
+    }
+
+    async fn delete_region(&self, epoch: Epoch, region: RegionId) -> Result<(), ApiError> {
+        self.call(move |s| Box::pin(async move { s.delete_region(epoch, region).await }))
+            .await
+    }
+
+    async fn write_region(&self, region: RegionId, bytes: Vec<u8>) -> Result<u64, ApiError> {
+        self.call(move |s| Box::pin(async move { s.write_region(region, bytes).await }))
+            .await
+    }
+
+    async fn submit_task(
+        &self,
+        epoch: Epoch,
+        task: MaintainTask,
+    ) -> Result<SubmitOutcome, ApiError> {
+        self.call(move |s| Box::pin(async move { s.submit_task(epoch, task).await }))
+            .await
+    }
+
+    async fn task_result(
+        &self,
+        task_id: TaskId,
+        wait: Option<Duration>,
+    ) -> Result<TaskStatus, ApiError> {
+        self.call(move |s| Box::pin(async move { s.task_result(task_id, wait).await }))
+            .await
+    }
+
+    async fn ack_task(&self, epoch: Epoch, task_id: TaskId) -> Result<(), ApiError> {
+        self.call(move |s| Box::pin(async move { s.ack_task(epoch, task_id).await }))
+            .await
+    }
+
+    async fn heartbeat(&self, epoch: Epoch) -> Result<HeartbeatReport, ApiError> {
+        self.call(move |s| Box::pin(async move { s.heartbeat(epoch).await }))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests;
