@@ -9,6 +9,7 @@ pub mod api;
 pub mod codes;
 pub mod consensus;
 pub mod model;
+pub mod placement;
 pub mod plan;
 pub mod runtime;
 pub mod snapshot;

@@ -377,7 +377,6 @@ impl ClusterState {
         for task in &p.tasks {
             let id = TaskId(self.next_task_id);
             self.next_task_id += 1;
-            ids.push(id);
             let stored = RegionMaintainTask {
                 kind: task.kind,
                 database: task.database.clone(),
@@ -386,13 +385,25 @@ impl ClusterState {
             };
             match task.kind {
                 RegionMaintainKind::Create => {
-                    self.region_maintain_queue.insert(id, stored);
+                    // A re-offered create (a step re-run after a crash) must not queue twice.
+                    let queued = self.region_maintain_queue.iter().find(|(_, t)| {
+                        t.region.region == stored.region.region && t.target.id == stored.target.id
+                    });
+                    match queued {
+                        Some((existing, _)) => ids.push(*existing),
+                        None => {
+                            ids.push(id);
+                            self.region_maintain_queue.insert(id, stored);
+                        }
+                    }
+                    continue;
                 }
                 RegionMaintainKind::LegacyDelete => {
                     tracing::warn!(
                         task = %id, region = %task.region.region, data_node = %task.target.id,
                         "legacy delete task kept as a pending legacy deletion"
                     );
+                    ids.push(id);
                     self.pending_legacy_deletions.insert(id, stored);
                 }
             }

@@ -364,3 +364,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn re_offered_create_task_is_queued_once() {
+    let (mut state, nodes) = cluster_with_db();
+    let task = NewRegionMaintainTask {
+        kind: RegionMaintainKind::Create,
+        database: name("db"),
+        region: RegionReplicaSet::new(RegionId::new(RegionKind::Data, 0), nodes.clone()),
+        target: state.data_nodes[&nodes[2]].location.clone(),
+    };
+    let offer =
+        ConfigPlan::OfferRegionMaintainTasks(OfferRegionMaintainTasks { tasks: vec![task] });
+    let first = state.apply(&offer).unwrap();
+    let second = state.apply(&offer).unwrap();
+    assert_eq!(first, second, "the same task id is returned");
+    assert_eq!(state.region_maintain_queue.len(), 1);
+}
