@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod codes;
+pub mod confignode;
 pub mod consensus;
 pub mod model;
 pub mod placement;

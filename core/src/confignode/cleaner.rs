@@ -1,0 +1,200 @@
+//! The leader's region cleaner: retries queued create tasks until each missing replica exists.
+//!
+//! A create task is queued when a region group was published with a quorum but without every
+//! replica. The cleaner calls the (idempotent) `create_region` on the target, then records the
+//! new location and removes the task, in that order: a crash in between re-runs the create,
+//! which succeeds again. Failures back off exponentially with jitter, per task.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::api::CreateRegionRequest;
+use crate::consensus::Consensus;
+use crate::model::{Epoch, TaskId};
+use crate::plan::{AddRegionLocation, ConfigPlan, PollSpecificRegionMaintainTask};
+use crate::runtime::Runtime;
+use crate::state::{RegionMaintainKind, RegionMaintainTask, Rejection};
+
+use super::backoff::Backoff;
+use super::clients::DataNodeClients;
+use super::inflight::InflightCreates;
+
+/// What one cleaner pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CleanerPass {
+    /// Tasks whose replica now exists.
+    pub created: Vec<TaskId>,
+    /// Tasks that failed this time and will be retried.
+    pub failed: Vec<TaskId>,
+    /// Tasks skipped because they are backing off.
+    pub deferred: Vec<TaskId>,
+}
+
+/// Retries the region-maintain queue's create tasks while this node leads.
+pub struct RegionCleaner {
+    consensus: Arc<dyn Consensus>,
+    clients: Arc<dyn DataNodeClients>,
+    runtime: Runtime,
+    inflight: Arc<InflightCreates>,
+    backoff: Backoff,
+    /// Per task: failed attempts and the earliest time of the next one (volatile).
+    retry: Mutex<BTreeMap<TaskId, (u32, u64)>>,
+}
+
+impl RegionCleaner {
+    /// A cleaner; `backoff` bounds the delay between attempts of one task.
+    pub fn new(
+        consensus: Arc<dyn Consensus>,
+        clients: Arc<dyn DataNodeClients>,
+        runtime: Runtime,
+        inflight: Arc<InflightCreates>,
+        backoff: Backoff,
+    ) -> Self {
+        Self {
+            consensus,
+            clients,
+            runtime,
+            inflight,
+            backoff,
+            retry: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Runs passes every `interval` until leadership at `epoch` is lost.
+    pub async fn run(&self, epoch: Epoch, interval: Duration) {
+        let watch = self.consensus.leadership();
+        loop {
+            let pass = futures_lite::future::or(
+                async {
+                    self.run_once(epoch).await;
+                    self.runtime.clock.sleep(interval).await;
+                    true
+                },
+                async {
+                    watch.wait_lost(epoch).await;
+                    false
+                },
+            );
+            if !pass.await {
+                return;
+            }
+        }
+    }
+
+    /// One pass over the queue.
+    pub async fn run_once(&self, epoch: Epoch) -> CleanerPass {
+        let tasks: Vec<(TaskId, RegionMaintainTask)> = self.consensus.state().read(|s| {
+            s.region_maintain_queue
+                .iter()
+                .filter(|(_, t)| t.kind == RegionMaintainKind::Create)
+                .map(|(id, t)| (*id, t.clone()))
+                .collect()
+        });
+        let mut pass = CleanerPass::default();
+        let now = self.runtime.clock.now_ms();
+        {
+            let mut retry = self.retry.lock().unwrap_or_else(|p| p.into_inner());
+            retry.retain(|id, _| tasks.iter().any(|(t, _)| t == id));
+        }
+        for (id, task) in tasks {
+            let due = self
+                .retry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .is_none_or(|(_, next)| *next <= now);
+            if !due {
+                pass.deferred.push(id);
+                continue;
+            }
+            match self.create_one(epoch, id, &task).await {
+                Ok(true) => {
+                    self.retry
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    pass.created.push(id);
+                }
+                Ok(false) => {}
+                Err(message) => {
+                    let mut retry = self.retry.lock().unwrap_or_else(|p| p.into_inner());
+                    let entry = retry.entry(id).or_insert((0, 0));
+                    entry.0 += 1;
+                    let delay = self.backoff.delay(entry.0, self.runtime.rng.as_ref());
+                    entry.1 = now + delay.as_millis() as u64;
+                    tracing::warn!(
+                        task = %id, region = %task.region.region, data_node = %task.target.id,
+                        attempts = entry.0, retry_in_ms = delay.as_millis() as u64,
+                        "creating missing replica failed: {message}"
+                    );
+                    pass.failed.push(id);
+                }
+            }
+        }
+        pass
+    }
+
+    /// Creates one missing replica. `Ok(false)`: the task vanished (its group is being
+    /// removed), nothing was done.
+    async fn create_one(
+        &self,
+        epoch: Epoch,
+        id: TaskId,
+        task: &RegionMaintainTask,
+    ) -> Result<bool, String> {
+        let region = task.region.region;
+        let _inflight = self.inflight.enter(region);
+        // Re-check under the in-flight mark: a removal that dropped the task first must not
+        // see a create land after it.
+        let queued = self
+            .consensus
+            .state()
+            .read(|s| s.region_maintain_queue.contains_key(&id));
+        if !queued {
+            return Ok(false);
+        }
+        let started = self.runtime.clock.now_ms();
+        let request = CreateRegionRequest {
+            region,
+            database: task.database.clone(),
+            peers: task.region.replicas.clone(),
+        };
+        self.clients
+            .client(&task.target)
+            .create_region(epoch, request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let add = ConfigPlan::AddRegionLocation(AddRegionLocation {
+            region,
+            data_node: task.target.id,
+        });
+        match self
+            .consensus
+            .propose(epoch, add)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Ok(_) => {}
+            Err(Rejection::UnknownRegion(_)) => {
+                // Cannot happen while removals wait for in-flight creates; say so loudly.
+                tracing::error!(%region, "created a replica of a group that no longer exists");
+            }
+            Err(rejection) => return Err(rejection.to_string()),
+        }
+        let poll = ConfigPlan::PollSpecificRegionMaintainTask(PollSpecificRegionMaintainTask {
+            task_ids: vec![id],
+        });
+        self.consensus
+            .propose(epoch, poll)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok();
+        tracing::info!(
+            task = %id, %region, data_node = %task.target.id, outcome = "success",
+            duration_ms = self.runtime.clock.now_ms().saturating_sub(started),
+            "missing replica created"
+        );
+        Ok(true)
+    }
+}

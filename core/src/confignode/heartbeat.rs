@@ -1,0 +1,111 @@
+//! The leader's heartbeat monitor: marks DataNodes running or unknown.
+//!
+//! Placement only uses running DataNodes. A node is marked unknown after
+//! `misses_before_unknown` consecutive failed heartbeats, and running again on the first
+//! success. Status changes go through the log; unchanged statuses are not re-proposed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::consensus::Consensus;
+use crate::model::{DataNodeId, Epoch};
+use crate::plan::{ConfigPlan, UpdateDataNodeStatus};
+use crate::runtime::Runtime;
+use crate::state::DataNodeStatus;
+
+use super::clients::DataNodeClients;
+
+/// Heartbeats every registered DataNode while this node leads.
+pub struct HeartbeatMonitor {
+    consensus: Arc<dyn Consensus>,
+    clients: Arc<dyn DataNodeClients>,
+    runtime: Runtime,
+    misses_before_unknown: u32,
+    misses: Mutex<BTreeMap<DataNodeId, u32>>,
+}
+
+impl HeartbeatMonitor {
+    /// A monitor that marks a node unknown after `misses_before_unknown` failures in a row.
+    pub fn new(
+        consensus: Arc<dyn Consensus>,
+        clients: Arc<dyn DataNodeClients>,
+        runtime: Runtime,
+        misses_before_unknown: u32,
+    ) -> Self {
+        Self {
+            consensus,
+            clients,
+            runtime,
+            misses_before_unknown: misses_before_unknown.max(1),
+            misses: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Runs rounds every `interval` until leadership at `epoch` is lost.
+    pub async fn run(&self, epoch: Epoch, interval: Duration) {
+        let watch = self.consensus.leadership();
+        loop {
+            let round = futures_lite::future::or(
+                async {
+                    self.run_once(epoch).await;
+                    self.runtime.clock.sleep(interval).await;
+                    true
+                },
+                async {
+                    watch.wait_lost(epoch).await;
+                    false
+                },
+            );
+            if !round.await {
+                return;
+            }
+        }
+    }
+
+    /// One heartbeat to every registered DataNode; returns the nodes that answered.
+    pub async fn run_once(&self, epoch: Epoch) -> Vec<DataNodeId> {
+        let nodes: Vec<_> = self.consensus.state().read(|s| {
+            s.data_nodes
+                .values()
+                .map(|n| (n.location.clone(), n.status))
+                .collect()
+        });
+        let mut alive = Vec::new();
+        for (location, status) in nodes {
+            let ok = self
+                .clients
+                .client(&location)
+                .heartbeat(epoch)
+                .await
+                .is_ok();
+            let target = {
+                let mut misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+                let count = misses.entry(location.id).or_default();
+                *count = if ok { 0 } else { count.saturating_add(1) };
+                if ok {
+                    DataNodeStatus::Running
+                } else if *count >= self.misses_before_unknown {
+                    DataNodeStatus::Unknown
+                } else {
+                    status
+                }
+            };
+            if ok {
+                alive.push(location.id);
+            }
+            // Removing is set by an operator and is never overridden by heartbeats.
+            if target != status && status != DataNodeStatus::Removing {
+                tracing::info!(data_node = %location.id, from = %status, to = %target, "DataNode status");
+                let plan = ConfigPlan::UpdateDataNodeStatus(UpdateDataNodeStatus {
+                    id: location.id,
+                    status: target,
+                });
+                if let Err(e) = self.consensus.propose(epoch, plan).await {
+                    tracing::warn!(data_node = %location.id, "status update not committed: {e}");
+                }
+            }
+        }
+        alive
+    }
+}

@@ -1,0 +1,8 @@
+//! The ConfigNode: metadata service, region cleaner and heartbeat monitor, all running on the
+//! leader over the consensus seam.
+
+pub mod backoff;
+pub mod cleaner;
+pub mod clients;
+pub mod heartbeat;
+pub mod inflight;
