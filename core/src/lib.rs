@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod snapshot;
 pub mod state;
 pub mod storage;
+pub mod util;
 
 #[cfg(test)]
 mod test_support;

@@ -18,17 +18,15 @@ pub enum PlacementError {
     },
 }
 
-/// Chooses DataNodes for `groups` new region groups of `factor` replicas each.
+/// Chooses DataNodes for new region groups, one per entry of `factors` (its replica count).
 ///
 /// Load is the number of replicas a node already holds (published groups plus earlier groups
-/// of this call). Each group takes the `factor` least-loaded running nodes, ties broken by id,
-/// so the same state always yields the same placement.
+/// of this call). Each group takes the least-loaded running nodes, ties broken by id, so the
+/// same state always yields the same placement.
 pub fn place_groups(
     state: &ClusterState,
-    groups: usize,
-    factor: ReplicationFactor,
+    factors: &[ReplicationFactor],
 ) -> Result<Vec<Vec<DataNodeId>>, PlacementError> {
-    let needed = factor.get() as usize;
     let mut load: BTreeMap<DataNodeId, usize> = state
         .replica_counts()
         .into_iter()
@@ -39,14 +37,16 @@ pub fn place_groups(
                 .is_some_and(|n| n.status == DataNodeStatus::Running)
         })
         .collect();
+    let needed = factors.iter().map(|f| f.get() as usize).max().unwrap_or(0);
     if load.len() < needed {
         return Err(PlacementError::NotEnoughDataNodes {
             needed,
             running: load.len(),
         });
     }
-    let mut placements = Vec::with_capacity(groups);
-    for _ in 0..groups {
+    let mut placements = Vec::with_capacity(factors.len());
+    for factor in factors {
+        let needed = factor.get() as usize;
         let mut candidates: Vec<(usize, DataNodeId)> =
             load.iter().map(|(id, count)| (*count, *id)).collect();
         candidates.sort();
@@ -86,8 +86,8 @@ mod tests {
     fn replicas_spread_evenly_and_deterministically() {
         let state = cluster(5);
         let rf = ReplicationFactor::new(3).unwrap();
-        let placement = place_groups(&state, 10, rf).unwrap();
-        assert_eq!(placement, place_groups(&state, 10, rf).unwrap());
+        let placement = place_groups(&state, &[rf; 10]).unwrap();
+        assert_eq!(placement, place_groups(&state, &[rf; 10]).unwrap());
         let mut per_node = BTreeMap::new();
         for group in &placement {
             assert_eq!(group.len(), 3);
@@ -115,9 +115,9 @@ mod tests {
                 status: DataNodeStatus::Unknown,
             }))
             .unwrap();
-        let placement = place_groups(&state, 4, ReplicationFactor::new(3).unwrap()).unwrap();
+        let placement = place_groups(&state, &[ReplicationFactor::new(3).unwrap(); 4]).unwrap();
         assert!(placement.iter().flatten().all(|n| *n != DataNodeId(1)));
-        let err = place_groups(&state, 1, ReplicationFactor::new(4).unwrap()).unwrap_err();
+        let err = place_groups(&state, &[ReplicationFactor::new(4).unwrap()]).unwrap_err();
         assert_eq!(
             err,
             PlacementError::NotEnoughDataNodes {

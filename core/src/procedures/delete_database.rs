@@ -1,0 +1,201 @@
+//! [`DeleteDatabaseProcedure`]: delete a database and every region it owns.
+//!
+//! Mark it deleting (new region groups and writes are refused from then on) → drop its queued
+//! create tasks → one child [`RemoveRegionGroupProcedure`] per region group → drop the
+//! partition table and schema, only once every group is gone. The database lock is exclusive,
+//! so creations of region groups in the same database run strictly before or after.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::coded_enum;
+use crate::model::{DatabaseName, RegionId, TaskId};
+use crate::plan::{ConfigPlan, DeleteDatabase, PollSpecificRegionMaintainTask, PreDeleteDatabase};
+use crate::procedure::{
+    Procedure, ProcedureContext, ProcedureError, ProcedureType, StateId, Step, decode_data,
+    encode_data,
+};
+use crate::state::{LockKey, LockMode, LockResource, ProcedureStatus, Rejection};
+
+use super::{DELETE_DATABASE, RemoveRegionGroupProcedure};
+
+coded_enum! {
+    /// States of [`DeleteDatabaseProcedure`].
+    pub enum DeleteDatabaseState {
+        /// Mark the database deleting.
+        MarkDeleting = 1,
+        /// Drop the database's queued create tasks.
+        DropQueuedCreates = 2,
+        /// Spawn one removal per region group.
+        RemoveRegionGroups = 3,
+        /// Drop the partition table and schema.
+        DropDatabase = 4,
+    }
+}
+
+/// Persistent data of [`DeleteDatabaseProcedure`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteDatabaseData {
+    /// Current state.
+    pub state: DeleteDatabaseState,
+    /// The database.
+    pub name: DatabaseName,
+    /// Groups handed to child removals (for status and the final check).
+    pub groups: Vec<RegionId>,
+    /// Rounds of child removals spawned (more than one only if groups reappeared).
+    pub rounds: u32,
+}
+
+/// Deletes a database. See the module docs.
+#[derive(Debug, Clone)]
+pub struct DeleteDatabaseProcedure {
+    data: DeleteDatabaseData,
+}
+
+impl DeleteDatabaseProcedure {
+    /// Deletes `name`.
+    pub fn new(name: DatabaseName) -> Self {
+        Self {
+            data: DeleteDatabaseData {
+                state: DeleteDatabaseState::MarkDeleting,
+                name,
+                groups: Vec::new(),
+                rounds: 0,
+            },
+        }
+    }
+
+    /// The persistent data.
+    pub fn data(&self) -> &DeleteDatabaseData {
+        &self.data
+    }
+
+    /// Abort: the database does not exist.
+    async fn mark_deleting(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
+        let plan = PreDeleteDatabase { name: self.data.name.clone(), deleting: true };
+        match ctx.propose(ConfigPlan::PreDeleteDatabase(plan)).await? {
+            Ok(_) => {}
+            Err(Rejection::DatabaseNotFound(name)) => {
+                return Err(ProcedureError::Abort(format!("database {name} does not exist")));
+            }
+            Err(rejection) => return Err(rejection.into()),
+        }
+        self.data.state = DeleteDatabaseState::DropQueuedCreates;
+        Ok(Step::Continue)
+    }
+
+    /// Retry: commit failures.
+    async fn drop_queued_creates(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
+        let name = self.data.name.clone();
+        let queued: Vec<TaskId> = ctx.state().read(|s| {
+            s.region_maintain_queue
+                .iter()
+                .filter(|(_, t)| t.database == name)
+                .map(|(id, _)| *id)
+                .collect()
+        });
+        if !queued.is_empty() {
+            let poll = PollSpecificRegionMaintainTask { task_ids: queued };
+            ctx.propose(ConfigPlan::PollSpecificRegionMaintainTask(poll)).await??;
+        }
+        self.data.state = DeleteDatabaseState::RemoveRegionGroups;
+        Ok(Step::Continue)
+    }
+
+    fn remove_region_groups(&mut self, ctx: &ProcedureContext) -> Step {
+        let name = self.data.name.clone();
+        let groups: Vec<RegionId> = ctx.state().read(|s| {
+            s.partition_tables
+                .get(&name)
+                .map(|t| t.groups.keys().copied().collect())
+                .unwrap_or_default()
+        });
+        self.data.state = DeleteDatabaseState::DropDatabase;
+        if groups.is_empty() {
+            return Step::Continue;
+        }
+        self.data.groups = groups.clone();
+        self.data.rounds += 1;
+        Step::SpawnChildren(
+            groups
+                .into_iter()
+                .map(|region| {
+                    Box::new(RemoveRegionGroupProcedure::group(name.clone(), region, Vec::new()))
+                        as Box<dyn Procedure>
+                })
+                .collect(),
+        )
+    }
+
+    /// Abort: a child removal failed (the database stays marked deleting, visibly).
+    async fn drop_database(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
+        if let Some(child) = ctx.children().iter().find(|c| c.status != ProcedureStatus::Succeeded)
+        {
+            return Err(ProcedureError::Abort(format!(
+                "region group removal {} ended {}: {}",
+                child.id,
+                child.status,
+                child.error.clone().unwrap_or_default()
+            )));
+        }
+        let plan = DeleteDatabase { name: self.data.name.clone() };
+        match ctx.propose(ConfigPlan::DeleteDatabase(plan)).await? {
+            Ok(_) => {}
+            Err(Rejection::RegionGroupsRemain { .. }) => {
+                // Cannot happen while the lock and the deleting mark hold; converge anyway.
+                self.data.state = DeleteDatabaseState::RemoveRegionGroups;
+                return Ok(Step::Continue);
+            }
+            Err(rejection) => return Err(rejection.into()),
+        }
+        tracing::info!(
+            procedure = %ctx.procedure_id(), database = %self.data.name,
+            groups = self.data.groups.len(), "database deleted"
+        );
+        Ok(Step::Done(Vec::new()))
+    }
+}
+
+#[async_trait]
+impl Procedure for DeleteDatabaseProcedure {
+    fn type_code(&self) -> u32 {
+        Self::TYPE_CODE
+    }
+
+    fn type_name(&self) -> &'static str {
+        Self::TYPE_NAME
+    }
+
+    fn state(&self) -> StateId {
+        StateId { code: u32::from(self.data.state.code()), name: self.data.state.name() }
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, ProcedureError> {
+        encode_data(&self.data)
+    }
+
+    fn lock_keys(&self) -> Vec<LockKey> {
+        vec![LockKey {
+            resource: LockResource::Database(self.data.name.clone()),
+            mode: LockMode::Exclusive,
+        }]
+    }
+
+    async fn step(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
+        match self.data.state {
+            DeleteDatabaseState::MarkDeleting => self.mark_deleting(ctx).await,
+            DeleteDatabaseState::DropQueuedCreates => self.drop_queued_creates(ctx).await,
+            DeleteDatabaseState::RemoveRegionGroups => Ok(self.remove_region_groups(ctx)),
+            DeleteDatabaseState::DropDatabase => self.drop_database(ctx).await,
+        }
+    }
+}
+
+impl ProcedureType for DeleteDatabaseProcedure {
+    const TYPE_CODE: u32 = DELETE_DATABASE;
+    const TYPE_NAME: &'static str = "DeleteDatabase";
+
+    fn decode(data: &[u8]) -> Result<Self, ProcedureError> {
+        Ok(Self { data: decode_data(data)? })
+    }
+}
