@@ -84,6 +84,13 @@ impl MaintainTaskKind {
             MaintainTaskKind::DeleteRegionPeer { region } => *region,
         }
     }
+
+    /// The kind's name, for logs and status output.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MaintainTaskKind::DeleteRegionPeer { .. } => "DeleteRegionPeer",
+        }
+    }
 }
 
 /// A task submission.

@@ -9,6 +9,7 @@ pub mod api;
 pub mod codes;
 pub mod confignode;
 pub mod consensus;
+pub mod datanode;
 pub mod model;
 pub mod placement;
 pub mod plan;

@@ -3,6 +3,14 @@
 //! In-memory twins live in [`mem`]; file-system implementations live in `shoal-storage-fs`.
 
 pub mod mem;
+pub mod mem_journal;
+pub mod mem_region;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod faulty;
+
+pub use mem_journal::MemTaskJournal;
+pub use mem_region::MemRegionStore;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,423 @@
+//! The DataNode's task journal: record types with explicit numeric codes, their encoding,
+//! replay at start-up, and the writer that appends and compacts.
+//!
+//! Encoding of one record: `code: u16 BE | crc32c(code ‖ body): u32 BE | body: CBOR`. Codes
+//! are assigned in [`RecordCode`] and never change meaning; an unknown code, a bad checksum
+//! or a malformed body is a typed [`JournalDecodeError`], never a silently dropped record.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::tasks::TaskTable;
+use crate::api::{MaintainTaskKind, TaskStatus};
+use crate::coded_enum;
+use crate::model::{Epoch, RegionId, TaskId};
+use crate::runtime::Millis;
+use crate::storage::{StorageError, TaskJournal};
+
+/// Bytes before a record's CBOR body: the code and the checksum.
+pub const RECORD_HEADER_LEN: usize = 6;
+
+coded_enum! {
+    /// The kind of a journal record. Stable on disk.
+    pub enum RecordCode {
+        /// The highest leader epoch seen rose.
+        EpochSeen = 1,
+        /// A maintain task was accepted (written before it starts and before Accepted).
+        TaskAccepted = 2,
+        /// A task reached a terminal status.
+        TaskFinished = 3,
+        /// A terminal result was forgotten (acked, or evicted by the retention bound).
+        TaskForgotten = 4,
+    }
+}
+
+coded_enum! {
+    /// The kind of a maintain task as stored. Stable on disk; new kinds take new codes.
+    pub enum MaintainKindCode {
+        /// [`MaintainTaskKind::DeleteRegionPeer`].
+        DeleteRegionPeer = 1,
+    }
+}
+
+coded_enum! {
+    /// A terminal outcome as stored.
+    pub enum OutcomeCode {
+        /// [`TaskStatus::Success`].
+        Success = 1,
+        /// [`TaskStatus::Fail`].
+        Fail = 2,
+    }
+}
+
+coded_enum! {
+    /// Why a result was forgotten.
+    pub enum ForgetReason {
+        /// The coordinator acked it.
+        Acked = 1,
+        /// The retention bound (count or age) evicted it unacked.
+        Evicted = 2,
+    }
+}
+
+/// A maintain task's kind in its stored form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredTaskKind {
+    /// Which kind.
+    pub code: MaintainKindCode,
+    /// The region it operates on.
+    pub region: RegionId,
+}
+
+impl From<&MaintainTaskKind> for StoredTaskKind {
+    fn from(kind: &MaintainTaskKind) -> Self {
+        match kind {
+            MaintainTaskKind::DeleteRegionPeer { region } => StoredTaskKind {
+                code: MaintainKindCode::DeleteRegionPeer,
+                region: *region,
+            },
+        }
+    }
+}
+
+impl From<&StoredTaskKind> for MaintainTaskKind {
+    fn from(stored: &StoredTaskKind) -> Self {
+        match stored.code {
+            MaintainKindCode::DeleteRegionPeer => MaintainTaskKind::DeleteRegionPeer {
+                region: stored.region,
+            },
+        }
+    }
+}
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JournalRecord {
+    /// The highest epoch seen is now `epoch`.
+    EpochSeen {
+        /// The new highest epoch.
+        epoch: Epoch,
+    },
+    /// A task was accepted.
+    TaskAccepted {
+        /// The task.
+        task_id: TaskId,
+        /// What it does.
+        kind: StoredTaskKind,
+    },
+    /// A task finished.
+    TaskFinished {
+        /// The task.
+        task_id: TaskId,
+        /// Its terminal outcome.
+        outcome: OutcomeCode,
+        /// The failure reason (for [`OutcomeCode::Fail`]).
+        reason: Option<String>,
+        /// How long it ran, in clock milliseconds.
+        duration_ms: Millis,
+    },
+    /// A terminal result was forgotten.
+    TaskForgotten {
+        /// The task.
+        task_id: TaskId,
+        /// Why.
+        reason: ForgetReason,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct EpochBody {
+    epoch: Epoch,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AcceptedBody {
+    task_id: TaskId,
+    kind: StoredTaskKind,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FinishedBody {
+    task_id: TaskId,
+    outcome: OutcomeCode,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    duration_ms: Millis,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ForgottenBody {
+    task_id: TaskId,
+    reason: ForgetReason,
+}
+
+/// Why journal bytes could not be decoded. Never retryable: the bytes are wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JournalDecodeError {
+    /// Fewer bytes than the header.
+    #[error("record truncated: {len} bytes, header needs {RECORD_HEADER_LEN}")]
+    Truncated {
+        /// Bytes available.
+        len: usize,
+    },
+    /// The checksum does not match.
+    #[error("record checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// Checksum in the header.
+        stored: u32,
+        /// Checksum of the bytes as read.
+        computed: u32,
+    },
+    /// A record code this build does not know.
+    #[error("unknown journal record code {0}")]
+    UnknownCode(u16),
+    /// The body does not decode as the code's body type.
+    #[error("journal record code {code} has a malformed body: {message}")]
+    MalformedBody {
+        /// The record code.
+        code: u16,
+        /// The decoder's message.
+        message: String,
+    },
+}
+
+fn checksum(code: u16, body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&code.to_be_bytes()), body)
+}
+
+fn encode_body<T: Serialize>(body: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing plain structs of ids, numbers and strings into a Vec cannot fail.
+    if let Err(error) = ciborium::into_writer(body, &mut out) {
+        tracing::error!(%error, "journal record failed to encode");
+    }
+    out
+}
+
+fn decode_exact<T: serde::de::DeserializeOwned>(
+    code: u16,
+    body: &[u8],
+) -> Result<T, JournalDecodeError> {
+    let malformed = |message: String| JournalDecodeError::MalformedBody { code, message };
+    let mut reader = body;
+    let value = ciborium::from_reader(&mut reader).map_err(|e| malformed(e.to_string()))?;
+    if !reader.is_empty() {
+        return Err(malformed(format!("{} trailing bytes", reader.len())));
+    }
+    Ok(value)
+}
+
+impl JournalRecord {
+    /// This record's code.
+    pub fn code(&self) -> RecordCode {
+        match self {
+            JournalRecord::EpochSeen { .. } => RecordCode::EpochSeen,
+            JournalRecord::TaskAccepted { .. } => RecordCode::TaskAccepted,
+            JournalRecord::TaskFinished { .. } => RecordCode::TaskFinished,
+            JournalRecord::TaskForgotten { .. } => RecordCode::TaskForgotten,
+        }
+    }
+
+    /// Encodes as `code | crc32c | CBOR body`.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = match self {
+            JournalRecord::EpochSeen { epoch } => encode_body(&EpochBody { epoch: *epoch }),
+            JournalRecord::TaskAccepted { task_id, kind } => encode_body(&AcceptedBody {
+                task_id: *task_id,
+                kind: kind.clone(),
+            }),
+            JournalRecord::TaskFinished {
+                task_id,
+                outcome,
+                reason,
+                duration_ms,
+            } => encode_body(&FinishedBody {
+                task_id: *task_id,
+                outcome: *outcome,
+                reason: reason.clone(),
+                duration_ms: *duration_ms,
+            }),
+            JournalRecord::TaskForgotten { task_id, reason } => encode_body(&ForgottenBody {
+                task_id: *task_id,
+                reason: *reason,
+            }),
+        };
+        let code = u16::from(self.code().code());
+        let mut out = Vec::with_capacity(RECORD_HEADER_LEN + body.len());
+        out.extend_from_slice(&code.to_be_bytes());
+        out.extend_from_slice(&checksum(code, &body).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Decodes one record, checking its checksum.
+    pub fn decode(bytes: &[u8]) -> Result<JournalRecord, JournalDecodeError> {
+        if bytes.len() < RECORD_HEADER_LEN {
+            return Err(JournalDecodeError::Truncated { len: bytes.len() });
+        }
+        let code = u16::from_be_bytes([bytes[0], bytes[1]]);
+        let stored = u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
+        let body = &bytes[RECORD_HEADER_LEN..];
+        let computed = checksum(code, body);
+        if stored != computed {
+            return Err(JournalDecodeError::Checksum { stored, computed });
+        }
+        let known = u8::try_from(code)
+            .ok()
+            .and_then(RecordCode::from_code)
+            .ok_or(JournalDecodeError::UnknownCode(code))?;
+        Ok(match known {
+            RecordCode::EpochSeen => {
+                let b: EpochBody = decode_exact(code, body)?;
+                JournalRecord::EpochSeen { epoch: b.epoch }
+            }
+            RecordCode::TaskAccepted => {
+                let b: AcceptedBody = decode_exact(code, body)?;
+                JournalRecord::TaskAccepted {
+                    task_id: b.task_id,
+                    kind: b.kind,
+                }
+            }
+            RecordCode::TaskFinished => {
+                let b: FinishedBody = decode_exact(code, body)?;
+                JournalRecord::TaskFinished {
+                    task_id: b.task_id,
+                    outcome: b.outcome,
+                    reason: b.reason,
+                    duration_ms: b.duration_ms,
+                }
+            }
+            RecordCode::TaskForgotten => {
+                let b: ForgottenBody = decode_exact(code, body)?;
+                JournalRecord::TaskForgotten {
+                    task_id: b.task_id,
+                    reason: b.reason,
+                }
+            }
+        })
+    }
+
+    /// The record for a terminal `status`.
+    pub(crate) fn finished(task_id: TaskId, status: &TaskStatus, duration_ms: Millis) -> Self {
+        let (outcome, reason) = match status {
+            TaskStatus::Fail(reason) => (OutcomeCode::Fail, Some(reason.clone())),
+            _ => (OutcomeCode::Success, None),
+        };
+        JournalRecord::TaskFinished {
+            task_id,
+            outcome,
+            reason,
+            duration_ms,
+        }
+    }
+}
+
+/// Why a journal could not be replayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// Record `index` (0-based, in load order) does not decode.
+    #[error("journal record {index} is undecodable: {source}")]
+    Undecodable {
+        /// Position of the record.
+        index: usize,
+        /// Why.
+        source: JournalDecodeError,
+    },
+    /// Record `index` contradicts the records before it.
+    #[error("journal record {index} is inconsistent: {reason}")]
+    Inconsistent {
+        /// Position of the record.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What a replay restores.
+#[derive(Debug, Default)]
+pub(crate) struct Replayed {
+    pub highest_epoch: Epoch,
+    pub table: TaskTable,
+}
+
+/// Rebuilds the highest epoch and the task table from `records`. Restored terminal results
+/// count their retention age from `now` (clock origins differ across restarts).
+pub(crate) fn replay(records: &[Vec<u8>], now: Millis) -> Result<Replayed, ReplayError> {
+    let mut out = Replayed::default();
+    for (index, bytes) in records.iter().enumerate() {
+        let record = JournalRecord::decode(bytes)
+            .map_err(|source| ReplayError::Undecodable { index, source })?;
+        match record {
+            JournalRecord::EpochSeen { epoch } => {
+                out.highest_epoch = out.highest_epoch.max(epoch);
+            }
+            JournalRecord::TaskAccepted { task_id, kind } => {
+                out.table
+                    .insert_running(task_id, MaintainTaskKind::from(&kind), now);
+            }
+            JournalRecord::TaskFinished {
+                task_id,
+                outcome,
+                reason,
+                ..
+            } => {
+                let status = match outcome {
+                    OutcomeCode::Success => TaskStatus::Success,
+                    OutcomeCode::Fail => TaskStatus::Fail(reason.unwrap_or_default()),
+                };
+                if !out.table.finish(task_id, status, now) {
+                    return Err(ReplayError::Inconsistent {
+                        index,
+                        reason: format!("{task_id} finished but was never accepted"),
+                    });
+                }
+            }
+            JournalRecord::TaskForgotten { task_id, .. } => {
+                out.table.remove(task_id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Appends records and compacts the journal; callers serialise through one async mutex so
+/// a rewrite never races an append.
+pub(crate) struct JournalWriter {
+    journal: Arc<dyn TaskJournal>,
+    /// Records in the journal now (loaded + appended since the last rewrite).
+    records: usize,
+}
+
+impl JournalWriter {
+    pub(crate) fn new(journal: Arc<dyn TaskJournal>, records: usize) -> Self {
+        Self { journal, records }
+    }
+
+    /// Durably appends `record`.
+    pub(crate) async fn append(&mut self, record: &JournalRecord) -> Result<(), StorageError> {
+        self.journal.append(record.encode()).await?;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Whether the journal holds more than `threshold` records and at least twice the
+    /// `live` records a rewrite would keep.
+    pub(crate) fn wants_compaction(&self, live: usize, threshold: usize) -> bool {
+        self.records > threshold && self.records >= live.saturating_mul(2)
+    }
+
+    /// Atomically replaces the journal with `records`.
+    pub(crate) async fn rewrite(
+        &mut self,
+        records: Vec<JournalRecord>,
+    ) -> Result<(), StorageError> {
+        let count = records.len();
+        self.journal
+            .rewrite(records.iter().map(JournalRecord::encode).collect())
+            .await?;
+        self.records = count;
+        Ok(())
+    }
+}

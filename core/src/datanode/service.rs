@@ -1,0 +1,210 @@
+//! [`DataNode`] as the [`DataNodeApi`] the ConfigNode calls.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_lite::future;
+
+use super::journal::{ForgetReason, JournalRecord, StoredTaskKind};
+use super::tasks::{AckFound, Admission};
+use super::{DataNode, runner};
+use crate::api::{
+    ApiError, CreateRegionRequest, DataNodeApi, HeartbeatReport, MaintainTask, RegionReport,
+    SubmitOutcome, TaskStatus,
+};
+use crate::model::{Epoch, RegionId, TaskId};
+use crate::storage::{RegionConfig, StorageError};
+
+/// Maps a storage failure to what the caller sees. A conflicting or missing region is a
+/// refusal (retrying the same call cannot help); anything else is a remote failure whose
+/// retryability is the storage error's.
+pub(crate) fn storage_error(error: StorageError) -> ApiError {
+    match error {
+        StorageError::RegionConflict { .. } | StorageError::RegionNotFound(_) => {
+            ApiError::Refused(error.to_string())
+        }
+        other => ApiError::Remote {
+            retryable: other.is_retryable(),
+            message: other.to_string(),
+        },
+    }
+}
+
+#[async_trait]
+impl DataNodeApi for DataNode {
+    /// Synchronous and idempotent. Waits for any maintain operation queued or running on
+    /// the same region (e.g. a deletion), then creates it afresh. Abort (`Refused`): the
+    /// region exists with a different configuration.
+    async fn create_region(
+        &self,
+        epoch: Epoch,
+        request: CreateRegionRequest,
+    ) -> Result<(), ApiError> {
+        let inner = &self.inner;
+        inner.ensure_running()?;
+        inner.admit(epoch).await?;
+        let config = RegionConfig {
+            region: request.region,
+            database: request.database,
+            peers: request.peers,
+        };
+        let _turn = inner.guards.lock(config.region).await;
+        let outcome = inner.store.create(&config).await.map_err(storage_error)?;
+        tracing::info!(region = %config.region, ?outcome, "create region");
+        Ok(())
+    }
+
+    /// Legacy synchronous deletion: **unsafe for long deletions** (a caller that times out
+    /// and retries may see success while the first call still runs). Serialised with
+    /// maintain tasks on the same region.
+    async fn delete_region(&self, epoch: Epoch, region: RegionId) -> Result<(), ApiError> {
+        let inner = &self.inner;
+        inner.ensure_running()?;
+        inner.admit(epoch).await?;
+        let _turn = inner.guards.lock(region).await;
+        let outcome = inner.store.delete(region).await.map_err(storage_error)?;
+        tracing::info!(region = %region, ?outcome, "legacy synchronous region deletion");
+        Ok(())
+    }
+
+    async fn write_region(&self, region: RegionId, bytes: Vec<u8>) -> Result<u64, ApiError> {
+        self.inner.ensure_running()?;
+        self.inner
+            .store
+            .append(region, &bytes)
+            .await
+            .map_err(storage_error)
+    }
+
+    /// Accepts a task once it is journaled; a resubmitted id is accepted and runs nothing.
+    /// Abort: stale epoch, the id used for a different task (`Rejected`). Retry: the
+    /// journal write failed (nothing was accepted).
+    async fn submit_task(
+        &self,
+        epoch: Epoch,
+        task: MaintainTask,
+    ) -> Result<SubmitOutcome, ApiError> {
+        let inner = &self.inner;
+        inner.ensure_running()?;
+        let mut writer = inner.writer.lock().await;
+        inner.admit_locked(&mut writer, epoch).await?;
+        let admission = inner.table().admission(task.task_id, &task.kind);
+        match admission {
+            Admission::Duplicate => return Ok(SubmitOutcome::Accepted),
+            Admission::Conflict(existing) => {
+                return Ok(SubmitOutcome::Rejected(format!(
+                    "{} was already used for {} of {}",
+                    task.task_id,
+                    existing.name(),
+                    existing.region()
+                )));
+            }
+            Admission::New => {}
+        }
+        // Journal before starting and before answering: an Accepted task survives a crash.
+        writer
+            .append(&JournalRecord::TaskAccepted {
+                task_id: task.task_id,
+                kind: StoredTaskKind::from(&task.kind),
+            })
+            .await
+            .map_err(storage_error)?;
+        // Queue on the region now, so a create issued after Accepted runs after this task.
+        let ticket = inner.guards.ticket(task.kind.region());
+        inner
+            .table()
+            .insert_running(task.task_id, task.kind.clone(), inner.rt.clock.now_ms());
+        tracing::info!(task_id = %task.task_id, region = %task.kind.region(),
+            kind = task.kind.name(), epoch = %epoch, "maintain task accepted");
+        runner::spawn_task(inner, task.task_id, task.kind, ticket);
+        Ok(SubmitOutcome::Accepted)
+    }
+
+    /// Long-polls: returns as soon as the task is terminal (woken by the runner, not by
+    /// polling), or `Processing` when `wait` ends on the clock. Unknown id: `NotExist`.
+    async fn task_result(
+        &self,
+        task_id: TaskId,
+        wait: Option<Duration>,
+    ) -> Result<TaskStatus, ApiError> {
+        let inner = &self.inner;
+        let clock = &inner.rt.clock;
+        let deadline = wait.map(|wait| clock.now_ms().saturating_add(wait.as_millis() as u64));
+        loop {
+            inner.ensure_running()?;
+            // Listen before reading: a finish between the read and the wait must wake us.
+            let listener = inner.task_changed.listen();
+            let status = inner.table().status(task_id);
+            if status != TaskStatus::Processing {
+                return Ok(status);
+            }
+            let now = clock.now_ms();
+            let Some(deadline) = deadline.filter(|deadline| *deadline > now) else {
+                return Ok(status);
+            };
+            let timeout = clock.sleep(Duration::from_millis(deadline - now));
+            future::or(listener, future::or(timeout, inner.wait_halt())).await;
+        }
+    }
+
+    /// Forgets a terminal result (journaled). Unknown id: success (idempotent). Abort
+    /// (`Refused`): the task is still running.
+    async fn ack_task(&self, epoch: Epoch, task_id: TaskId) -> Result<(), ApiError> {
+        let inner = &self.inner;
+        inner.ensure_running()?;
+        let mut writer = inner.writer.lock().await;
+        inner.admit_locked(&mut writer, epoch).await?;
+        let found = inner.table().ack_target(task_id);
+        match found {
+            AckFound::Unknown => Ok(()),
+            AckFound::Running => Err(ApiError::Refused(format!(
+                "{task_id} is still running; only a terminal task can be acked"
+            ))),
+            AckFound::Terminal => {
+                writer
+                    .append(&JournalRecord::TaskForgotten {
+                        task_id,
+                        reason: ForgetReason::Acked,
+                    })
+                    .await
+                    .map_err(storage_error)?;
+                inner.table().remove(task_id);
+                inner.enforce_retention(&mut writer).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn heartbeat(&self, epoch: Epoch) -> Result<HeartbeatReport, ApiError> {
+        let inner = &self.inner;
+        inner.ensure_running()?;
+        inner.admit(epoch).await?;
+        let configs = inner.store.list().await.map_err(storage_error)?;
+        let mut regions = Vec::with_capacity(configs.len());
+        for config in configs {
+            // A region deleted between list and size is simply no longer reported.
+            if let Some(bytes) = inner
+                .store
+                .size(config.region)
+                .await
+                .map_err(storage_error)?
+            {
+                regions.push(RegionReport {
+                    region: config.region,
+                    bytes,
+                });
+            }
+        }
+        let mut running_tasks: Vec<TaskId> = inner
+            .table()
+            .running()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        running_tasks.sort();
+        Ok(HeartbeatReport {
+            regions,
+            running_tasks,
+        })
+    }
+}

@@ -1,0 +1,189 @@
+//! An in-memory [`RegionStore`] whose deletions are throttled on a [`Clock`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{CreateOutcome, DeleteOutcome, RegionConfig, RegionStore, StorageError};
+use crate::model::{DataNodeId, RegionId};
+use crate::runtime::Clock;
+
+/// Bytes removed per step of a throttled deletion when no chunk size is configured.
+pub const DEFAULT_DELETE_CHUNK_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug)]
+struct Replica {
+    config: RegionConfig,
+    /// Bytes still held. Only the length matters to the control plane, so the content is
+    /// not kept; `append` and `delete` account for it byte by byte.
+    bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    regions: BTreeMap<RegionId, Replica>,
+}
+
+/// An in-memory [`RegionStore`]. Clones share the same replicas, so a test can "restart" a
+/// DataNode by building a new one over a clone.
+///
+/// Deletions honour a rate limit in bytes per second, enforced through the [`Clock`] seam:
+/// deleting `n` bytes at `rate` takes `n / rate` seconds on the clock, removed in chunks so
+/// an interrupted deletion leaves part of the data behind (as a real engine would).
+#[derive(Clone)]
+pub struct MemRegionStore {
+    inner: Arc<Mutex<Inner>>,
+    clock: Arc<dyn Clock>,
+    /// Bytes per second; `None` deletes instantly.
+    delete_rate: Arc<Mutex<Option<u64>>>,
+    chunk_bytes: u64,
+}
+
+impl std::fmt::Debug for MemRegionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemRegionStore")
+            .field("regions", &lock(&self.inner).regions.len())
+            .field("delete_rate", &*lock(&self.delete_rate))
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep serving it.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl MemRegionStore {
+    /// An empty store with unthrottled deletions; `clock` paces throttled ones.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner: Arc::default(),
+            clock,
+            delete_rate: Arc::new(Mutex::new(None)),
+            chunk_bytes: DEFAULT_DELETE_CHUNK_BYTES,
+        }
+    }
+
+    /// The same store with deletions limited to `bytes_per_sec` (0 means unthrottled).
+    pub fn with_delete_rate(self, bytes_per_sec: u64) -> Self {
+        self.set_delete_rate(bytes_per_sec);
+        self
+    }
+
+    /// The same store removing at most `bytes` per throttled step (at least 1).
+    pub fn with_delete_chunk(mut self, bytes: u64) -> Self {
+        self.chunk_bytes = bytes.max(1);
+        self
+    }
+
+    /// Changes the delete rate limit for deletions that start or continue after this call
+    /// (0 means unthrottled). Shared by every clone.
+    pub fn set_delete_rate(&self, bytes_per_sec: u64) {
+        *lock(&self.delete_rate) = (bytes_per_sec > 0).then_some(bytes_per_sec);
+    }
+
+    fn rate(&self) -> Option<u64> {
+        *lock(&self.delete_rate)
+    }
+}
+
+#[async_trait]
+impl RegionStore for MemRegionStore {
+    async fn create(&self, config: &RegionConfig) -> Result<CreateOutcome, StorageError> {
+        let mut inner = lock(&self.inner);
+        match inner.regions.get(&config.region) {
+            Some(existing) if existing.config == *config => Ok(CreateOutcome::AlreadyExists),
+            Some(_) => Err(StorageError::RegionConflict {
+                region: config.region,
+            }),
+            None => {
+                inner.regions.insert(
+                    config.region,
+                    Replica {
+                        config: config.clone(),
+                        bytes: 0,
+                    },
+                );
+                Ok(CreateOutcome::Created)
+            }
+        }
+    }
+
+    async fn append(&self, region: RegionId, bytes: &[u8]) -> Result<u64, StorageError> {
+        let mut inner = lock(&self.inner);
+        let replica = inner
+            .regions
+            .get_mut(&region)
+            .ok_or(StorageError::RegionNotFound(region))?;
+        replica.bytes += bytes.len() as u64;
+        Ok(replica.bytes)
+    }
+
+    async fn set_peers(&self, region: RegionId, peers: &[DataNodeId]) -> Result<(), StorageError> {
+        let mut inner = lock(&self.inner);
+        let replica = inner
+            .regions
+            .get_mut(&region)
+            .ok_or(StorageError::RegionNotFound(region))?;
+        replica.config.peers = peers.to_vec();
+        Ok(())
+    }
+
+    async fn delete(&self, region: RegionId) -> Result<DeleteOutcome, StorageError> {
+        if !lock(&self.inner).regions.contains_key(&region) {
+            return Ok(DeleteOutcome::NotFound);
+        }
+        let start_ms = self.clock.now_ms();
+        let mut removed: u64 = 0;
+        loop {
+            let remaining = {
+                let mut inner = lock(&self.inner);
+                let Some(replica) = inner.regions.get_mut(&region) else {
+                    // Someone else finished the deletion; nothing of the region remains.
+                    return Ok(DeleteOutcome::Deleted { bytes: removed });
+                };
+                if self.rate().is_none() || replica.bytes == 0 {
+                    removed += replica.bytes;
+                    inner.regions.remove(&region);
+                    return Ok(DeleteOutcome::Deleted { bytes: removed });
+                }
+                replica.bytes
+            };
+            let chunk = remaining.min(self.chunk_bytes);
+            // Pace against the deletion's start rather than per chunk, so rounding to whole
+            // milliseconds never accumulates: n bytes always take n / rate on the clock.
+            if let Some(rate) = self.rate() {
+                let due_ms = start_ms + (removed + chunk).saturating_mul(1000).div_ceil(rate);
+                let now = self.clock.now_ms();
+                if due_ms > now {
+                    self.clock.sleep(Duration::from_millis(due_ms - now)).await;
+                }
+            }
+            let mut inner = lock(&self.inner);
+            if let Some(replica) = inner.regions.get_mut(&region) {
+                let taken = chunk.min(replica.bytes);
+                replica.bytes -= taken;
+                removed += taken;
+            }
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<RegionConfig>, StorageError> {
+        Ok(lock(&self.inner)
+            .regions
+            .values()
+            .map(|replica| replica.config.clone())
+            .collect())
+    }
+
+    async fn size(&self, region: RegionId) -> Result<Option<u64>, StorageError> {
+        Ok(lock(&self.inner)
+            .regions
+            .get(&region)
+            .map(|replica| replica.bytes))
+    }
+}
