@@ -108,3 +108,38 @@ impl Drop for RegionTicket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use super::*;
+    use crate::model::RegionKind;
+
+    fn ready(ticket: &RegionTicket) -> bool {
+        let mut turn = std::pin::pin!(ticket.turn());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        turn.as_mut().poll(&mut cx).is_ready()
+    }
+
+    #[test]
+    fn tickets_get_their_turn_in_order_and_a_dropped_waiter_leaves_the_queue() {
+        let guards = RegionGuards::default();
+        let region = RegionId::new(RegionKind::Data, 1);
+        let other = RegionId::new(RegionKind::Data, 2);
+        let first = guards.ticket(region);
+        let second = guards.ticket(region);
+        let third = guards.ticket(region);
+        let elsewhere = guards.ticket(other);
+        assert!(ready(&first));
+        assert!(!ready(&second));
+        assert!(ready(&elsewhere));
+        drop(second);
+        assert!(!ready(&third));
+        drop(first);
+        assert!(ready(&third));
+        drop(third);
+        drop(elsewhere);
+        assert!(guards.busy_regions().is_empty());
+    }
+}

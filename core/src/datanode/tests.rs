@@ -1,1 +1,867 @@
+//! DataNode behaviour: the task protocol against in-memory and fault-injecting stores, on a
+//! single-threaded smol executor driven by the test and a [`ManualClock`].
 
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::future;
+use smol::Executor;
+
+use super::journal::{JournalRecord, RecordCode, ReplayError};
+use super::{DataNode, DataNodeConfig, DataNodeError, TaskCounts};
+use crate::api::{
+    ApiError, CreateRegionRequest, DataNodeApi, MaintainTask, MaintainTaskKind, SubmitOutcome,
+    TaskStatus,
+};
+use crate::model::{DataNodeId, DatabaseName, Epoch, RegionId, RegionKind, TaskId};
+use crate::runtime::{BoxFuture, Clock, ManualClock, Runtime, SeededRng, Spawner};
+use crate::storage::faulty::{FaultyRegionStore, FaultyTaskJournal, StoreOp};
+use crate::storage::{MemRegionStore, MemTaskJournal, RegionStore, TaskJournal};
+
+const E1: Epoch = Epoch(1);
+
+struct ExecutorSpawner(Arc<Executor<'static>>);
+
+impl Spawner for ExecutorSpawner {
+    fn spawn(&self, _name: &str, future: BoxFuture<()>) {
+        self.0.spawn(future).detach();
+    }
+}
+
+/// One DataNode's stores, clock and executor; a "restart" opens a new DataNode over them.
+struct Harness {
+    ex: Arc<Executor<'static>>,
+    clock: ManualClock,
+    mem: MemRegionStore,
+    store: FaultyRegionStore,
+    journal: MemTaskJournal,
+    faulty_journal: FaultyTaskJournal,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let clock = ManualClock::new();
+        let mem = MemRegionStore::new(Arc::new(clock.clone())).with_delete_chunk(1000);
+        let store = FaultyRegionStore::new(Arc::new(mem.clone()), Arc::new(clock.clone()));
+        let journal = MemTaskJournal::new();
+        let faulty_journal = FaultyTaskJournal::new(Arc::new(journal.clone()));
+        Self {
+            ex: Arc::new(Executor::new()),
+            clock,
+            mem,
+            store,
+            journal,
+            faulty_journal,
+        }
+    }
+
+    fn runtime(&self) -> Runtime {
+        Runtime {
+            clock: Arc::new(self.clock.clone()),
+            spawner: Arc::new(ExecutorSpawner(self.ex.clone())),
+            rng: Arc::new(SeededRng::new(7)),
+        }
+    }
+
+    async fn try_open(&self, config: DataNodeConfig) -> Result<DataNode, DataNodeError> {
+        DataNode::open(
+            self.runtime(),
+            Arc::new(self.store.clone()),
+            Arc::new(self.faulty_journal.clone()),
+            config,
+        )
+        .await
+    }
+
+    async fn open(&self) -> DataNode {
+        self.open_with(DataNodeConfig::default()).await
+    }
+
+    async fn open_with(&self, config: DataNodeConfig) -> DataNode {
+        match self.try_open(config).await {
+            Ok(node) => node,
+            Err(error) => panic!("open failed: {error}"),
+        }
+    }
+
+    /// Runs `test` on this harness's executor, on the current thread.
+    fn run<T>(&self, test: impl Future<Output = T>) -> T {
+        smol::block_on(self.ex.run(test))
+    }
+
+    fn spawn<T: Send + 'static>(
+        &self,
+        future: impl Future<Output = T> + Send + 'static,
+    ) -> smol::Task<T> {
+        self.ex.spawn(future)
+    }
+}
+
+/// Yields to the executor until `condition` holds (bounded by a step count, not time).
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if condition() {
+            return;
+        }
+        future::yield_now().await;
+    }
+    panic!("gave up waiting for {what}");
+}
+
+/// Lets every runnable task make progress.
+async fn settle() {
+    for _ in 0..200 {
+        future::yield_now().await;
+    }
+}
+
+fn region(id: u32) -> RegionId {
+    RegionId::new(RegionKind::Data, id)
+}
+
+fn create_request(id: u32, peers: &[u32]) -> CreateRegionRequest {
+    CreateRegionRequest {
+        region: region(id),
+        database: DatabaseName::new("db1").expect("valid name"),
+        peers: peers.iter().map(|p| DataNodeId(*p)).collect(),
+    }
+}
+
+fn delete_task(task: u64, region_id: u32) -> MaintainTask {
+    MaintainTask {
+        task_id: TaskId(task),
+        kind: MaintainTaskKind::DeleteRegionPeer {
+            region: region(region_id),
+        },
+    }
+}
+
+async fn create_with_data(node: &DataNode, id: u32, bytes: usize) {
+    node.create_region(E1, create_request(id, &[1, 2, 3]))
+        .await
+        .expect("create");
+    if bytes > 0 {
+        node.write_region(region(id), vec![7; bytes])
+            .await
+            .expect("write");
+    }
+}
+
+async fn submit(node: &DataNode, task: MaintainTask) {
+    assert_eq!(
+        node.submit_task(E1, task).await,
+        Ok(SubmitOutcome::Accepted)
+    );
+}
+
+async fn status(node: &DataNode, task: u64) -> TaskStatus {
+    node.task_result(TaskId(task), None).await.expect("status")
+}
+
+/// Polls without a clock wait until the task is terminal.
+async fn finished(node: &DataNode, task: u64) -> TaskStatus {
+    for _ in 0..100_000 {
+        let status = status(node, task).await;
+        if status.is_terminal() {
+            return status;
+        }
+        future::yield_now().await;
+    }
+    panic!("task-{task} never finished");
+}
+
+#[test]
+fn failed_delete_is_never_reported_success() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        create_with_data(&node, 1, 500).await;
+        h.store.fail_next(StoreOp::Delete, 1);
+        submit(&node, delete_task(10, 1)).await;
+        let result = finished(&node, 10).await;
+        assert!(
+            matches!(&result, TaskStatus::Fail(reason) if reason.contains("injected")),
+            "got {result:?}"
+        );
+        settle().await;
+        // Still Fail, the data is still there, and nothing retried it behind our back.
+        assert!(matches!(status(&node, 10).await, TaskStatus::Fail(_)));
+        assert_eq!(h.mem.size(region(1)).await, Ok(Some(500)));
+        assert_eq!(h.store.delete_calls(region(1)), 1);
+    });
+}
+
+#[test]
+fn failed_peer_removal_stops_before_deleting_data() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        create_with_data(&node, 1, 500).await;
+        h.store.fail_next(StoreOp::SetPeers, 1);
+        submit(&node, delete_task(10, 1)).await;
+        assert!(matches!(finished(&node, 10).await, TaskStatus::Fail(_)));
+        assert_eq!(h.store.delete_calls(region(1)), 0);
+        assert_eq!(h.mem.size(region(1)).await, Ok(Some(500)));
+    });
+}
+
+#[test]
+fn delete_of_missing_region_is_success() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        submit(&node, delete_task(10, 42)).await;
+        assert_eq!(finished(&node, 10).await, TaskStatus::Success);
+        assert_eq!(h.store.deletions_executed(region(42)), 1);
+    });
+}
+
+#[test]
+fn delete_region_peer_removes_peer_and_data() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        create_with_data(&node, 1, 2500).await;
+        submit(&node, delete_task(10, 1)).await;
+        assert_eq!(finished(&node, 10).await, TaskStatus::Success);
+        assert_eq!(h.mem.size(region(1)).await, Ok(None));
+        assert_eq!(h.mem.list().await, Ok(vec![]));
+    });
+}
+
+#[test]
+fn resubmitted_task_id_runs_once() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        create_with_data(&node, 1, 100).await;
+        h.store.hold_deletes();
+        submit(&node, delete_task(10, 1)).await;
+        until("the delete to reach the store", || {
+            h.store.held_deletes() == 1
+        })
+        .await;
+
+        // While running: accepted, nothing new runs.
+        submit(&node, delete_task(10, 1)).await;
+        settle().await;
+        assert_eq!(status(&node, 10).await, TaskStatus::Processing);
+        assert_eq!(h.store.delete_calls(region(1)), 1);
+
+        h.store.release_deletes();
+        assert_eq!(finished(&node, 10).await, TaskStatus::Success);
+
+        // After finishing: accepted, the result stands, nothing new runs.
+        submit(&node, delete_task(10, 1)).await;
+        settle().await;
+        assert_eq!(status(&node, 10).await, TaskStatus::Success);
+        assert_eq!(h.store.delete_calls(region(1)), 1);
+        assert_eq!(h.store.deletions_executed(region(1)), 1);
+    });
+}
+
+#[test]
+fn reused_task_id_for_a_different_task_is_rejected() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        submit(&node, delete_task(10, 1)).await;
+        let outcome = node.submit_task(E1, delete_task(10, 2)).await;
+        assert!(
+            matches!(outcome, Ok(SubmitOutcome::Rejected(_))),
+            "{outcome:?}"
+        );
+        finished(&node, 10).await;
+        assert_eq!(h.store.delete_calls(region(2)), 0);
+    });
+}
+
+#[test]
+fn unknown_task_id_is_not_exist() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        assert_eq!(status(&node, 99).await, TaskStatus::NotExist);
+        // A long-poll on an unknown id answers at once, without waiting on the clock.
+        let polled = node
+            .task_result(TaskId(99), Some(Duration::from_secs(60)))
+            .await;
+        assert_eq!(polled, Ok(TaskStatus::NotExist));
+        assert_eq!(h.clock.now_ms(), 0);
+    });
+}
+
+#[test]
+fn finished_and_unfinished_tasks_survive_a_restart_and_the_unfinished_one_completes() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        create_with_data(&node, 1, 100).await;
+        create_with_data(&node, 2, 100).await;
+        submit(&node, delete_task(10, 1)).await;
+        assert_eq!(finished(&node, 10).await, TaskStatus::Success);
+        h.store.fail_next(StoreOp::Delete, 1);
+        submit(&node, delete_task(11, 9)).await;
+        assert!(matches!(finished(&node, 11).await, TaskStatus::Fail(_)));
+
+        h.store.hold_deletes();
+        submit(&node, delete_task(12, 2)).await;
+        until("the delete to reach the store", || {
+            h.store.held_deletes() == 1
+        })
+        .await;
+
+        // Crash: the running deletion stops mid-way; nothing more is journaled.
+        node.halt();
+        until("the halted task to stop", || h.store.held_deletes() == 0).await;
+        assert_eq!(h.mem.size(region(2)).await, Ok(Some(100)));
+
+        let restarted = h.open().await;
+        assert_eq!(status(&restarted, 10).await, TaskStatus::Success);
+        assert!(matches!(status(&restarted, 11).await, TaskStatus::Fail(_)));
+        assert_eq!(status(&restarted, 12).await, TaskStatus::Processing);
+        until("the resumed delete to reach the store", || {
+            h.store.held_deletes() == 1
+        })
+        .await;
+        h.store.release_deletes();
+        assert_eq!(finished(&restarted, 12).await, TaskStatus::Success);
+        assert_eq!(h.mem.size(region(2)).await, Ok(None));
+        assert_eq!(h.store.deletions_executed(region(2)), 1);
+        // The finished task was not run again.
+        assert_eq!(h.store.delete_calls(region(1)), 1);
+    });
+}
+
+#[test]
+fn calls_to_a_halted_datanode_are_refused_as_unreachable() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        node.halt();
+        let outcome = node.submit_task(E1, delete_task(1, 1)).await;
+        assert!(
+            matches!(outcome, Err(ApiError::Unreachable(_))),
+            "{outcome:?}"
+        );
+        assert!(h.journal.is_empty());
+    });
+}
+
+#[test]
+fn stale_epoch_is_rejected_and_the_fence_survives_a_restart() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        assert_eq!(
+            node.submit_task(Epoch(5), delete_task(1, 1)).await,
+            Ok(SubmitOutcome::Accepted)
+        );
+        let stale = ApiError::StaleLeader {
+            request: Epoch(4),
+            seen: Epoch(5),
+        };
+        assert_eq!(
+            node.submit_task(Epoch(4), delete_task(2, 1)).await,
+            Err(stale.clone())
+        );
+        assert_eq!(
+            node.create_region(Epoch(4), create_request(1, &[1])).await,
+            Err(stale.clone())
+        );
+        assert_eq!(
+            node.delete_region(Epoch(4), region(1)).await,
+            Err(stale.clone())
+        );
+        assert_eq!(node.heartbeat(Epoch(4)).await, Err(stale.clone()));
+        assert_eq!(node.ack_task(Epoch(4), TaskId(1)).await, Err(stale.clone()));
+        assert!(!stale.is_retryable());
+        assert_eq!(status(&node, 2).await, TaskStatus::NotExist);
+        finished(&node, 1).await;
+        node.halt();
+
+        let restarted = h.open().await;
+        assert_eq!(restarted.highest_epoch(), Epoch(5));
+        assert_eq!(
+            restarted.submit_task(Epoch(4), delete_task(2, 1)).await,
+            Err(stale)
+        );
+        assert!(restarted.heartbeat(Epoch(6)).await.is_ok());
+        assert_eq!(restarted.highest_epoch(), Epoch(6));
+    });
+}
+
+#[test]
+fn journal_failure_on_submit_accepts_nothing_and_raises_no_epoch() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        h.faulty_journal.fail_next_appends(1);
+        let outcome = node.submit_task(Epoch(3), delete_task(1, 1)).await;
+        assert!(
+            matches!(&outcome, Err(error) if error.is_retryable()),
+            "{outcome:?}"
+        );
+        // The raise could not be journaled, so it did not happen.
+        assert_eq!(node.highest_epoch(), Epoch(0));
+        assert!(node.heartbeat(Epoch(3)).await.is_ok());
+        assert_eq!(node.highest_epoch(), Epoch(3));
+        // Now the acceptance record fails: nothing is accepted and nothing runs.
+        h.faulty_journal.fail_next_appends(1);
+        let outcome = node.submit_task(Epoch(3), delete_task(1, 1)).await;
+        assert!(
+            matches!(&outcome, Err(error) if error.is_retryable()),
+            "{outcome:?}"
+        );
+        settle().await;
+        assert_eq!(status(&node, 1).await, TaskStatus::NotExist);
+        assert_eq!(h.store.delete_calls(region(1)), 0);
+        assert_eq!(
+            node.task_counts(),
+            TaskCounts {
+                running: 0,
+                terminal: 0
+            }
+        );
+        // The same id resubmitted runs.
+        assert_eq!(
+            node.submit_task(Epoch(3), delete_task(1, 1)).await,
+            Ok(SubmitOutcome::Accepted)
+        );
+        assert_eq!(finished(&node, 1).await, TaskStatus::Success);
+    });
+}
+
+#[test]
+fn result_is_reported_only_once_its_journal_record_is_durable() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        h.store.hold_deletes();
+        submit(&node, delete_task(1, 1)).await;
+        until("the delete to reach the store", || {
+            h.store.held_deletes() == 1
+        })
+        .await;
+        h.faulty_journal.fail_next_appends(1);
+        h.store.release_deletes();
+        until("the runner to back off", || {
+            h.clock.next_deadline().is_some()
+        })
+        .await;
+        assert_eq!(status(&node, 1).await, TaskStatus::Processing);
+        h.clock.advance_to_next_deadline();
+        assert_eq!(finished(&node, 1).await, TaskStatus::Success);
+        node.halt();
+        assert_eq!(status(&h.open().await, 1).await, TaskStatus::Success);
+    });
+}
+
+#[test]
+fn create_during_a_running_delete_of_the_same_region_waits_then_succeeds() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        create_with_data(&node, 1, 800).await;
+        h.store.hold_deletes();
+        submit(&node, delete_task(10, 1)).await;
+        until("the delete to reach the store", || {
+            h.store.held_deletes() == 1
+        })
+        .await;
+
+        let creator = node.clone();
+        let create = h.spawn(async move {
+            creator
+                .create_region(E1, create_request(1, &[4, 5, 6]))
+                .await
+        });
+        settle().await;
+        assert!(!create.is_finished(), "create ran during the deletion");
+        assert_eq!(h.mem.size(region(1)).await, Ok(Some(800)));
+
+        h.store.release_deletes();
+        assert_eq!(create.await, Ok(()));
+        assert_eq!(status(&node, 10).await, TaskStatus::Success);
+        // Created afresh after the deletion: empty, with the new configuration.
+        assert_eq!(h.mem.size(region(1)).await, Ok(Some(0)));
+        let listed = h.mem.list().await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            listed[0].peers,
+            vec![DataNodeId(4), DataNodeId(5), DataNodeId(6)]
+        );
+    });
+}
+
+#[test]
+fn maintain_tasks_on_one_region_run_one_at_a_time() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        create_with_data(&node, 1, 100).await;
+        h.store.hold_deletes();
+        submit(&node, delete_task(10, 1)).await;
+        submit(&node, delete_task(11, 1)).await;
+        submit(&node, delete_task(12, 2)).await;
+        until("both regions' deletes to reach the store", || {
+            h.store.held_deletes() == 2
+        })
+        .await;
+        settle().await;
+        // Region 1's second task queues behind the first instead of reaching the store.
+        assert_eq!(h.store.delete_calls(region(1)), 1);
+        assert_eq!(h.store.delete_calls(region(2)), 1);
+        h.store.release_deletes();
+        for task in [10, 11, 12] {
+            assert_eq!(finished(&node, task).await, TaskStatus::Success);
+        }
+        assert_eq!(h.store.delete_calls(region(1)), 2);
+        // Every region's queue is gone once its work is done.
+        assert!(node.inner.guards.busy_regions().is_empty());
+    });
+}
+
+#[test]
+fn long_poll_returns_when_the_task_finishes_not_at_the_end_of_its_wait() {
+    let h = Harness::new();
+    h.mem.set_delete_rate(1000);
+    h.run(async {
+        let node = h.open().await;
+        create_with_data(&node, 1, 3000).await;
+        submit(&node, delete_task(10, 1)).await;
+        let poller = node.clone();
+        let poll = h.spawn(async move {
+            poller
+                .task_result(TaskId(10), Some(Duration::from_secs(60)))
+                .await
+        });
+        until("the deletion to sleep on the clock", || {
+            h.clock.next_deadline() == Some(1000)
+        })
+        .await;
+        while !poll.is_finished() {
+            settle().await;
+            if !poll.is_finished() {
+                assert!(h.clock.advance_to_next_deadline());
+                assert!(h.clock.now_ms() <= 3000, "the poll outlived the task");
+            }
+        }
+        assert_eq!(poll.await, Ok(TaskStatus::Success));
+        assert_eq!(h.clock.now_ms(), 3000);
+    });
+}
+
+#[test]
+fn long_poll_ends_with_processing_when_its_wait_ends_on_the_clock() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        h.store.hold_deletes();
+        submit(&node, delete_task(10, 1)).await;
+        let poller = node.clone();
+        let poll = h.spawn(async move {
+            poller
+                .task_result(TaskId(10), Some(Duration::from_millis(250)))
+                .await
+        });
+        until("the poll to wait on the clock", || {
+            h.clock.next_deadline() == Some(250)
+        })
+        .await;
+        h.clock.advance(Duration::from_millis(249));
+        settle().await;
+        assert!(!poll.is_finished());
+        h.clock.advance(Duration::from_millis(1));
+        assert_eq!(poll.await, Ok(TaskStatus::Processing));
+        h.store.release_deletes();
+        assert_eq!(finished(&node, 10).await, TaskStatus::Success);
+    });
+}
+
+#[test]
+fn rate_limited_delete_takes_size_over_rate_on_the_clock() {
+    let h = Harness::new();
+    h.mem.set_delete_rate(1000);
+    h.run(async {
+        let node = h.open().await;
+        create_with_data(&node, 1, 5000).await;
+        submit(&node, delete_task(10, 1)).await;
+        until("the deletion to sleep on the clock", || {
+            h.clock.next_deadline().is_some()
+        })
+        .await;
+        h.clock.advance(Duration::from_millis(2000));
+        settle().await;
+        // Deleted progressively: 2 s at 1000 B/s removed 2000 bytes.
+        assert_eq!(h.mem.size(region(1)).await, Ok(Some(3000)));
+        assert_eq!(status(&node, 10).await, TaskStatus::Processing);
+        h.clock.advance(Duration::from_millis(2999));
+        settle().await;
+        assert_eq!(status(&node, 10).await, TaskStatus::Processing);
+        h.clock.advance(Duration::from_millis(1));
+        assert_eq!(finished(&node, 10).await, TaskStatus::Success);
+        assert_eq!(h.clock.now_ms(), 5000);
+    });
+}
+
+#[test]
+fn acked_results_are_forgotten_durably() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        h.store.hold_deletes();
+        submit(&node, delete_task(1, 1)).await;
+        until("the delete to reach the store", || {
+            h.store.held_deletes() == 1
+        })
+        .await;
+        assert!(matches!(
+            node.ack_task(E1, TaskId(1)).await,
+            Err(ApiError::Refused(_))
+        ));
+        h.store.release_deletes();
+        finished(&node, 1).await;
+        assert_eq!(node.ack_task(E1, TaskId(1)).await, Ok(()));
+        assert_eq!(status(&node, 1).await, TaskStatus::NotExist);
+        assert_eq!(node.ack_task(E1, TaskId(1)).await, Ok(()));
+        assert_eq!(
+            node.task_counts(),
+            TaskCounts {
+                running: 0,
+                terminal: 0
+            }
+        );
+        node.halt();
+        assert_eq!(status(&h.open().await, 1).await, TaskStatus::NotExist);
+    });
+}
+
+#[test]
+fn unacked_results_are_bounded_by_count_oldest_first() {
+    let h = Harness::new();
+    h.run(async {
+        let config = DataNodeConfig {
+            max_retained_results: 3,
+            ..DataNodeConfig::default()
+        };
+        let node = h.open_with(config.clone()).await;
+        for task in 1..=10 {
+            submit(&node, delete_task(task, task as u32)).await;
+            finished(&node, task).await;
+        }
+        assert_eq!(
+            node.task_counts(),
+            TaskCounts {
+                running: 0,
+                terminal: 3
+            }
+        );
+        for task in 1..=7 {
+            assert_eq!(
+                status(&node, task).await,
+                TaskStatus::NotExist,
+                "task-{task}"
+            );
+        }
+        for task in 8..=10 {
+            assert_eq!(
+                status(&node, task).await,
+                TaskStatus::Success,
+                "task-{task}"
+            );
+        }
+        node.halt();
+        let restarted = h.open_with(config).await;
+        assert_eq!(restarted.task_counts().terminal, 3);
+    });
+}
+
+#[test]
+fn unacked_results_older_than_the_retention_age_are_evicted() {
+    let h = Harness::new();
+    h.run(async {
+        let config = DataNodeConfig {
+            result_retention: Some(Duration::from_secs(10)),
+            ..DataNodeConfig::default()
+        };
+        let node = h.open_with(config).await;
+        submit(&node, delete_task(1, 1)).await;
+        finished(&node, 1).await;
+        h.clock.advance(Duration::from_secs(11));
+        submit(&node, delete_task(2, 2)).await;
+        finished(&node, 2).await;
+        assert_eq!(status(&node, 1).await, TaskStatus::NotExist);
+        assert_eq!(status(&node, 2).await, TaskStatus::Success);
+    });
+}
+
+#[test]
+fn journal_is_compacted_and_still_restores_every_live_task() {
+    let h = Harness::new();
+    h.run(async {
+        let config = DataNodeConfig {
+            compact_threshold: 8,
+            ..DataNodeConfig::default()
+        };
+        let node = h.open_with(config.clone()).await;
+        for task in 1..=30 {
+            submit(&node, delete_task(task, task as u32)).await;
+            finished(&node, task).await;
+            if task <= 27 {
+                node.ack_task(E1, TaskId(task)).await.expect("ack");
+            }
+        }
+        // 30 accepted + 30 finished + 27 forgotten records without compaction.
+        assert!(
+            h.journal.len() <= 16,
+            "journal holds {} records",
+            h.journal.len()
+        );
+        node.halt();
+        let restarted = h.open_with(config).await;
+        assert_eq!(restarted.highest_epoch(), E1);
+        assert_eq!(
+            restarted.task_counts(),
+            TaskCounts {
+                running: 0,
+                terminal: 3
+            }
+        );
+        for task in 28..=30 {
+            assert_eq!(status(&restarted, task).await, TaskStatus::Success);
+        }
+    });
+}
+
+#[test]
+fn undecodable_journal_record_fails_open_with_a_typed_error() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        submit(&node, delete_task(1, 1)).await;
+        finished(&node, 1).await;
+        node.halt();
+        h.journal
+            .append(vec![0, 2, 1, 2, 3, 4, 0xff])
+            .await
+            .expect("append");
+        match h.try_open(DataNodeConfig::default()).await {
+            Err(error @ DataNodeError::Journal(ReplayError::Undecodable { index: 3, .. })) => {
+                assert!(!error.is_retryable());
+            }
+            other => panic!("expected an undecodable-record error, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn journal_record_with_unknown_code_fails_open() {
+    let h = Harness::new();
+    h.run(async {
+        let body = [0xa0]; // an empty CBOR map
+        let code: u16 = 999;
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&code.to_be_bytes()), &body);
+        let mut record = code.to_be_bytes().to_vec();
+        record.extend_from_slice(&crc.to_be_bytes());
+        record.extend_from_slice(&body);
+        h.journal.append(record).await.expect("append");
+        let opened = h.try_open(DataNodeConfig::default()).await;
+        assert!(
+            matches!(
+                opened,
+                Err(DataNodeError::Journal(ReplayError::Undecodable {
+                    index: 0,
+                    source: super::journal::JournalDecodeError::UnknownCode(999),
+                }))
+            ),
+            "{opened:?}"
+        );
+    });
+}
+
+#[test]
+fn journal_records_round_trip_under_their_stable_codes() {
+    let records = [
+        JournalRecord::EpochSeen { epoch: Epoch(9) },
+        JournalRecord::TaskAccepted {
+            task_id: TaskId(3),
+            kind: (&MaintainTaskKind::DeleteRegionPeer { region: region(4) }).into(),
+        },
+        JournalRecord::finished(TaskId(3), &TaskStatus::Fail("disk".into()), 12),
+        JournalRecord::TaskForgotten {
+            task_id: TaskId(3),
+            reason: super::journal::ForgetReason::Acked,
+        },
+    ];
+    let codes: Vec<u8> = RecordCode::ALL.iter().map(|code| code.code()).collect();
+    assert_eq!(codes, vec![1, 2, 3, 4]);
+    for record in records {
+        let bytes = record.encode();
+        assert_eq!(
+            u16::from_be_bytes([bytes[0], bytes[1]]),
+            u16::from(record.code().code())
+        );
+        assert_eq!(JournalRecord::decode(&bytes), Ok(record.clone()));
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        assert!(JournalRecord::decode(&flipped).is_err());
+    }
+}
+
+#[test]
+fn create_region_is_idempotent_and_a_conflicting_config_is_refused() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        assert_eq!(
+            node.create_region(E1, create_request(1, &[1, 2])).await,
+            Ok(())
+        );
+        assert_eq!(
+            node.create_region(E1, create_request(1, &[1, 2])).await,
+            Ok(())
+        );
+        let conflict = node.create_region(E1, create_request(1, &[3])).await;
+        assert!(
+            matches!(&conflict, Err(error @ ApiError::Refused(_)) if !error.is_retryable()),
+            "{conflict:?}"
+        );
+        assert_eq!(node.write_region(region(1), vec![1; 10]).await, Ok(10));
+        assert_eq!(node.write_region(region(1), vec![1; 5]).await, Ok(15));
+        assert!(matches!(
+            node.write_region(region(2), vec![1]).await,
+            Err(ApiError::Refused(_))
+        ));
+        assert_eq!(node.delete_region(E1, region(1)).await, Ok(()));
+        assert_eq!(node.delete_region(E1, region(1)).await, Ok(()));
+        assert_eq!(h.mem.size(region(1)).await, Ok(None));
+    });
+}
+
+#[test]
+fn heartbeat_reports_regions_and_running_tasks() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        create_with_data(&node, 1, 10).await;
+        create_with_data(&node, 2, 20).await;
+        h.store.hold_deletes();
+        submit(&node, delete_task(7, 2)).await;
+        until("the delete to reach the store", || {
+            h.store.held_deletes() == 1
+        })
+        .await;
+        let report = node.heartbeat(E1).await.expect("heartbeat");
+        let regions: Vec<_> = report.regions.iter().map(|r| (r.region, r.bytes)).collect();
+        assert_eq!(regions, vec![(region(1), 10), (region(2), 20)]);
+        assert_eq!(report.running_tasks, vec![TaskId(7)]);
+        h.store.release_deletes();
+        finished(&node, 7).await;
+        let report = node.heartbeat(E1).await.expect("heartbeat");
+        assert_eq!(report.regions.len(), 1);
+        assert!(report.running_tasks.is_empty());
+    });
+}
