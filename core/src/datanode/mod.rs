@@ -1,12 +1,12 @@
 //! The DataNode's logic: region create/delete against a [`RegionStore`], and the async
 //! maintain-task protocol (DESIGN.md, "The DataNode task protocol").
 //!
-//! - [`service`]: [`DataNode`] implementing [`crate::api::DataNodeApi`].
-//! - [`tasks`]: the task-result map (dedup by id, terminal results until acked or evicted).
-//! - [`runner`]: runs a maintain task in the background and records its outcome.
-//! - [`guard`]: one maintain operation per region at a time, FIFO.
+//! - `service`: [`DataNode`] implementing [`crate::api::DataNodeApi`].
+//! - `tasks`: the task-result map (dedup by id, terminal results until acked or evicted).
+//! - `runner`: runs a maintain task in the background and records its outcome.
+//! - `guard`: one maintain operation per region at a time, FIFO.
 //! - [`journal`]: durable records (explicit numeric codes) and their replay at start-up.
-//! - [`fencing`]: the highest leader epoch seen; lower epochs are refused.
+//! - `fencing`: the highest leader epoch seen; lower epochs are refused.
 //!
 //! Durability order: a raised epoch is journaled before the request that carried it acts; a
 //! task is journaled as accepted before it starts and before `Accepted` is returned; a

@@ -865,3 +865,62 @@ fn heartbeat_reports_regions_and_running_tasks() {
         assert!(report.running_tasks.is_empty());
     });
 }
+
+/// Spawns onto smol's global, multi-threaded executor.
+struct GlobalSmolSpawner;
+
+impl Spawner for GlobalSmolSpawner {
+    fn spawn(&self, _name: &str, future: BoxFuture<()>) {
+        smol::spawn(future).detach();
+    }
+}
+
+#[test]
+fn concurrent_resubmits_from_many_threads_run_the_task_once() {
+    let h = Harness::new();
+    let rt = Runtime {
+        spawner: Arc::new(GlobalSmolSpawner),
+        ..h.runtime()
+    };
+    let node = smol::block_on(DataNode::open(
+        rt,
+        Arc::new(h.store.clone()),
+        Arc::new(h.journal.clone()),
+        DataNodeConfig::default(),
+    ))
+    .expect("open");
+    smol::block_on(create_with_data(&node, 1, 100));
+    h.store.hold_deletes();
+    let submitters: Vec<_> = (0..8)
+        .map(|_| {
+            let node = node.clone();
+            std::thread::spawn(move || smol::block_on(node.submit_task(E1, delete_task(5, 1))))
+        })
+        .collect();
+    for submitter in submitters {
+        let outcome = submitter.join().expect("submitter thread");
+        assert_eq!(outcome, Ok(SubmitOutcome::Accepted));
+    }
+    // Real threads: wait generously for the one deletion to reach the store.
+    let started = std::time::Instant::now();
+    while h.store.held_deletes() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "delete never started"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.store.release_deletes();
+    let status = smol::block_on(async {
+        loop {
+            let status = status(&node, 5).await;
+            if status.is_terminal() {
+                break status;
+            }
+            smol::Timer::after(Duration::from_millis(1)).await;
+        }
+    });
+    assert_eq!(status, TaskStatus::Success);
+    assert_eq!(h.store.delete_calls(region(1)), 1);
+    assert_eq!(h.store.deletions_executed(region(1)), 1);
+}
