@@ -34,7 +34,9 @@ where
                     i += 1;
                 }
             }
-            if running.is_empty() {
+            // Done only when nothing runs *and* nothing waits: every running future may
+            // finish in one pass while more are still pending.
+            if running.is_empty() && pending.len() == 0 {
                 return Poll::Ready(());
             }
             // Freed slots may admit more futures; poll them before sleeping.
