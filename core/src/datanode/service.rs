@@ -55,13 +55,16 @@ impl DataNodeApi for DataNode {
     }
 
     /// Legacy synchronous deletion: **unsafe for long deletions** (a caller that times out
-    /// and retries may see success while the first call still runs). Serialised with
-    /// maintain tasks on the same region.
+    /// and retries may see success while the first call still runs). Not serialised with
+    /// maintain tasks: it is the design Shoal replaces, kept for old callers.
     async fn delete_region(&self, epoch: Epoch, region: RegionId) -> Result<(), ApiError> {
         let inner = &self.inner;
         inner.ensure_running()?;
         inner.admit(epoch).await?;
-        let _turn = inner.guards.lock(region).await;
+        // Legacy semantics, kept on purpose: no region guard and no task id. A retry that
+        // arrives while an earlier call is still removing the region's bytes finds it gone
+        // and answers success at once: the ghost-task hazard (see tests/tests/ghost_task.rs).
+        // Shoal's ConfigNode never calls this; it deletes through `submit_task`.
         let outcome = inner.store.delete(region).await.map_err(storage_error)?;
         tracing::info!(region = %region, ?outcome, "legacy synchronous region deletion");
         Ok(())

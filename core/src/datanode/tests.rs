@@ -594,8 +594,10 @@ fn rate_limited_delete_takes_size_over_rate_on_the_clock() {
         .await;
         h.clock.advance(Duration::from_millis(2000));
         settle().await;
-        // Deleted progressively: 2 s at 1000 B/s removed 2000 bytes.
-        assert_eq!(h.mem.size(region(1)).await, Ok(Some(3000)));
+        // Detached at once, deleted progressively: 2 s at 1000 B/s removed 2000 bytes.
+        assert_eq!(h.mem.size(region(1)).await, Ok(None));
+        assert_eq!(h.mem.total_bytes(), 3000);
+        assert_eq!(h.mem.regions_being_deleted(), [region(1)]);
         assert_eq!(status(&node, 10).await, TaskStatus::Processing);
         h.clock.advance(Duration::from_millis(2999));
         settle().await;
@@ -603,6 +605,8 @@ fn rate_limited_delete_takes_size_over_rate_on_the_clock() {
         h.clock.advance(Duration::from_millis(1));
         assert_eq!(finished(&node, 10).await, TaskStatus::Success);
         assert_eq!(h.clock.now_ms(), 5000);
+        assert_eq!(h.mem.total_bytes(), 0);
+        assert!(h.mem.regions_being_deleted().is_empty());
     });
 }
 

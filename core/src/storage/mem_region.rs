@@ -21,9 +21,40 @@ struct Replica {
     bytes: u64,
 }
 
+/// A replica detached from the namespace whose bytes are being removed.
+#[derive(Debug)]
+struct Trashed {
+    region: RegionId,
+    bytes: u64,
+    /// A deletion is removing it now. Cleared if that deletion is dropped (a crash), so the
+    /// next delete of the region takes the removal over.
+    active: bool,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     regions: BTreeMap<RegionId, Replica>,
+    /// Detached replicas by generation (a region may be re-created while its old bytes are
+    /// still being removed).
+    trash: BTreeMap<u64, Trashed>,
+    next_generation: u64,
+}
+
+/// Clears `active` on a trash entry if its deletion is dropped before it finishes.
+struct ActiveDeletion<'a> {
+    store: &'a MemRegionStore,
+    generation: u64,
+    finished: bool,
+}
+
+impl Drop for ActiveDeletion<'_> {
+    fn drop(&mut self) {
+        if !self.finished
+            && let Some(entry) = lock(&self.store.inner).trash.get_mut(&self.generation)
+        {
+            entry.active = false;
+        }
+    }
 }
 
 /// An in-memory [`RegionStore`]. Clones share the same replicas, so a test can "restart" a
@@ -32,6 +63,14 @@ struct Inner {
 /// Deletions honour a rate limit in bytes per second, enforced through the [`Clock`] seam:
 /// deleting `n` bytes at `rate` takes `n / rate` seconds on the clock, removed in chunks so
 /// an interrupted deletion leaves part of the data behind (as a real engine would).
+///
+/// Like the file-system store (rename into a trash area, then remove), a deletion first
+/// detaches the replica from the namespace: from then on `list`, `size` and a concurrent
+/// `delete` (which returns `NotFound` at once) no longer see it, while its bytes are still
+/// being removed. That is exactly what makes a synchronous delete-and-retry unsafe (the
+/// retry "succeeds" while the first deletion still runs); the DataNode's per-region guard
+/// and task ids are what keep the task protocol safe. A detached replica whose deletion was
+/// dropped (a crash) is taken over by the next delete of the region.
 #[derive(Clone)]
 pub struct MemRegionStore {
     inner: Arc<Mutex<Inner>>,
@@ -89,6 +128,24 @@ impl MemRegionStore {
     fn rate(&self) -> Option<u64> {
         *lock(&self.delete_rate)
     }
+
+    /// Bytes held by live replicas plus bytes of detached replicas not yet removed: what a
+    /// test asserts is zero once "no region data remains".
+    pub fn total_bytes(&self) -> u64 {
+        let inner = lock(&self.inner);
+        inner.regions.values().map(|r| r.bytes).sum::<u64>()
+            + inner.trash.values().map(|t| t.bytes).sum::<u64>()
+    }
+
+    /// Regions with a detached replica whose removal has not finished (running or
+    /// abandoned by a crash).
+    pub fn regions_being_deleted(&self) -> Vec<RegionId> {
+        let mut regions: Vec<RegionId> =
+            lock(&self.inner).trash.values().map(|t| t.region).collect();
+        regions.sort();
+        regions.dedup();
+        regions
+    }
 }
 
 #[async_trait]
@@ -134,24 +191,56 @@ impl RegionStore for MemRegionStore {
     }
 
     async fn delete(&self, region: RegionId) -> Result<DeleteOutcome, StorageError> {
-        if !lock(&self.inner).regions.contains_key(&region) {
-            return Ok(DeleteOutcome::NotFound);
-        }
+        let generation = {
+            let mut inner = lock(&self.inner);
+            if let Some(replica) = inner.regions.remove(&region) {
+                let generation = inner.next_generation;
+                inner.next_generation += 1;
+                inner.trash.insert(
+                    generation,
+                    Trashed {
+                        region,
+                        bytes: replica.bytes,
+                        active: true,
+                    },
+                );
+                generation
+            } else {
+                // Take over a removal a crash abandoned; a live one is someone else's.
+                let orphan = inner
+                    .trash
+                    .iter_mut()
+                    .find(|(_, t)| t.region == region && !t.active);
+                match orphan {
+                    Some((generation, entry)) => {
+                        entry.active = true;
+                        *generation
+                    }
+                    None => return Ok(DeleteOutcome::NotFound),
+                }
+            }
+        };
+        let mut guard = ActiveDeletion {
+            store: self,
+            generation,
+            finished: false,
+        };
         let start_ms = self.clock.now_ms();
         let mut removed: u64 = 0;
         loop {
             let remaining = {
                 let mut inner = lock(&self.inner);
-                let Some(replica) = inner.regions.get_mut(&region) else {
-                    // Someone else finished the deletion; nothing of the region remains.
+                let Some(entry) = inner.trash.get_mut(&generation) else {
+                    guard.finished = true;
                     return Ok(DeleteOutcome::Deleted { bytes: removed });
                 };
-                if self.rate().is_none() || replica.bytes == 0 {
-                    removed += replica.bytes;
-                    inner.regions.remove(&region);
+                if self.rate().is_none() || entry.bytes == 0 {
+                    removed += entry.bytes;
+                    inner.trash.remove(&generation);
+                    guard.finished = true;
                     return Ok(DeleteOutcome::Deleted { bytes: removed });
                 }
-                replica.bytes
+                entry.bytes
             };
             let chunk = remaining.min(self.chunk_bytes);
             // Pace against the deletion's start rather than per chunk, so rounding to whole
@@ -164,9 +253,9 @@ impl RegionStore for MemRegionStore {
                 }
             }
             let mut inner = lock(&self.inner);
-            if let Some(replica) = inner.regions.get_mut(&region) {
-                let taken = chunk.min(replica.bytes);
-                replica.bytes -= taken;
+            if let Some(entry) = inner.trash.get_mut(&generation) {
+                let taken = chunk.min(entry.bytes);
+                entry.bytes -= taken;
                 removed += taken;
             }
         }
