@@ -61,10 +61,21 @@ impl DataNodeApi for DataNode {
         let inner = &self.inner;
         inner.ensure_running()?;
         inner.admit(epoch).await?;
-        // Legacy semantics, kept on purpose: no region guard and no task id. A retry that
-        // arrives while an earlier call is still removing the region's bytes finds it gone
-        // and answers success at once: the ghost-task hazard (see tests/tests/ghost_task.rs).
-        // Shoal's ConfigNode never calls this; it deletes through `submit_task`.
+        // Legacy semantics, kept on purpose: no region guard and no task id, and a region
+        // that is no longer in the namespace counts as deleted. A retry arriving while an
+        // earlier call is still removing the detached region's bytes answers success at
+        // once: the ghost-task hazard (tests/tests/ghost_task.rs). Shoal's ConfigNode never
+        // calls this; it deletes through `submit_task`.
+        if inner
+            .store
+            .size(region)
+            .await
+            .map_err(storage_error)?
+            .is_none()
+        {
+            tracing::info!(region = %region, "legacy synchronous deletion: region not found, success");
+            return Ok(());
+        }
         let outcome = inner.store.delete(region).await.map_err(storage_error)?;
         tracing::info!(region = %region, ?outcome, "legacy synchronous region deletion");
         Ok(())

@@ -54,6 +54,7 @@ impl Drop for ActiveDeletion<'_> {
         {
             entry.active = false;
         }
+        self.store.removed.notify(usize::MAX);
     }
 }
 
@@ -65,12 +66,10 @@ impl Drop for ActiveDeletion<'_> {
 /// an interrupted deletion leaves part of the data behind (as a real engine would).
 ///
 /// Like the file-system store (rename into a trash area, then remove), a deletion first
-/// detaches the replica from the namespace: from then on `list`, `size` and a concurrent
-/// `delete` (which returns `NotFound` at once) no longer see it, while its bytes are still
-/// being removed. That is exactly what makes a synchronous delete-and-retry unsafe (the
-/// retry "succeeds" while the first deletion still runs); the DataNode's per-region guard
-/// and task ids are what keep the task protocol safe. A detached replica whose deletion was
-/// dropped (a crash) is taken over by the next delete of the region.
+/// detaches the replica from the namespace: from then on `list` and `size` no longer see it,
+/// while its bytes are still being removed. A concurrent `delete` of the same region waits
+/// for the running one (the trait's promise: it resolves only when no byte remains); a
+/// detached replica whose deletion was dropped (a crash) is taken over by the next delete.
 #[derive(Clone)]
 pub struct MemRegionStore {
     inner: Arc<Mutex<Inner>>,
@@ -78,6 +77,8 @@ pub struct MemRegionStore {
     /// Bytes per second; `None` deletes instantly.
     delete_rate: Arc<Mutex<Option<u64>>>,
     chunk_bytes: u64,
+    /// Notified when a detached replica is fully removed or its deletion is dropped.
+    removed: Arc<event_listener::Event>,
 }
 
 impl std::fmt::Debug for MemRegionStore {
@@ -104,6 +105,7 @@ impl MemRegionStore {
             clock,
             delete_rate: Arc::new(Mutex::new(None)),
             chunk_bytes: DEFAULT_DELETE_CHUNK_BYTES,
+            removed: Arc::new(event_listener::Event::new()),
         }
     }
 
@@ -135,6 +137,27 @@ impl MemRegionStore {
         let inner = lock(&self.inner);
         inner.regions.values().map(|r| r.bytes).sum::<u64>()
             + inner.trash.values().map(|t| t.bytes).sum::<u64>()
+    }
+
+    /// Resolves once no running deletion of `region` is left (an abandoned one is not
+    /// waited for: nobody is removing it).
+    async fn wait_removed(&self, region: RegionId) {
+        let busy = |store: &Self| {
+            lock(&store.inner)
+                .trash
+                .values()
+                .any(|t| t.region == region && t.active)
+        };
+        loop {
+            if !busy(self) {
+                return;
+            }
+            let listener = self.removed.listen();
+            if !busy(self) {
+                return;
+            }
+            listener.await;
+        }
     }
 
     /// Regions with a detached replica whose removal has not finished (running or
@@ -191,7 +214,8 @@ impl RegionStore for MemRegionStore {
     }
 
     async fn delete(&self, region: RegionId) -> Result<DeleteOutcome, StorageError> {
-        let generation = {
+        // Detach the live replica, or take over a removal a crash abandoned.
+        let claimed = {
             let mut inner = lock(&self.inner);
             if let Some(replica) = inner.regions.remove(&region) {
                 let generation = inner.next_generation;
@@ -204,21 +228,22 @@ impl RegionStore for MemRegionStore {
                         active: true,
                     },
                 );
-                generation
+                Some(generation)
             } else {
-                // Take over a removal a crash abandoned; a live one is someone else's.
-                let orphan = inner
+                inner
                     .trash
                     .iter_mut()
-                    .find(|(_, t)| t.region == region && !t.active);
-                match orphan {
-                    Some((generation, entry)) => {
+                    .find(|(_, t)| t.region == region && !t.active)
+                    .map(|(generation, entry)| {
                         entry.active = true;
                         *generation
-                    }
-                    None => return Ok(DeleteOutcome::NotFound),
-                }
+                    })
             }
+        };
+        let Some(generation) = claimed else {
+            // Nothing to claim: wait for a running removal of the region, if any.
+            self.wait_removed(region).await;
+            return Ok(DeleteOutcome::NotFound);
         };
         let mut guard = ActiveDeletion {
             store: self,
@@ -238,6 +263,8 @@ impl RegionStore for MemRegionStore {
                     removed += entry.bytes;
                     inner.trash.remove(&generation);
                     guard.finished = true;
+                    drop(inner);
+                    self.removed.notify(usize::MAX);
                     return Ok(DeleteOutcome::Deleted { bytes: removed });
                 }
                 entry.bytes
