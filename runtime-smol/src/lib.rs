@@ -46,13 +46,13 @@ impl Spawner for SmolSpawner {
 /// A thread-safe RNG seeded from the OS (via fastrand's default seeding).
 #[derive(Debug)]
 pub struct FastRng {
-    rng: std::sync::Mutex<smol::fastrand::Rng>,
+    rng: std::sync::Mutex<fastrand::Rng>,
 }
 
 impl Default for FastRng {
     fn default() -> Self {
         Self {
-            rng: std::sync::Mutex::new(smol::fastrand::Rng::new()),
+            rng: std::sync::Mutex::new(fastrand::Rng::new()),
         }
     }
 }
