@@ -93,12 +93,6 @@ pub(crate) struct Shared {
     poisoned_flag: AtomicBool,
     /// Notified after every flush and on poisoning.
     pub synced: Event,
-    /// Completed flush rounds so far. With group commit this grows far slower than the
-    /// number of synced appends under concurrency (a metric, and what tests check).
-    pub fn flush_count(&self) -> u64 {
-        self.shared.flushes.load(Ordering::Acquire)
-    }
-
     /// Test hook: the next flush fails as if fdatasync had failed.
     fail_next_flush: AtomicBool,
     /// Completed flush rounds (one fdatasync each, plus one per segment roll).
@@ -196,6 +190,12 @@ impl FsLogStore {
     /// What recovery found and repaired when this log was opened.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.report
+    }
+
+    /// Completed flush rounds so far. With group commit this grows far slower than the
+    /// number of synced appends under concurrency (a metric, and what tests check).
+    pub fn flush_count(&self) -> u64 {
+        self.shared.flushes.load(Ordering::Acquire)
     }
 
     /// Test hook: the next flush fails as if `fdatasync` had returned an error.
