@@ -244,7 +244,7 @@ impl FsRegionStore {
         self.inner.regions.join(dir_name(region))
     }
 
-    /// Removes one trash entry (file or directory) at the delete rate; returns its bytes.
+    /// Removes one trash entry (file or directory) at the delete rate; returns its data bytes.
     async fn remove_paced(&self, path: PathBuf) -> Result<u64, StorageError> {
         let files = {
             let path = path.clone();
@@ -263,7 +263,10 @@ impl FsRegionStore {
             let f = file.clone();
             unblock(move || remove_file_if_present(&f)).await?;
             pacer.removed(remaining).await;
-            total += len;
+            // Report data bytes, as `size` does; the config file is bookkeeping.
+            if file.file_name().is_none_or(|n| n != CONFIG_FILE) {
+                total += len;
+            }
         }
         let trash = self.inner.trash.clone();
         unblock(move || {
