@@ -211,7 +211,7 @@ impl TaskJournal for FsTaskJournal {
         unblock(move || {
             let mut bytes = Vec::with_capacity(RECORD_HEADER_LEN + record.len());
             encode_record(&mut bytes, &record);
-            let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+            let f = file.lock().unwrap_or_else(|p| p.into_inner());
             let end = f
                 .metadata()
                 .map_err(|e| io_err("stat journal", &path, e))?
@@ -220,10 +220,8 @@ impl TaskJournal for FsTaskJournal {
             f.write_all_at(&bytes, end)
                 .map_err(|e| io_err("append journal", &path, e))?;
             f.sync_data()
-                .map_err(|e| io_err("fdatasync journal", &path, e))?;
-            // Keep the handle's cursor meaningless: every write is positioned.
-            let _ = f.flush();
-            Ok(())
+                .map_err(|e| io_err("fdatasync journal", &path, e))
+
         })
         .await
     }
