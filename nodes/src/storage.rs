@@ -226,7 +226,11 @@ mod tests {
             let index = stores.log.append(1, b"plan").expect("append");
             stores.log.sync(index).await.expect("sync");
             stores.regions.create(&config()).await.expect("create");
-            stores.journal.append(b"task".to_vec()).await.expect("journal");
+            stores
+                .journal
+                .append(b"task".to_vec())
+                .await
+                .expect("journal");
         });
     }
 
@@ -240,7 +244,10 @@ mod tests {
         assert_eq!(stores.log.last_index(), 1);
         futures_lite::future::block_on(async {
             assert_eq!(stores.regions.list().await.expect("list"), vec![config()]);
-            assert_eq!(stores.journal.load().await.expect("load"), vec![b"task".to_vec()]);
+            assert_eq!(
+                stores.journal.load().await.expect("load"),
+                vec![b"task".to_vec()]
+            );
         });
         assert!(dir.path().join("confignode/log").is_dir());
     }

@@ -42,8 +42,7 @@ fn raw_rate(dir: &Path, prealloc: bool) -> f64 {
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < RUN_FOR {
-        std::os::unix::fs::FileExt::write_all_at(&file, &buf, n * buf.len() as u64)
-            .expect("write");
+        std::os::unix::fs::FileExt::write_all_at(&file, &buf, n * buf.len() as u64).expect("write");
         file.sync_data().expect("fdatasync");
         n += 1;
     }

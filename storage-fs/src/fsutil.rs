@@ -36,7 +36,10 @@ pub(crate) fn create_dir_durable(dir: &Path) -> Result<(), StorageError> {
 
 /// The temp name used while `path` is being replaced.
 pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
 }
@@ -51,7 +54,8 @@ pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StorageError
         .truncate(true)
         .open(&tmp)
         .map_err(|e| io_err("create", &tmp, e))?;
-    file.write_all(bytes).map_err(|e| io_err("write", &tmp, e))?;
+    file.write_all(bytes)
+        .map_err(|e| io_err("write", &tmp, e))?;
     file.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
     drop(file);
     fs::rename(&tmp, path).map_err(|e| io_err("rename", path, e))?;

@@ -128,7 +128,10 @@ impl FsTaskJournal {
     /// Opens (or creates) the journal file at `path`, truncating a torn last record. Blocking.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
-        let dir = path.parent().unwrap_or_else(|| Path::new(".")).to_path_buf();
+        let dir = path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .to_path_buf();
         create_dir_durable(&dir)?;
         let tmp = temp_path(&path);
         if tmp.exists() {
@@ -221,7 +224,6 @@ impl TaskJournal for FsTaskJournal {
                 .map_err(|e| io_err("append journal", &path, e))?;
             f.sync_data()
                 .map_err(|e| io_err("fdatasync journal", &path, e))
-
         })
         .await
     }

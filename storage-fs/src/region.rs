@@ -162,7 +162,11 @@ impl FsRegionStore {
         let listing = std::fs::read_dir(&regions).map_err(|e| io_err("list", &regions, e))?;
         for entry in listing {
             let entry = entry.map_err(|e| io_err("list", &regions, e))?;
-            if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(STAGING_PREFIX)
+            {
                 std::fs::remove_dir_all(entry.path())
                     .map_err(|e| io_err("remove half-made region", &entry.path(), e))?;
             }
@@ -181,7 +185,8 @@ impl FsRegionStore {
             std::thread::Builder::new()
                 .name("shoal-trash-purge".into())
                 .spawn(move || {
-                    if let Err(e) = futures_lite::future::block_on(background.finish_pending_deletes())
+                    if let Err(e) =
+                        futures_lite::future::block_on(background.finish_pending_deletes())
                     {
                         tracing::error!(error = %e, "finishing pending region deletions failed");
                     }

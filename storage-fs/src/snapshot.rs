@@ -71,7 +71,7 @@ fn list_snapshots(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
             found.push((index, entry.path()));
         }
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|s| std::cmp::Reverse(s.0));
     Ok(found)
 }
 
@@ -203,10 +203,17 @@ mod tests {
             let store = FsSnapshotStore::open(dir.path(), 3).expect("open");
             smol::block_on(store.save(5, snap(5))).expect("save");
         }
-        std::fs::write(dir.path().join("snap-00000000000000000009.bin.tmp"), b"half")
-            .expect("write");
+        std::fs::write(
+            dir.path().join("snap-00000000000000000009.bin.tmp"),
+            b"half",
+        )
+        .expect("write");
         let store = FsSnapshotStore::open(dir.path(), 3).expect("reopen");
-        assert!(!dir.path().join("snap-00000000000000000009.bin.tmp").exists());
+        assert!(
+            !dir.path()
+                .join("snap-00000000000000000009.bin.tmp")
+                .exists()
+        );
         let latest = smol::block_on(store.load_latest()).expect("load");
         assert_eq!(latest, Some(snap(5)));
     }

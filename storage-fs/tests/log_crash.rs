@@ -72,9 +72,9 @@ fn crash_child_entry() {
                 })
             })
             .collect();
-        for t in tasks {
-            t.await;
-        }
+        // The proposers loop until the parent kills this process.
+        futures_lite::future::pending::<()>().await;
+        drop(tasks);
     });
 }
 
@@ -102,7 +102,12 @@ fn sigkilled_appender_never_loses_acknowledged_entries() {
     let mut torn_tails = 0;
     while kills < 60 && started.elapsed() < Duration::from_secs(12) {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child_entry", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

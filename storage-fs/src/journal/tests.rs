@@ -16,7 +16,10 @@ fn appended_records_load_in_order_after_reopen() {
         drop(j);
         let j = FsTaskJournal::open(&path).expect("reopen");
         assert_eq!(j.torn_tail(), None);
-        assert_eq!(j.load().await.expect("load"), (0..5).map(rec).collect::<Vec<_>>());
+        assert_eq!(
+            j.load().await.expect("load"),
+            (0..5).map(rec).collect::<Vec<_>>()
+        );
     });
 }
 
@@ -34,7 +37,10 @@ fn torn_last_record_is_truncated_and_reported() {
         std::fs::write(&path, &full[..cut]).expect("tear");
         let j = FsTaskJournal::open(&path).expect("reopen");
         let torn = j.torn_tail().expect("reported");
-        assert_eq!(torn.offset, (HEADER_LEN + RECORD_HEADER_LEN + rec(1).len()) as u64);
+        assert_eq!(
+            torn.offset,
+            (HEADER_LEN + RECORD_HEADER_LEN + rec(1).len()) as u64
+        );
         assert_eq!(j.load().await.expect("load"), vec![rec(1)]);
         j.append(rec(3)).await.expect("append after repair");
         assert_eq!(j.load().await.expect("load"), vec![rec(1), rec(3)]);

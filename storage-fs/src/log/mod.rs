@@ -332,7 +332,10 @@ impl LogStore for FsLogStore {
                 n += 1;
             }
             let removed: Vec<SegmentMeta> = st.segments.drain(..n).collect();
-            let new_first = st.segments.first().map_or(st.first_index, |s| s.first_index);
+            let new_first = st
+                .segments
+                .first()
+                .map_or(st.first_index, |s| s.first_index);
             let dropped = new_first.saturating_sub(st.first_index) as usize;
             let dropped = dropped.min(st.entries.len());
             st.entries.drain(..dropped);
@@ -346,7 +349,8 @@ impl LogStore for FsLogStore {
         // Oldest first: a crash part-way leaves a contiguous suffix of segments.
         unblock(move || {
             for seg in &removed {
-                std::fs::remove_file(&seg.path).map_err(|e| io_err("remove segment", &seg.path, e))?;
+                std::fs::remove_file(&seg.path)
+                    .map_err(|e| io_err("remove segment", &seg.path, e))?;
             }
             fsync_dir(&dir)
         })

@@ -186,5 +186,6 @@ fn zero_tail(path: &Path, offset: u64, len: u64) -> Result<(), StorageError> {
         .map_err(|e| io_err("truncate torn tail", path, e))?;
     file.set_len(len.max(offset))
         .map_err(|e| io_err("re-extend segment", path, e))?;
-    file.sync_all().map_err(|e| io_err("fsync segment", path, e))
+    file.sync_all()
+        .map_err(|e| io_err("fsync segment", path, e))
 }

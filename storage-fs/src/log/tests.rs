@@ -43,8 +43,14 @@ fn synced_entries_survive_reopen_across_segments() {
     }
     let log = FsLogStore::open(dir.path(), small()).expect("reopen");
     let report = log.recovery_report();
-    assert!(report.segments > 1, "500 entries must span several 4 KiB segments");
-    assert_eq!(report.torn_tail, None, "preallocated zeroes are not a torn tail");
+    assert!(
+        report.segments > 1,
+        "500 entries must span several 4 KiB segments"
+    );
+    assert_eq!(
+        report.torn_tail, None,
+        "preallocated zeroes are not a torn tail"
+    );
     assert_eq!((log.first_index(), log.last_index()), (1, 500));
     assert_entries(&log, 1, 500);
     assert_eq!(log.read(499, 10).expect("read").len(), 2);
@@ -56,7 +62,13 @@ fn append_below_current_term_is_fenced() {
     let log = FsLogStore::open(dir.path(), small()).expect("open");
     smol::block_on(log.claim_term(3)).expect("claim");
     let err = log.append(2, b"x").expect_err("stale");
-    assert_eq!(err, StorageError::Fenced { term: 2, current: 3 });
+    assert_eq!(
+        err,
+        StorageError::Fenced {
+            term: 2,
+            current: 3
+        }
+    );
     let err = smol::block_on(log.claim_term(3)).expect_err("same term again");
     assert!(matches!(err, StorageError::Fenced { .. }));
     assert_eq!(log.append(3, b"x").expect("current term"), 1);
@@ -93,7 +105,11 @@ fn concurrent_syncs_share_one_flush() {
             t.await.expect("sync");
         }
     });
-    assert_eq!(log.flush_count(), 1, "64 waiting syncs must share one fdatasync");
+    assert_eq!(
+        log.flush_count(),
+        1,
+        "64 waiting syncs must share one fdatasync"
+    );
 }
 
 #[test]
@@ -131,7 +147,10 @@ fn failed_flush_poisons_the_log() {
     let i = log.append(1, b"lost?").expect("append");
     let err = smol::block_on(log.sync(i)).expect_err("sync must fail");
     assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
-    assert!(log.append(1, b"more").is_err(), "no appends after poisoning");
+    assert!(
+        log.append(1, b"more").is_err(),
+        "no appends after poisoning"
+    );
     assert!(smol::block_on(log.sync(i)).is_err(), "no pretending later");
     // Entries that were durable before the failure still count as durable.
     assert!(smol::block_on(log.sync(3)).is_ok());

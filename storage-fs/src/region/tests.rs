@@ -38,7 +38,10 @@ fn create_is_idempotent_and_a_different_config_conflicts() {
             store.create(&config(1, &[1, 2])).await.expect("again"),
             CreateOutcome::AlreadyExists
         );
-        let err = store.create(&config(1, &[1, 3])).await.expect_err("conflict");
+        let err = store
+            .create(&config(1, &[1, 3]))
+            .await
+            .expect_err("conflict");
         assert_eq!(err, StorageError::RegionConflict { region: region(1) });
     });
 }
@@ -51,7 +54,10 @@ fn data_and_peers_survive_reopen_and_list_is_ordered() {
         store.create(&config(9, &[1])).await.expect("create");
         store.create(&config(2, &[1])).await.expect("create");
         assert_eq!(store.append(region(9), b"hello").await.expect("append"), 5);
-        assert_eq!(store.append(region(9), b" world").await.expect("append"), 11);
+        assert_eq!(
+            store.append(region(9), b" world").await.expect("append"),
+            11
+        );
         store
             .set_peers(region(9), &[DataNodeId(4), DataNodeId(5)])
             .await
@@ -95,7 +101,9 @@ fn delete_removes_every_byte_and_a_retry_is_not_found() {
 /// Simulates a crash between the rename into the trash and the removal.
 fn crash_after_rename(root: &Path, id: u32) {
     let from = root.join("regions").join(dir_name(region(id)));
-    let to = root.join("trash").join(format!("{}~0", dir_name(region(id))));
+    let to = root
+        .join("trash")
+        .join(format!("{}~0", dir_name(region(id))));
     std::fs::rename(from, to).expect("rename");
 }
 
@@ -118,7 +126,10 @@ fn delete_finishes_a_removal_interrupted_after_the_rename() {
             ),
             "{outcome:?}"
         );
-        assert!(trash_is_empty(dir.path()), "bytes remain after delete resolved");
+        assert!(
+            trash_is_empty(dir.path()),
+            "bytes remain after delete resolved"
+        );
     });
 }
 
@@ -192,7 +203,10 @@ fn rate_limited_delete_paces_on_the_clock_and_others_stay_served() {
             store.create(&config(3, &[1])).await.expect("create"),
             CreateOutcome::Created
         );
-        assert!(!deleting.is_finished(), "delete finished without its time passing");
+        assert!(
+            !deleting.is_finished(),
+            "delete finished without its time passing"
+        );
         assert!(!trash_is_empty(dir.path()));
         while !deleting.is_finished() {
             if !clock.advance_to_next_deadline() {
