@@ -1,2 +1,22 @@
-//! File-system implementations of shoal-core's storage traits. Filled by the storage-fs issue;
-//! until then this crate exports nothing.
+//! File-system implementations of shoal-core's storage traits.
+//!
+//! - [`FsLogStore`]: the ConfigNode's consensus log in preallocated segment files with group
+//!   commit (one flusher thread, concurrent `sync` callers share one `fdatasync`).
+//! - [`FsSnapshotStore`]: ConfigNode snapshots, replaced atomically, last N kept.
+//! - [`FsRegionStore`]: a DataNode's region replicas, one directory each; rate-limited
+//!   deletion through a trash area.
+//! - [`FsTaskJournal`]: the DataNode's append-only, checksummed task journal.
+//!
+//! Every file that must survive a crash is written with fsync before it is relied on, and
+//! every directory change (create, rename, unlink) is followed by an fsync of the directory.
+
+mod fsutil;
+pub mod journal;
+pub mod log;
+pub mod region;
+pub mod snapshot;
+
+pub use journal::FsTaskJournal;
+pub use log::{FsLogStore, LogOptions, RecoveryReport, TornTail};
+pub use region::{FsRegionStore, RegionStoreOptions};
+pub use snapshot::FsSnapshotStore;

@@ -1,0 +1,362 @@
+//! [`FsLogStore`]: the ConfigNode's consensus log on disk.
+//!
+//! `append` only encodes the record into an in-memory buffer (and the read cache) and assigns
+//! its index; a dedicated flusher thread writes the buffer to the active segment and
+//! `fdatasync`s it when some `sync` caller needs it. Callers that arrive while a flush runs
+//! are covered by the next one, so N concurrent proposers share about one fsync per round.
+//! A failed write or fsync poisons the log: every later call fails with
+//! [`StorageError::Unavailable`] and the node must reopen (and so recover) the log.
+
+mod flusher;
+pub(crate) mod format;
+mod recovery;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use event_listener::Event;
+use shoal_core::storage::{LogEntry, LogStore, StorageError};
+
+use crate::fsutil::{atomic_write, fsync_dir, io_err, unblock};
+pub use recovery::{RecoveryReport, TornTail};
+
+/// Tuning of an [`FsLogStore`].
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Bytes preallocated per segment; a segment holds records until the next would not fit.
+    pub segment_size: u64,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            segment_size: 64 << 20,
+        }
+    }
+}
+
+/// A closed or active segment, oldest first.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentMeta {
+    pub first_index: u64,
+    pub path: PathBuf,
+}
+
+/// State shared by callers and the flusher thread.
+#[derive(Debug)]
+pub(crate) struct LogState {
+    term: u64,
+    first_index: u64,
+    /// Every retained entry, from `first_index` (the read cache; bounded by compaction).
+    entries: VecDeque<(u64, Arc<[u8]>)>,
+    /// Encoded records not yet handed to the flusher.
+    pub pending: Vec<u8>,
+    /// `(index, end offset in pending)` per buffered record.
+    pub pending_bounds: Vec<(u64, usize)>,
+    /// Highest index some `sync` caller waits for.
+    pub sync_requested: u64,
+    pub poisoned: Option<String>,
+    pub shutdown: bool,
+    pub segments: Vec<SegmentMeta>,
+}
+
+impl LogState {
+    fn last_index(&self) -> u64 {
+        self.first_index + self.entries.len() as u64 - 1
+    }
+
+    fn check_usable(&self) -> Result<(), StorageError> {
+        match &self.poisoned {
+            Some(reason) => Err(StorageError::Unavailable(format!(
+                "log poisoned by an earlier failure: {reason}"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Everything the store and its flusher thread share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub options: LogOptions,
+    state: Mutex<LogState>,
+    /// Wakes the flusher (new sync request or shutdown).
+    pub wake: Condvar,
+    /// Highest index known durable.
+    pub durable: AtomicU64,
+    /// Set once the log is poisoned (readable without the lock).
+    poisoned_flag: AtomicBool,
+    /// Notified after every flush and on poisoning.
+    pub synced: Event,
+    /// Test hook: the next flush fails as if fdatasync had failed.
+    fail_next_flush: AtomicBool,
+    /// Completed flush rounds (one fdatasync each, plus one per segment roll).
+    pub flushes: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LogState> {
+        // The state is plain data; a panic elsewhere does not make it unreadable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn poison(&self, reason: String) {
+        self.lock().poisoned = Some(reason);
+        self.poisoned_flag.store(true, Ordering::Release);
+        self.synced.notify(usize::MAX);
+    }
+
+    pub(crate) fn take_injected_failure(&self) -> bool {
+        self.fail_next_flush.swap(false, Ordering::AcqRel)
+    }
+}
+
+const TERM_FILE: &str = "term";
+const TERM_MAGIC: &[u8; 8] = b"SHOALTRM";
+
+/// The file-backed consensus log. Open with [`FsLogStore::open`]; dropping it stops the
+/// flusher (buffered, unsynced entries are written first).
+#[derive(Debug)]
+pub struct FsLogStore {
+    shared: Arc<Shared>,
+    flusher: Option<JoinHandle<()>>,
+    claim_lock: async_lock::Mutex<()>,
+    report: RecoveryReport,
+}
+
+impl FsLogStore {
+    /// Opens (or creates) the log in `dir`, recovering it: a torn tail is truncated and
+    /// reported; damage anywhere else fails with [`StorageError::Corrupt`]. Blocking.
+    pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<Self, StorageError> {
+        let dir = dir.as_ref().to_path_buf();
+        let recovered = recovery::recover(&dir, &options)?;
+        let term_path = dir.join(TERM_FILE);
+        let stored_term = match crate::fsutil::read_optional(&term_path)? {
+            Some(bytes) => {
+                let body = crate::fsutil::unframe_blob(TERM_MAGIC, &bytes, &term_path)?;
+                let arr: [u8; 8] = body.try_into().map_err(|_| StorageError::Corrupt {
+                    file: term_path.display().to_string(),
+                    offset: 16,
+                    reason: "term body is not 8 bytes".into(),
+                })?;
+                u64::from_le_bytes(arr)
+            }
+            None => 0,
+        };
+        let last_term = recovered.entries.back().map_or(0, |(t, _)| *t);
+        let mut report = recovered.report;
+        let last_index = recovered.first_index + recovered.entries.len() as u64 - 1;
+        report.term = stored_term.max(last_term);
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            options,
+            state: Mutex::new(LogState {
+                term: stored_term.max(last_term),
+                first_index: recovered.first_index,
+                entries: recovered.entries,
+                pending: Vec::new(),
+                pending_bounds: Vec::new(),
+                sync_requested: 0,
+                poisoned: None,
+                shutdown: false,
+                segments: recovered.segments,
+            }),
+            wake: Condvar::new(),
+            durable: AtomicU64::new(last_index),
+            poisoned_flag: AtomicBool::new(false),
+            synced: Event::new(),
+            fail_next_flush: AtomicBool::new(false),
+            flushes: AtomicU64::new(0),
+        });
+        let thread_shared = shared.clone();
+        let active = recovered.active;
+        let flusher = std::thread::Builder::new()
+            .name("shoal-log-flusher".into())
+            .spawn(move || flusher::run(thread_shared, active))
+            .map_err(|e| io_err("spawn flusher thread", &dir, e))?;
+        Ok(Self {
+            shared,
+            flusher: Some(flusher),
+            claim_lock: async_lock::Mutex::new(()),
+            report,
+        })
+    }
+
+    /// What recovery found and repaired when this log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// Completed flush rounds so far. With group commit this grows far slower than the
+    /// number of synced appends under concurrency (a metric, and what tests check).
+    pub fn flush_count(&self) -> u64 {
+        self.shared.flushes.load(Ordering::Acquire)
+    }
+
+    /// Test hook: the next flush fails as if `fdatasync` had returned an error.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn inject_flush_failure(&self) {
+        self.shared.fail_next_flush.store(true, Ordering::Release);
+    }
+
+    fn fenced_if_stale(st: &LogState, term: u64) -> Result<(), StorageError> {
+        if term < st.term {
+            return Err(StorageError::Fenced {
+                term,
+                current: st.term,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FsLogStore {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.wake.notify_all();
+        if let Some(handle) = self.flusher.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+#[async_trait]
+impl LogStore for FsLogStore {
+    fn current_term(&self) -> u64 {
+        self.shared.lock().term
+    }
+
+    async fn claim_term(&self, term: u64) -> Result<(), StorageError> {
+        let _one_claim_at_a_time = self.claim_lock.lock().await;
+        {
+            let st = self.shared.lock();
+            st.check_usable()?;
+            if st.term >= term {
+                return Err(StorageError::Fenced {
+                    term,
+                    current: st.term,
+                });
+            }
+        }
+        let path = self.shared.dir.join(TERM_FILE);
+        let bytes = crate::fsutil::frame_blob(TERM_MAGIC, &term.to_le_bytes());
+        // Durable before it takes effect: a restarted node must never reuse a claimed term.
+        unblock(move || atomic_write(&path, &bytes)).await?;
+        let mut st = self.shared.lock();
+        st.term = st.term.max(term);
+        Ok(())
+    }
+
+    fn append(&self, term: u64, payload: &[u8]) -> Result<u64, StorageError> {
+        let mut st = self.shared.lock();
+        st.check_usable()?;
+        Self::fenced_if_stale(&st, term)?;
+        let index = st.last_index() + 1;
+        format::encode_record(&mut st.pending, index, term, payload);
+        let end = st.pending.len();
+        st.pending_bounds.push((index, end));
+        st.entries.push_back((term, Arc::from(payload)));
+        Ok(index)
+    }
+
+    async fn sync(&self, index: u64) -> Result<(), StorageError> {
+        let shared = &self.shared;
+        let target = {
+            let mut st = shared.lock();
+            if shared.durable.load(Ordering::Acquire) >= index {
+                return Ok(());
+            }
+            st.check_usable()?;
+            // Nothing past the last appended entry can become durable; don't wait for it.
+            let target = index.min(st.last_index());
+            if target > st.sync_requested {
+                st.sync_requested = target;
+                shared.wake.notify_one();
+            }
+            target
+        };
+        loop {
+            if shared.durable.load(Ordering::Acquire) >= target {
+                return Ok(());
+            }
+            let listener = shared.synced.listen();
+            if shared.durable.load(Ordering::Acquire) >= target {
+                return Ok(());
+            }
+            if shared.poisoned_flag.load(Ordering::Acquire) {
+                return shared.lock().check_usable();
+            }
+            listener.await;
+        }
+    }
+
+    fn read(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, StorageError> {
+        let st = self.shared.lock();
+        st.check_usable()?;
+        let skip = from.saturating_sub(st.first_index) as usize;
+        Ok(st
+            .entries
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .take(max)
+            .map(|(i, (term, payload))| LogEntry {
+                index: st.first_index + i as u64,
+                term: *term,
+                payload: payload.to_vec(),
+            })
+            .collect())
+    }
+
+    fn first_index(&self) -> u64 {
+        self.shared.lock().first_index
+    }
+
+    fn last_index(&self) -> u64 {
+        self.shared.lock().last_index()
+    }
+
+    async fn compact(&self, index: u64) -> Result<(), StorageError> {
+        let removed: Vec<SegmentMeta> = {
+            let mut st = self.shared.lock();
+            st.check_usable()?;
+            // Whole segments only, never the active (last) one, and only those whose every
+            // entry is <= index: the next segment must start at or before index + 1.
+            let mut n = 0;
+            while n + 1 < st.segments.len() && st.segments[n + 1].first_index <= index + 1 {
+                n += 1;
+            }
+            let removed: Vec<SegmentMeta> = st.segments.drain(..n).collect();
+            let new_first = st
+                .segments
+                .first()
+                .map_or(st.first_index, |s| s.first_index);
+            let dropped = new_first.saturating_sub(st.first_index) as usize;
+            let dropped = dropped.min(st.entries.len());
+            st.entries.drain(..dropped);
+            st.first_index = new_first.max(st.first_index);
+            removed
+        };
+        if removed.is_empty() {
+            return Ok(());
+        }
+        let dir = self.shared.dir.clone();
+        // Oldest first: a crash part-way leaves a contiguous suffix of segments.
+        unblock(move || {
+            for seg in &removed {
+                std::fs::remove_file(&seg.path)
+                    .map_err(|e| io_err("remove segment", &seg.path, e))?;
+            }
+            fsync_dir(&dir)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,247 @@
+use super::format::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, segment_path};
+use super::*;
+
+fn small() -> LogOptions {
+    LogOptions { segment_size: 4096 }
+}
+
+fn payload(index: u64) -> Vec<u8> {
+    format!("entry-{index:06}").into_bytes()
+}
+
+/// Offset of the record holding entry `n` (1-based) in a single-segment log of [`payload`]s.
+fn record_offset(n: u64) -> u64 {
+    SEGMENT_HEADER_LEN as u64 + (n - 1) * (RECORD_HEADER_LEN + payload(1).len()) as u64
+}
+
+fn append_synced(log: &FsLogStore, term: u64, count: u64) {
+    let mut last = 0;
+    for _ in 0..count {
+        let index = log.last_index() + 1;
+        last = log.append(term, &payload(index)).expect("append");
+        assert_eq!(last, index);
+    }
+    smol::block_on(log.sync(last)).expect("sync");
+}
+
+fn assert_entries(log: &FsLogStore, first: u64, last: u64) {
+    let entries = log.read(first, usize::MAX).expect("read");
+    assert_eq!(entries.len() as u64, last + 1 - first);
+    for (entry, index) in entries.iter().zip(first..) {
+        assert_eq!(entry.index, index);
+        assert_eq!(entry.payload, payload(index));
+    }
+}
+
+#[test]
+fn synced_entries_survive_reopen_across_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FsLogStore::open(dir.path(), small()).expect("open");
+        assert_eq!((log.first_index(), log.last_index()), (1, 0));
+        append_synced(&log, 1, 500);
+    }
+    let log = FsLogStore::open(dir.path(), small()).expect("reopen");
+    let report = log.recovery_report();
+    assert!(
+        report.segments > 1,
+        "500 entries must span several 4 KiB segments"
+    );
+    assert_eq!(
+        report.torn_tail, None,
+        "preallocated zeroes are not a torn tail"
+    );
+    assert_eq!((log.first_index(), log.last_index()), (1, 500));
+    assert_entries(&log, 1, 500);
+    assert_eq!(log.read(499, 10).expect("read").len(), 2);
+}
+
+#[test]
+fn append_below_current_term_is_fenced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = FsLogStore::open(dir.path(), small()).expect("open");
+    smol::block_on(log.claim_term(3)).expect("claim");
+    let err = log.append(2, b"x").expect_err("stale");
+    assert_eq!(
+        err,
+        StorageError::Fenced {
+            term: 2,
+            current: 3
+        }
+    );
+    let err = smol::block_on(log.claim_term(3)).expect_err("same term again");
+    assert!(matches!(err, StorageError::Fenced { .. }));
+    assert_eq!(log.append(3, b"x").expect("current term"), 1);
+}
+
+#[test]
+fn claimed_term_is_durable_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FsLogStore::open(dir.path(), small()).expect("open");
+        smol::block_on(log.claim_term(7)).expect("claim");
+    }
+    let log = FsLogStore::open(dir.path(), small()).expect("reopen");
+    assert_eq!(log.current_term(), 7);
+    assert!(log.append(6, b"x").is_err());
+}
+
+#[test]
+fn concurrent_syncs_share_one_flush() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(FsLogStore::open(dir.path(), LogOptions::default()).expect("open"));
+    let indexes: Vec<u64> = (0..64)
+        .map(|i| log.append(1, &payload(i)).expect("append"))
+        .collect();
+    smol::block_on(async {
+        let tasks: Vec<_> = indexes
+            .iter()
+            .map(|&i| {
+                let log = log.clone();
+                smol::spawn(async move { log.sync(i).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("sync");
+        }
+    });
+    assert_eq!(
+        log.flush_count(),
+        1,
+        "64 waiting syncs must share one fdatasync"
+    );
+}
+
+#[test]
+fn compaction_removes_whole_covered_segments_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = FsLogStore::open(dir.path(), small()).expect("open");
+    append_synced(&log, 1, 500);
+    let segments_before = log.shared.lock().segments.clone();
+    assert!(segments_before.len() >= 3);
+    // Cover the first segment entirely and part of the second.
+    let second_first = segments_before[1].first_index;
+    smol::block_on(log.compact(second_first + 2)).expect("compact");
+    assert_eq!(log.first_index(), second_first);
+    assert!(!segments_before[0].path.exists());
+    assert!(segments_before[1].path.exists());
+    assert_entries(&log, second_first, 500);
+    // Compacting everything keeps the active segment and the entries it holds.
+    smol::block_on(log.compact(500)).expect("compact all");
+    let active_first = segments_before.last().map(|s| s.first_index).unwrap_or(1);
+    assert_eq!(log.first_index(), active_first);
+    drop(log);
+    let log = FsLogStore::open(dir.path(), small()).expect("reopen");
+    assert_eq!(log.first_index(), active_first);
+    assert_entries(&log, active_first, 500);
+    append_synced(&log, 1, 1);
+    assert_eq!(log.last_index(), 501);
+}
+
+#[test]
+fn failed_flush_poisons_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = FsLogStore::open(dir.path(), small()).expect("open");
+    append_synced(&log, 1, 3);
+    log.inject_flush_failure();
+    let i = log.append(1, b"lost?").expect("append");
+    let err = smol::block_on(log.sync(i)).expect_err("sync must fail");
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
+    assert!(
+        log.append(1, b"more").is_err(),
+        "no appends after poisoning"
+    );
+    assert!(smol::block_on(log.sync(i)).is_err(), "no pretending later");
+    // Entries that were durable before the failure still count as durable.
+    assert!(smol::block_on(log.sync(3)).is_ok());
+}
+
+#[test]
+fn torn_tail_is_truncated_and_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FsLogStore::open(dir.path(), small()).expect("open");
+        append_synced(&log, 1, 5);
+    }
+    // A record whose header was written but whose payload was cut short.
+    let seg = segment_path(dir.path(), 1);
+    let torn_at = record_offset(6);
+    let mut record = Vec::new();
+    format::encode_record(&mut record, 6, 1, &payload(6));
+    record.truncate(RECORD_HEADER_LEN + 3);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &record, torn_at))
+        .expect("tear");
+    {
+        let log = FsLogStore::open(dir.path(), small()).expect("reopen");
+        let torn = log.recovery_report().torn_tail.clone().expect("reported");
+        assert_eq!(torn.offset, torn_at);
+        assert_eq!(torn.file, seg.display().to_string());
+        assert_eq!(torn.discarded_bytes, record.len() as u64);
+        assert_eq!(log.last_index(), 5);
+        assert_entries(&log, 1, 5);
+        append_synced(&log, 1, 2);
+    }
+    let log = FsLogStore::open(dir.path(), small()).expect("reopen again");
+    assert_eq!(log.recovery_report().torn_tail, None);
+    assert_entries(&log, 1, 7);
+}
+
+#[test]
+fn damaged_record_mid_log_is_corrupt_with_file_and_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FsLogStore::open(dir.path(), small()).expect("open");
+        append_synced(&log, 1, 10);
+    }
+    let seg = segment_path(dir.path(), 1);
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let at = record_offset(4) as usize + RECORD_HEADER_LEN + 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&seg, bytes).expect("write");
+    let err = FsLogStore::open(dir.path(), small()).expect_err("must refuse");
+    match err {
+        StorageError::Corrupt { file, offset, .. } => {
+            assert_eq!(file, seg.display().to_string());
+            assert_eq!(offset, record_offset(4));
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn damage_in_an_older_segment_is_corrupt_even_at_its_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FsLogStore::open(dir.path(), small()).expect("open");
+        append_synced(&log, 1, 500);
+    }
+    // Zero the last record of the first segment: the entries are gone, so the next segment
+    // no longer continues the log.
+    let seg = segment_path(dir.path(), 1);
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let per = RECORD_HEADER_LEN + payload(1).len();
+    let records = (4096 - SEGMENT_HEADER_LEN) / per;
+    let last_at = SEGMENT_HEADER_LEN + (records - 1) * per;
+    bytes[last_at..last_at + per].fill(0);
+    std::fs::write(&seg, bytes).expect("write");
+    let err = FsLogStore::open(dir.path(), small()).expect_err("must refuse");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
+}
+
+#[test]
+fn leftover_temp_segment_is_removed_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FsLogStore::open(dir.path(), small()).expect("open");
+        append_synced(&log, 1, 3);
+    }
+    let tmp = dir.path().join("00000000000000000004.seg.tmp");
+    std::fs::write(&tmp, b"half-made").expect("write");
+    let log = FsLogStore::open(dir.path(), small()).expect("reopen");
+    assert!(!tmp.exists());
+    assert_eq!(log.recovery_report().removed_temp_files.len(), 1);
+    assert_entries(&log, 1, 3);
+}
