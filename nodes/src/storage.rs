@@ -8,18 +8,30 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use shoal_core::runtime::Clock;
 use shoal_core::storage::{LogStore, RegionStore, SnapshotStore, StorageError, TaskJournal};
 
 #[cfg(not(any(feature = "storage-fs", feature = "storage-mem")))]
 compile_error!("enable one storage backend: feature `storage-fs` or `storage-mem`");
 
 /// How the stores are tuned.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreOptions {
     /// Bytes per second a region deletion may remove (`None`: unlimited).
     pub delete_rate: Option<u64>,
     /// Snapshots kept on disk.
     pub snapshots_kept: usize,
+    /// The clock rate-limited deletions sleep on.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("delete_rate", &self.delete_rate)
+            .field("snapshots_kept", &self.snapshots_kept)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for StoreOptions {
@@ -27,6 +39,7 @@ impl Default for StoreOptions {
         Self {
             delete_rate: None,
             snapshots_kept: 3,
+            clock: Arc::new(shoal_runtime_smol::SmolClock::default()),
         }
     }
 }
@@ -79,7 +92,7 @@ pub fn open_stores(data_dir: &Path, options: &StoreOptions) -> Result<Stores, St
             &datanode,
             RegionStoreOptions {
                 delete_rate: options.delete_rate,
-                ..RegionStoreOptions::default()
+                clock: options.clock.clone(),
             },
         )?),
         journal: Arc::new(FsTaskJournal::open(datanode.join("tasks.journal"))?),
@@ -90,120 +103,16 @@ pub fn open_stores(data_dir: &Path, options: &StoreOptions) -> Result<Stores, St
 #[cfg(feature = "storage-mem")]
 pub fn open_stores(data_dir: &Path, options: &StoreOptions) -> Result<Stores, StorageError> {
     use shoal_core::storage::mem::{MemLogStore, MemSnapshotStore};
-    let _ = (data_dir, options);
+    use shoal_core::storage::{MemRegionStore, MemTaskJournal};
+    let _ = data_dir;
+    let regions = MemRegionStore::new(options.clock.clone())
+        .with_delete_rate(options.delete_rate.unwrap_or(0));
     Ok(Stores {
         log: Arc::new(MemLogStore::new()),
         snapshots: Arc::new(MemSnapshotStore::new()),
-        regions: Arc::new(mem::MemRegionStore::default()),
-        journal: Arc::new(mem::MemTaskJournal::default()),
+        regions: Arc::new(regions),
+        journal: Arc::new(MemTaskJournal::new()),
     })
-}
-
-/// Minimal in-memory DataNode stores until core ships its own twins (then use those).
-#[cfg(feature = "storage-mem")]
-mod mem {
-    use std::collections::BTreeMap;
-    use std::sync::Mutex;
-
-    use async_trait::async_trait;
-    use shoal_core::model::{DataNodeId, RegionId};
-    use shoal_core::storage::{
-        CreateOutcome, DeleteOutcome, RegionConfig, RegionStore, StorageError, TaskJournal,
-    };
-
-    #[derive(Debug, Default)]
-    pub(super) struct MemRegionStore {
-        regions: Mutex<BTreeMap<RegionId, (RegionConfig, u64)>>,
-    }
-
-    impl MemRegionStore {
-        fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<RegionId, (RegionConfig, u64)>> {
-            self.regions.lock().unwrap_or_else(|p| p.into_inner())
-        }
-    }
-
-    #[async_trait]
-    impl RegionStore for MemRegionStore {
-        async fn create(&self, config: &RegionConfig) -> Result<CreateOutcome, StorageError> {
-            let mut regions = self.lock();
-            match regions.get(&config.region) {
-                Some((existing, _)) if existing == config => Ok(CreateOutcome::AlreadyExists),
-                Some(_) => Err(StorageError::RegionConflict {
-                    region: config.region,
-                }),
-                None => {
-                    regions.insert(config.region, (config.clone(), 0));
-                    Ok(CreateOutcome::Created)
-                }
-            }
-        }
-
-        async fn append(&self, region: RegionId, bytes: &[u8]) -> Result<u64, StorageError> {
-            let mut regions = self.lock();
-            let (_, size) = regions
-                .get_mut(&region)
-                .ok_or(StorageError::RegionNotFound(region))?;
-            *size += bytes.len() as u64;
-            Ok(*size)
-        }
-
-        async fn set_peers(
-            &self,
-            region: RegionId,
-            peers: &[DataNodeId],
-        ) -> Result<(), StorageError> {
-            let mut regions = self.lock();
-            let (config, _) = regions
-                .get_mut(&region)
-                .ok_or(StorageError::RegionNotFound(region))?;
-            config.peers = peers.to_vec();
-            Ok(())
-        }
-
-        async fn delete(&self, region: RegionId) -> Result<DeleteOutcome, StorageError> {
-            Ok(match self.lock().remove(&region) {
-                Some((_, bytes)) => DeleteOutcome::Deleted { bytes },
-                None => DeleteOutcome::NotFound,
-            })
-        }
-
-        async fn list(&self) -> Result<Vec<RegionConfig>, StorageError> {
-            Ok(self.lock().values().map(|(c, _)| c.clone()).collect())
-        }
-
-        async fn size(&self, region: RegionId) -> Result<Option<u64>, StorageError> {
-            Ok(self.lock().get(&region).map(|(_, size)| *size))
-        }
-    }
-
-    #[derive(Debug, Default)]
-    pub(super) struct MemTaskJournal {
-        records: Mutex<Vec<Vec<u8>>>,
-    }
-
-    #[async_trait]
-    impl TaskJournal for MemTaskJournal {
-        async fn append(&self, record: Vec<u8>) -> Result<(), StorageError> {
-            self.records
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(record);
-            Ok(())
-        }
-
-        async fn load(&self) -> Result<Vec<Vec<u8>>, StorageError> {
-            Ok(self
-                .records
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone())
-        }
-
-        async fn rewrite(&self, records: Vec<Vec<u8>>) -> Result<(), StorageError> {
-            *self.records.lock().unwrap_or_else(|p| p.into_inner()) = records;
-            Ok(())
-        }
-    }
 }
 
 #[cfg(test)]
