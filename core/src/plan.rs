@@ -182,6 +182,10 @@ pub struct UpdateDataNodeStatus {
 pub struct CreateDatabase {
     /// The schema to create.
     pub schema: DatabaseSchema,
+    /// The procedure creating it: a re-apply by the same procedure (a step re-run after a
+    /// crash) is `Unchanged` rather than `DatabaseExists`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<ProcedureId>,
 }
 
 /// Body of [`ConfigPlan::PreDeleteDatabase`].

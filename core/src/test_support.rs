@@ -131,8 +131,13 @@ pub fn plan_for(code: PlanCode) -> BoxedStrategy<ConfigPlan> {
                 })
                 .boxed()
         }
-        PlanCode::CreateDatabase => schema()
-            .prop_map(|schema| ConfigPlan::CreateDatabase(CreateDatabase { schema }))
+        PlanCode::CreateDatabase => (schema(), prop::option::of(1u64..5))
+            .prop_map(|(schema, by)| {
+                ConfigPlan::CreateDatabase(CreateDatabase {
+                    schema,
+                    created_by: by.map(ProcedureId),
+                })
+            })
             .boxed(),
         PlanCode::PreDeleteDatabase => (db_name(), any::<bool>())
             .prop_map(|(name, deleting)| {
@@ -249,6 +254,7 @@ pub fn plan_history(max: usize) -> impl Strategy<Value = Vec<ConfigPlan>> {
                     schema_replication_factor: ReplicationFactor::new(1).unwrap(),
                     data_replication_factor: ReplicationFactor::new(3).unwrap(),
                 },
+                created_by: None,
             }));
         }
         plans.extend(random);

@@ -64,6 +64,7 @@ pub fn base_state() -> ClusterState {
                 schema_replication_factor: rf(1),
                 data_replication_factor: rf(3),
             },
+            created_by: None,
         }));
     }
     plans.push(ConfigPlan::ReserveRegionIds(ReserveRegionIds {

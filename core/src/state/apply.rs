@@ -103,6 +103,9 @@ impl ClusterState {
             ConfigPlan::CreateDatabase(p) => {
                 let name = &p.schema.name;
                 if let Some(entry) = self.databases.get(name) {
+                    if p.created_by.is_some() && entry.created_by == p.created_by {
+                        return Ok(Applied::Unchanged);
+                    }
                     return Err(if entry.deleting {
                         Rejection::DatabaseDeleting(name.clone())
                     } else {
@@ -114,6 +117,7 @@ impl ClusterState {
                     DatabaseEntry {
                         schema: p.schema.clone(),
                         deleting: false,
+                        created_by: p.created_by,
                     },
                 );
                 self.partition_tables

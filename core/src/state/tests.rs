@@ -34,6 +34,7 @@ fn cluster_with_db() -> (ClusterState, Vec<DataNodeId>) {
     state
         .apply(&ConfigPlan::CreateDatabase(CreateDatabase {
             schema: schema("db"),
+            created_by: None,
         }))
         .unwrap();
     (state, nodes)
@@ -67,6 +68,7 @@ fn duplicate_database_is_rejected() {
     let (mut state, _) = cluster_with_db();
     let again = ConfigPlan::CreateDatabase(CreateDatabase {
         schema: schema("db"),
+        created_by: None,
     });
     assert_eq!(
         state.apply(&again),
@@ -95,6 +97,7 @@ fn deleting_database_refuses_new_region_groups_and_creates() {
     );
     let recreate = ConfigPlan::CreateDatabase(CreateDatabase {
         schema: schema("db"),
+        created_by: None,
     });
     assert_eq!(
         state.apply(&recreate),
@@ -380,4 +383,18 @@ fn re_offered_create_task_is_queued_once() {
     let second = state.apply(&offer).unwrap();
     assert_eq!(first, second, "the same task id is returned");
     assert_eq!(state.region_maintain_queue.len(), 1);
+}
+
+#[test]
+fn re_applied_create_by_the_same_procedure_is_unchanged() {
+    let mut state = ClusterState::default();
+    let create = |by| {
+        ConfigPlan::CreateDatabase(CreateDatabase {
+            schema: schema("db"),
+            created_by: Some(ProcedureId(by)),
+        })
+    };
+    assert_eq!(state.apply(&create(7)), Ok(Applied::Done));
+    assert_eq!(state.apply(&create(7)), Ok(Applied::Unchanged));
+    assert_eq!(state.apply(&create(8)), Err(Rejection::DatabaseExists(name("db"))));
 }

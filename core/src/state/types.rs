@@ -36,6 +36,9 @@ pub struct DatabaseEntry {
     pub schema: DatabaseSchema,
     /// Set by pre-delete: new region groups and writes are refused.
     pub deleting: bool,
+    /// The procedure that created it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<ProcedureId>,
 }
 
 /// A database's published region groups.
