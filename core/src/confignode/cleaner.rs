@@ -16,7 +16,7 @@ use crate::plan::{AddRegionLocation, ConfigPlan, PollSpecificRegionMaintainTask}
 use crate::runtime::Runtime;
 use crate::state::{RegionMaintainKind, RegionMaintainTask, Rejection};
 
-use super::backoff::Backoff;
+use crate::procedure::BackoffPolicy;
 use super::clients::DataNodeClients;
 use super::inflight::InflightCreates;
 
@@ -37,7 +37,7 @@ pub struct RegionCleaner {
     clients: Arc<dyn DataNodeClients>,
     runtime: Runtime,
     inflight: Arc<InflightCreates>,
-    backoff: Backoff,
+    backoff: BackoffPolicy,
     /// Per task: failed attempts and the earliest time of the next one (volatile).
     retry: Mutex<BTreeMap<TaskId, (u32, u64)>>,
 }
@@ -49,7 +49,7 @@ impl RegionCleaner {
         clients: Arc<dyn DataNodeClients>,
         runtime: Runtime,
         inflight: Arc<InflightCreates>,
-        backoff: Backoff,
+        backoff: BackoffPolicy,
     ) -> Self {
         Self {
             consensus,

@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::CreateRegionRequest;
 use crate::coded_enum;
-use crate::model::{DataNodeId, DatabaseName, RegionId, RegionKind, RegionReplicaSet};
+use crate::model::{
+    DataNodeId, DatabaseName, DatabaseSchema, RegionId, RegionKind, RegionReplicaSet,
+};
 use crate::placement::place_groups;
 use crate::plan::{
-    ConfigPlan, CreateRegionGroups, NewRegionMaintainTask, OfferRegionMaintainTasks,
+    ConfigPlan, CreateDatabase, CreateRegionGroups, NewRegionMaintainTask, OfferRegionMaintainTasks,
     ReserveRegionIds,
 };
 use crate::procedure::{
@@ -43,6 +45,8 @@ coded_enum! {
         TearDown = 4,
         /// Report the outcome.
         Finish = 5,
+        /// Create the database itself (when the procedure creates a new database).
+        CreateDatabase = 6,
     }
 }
 
@@ -72,6 +76,9 @@ pub struct CreateRegionGroupsData {
     pub groups: Vec<PlannedGroup>,
     /// Groups that did not reach a quorum and were (or are being) torn down.
     pub torn_down: Vec<RegionId>,
+    /// The schema of a database this procedure creates first, if any.
+    #[serde(default)]
+    pub new_database: Option<DatabaseSchema>,
 }
 
 /// What a finished creation reports.
@@ -100,8 +107,31 @@ impl CreateRegionGroupsProcedure {
                 data_groups,
                 groups: Vec::new(),
                 torn_down: Vec::new(),
+                new_database: None,
             },
         }
+    }
+
+    /// Creates the database `schema` first, then its region groups.
+    pub fn new_database(schema: DatabaseSchema, schema_groups: u32, data_groups: u32) -> Self {
+        let mut procedure = Self::new(schema.name.clone(), schema_groups, data_groups);
+        procedure.data.state = CreateRegionGroupsState::CreateDatabase;
+        procedure.data.new_database = Some(schema);
+        procedure
+    }
+
+    /// Abort: a database of that name exists (created by someone else).
+    async fn create_database(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
+        let Some(schema) = self.data.new_database.clone() else {
+            self.data.state = CreateRegionGroupsState::Prepare;
+            return Ok(Step::Continue);
+        };
+        // Tagged with this procedure's id: a re-run after a crash is `Unchanged`, while a
+        // database someone else created is `DatabaseExists`.
+        let plan = CreateDatabase { schema, created_by: Some(ctx.procedure_id()) };
+        ctx.propose(ConfigPlan::CreateDatabase(plan)).await??;
+        self.data.state = CreateRegionGroupsState::Prepare;
+        Ok(Step::Continue)
     }
 
     /// The persistent data.
@@ -344,6 +374,7 @@ impl Procedure for CreateRegionGroupsProcedure {
 
     async fn step(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
         match self.data.state {
+            CreateRegionGroupsState::CreateDatabase => self.create_database(ctx).await,
             CreateRegionGroupsState::Prepare => self.prepare(ctx).await,
             CreateRegionGroupsState::CreateReplicas => self.create_replicas(ctx).await,
             CreateRegionGroupsState::Publish => self.publish(ctx).await,
