@@ -386,3 +386,6 @@ pub(crate) fn read_procedure(r: procedure_info::Reader<'_>) -> Result<ProcedureI
         waiting_for: read_opt_text(r.get_waiting_for())?,
     })
 }
+
+#[cfg(test)]
+mod tests;
