@@ -34,7 +34,10 @@ mod server;
     unsafe_code,
     clippy::all,
     clippy::pedantic,
-    clippy::unwrap_used
+    clippy::unwrap_used,
+    clippy::unimplemented,
+    clippy::todo,
+    clippy::dbg_macro
 )]
 #[rustfmt::skip]
 pub mod shoal_capnp;
