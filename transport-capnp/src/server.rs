@@ -1,6 +1,7 @@
 //! The serving side: accept loop, login, and the capnp servers that hand each call to the
 //! node's own [`Spawner`] and wait for the owned reply on a channel.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -66,6 +67,9 @@ pub struct ServerOptions {
     /// Where the node logic of each incoming call runs (never on the RPC thread). Default:
     /// smol's global executor.
     pub spawner: Arc<dyn Spawner>,
+    /// A connection that has not logged in by then is closed, so idle unauthenticated
+    /// connections cannot pile up.
+    pub login_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -73,6 +77,7 @@ impl Default for ServerOptions {
         Self {
             limits: WireLimits::default(),
             spawner: Arc::new(SmolGlobalSpawner),
+            login_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -143,11 +148,16 @@ impl RpcRuntime {
             spawner: options.spawner,
         };
         let limits = options.limits;
+        let login_timeout = options.login_timeout;
         self.run(move |ex| {
             let shared = Rc::new(shared);
             let ex2 = ex.clone();
+            let settings = ConnectionSettings {
+                limits,
+                login_timeout,
+            };
             ex.spawn(accept_loop(
-                listener, shared, limits, stop_rx, stopped_tx, ex2,
+                listener, shared, settings, stop_rx, stopped_tx, ex2,
             ))
             .detach();
         })?;
@@ -168,10 +178,17 @@ struct ServerShared {
     spawner: Arc<dyn Spawner>,
 }
 
+/// Per-connection settings of one server.
+#[derive(Clone, Copy)]
+struct ConnectionSettings {
+    limits: WireLimits,
+    login_timeout: Duration,
+}
+
 async fn accept_loop(
     listener: smol::net::TcpListener,
     shared: Rc<ServerShared>,
-    limits: WireLimits,
+    settings: ConnectionSettings,
     stop: async_channel::Receiver<()>,
     stopped: async_channel::Sender<()>,
     ex: LocalEx,
@@ -194,7 +211,7 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let connection = serve_connection(stream, peer, shared.clone(), limits);
+        let connection = serve_connection(stream, peer, shared.clone(), settings);
         let stop = stop.clone();
         let stopped = stopped.clone();
         ex.spawn(async move {
@@ -215,16 +232,34 @@ fn serve_connection(
     stream: smol::net::TcpStream,
     peer: SocketAddr,
     shared: Rc<ServerShared>,
-    limits: WireLimits,
+    settings: ConnectionSettings,
 ) -> impl std::future::Future<Output = ()> {
     let reader = futures_lite::io::BufReader::new(stream.clone());
     let writer = futures_lite::io::BufWriter::new(stream);
-    let network = twoparty::VatNetwork::new(reader, writer, Side::Server, limits.reader_options());
-    let bootstrap: bootstrap::Client = capnp_rpc::new_client(BootstrapServer { shared, peer });
+    let network = twoparty::VatNetwork::new(
+        reader,
+        writer,
+        Side::Server,
+        settings.limits.reader_options(),
+    );
+    let logged_in = Rc::new(Cell::new(false));
+    let bootstrap: bootstrap::Client = capnp_rpc::new_client(BootstrapServer {
+        shared,
+        peer,
+        logged_in: logged_in.clone(),
+    });
     let rpc = RpcSystem::new(Box::new(network), Some(bootstrap.client));
+    let login_deadline = async move {
+        smol::Timer::after(settings.login_timeout).await;
+        if logged_in.get() {
+            std::future::pending::<()>().await;
+        }
+        Ok(Err(()))
+    };
     async move {
-        match rpc.await {
-            Ok(()) => tracing::debug!(%peer, "connection closed"),
+        match async { rpc.await.map(Ok) }.or(login_deadline).await {
+            Ok(Ok(())) => tracing::debug!(%peer, "connection closed"),
+            Ok(Err(())) => tracing::warn!(%peer, "no login in time: connection closed"),
             // A malformed or oversized message ends this connection only.
             Err(e) => tracing::warn!(%peer, error = %e, "connection failed"),
         }
@@ -235,6 +270,7 @@ fn serve_connection(
 struct BootstrapServer {
     shared: Rc<ServerShared>,
     peer: SocketAddr,
+    logged_in: Rc<Cell<bool>>,
 }
 
 impl bootstrap::Server for BootstrapServer {
@@ -256,6 +292,7 @@ impl bootstrap::Server for BootstrapServer {
             );
             return Ok(());
         }
+        self.logged_in.set(true);
         let data_node: data_node::Client =
             capnp_rpc::new_client(data_node_server::DataNodeServer::new(self.shared.clone()));
         let config_node: config_node::Client = capnp_rpc::new_client(

@@ -194,3 +194,52 @@ fn a_call_the_node_does_not_answer_in_time_is_a_timeout() {
         assert!(error.is_retryable());
     });
 }
+
+#[test]
+fn a_connection_that_never_logs_in_is_closed_but_a_logged_in_one_stays() {
+    let runtime = RpcRuntime::start("login-deadline").expect("rpc thread");
+    let data_node = std::sync::Arc::new(super::fake::FakeDataNode::default());
+    let server = runtime
+        .serve(
+            "127.0.0.1:0",
+            SECRET,
+            shoal_transport_capnp::ServedApis::data_node(data_node.clone()),
+            shoal_transport_capnp::ServerOptions {
+                login_timeout: Duration::from_millis(200),
+                ..Default::default()
+            },
+        )
+        .expect("serve");
+    let address = server.local_addr();
+
+    let mut idle = TcpStream::connect(address).expect("connect");
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut buf = [0u8; 16];
+    // EOF (Ok(0)) means the server closed it; a read timeout would be an error.
+    assert_eq!(
+        idle.read(&mut buf)
+            .expect("server closed the idle connection"),
+        0
+    );
+
+    let client =
+        CapnpDataNodeClient::new(&runtime, &address.to_string(), options(SECRET)).expect("client");
+    smol::block_on(async {
+        let task = MaintainTask {
+            task_id: TaskId(1),
+            kind: MaintainTaskKind::DeleteRegionPeer {
+                region: data_region(1),
+            },
+        };
+        client.submit_task(Epoch(1), task).await.expect("logged in");
+        // A long poll spanning the login deadline: closing this connection would fail it.
+        assert_eq!(
+            client
+                .task_result(TaskId(1), Some(Duration::from_millis(600)))
+                .await,
+            Ok(TaskStatus::Processing)
+        );
+    });
+    assert_eq!(data_node.calls(), ["submit_task", "task_result"]);
+}
