@@ -8,7 +8,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DataNodeId, DatabaseName, Epoch, RegionId, TaskId};
+use crate::model::{
+    DataNodeId, DatabaseName, DatabaseSchema, Epoch, ProcedureId, RegionId, RegionReplicaSet,
+    ReplicationFactor, TaskId,
+};
+use crate::state::{DataNodeInfo, ProcedureRecord};
 
 /// Why a call between nodes failed. Decides retry vs abort in one place.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -181,4 +185,135 @@ pub trait DataNodeApi: Send + Sync + 'static {
     async fn ack_task(&self, epoch: Epoch, task_id: TaskId) -> Result<(), ApiError>;
     /// Liveness and a region report.
     async fn heartbeat(&self, epoch: Epoch) -> Result<HeartbeatReport, ApiError>;
+}
+
+// ---------------------------------------------------------------------------------------
+// ConfigNode API (admin commands and DataNode registration), added for the Cap'n Proto
+// transport; the ConfigNode service implements it.
+// ---------------------------------------------------------------------------------------
+
+/// Create a database with its region groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateDatabaseRequest {
+    /// The new database's name.
+    pub name: DatabaseName,
+    /// Replicas per schema region group.
+    pub schema_replication_factor: ReplicationFactor,
+    /// Replicas per data region group.
+    pub data_replication_factor: ReplicationFactor,
+    /// Data region groups to create.
+    pub data_region_groups: u32,
+    /// Schema region groups to create.
+    pub schema_region_groups: u32,
+}
+
+/// A database as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseInfo {
+    /// Name and replication factors.
+    pub schema: DatabaseSchema,
+    /// Being deleted: new region groups and writes are refused.
+    pub deleting: bool,
+    /// Published schema region groups.
+    pub schema_region_groups: u32,
+    /// Published data region groups.
+    pub data_region_groups: u32,
+}
+
+/// A published region group and its database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionGroupInfo {
+    /// The owning database.
+    pub database: DatabaseName,
+    /// The group and its replicas' DataNodes.
+    pub replica_set: RegionReplicaSet,
+}
+
+/// A procedure's status as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcedureInfo {
+    /// Its id.
+    pub id: ProcedureId,
+    /// Human-readable type name.
+    pub type_name: String,
+    /// Name of its current state.
+    pub state_name: String,
+    /// Durable status name (e.g. `Runnable`, `Succeeded`).
+    pub status: String,
+    /// Whether it will never run again.
+    pub finished: bool,
+    /// The parent that spawned it.
+    pub parent: Option<ProcedureId>,
+    /// Children it spawned, in spawn order.
+    pub children: Vec<ProcedureId>,
+    /// Submission time (ms on the leader's clock).
+    pub submitted_at_ms: u64,
+    /// Time of the last recorded transition (ms).
+    pub updated_at_ms: u64,
+    /// Step attempts since the last successful transition.
+    pub attempts: u32,
+    /// The last error a step returned.
+    pub last_error: Option<String>,
+    /// What it is waiting for, in words.
+    pub waiting_for: Option<String>,
+}
+
+impl ProcedureInfo {
+    /// The admin view of a durable procedure record.
+    pub fn from_record(record: &ProcedureRecord) -> Self {
+        Self {
+            id: record.id,
+            type_name: record.type_name.clone(),
+            state_name: record.state_name.clone(),
+            status: record.status.name().to_string(),
+            finished: record.status.is_finished(),
+            parent: record.parent,
+            children: record.children.clone(),
+            submitted_at_ms: record.submitted_at_ms,
+            updated_at_ms: record.updated_at_ms,
+            attempts: record.attempts,
+            last_error: record.last_error.clone(),
+            waiting_for: record.waiting_for.clone(),
+        }
+    }
+}
+
+/// A DataNode's periodic report to the ConfigNode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataNodeHeartbeat {
+    /// The reporting DataNode.
+    pub id: DataNodeId,
+    /// Its replicas and running tasks.
+    pub report: HeartbeatReport,
+}
+
+/// The ConfigNode's API as admin clients and DataNodes call it.
+#[async_trait]
+pub trait ConfigNodeApi: Send + Sync + 'static {
+    /// Creates a database and its region groups.
+    async fn create_database(&self, request: CreateDatabaseRequest) -> Result<(), ApiError>;
+    /// Starts deleting a database; returns the deletion procedure's id to follow.
+    async fn delete_database(&self, name: DatabaseName) -> Result<ProcedureId, ApiError>;
+    /// Every database, by name.
+    async fn list_databases(&self) -> Result<Vec<DatabaseInfo>, ApiError>;
+    /// Published region groups, of one database or (with `None`) of all.
+    async fn list_region_groups(
+        &self,
+        database: Option<DatabaseName>,
+    ) -> Result<Vec<RegionGroupInfo>, ApiError>;
+    /// Every registered DataNode.
+    async fn list_data_nodes(&self) -> Result<Vec<DataNodeInfo>, ApiError>;
+    /// Every procedure the ConfigNode still records.
+    async fn list_procedures(&self) -> Result<Vec<ProcedureInfo>, ApiError>;
+    /// One procedure's status; `None` if no such procedure is recorded.
+    async fn get_procedure(&self, id: ProcedureId) -> Result<Option<ProcedureInfo>, ApiError>;
+    /// Registers a DataNode at `address` (or re-registers `known_id` after a restart);
+    /// returns its id.
+    async fn register_data_node(
+        &self,
+        known_id: Option<DataNodeId>,
+        address: String,
+    ) -> Result<DataNodeId, ApiError>;
+    /// A DataNode's heartbeat; returns the leader's current epoch.
+    async fn data_node_heartbeat(&self, heartbeat: DataNodeHeartbeat) -> Result<Epoch, ApiError>;
 }

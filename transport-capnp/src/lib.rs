@@ -1,2 +1,49 @@
-//! Cap'n Proto RPC over TCP between Shoal nodes. Filled by the Cap'n Proto transport issue;
-//! until then this crate exports nothing.
+//! Cap'n Proto RPC over TCP between Shoal nodes.
+//!
+//! The wire contract is `schema/shoal.capnp`; its generated code is committed in
+//! [`shoal_capnp`] (regenerate with `schema/regenerate.sh`), so a build needs no `capnp`
+//! binary.
+//!
+//! Cap'n Proto RPC objects are `!Send`, so each node runs all of its RPC work — the server
+//! and every outgoing connection — on ONE thread, an [`RpcRuntime`]: a `smol::LocalExecutor`
+//! driven by `smol::block_on`. The rest of the node reaches it only through async channels
+//! carrying owned request and reply values:
+//! - [`CapnpDataNodeClient`] and [`CapnpConfigNodeClient`] implement core's `DataNodeApi` and
+//!   `ConfigNodeApi` for a remote node (connection reuse, reconnect with backoff, per-call
+//!   timeouts, typed errors);
+//! - [`RpcRuntime::serve`] exposes local `DataNodeApi`/`ConfigNodeApi` implementations; each
+//!   incoming call is handed to the node's [`Spawner`](shoal_core::runtime::Spawner) and its
+//!   reply comes back over a channel, so node logic never runs on the RPC thread.
+//!
+//! A connection first sees only a bootstrap capability offering `login(secret)`; a wrong
+//! secret is refused with a typed error ([`load_or_create_secret`] manages the secret file).
+//! Incoming messages are bounded by [`WireLimits`], so a malformed or oversized message
+//! closes that one connection and never the node.
+
+mod client;
+mod codec;
+mod error;
+mod runtime;
+mod secret;
+mod server;
+
+/// Code generated from `schema/shoal.capnp` by `capnpc-rust` (do not edit; regenerate).
+#[allow(
+    missing_docs,
+    unused,
+    unsafe_code,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::unimplemented,
+    clippy::todo,
+    clippy::dbg_macro
+)]
+#[rustfmt::skip]
+pub mod shoal_capnp;
+
+pub use client::{CapnpConfigNodeClient, CapnpDataNodeClient, ClientOptions};
+pub use error::TransportError;
+pub use runtime::{RpcRuntime, WireLimits};
+pub use secret::{SECRET_FILE_NAME, load_or_create_secret};
+pub use server::{ServedApis, ServerHandle, ServerOptions};

@@ -1,0 +1,283 @@
+# Shoal's wire contract: the Cap'n Proto interfaces between ConfigNodes, DataNodes and
+# admin clients.
+#
+# COMPATIBILITY RULES (read before editing):
+# - Every field, union member, method and enumerant carries an explicit ordinal (@N). An
+#   ordinal never changes meaning once released: never renumber, reuse or retype one.
+#   Add new fields/methods with the next free ordinal; retire old ones by leaving them in
+#   place (rename to `obsoleteXxx` if you must) so old peers still decode.
+# - Stored codes (region kind, DataNode status) travel as the same explicit numbers core
+#   uses on disk (`RegionKind::code`, `DataNodeStatus::code`), never as schema enum ordinals.
+# - After editing, run `schema/regenerate.sh` and commit the regenerated
+#   `transport-capnp/src/shoal_capnp.rs`; CI (`schema/check-generated.sh`) diffs the two.
+#
+# Connection flow: a client bootstraps a `Bootstrap` capability, which offers only
+# `login(secret)`. A correct secret returns the `Services` the node serves; a wrong one is
+# refused with a typed error. No other capability is reachable without logging in.
+
+@0xe99fd65e8d7112ff;
+
+# ---------------------------------------------------------------------------------------
+# Shared values
+# ---------------------------------------------------------------------------------------
+
+struct RegionId {
+  kind @0 :UInt8;        # RegionKind code: 1 = schema, 2 = data.
+  id @1 :UInt32;
+}
+
+# Why a call failed on the peer. Timeouts and unreachable peers are detected by the caller
+# and never sent; a server whose own implementation reports one sends `remote` with
+# `retryable = true`.
+struct Error {
+  union {
+    refused @0 :Text;            # Will not change by retrying (wrong secret, bad request).
+    staleLeader :group {         # The request's leader epoch is older than one seen.
+      requestEpoch @1 :UInt64;
+      seenEpoch @2 :UInt64;
+    }
+    remote :group {              # The peer tried and failed.
+      message @3 :Text;
+      retryable @4 :Bool;
+    }
+    malformed @5 :Text;          # The request (or a reply) could not be decoded.
+  }
+}
+
+# A reply that carries no value on success.
+struct UnitReply {
+  union {
+    ok @0 :Void;
+    error @1 :Error;
+  }
+}
+
+# ---------------------------------------------------------------------------------------
+# Bootstrap and login
+# ---------------------------------------------------------------------------------------
+
+# The only capability a fresh connection can reach.
+interface Bootstrap {
+  login @0 (secret :Text) -> (reply :LoginReply);
+}
+
+struct LoginReply {
+  union {
+    services @0 :Services;
+    error @1 :Error;             # `refused` for a wrong secret.
+  }
+}
+
+# The APIs a node serves. A node that does not serve one still returns a capability for it
+# whose every call is refused.
+struct Services {
+  dataNode @0 :DataNode;
+  configNode @1 :ConfigNode;
+}
+
+# ---------------------------------------------------------------------------------------
+# DataNode: regions and maintain tasks (mirrors core's `DataNodeApi`)
+# ---------------------------------------------------------------------------------------
+
+interface DataNode {
+  createRegion @0 (epoch :UInt64, request :CreateRegionRequest) -> (reply :UnitReply);
+  deleteRegion @1 (epoch :UInt64, region :RegionId) -> (reply :UnitReply);
+  writeRegion @2 (region :RegionId, bytes :Data) -> (reply :WriteRegionReply);
+  submitTask @3 (epoch :UInt64, task :MaintainTask) -> (reply :SubmitTaskReply);
+  # `waitMs = 0` answers at once; otherwise the DataNode answers as soon as the task is
+  # terminal or after `waitMs` milliseconds, whichever comes first (long poll).
+  taskResult @4 (taskId :UInt64, waitMs :UInt64) -> (reply :TaskResultReply);
+  ackTask @5 (epoch :UInt64, taskId :UInt64) -> (reply :UnitReply);
+  heartbeat @6 (epoch :UInt64) -> (reply :HeartbeatReply);
+}
+
+struct CreateRegionRequest {
+  region @0 :RegionId;
+  database @1 :Text;
+  peers @2 :List(UInt32);        # DataNode ids.
+}
+
+struct WriteRegionReply {
+  union {
+    newSize @0 :UInt64;
+    error @1 :Error;
+  }
+}
+
+struct MaintainTask {
+  taskId @0 :UInt64;
+  # The first member is the default: a sender that set no kind is read as `unset` and
+  # refused as malformed, never mistaken for a deletion.
+  kind :union {
+    unset @1 :Void;
+    deleteRegionPeer @2 :RegionId;
+  }
+}
+
+struct SubmitTaskReply {
+  union {
+    accepted @0 :Void;
+    rejected @1 :Text;
+    error @2 :Error;
+  }
+}
+
+struct TaskResultReply {
+  union {
+    processing @0 :Void;
+    success @1 :Void;
+    fail @2 :Text;
+    notExist @3 :Void;
+    error @4 :Error;
+  }
+}
+
+struct RegionReport {
+  region @0 :RegionId;
+  bytes @1 :UInt64;
+}
+
+struct HeartbeatReport {
+  regions @0 :List(RegionReport);
+  runningTasks @1 :List(UInt64);
+}
+
+struct HeartbeatReply {
+  union {
+    report @0 :HeartbeatReport;
+    error @1 :Error;
+  }
+}
+
+# ---------------------------------------------------------------------------------------
+# ConfigNode: admin API and DataNode registration (mirrors core's `ConfigNodeApi`)
+# ---------------------------------------------------------------------------------------
+
+interface ConfigNode {
+  createDatabase @0 (name :Text, schemaRf :UInt8, dataRf :UInt8,
+                     dataRegionGroups :UInt32, schemaRegionGroups :UInt32)
+      -> (reply :UnitReply);
+  deleteDatabase @1 (name :Text) -> (reply :DeleteDatabaseReply);
+  listDatabases @2 () -> (reply :ListDatabasesReply);
+  # `database` empty: every database's groups.
+  listRegionGroups @3 (database :Text) -> (reply :ListRegionGroupsReply);
+  listDataNodes @4 () -> (reply :ListDataNodesReply);
+  listProcedures @5 () -> (reply :ListProceduresReply);
+  getProcedure @6 (id :UInt64) -> (reply :GetProcedureReply);
+  registerDataNode @7 (knownId :OptionalUInt32, address :Text) -> (reply :RegisterDataNodeReply);
+  dataNodeHeartbeat @8 (id :UInt32, report :HeartbeatReport) -> (reply :DataNodeHeartbeatReply);
+}
+
+struct OptionalUInt32 {
+  union {
+    none @0 :Void;
+    some @1 :UInt32;
+  }
+}
+
+struct OptionalUInt64 {
+  union {
+    none @0 :Void;
+    some @1 :UInt64;
+  }
+}
+
+struct OptionalText {
+  union {
+    none @0 :Void;
+    some @1 :Text;
+  }
+}
+
+struct DeleteDatabaseReply {
+  union {
+    procedureId @0 :UInt64;
+    error @1 :Error;
+  }
+}
+
+struct DatabaseInfo {
+  name @0 :Text;
+  schemaRf @1 :UInt8;
+  dataRf @2 :UInt8;
+  deleting @3 :Bool;
+  schemaRegionGroups @4 :UInt32;
+  dataRegionGroups @5 :UInt32;
+}
+
+struct ListDatabasesReply {
+  union {
+    databases @0 :List(DatabaseInfo);
+    error @1 :Error;
+  }
+}
+
+struct RegionGroupInfo {
+  database @0 :Text;
+  region @1 :RegionId;
+  replicas @2 :List(UInt32);     # DataNode ids.
+}
+
+struct ListRegionGroupsReply {
+  union {
+    groups @0 :List(RegionGroupInfo);
+    error @1 :Error;
+  }
+}
+
+struct DataNodeInfo {
+  id @0 :UInt32;
+  address @1 :Text;
+  status @2 :UInt8;              # DataNodeStatus code: 1 running, 2 unknown, 3 removing.
+}
+
+struct ListDataNodesReply {
+  union {
+    dataNodes @0 :List(DataNodeInfo);
+    error @1 :Error;
+  }
+}
+
+struct ProcedureInfo {
+  id @0 :UInt64;
+  typeName @1 :Text;
+  stateName @2 :Text;
+  status @3 :Text;               # Durable status name, e.g. "Runnable", "Succeeded".
+  finished @4 :Bool;
+  parent @5 :OptionalUInt64;
+  children @6 :List(UInt64);
+  submittedAtMs @7 :UInt64;
+  updatedAtMs @8 :UInt64;
+  attempts @9 :UInt32;
+  lastError @10 :OptionalText;
+  waitingFor @11 :OptionalText;
+}
+
+struct ListProceduresReply {
+  union {
+    procedures @0 :List(ProcedureInfo);
+    error @1 :Error;
+  }
+}
+
+struct GetProcedureReply {
+  union {
+    found @0 :ProcedureInfo;
+    notFound @1 :Void;
+    error @2 :Error;
+  }
+}
+
+struct RegisterDataNodeReply {
+  union {
+    id @0 :UInt32;
+    error @1 :Error;
+  }
+}
+
+struct DataNodeHeartbeatReply {
+  union {
+    epoch @0 :UInt64;            # The ConfigNode leader's current epoch.
+    error @1 :Error;
+  }
+}

@@ -1,0 +1,391 @@
+//! Conversions between core's owned values and the generated Cap'n Proto readers/builders.
+//!
+//! Every decode is checked: an unknown code, a missing field or invalid UTF-8 becomes
+//! [`ApiError::Malformed`], never a panic.
+
+use shoal_core::api::{
+    ApiError, CreateRegionRequest, DataNodeHeartbeat, DatabaseInfo, HeartbeatReport, MaintainTask,
+    MaintainTaskKind, ProcedureInfo, RegionGroupInfo, RegionReport,
+};
+use shoal_core::model::{
+    DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, ProcedureId, RegionId, RegionKind,
+    RegionReplicaSet, ReplicationFactor, TaskId,
+};
+use shoal_core::state::{DataNodeInfo, DataNodeStatus};
+
+use crate::shoal_capnp::{
+    create_region_request, data_node_info, database_info, error, heartbeat_report, maintain_task,
+    optional_text, optional_u_int32, optional_u_int64, procedure_info, region_group_info,
+    region_id, region_report,
+};
+
+/// A capnp decoding failure as a typed error.
+pub(crate) fn malformed(e: capnp::Error) -> ApiError {
+    ApiError::Malformed(e.to_string())
+}
+
+/// A list length as Cap'n Proto's u32 (lists are far below 2^32 elements).
+pub(crate) fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Reads a text field as an owned string.
+pub(crate) fn read_text(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, ApiError> {
+    r.map_err(malformed)?
+        .to_string()
+        .map_err(|e| ApiError::Malformed(format!("invalid UTF-8: {e}")))
+}
+
+/// Reads and validates a database name.
+pub(crate) fn read_database_name(
+    r: capnp::Result<capnp::text::Reader<'_>>,
+) -> Result<DatabaseName, ApiError> {
+    DatabaseName::new(read_text(r)?).map_err(|e| ApiError::Malformed(e.to_string()))
+}
+
+fn read_rf(factor: u8) -> Result<ReplicationFactor, ApiError> {
+    ReplicationFactor::new(factor).map_err(|e| ApiError::Malformed(e.to_string()))
+}
+
+/// Writes an error into a reply's error branch.
+pub(crate) fn write_error(mut b: error::Builder<'_>, e: &ApiError) {
+    let (message, retryable) = match e {
+        ApiError::Refused(m) => return b.set_refused(m.as_str()),
+        ApiError::Malformed(m) => return b.set_malformed(m.as_str()),
+        ApiError::StaleLeader { request, seen } => {
+            let mut g = b.init_stale_leader();
+            g.set_request_epoch(request.0);
+            g.set_seen_epoch(seen.0);
+            return;
+        }
+        ApiError::Remote { message, retryable } => (message.clone(), *retryable),
+        // Timeouts and unreachable peers are the caller's own findings and have no wire
+        // form; a server whose implementation reports one failed to finish: retry may help.
+        ApiError::Timeout(d) => (format!("the peer's own call timed out after {d:?}"), true),
+        ApiError::Unreachable(m) => (format!("the peer could not reach a node: {m}"), true),
+    };
+    let mut g = b.init_remote();
+    g.set_message(message.as_str());
+    g.set_retryable(retryable);
+}
+
+/// Reads a reply's error branch.
+pub(crate) fn read_error(r: capnp::Result<error::Reader<'_>>) -> ApiError {
+    match read_error_inner(r) {
+        Ok(e) | Err(e) => e,
+    }
+}
+
+fn read_error_inner(r: capnp::Result<error::Reader<'_>>) -> Result<ApiError, ApiError> {
+    Ok(
+        match r.map_err(malformed)?.which().map_err(not_in_schema)? {
+            error::Refused(m) => ApiError::Refused(read_text(m)?),
+            error::Malformed(m) => ApiError::Malformed(read_text(m)?),
+            error::StaleLeader(g) => ApiError::StaleLeader {
+                request: shoal_core::model::Epoch(g.get_request_epoch()),
+                seen: shoal_core::model::Epoch(g.get_seen_epoch()),
+            },
+            error::Remote(g) => ApiError::Remote {
+                message: read_text(g.get_message())?,
+                retryable: g.get_retryable(),
+            },
+        },
+    )
+}
+
+/// A union discriminant this build does not know.
+pub(crate) fn not_in_schema(e: capnp::NotInSchema) -> ApiError {
+    ApiError::Malformed(format!("unknown union member: {e}"))
+}
+
+/// Writes a region id.
+pub(crate) fn write_region_id(mut b: region_id::Builder<'_>, region: RegionId) {
+    b.set_kind(region.kind.code());
+    b.set_id(region.id);
+}
+
+/// Reads a region id; an unknown kind code is malformed.
+pub(crate) fn read_region_id(
+    r: capnp::Result<region_id::Reader<'_>>,
+) -> Result<RegionId, ApiError> {
+    let r = r.map_err(malformed)?;
+    let kind =
+        RegionKind::try_from(r.get_kind()).map_err(|e| ApiError::Malformed(e.to_string()))?;
+    Ok(RegionId::new(kind, r.get_id()))
+}
+
+fn write_ids(mut list: capnp::primitive_list::Builder<'_, u32>, ids: &[DataNodeId]) {
+    for (i, id) in ids.iter().enumerate() {
+        list.set(len32(i), id.0);
+    }
+}
+
+fn read_ids(
+    r: capnp::Result<capnp::primitive_list::Reader<'_, u32>>,
+) -> Result<Vec<DataNodeId>, ApiError> {
+    Ok(r.map_err(malformed)?.iter().map(DataNodeId).collect())
+}
+
+/// Writes a create-region request.
+pub(crate) fn write_create_region(
+    mut b: create_region_request::Builder<'_>,
+    request: &CreateRegionRequest,
+) {
+    write_region_id(b.reborrow().init_region(), request.region);
+    b.set_database(request.database.as_str());
+    write_ids(b.init_peers(len32(request.peers.len())), &request.peers);
+}
+
+/// Reads a create-region request.
+pub(crate) fn read_create_region(
+    r: capnp::Result<create_region_request::Reader<'_>>,
+) -> Result<CreateRegionRequest, ApiError> {
+    let r = r.map_err(malformed)?;
+    Ok(CreateRegionRequest {
+        region: read_region_id(r.get_region())?,
+        database: read_database_name(r.get_database())?,
+        peers: read_ids(r.get_peers())?,
+    })
+}
+
+/// Writes a maintain task.
+pub(crate) fn write_maintain_task(mut b: maintain_task::Builder<'_>, task: &MaintainTask) {
+    b.set_task_id(task.task_id.0);
+    match &task.kind {
+        MaintainTaskKind::DeleteRegionPeer { region } => {
+            write_region_id(b.init_kind().init_delete_region_peer(), *region);
+        }
+    }
+}
+
+/// Reads a maintain task; an unset or unknown kind is malformed.
+pub(crate) fn read_maintain_task(
+    r: capnp::Result<maintain_task::Reader<'_>>,
+) -> Result<MaintainTask, ApiError> {
+    let r = r.map_err(malformed)?;
+    let kind = match r.get_kind().which().map_err(not_in_schema)? {
+        maintain_task::kind::Unset(()) => {
+            return Err(ApiError::Malformed("maintain task without a kind".into()));
+        }
+        maintain_task::kind::DeleteRegionPeer(region) => MaintainTaskKind::DeleteRegionPeer {
+            region: read_region_id(region)?,
+        },
+    };
+    Ok(MaintainTask {
+        task_id: TaskId(r.get_task_id()),
+        kind,
+    })
+}
+
+/// Writes a heartbeat report.
+pub(crate) fn write_heartbeat_report(
+    mut b: heartbeat_report::Builder<'_>,
+    report: &HeartbeatReport,
+) {
+    let mut regions = b.reborrow().init_regions(len32(report.regions.len()));
+    for (i, region) in report.regions.iter().enumerate() {
+        let mut rb: region_report::Builder<'_> = regions.reborrow().get(len32(i));
+        write_region_id(rb.reborrow().init_region(), region.region);
+        rb.set_bytes(region.bytes);
+    }
+    let mut tasks = b.init_running_tasks(len32(report.running_tasks.len()));
+    for (i, task) in report.running_tasks.iter().enumerate() {
+        tasks.set(len32(i), task.0);
+    }
+}
+
+/// Reads a heartbeat report.
+pub(crate) fn read_heartbeat_report(
+    r: capnp::Result<heartbeat_report::Reader<'_>>,
+) -> Result<HeartbeatReport, ApiError> {
+    let r = r.map_err(malformed)?;
+    let mut regions = Vec::new();
+    for region in r.get_regions().map_err(malformed)?.iter() {
+        regions.push(RegionReport {
+            region: read_region_id(region.get_region())?,
+            bytes: region.get_bytes(),
+        });
+    }
+    let running_tasks = r
+        .get_running_tasks()
+        .map_err(malformed)?
+        .iter()
+        .map(TaskId)
+        .collect();
+    Ok(HeartbeatReport {
+        regions,
+        running_tasks,
+    })
+}
+
+/// Reads a DataNode's heartbeat (id plus report).
+pub(crate) fn read_data_node_heartbeat(
+    id: u32,
+    report: capnp::Result<heartbeat_report::Reader<'_>>,
+) -> Result<DataNodeHeartbeat, ApiError> {
+    Ok(DataNodeHeartbeat {
+        id: DataNodeId(id),
+        report: read_heartbeat_report(report)?,
+    })
+}
+
+/// Writes an optional u32.
+pub(crate) fn write_opt_u32(mut b: optional_u_int32::Builder<'_>, value: Option<u32>) {
+    match value {
+        Some(v) => b.set_some(v),
+        None => b.set_none(()),
+    }
+}
+
+/// Reads an optional u32.
+pub(crate) fn read_opt_u32(
+    r: capnp::Result<optional_u_int32::Reader<'_>>,
+) -> Result<Option<u32>, ApiError> {
+    Ok(
+        match r.map_err(malformed)?.which().map_err(not_in_schema)? {
+            optional_u_int32::None(()) => None,
+            optional_u_int32::Some(v) => Some(v),
+        },
+    )
+}
+
+fn write_opt_u64(mut b: optional_u_int64::Builder<'_>, value: Option<u64>) {
+    match value {
+        Some(v) => b.set_some(v),
+        None => b.set_none(()),
+    }
+}
+
+fn read_opt_u64(r: capnp::Result<optional_u_int64::Reader<'_>>) -> Result<Option<u64>, ApiError> {
+    Ok(
+        match r.map_err(malformed)?.which().map_err(not_in_schema)? {
+            optional_u_int64::None(()) => None,
+            optional_u_int64::Some(v) => Some(v),
+        },
+    )
+}
+
+fn write_opt_text(mut b: optional_text::Builder<'_>, value: Option<&str>) {
+    match value {
+        Some(v) => b.set_some(v),
+        None => b.set_none(()),
+    }
+}
+
+fn read_opt_text(r: capnp::Result<optional_text::Reader<'_>>) -> Result<Option<String>, ApiError> {
+    Ok(
+        match r.map_err(malformed)?.which().map_err(not_in_schema)? {
+            optional_text::None(()) => None,
+            optional_text::Some(v) => Some(read_text(v)?),
+        },
+    )
+}
+
+/// Writes a database's admin view.
+pub(crate) fn write_database_info(mut b: database_info::Builder<'_>, info: &DatabaseInfo) {
+    b.set_name(info.schema.name.as_str());
+    b.set_schema_rf(info.schema.schema_replication_factor.get());
+    b.set_data_rf(info.schema.data_replication_factor.get());
+    b.set_deleting(info.deleting);
+    b.set_schema_region_groups(info.schema_region_groups);
+    b.set_data_region_groups(info.data_region_groups);
+}
+
+/// Reads a database's admin view.
+pub(crate) fn read_database_info(r: database_info::Reader<'_>) -> Result<DatabaseInfo, ApiError> {
+    Ok(DatabaseInfo {
+        schema: DatabaseSchema {
+            name: read_database_name(r.get_name())?,
+            schema_replication_factor: read_rf(r.get_schema_rf())?,
+            data_replication_factor: read_rf(r.get_data_rf())?,
+        },
+        deleting: r.get_deleting(),
+        schema_region_groups: r.get_schema_region_groups(),
+        data_region_groups: r.get_data_region_groups(),
+    })
+}
+
+/// Writes a region group's admin view.
+pub(crate) fn write_region_group(mut b: region_group_info::Builder<'_>, info: &RegionGroupInfo) {
+    b.set_database(info.database.as_str());
+    write_region_id(b.reborrow().init_region(), info.replica_set.region);
+    write_ids(
+        b.init_replicas(len32(info.replica_set.replicas.len())),
+        &info.replica_set.replicas,
+    );
+}
+
+/// Reads a region group's admin view.
+pub(crate) fn read_region_group(
+    r: region_group_info::Reader<'_>,
+) -> Result<RegionGroupInfo, ApiError> {
+    Ok(RegionGroupInfo {
+        database: read_database_name(r.get_database())?,
+        replica_set: RegionReplicaSet::new(
+            read_region_id(r.get_region())?,
+            read_ids(r.get_replicas())?,
+        ),
+    })
+}
+
+/// Writes a DataNode's admin view.
+pub(crate) fn write_data_node(mut b: data_node_info::Builder<'_>, info: &DataNodeInfo) {
+    b.set_id(info.location.id.0);
+    b.set_address(info.location.address.as_str());
+    b.set_status(info.status.code());
+}
+
+/// Reads a DataNode's admin view.
+pub(crate) fn read_data_node(r: data_node_info::Reader<'_>) -> Result<DataNodeInfo, ApiError> {
+    let status = DataNodeStatus::from_code(r.get_status()).ok_or_else(|| {
+        ApiError::Malformed(format!("unknown DataNode status code {}", r.get_status()))
+    })?;
+    let location = DataNodeLocation::new(DataNodeId(r.get_id()), read_text(r.get_address())?)
+        .map_err(|e| ApiError::Malformed(e.to_string()))?;
+    Ok(DataNodeInfo { location, status })
+}
+
+/// Writes a procedure's admin view.
+pub(crate) fn write_procedure(mut b: procedure_info::Builder<'_>, info: &ProcedureInfo) {
+    b.set_id(info.id.0);
+    b.set_type_name(info.type_name.as_str());
+    b.set_state_name(info.state_name.as_str());
+    b.set_status(info.status.as_str());
+    b.set_finished(info.finished);
+    write_opt_u64(b.reborrow().init_parent(), info.parent.map(|p| p.0));
+    let mut children = b.reborrow().init_children(len32(info.children.len()));
+    for (i, child) in info.children.iter().enumerate() {
+        children.set(len32(i), child.0);
+    }
+    b.set_submitted_at_ms(info.submitted_at_ms);
+    b.set_updated_at_ms(info.updated_at_ms);
+    b.set_attempts(info.attempts);
+    write_opt_text(b.reborrow().init_last_error(), info.last_error.as_deref());
+    write_opt_text(b.init_waiting_for(), info.waiting_for.as_deref());
+}
+
+/// Reads a procedure's admin view.
+pub(crate) fn read_procedure(r: procedure_info::Reader<'_>) -> Result<ProcedureInfo, ApiError> {
+    Ok(ProcedureInfo {
+        id: ProcedureId(r.get_id()),
+        type_name: read_text(r.get_type_name())?,
+        state_name: read_text(r.get_state_name())?,
+        status: read_text(r.get_status())?,
+        finished: r.get_finished(),
+        parent: read_opt_u64(r.get_parent())?.map(ProcedureId),
+        children: r
+            .get_children()
+            .map_err(malformed)?
+            .iter()
+            .map(ProcedureId)
+            .collect(),
+        submitted_at_ms: r.get_submitted_at_ms(),
+        updated_at_ms: r.get_updated_at_ms(),
+        attempts: r.get_attempts(),
+        last_error: read_opt_text(r.get_last_error())?,
+        waiting_for: read_opt_text(r.get_waiting_for())?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

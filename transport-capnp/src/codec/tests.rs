@@ -1,0 +1,72 @@
+use shoal_core::api::{ApiError, MaintainTask, MaintainTaskKind};
+use shoal_core::model::{Epoch, RegionId, RegionKind, TaskId};
+
+use super::*;
+use crate::shoal_capnp::{error, maintain_task, region_id};
+
+#[test]
+fn unknown_region_kind_code_is_malformed_not_a_panic() {
+    let mut message = capnp::message::Builder::new_default();
+    let mut region = message.init_root::<region_id::Builder<'_>>();
+    region.set_kind(9);
+    region.set_id(1);
+    let read = read_region_id(message.get_root_as_reader::<region_id::Reader<'_>>());
+    assert!(matches!(read, Err(ApiError::Malformed(m)) if m.contains('9')));
+}
+
+#[test]
+fn maintain_task_without_a_kind_is_malformed() {
+    let mut message = capnp::message::Builder::new_default();
+    message
+        .init_root::<maintain_task::Builder<'_>>()
+        .set_task_id(3);
+    let read = read_maintain_task(message.get_root_as_reader::<maintain_task::Reader<'_>>());
+    assert!(matches!(read, Err(ApiError::Malformed(m)) if m.contains("without a kind")));
+}
+
+#[test]
+fn maintain_task_round_trips() {
+    let task = MaintainTask {
+        task_id: TaskId(12),
+        kind: MaintainTaskKind::DeleteRegionPeer {
+            region: RegionId::new(RegionKind::Schema, 4),
+        },
+    };
+    let mut message = capnp::message::Builder::new_default();
+    write_maintain_task(message.init_root::<maintain_task::Builder<'_>>(), &task);
+    let read = read_maintain_task(message.get_root_as_reader::<maintain_task::Reader<'_>>());
+    assert_eq!(read, Ok(task));
+}
+
+#[test]
+fn caller_side_errors_travel_as_retryable_remote_failures() {
+    for (error, expected_retryable) in [
+        (ApiError::Timeout(std::time::Duration::from_secs(2)), true),
+        (ApiError::Unreachable("dn-1".into()), true),
+        (
+            ApiError::Remote {
+                message: "x".into(),
+                retryable: false,
+            },
+            false,
+        ),
+    ] {
+        let mut message = capnp::message::Builder::new_default();
+        write_error(message.init_root::<error::Builder<'_>>(), &error);
+        let read = read_error(message.get_root_as_reader::<error::Reader<'_>>());
+        assert!(
+            matches!(read, ApiError::Remote { retryable, .. } if retryable == expected_retryable),
+            "{error:?} became {read:?}"
+        );
+    }
+    let stale = ApiError::StaleLeader {
+        request: Epoch(1),
+        seen: Epoch(2),
+    };
+    let mut message = capnp::message::Builder::new_default();
+    write_error(message.init_root::<error::Builder<'_>>(), &stale);
+    assert_eq!(
+        read_error(message.get_root_as_reader::<error::Reader<'_>>()),
+        stale
+    );
+}

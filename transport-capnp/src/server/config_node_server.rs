@@ -1,0 +1,250 @@
+//! The capnp `ConfigNode` server: decode, hand to the node's `ConfigNodeApi`, encode the
+//! reply.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use capnp::capability::Rc as CapRc;
+use shoal_core::api::{ApiError, ConfigNodeApi, CreateDatabaseRequest};
+use shoal_core::model::{DataNodeId, ProcedureId, ReplicationFactor};
+use shoal_core::runtime::BoxFuture;
+
+use super::ServerShared;
+use super::data_node_server::write_unit;
+use crate::codec::{self, len32, write_error};
+use crate::shoal_capnp::config_node;
+
+/// Serves one connection's ConfigNode capability.
+pub(crate) struct ConfigNodeServer {
+    shared: Rc<ServerShared>,
+}
+
+impl ConfigNodeServer {
+    pub(crate) fn new(shared: Rc<ServerShared>) -> Self {
+        Self { shared }
+    }
+
+    /// Hands a decoded request to the node; decode errors and a missing API short-circuit.
+    async fn call<D, T, F>(&self, decoded: Result<D, ApiError>, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn ConfigNodeApi>, D) -> BoxFuture<Result<T, ApiError>>,
+    {
+        let api = self
+            .shared
+            .apis
+            .config_node
+            .clone()
+            .ok_or_else(|| ApiError::Refused("this node serves no ConfigNode API".into()))?;
+        let decoded = decoded?;
+        self.shared.dispatch(f(api, decoded)).await
+    }
+}
+
+fn rf(factor: u8) -> Result<ReplicationFactor, ApiError> {
+    ReplicationFactor::new(factor).map_err(|e| ApiError::Malformed(e.to_string()))
+}
+
+impl config_node::Server for ConfigNodeServer {
+    async fn create_database(
+        self: CapRc<Self>,
+        params: config_node::CreateDatabaseParams,
+        mut results: config_node::CreateDatabaseResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let decoded = (|| {
+            Ok(CreateDatabaseRequest {
+                name: codec::read_database_name(p.get_name())?,
+                schema_replication_factor: rf(p.get_schema_rf())?,
+                data_replication_factor: rf(p.get_data_rf())?,
+                data_region_groups: p.get_data_region_groups(),
+                schema_region_groups: p.get_schema_region_groups(),
+            })
+        })();
+        let outcome = self
+            .call(decoded, |api, request| {
+                Box::pin(async move { api.create_database(request).await })
+            })
+            .await;
+        write_unit(results.get().init_reply(), outcome);
+        Ok(())
+    }
+
+    async fn delete_database(
+        self: CapRc<Self>,
+        params: config_node::DeleteDatabaseParams,
+        mut results: config_node::DeleteDatabaseResults,
+    ) -> Result<(), capnp::Error> {
+        let decoded = codec::read_database_name(params.get()?.get_name());
+        let outcome = self
+            .call(decoded, |api, name| {
+                Box::pin(async move { api.delete_database(name).await })
+            })
+            .await;
+        let mut reply = results.get().init_reply();
+        match outcome {
+            Ok(id) => reply.set_procedure_id(id.0),
+            Err(e) => write_error(reply.init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn list_databases(
+        self: CapRc<Self>,
+        _params: config_node::ListDatabasesParams,
+        mut results: config_node::ListDatabasesResults,
+    ) -> Result<(), capnp::Error> {
+        let outcome = self
+            .call(Ok(()), |api, ()| {
+                Box::pin(async move { api.list_databases().await })
+            })
+            .await;
+        let reply = results.get().init_reply();
+        match outcome {
+            Ok(databases) => {
+                let mut list = reply.init_databases(len32(databases.len()));
+                for (i, db) in databases.iter().enumerate() {
+                    codec::write_database_info(list.reborrow().get(len32(i)), db);
+                }
+            }
+            Err(e) => write_error(reply.init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn list_region_groups(
+        self: CapRc<Self>,
+        params: config_node::ListRegionGroupsParams,
+        mut results: config_node::ListRegionGroupsResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        // An empty name means every database.
+        let decoded = match p.get_database().map(|t| t.is_empty()) {
+            Ok(true) => Ok(None),
+            _ => codec::read_database_name(p.get_database()).map(Some),
+        };
+        let outcome = self
+            .call(decoded, |api, database| {
+                Box::pin(async move { api.list_region_groups(database).await })
+            })
+            .await;
+        let reply = results.get().init_reply();
+        match outcome {
+            Ok(groups) => {
+                let mut list = reply.init_groups(len32(groups.len()));
+                for (i, group) in groups.iter().enumerate() {
+                    codec::write_region_group(list.reborrow().get(len32(i)), group);
+                }
+            }
+            Err(e) => write_error(reply.init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn list_data_nodes(
+        self: CapRc<Self>,
+        _params: config_node::ListDataNodesParams,
+        mut results: config_node::ListDataNodesResults,
+    ) -> Result<(), capnp::Error> {
+        let outcome = self
+            .call(Ok(()), |api, ()| {
+                Box::pin(async move { api.list_data_nodes().await })
+            })
+            .await;
+        let reply = results.get().init_reply();
+        match outcome {
+            Ok(nodes) => {
+                let mut list = reply.init_data_nodes(len32(nodes.len()));
+                for (i, node) in nodes.iter().enumerate() {
+                    codec::write_data_node(list.reborrow().get(len32(i)), node);
+                }
+            }
+            Err(e) => write_error(reply.init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn list_procedures(
+        self: CapRc<Self>,
+        _params: config_node::ListProceduresParams,
+        mut results: config_node::ListProceduresResults,
+    ) -> Result<(), capnp::Error> {
+        let outcome = self
+            .call(Ok(()), |api, ()| {
+                Box::pin(async move { api.list_procedures().await })
+            })
+            .await;
+        let reply = results.get().init_reply();
+        match outcome {
+            Ok(procedures) => {
+                let mut list = reply.init_procedures(len32(procedures.len()));
+                for (i, procedure) in procedures.iter().enumerate() {
+                    codec::write_procedure(list.reborrow().get(len32(i)), procedure);
+                }
+            }
+            Err(e) => write_error(reply.init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn get_procedure(
+        self: CapRc<Self>,
+        params: config_node::GetProcedureParams,
+        mut results: config_node::GetProcedureResults,
+    ) -> Result<(), capnp::Error> {
+        let id = ProcedureId(params.get()?.get_id());
+        let outcome = self
+            .call(Ok(id), |api, id| {
+                Box::pin(async move { api.get_procedure(id).await })
+            })
+            .await;
+        let mut reply = results.get().init_reply();
+        match outcome {
+            Ok(Some(procedure)) => codec::write_procedure(reply.init_found(), &procedure),
+            Ok(None) => reply.set_not_found(()),
+            Err(e) => write_error(reply.init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn register_data_node(
+        self: CapRc<Self>,
+        params: config_node::RegisterDataNodeParams,
+        mut results: config_node::RegisterDataNodeResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let decoded = codec::read_opt_u32(p.get_known_id())
+            .and_then(|known| Ok((known.map(DataNodeId), codec::read_text(p.get_address())?)));
+        let outcome = self
+            .call(decoded, |api, (known, address)| {
+                Box::pin(async move { api.register_data_node(known, address).await })
+            })
+            .await;
+        let mut reply = results.get().init_reply();
+        match outcome {
+            Ok(id) => reply.set_id(id.0),
+            Err(e) => write_error(reply.init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn data_node_heartbeat(
+        self: CapRc<Self>,
+        params: config_node::DataNodeHeartbeatParams,
+        mut results: config_node::DataNodeHeartbeatResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let decoded = codec::read_data_node_heartbeat(p.get_id(), p.get_report());
+        let outcome = self
+            .call(decoded, |api, heartbeat| {
+                Box::pin(async move { api.data_node_heartbeat(heartbeat).await })
+            })
+            .await;
+        let mut reply = results.get().init_reply();
+        match outcome {
+            Ok(epoch) => reply.set_epoch(epoch.0),
+            Err(e) => write_error(reply.init_error(), &e),
+        }
+        Ok(())
+    }
+}
