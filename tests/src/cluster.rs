@@ -1,0 +1,381 @@
+//! In-process clusters for scenario tests: ConfigNodes over one shared in-memory log and
+//! DataNodes over in-memory stores, all talking through `shoal-transport-inproc`.
+//!
+//! Every DataNode's region store is a [`FaultyRegionStore`] over a [`MemRegionStore`], so a
+//! test can slow deletions, fail operations, and count deletions executed per region. A
+//! DataNode restart halts the node (its tasks stop mid-way, as in a crash) and opens a new one
+//! over the same stores; a leader change starts a second ConfigNode over the same log, which
+//! campaigns for a higher epoch.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal_core::api::DataNodeApi;
+use shoal_core::confignode::clients::DataNodeClients;
+use shoal_core::confignode::{ConfigNode, ConfigNodeConfig};
+use shoal_core::consensus::{Consensus, LocalConsensus};
+use shoal_core::datanode::{DataNode, DataNodeConfig};
+use shoal_core::model::{
+    DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, ProcedureId, RegionId,
+    ReplicationFactor,
+};
+use shoal_core::procedure::{BackoffPolicy, ExecutorConfig, ProcedureInfo, ProcedureView};
+use shoal_core::procedures::LifecycleConfig;
+use shoal_core::runtime::Runtime;
+use shoal_core::storage::faulty::FaultyRegionStore;
+use shoal_core::storage::mem::{MemLogStore, MemSnapshotStore};
+use shoal_core::storage::{MemRegionStore, MemTaskJournal, RegionStore};
+use shoal_runtime_smol::smol_runtime;
+use shoal_transport_inproc::InprocNetwork;
+
+/// How a test cluster is built.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// DataNodes to start.
+    pub data_nodes: usize,
+    /// Timeout of every call between nodes.
+    pub rpc_timeout: Duration,
+    /// Delete rate limit of every DataNode's store (bytes/s); `None` deletes instantly.
+    pub delete_rate: Option<u64>,
+    /// ConfigNode tuning.
+    pub config: ConfigNodeConfig,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            data_nodes: 3,
+            rpc_timeout: Duration::from_millis(300),
+            delete_rate: None,
+            config: fast_config(),
+        }
+    }
+}
+
+/// ConfigNode tuning with short intervals, for tests on a real clock.
+pub fn fast_config() -> ConfigNodeConfig {
+    let backoff = BackoffPolicy {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(300),
+        max_attempts: None,
+    };
+    ConfigNodeConfig {
+        executor: ExecutorConfig { workers: 8, backoff: backoff.clone(), ..Default::default() },
+        lifecycle: LifecycleConfig {
+            poll_wait: Duration::from_millis(200),
+            step_budget: Duration::from_secs(1),
+            retry: backoff.clone(),
+            data_quorum_at_least_one: false,
+        },
+        cleaner_interval: Duration::from_millis(50),
+        cleaner_backoff: backoff,
+        heartbeat_interval: Duration::from_millis(100),
+        misses_before_unknown: 3,
+    }
+}
+
+/// One DataNode's durable stores and its current incarnation.
+pub struct DataNodeSlot {
+    /// Its network address (also its DataNodeLocation address).
+    pub address: String,
+    /// The in-memory data, shared across restarts.
+    pub mem: MemRegionStore,
+    /// The fault-injecting wrapper the node uses.
+    pub store: FaultyRegionStore,
+    /// The task journal, shared across restarts.
+    pub journal: MemTaskJournal,
+    node: Mutex<Option<DataNode>>,
+}
+
+impl DataNodeSlot {
+    /// The running incarnation, if up.
+    pub fn node(&self) -> Option<DataNode> {
+        self.node.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+struct NetClients {
+    network: InprocNetwork<dyn DataNodeApi>,
+    from: String,
+}
+
+impl DataNodeClients for NetClients {
+    fn client(&self, location: &DataNodeLocation) -> Arc<dyn DataNodeApi> {
+        Arc::new(self.network.client(&self.from, &location.address))
+    }
+}
+
+/// A ConfigNode and its consensus.
+pub struct ConfigNodeSlot {
+    /// Its name on the network (the `from` of its calls).
+    pub name: String,
+    /// Its consensus over the shared log.
+    pub consensus: Arc<LocalConsensus>,
+    /// The service.
+    pub node: Arc<ConfigNode>,
+}
+
+/// A whole cluster in one process.
+pub struct TestCluster {
+    /// Real-clock smol runtime.
+    pub runtime: Runtime,
+    /// The network every call crosses.
+    pub network: InprocNetwork<dyn DataNodeApi>,
+    /// The shared ConfigNode log.
+    pub log: MemLogStore,
+    /// The shared snapshots.
+    pub snapshots: MemSnapshotStore,
+    /// DataNodes, by index (DataNode id = index when registered in order).
+    pub data_nodes: Vec<Arc<DataNodeSlot>>,
+    confignodes: Mutex<Vec<Arc<ConfigNodeSlot>>>,
+    options: ClusterOptions,
+}
+
+impl TestCluster {
+    /// Starts DataNodes and one leading ConfigNode, and registers the DataNodes.
+    pub async fn start(options: ClusterOptions) -> TestCluster {
+        let runtime = smol_runtime();
+        let network = InprocNetwork::<dyn DataNodeApi>::new(runtime.clone(), options.rpc_timeout);
+        let mut data_nodes = Vec::new();
+        for i in 0..options.data_nodes {
+            let mem = MemRegionStore::new(runtime.clock.clone())
+                .with_delete_rate(options.delete_rate.unwrap_or(0))
+                .with_delete_chunk(4096);
+            let store = FaultyRegionStore::new(Arc::new(mem.clone()), runtime.clock.clone());
+            let slot = Arc::new(DataNodeSlot {
+                address: format!("127.0.0.1:{}", 17000 + i),
+                mem,
+                store,
+                journal: MemTaskJournal::new(),
+                node: Mutex::new(None),
+            });
+            data_nodes.push(slot);
+        }
+        let cluster = TestCluster {
+            runtime,
+            network,
+            log: MemLogStore::new(),
+            snapshots: MemSnapshotStore::new(),
+            data_nodes,
+            confignodes: Mutex::new(Vec::new()),
+            options,
+        };
+        for i in 0..cluster.data_nodes.len() {
+            cluster.start_data_node(i).await;
+        }
+        cluster.add_leader().await;
+        for (i, slot) in cluster.data_nodes.iter().enumerate() {
+            let id = cluster
+                .leader()
+                .register_data_node(None, slot.address.clone())
+                .await
+                .expect("registration");
+            assert_eq!(id, DataNodeId(i as u32));
+        }
+        cluster
+    }
+
+    /// Starts (or restarts) DataNode `i` over its durable stores.
+    pub async fn start_data_node(&self, i: usize) {
+        let slot = &self.data_nodes[i];
+        let node = DataNode::open(
+            self.runtime.clone(),
+            Arc::new(slot.store.clone()),
+            Arc::new(slot.journal.clone()),
+            DataNodeConfig::default(),
+        )
+        .await
+        .expect("DataNode opens");
+        *slot.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
+        self.network.host(&slot.address, Arc::new(node));
+    }
+
+    /// Stops DataNode `i` as a crash would: running tasks stop mid-way, calls are refused.
+    pub fn stop_data_node(&self, i: usize) {
+        let slot = &self.data_nodes[i];
+        if let Some(node) = slot.node.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            node.halt();
+        }
+        self.network.stop(&slot.address);
+    }
+
+    /// Crash-restarts DataNode `i`.
+    pub async fn restart_data_node(&self, i: usize) {
+        self.stop_data_node(i);
+        self.start_data_node(i).await;
+    }
+
+    /// Starts a new ConfigNode over the shared log and makes it leader (a higher epoch).
+    /// The previous leader is fenced on its next proposal.
+    pub async fn add_leader(&self) -> Arc<ConfigNodeSlot> {
+        let index = self.confignodes.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let name = format!("cn-{index}");
+        let consensus =
+            Arc::new(LocalConsensus::new(Arc::new(self.log.clone()), Arc::new(self.snapshots.clone())));
+        let clients = Arc::new(NetClients { network: self.network.clone(), from: name.clone() });
+        let node = ConfigNode::new(
+            consensus.clone() as Arc<dyn Consensus>,
+            clients,
+            self.runtime.clone(),
+            self.options.config.clone(),
+        )
+        .expect("ConfigNode builds");
+        consensus.campaign().await.expect("campaign");
+        node.start();
+        node.executor().wait_running().await;
+        let slot = Arc::new(ConfigNodeSlot { name, consensus, node });
+        self.confignodes.lock().unwrap_or_else(|p| p.into_inner()).push(slot.clone());
+        slot
+    }
+
+    /// The newest ConfigNode (the leader unless a test deposed it).
+    pub fn leader(&self) -> Arc<ConfigNode> {
+        self.leader_slot().node.clone()
+    }
+
+    /// The newest ConfigNode's slot.
+    pub fn leader_slot(&self) -> Arc<ConfigNodeSlot> {
+        self.confignodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last()
+            .cloned()
+            .expect("a ConfigNode")
+    }
+
+    /// Every ConfigNode started so far.
+    pub fn confignodes(&self) -> Vec<Arc<ConfigNodeSlot>> {
+        self.confignodes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Creates database `name` (RF `rf` for both kinds) with its groups; waits for it.
+    pub async fn create_database(&self, name: &str, rf: u8, schema_groups: u32, data_groups: u32) -> ProcedureInfo {
+        let schema = DatabaseSchema {
+            name: db(name),
+            schema_replication_factor: ReplicationFactor::new(rf).expect("rf"),
+            data_replication_factor: ReplicationFactor::new(rf).expect("rf"),
+        };
+        let leader = self.leader();
+        let id = leader
+            .create_database(schema, schema_groups, data_groups, None)
+            .await
+            .expect("create submitted");
+        leader.wait_procedure(id).await.expect("create finished")
+    }
+
+    /// Appends `bytes` to every replica of every data region of `name`.
+    pub async fn load(&self, name: &str, bytes: usize) {
+        let groups = self.leader().list_region_groups(Some(&db(name)));
+        for (_, group) in groups {
+            for node in &group.replicas {
+                let slot = &self.data_nodes[node.0 as usize];
+                slot.store.append(group.region, &vec![7u8; bytes]).await.expect("load");
+            }
+        }
+    }
+
+    /// Bytes of region data (live or still being removed) on every DataNode.
+    pub fn region_bytes(&self) -> u64 {
+        self.data_nodes.iter().map(|s| s.mem.total_bytes()).sum()
+    }
+
+    /// Replicas (live or still being removed) on every DataNode.
+    pub async fn replica_count(&self) -> usize {
+        let mut count = 0;
+        for slot in &self.data_nodes {
+            count += slot.mem.list().await.expect("list").len();
+            count += slot.mem.regions_being_deleted().len();
+        }
+        count
+    }
+
+    /// Maintain tasks running on every DataNode that is up.
+    pub fn running_tasks(&self) -> usize {
+        self.data_nodes
+            .iter()
+            .filter_map(|s| s.node())
+            .map(|n| n.task_counts().running)
+            .sum()
+    }
+
+    /// How many deletions of `region` each DataNode's store executed, by DataNode index.
+    pub fn deletions(&self, region: RegionId) -> Vec<u64> {
+        self.data_nodes.iter().map(|s| s.store.deletions_executed(region)).collect()
+    }
+
+    /// Procedures that have not finished, per the newest ConfigNode.
+    pub fn unfinished_procedures(&self) -> Vec<ProcedureInfo> {
+        self.leader()
+            .list_procedures()
+            .into_iter()
+            .filter(|p| {
+                !matches!(
+                    p.status,
+                    ProcedureView::Succeeded | ProcedureView::Failed | ProcedureView::RolledBack
+                )
+            })
+            .collect()
+    }
+
+    /// Waits (polling every 20 ms, at most `limit`) until `check` holds; panics naming `what`.
+    pub async fn eventually(&self, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+        let start = std::time::Instant::now();
+        while !check() {
+            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+            smol::Timer::after(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for procedure `id` on the current leader, failing after `limit`.
+    pub async fn wait(&self, id: ProcedureId, limit: Duration) -> ProcedureInfo {
+        let leader = self.leader();
+        futures_lite::future::or(
+            async { leader.wait_procedure(id).await.expect("procedure finishes") },
+            async {
+                smol::Timer::after(limit).await;
+                panic!("procedure {id} not finished after {limit:?}: {:?}", leader.get_procedure(id));
+            },
+        )
+        .await
+    }
+
+    /// Asserts the end state every deletion scenario must reach: the database is gone, no
+    /// region data or replica is left anywhere, no task runs, every procedure finished.
+    pub async fn assert_database_gone_without_leftovers(&self, name: &str) {
+        let leader = self.leader();
+        assert!(
+            leader.list_databases().iter().all(|d| d.entry.schema.name.as_str() != name),
+            "database {name} still listed"
+        );
+        assert!(leader.list_region_groups(Some(&db(name))).is_empty());
+        assert_eq!(self.region_bytes(), 0, "region data left on a DataNode");
+        assert_eq!(self.replica_count().await, 0, "a replica is left on a DataNode");
+        assert_eq!(self.running_tasks(), 0, "a maintain task still runs");
+        assert!(self.unfinished_procedures().is_empty(), "{:?}", self.unfinished_procedures());
+    }
+
+    /// Shuts every ConfigNode down and halts every DataNode.
+    pub async fn shutdown(&self) {
+        for slot in self.confignodes() {
+            slot.node.shutdown().await;
+        }
+        for i in 0..self.data_nodes.len() {
+            self.stop_data_node(i);
+        }
+    }
+}
+
+/// A database name (panics on an invalid one: tests only).
+pub fn db(name: &str) -> DatabaseName {
+    DatabaseName::new(name).expect("valid test database name")
+}
+
+/// The DataNode ids a test's data region groups live on.
+pub fn replicas_of(cluster: &TestCluster, name: &str) -> Vec<(RegionId, Vec<DataNodeId>)> {
+    cluster
+        .leader()
+        .list_region_groups(Some(&db(name)))
+        .into_iter()
+        .map(|(_, g)| (g.region, g.replicas))
+        .collect()
+}
