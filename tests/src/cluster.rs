@@ -60,7 +60,11 @@ pub fn fast_config() -> ConfigNodeConfig {
         max_attempts: None,
     };
     ConfigNodeConfig {
-        executor: ExecutorConfig { workers: 8, backoff: backoff.clone(), ..Default::default() },
+        executor: ExecutorConfig {
+            workers: 8,
+            backoff: backoff.clone(),
+            ..Default::default()
+        },
         lifecycle: LifecycleConfig {
             poll_wait: Duration::from_millis(200),
             step_budget: Duration::from_secs(1),
@@ -208,11 +212,20 @@ impl TestCluster {
     /// Starts a new ConfigNode over the shared log and makes it leader (a higher epoch).
     /// The previous leader is fenced on its next proposal.
     pub async fn add_leader(&self) -> Arc<ConfigNodeSlot> {
-        let index = self.confignodes.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let index = self
+            .confignodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
         let name = format!("cn-{index}");
-        let consensus =
-            Arc::new(LocalConsensus::new(Arc::new(self.log.clone()), Arc::new(self.snapshots.clone())));
-        let clients = Arc::new(NetClients { network: self.network.clone(), from: name.clone() });
+        let consensus = Arc::new(LocalConsensus::new(
+            Arc::new(self.log.clone()),
+            Arc::new(self.snapshots.clone()),
+        ));
+        let clients = Arc::new(NetClients {
+            network: self.network.clone(),
+            from: name.clone(),
+        });
         let node = ConfigNode::new(
             consensus.clone() as Arc<dyn Consensus>,
             clients,
@@ -223,8 +236,15 @@ impl TestCluster {
         consensus.campaign().await.expect("campaign");
         node.start();
         node.executor().wait_running().await;
-        let slot = Arc::new(ConfigNodeSlot { name, consensus, node });
-        self.confignodes.lock().unwrap_or_else(|p| p.into_inner()).push(slot.clone());
+        let slot = Arc::new(ConfigNodeSlot {
+            name,
+            consensus,
+            node,
+        });
+        self.confignodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(slot.clone());
         slot
     }
 
@@ -245,11 +265,20 @@ impl TestCluster {
 
     /// Every ConfigNode started so far.
     pub fn confignodes(&self) -> Vec<Arc<ConfigNodeSlot>> {
-        self.confignodes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.confignodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Creates database `name` (RF `rf` for both kinds) with its groups; waits for it.
-    pub async fn create_database(&self, name: &str, rf: u8, schema_groups: u32, data_groups: u32) -> ProcedureInfo {
+    pub async fn create_database(
+        &self,
+        name: &str,
+        rf: u8,
+        schema_groups: u32,
+        data_groups: u32,
+    ) -> ProcedureInfo {
         let schema = DatabaseSchema {
             name: db(name),
             schema_replication_factor: ReplicationFactor::new(rf).expect("rf"),
@@ -269,7 +298,10 @@ impl TestCluster {
         for (_, group) in groups {
             for node in &group.replicas {
                 let slot = &self.data_nodes[node.0 as usize];
-                slot.store.append(group.region, &vec![7u8; bytes]).await.expect("load");
+                slot.store
+                    .append(group.region, &vec![7u8; bytes])
+                    .await
+                    .expect("load");
             }
         }
     }
@@ -300,7 +332,10 @@ impl TestCluster {
 
     /// How many deletions of `region` each DataNode's store executed, by DataNode index.
     pub fn deletions(&self, region: RegionId) -> Vec<u64> {
-        self.data_nodes.iter().map(|s| s.store.deletions_executed(region)).collect()
+        self.data_nodes
+            .iter()
+            .map(|s| s.store.deletions_executed(region))
+            .collect()
     }
 
     /// Procedures that have not finished, per the newest ConfigNode.
@@ -321,7 +356,10 @@ impl TestCluster {
     pub async fn eventually(&self, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
         let start = std::time::Instant::now();
         while !check() {
-            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+            assert!(
+                start.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}"
+            );
             smol::Timer::after(Duration::from_millis(20)).await;
         }
     }
@@ -333,7 +371,10 @@ impl TestCluster {
             async { leader.wait_procedure(id).await.expect("procedure finishes") },
             async {
                 smol::Timer::after(limit).await;
-                panic!("procedure {id} not finished after {limit:?}: {:?}", leader.get_procedure(id));
+                panic!(
+                    "procedure {id} not finished after {limit:?}: {:?}",
+                    leader.get_procedure(id)
+                );
             },
         )
         .await
@@ -344,14 +385,25 @@ impl TestCluster {
     pub async fn assert_database_gone_without_leftovers(&self, name: &str) {
         let leader = self.leader();
         assert!(
-            leader.list_databases().iter().all(|d| d.entry.schema.name.as_str() != name),
+            leader
+                .list_databases()
+                .iter()
+                .all(|d| d.entry.schema.name.as_str() != name),
             "database {name} still listed"
         );
         assert!(leader.list_region_groups(Some(&db(name))).is_empty());
         assert_eq!(self.region_bytes(), 0, "region data left on a DataNode");
-        assert_eq!(self.replica_count().await, 0, "a replica is left on a DataNode");
+        assert_eq!(
+            self.replica_count().await,
+            0,
+            "a replica is left on a DataNode"
+        );
         assert_eq!(self.running_tasks(), 0, "a maintain task still runs");
-        assert!(self.unfinished_procedures().is_empty(), "{:?}", self.unfinished_procedures());
+        assert!(
+            self.unfinished_procedures().is_empty(),
+            "{:?}",
+            self.unfinished_procedures()
+        );
     }
 
     /// Shuts every ConfigNode down and halts every DataNode.

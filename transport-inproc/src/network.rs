@@ -26,6 +26,20 @@ pub struct LinkFaults {
     pub partitioned: bool,
     /// Per-call timeout on this link, overriding the network default.
     pub timeout: Option<Duration>,
+    /// Like `drop_requests`, for calls of one method only (by name, e.g. `"submit_task"`).
+    pub drop_requests_of: BTreeMap<&'static str, u32>,
+    /// Like `drop_replies`, for calls of one method only (by name, e.g. `"task_result"`).
+    pub drop_replies_of: BTreeMap<&'static str, u32>,
+}
+
+/// Takes one from `counter` if it is positive.
+fn take(counter: &mut u32) -> bool {
+    if *counter > 0 {
+        *counter -= 1;
+        true
+    } else {
+        false
+    }
 }
 
 /// What happened on one directed link so far.
@@ -244,9 +258,11 @@ impl<S: ?Sized + Send + Sync + 'static> std::fmt::Debug for InprocClient<S> {
 }
 
 impl<S: ?Sized + Send + Sync + 'static> InprocClient<S> {
-    /// Runs `call` on the remote service, subject to the link's faults.
+    /// Runs `call` (the remote method `method`) on the remote service, subject to the
+    /// link's faults.
     pub async fn call<R: Send + 'static>(
         &self,
+        method: &'static str,
         call: impl FnOnce(Arc<S>) -> BoxFuture<Result<R, ApiError>> + Send + 'static,
     ) -> Result<R, ApiError> {
         let net = &self.network;
@@ -265,18 +281,15 @@ impl<S: ?Sized + Send + Sync + 'static> InprocClient<S> {
             let mut state = net.lock();
             let key = (self.from.clone(), self.to.clone());
             let link = state.links.entry(key).or_default();
+            let lose_request = take(&mut link.drop_requests)
+                || link.drop_requests_of.get_mut(method).is_some_and(take);
             if link.partitioned {
                 Fate::Unreachable
-            } else if link.drop_requests > 0 {
-                link.drop_requests -= 1;
+            } else if lose_request {
                 Fate::Lose
             } else {
-                let drop_reply = if link.drop_replies > 0 {
-                    link.drop_replies -= 1;
-                    true
-                } else {
-                    false
-                };
+                let drop_reply = take(&mut link.drop_replies)
+                    || link.drop_replies_of.get_mut(method).is_some_and(take);
                 match state.nodes.get(&self.to) {
                     Some(node) => Fate::Deliver {
                         inbox: node.inbox.clone(),
@@ -349,18 +362,24 @@ impl DataNodeApi for InprocClient<dyn DataNodeApi> {
         epoch: Epoch,
         request: CreateRegionRequest,
     ) -> Result<(), ApiError> {
-        self.call(move |s| Box::pin(async move { s.create_region(epoch, request).await }))
-            .await
+        self.call("create_region", move |s| {
+            Box::pin(async move { s.create_region(epoch, request).await })
+        })
+        .await
     }
 
     async fn delete_region(&self, epoch: Epoch, region: RegionId) -> Result<(), ApiError> {
-        self.call(move |s| Box::pin(async move { s.delete_region(epoch, region).await }))
-            .await
+        self.call("delete_region", move |s| {
+            Box::pin(async move { s.delete_region(epoch, region).await })
+        })
+        .await
     }
 
     async fn write_region(&self, region: RegionId, bytes: Vec<u8>) -> Result<u64, ApiError> {
-        self.call(move |s| Box::pin(async move { s.write_region(region, bytes).await }))
-            .await
+        self.call("write_region", move |s| {
+            Box::pin(async move { s.write_region(region, bytes).await })
+        })
+        .await
     }
 
     async fn submit_task(
@@ -368,8 +387,10 @@ impl DataNodeApi for InprocClient<dyn DataNodeApi> {
         epoch: Epoch,
         task: MaintainTask,
     ) -> Result<SubmitOutcome, ApiError> {
-        self.call(move |s| Box::pin(async move { s.submit_task(epoch, task).await }))
-            .await
+        self.call("submit_task", move |s| {
+            Box::pin(async move { s.submit_task(epoch, task).await })
+        })
+        .await
     }
 
     async fn task_result(
@@ -377,18 +398,24 @@ impl DataNodeApi for InprocClient<dyn DataNodeApi> {
         task_id: TaskId,
         wait: Option<Duration>,
     ) -> Result<TaskStatus, ApiError> {
-        self.call(move |s| Box::pin(async move { s.task_result(task_id, wait).await }))
-            .await
+        self.call("task_result", move |s| {
+            Box::pin(async move { s.task_result(task_id, wait).await })
+        })
+        .await
     }
 
     async fn ack_task(&self, epoch: Epoch, task_id: TaskId) -> Result<(), ApiError> {
-        self.call(move |s| Box::pin(async move { s.ack_task(epoch, task_id).await }))
-            .await
+        self.call("ack_task", move |s| {
+            Box::pin(async move { s.ack_task(epoch, task_id).await })
+        })
+        .await
     }
 
     async fn heartbeat(&self, epoch: Epoch) -> Result<HeartbeatReport, ApiError> {
-        self.call(move |s| Box::pin(async move { s.heartbeat(epoch).await }))
-            .await
+        self.call("heartbeat", move |s| {
+            Box::pin(async move { s.heartbeat(epoch).await })
+        })
+        .await
     }
 }
 

@@ -16,9 +16,9 @@ use crate::plan::{AddRegionLocation, ConfigPlan, PollSpecificRegionMaintainTask}
 use crate::runtime::Runtime;
 use crate::state::{RegionMaintainKind, RegionMaintainTask, Rejection};
 
-use crate::procedure::BackoffPolicy;
 use super::clients::DataNodeClients;
 use super::inflight::InflightCreates;
+use crate::procedure::BackoffPolicy;
 
 /// What one cleaner pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

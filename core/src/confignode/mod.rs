@@ -7,4 +7,6 @@ pub mod heartbeat;
 pub mod inflight;
 mod service;
 
-pub use service::{ConfigNode, ConfigNodeConfig, ConfigNodeError, DatabaseSummary, MAX_REGION_GROUPS};
+pub use service::{
+    ConfigNode, ConfigNodeConfig, ConfigNodeError, DatabaseSummary, MAX_REGION_GROUPS,
+};

@@ -88,7 +88,10 @@ pub enum ConfigNodeError {
 impl ConfigNodeError {
     /// Whether the same request may succeed if sent again (possibly to the new leader).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ConfigNodeError::NotLeader | ConfigNodeError::Procedure(_))
+        matches!(
+            self,
+            ConfigNodeError::NotLeader | ConfigNodeError::Procedure(_)
+        )
     }
 }
 
@@ -192,9 +195,10 @@ impl ConfigNode {
         }
         self.executor.start();
         let node = self.clone();
-        self.runtime
-            .spawner
-            .spawn("confignode-leader", Box::pin(async move { node.lead().await }));
+        self.runtime.spawner.spawn(
+            "confignode-leader",
+            Box::pin(async move { node.lead().await }),
+        );
     }
 
     /// Stops everything this node runs; nothing more is committed by it afterwards.
@@ -235,7 +239,11 @@ impl ConfigNode {
                 )
                 .await;
             };
-            future::or(future::or(term, watch.wait_lost(epoch)), self.wait_stopped()).await;
+            future::or(
+                future::or(term, watch.wait_lost(epoch)),
+                self.wait_stopped(),
+            )
+            .await;
             if self.stopped.load(Ordering::SeqCst) {
                 return;
             }
@@ -247,10 +255,12 @@ impl ConfigNode {
     /// leaks no region. The request key makes a re-run (crash between submit and resolve)
     /// find the same procedure.
     async fn adopt_legacy_deletions(&self, epoch: Epoch) {
-        let pending: Vec<_> = self
-            .consensus
-            .state()
-            .read(|s| s.pending_legacy_deletions.iter().map(|(id, t)| (*id, t.clone())).collect());
+        let pending: Vec<_> = self.consensus.state().read(|s| {
+            s.pending_legacy_deletions
+                .iter()
+                .map(|(id, t)| (*id, t.clone()))
+                .collect()
+        });
         for (task_id, task) in pending {
             let procedure = RemoveRegionGroupProcedure::replicas(
                 task.database.clone(),
@@ -307,7 +317,10 @@ impl ConfigNode {
             }
         }
         let name = schema.name.clone();
-        let existing = self.consensus.state().read(|s| s.databases.get(&name).cloned());
+        let existing = self
+            .consensus
+            .state()
+            .read(|s| s.databases.get(&name).cloned());
         if let Some(entry) = existing
             && request_key.is_none()
         {
@@ -323,7 +336,10 @@ impl ConfigNode {
             schema_region_groups,
             data_region_groups,
         );
-        Ok(self.executor.submit(Box::new(procedure), request_key).await?)
+        Ok(self
+            .executor
+            .submit(Box::new(procedure), request_key)
+            .await?)
     }
 
     /// Adds region groups to an existing database; returns the procedure id.
@@ -345,12 +361,18 @@ impl ConfigNode {
         name: DatabaseName,
         request_key: Option<String>,
     ) -> Result<ProcedureId, ConfigNodeError> {
-        let exists = self.consensus.state().read(|s| s.databases.contains_key(&name));
+        let exists = self
+            .consensus
+            .state()
+            .read(|s| s.databases.contains_key(&name));
         if !exists && request_key.is_none() {
             return Err(Rejection::DatabaseNotFound(name).into());
         }
         let procedure = DeleteDatabaseProcedure::new(name);
-        Ok(self.executor.submit(Box::new(procedure), request_key).await?)
+        Ok(self
+            .executor
+            .submit(Box::new(procedure), request_key)
+            .await?)
     }
 
     /// Waits for procedure `id` to finish; returns its final status.
@@ -404,7 +426,9 @@ impl ConfigNode {
 
     /// Registered DataNodes.
     pub fn list_data_nodes(&self) -> Vec<DataNodeInfo> {
-        self.consensus.state().read(|s| s.data_nodes.values().cloned().collect())
+        self.consensus
+            .state()
+            .read(|s| s.data_nodes.values().cloned().collect())
     }
 
     /// Registers a DataNode (or re-registers `known_id` at a new address).

@@ -396,5 +396,8 @@ fn re_applied_create_by_the_same_procedure_is_unchanged() {
     };
     assert_eq!(state.apply(&create(7)), Ok(Applied::Done));
     assert_eq!(state.apply(&create(7)), Ok(Applied::Unchanged));
-    assert_eq!(state.apply(&create(8)), Err(Rejection::DatabaseExists(name("db"))));
+    assert_eq!(
+        state.apply(&create(8)),
+        Err(Rejection::DatabaseExists(name("db")))
+    );
 }
