@@ -10,6 +10,7 @@ pub mod codes;
 pub mod consensus;
 pub mod model;
 pub mod plan;
+pub mod procedure;
 pub mod runtime;
 pub mod snapshot;
 pub mod state;
