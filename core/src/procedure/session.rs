@@ -420,20 +420,29 @@ impl SessionCore {
         let rolling_back = record.status == ProcedureStatus::RollingBack;
         tracing::debug!(procedure = %id, state = record.state_name, rolling_back = record.status == ProcedureStatus::RollingBack, "step");
         if rolling_back {
-            let outcome = future::or(async { Some(instance.rollback(&ctx).await) }, async {
-                self.wait_stopped().await;
-                None
-            })
-            .await;
+            // The stop is polled first: once stopped, the step is never polled again.
+            let outcome = future::or(
+                async {
+                    self.wait_stopped().await;
+                    None
+                },
+                async { Some(instance.rollback(&ctx).await) },
+            )
+            .await
+            .filter(|_| !self.is_stopped());
             // Stopped mid-step: record nothing; the next leader re-runs it.
             let Some(outcome) = outcome else { return };
             self.after_rollback(record, instance, outcome).await;
         } else {
-            let outcome = future::or(async { Some(instance.step(&ctx).await) }, async {
-                self.wait_stopped().await;
-                None
-            })
-            .await;
+            let outcome = future::or(
+                async {
+                    self.wait_stopped().await;
+                    None
+                },
+                async { Some(instance.step(&ctx).await) },
+            )
+            .await
+            .filter(|_| !self.is_stopped());
             let Some(outcome) = outcome else { return };
             #[cfg(any(test, feature = "testing"))]
             let outcome = match self.shared.hooks.as_ref().and_then(|h| h.after_step(id)) {

@@ -109,6 +109,10 @@ struct Script {
     /// After the abort fired: interrupt around every commit.
     interrupt_after_abort: bool,
     aborted: AtomicBool,
+    /// The procedure whose step was aborted.
+    aborted_procedure: Mutex<Option<ProcedureId>>,
+    /// The abort is durable (the procedure's next commit landed): interruptions may start.
+    abort_recorded: AtomicBool,
     last_before_kill: AtomicU64,
     /// The node whose hook fired and has not been handled yet.
     triggered: Mutex<Option<usize>>,
@@ -130,6 +134,8 @@ impl Script {
             abort_at_step: None,
             interrupt_after_abort: false,
             aborted: AtomicBool::new(false),
+            aborted_procedure: Mutex::new(None),
+            abort_recorded: AtomicBool::new(false),
             last_before_kill: AtomicU64::new(u64::MAX),
             triggered: Mutex::new(None),
             resume_generation: AtomicU64::new(0),
@@ -196,7 +202,7 @@ impl ExecutorHooks for NodeHooks {
         // After an abort: kill once before each durable transition (then let it through).
         let committed = s.committed.load(Ordering::SeqCst);
         let around = s.interrupt_after_abort
-            && s.aborted.load(Ordering::SeqCst)
+            && s.abort_recorded.load(Ordering::SeqCst)
             && s.last_before_kill.swap(committed, Ordering::SeqCst) != committed;
         if planned || around {
             return s.fire(self.node).await;
@@ -204,25 +210,34 @@ impl ExecutorHooks for NodeHooks {
         HookAction::Proceed
     }
 
-    async fn after_persist(&self, _point: &PersistPoint) -> HookAction {
+    async fn after_persist(&self, point: &PersistPoint) -> HookAction {
         let s = &self.script;
         let n = s.committed.fetch_add(1, Ordering::SeqCst) + 1;
+        // An abort counts once its procedure's next commit (rollback or failure) is durable;
+        // a kill before that would only make the aborted step run again.
+        if s.aborted.load(Ordering::SeqCst)
+            && point.procedure.is_some()
+            && *s.aborted_procedure.lock().unwrap_or_else(|p| p.into_inner()) == point.procedure
+        {
+            s.abort_recorded.store(true, Ordering::SeqCst);
+        }
         let planned = s
             .kill_after
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&n);
-        let around = s.interrupt_after_abort && s.aborted.load(Ordering::SeqCst);
+        let around = s.interrupt_after_abort && s.abort_recorded.load(Ordering::SeqCst);
         if planned || around {
             return s.fire(self.node).await;
         }
         HookAction::Proceed
     }
 
-    fn after_step(&self, _id: ProcedureId) -> Option<ProcedureError> {
+    fn after_step(&self, id: ProcedureId) -> Option<ProcedureError> {
         let s = &self.script;
         let n = s.steps.fetch_add(1, Ordering::SeqCst) + 1;
         if s.abort_at_step == Some(n) {
+            *s.aborted_procedure.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
             s.aborted.store(true, Ordering::SeqCst);
             return Some(ProcedureError::Abort(format!("injected abort at step {n}")));
         }
@@ -390,11 +405,11 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
             }
         }
         if mode == Mode::Restart {
-            // Around every commit in one run: abort_at_step 0 never fires, so arm directly.
+            // Around every commit in one run: no abort, so arm the interruptions directly.
             let name = "restart around every persist";
             let mut script = Script::new(mode);
             script.interrupt_after_abort = true;
-            script.aborted.store(true, Ordering::SeqCst);
+            script.abort_recorded.store(true, Ordering::SeqCst);
             let outcome = self.run(name, Arc::new(script)).await?;
             Self::compare(name, &reference, &outcome, observe)?;
             runs += 1;
