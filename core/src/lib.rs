@@ -13,6 +13,7 @@ pub mod datanode;
 pub mod model;
 pub mod placement;
 pub mod plan;
+pub mod procedure;
 pub mod runtime;
 pub mod snapshot;
 pub mod state;

@@ -312,6 +312,11 @@ pub struct UpdateProcedure {
     pub record: ProcedureRecord,
     /// Children spawned by this transition, committed in the same entry.
     pub spawn: Vec<NewProcedure>,
+    /// If set, the update applies only while the stored record's `version` equals it
+    /// (compare-and-set): a transition retried after an unknown commit outcome can never be
+    /// applied twice (and never spawns its children twice).
+    #[serde(default)]
+    pub expect_version: Option<u64>,
 }
 
 /// Body of [`ConfigPlan::DeleteProcedures`].

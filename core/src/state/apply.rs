@@ -75,6 +75,16 @@ pub enum Rejection {
     /// No procedure with this id.
     #[error("unknown procedure {0}")]
     UnknownProcedure(ProcedureId),
+    /// An [`plan::UpdateProcedure`] expected another record version (it is stale).
+    #[error("procedure {id} is at version {current}, update expected {expected}")]
+    ProcedureVersionMismatch {
+        /// The procedure.
+        id: ProcedureId,
+        /// The version the update expected.
+        expected: u64,
+        /// The stored version.
+        current: u64,
+    },
     /// Only finished procedures may be deleted.
     #[error("procedure {0} has not finished")]
     ProcedureNotFinished(ProcedureId),
@@ -421,7 +431,17 @@ impl ClusterState {
             .procedures
             .get(&id)
             .ok_or(Rejection::UnknownProcedure(id))?;
+        if let Some(expected) = p.expect_version
+            && expected != stored.version
+        {
+            return Err(Rejection::ProcedureVersionMismatch {
+                id,
+                expected,
+                current: stored.version,
+            });
+        }
         let mut record = p.record.clone();
+        record.version = stored.version + 1;
         // Identity and bookkeeping fields are owned by the state, not by the proposer.
         record.request_key = stored.request_key.clone();
         record.parent = stored.parent;

@@ -194,6 +194,10 @@ pub struct ProcedureRecord {
     pub waiting_for: Option<String>,
     /// Output of a succeeded procedure (CBOR, owned by the procedure type).
     pub output: Option<serde_bytes::ByteBuf>,
+    /// How many updates have been applied to this record (set by apply, starting at 0);
+    /// [`crate::plan::UpdateProcedure::expect_version`] compares against it.
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl ProcedureRecord {
@@ -218,6 +222,7 @@ impl ProcedureRecord {
             last_error: None,
             waiting_for: None,
             output: None,
+            version: 0,
         }
     }
 }

@@ -1,0 +1,603 @@
+//! One leadership term of the executor: the procedures it runs, their locks, its workers.
+//!
+//! A session exists from "became leader at epoch E" to "stopped". Every commit goes through
+//! [`SessionCore::commit`], which holds the read side of `gate`; stopping takes the write
+//! side, so once [`SessionCore::stop`] returns no commit is in flight and none will start.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use event_listener::Event;
+use futures_lite::future;
+
+use crate::consensus::Consensus;
+use crate::model::{Epoch, ProcedureId};
+use crate::plan::{ConfigPlan, DeleteProcedures};
+use crate::runtime::{Millis, Runtime};
+use crate::state::{ApplyResult, ClusterState, ProcedureStatus};
+
+use super::context::{ChildOutcome, Environment, ProcedureContext};
+use super::executor::ExecutorConfig;
+use super::locks::LockTable;
+use super::{Procedure, ProcedureError, ProcedureRegistry, normalize_lock_keys};
+
+/// What every session of one executor shares.
+pub(crate) struct Shared {
+    pub consensus: Arc<dyn Consensus>,
+    pub registry: Arc<ProcedureRegistry>,
+    pub runtime: Runtime,
+    pub env: Environment,
+    pub config: ExecutorConfig,
+    /// Notified whenever a procedure finishes and whenever a session stops.
+    pub changed: Event,
+    #[cfg(any(test, feature = "testing"))]
+    pub hooks: Option<Arc<dyn super::testing::ExecutorHooks>>,
+}
+
+/// Where a procedure is, as far as this session knows (volatile).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for its locks.
+    Locking,
+    /// Queued for a worker.
+    Ready,
+    /// A worker runs its step.
+    Running,
+    /// A timer will make it ready (a requested wait or a retry backoff).
+    Sleeping,
+    /// Waiting for children.
+    Suspended,
+    /// Its type is unknown or its data does not decode: never run.
+    Unreadable(String),
+}
+
+pub(crate) struct Entry {
+    instance: Option<Box<dyn Procedure>>,
+    pub phase: Phase,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: BTreeMap<ProcedureId, Entry>,
+    locks: LockTable,
+    /// Highest procedure id loaded from the state: new procedures are exactly those above it,
+    /// and loading them in id order keeps lock requests in id order.
+    synced_up_to: u64,
+    /// Finished root procedures and when this session first saw them finished (retention
+    /// ages are measured on this node's clock, since clock origins differ between nodes).
+    finished_roots: BTreeMap<ProcedureId, Millis>,
+    pruning: bool,
+}
+
+/// One leadership term's executor state.
+pub(crate) struct SessionCore {
+    pub epoch: Epoch,
+    pub shared: Arc<Shared>,
+    stopped: AtomicBool,
+    stop_event: Event,
+    gate: async_lock::RwLock<()>,
+    inner: Mutex<Inner>,
+    ready_tx: async_channel::Sender<ProcedureId>,
+    ready_rx: async_channel::Receiver<ProcedureId>,
+}
+
+impl SessionCore {
+    pub fn new(epoch: Epoch, shared: Arc<Shared>) -> Arc<Self> {
+        let (ready_tx, ready_rx) = async_channel::unbounded();
+        Arc::new(Self {
+            epoch,
+            shared,
+            stopped: AtomicBool::new(false),
+            stop_event: Event::new(),
+            gate: async_lock::RwLock::new(()),
+            inner: Mutex::new(Inner::default()),
+            ready_tx,
+            ready_rx,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now(&self) -> Millis {
+        self.shared.runtime.clock.now_ms()
+    }
+
+    /// Loads every procedure, restores locks and links, and starts the workers.
+    pub fn start(self: &Arc<Self>) {
+        tracing::info!(epoch = %self.epoch, "procedure executor starting");
+        self.sync_from_state();
+        for n in 0..self.shared.config.workers.max(1) {
+            let session = self.clone();
+            self.shared.runtime.spawner.spawn(
+                &format!("procedure-worker-{n}"),
+                Box::pin(async move { session.worker().await }),
+            );
+        }
+        if let Some(every) = self.shared.config.retention.check_every {
+            let session = self.clone();
+            self.shared.runtime.spawner.spawn(
+                "procedure-retention",
+                Box::pin(async move { session.retention_ticker(every).await }),
+            );
+        }
+        let session = self.clone();
+        self.shared.runtime.spawner.spawn(
+            "procedure-retention-initial",
+            Box::pin(async move { session.prune().await }),
+        );
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Marks the session stopped without waiting (usable inside a commit).
+    pub fn stop_now(&self) {
+        if !self.stopped.swap(true, Ordering::SeqCst) {
+            tracing::info!(epoch = %self.epoch, "procedure executor stopping");
+        }
+        self.stop_event.notify(usize::MAX);
+        self.shared.changed.notify(usize::MAX);
+    }
+
+    /// Stops, then waits until no commit is in flight. Nothing is committed afterwards.
+    pub async fn stop(&self) {
+        self.stop_now();
+        let _no_commit_in_flight = self.gate.write().await;
+    }
+
+    pub async fn wait_stopped(&self) {
+        loop {
+            if self.is_stopped() {
+                return;
+            }
+            let listener = self.stop_event.listen();
+            if self.is_stopped() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Commits `plan` under this session's epoch, unless stopped. A leadership loss stops the
+    /// session. `procedure` names the procedure on whose behalf it is committed (test hooks).
+    pub async fn commit(
+        &self,
+        plan: ConfigPlan,
+        procedure: Option<ProcedureId>,
+    ) -> Result<ApplyResult, ProcedureError> {
+        let _gate = self.gate.read().await;
+        if self.is_stopped() {
+            return Err(ProcedureError::Stopped);
+        }
+        #[cfg(any(test, feature = "testing"))]
+        let point = super::testing::PersistPoint {
+            epoch: self.epoch,
+            procedure,
+            plan: plan.code(),
+        };
+        #[cfg(not(any(test, feature = "testing")))]
+        let _ = procedure;
+        #[cfg(any(test, feature = "testing"))]
+        if let Some(hooks) = &self.shared.hooks
+            && hooks.before_persist(&point).await == super::testing::HookAction::Kill
+        {
+            self.stop_now();
+            return Err(ProcedureError::Stopped);
+        }
+        let result = self.shared.consensus.propose(self.epoch, plan).await;
+        #[cfg(any(test, feature = "testing"))]
+        if result.is_ok()
+            && let Some(hooks) = &self.shared.hooks
+            && hooks.after_persist(&point).await == super::testing::HookAction::Kill
+        {
+            self.stop_now();
+            return Err(ProcedureError::Stopped);
+        }
+        match result {
+            Ok(applied) => Ok(applied),
+            Err(e) => {
+                if e.is_leadership_loss() {
+                    self.stop_now();
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Loads procedures recorded since the last sync (in id order), enqueues their locks and
+    /// schedules those granted. Finished roots are remembered for retention.
+    pub fn sync_from_state(self: &Arc<Self>) {
+        let state = self.shared.consensus.state();
+        let now = self.now();
+        let granted: Vec<ProcedureId> = {
+            let mut inner = self.lock();
+            let from = ProcedureId(inner.synced_up_to + 1);
+            let mut granted = Vec::new();
+            state.read(|s| {
+                for (id, record) in s.procedures.range(from..) {
+                    inner.synced_up_to = id.0;
+                    if record.status.is_finished() {
+                        if record.parent.is_none() {
+                            inner.finished_roots.insert(*id, now);
+                        }
+                        continue;
+                    }
+                    let ancestors = ancestors_of(s, *id);
+                    let keys = normalize_lock_keys(record.lock_keys.clone());
+                    let (instance, phase) =
+                        match self.shared.registry.decode(record.type_code, &record.data) {
+                            Ok(instance) => (Some(instance), Phase::Locking),
+                            Err(e) => {
+                                tracing::error!(procedure = %id, error = %e,
+                                    "unreadable procedure kept (never run, never deleted)");
+                                (None, Phase::Unreadable(e.to_string()))
+                            }
+                        };
+                    let readable = instance.is_some();
+                    // Unreadable procedures keep their locks: their resources may be
+                    // half-changed.
+                    if inner.locks.enqueue(*id, keys, ancestors) && readable {
+                        granted.push(*id);
+                    }
+                    inner.entries.insert(*id, Entry { instance, phase });
+                }
+            });
+            granted
+        };
+        for id in granted {
+            self.schedule(id);
+        }
+    }
+
+    /// Decides, from the durable record, what a procedure holding its locks does next.
+    pub(crate) fn schedule(self: &Arc<Self>, id: ProcedureId) {
+        let now = self.now();
+        let decision = self.shared.consensus.state().read(|s| {
+            let record = s.procedures.get(&id)?;
+            let remaining = |record: &crate::state::ProcedureRecord| {
+                record.wake_at_ms.map(|wake| {
+                    // Bounded by the requested duration: the record may come from a node whose
+                    // clock has another origin.
+                    let requested = wake.saturating_sub(record.updated_at_ms);
+                    Duration::from_millis(wake.saturating_sub(now).min(requested))
+                })
+            };
+            Some(match record.status {
+                ProcedureStatus::Runnable
+                | ProcedureStatus::RollingBack
+                | ProcedureStatus::Waiting => match remaining(record) {
+                    Some(d) if !d.is_zero() => Some(d),
+                    _ => None,
+                },
+                ProcedureStatus::Suspended => {
+                    if record.children.iter().all(|c| {
+                        s.procedures
+                            .get(c)
+                            .is_none_or(|child| child.status.is_finished())
+                    }) {
+                        None
+                    } else {
+                        return Some(Err(()));
+                    }
+                }
+                _ => return None,
+            })
+            .map(Ok)
+        });
+        match decision {
+            Some(Ok(None)) => self.make_ready(id),
+            Some(Ok(Some(delay))) => self.sleep_then_ready(id, delay),
+            Some(Err(())) => self.set_phase(id, Phase::Suspended),
+            None => {}
+        }
+    }
+
+    pub(crate) fn set_phase(&self, id: ProcedureId, phase: Phase) {
+        if let Some(entry) = self.lock().entries.get_mut(&id) {
+            entry.phase = phase;
+        }
+    }
+
+    pub(crate) fn make_ready(&self, id: ProcedureId) {
+        self.set_phase(id, Phase::Ready);
+        // Unbounded and never closed while the session lives: cannot fail.
+        let _ = self.ready_tx.try_send(id);
+    }
+
+    pub(crate) fn sleep_then_ready(self: &Arc<Self>, id: ProcedureId, delay: Duration) {
+        self.set_phase(id, Phase::Sleeping);
+        let session = self.clone();
+        let sleep = self.shared.runtime.clock.sleep(delay);
+        self.shared.runtime.spawner.spawn(
+            "procedure-timer",
+            Box::pin(async move {
+                let woke = future::or(async {
+                    sleep.await;
+                    true
+                }, async {
+                    session.wait_stopped().await;
+                    false
+                })
+                .await;
+                if woke && !session.is_stopped() {
+                    session.make_ready(id);
+                }
+            }),
+        );
+    }
+
+    /// The volatile phase of `id`, and what it waits for if blocked on locks.
+    pub fn describe(&self, id: ProcedureId) -> Option<(Phase, Option<String>)> {
+        let inner = self.lock();
+        let entry = inner.entries.get(&id)?;
+        let note = match entry.phase {
+            Phase::Locking => inner
+                .locks
+                .blocker(id)
+                .map(|(other, resource)| format!("lock on {resource:?} held before it by {other}")),
+            _ => None,
+        };
+        Some((entry.phase.clone(), note))
+    }
+
+    async fn worker(self: Arc<Self>) {
+        loop {
+            let next = future::or(async { self.ready_rx.recv().await.ok() }, async {
+                self.wait_stopped().await;
+                None
+            })
+            .await;
+            let Some(id) = next else { break };
+            if self.is_stopped() {
+                break;
+            }
+            self.run_step(id).await;
+        }
+    }
+
+    /// Takes the live instance of `id`, or rebuilds it from `record`.
+    fn take_instance(
+        &self,
+        record: &crate::state::ProcedureRecord,
+    ) -> Result<Box<dyn Procedure>, ProcedureError> {
+        let cached = self.lock().entries.get_mut(&record.id).and_then(|entry| {
+            entry.phase = Phase::Running;
+            entry.instance.take()
+        });
+        match cached {
+            Some(instance) => Ok(instance),
+            None => self.shared.registry.decode(record.type_code, &record.data),
+        }
+    }
+
+    pub(crate) fn put_instance(&self, id: ProcedureId, instance: Box<dyn Procedure>) {
+        if let Some(entry) = self.lock().entries.get_mut(&id) {
+            entry.instance = Some(instance);
+        }
+    }
+
+    async fn run_step(self: &Arc<Self>, id: ProcedureId) {
+        let state = self.shared.consensus.state();
+        let Some((record, children)) = state.read(|s| {
+            let record = s.procedures.get(&id)?.clone();
+            let children = record
+                .children
+                .iter()
+                .filter_map(|c| s.procedures.get(c))
+                .map(|c| ChildOutcome {
+                    id: c.id,
+                    type_code: c.type_code,
+                    status: c.status,
+                    output: c.output.as_ref().map(|o| o.to_vec()),
+                    error: c.last_error.clone(),
+                })
+                .collect();
+            Some((record, children))
+        }) else {
+            return;
+        };
+        if record.status.is_finished() {
+            return;
+        }
+        let mut instance = match self.take_instance(&record) {
+            Ok(instance) => instance,
+            Err(e) => {
+                self.set_phase(id, Phase::Unreadable(e.to_string()));
+                return;
+            }
+        };
+        let ctx = ProcedureContext {
+            id,
+            session: self.clone(),
+            children,
+            attempts: record.attempts,
+        };
+        let rolling_back = record.status == ProcedureStatus::RollingBack;
+        tracing::debug!(procedure = %id, state = record.state_name, rolling_back = record.status == ProcedureStatus::RollingBack, "step");
+        if rolling_back {
+            // The stop is polled first: once stopped, the step is never polled again.
+            let outcome = future::or(
+                async {
+                    self.wait_stopped().await;
+                    None
+                },
+                async { Some(instance.rollback(&ctx).await) },
+            )
+            .await
+            .filter(|_| !self.is_stopped());
+            // Stopped mid-step: record nothing; the next leader re-runs it.
+            let Some(outcome) = outcome else { return };
+            self.after_rollback(record, instance, outcome).await;
+        } else {
+            let outcome = future::or(
+                async {
+                    self.wait_stopped().await;
+                    None
+                },
+                async { Some(instance.step(&ctx).await) },
+            )
+            .await
+            .filter(|_| !self.is_stopped());
+            let Some(outcome) = outcome else { return };
+            #[cfg(any(test, feature = "testing"))]
+            let outcome = match self.shared.hooks.as_ref().and_then(|h| h.after_step(id)) {
+                Some(injected) => Err(injected),
+                None => outcome,
+            };
+            self.after_step(record, instance, outcome).await;
+        }
+    }
+
+    /// Releases `id`'s locks, wakes what they unblock and its parent if it was the last
+    /// child, and applies retention.
+    pub(crate) fn finish(self: &Arc<Self>, id: ProcedureId, parent: Option<ProcedureId>) {
+        let now = self.now();
+        let granted = {
+            let mut inner = self.lock();
+            inner.entries.remove(&id);
+            if parent.is_none() {
+                inner.finished_roots.insert(id, now);
+            }
+            inner.locks.release(id)
+        };
+        self.shared.changed.notify(usize::MAX);
+        for g in granted {
+            self.schedule(g);
+        }
+        if let Some(parent) = parent
+            && self.describe(parent).is_some_and(|(p, _)| p == Phase::Suspended)
+        {
+            self.schedule(parent);
+        }
+        let over = {
+            let inner = self.lock();
+            inner.finished_roots.len() > self.shared.config.retention.max_finished
+        };
+        if over {
+            let session = self.clone();
+            self.shared.runtime.spawner.spawn(
+                "procedure-retention",
+                Box::pin(async move { session.prune().await }),
+            );
+        }
+    }
+
+    async fn retention_ticker(self: Arc<Self>, every: Duration) {
+        loop {
+            let tick = self.shared.runtime.clock.sleep(every);
+            let go = future::or(async {
+                tick.await;
+                true
+            }, async {
+                self.wait_stopped().await;
+                false
+            })
+            .await;
+            if !go {
+                return;
+            }
+            self.prune().await;
+        }
+    }
+
+    /// Deletes finished root procedures (and their descendants) beyond the retention bounds.
+    pub async fn prune(self: &Arc<Self>) {
+        let policy = self.shared.config.retention.clone();
+        let now = self.now();
+        let roots: Vec<ProcedureId> = {
+            let mut inner = self.lock();
+            if inner.pruning {
+                return;
+            }
+            let mut by_age: Vec<(Millis, ProcedureId)> =
+                inner.finished_roots.iter().map(|(id, at)| (*at, *id)).collect();
+            by_age.sort();
+            let excess = by_age.len().saturating_sub(policy.max_finished);
+            let max_age = policy.max_age.as_millis() as u64;
+            let roots: Vec<ProcedureId> = by_age
+                .iter()
+                .enumerate()
+                .filter(|(i, (at, _))| *i < excess || now.saturating_sub(*at) >= max_age)
+                .map(|(_, (_, id))| *id)
+                .collect();
+            if roots.is_empty() {
+                return;
+            }
+            inner.pruning = true;
+            roots
+        };
+        let registry = self.shared.registry.clone();
+        let ids = self.shared.consensus.state().read(|s| {
+            let mut ids = BTreeSet::new();
+            for root in &roots {
+                let family = family_of(s, *root);
+                // Never delete a record this build cannot read, nor an unfinished one.
+                let deletable = family.iter().all(|id| {
+                    s.procedures.get(id).is_none_or(|r| {
+                        r.status.is_finished() && registry.contains(r.type_code)
+                    })
+                });
+                if deletable {
+                    ids.extend(family);
+                }
+            }
+            ids
+        });
+        let result = if ids.is_empty() {
+            Ok(Ok(crate::state::Applied::Unchanged))
+        } else {
+            self.commit(
+                ConfigPlan::DeleteProcedures(DeleteProcedures {
+                    ids: ids.into_iter().collect(),
+                }),
+                None,
+            )
+            .await
+        };
+        let mut inner = self.lock();
+        inner.pruning = false;
+        match result {
+            Ok(Ok(_)) => {
+                for root in &roots {
+                    // Roots kept for being unreadable are forgotten too: never retried.
+                    inner.finished_roots.remove(root);
+                }
+            }
+            Ok(Err(rejection)) => {
+                tracing::warn!(error = %rejection, "retention prune refused")
+            }
+            Err(e) => tracing::warn!(error = %e, "retention prune failed; retried later"),
+        }
+    }
+}
+
+/// The ancestors of `id` (parent, grandparent, ...).
+fn ancestors_of(state: &ClusterState, id: ProcedureId) -> BTreeSet<ProcedureId> {
+    let mut out = BTreeSet::new();
+    let mut cursor = state.procedures.get(&id).and_then(|r| r.parent);
+    while let Some(parent) = cursor {
+        if !out.insert(parent) {
+            break;
+        }
+        cursor = state.procedures.get(&parent).and_then(|r| r.parent);
+    }
+    out
+}
+
+/// `root` and all its descendants.
+fn family_of(state: &ClusterState, root: ProcedureId) -> Vec<ProcedureId> {
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(id) = stack.pop() {
+        out.push(id);
+        if let Some(record) = state.procedures.get(&id) {
+            stack.extend(record.children.iter().copied());
+        }
+    }
+    out
+}
