@@ -14,6 +14,7 @@ pub mod model;
 pub mod placement;
 pub mod plan;
 pub mod procedure;
+pub mod procedures;
 pub mod runtime;
 pub mod snapshot;
 pub mod state;

@@ -315,7 +315,7 @@ pub struct UpdateProcedure {
     /// If set, the update applies only while the stored record's `version` equals it
     /// (compare-and-set): a transition retried after an unknown commit outcome can never be
     /// applied twice (and never spawns its children twice).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_version: Option<u64>,
 }
 

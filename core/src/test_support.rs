@@ -213,7 +213,11 @@ pub fn plan_for(code: PlanCode) -> BoxedStrategy<ConfigPlan> {
             prop::collection::vec(new_procedure(), 0..2),
         )
             .prop_map(|(record, spawn)| {
-                ConfigPlan::UpdateProcedure(UpdateProcedure { record, spawn })
+                ConfigPlan::UpdateProcedure(UpdateProcedure {
+                    record,
+                    spawn,
+                    expect_version: None,
+                })
             })
             .boxed(),
         PlanCode::DeleteProcedures => prop::collection::vec(1u64..20, 0..3)

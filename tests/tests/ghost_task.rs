@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use shoal_core::api::{ApiError, DataNodeApi};
+use shoal_core::consensus::Consensus;
 use shoal_core::model::Epoch;
 use shoal_tests::cluster::{ClusterOptions, TestCluster, db, replicas_of};
 
@@ -61,7 +62,11 @@ fn legacy_synchronous_delete_reports_success_while_the_datanode_still_deletes() 
 
         // The coordinator now believes the region is gone. It is not:
         assert!(attempts >= 2, "the first call timed out and was retried");
-        assert_eq!(slot.mem.regions_being_deleted(), [region], "a deletion is still running");
+        assert_eq!(
+            slot.mem.regions_being_deleted(),
+            [region],
+            "a deletion is still running"
+        );
         assert!(slot.mem.total_bytes() > 0, "region data remains");
         // ... and it keeps running after the "success" (the ghost), until it ends by itself.
         cluster
@@ -84,12 +89,19 @@ fn procedure_reports_the_database_deleted_only_after_every_deletion_finished() {
 
         let leader = cluster.leader();
         let started = Instant::now();
-        let id = leader.delete_database(db("metrics"), None).await.expect("submitted");
+        let id = leader
+            .delete_database(db("metrics"), None)
+            .await
+            .expect("submitted");
         let info = cluster.wait(id, Duration::from_secs(60)).await;
 
         // At the very moment the procedure reports done:
         assert_eq!(info.status.name(), "Succeeded", "{info:?}");
-        assert_eq!(cluster.running_tasks(), 0, "no deletion runs on any DataNode");
+        assert_eq!(
+            cluster.running_tasks(),
+            0,
+            "no deletion runs on any DataNode"
+        );
         assert_eq!(cluster.region_bytes(), 0, "no region data remains");
         for slot in &cluster.data_nodes {
             assert!(slot.mem.regions_being_deleted().is_empty());
@@ -98,10 +110,16 @@ fn procedure_reports_the_database_deleted_only_after_every_deletion_finished() {
         assert!(started.elapsed() >= 3 * RPC_TIMEOUT);
         for (region, replicas) in groups {
             for node in replicas {
-                assert_eq!(cluster.deletions(region)[node.0 as usize], 1, "{region} on {node}");
+                assert_eq!(
+                    cluster.deletions(region)[node.0 as usize],
+                    1,
+                    "{region} on {node}"
+                );
             }
         }
-        cluster.assert_database_gone_without_leftovers("metrics").await;
+        cluster
+            .assert_database_gone_without_leftovers("metrics")
+            .await;
         cluster.shutdown().await;
     });
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use shoal_core::consensus::Consensus;
 use shoal_core::model::{DataNodeId, RegionId};
 use shoal_tests::cluster::{ClusterOptions, TestCluster, db, replicas_of};
 
@@ -11,10 +12,15 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 fn slow_deletes() -> ClusterOptions {
     // 64 KiB per replica at 128 KiB/s: each deletion takes about half a second.
-    ClusterOptions { delete_rate: Some(128 * 1024), ..ClusterOptions::default() }
+    ClusterOptions {
+        delete_rate: Some(128 * 1024),
+        ..ClusterOptions::default()
+    }
 }
 
-async fn cluster_with_database(options: ClusterOptions) -> (TestCluster, Vec<(RegionId, Vec<DataNodeId>)>) {
+async fn cluster_with_database(
+    options: ClusterOptions,
+) -> (TestCluster, Vec<(RegionId, Vec<DataNodeId>)>) {
     let cluster = TestCluster::start(options).await;
     let info = cluster.create_database("doomed", 3, 1, 3).await;
     assert_eq!(info.status.name(), "Succeeded", "{info:?}");
@@ -26,18 +32,27 @@ async fn cluster_with_database(options: ClusterOptions) -> (TestCluster, Vec<(Re
 
 /// The end state every scenario must reach.
 async fn assert_converged(cluster: &TestCluster, groups: &[(RegionId, Vec<DataNodeId>)]) {
-    cluster.assert_database_gone_without_leftovers("doomed").await;
+    cluster
+        .assert_database_gone_without_leftovers("doomed")
+        .await;
     for (region, replicas) in groups {
         let deletions = cluster.deletions(*region);
         for (index, count) in deletions.iter().enumerate() {
             let expected = u64::from(replicas.contains(&DataNodeId(index as u32)));
-            assert_eq!(*count, expected, "deletions of {region} on dn-{index}: {deletions:?}");
+            assert_eq!(
+                *count, expected,
+                "deletions of {region} on dn-{index}: {deletions:?}"
+            );
         }
     }
 }
 
 async fn delete_and_wait(cluster: &TestCluster) {
-    let id = cluster.leader().delete_database(db("doomed"), None).await.expect("submitted");
+    let id = cluster
+        .leader()
+        .delete_database(db("doomed"), None)
+        .await
+        .expect("submitted");
     let info = cluster.wait(id, LIMIT).await;
     assert_eq!(info.status.name(), "Succeeded", "{info:?}");
 }
@@ -53,7 +68,10 @@ fn lost_reply_to_a_task_submission_converges() {
         }
         delete_and_wait(&cluster).await;
         for slot in &cluster.data_nodes {
-            assert_eq!(cluster.network.stats("cn-0", &slot.address).dropped_replies, 1);
+            assert_eq!(
+                cluster.network.stats("cn-0", &slot.address).dropped_replies,
+                1
+            );
         }
         assert_converged(&cluster, &groups).await;
         cluster.shutdown().await;
@@ -79,10 +97,16 @@ fn lost_replies_to_result_polls_converge() {
 fn datanode_restart_mid_delete_converges() {
     smol::block_on(async {
         let (cluster, groups) = cluster_with_database(slow_deletes()).await;
-        let id = cluster.leader().delete_database(db("doomed"), None).await.expect("submitted");
+        let id = cluster
+            .leader()
+            .delete_database(db("doomed"), None)
+            .await
+            .expect("submitted");
         cluster
             .eventually("a deletion running on dn-1", LIMIT, || {
-                cluster.data_nodes[1].node().is_some_and(|n| n.task_counts().running > 0)
+                cluster.data_nodes[1]
+                    .node()
+                    .is_some_and(|n| n.task_counts().running > 0)
             })
             .await;
         cluster.restart_data_node(1).await;
@@ -97,9 +121,15 @@ fn datanode_restart_mid_delete_converges() {
 fn confignode_leader_change_mid_delete_converges() {
     smol::block_on(async {
         let (cluster, groups) = cluster_with_database(slow_deletes()).await;
-        let id = cluster.leader().delete_database(db("doomed"), None).await.expect("submitted");
+        let id = cluster
+            .leader()
+            .delete_database(db("doomed"), None)
+            .await
+            .expect("submitted");
         cluster
-            .eventually("a deletion running somewhere", LIMIT, || cluster.running_tasks() > 0)
+            .eventually("a deletion running somewhere", LIMIT, || {
+                cluster.running_tasks() > 0
+            })
             .await;
         let old = cluster.leader_slot();
         let new = cluster.add_leader().await;
@@ -107,7 +137,10 @@ fn confignode_leader_change_mid_delete_converges() {
         // The new leader resumes the procedure from the shared log and finishes it.
         let info = cluster.wait(id, LIMIT).await;
         assert_eq!(info.status.name(), "Succeeded", "{info:?}");
-        assert!(!old.consensus.leadership().get().is_leader, "the old leader was fenced");
+        assert!(
+            !old.consensus.leadership().get().is_leader,
+            "the old leader was fenced"
+        );
         assert_converged(&cluster, &groups).await;
         cluster.shutdown().await;
     });
@@ -118,19 +151,34 @@ fn datanode_down_for_a_while_then_back_converges() {
     smol::block_on(async {
         let (cluster, groups) = cluster_with_database(slow_deletes()).await;
         cluster.stop_data_node(2);
-        let id = cluster.leader().delete_database(db("doomed"), None).await.expect("submitted");
+        let id = cluster
+            .leader()
+            .delete_database(db("doomed"), None)
+            .await
+            .expect("submitted");
         // The deletion waits, visibly, and is not reported done.
         cluster
             .eventually("a removal waiting for dn-2", LIMIT, || {
-                cluster.leader().list_procedures().iter().any(|p| {
-                    p.waiting_for.as_deref().is_some_and(|w| w.contains("dn-2"))
-                })
+                cluster
+                    .leader()
+                    .list_procedures()
+                    .iter()
+                    .any(|p| p.waiting_for.as_deref().is_some_and(|w| w.contains("dn-2")))
             })
             .await;
         smol::Timer::after(Duration::from_millis(500)).await;
         let info = cluster.leader().get_procedure(id).expect("recorded");
-        assert!(!info.status.name().starts_with("Succeeded"), "done while dn-2 is down: {info:?}");
-        assert!(cluster.leader().list_databases().iter().any(|d| d.entry.deleting));
+        assert!(
+            !info.status.name().starts_with("Succeeded"),
+            "done while dn-2 is down: {info:?}"
+        );
+        assert!(
+            cluster
+                .leader()
+                .list_databases()
+                .iter()
+                .any(|d| d.entry.deleting)
+        );
         cluster.start_data_node(2).await;
         let info = cluster.wait(id, LIMIT).await;
         assert_eq!(info.status.name(), "Succeeded", "{info:?}");
@@ -145,10 +193,18 @@ fn partition_that_heals_converges() {
         let (cluster, groups) = cluster_with_database(slow_deletes()).await;
         let target = cluster.data_nodes[0].address.clone();
         cluster.network.partition("cn-0", &target);
-        let id = cluster.leader().delete_database(db("doomed"), None).await.expect("submitted");
+        let id = cluster
+            .leader()
+            .delete_database(db("doomed"), None)
+            .await
+            .expect("submitted");
         smol::Timer::after(Duration::from_millis(800)).await;
         let info = cluster.leader().get_procedure(id).expect("recorded");
-        assert_ne!(info.status.name(), "Succeeded", "done across a partition: {info:?}");
+        assert_ne!(
+            info.status.name(),
+            "Succeeded",
+            "done across a partition: {info:?}"
+        );
         cluster.network.heal("cn-0", &target);
         let info = cluster.wait(id, LIMIT).await;
         assert_eq!(info.status.name(), "Succeeded", "{info:?}");

@@ -81,7 +81,9 @@ impl ProcedureContext {
             .shared
             .env
             .downcast_ref::<T>()
-            .ok_or(ProcedureError::MissingEnvironment(std::any::type_name::<T>()))
+            .ok_or(ProcedureError::MissingEnvironment(
+                std::any::type_name::<T>(),
+            ))
     }
 
     /// Commits a metadata plan under this executor's epoch, through the same gate (and test

@@ -194,10 +194,22 @@ impl Procedure for CounterProcedure {
     fn state(&self) -> StateId {
         let d = &self.data;
         match (d.undo_next, d.done < d.steps, d.wait_ms > 0 && !d.waited) {
-            (Some(_), _, _) => StateId { code: 10, name: "Undo" },
-            (None, true, true) => StateId { code: 2, name: "Sleep" },
-            (None, true, false) => StateId { code: 1, name: "Count" },
-            (None, false, _) => StateId { code: 3, name: "Finish" },
+            (Some(_), _, _) => StateId {
+                code: 10,
+                name: "Undo",
+            },
+            (None, true, true) => StateId {
+                code: 2,
+                name: "Sleep",
+            },
+            (None, true, false) => StateId {
+                code: 1,
+                name: "Count",
+            },
+            (None, false, _) => StateId {
+                code: 3,
+                name: "Finish",
+            },
         }
     }
     fn encode(&self) -> Result<Vec<u8>, ProcedureError> {
@@ -226,7 +238,10 @@ impl Procedure for CounterProcedure {
         // The side effect happens before the failure: rollback must undo it too.
         world.set_effect(format!("{}/{}", d.name, d.done), u64::from(d.done));
         if d.fail_at == Some(d.done) {
-            return Err(ProcedureError::Abort(format!("{} failed at {}", d.name, d.done)));
+            return Err(ProcedureError::Abort(format!(
+                "{} failed at {}",
+                d.name, d.done
+            )));
         }
         d.done += 1;
         d.waited = false;
@@ -313,9 +328,15 @@ impl Procedure for ParentProcedure {
     }
     fn state(&self) -> StateId {
         if self.data.spawned {
-            StateId { code: 2, name: "Collect" }
+            StateId {
+                code: 2,
+                name: "Collect",
+            }
         } else {
-            StateId { code: 1, name: "Spawn" }
+            StateId {
+                code: 1,
+                name: "Spawn",
+            }
         }
     }
     fn encode(&self) -> Result<Vec<u8>, ProcedureError> {
@@ -428,7 +449,10 @@ impl Procedure for GateProcedure {
         Self::TYPE_NAME
     }
     fn state(&self) -> StateId {
-        StateId { code: 1, name: "Pass" }
+        StateId {
+            code: 1,
+            name: "Pass",
+        }
     }
     fn encode(&self) -> Result<Vec<u8>, ProcedureError> {
         encode_data(&self.data)

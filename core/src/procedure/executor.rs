@@ -273,7 +273,9 @@ impl ProcedureExecutor {
                 Some(info)
                     if matches!(
                         info.status,
-                        ProcedureView::Succeeded | ProcedureView::Failed | ProcedureView::RolledBack
+                        ProcedureView::Succeeded
+                            | ProcedureView::Failed
+                            | ProcedureView::RolledBack
                     ) =>
                 {
                     return Ok(info);

@@ -316,13 +316,16 @@ impl SessionCore {
         self.shared.runtime.spawner.spawn(
             "procedure-timer",
             Box::pin(async move {
-                let woke = future::or(async {
-                    sleep.await;
-                    true
-                }, async {
-                    session.wait_stopped().await;
-                    false
-                })
+                let woke = future::or(
+                    async {
+                        sleep.await;
+                        true
+                    },
+                    async {
+                        session.wait_stopped().await;
+                        false
+                    },
+                )
                 .await;
                 if woke && !session.is_stopped() {
                     session.make_ready(id);
@@ -470,7 +473,9 @@ impl SessionCore {
             self.schedule(g);
         }
         if let Some(parent) = parent
-            && self.describe(parent).is_some_and(|(p, _)| p == Phase::Suspended)
+            && self
+                .describe(parent)
+                .is_some_and(|(p, _)| p == Phase::Suspended)
         {
             self.schedule(parent);
         }
@@ -490,13 +495,16 @@ impl SessionCore {
     async fn retention_ticker(self: Arc<Self>, every: Duration) {
         loop {
             let tick = self.shared.runtime.clock.sleep(every);
-            let go = future::or(async {
-                tick.await;
-                true
-            }, async {
-                self.wait_stopped().await;
-                false
-            })
+            let go = future::or(
+                async {
+                    tick.await;
+                    true
+                },
+                async {
+                    self.wait_stopped().await;
+                    false
+                },
+            )
             .await;
             if !go {
                 return;
@@ -514,8 +522,11 @@ impl SessionCore {
             if inner.pruning {
                 return;
             }
-            let mut by_age: Vec<(Millis, ProcedureId)> =
-                inner.finished_roots.iter().map(|(id, at)| (*at, *id)).collect();
+            let mut by_age: Vec<(Millis, ProcedureId)> = inner
+                .finished_roots
+                .iter()
+                .map(|(id, at)| (*at, *id))
+                .collect();
             by_age.sort();
             let excess = by_age.len().saturating_sub(policy.max_finished);
             let max_age = policy.max_age.as_millis() as u64;
@@ -538,9 +549,9 @@ impl SessionCore {
                 let family = family_of(s, *root);
                 // Never delete a record this build cannot read, nor an unfinished one.
                 let deletable = family.iter().all(|id| {
-                    s.procedures.get(id).is_none_or(|r| {
-                        r.status.is_finished() && registry.contains(r.type_code)
-                    })
+                    s.procedures
+                        .get(id)
+                        .is_none_or(|r| r.status.is_finished() && registry.contains(r.type_code))
                 });
                 if deletable {
                     ids.extend(family);

@@ -138,7 +138,10 @@ fn multi_step_procedure_commits_every_transition_and_succeeds() {
             .expect("submitted");
         let info = executor.wait_finished(id).await.expect("finished");
         assert_eq!(info.status, ProcedureView::Succeeded);
-        assert_eq!(decode_data::<u32>(&info.output.expect("output")).ok(), Some(3));
+        assert_eq!(
+            decode_data::<u32>(&info.output.expect("output")).ok(),
+            Some(3)
+        );
         assert_eq!(info.state_name, "Finish");
         assert_eq!(effects(&rig.world), vec!["c/0", "c/1", "c/2"]);
         let updates: Vec<_> = rig
@@ -208,12 +211,14 @@ fn retryable_error_backs_off_visibly_then_succeeds() {
             .submit(Box::new(CounterProcedure::new("flaky", 2)), None)
             .await
             .expect("submitted");
-        rig.drive(|| executor.get(id).is_some_and(|i| i.attempts >= 1)).await;
+        rig.drive(|| executor.get(id).is_some_and(|i| i.attempts >= 1))
+            .await;
         let info = executor.get(id).expect("recorded");
         assert_eq!(info.status, ProcedureView::Waiting);
         assert!(info.last_error.expect("error recorded").contains("flaked"));
         assert!(info.waiting_for.expect("reason").contains("retry"));
-        rig.drive(|| status_of(&executor, id) == ProcedureView::Succeeded).await;
+        rig.drive(|| status_of(&executor, id) == ProcedureView::Succeeded)
+            .await;
         let info = executor.get(id).expect("recorded");
         assert_eq!(info.attempts, 0);
         assert_eq!(info.last_error, None);
@@ -229,10 +234,21 @@ fn backoff_grows_exponentially_with_jitter_up_to_the_cap() {
         max_attempts: Some(5),
     };
     let rng = SeededRng::new(3);
-    for (attempt, base) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1_000), (30, 1_000)] {
+    for (attempt, base) in [
+        (1, 100),
+        (2, 200),
+        (3, 400),
+        (4, 800),
+        (5, 1_000),
+        (30, 1_000),
+    ] {
         for _ in 0..20 {
             let d = policy.delay(attempt, &rng).as_millis() as u64;
-            assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d} outside [{}, {base}]", base / 2);
+            assert!(
+                d >= base / 2 && d <= base,
+                "attempt {attempt}: {d} outside [{}, {base}]",
+                base / 2
+            );
         }
     }
     let spread: BTreeSet<u128> = (0..20).map(|_| policy.delay(3, &rng).as_millis()).collect();
@@ -250,7 +266,10 @@ fn non_retryable_error_rolls_back_when_supported() {
         let info = executor.wait_finished(id).await.expect("finished");
         assert_eq!(info.status, ProcedureView::RolledBack);
         assert!(info.last_error.expect("cause kept").contains("failed at 2"));
-        assert!(effects(&rig.world).is_empty(), "rollback undid every effect");
+        assert!(
+            effects(&rig.world).is_empty(),
+            "rollback undid every effect"
+        );
     });
 }
 
@@ -278,8 +297,15 @@ fn exhausted_retries_count_as_a_permanent_failure() {
             .submit(Box::new(CounterProcedure::new("x", 1)), None)
             .await
             .expect("submitted");
-        rig.drive(|| status_of(&executor, id) == ProcedureView::Failed).await;
-        assert!(executor.get(id).and_then(|i| i.last_error).expect("error").contains("flaked"));
+        rig.drive(|| status_of(&executor, id) == ProcedureView::Failed)
+            .await;
+        assert!(
+            executor
+                .get(id)
+                .and_then(|i| i.last_error)
+                .expect("error")
+                .contains("flaked")
+        );
     });
 }
 
@@ -290,7 +316,10 @@ fn procedures_on_one_key_serialize_while_disjoint_keys_run_concurrently() {
         let x = GateProcedure::exclusive("x");
         let y = GateProcedure::exclusive("y");
         let a = executor
-            .submit(Box::new(GateProcedure::new("a", "ga", vec![x.clone()])), None)
+            .submit(
+                Box::new(GateProcedure::new("a", "ga", vec![x.clone()])),
+                None,
+            )
             .await
             .expect("a");
         let b = executor
@@ -306,22 +335,36 @@ fn procedures_on_one_key_serialize_while_disjoint_keys_run_concurrently() {
         settle().await;
         let events = rig.world.events();
         assert!(events.contains(&"start:a".to_string()));
-        assert!(events.contains(&"start:c".to_string()), "disjoint key runs concurrently");
+        assert!(
+            events.contains(&"start:c".to_string()),
+            "disjoint key runs concurrently"
+        );
         assert!(!events.contains(&"start:b".to_string()), "same key waits");
         let waiting = executor.get(b).expect("b recorded");
         assert_eq!(waiting.status, ProcedureView::Waiting);
-        assert!(waiting.waiting_for.expect("reason").contains(&a.to_string()));
+        assert!(
+            waiting
+                .waiting_for
+                .expect("reason")
+                .contains(&a.to_string())
+        );
         rig.world.open_gate("gb");
         settle().await;
         assert!(!rig.world.events().contains(&"start:b".to_string()));
         rig.world.open_gate("ga");
         rig.world.open_gate("gc");
         for id in [a, b, c] {
-            assert_eq!(executor.wait_finished(id).await.expect("done").status, ProcedureView::Succeeded);
+            assert_eq!(
+                executor.wait_finished(id).await.expect("done").status,
+                ProcedureView::Succeeded
+            );
         }
         let events = rig.world.events();
         let pos = |e: &str| events.iter().position(|x| x == e).expect("event");
-        assert!(pos("end:a") < pos("start:b"), "b ran only after a released x");
+        assert!(
+            pos("end:a") < pos("start:b"),
+            "b ran only after a released x"
+        );
     });
 }
 
@@ -344,7 +387,10 @@ fn lock_table_grants_fifo_and_lets_children_inherit() {
     let child = [ProcedureId(3)].into_iter().collect();
     assert!(t.enqueue(
         ProcedureId(5),
-        vec![key("db", LockMode::Shared), key("node", LockMode::Exclusive)],
+        vec![
+            key("db", LockMode::Shared),
+            key("node", LockMode::Exclusive)
+        ],
         child
     ));
     assert_eq!(t.blocker(ProcedureId(4)).map(|b| b.0), Some(ProcedureId(3)));
@@ -382,14 +428,19 @@ fn waiting_procedure_reports_what_it_waits_for() {
     run(|rig| async move {
         let (_c, executor) = rig.node(config(1)).await;
         let id = executor
-            .submit(Box::new(CounterProcedure::new("w", 1).with_wait(5_000)), None)
+            .submit(
+                Box::new(CounterProcedure::new("w", 1).with_wait(5_000)),
+                None,
+            )
             .await
             .expect("submitted");
-        rig.drive(|| status_of(&executor, id) == ProcedureView::Waiting).await;
+        rig.drive(|| status_of(&executor, id) == ProcedureView::Waiting)
+            .await;
         let info = executor.get(id).expect("recorded");
         assert_eq!(info.waiting_for.as_deref(), Some("timer before step 0"));
         assert_eq!(info.state_name, "Count");
-        rig.drive(|| status_of(&executor, id) == ProcedureView::Succeeded).await;
+        rig.drive(|| status_of(&executor, id) == ProcedureView::Succeeded)
+            .await;
         assert!(rig.clock.now_ms() >= 5_000);
     });
 }
@@ -403,18 +454,29 @@ fn stopping_the_executor_mid_step_never_commits_success() {
             .await
             .expect("submitted");
         let world = rig.world.clone();
-        rig.drive(|| world.events().contains(&"start:g".to_string())).await;
+        rig.drive(|| world.events().contains(&"start:g".to_string()))
+            .await;
         let log_len = rig.log.last_index();
         executor.shutdown().await;
         rig.world.open_gate("gate");
         settle().await;
-        assert_eq!(rig.log.last_index(), log_len, "nothing committed after the stop");
+        assert_eq!(
+            rig.log.last_index(),
+            log_len,
+            "nothing committed after the stop"
+        );
         let info = executor.get(id).expect("recorded");
         assert_eq!(info.status, ProcedureView::Running);
-        assert!(!rig.world.events().contains(&"end:g".to_string()), "the step was dropped");
+        assert!(
+            !rig.world.events().contains(&"end:g".to_string()),
+            "the step was dropped"
+        );
         // The next leader re-runs the step.
         let (_c2, next) = rig.node(config(1)).await;
-        assert_eq!(next.wait_finished(id).await.expect("done").status, ProcedureView::Succeeded);
+        assert_eq!(
+            next.wait_finished(id).await.expect("done").status,
+            ProcedureView::Succeeded
+        );
     });
 }
 
@@ -423,21 +485,32 @@ fn deposed_leader_commits_nothing_and_the_new_leader_finishes_the_step() {
     run(|rig| async move {
         let (old_consensus, old) = rig.node(config(1)).await;
         let id = old
-            .submit(Box::new(CounterProcedure::new("d", 3).with_wait(1_000)), None)
+            .submit(
+                Box::new(CounterProcedure::new("d", 3).with_wait(1_000)),
+                None,
+            )
             .await
             .expect("submitted");
-        rig.drive(|| status_of(&old, id) == ProcedureView::Waiting).await;
+        rig.drive(|| status_of(&old, id) == ProcedureView::Waiting)
+            .await;
         // Another ConfigNode takes over the same log.
         let (_c, new) = rig.node(config(1)).await;
-        assert!(old_consensus.state().read(|s| s.procedures.contains_key(&id)));
-        rig.drive(|| status_of(&new, id) == ProcedureView::Succeeded).await;
+        assert!(
+            old_consensus
+                .state()
+                .read(|s| s.procedures.contains_key(&id))
+        );
+        rig.drive(|| status_of(&new, id) == ProcedureView::Succeeded)
+            .await;
         settle().await;
         assert!(!old.is_running(), "the deposed executor stopped");
         let finishes = rig
             .committed_plans()
             .into_iter()
-            .filter(|p| matches!(p, ConfigPlan::UpdateProcedure(u)
-                if u.record.id == id && u.record.status == ProcedureStatus::Succeeded))
+            .filter(|p| {
+                matches!(p, ConfigPlan::UpdateProcedure(u)
+                if u.record.id == id && u.record.status == ProcedureStatus::Succeeded)
+            })
             .count();
         assert_eq!(finishes, 1);
         assert_eq!(effects(&rig.world), vec!["d/0", "d/1", "d/2"]);
@@ -504,7 +577,10 @@ fn unknown_type_code_survives_reload_and_retention_and_is_reported_unreadable() 
         let info = executor.get(unknown).expect("kept");
         assert_eq!(info.status, ProcedureView::Unreadable);
         assert!(info.waiting_for.expect("reason").contains("4242"));
-        assert!(executor.get(done).is_none(), "finished procedure pruned by retention");
+        assert!(
+            executor.get(done).is_none(),
+            "finished procedure pruned by retention"
+        );
         consensus.state().read(|s| {
             assert_eq!(s.procedures[&unknown].status, ProcedureStatus::Runnable);
             assert_eq!(s.procedures[&unknown].version, 0, "never run");
@@ -528,7 +604,10 @@ fn retried_submit_with_the_same_request_key_returns_the_same_id() {
             .expect("submitted");
         assert_eq!(first, second);
         assert_eq!(consensus.state().read(|s| s.procedures.len()), 1);
-        assert_eq!(executor.get(first).and_then(|i| i.request_key).as_deref(), Some("client-42"));
+        assert_eq!(
+            executor.get(first).and_then(|i| i.request_key).as_deref(),
+            Some("client-42")
+        );
     });
 }
 
@@ -547,12 +626,16 @@ fn submit_is_refused_without_leadership_or_for_an_unregistered_type() {
         );
         narrow.start();
         narrow.wait_running().await;
-        let refused = narrow.submit(Box::new(CounterProcedure::new("u", 1)), None).await;
+        let refused = narrow
+            .submit(Box::new(CounterProcedure::new("u", 1)), None)
+            .await;
         assert_eq!(refused, Err(ProcedureError::UnknownType(9001)));
         narrow.shutdown().await;
         consensus.step_down();
         settle().await;
-        let refused = executor.submit(Box::new(CounterProcedure::new("n", 1)), None).await;
+        let refused = executor
+            .submit(Box::new(CounterProcedure::new("n", 1)), None)
+            .await;
         assert!(matches!(refused, Err(e) if e.is_stop()));
         assert_eq!(consensus.state().read(|s| s.procedures.len()), 0);
     });
@@ -564,7 +647,10 @@ fn restarted_executor_restores_locks_in_id_order() {
         let (_c, executor) = rig.node(config(2)).await;
         let x = GateProcedure::exclusive("x");
         let a = executor
-            .submit(Box::new(GateProcedure::new("a", "ga", vec![x.clone()])), None)
+            .submit(
+                Box::new(GateProcedure::new("a", "ga", vec![x.clone()])),
+                None,
+            )
             .await
             .expect("a");
         let b = executor
@@ -572,16 +658,25 @@ fn restarted_executor_restores_locks_in_id_order() {
             .await
             .expect("b");
         let world = rig.world.clone();
-        rig.drive(|| world.events().contains(&"start:a".to_string())).await;
+        rig.drive(|| world.events().contains(&"start:a".to_string()))
+            .await;
         executor.shutdown().await;
         rig.world.open_gate("gb");
         let (_c2, next) = rig.node(config(2)).await;
         settle().await;
-        let starts_b = rig.world.events().iter().filter(|e| *e == "start:b").count();
+        let starts_b = rig
+            .world
+            .events()
+            .iter()
+            .filter(|e| *e == "start:b")
+            .count();
         assert_eq!(starts_b, 0, "b still waits for a after recovery");
         assert_eq!(status_of(&next, b), ProcedureView::Waiting);
         rig.world.open_gate("ga");
-        assert_eq!(next.wait_finished(b).await.expect("b").status, ProcedureView::Succeeded);
+        assert_eq!(
+            next.wait_finished(b).await.expect("b").status,
+            ProcedureView::Succeeded
+        );
         assert_eq!(status_of(&next, a), ProcedureView::Succeeded);
     });
 }
@@ -603,9 +698,13 @@ fn finished_procedures_beyond_the_retention_count_are_pruned_oldest_first() {
             settle().await;
         }
         settle().await;
-        let kept: Vec<ProcedureId> = consensus
-            .state()
-            .read(|s| s.procedures.values().filter(|r| r.parent.is_none()).map(|r| r.id).collect());
+        let kept: Vec<ProcedureId> = consensus.state().read(|s| {
+            s.procedures
+                .values()
+                .filter(|r| r.parent.is_none())
+                .map(|r| r.id)
+                .collect()
+        });
         assert_eq!(kept, ids[3..].to_vec());
         // Children go with their root.
         assert_eq!(consensus.state().read(|s| s.procedures.len()), 4);
@@ -677,7 +776,10 @@ fn transitions_new(name: &str) -> NewProcedure {
 
 // ---- crash harnesses over every example procedure ----
 
-type Observed = (Vec<(u32, String, ProcedureStatus, Option<Vec<u8>>)>, Vec<(String, u64)>);
+type Observed = (
+    Vec<(u32, String, ProcedureStatus, Option<Vec<u8>>)>,
+    Vec<(String, u64)>,
+);
 
 fn observe(state: &ClusterState, world: &ExampleWorld) -> Observed {
     let records = state
@@ -707,21 +809,36 @@ fn harness(
     )
 }
 
-fn examples() -> Vec<(&'static str, Arc<dyn Fn() -> Box<dyn Procedure> + Send + Sync>)> {
+fn examples() -> Vec<(
+    &'static str,
+    Arc<dyn Fn() -> Box<dyn Procedure> + Send + Sync>,
+)> {
     vec![
-        ("counter", Arc::new(|| Box::new(CounterProcedure::new("c", 3)) as Box<dyn Procedure>)),
+        (
+            "counter",
+            Arc::new(|| Box::new(CounterProcedure::new("c", 3)) as Box<dyn Procedure>),
+        ),
         (
             "waiting counter with rollback",
             Arc::new(|| Box::new(CounterProcedure::new("w", 2).with_wait(500).with_rollback())),
         ),
-        ("parent", Arc::new(|| Box::new(ParentProcedure::new("p", 2, 2)))),
+        (
+            "parent",
+            Arc::new(|| Box::new(ParentProcedure::new("p", 2, 2))),
+        ),
         (
             "parent with a failing child",
             Arc::new(|| Box::new(ParentProcedure::new("q", 2, 1).with_failing_child(1))),
         ),
         (
             "gate",
-            Arc::new(|| Box::new(GateProcedure::new("g", "open", vec![GateProcedure::exclusive("x")]))),
+            Arc::new(|| {
+                Box::new(GateProcedure::new(
+                    "g",
+                    "open",
+                    vec![GateProcedure::exclusive("x")],
+                ))
+            }),
         ),
     ]
 }
@@ -747,7 +864,10 @@ fn every_example_survives_a_restart_at_every_step() {
                 .await
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(report.reference_persists >= 2, "{name}: {report:?}");
-            assert!(report.runs as u64 > 2 * report.reference_persists, "{name}: {report:?}");
+            assert!(
+                report.runs as u64 > 2 * report.reference_persists,
+                "{name}: {report:?}"
+            );
         }
     });
 }
@@ -806,10 +926,16 @@ fn every_example_rolls_back_cleanly_when_aborted_at_any_step_even_if_interrupted
 fn harness_detects_a_procedure_that_is_not_idempotent() {
     // A counter whose effect is not idempotent (appends instead of sets) must be caught.
     run(|rig| async move {
-        let h = harness(rig.spawner.clone(), || Box::new(CounterProcedure::new("c", 2)));
+        let h = harness(rig.spawner.clone(), || {
+            Box::new(CounterProcedure::new("c", 2))
+        });
         let counting = |state: &ClusterState, world: &ExampleWorld| {
             // Observing the log length makes every replayed commit visible.
-            (state.next_procedure_id, world.events().len(), observe(state, world))
+            (
+                state.next_procedure_id,
+                world.events().len(),
+                observe(state, world),
+            )
         };
         h.run_with_restart_at_every_step(counting)
             .await

@@ -245,9 +245,7 @@ impl SessionCore {
                             let rolling_back = record.status == ProcedureStatus::RollingBack;
                             Box::pin(self.handle_error(record, fresh, e, rolling_back)).await
                         }
-                        Err(decode) => {
-                            self.set_phase(id, Phase::Unreadable(decode.to_string()))
-                        }
+                        Err(decode) => self.set_phase(id, Phase::Unreadable(decode.to_string())),
                     }
                 }
             }

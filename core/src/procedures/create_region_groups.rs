@@ -17,8 +17,8 @@ use crate::model::{
 };
 use crate::placement::place_groups;
 use crate::plan::{
-    ConfigPlan, CreateDatabase, CreateRegionGroups, NewRegionMaintainTask, OfferRegionMaintainTasks,
-    ReserveRegionIds,
+    ConfigPlan, CreateDatabase, CreateRegionGroups, NewRegionMaintainTask,
+    OfferRegionMaintainTasks, ReserveRegionIds,
 };
 use crate::procedure::{
     Procedure, ProcedureContext, ProcedureError, ProcedureType, StateId, Step, decode_data,
@@ -26,7 +26,7 @@ use crate::procedure::{
 };
 use crate::runtime::BoxFuture;
 use crate::state::{
-    Applied, LockKey, LockMode, LockResource, ProcedureStatus, Rejection, RegionMaintainKind,
+    Applied, LockKey, LockMode, LockResource, ProcedureStatus, RegionMaintainKind, Rejection,
 };
 
 use super::env::RegionEnv;
@@ -128,7 +128,10 @@ impl CreateRegionGroupsProcedure {
         };
         // Tagged with this procedure's id: a re-run after a crash is `Unchanged`, while a
         // database someone else created is `DatabaseExists`.
-        let plan = CreateDatabase { schema, created_by: Some(ctx.procedure_id()) };
+        let plan = CreateDatabase {
+            schema,
+            created_by: Some(ctx.procedure_id()),
+        };
         ctx.propose(ConfigPlan::CreateDatabase(plan)).await??;
         self.data.state = CreateRegionGroupsState::Prepare;
         Ok(Step::Continue)
@@ -144,17 +147,31 @@ impl CreateRegionGroupsProcedure {
         let database = self.data.database.clone();
         let (schema, deleting) = ctx
             .state()
-            .read(|s| s.databases.get(&database).map(|d| (d.schema.clone(), d.deleting)))
+            .read(|s| {
+                s.databases
+                    .get(&database)
+                    .map(|d| (d.schema.clone(), d.deleting))
+            })
             .ok_or_else(|| ProcedureError::Abort(format!("database {database} does not exist")))?;
         if deleting {
             return Err(Rejection::DatabaseDeleting(database).into());
         }
         let kinds = [
-            (RegionKind::Schema, self.data.schema_groups, schema.schema_replication_factor),
-            (RegionKind::Data, self.data.data_groups, schema.data_replication_factor),
+            (
+                RegionKind::Schema,
+                self.data.schema_groups,
+                schema.schema_replication_factor,
+            ),
+            (
+                RegionKind::Data,
+                self.data.data_groups,
+                schema.data_replication_factor,
+            ),
         ];
-        let factors: Vec<_> =
-            kinds.iter().flat_map(|(_, count, factor)| (0..*count).map(|_| *factor)).collect();
+        let factors: Vec<_> = kinds
+            .iter()
+            .flat_map(|(_, count, factor)| (0..*count).map(|_| *factor))
+            .collect();
         // Place everything before reserving ids, so a placement failure wastes none.
         let mut placed = ctx
             .state()
@@ -170,7 +187,9 @@ impl CreateRegionGroupsProcedure {
             let first = match ctx.propose(ConfigPlan::ReserveRegionIds(reserve)).await?? {
                 Applied::RegionIdsReserved { first, .. } => first,
                 other => {
-                    return Err(ProcedureError::Data(format!("unexpected reserve result {other:?}")));
+                    return Err(ProcedureError::Data(format!(
+                        "unexpected reserve result {other:?}"
+                    )));
                 }
             };
             for offset in 0..count {
@@ -197,8 +216,9 @@ impl CreateRegionGroupsProcedure {
                 if group.created.contains(node) {
                     continue;
                 }
-                let location =
-                    ctx.state().read(|s| s.data_nodes.get(node).map(|n| n.location.clone()));
+                let location = ctx
+                    .state()
+                    .read(|s| s.data_nodes.get(node).map(|n| n.location.clone()));
                 let Some(location) = location else { continue };
                 let client = env.clients.client(&location);
                 let request = CreateRegionRequest {
@@ -243,21 +263,28 @@ impl CreateRegionGroupsProcedure {
     /// Retry: commit failures. Abort: none (a refused publish tears the groups down).
     async fn publish(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
         let env = RegionEnv::of(ctx)?;
-        let (serving, failed): (Vec<&PlannedGroup>, Vec<&PlannedGroup>) =
-            self.data.groups.iter().partition(|g| g.created.len() >= self.quorum(env, g));
+        let (serving, failed): (Vec<&PlannedGroup>, Vec<&PlannedGroup>) = self
+            .data
+            .groups
+            .iter()
+            .partition(|g| g.created.len() >= self.quorum(env, g));
         let mut torn_down: Vec<RegionId> = failed.iter().map(|g| g.region).collect();
         if !serving.is_empty() {
             let groups = serving
                 .iter()
                 .map(|g| RegionReplicaSet::new(g.region, g.created.clone()))
                 .collect();
-            let publish = CreateRegionGroups { database: self.data.database.clone(), groups };
+            let publish = CreateRegionGroups {
+                database: self.data.database.clone(),
+                groups,
+            };
             match ctx.propose(ConfigPlan::CreateRegionGroups(publish)).await? {
                 Ok(_) => {
                     let tasks = self.missing_replica_tasks(ctx, &serving);
                     if !tasks.is_empty() {
                         let offer = OfferRegionMaintainTasks { tasks };
-                        ctx.propose(ConfigPlan::OfferRegionMaintainTasks(offer)).await??;
+                        ctx.propose(ConfigPlan::OfferRegionMaintainTasks(offer))
+                            .await??;
                     }
                 }
                 Err(rejection) => {
@@ -320,7 +347,11 @@ impl CreateRegionGroupsProcedure {
 
     /// Abort: some groups could not reach a quorum (after they were torn down).
     fn finish(&self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
-        if let Some(child) = ctx.children().iter().find(|c| c.status != ProcedureStatus::Succeeded) {
+        if let Some(child) = ctx
+            .children()
+            .iter()
+            .find(|c| c.status != ProcedureStatus::Succeeded)
+        {
             return Err(ProcedureError::Abort(format!(
                 "tear-down {} ended {}: {}",
                 child.id,
@@ -335,8 +366,11 @@ impl CreateRegionGroupsProcedure {
                 self.data.groups.len()
             )));
         }
-        let (complete, degraded): (Vec<&PlannedGroup>, Vec<&PlannedGroup>) =
-            self.data.groups.iter().partition(|g| g.created.len() == g.replicas.len());
+        let (complete, degraded): (Vec<&PlannedGroup>, Vec<&PlannedGroup>) = self
+            .data
+            .groups
+            .iter()
+            .partition(|g| g.created.len() == g.replicas.len());
         let output = CreateRegionGroupsOutput {
             complete: complete.iter().map(|g| g.region).collect(),
             degraded: degraded.iter().map(|g| g.region).collect(),
@@ -356,7 +390,10 @@ impl Procedure for CreateRegionGroupsProcedure {
     }
 
     fn state(&self) -> StateId {
-        StateId { code: u32::from(self.data.state.code()), name: self.data.state.name() }
+        StateId {
+            code: u32::from(self.data.state.code()),
+            name: self.data.state.name(),
+        }
     }
 
     fn encode(&self) -> Result<Vec<u8>, ProcedureError> {
@@ -389,6 +426,8 @@ impl ProcedureType for CreateRegionGroupsProcedure {
     const TYPE_NAME: &'static str = "CreateRegionGroups";
 
     fn decode(data: &[u8]) -> Result<Self, ProcedureError> {
-        Ok(Self { data: decode_data(data)? })
+        Ok(Self {
+            data: decode_data(data)?,
+        })
     }
 }

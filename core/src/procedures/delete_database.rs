@@ -72,11 +72,16 @@ impl DeleteDatabaseProcedure {
 
     /// Abort: the database does not exist.
     async fn mark_deleting(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
-        let plan = PreDeleteDatabase { name: self.data.name.clone(), deleting: true };
+        let plan = PreDeleteDatabase {
+            name: self.data.name.clone(),
+            deleting: true,
+        };
         match ctx.propose(ConfigPlan::PreDeleteDatabase(plan)).await? {
             Ok(_) => {}
             Err(Rejection::DatabaseNotFound(name)) => {
-                return Err(ProcedureError::Abort(format!("database {name} does not exist")));
+                return Err(ProcedureError::Abort(format!(
+                    "database {name} does not exist"
+                )));
             }
             Err(rejection) => return Err(rejection.into()),
         }
@@ -85,7 +90,10 @@ impl DeleteDatabaseProcedure {
     }
 
     /// Retry: commit failures.
-    async fn drop_queued_creates(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
+    async fn drop_queued_creates(
+        &mut self,
+        ctx: &ProcedureContext,
+    ) -> Result<Step, ProcedureError> {
         let name = self.data.name.clone();
         let queued: Vec<TaskId> = ctx.state().read(|s| {
             s.region_maintain_queue
@@ -96,7 +104,8 @@ impl DeleteDatabaseProcedure {
         });
         if !queued.is_empty() {
             let poll = PollSpecificRegionMaintainTask { task_ids: queued };
-            ctx.propose(ConfigPlan::PollSpecificRegionMaintainTask(poll)).await??;
+            ctx.propose(ConfigPlan::PollSpecificRegionMaintainTask(poll))
+                .await??;
         }
         self.data.state = DeleteDatabaseState::RemoveRegionGroups;
         Ok(Step::Continue)
@@ -120,8 +129,11 @@ impl DeleteDatabaseProcedure {
             groups
                 .into_iter()
                 .map(|region| {
-                    Box::new(RemoveRegionGroupProcedure::group(name.clone(), region, Vec::new()))
-                        as Box<dyn Procedure>
+                    Box::new(RemoveRegionGroupProcedure::group(
+                        name.clone(),
+                        region,
+                        Vec::new(),
+                    )) as Box<dyn Procedure>
                 })
                 .collect(),
         )
@@ -129,7 +141,10 @@ impl DeleteDatabaseProcedure {
 
     /// Abort: a child removal failed (the database stays marked deleting, visibly).
     async fn drop_database(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
-        if let Some(child) = ctx.children().iter().find(|c| c.status != ProcedureStatus::Succeeded)
+        if let Some(child) = ctx
+            .children()
+            .iter()
+            .find(|c| c.status != ProcedureStatus::Succeeded)
         {
             return Err(ProcedureError::Abort(format!(
                 "region group removal {} ended {}: {}",
@@ -138,7 +153,9 @@ impl DeleteDatabaseProcedure {
                 child.error.clone().unwrap_or_default()
             )));
         }
-        let plan = DeleteDatabase { name: self.data.name.clone() };
+        let plan = DeleteDatabase {
+            name: self.data.name.clone(),
+        };
         match ctx.propose(ConfigPlan::DeleteDatabase(plan)).await? {
             Ok(_) => {}
             Err(Rejection::RegionGroupsRemain { .. }) => {
@@ -167,7 +184,10 @@ impl Procedure for DeleteDatabaseProcedure {
     }
 
     fn state(&self) -> StateId {
-        StateId { code: u32::from(self.data.state.code()), name: self.data.state.name() }
+        StateId {
+            code: u32::from(self.data.state.code()),
+            name: self.data.state.name(),
+        }
     }
 
     fn encode(&self) -> Result<Vec<u8>, ProcedureError> {
@@ -196,6 +216,8 @@ impl ProcedureType for DeleteDatabaseProcedure {
     const TYPE_NAME: &'static str = "DeleteDatabase";
 
     fn decode(data: &[u8]) -> Result<Self, ProcedureError> {
-        Ok(Self { data: decode_data(data)? })
+        Ok(Self {
+            data: decode_data(data)?,
+        })
     }
 }

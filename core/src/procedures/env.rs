@@ -50,7 +50,9 @@ pub struct RegionEnv {
 
 impl std::fmt::Debug for RegionEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegionEnv").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("RegionEnv")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 

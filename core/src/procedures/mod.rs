@@ -21,7 +21,7 @@ pub use create_region_groups::{
 pub use delete_database::{DeleteDatabaseData, DeleteDatabaseProcedure, DeleteDatabaseState};
 pub use env::{LifecycleConfig, RegionEnv, task_id_for};
 pub use remove_region_group::{
-    RemoveRegionGroupData, RemoveRegionGroupProcedure, RemoveRegionGroupState, RemovalScope,
+    RemovalScope, RemoveRegionGroupData, RemoveRegionGroupProcedure, RemoveRegionGroupState,
 };
 
 use crate::procedure::{ProcedureError, ProcedureRegistry};

@@ -149,7 +149,10 @@ impl RemoveRegionGroupProcedure {
     }
 
     /// Retry: commit failures. Abort: none.
-    async fn drop_queued_creates(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
+    async fn drop_queued_creates(
+        &mut self,
+        ctx: &ProcedureContext,
+    ) -> Result<Step, ProcedureError> {
         let region = self.data.region;
         let queued: Vec<TaskId> = ctx.state().read(|s| {
             s.region_maintain_queue
@@ -160,7 +163,8 @@ impl RemoveRegionGroupProcedure {
         });
         if !queued.is_empty() {
             let poll = PollSpecificRegionMaintainTask { task_ids: queued };
-            ctx.propose(ConfigPlan::PollSpecificRegionMaintainTask(poll)).await??;
+            ctx.propose(ConfigPlan::PollSpecificRegionMaintainTask(poll))
+                .await??;
         }
         // The drop is committed: the cleaner starts no new create of this region. Wait out
         // the ones already in flight so none lands after the deletions below.
@@ -185,8 +189,9 @@ impl RemoveRegionGroupProcedure {
             return Ok(Step::Continue);
         };
         let env = RegionEnv::of(ctx)?;
-        let Some(location) =
-            ctx.state().read(|s| s.data_nodes.get(&node).map(|n| n.location.clone()))
+        let Some(location) = ctx
+            .state()
+            .read(|s| s.data_nodes.get(&node).map(|n| n.location.clone()))
         else {
             return Ok(Step::Wait {
                 after: env.config.retry.max,
@@ -198,7 +203,9 @@ impl RemoveRegionGroupProcedure {
         let started = clock.now_ms();
         let budget = env.config.step_budget.as_millis() as u64;
         loop {
-            let status = client.task_result(task_id, Some(env.config.poll_wait)).await;
+            let status = client
+                .task_result(task_id, Some(env.config.poll_wait))
+                .await;
             match status {
                 Ok(TaskStatus::Success) => {
                     tracing::info!(
@@ -222,7 +229,10 @@ impl RemoveRegionGroupProcedure {
                     self.data.failures += 1;
                     // A deliberate re-run uses a new id, persisted by the next step first.
                     self.data.task = None;
-                    let after = env.config.retry.delay(self.data.failures, ctx.runtime().rng.as_ref());
+                    let after = env
+                        .config
+                        .retry
+                        .delay(self.data.failures, ctx.runtime().rng.as_ref());
                     return Ok(Step::Wait {
                         after,
                         waiting_for: format!(
@@ -234,7 +244,9 @@ impl RemoveRegionGroupProcedure {
                 Ok(TaskStatus::NotExist) => {
                     let task = MaintainTask {
                         task_id,
-                        kind: MaintainTaskKind::DeleteRegionPeer { region: self.data.region },
+                        kind: MaintainTaskKind::DeleteRegionPeer {
+                            region: self.data.region,
+                        },
                     };
                     match client.submit_task(ctx.epoch(), task).await {
                         Ok(SubmitOutcome::Accepted) => continue,
@@ -272,8 +284,14 @@ impl RemoveRegionGroupProcedure {
     ) -> Step {
         self.data.unreachable = self.data.unreachable.saturating_add(1);
         Step::Wait {
-            after: env.config.retry.delay(self.data.unreachable, ctx.runtime().rng.as_ref()),
-            waiting_for: format!("DataNode {node} for deletion of {}: {error}", self.data.region),
+            after: env
+                .config
+                .retry
+                .delay(self.data.unreachable, ctx.runtime().rng.as_ref()),
+            waiting_for: format!(
+                "DataNode {node} for deletion of {}: {error}",
+                self.data.region
+            ),
         }
     }
 
@@ -282,12 +300,18 @@ impl RemoveRegionGroupProcedure {
         let region = self.data.region;
         match self.data.scope {
             RemovalScope::Group => {
-                let plan = RemoveRegionGroup { database: self.data.database.clone(), region };
+                let plan = RemoveRegionGroup {
+                    database: self.data.database.clone(),
+                    region,
+                };
                 ctx.propose(ConfigPlan::RemoveRegionGroup(plan)).await??;
             }
             RemovalScope::Replicas => {
                 for node in self.data.replicas.clone() {
-                    let plan = RemoveRegionLocation { region, data_node: node };
+                    let plan = RemoveRegionLocation {
+                        region,
+                        data_node: node,
+                    };
                     match ctx.propose(ConfigPlan::RemoveRegionLocation(plan)).await? {
                         Ok(_) | Err(Rejection::UnknownRegion(_)) => {}
                         Err(rejection) => return Err(rejection.into()),
@@ -314,7 +338,10 @@ impl Procedure for RemoveRegionGroupProcedure {
     }
 
     fn state(&self) -> StateId {
-        StateId { code: u32::from(self.data.state.code()), name: self.data.state.name() }
+        StateId {
+            code: u32::from(self.data.state.code()),
+            name: self.data.state.name(),
+        }
     }
 
     fn encode(&self) -> Result<Vec<u8>, ProcedureError> {
@@ -346,6 +373,8 @@ impl ProcedureType for RemoveRegionGroupProcedure {
     const TYPE_NAME: &'static str = "RemoveRegionGroup";
 
     fn decode(data: &[u8]) -> Result<Self, ProcedureError> {
-        Ok(Self { data: decode_data(data)? })
+        Ok(Self {
+            data: decode_data(data)?,
+        })
     }
 }

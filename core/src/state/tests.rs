@@ -313,6 +313,7 @@ fn children_are_allocated_in_the_same_entry_as_the_parent_transition() {
         .apply(&ConfigPlan::UpdateProcedure(UpdateProcedure {
             record,
             spawn: vec![new(2), new(2)],
+            expect_version: None,
         }))
         .unwrap();
     let Applied::ProcedureUpdated { children } = result else {

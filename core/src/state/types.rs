@@ -196,8 +196,13 @@ pub struct ProcedureRecord {
     pub output: Option<serde_bytes::ByteBuf>,
     /// How many updates have been applied to this record (set by apply, starting at 0);
     /// [`crate::plan::UpdateProcedure::expect_version`] compares against it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub version: u64,
+}
+
+// Records written before versions existed re-encode byte-identically.
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl ProcedureRecord {

@@ -237,9 +237,22 @@ fn method_filtered_faults_hit_only_that_method() {
             l.drop_replies_of.insert("task_result", 1);
         });
         let client = net.client("cn", "dn");
-        assert!(client.heartbeat(Epoch(1)).await.is_ok(), "other methods are untouched");
-        assert!(matches!(client.task_result(TaskId(2), None).await, Err(ApiError::Timeout(_))));
-        assert_eq!(client.task_result(TaskId(2), None).await, Ok(TaskStatus::Success));
-        assert_eq!(node.ran.load(Ordering::SeqCst), 3, "the lost-reply call ran");
+        assert!(
+            client.heartbeat(Epoch(1)).await.is_ok(),
+            "other methods are untouched"
+        );
+        assert!(matches!(
+            client.task_result(TaskId(2), None).await,
+            Err(ApiError::Timeout(_))
+        ));
+        assert_eq!(
+            client.task_result(TaskId(2), None).await,
+            Ok(TaskStatus::Success)
+        );
+        assert_eq!(
+            node.ran.load(Ordering::SeqCst),
+            3,
+            "the lost-reply call ran"
+        );
     });
 }

@@ -217,7 +217,11 @@ impl ExecutorHooks for NodeHooks {
         // a kill before that would only make the aborted step run again.
         if s.aborted.load(Ordering::SeqCst)
             && point.procedure.is_some()
-            && *s.aborted_procedure.lock().unwrap_or_else(|p| p.into_inner()) == point.procedure
+            && *s
+                .aborted_procedure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                == point.procedure
         {
             s.abort_recorded.store(true, Ordering::SeqCst);
         }
@@ -237,7 +241,9 @@ impl ExecutorHooks for NodeHooks {
         let s = &self.script;
         let n = s.steps.fetch_add(1, Ordering::SeqCst) + 1;
         if s.abort_at_step == Some(n) {
-            *s.aborted_procedure.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+            *s.aborted_procedure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(id);
             s.aborted.store(true, Ordering::SeqCst);
             return Some(ProcedureError::Abort(format!("injected abort at step {n}")));
         }
@@ -392,9 +398,17 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
                 );
                 let script = Script::new(mode);
                 if before {
-                    script.kill_before.lock().unwrap_or_else(|p| p.into_inner()).insert(k);
+                    script
+                        .kill_before
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(k);
                 } else {
-                    script.kill_after.lock().unwrap_or_else(|p| p.into_inner()).insert(k);
+                    script
+                        .kill_after
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(k);
                 }
                 let outcome = self.run(&name, Arc::new(script)).await?;
                 if outcome.interruptions == 0 {
@@ -508,7 +522,11 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
             }
             setup.step_down();
         }
-        let node_count = if script.mode == Mode::LeaderChange { 2 } else { 1 };
+        let node_count = if script.mode == Mode::LeaderChange {
+            2
+        } else {
+            1
+        };
         let mut nodes: Vec<Node> = (0..node_count)
             .map(|i| self.node(&log, &snapshots, &runtime, &env, &script, i))
             .collect();
@@ -540,9 +558,10 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
                 if root.is_none() {
                     // The submission may have committed before the interruption: the request
                     // key tells (as it would tell a client asking again).
-                    root = nodes[leader].consensus.state().read(|s| {
-                        s.procedure_request_keys.get(REQUEST_KEY).copied()
-                    });
+                    root = nodes[leader]
+                        .consensus
+                        .state()
+                        .read(|s| s.procedure_request_keys.get(REQUEST_KEY).copied());
                 }
                 continue;
             }
@@ -610,11 +629,7 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
         replay.load().await.map_err(|e| fail(e.to_string()))?;
         let state = replay.state().snapshot();
         let root = root.ok_or_else(|| fail("never submitted".into()))?;
-        if let Some(stuck) = state
-            .procedures
-            .values()
-            .find(|r| !r.status.is_finished())
-        {
+        if let Some(stuck) = state.procedures.values().find(|r| !r.status.is_finished()) {
             return Err(fail(format!(
                 "procedure {} left unfinished in state {}",
                 stuck.id, stuck.state_name
