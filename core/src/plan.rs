@@ -256,6 +256,10 @@ pub struct ReserveRegionIds {
     pub kind: RegionKind,
     /// How many consecutive ids to reserve (at most [`crate::state::MAX_RESERVE`]).
     pub count: u32,
+    /// The procedure reserving: a re-run of its step gets the same ids back instead of new
+    /// ones (the reservation is remembered until the procedure record is deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_procedure: Option<ProcedureId>,
 }
 
 /// Body of [`ConfigPlan::OfferRegionMaintainTasks`].

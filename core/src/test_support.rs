@@ -172,9 +172,13 @@ pub fn plan_for(code: PlanCode) -> BoxedStrategy<ConfigPlan> {
                 ConfigPlan::RemoveRegionLocation(RemoveRegionLocation { region, data_node })
             })
             .boxed(),
-        PlanCode::ReserveRegionIds => (region_kind(), 0u32..6)
-            .prop_map(|(kind, count)| {
-                ConfigPlan::ReserveRegionIds(ReserveRegionIds { kind, count })
+        PlanCode::ReserveRegionIds => (region_kind(), 0u32..6, prop::option::of(1u64..5))
+            .prop_map(|(kind, count, owner)| {
+                ConfigPlan::ReserveRegionIds(ReserveRegionIds {
+                    kind,
+                    count,
+                    for_procedure: owner.map(ProcedureId),
+                })
             })
             .boxed(),
         PlanCode::OfferRegionMaintainTasks => prop::collection::vec(new_task(), 0..3)
@@ -250,6 +254,7 @@ pub fn plan_history(max: usize) -> impl Strategy<Value = Vec<ConfigPlan>> {
         plans.push(ConfigPlan::ReserveRegionIds(ReserveRegionIds {
             kind: RegionKind::Data,
             count: 12,
+            for_procedure: None,
         }));
         for i in 0..2 {
             plans.push(ConfigPlan::CreateDatabase(CreateDatabase {

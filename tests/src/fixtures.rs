@@ -70,6 +70,7 @@ pub fn base_state() -> ClusterState {
     plans.push(ConfigPlan::ReserveRegionIds(ReserveRegionIds {
         kind: RegionKind::Data,
         count: 4,
+        for_procedure: None,
     }));
     plans.push(ConfigPlan::CreateRegionGroups(CreateRegionGroups {
         database: db("metrics"),

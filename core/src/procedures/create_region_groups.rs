@@ -183,7 +183,11 @@ impl CreateRegionGroupsProcedure {
             if count == 0 {
                 continue;
             }
-            let reserve = ReserveRegionIds { kind, count };
+            let reserve = ReserveRegionIds {
+                kind,
+                count,
+                for_procedure: Some(ctx.procedure_id()),
+            };
             let first = match ctx.propose(ConfigPlan::ReserveRegionIds(reserve)).await?? {
                 Applied::RegionIdsReserved { first, .. } => first,
                 other => {

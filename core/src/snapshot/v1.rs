@@ -85,6 +85,7 @@ impl SnapshotV1 {
                 pending_legacy_deletions: pending,
                 procedures: v1.procedures,
                 procedure_request_keys: v1.procedure_request_keys,
+                region_reservations: BTreeMap::new(),
             },
         }
     }

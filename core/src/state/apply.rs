@@ -173,11 +173,29 @@ impl ClusterState {
                         p.count
                     )));
                 }
+                if let Some(owner) = p.for_procedure
+                    && let Some((first, count)) = self.region_reservations.get(&(owner, p.kind))
+                {
+                    if *count != p.count {
+                        return Err(Rejection::Invalid(format!(
+                            "{owner} already reserved {count} {} region ids",
+                            p.kind
+                        )));
+                    }
+                    return Ok(Applied::RegionIdsReserved {
+                        first: *first,
+                        count: *count,
+                    });
+                }
                 let first = self.next_region_id;
                 let next = first
                     .checked_add(p.count)
                     .ok_or_else(|| Rejection::Invalid("region id space exhausted".into()))?;
                 self.next_region_id = next;
+                if let Some(owner) = p.for_procedure {
+                    self.region_reservations
+                        .insert((owner, p.kind), (first, p.count));
+                }
                 Ok(Applied::RegionIdsReserved {
                     first,
                     count: p.count,
@@ -242,6 +260,7 @@ impl ClusterState {
                 for id in &p.ids {
                     if let Some(record) = self.procedures.remove(id) {
                         changed = true;
+                        self.region_reservations.retain(|(owner, _), _| owner != id);
                         if let Some(key) = record.request_key {
                             self.procedure_request_keys.remove(&key);
                         }

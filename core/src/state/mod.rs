@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DataNodeId, DatabaseName, ProcedureId, RegionId, RegionReplicaSet, TaskId};
+use crate::model::{
+    DataNodeId, DatabaseName, ProcedureId, RegionId, RegionKind, RegionReplicaSet, TaskId,
+};
 
 /// Largest block of region ids one [`crate::plan::ReserveRegionIds`] may take.
 pub const MAX_RESERVE: u32 = 65_536;
@@ -44,6 +46,10 @@ pub struct ClusterState {
     pub procedures: BTreeMap<ProcedureId, ProcedureRecord>,
     /// Client request keys of submitted procedures (submit deduplication).
     pub procedure_request_keys: BTreeMap<String, ProcedureId>,
+    /// Region ids reserved by a procedure, by (procedure, kind): `(first, count)`. Makes a
+    /// re-run reservation return the same ids; dropped with the procedure's record.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub region_reservations: BTreeMap<(ProcedureId, RegionKind), (u32, u32)>,
 }
 
 impl ClusterState {

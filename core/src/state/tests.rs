@@ -44,6 +44,7 @@ fn reserve(state: &mut ClusterState, count: u32) -> u32 {
     match state.apply(&ConfigPlan::ReserveRegionIds(ReserveRegionIds {
         kind: RegionKind::Data,
         count,
+        for_procedure: None,
     })) {
         Ok(Applied::RegionIdsReserved { first, .. }) => first,
         other => panic!("{other:?}"),
@@ -400,5 +401,31 @@ fn re_applied_create_by_the_same_procedure_is_unchanged() {
     assert_eq!(
         state.apply(&create(8)),
         Err(Rejection::DatabaseExists(name("db")))
+    );
+}
+
+#[test]
+fn a_procedures_reservation_is_returned_again_on_re_run() {
+    let mut state = ClusterState::default();
+    let reserve = |owner: Option<u64>| {
+        ConfigPlan::ReserveRegionIds(ReserveRegionIds {
+            kind: RegionKind::Data,
+            count: 3,
+            for_procedure: owner.map(ProcedureId),
+        })
+    };
+    let first = state.apply(&reserve(Some(5))).unwrap();
+    assert_eq!(
+        state.apply(&reserve(Some(5))).unwrap(),
+        first,
+        "same ids on re-run"
+    );
+    assert_eq!(
+        state.apply(&reserve(None)).unwrap(),
+        Applied::RegionIdsReserved { first: 3, count: 3 }
+    );
+    assert_eq!(
+        state.apply(&reserve(Some(6))).unwrap(),
+        Applied::RegionIdsReserved { first: 6, count: 3 }
     );
 }
