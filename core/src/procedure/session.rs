@@ -256,44 +256,52 @@ impl SessionCore {
 
     /// Decides, from the durable record, what a procedure holding its locks does next.
     pub(crate) fn schedule(self: &Arc<Self>, id: ProcedureId) {
+        enum Next {
+            Ready,
+            Sleep(Duration),
+            Suspended,
+            Nothing,
+        }
         let now = self.now();
-        let decision = self.shared.consensus.state().read(|s| {
-            let record = s.procedures.get(&id)?;
-            let remaining = |record: &crate::state::ProcedureRecord| {
-                record.wake_at_ms.map(|wake| {
-                    // Bounded by the requested duration: the record may come from a node whose
-                    // clock has another origin.
-                    let requested = wake.saturating_sub(record.updated_at_ms);
-                    Duration::from_millis(wake.saturating_sub(now).min(requested))
-                })
+        let next = self.shared.consensus.state().read(|s| {
+            let Some(record) = s.procedures.get(&id) else {
+                return Next::Nothing;
             };
-            Some(match record.status {
+            match record.status {
                 ProcedureStatus::Runnable
                 | ProcedureStatus::RollingBack
-                | ProcedureStatus::Waiting => match remaining(record) {
-                    Some(d) if !d.is_zero() => Some(d),
-                    _ => None,
-                },
+                | ProcedureStatus::Waiting => {
+                    let remaining = record.wake_at_ms.map(|wake| {
+                        // Bounded by the requested duration: the record may come from a node
+                        // whose clock has another origin.
+                        let requested = wake.saturating_sub(record.updated_at_ms);
+                        Duration::from_millis(wake.saturating_sub(now).min(requested))
+                    });
+                    match remaining {
+                        Some(d) if !d.is_zero() => Next::Sleep(d),
+                        _ => Next::Ready,
+                    }
+                }
                 ProcedureStatus::Suspended => {
-                    if record.children.iter().all(|c| {
+                    let all_done = record.children.iter().all(|c| {
                         s.procedures
                             .get(c)
                             .is_none_or(|child| child.status.is_finished())
-                    }) {
-                        None
+                    });
+                    if all_done {
+                        Next::Ready
                     } else {
-                        return Some(Err(()));
+                        Next::Suspended
                     }
                 }
-                _ => return None,
-            })
-            .map(Ok)
+                _ => Next::Nothing,
+            }
         });
-        match decision {
-            Some(Ok(None)) => self.make_ready(id),
-            Some(Ok(Some(delay))) => self.sleep_then_ready(id, delay),
-            Some(Err(())) => self.set_phase(id, Phase::Suspended),
-            None => {}
+        match next {
+            Next::Ready => self.make_ready(id),
+            Next::Sleep(delay) => self.sleep_then_ready(id, delay),
+            Next::Suspended => self.set_phase(id, Phase::Suspended),
+            Next::Nothing => {}
         }
     }
 
