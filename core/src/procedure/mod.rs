@@ -70,6 +70,7 @@ mod context;
 mod executor;
 mod locks;
 mod registry;
+mod retention;
 mod session;
 mod status;
 mod transitions;

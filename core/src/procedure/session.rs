@@ -14,7 +14,7 @@ use futures_lite::future;
 
 use crate::consensus::Consensus;
 use crate::model::{Epoch, ProcedureId};
-use crate::plan::{ConfigPlan, DeleteProcedures};
+use crate::plan::ConfigPlan;
 use crate::runtime::{Millis, Runtime};
 use crate::state::{ApplyResult, ClusterState, ProcedureStatus};
 
@@ -59,7 +59,7 @@ pub(crate) struct Entry {
 }
 
 #[derive(Default)]
-struct Inner {
+pub(super) struct Inner {
     entries: BTreeMap<ProcedureId, Entry>,
     locks: LockTable,
     /// Highest procedure id loaded from the state: new procedures are exactly those above it,
@@ -67,8 +67,8 @@ struct Inner {
     synced_up_to: u64,
     /// Finished root procedures and when this session first saw them finished (retention
     /// ages are measured on this node's clock, since clock origins differ between nodes).
-    finished_roots: BTreeMap<ProcedureId, Millis>,
-    pruning: bool,
+    pub(super) finished_roots: BTreeMap<ProcedureId, Millis>,
+    pub(super) pruning: bool,
 }
 
 /// One leadership term's executor state.
@@ -98,11 +98,11 @@ impl SessionCore {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn now(&self) -> Millis {
+    pub(super) fn now(&self) -> Millis {
         self.shared.runtime.clock.now_ms()
     }
 
@@ -256,44 +256,52 @@ impl SessionCore {
 
     /// Decides, from the durable record, what a procedure holding its locks does next.
     pub(crate) fn schedule(self: &Arc<Self>, id: ProcedureId) {
+        enum Next {
+            Ready,
+            Sleep(Duration),
+            Suspended,
+            Nothing,
+        }
         let now = self.now();
-        let decision = self.shared.consensus.state().read(|s| {
-            let record = s.procedures.get(&id)?;
-            let remaining = |record: &crate::state::ProcedureRecord| {
-                record.wake_at_ms.map(|wake| {
-                    // Bounded by the requested duration: the record may come from a node whose
-                    // clock has another origin.
-                    let requested = wake.saturating_sub(record.updated_at_ms);
-                    Duration::from_millis(wake.saturating_sub(now).min(requested))
-                })
+        let next = self.shared.consensus.state().read(|s| {
+            let Some(record) = s.procedures.get(&id) else {
+                return Next::Nothing;
             };
-            Some(match record.status {
+            match record.status {
                 ProcedureStatus::Runnable
                 | ProcedureStatus::RollingBack
-                | ProcedureStatus::Waiting => match remaining(record) {
-                    Some(d) if !d.is_zero() => Some(d),
-                    _ => None,
-                },
+                | ProcedureStatus::Waiting => {
+                    let remaining = record.wake_at_ms.map(|wake| {
+                        // Bounded by the requested duration: the record may come from a node
+                        // whose clock has another origin.
+                        let requested = wake.saturating_sub(record.updated_at_ms);
+                        Duration::from_millis(wake.saturating_sub(now).min(requested))
+                    });
+                    match remaining {
+                        Some(d) if !d.is_zero() => Next::Sleep(d),
+                        _ => Next::Ready,
+                    }
+                }
                 ProcedureStatus::Suspended => {
-                    if record.children.iter().all(|c| {
+                    let all_done = record.children.iter().all(|c| {
                         s.procedures
                             .get(c)
                             .is_none_or(|child| child.status.is_finished())
-                    }) {
-                        None
+                    });
+                    if all_done {
+                        Next::Ready
                     } else {
-                        return Some(Err(()));
+                        Next::Suspended
                     }
                 }
-                _ => return None,
-            })
-            .map(Ok)
+                _ => Next::Nothing,
+            }
         });
-        match decision {
-            Some(Ok(None)) => self.make_ready(id),
-            Some(Ok(Some(delay))) => self.sleep_then_ready(id, delay),
-            Some(Err(())) => self.set_phase(id, Phase::Suspended),
-            None => {}
+        match next {
+            Next::Ready => self.make_ready(id),
+            Next::Sleep(delay) => self.sleep_then_ready(id, delay),
+            Next::Suspended => self.set_phase(id, Phase::Suspended),
+            Next::Nothing => {}
         }
     }
 
@@ -491,100 +499,6 @@ impl SessionCore {
             );
         }
     }
-
-    async fn retention_ticker(self: Arc<Self>, every: Duration) {
-        loop {
-            let tick = self.shared.runtime.clock.sleep(every);
-            let go = future::or(
-                async {
-                    tick.await;
-                    true
-                },
-                async {
-                    self.wait_stopped().await;
-                    false
-                },
-            )
-            .await;
-            if !go {
-                return;
-            }
-            self.prune().await;
-        }
-    }
-
-    /// Deletes finished root procedures (and their descendants) beyond the retention bounds.
-    pub async fn prune(self: &Arc<Self>) {
-        let policy = self.shared.config.retention.clone();
-        let now = self.now();
-        let roots: Vec<ProcedureId> = {
-            let mut inner = self.lock();
-            if inner.pruning {
-                return;
-            }
-            let mut by_age: Vec<(Millis, ProcedureId)> = inner
-                .finished_roots
-                .iter()
-                .map(|(id, at)| (*at, *id))
-                .collect();
-            by_age.sort();
-            let excess = by_age.len().saturating_sub(policy.max_finished);
-            let max_age = policy.max_age.as_millis() as u64;
-            let roots: Vec<ProcedureId> = by_age
-                .iter()
-                .enumerate()
-                .filter(|(i, (at, _))| *i < excess || now.saturating_sub(*at) >= max_age)
-                .map(|(_, (_, id))| *id)
-                .collect();
-            if roots.is_empty() {
-                return;
-            }
-            inner.pruning = true;
-            roots
-        };
-        let registry = self.shared.registry.clone();
-        let ids = self.shared.consensus.state().read(|s| {
-            let mut ids = BTreeSet::new();
-            for root in &roots {
-                let family = family_of(s, *root);
-                // Never delete a record this build cannot read, nor an unfinished one.
-                let deletable = family.iter().all(|id| {
-                    s.procedures
-                        .get(id)
-                        .is_none_or(|r| r.status.is_finished() && registry.contains(r.type_code))
-                });
-                if deletable {
-                    ids.extend(family);
-                }
-            }
-            ids
-        });
-        let result = if ids.is_empty() {
-            Ok(Ok(crate::state::Applied::Unchanged))
-        } else {
-            self.commit(
-                ConfigPlan::DeleteProcedures(DeleteProcedures {
-                    ids: ids.into_iter().collect(),
-                }),
-                None,
-            )
-            .await
-        };
-        let mut inner = self.lock();
-        inner.pruning = false;
-        match result {
-            Ok(Ok(_)) => {
-                for root in &roots {
-                    // Roots kept for being unreadable are forgotten too: never retried.
-                    inner.finished_roots.remove(root);
-                }
-            }
-            Ok(Err(rejection)) => {
-                tracing::warn!(error = %rejection, "retention prune refused")
-            }
-            Err(e) => tracing::warn!(error = %e, "retention prune failed; retried later"),
-        }
-    }
 }
 
 /// The ancestors of `id` (parent, grandparent, ...).
@@ -596,19 +510,6 @@ fn ancestors_of(state: &ClusterState, id: ProcedureId) -> BTreeSet<ProcedureId> 
             break;
         }
         cursor = state.procedures.get(&parent).and_then(|r| r.parent);
-    }
-    out
-}
-
-/// `root` and all its descendants.
-fn family_of(state: &ClusterState, root: ProcedureId) -> Vec<ProcedureId> {
-    let mut out = Vec::new();
-    let mut stack = vec![root];
-    while let Some(id) = stack.pop() {
-        out.push(id);
-        if let Some(record) = state.procedures.get(&id) {
-            stack.extend(record.children.iter().copied());
-        }
     }
     out
 }

@@ -809,10 +809,9 @@ fn harness(
     )
 }
 
-fn examples() -> Vec<(
-    &'static str,
-    Arc<dyn Fn() -> Box<dyn Procedure> + Send + Sync>,
-)> {
+type MakeExample = Arc<dyn Fn() -> Box<dyn Procedure> + Send + Sync>;
+
+fn examples() -> Vec<(&'static str, MakeExample)> {
     vec![
         (
             "counter",
