@@ -90,6 +90,9 @@ pub struct CreateRegionGroupsOutput {
     pub degraded: Vec<RegionId>,
 }
 
+/// One replica create's result: group index, DataNode, outcome.
+type CreateCall = (usize, DataNodeId, Result<(), String>);
+
 /// Creates region groups for a database. See the module docs.
 #[derive(Debug, Clone)]
 pub struct CreateRegionGroupsProcedure {
@@ -214,7 +217,7 @@ impl CreateRegionGroupsProcedure {
     async fn create_replicas(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
         let env = RegionEnv::of(ctx)?;
         let epoch = ctx.epoch();
-        let mut calls: Vec<BoxFuture<(usize, DataNodeId, Result<(), String>)>> = Vec::new();
+        let mut calls: Vec<BoxFuture<CreateCall>> = Vec::new();
         for (index, group) in self.data.groups.iter().enumerate() {
             for node in &group.replicas {
                 if group.created.contains(node) {

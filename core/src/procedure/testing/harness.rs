@@ -36,13 +36,14 @@ use futures_lite::future;
 
 use crate::consensus::{Consensus, LocalConsensus};
 use crate::model::ProcedureId;
-use crate::plan::ConfigPlan;
+use crate::plan::{ConfigPlan, PlanCode};
 use crate::procedure::{
     ExecutorConfig, Procedure, ProcedureError, ProcedureExecutor, ProcedureRegistry,
     RetentionPolicy,
 };
 use crate::runtime::{ManualClock, Runtime, SeededRng, Spawner};
 use crate::state::ClusterState;
+use crate::storage::LogStore;
 use crate::storage::mem::{MemLogStore, MemSnapshotStore};
 
 use super::{ExecutorHooks, HookAction, PersistPoint};
@@ -102,6 +103,8 @@ struct Script {
     mode: Mode,
     attempted: AtomicU64,
     committed: AtomicU64,
+    /// Committed procedure-record plans (submissions and transitions).
+    transitions: AtomicU64,
     steps: AtomicU64,
     kill_before: Mutex<BTreeSet<u64>>,
     kill_after: Mutex<BTreeSet<u64>>,
@@ -116,6 +119,8 @@ struct Script {
     last_before_kill: AtomicU64,
     /// The node whose hook fired and has not been handled yet.
     triggered: Mutex<Option<usize>>,
+    /// Bumped at every trigger, so handling one never clears a newer one.
+    trigger_seq: AtomicU64,
     resume_generation: AtomicU64,
     /// Set at the end of a run: hooks no longer fire or hold commits.
     released: AtomicBool,
@@ -128,6 +133,7 @@ impl Script {
             mode,
             attempted: AtomicU64::new(0),
             committed: AtomicU64::new(0),
+            transitions: AtomicU64::new(0),
             steps: AtomicU64::new(0),
             kill_before: Mutex::new(BTreeSet::new()),
             kill_after: Mutex::new(BTreeSet::new()),
@@ -138,6 +144,7 @@ impl Script {
             abort_recorded: AtomicBool::new(false),
             last_before_kill: AtomicU64::new(u64::MAX),
             triggered: Mutex::new(None),
+            trigger_seq: AtomicU64::new(0),
             resume_generation: AtomicU64::new(0),
             released: AtomicBool::new(false),
             changed: Event::new(),
@@ -153,7 +160,7 @@ impl Script {
             return HookAction::Proceed;
         }
         let generation = self.resume_generation.load(Ordering::SeqCst);
-        *self.triggered.lock().unwrap_or_else(|p| p.into_inner()) = Some(node);
+        self.set_triggered(node);
         self.changed.notify(usize::MAX);
         match self.mode {
             Mode::Restart => HookAction::Kill,
@@ -177,11 +184,41 @@ impl Script {
         self.resume();
     }
 
+    fn set_triggered(&self, node: usize) {
+        let mut triggered = self.triggered.lock().unwrap_or_else(|p| p.into_inner());
+        *triggered = Some(node);
+        self.trigger_seq.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The current trigger and its sequence number.
+    fn trigger(&self) -> Option<(usize, u64)> {
+        let triggered = self.triggered.lock().unwrap_or_else(|p| p.into_inner());
+        triggered.map(|node| (node, self.trigger_seq.load(Ordering::SeqCst)))
+    }
+
     fn resume(&self) {
         *self.triggered.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.resume_generation.fetch_add(1, Ordering::SeqCst);
         self.changed.notify(usize::MAX);
     }
+
+    /// Resumes after handling trigger `seq`; a trigger fired since (by the new leader's
+    /// first commits) stays pending.
+    fn resume_handled(&self, seq: u64) {
+        {
+            let mut triggered = self.triggered.lock().unwrap_or_else(|p| p.into_inner());
+            if self.trigger_seq.load(Ordering::SeqCst) == seq {
+                *triggered = None;
+            }
+        }
+        self.resume_generation.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify(usize::MAX);
+    }
+}
+
+/// Whether a commit records a procedure (rather than metadata a step proposed).
+fn is_transition(plan: PlanCode) -> bool {
+    matches!(plan, PlanCode::SubmitProcedure | PlanCode::UpdateProcedure)
 }
 
 struct NodeHooks {
@@ -191,7 +228,7 @@ struct NodeHooks {
 
 #[async_trait]
 impl ExecutorHooks for NodeHooks {
-    async fn before_persist(&self, _point: &PersistPoint) -> HookAction {
+    async fn before_persist(&self, point: &PersistPoint) -> HookAction {
         let s = &self.script;
         let n = s.attempted.fetch_add(1, Ordering::SeqCst) + 1;
         let planned = s
@@ -199,11 +236,14 @@ impl ExecutorHooks for NodeHooks {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&n);
-        // After an abort: kill once before each durable transition (then let it through).
-        let committed = s.committed.load(Ordering::SeqCst);
+        // After an abort: kill once before each durable procedure transition (then let it
+        // through). Counted in transitions, not commits: a step's metadata commits re-run
+        // after every kill and must not make the same transition look new.
+        let transitions = s.transitions.load(Ordering::SeqCst);
         let around = s.interrupt_after_abort
             && s.abort_recorded.load(Ordering::SeqCst)
-            && s.last_before_kill.swap(committed, Ordering::SeqCst) != committed;
+            && is_transition(point.plan)
+            && s.last_before_kill.swap(transitions, Ordering::SeqCst) != transitions;
         if planned || around {
             return s.fire(self.node).await;
         }
@@ -212,7 +252,7 @@ impl ExecutorHooks for NodeHooks {
 
     async fn after_persist(&self, point: &PersistPoint) -> HookAction {
         let s = &self.script;
-        let n = s.committed.fetch_add(1, Ordering::SeqCst) + 1;
+        let n = s.committed.load(Ordering::SeqCst) + 1;
         // An abort counts once its procedure's next commit (rollback or failure) is durable;
         // a kill before that would only make the aborted step run again.
         if s.aborted.load(Ordering::SeqCst)
@@ -230,10 +270,24 @@ impl ExecutorHooks for NodeHooks {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&n);
-        let around = s.interrupt_after_abort && s.abort_recorded.load(Ordering::SeqCst);
-        if planned || around {
+        // Around every commit, kill only after procedure-record commits: a step that commits
+        // a metadata plan before its own transition would otherwise be killed after that plan
+        // on every re-run and never progress. Metadata commits are still each interrupted by
+        // the one-point runs.
+        if is_transition(point.plan) {
+            s.transitions.fetch_add(1, Ordering::SeqCst);
+        }
+        let around = s.interrupt_after_abort
+            && s.abort_recorded.load(Ordering::SeqCst)
+            && is_transition(point.plan);
+        if (planned || around) && !s.released.load(Ordering::SeqCst) {
+            // Mark the trigger before the commit counts as done, so the harness never sees
+            // a finished procedure without the pending interruption.
+            s.set_triggered(self.node);
+            s.committed.store(n, Ordering::SeqCst);
             return s.fire(self.node).await;
         }
+        s.committed.store(n, Ordering::SeqCst);
         HookAction::Proceed
     }
 
@@ -522,6 +576,8 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
             }
             setup.step_down();
         }
+        // Every later entry is a hooked commit: the count tells when all have been seen.
+        let setup_entries = log.last_index();
         let node_count = if script.mode == Mode::LeaderChange {
             2
         } else {
@@ -539,8 +595,9 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
         let mut root: Option<ProcedureId> = None;
         let mut interruptions = 0;
         let mut idle = 0;
+        let mut progress = 0;
         loop {
-            if let Some(node) = script.triggered() {
+            if let Some((node, seq)) = script.trigger() {
                 interruptions += 1;
                 match script.mode {
                     Mode::Restart => {
@@ -554,7 +611,7 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
                     .campaign()
                     .await
                     .map_err(|e| fail(e.to_string()))?;
-                script.resume();
+                script.resume_handled(seq);
                 if root.is_none() {
                     // The submission may have committed before the interruption: the request
                     // key tells (as it would tell a client asking again).
@@ -602,7 +659,11 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
                         .get(&id)
                         .is_some_and(|r| r.status.is_finished())
                 });
-                if finished {
+                // A commit still between its persist and its after-persist hook may yet
+                // trigger an interruption: wait for it before calling the run finished.
+                let settled =
+                    log.last_index() - setup_entries == script.committed.load(Ordering::SeqCst);
+                if finished && settled && script.triggered().is_none() {
                     break;
                 }
                 for _ in 0..16 {
@@ -613,10 +674,37 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
                 }
                 idle += 1;
             }
+            // Progress happens on the spawner's threads; count only rounds in which none was
+            // made, and give those threads real time (a loaded machine may starve them).
+            let now_progress = script.attempted.load(Ordering::SeqCst)
+                + script.committed.load(Ordering::SeqCst)
+                + script.steps.load(Ordering::SeqCst);
+            if now_progress != progress {
+                progress = now_progress;
+                idle = 0;
+            } else if idle > 0 {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
             if idle > self.max_idle_rounds {
+                let stuck: Vec<String> = nodes[leader]
+                    .executor
+                    .list()
+                    .iter()
+                    .filter(|p| !p.status.code().eq(&10))
+                    .map(|p| {
+                        format!(
+                            "{} {} {} waiting={:?} error={:?}",
+                            p.id, p.state_name, p.status, p.waiting_for, p.last_error
+                        )
+                    })
+                    .collect();
                 return Err(fail(format!(
-                    "did not finish (root {root:?}, leader {leader}, {} commits)",
-                    script.committed.load(Ordering::SeqCst)
+                    "did not finish (root {root:?}, leader {leader}, {} commits, running {}, triggered {:?}, {:?}, {:?}): {stuck:?}",
+                    script.committed.load(Ordering::SeqCst),
+                    nodes[leader].executor.is_running(),
+                    script.triggered(),
+                    nodes[leader].consensus.leadership().get(),
+                    nodes[leader].executor,
                 )));
             }
         }
