@@ -17,8 +17,8 @@ use crate::model::{
 };
 use crate::placement::place_groups;
 use crate::plan::{
-    ConfigPlan, CreateDatabase, CreateRegionGroups, NewRegionMaintainTask,
-    OfferRegionMaintainTasks, ReserveRegionIds,
+    ConfigPlan, CreateDatabase, CreateRegionGroups, DeleteDatabase, NewRegionMaintainTask,
+    OfferRegionMaintainTasks, PreDeleteDatabase, ReserveRegionIds,
 };
 use crate::procedure::{
     Procedure, ProcedureContext, ProcedureError, ProcedureType, StateId, Step, decode_data,
@@ -353,7 +353,10 @@ impl CreateRegionGroupsProcedure {
     }
 
     /// Abort: some groups could not reach a quorum (after they were torn down).
-    fn finish(&self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
+    /// Abort: a tear-down failed, or some groups could not reach a quorum (after they were
+    /// torn down; a database this procedure created and left without any group is dropped
+    /// too, so a failed creation leaves nothing behind).
+    async fn finish(&self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
         if let Some(child) = ctx
             .children()
             .iter()
@@ -367,8 +370,14 @@ impl CreateRegionGroupsProcedure {
             )));
         }
         if !self.data.torn_down.is_empty() {
+            let nothing_published = self.data.torn_down.len() == self.data.groups.len();
+            let mut dropped = "";
+            if nothing_published && self.data.new_database.is_some() {
+                self.drop_new_database(ctx).await?;
+                dropped = "; the database was not created";
+            }
             return Err(ProcedureError::Abort(format!(
-                "{} of {} region groups could not reach a quorum and were torn down",
+                "{} of {} region groups could not reach a quorum and were torn down{dropped}",
                 self.data.torn_down.len(),
                 self.data.groups.len()
             )));
@@ -383,6 +392,24 @@ impl CreateRegionGroupsProcedure {
             degraded: degraded.iter().map(|g| g.region).collect(),
         };
         Ok(Step::Done(encode_data(&output)?))
+    }
+}
+
+impl CreateRegionGroupsProcedure {
+    /// Drops the database this procedure created (idempotent: gone already is fine).
+    async fn drop_new_database(&self, ctx: &ProcedureContext) -> Result<(), ProcedureError> {
+        let name = self.data.database.clone();
+        let mark = PreDeleteDatabase {
+            name: name.clone(),
+            deleting: true,
+        };
+        match ctx.propose(ConfigPlan::PreDeleteDatabase(mark)).await? {
+            Ok(_) | Err(Rejection::DatabaseNotFound(_)) => {}
+            Err(rejection) => return Err(rejection.into()),
+        }
+        ctx.propose(ConfigPlan::DeleteDatabase(DeleteDatabase { name }))
+            .await??;
+        Ok(())
     }
 }
 
@@ -423,7 +450,7 @@ impl Procedure for CreateRegionGroupsProcedure {
             CreateRegionGroupsState::CreateReplicas => self.create_replicas(ctx).await,
             CreateRegionGroupsState::Publish => self.publish(ctx).await,
             CreateRegionGroupsState::TearDown => Ok(self.tear_down()),
-            CreateRegionGroupsState::Finish => self.finish(ctx),
+            CreateRegionGroupsState::Finish => self.finish(ctx).await,
         }
     }
 }
