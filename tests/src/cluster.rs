@@ -8,7 +8,9 @@
 //! campaigns for a higher epoch.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
 
 use shoal_core::api::DataNodeApi;
 use shoal_core::confignode::clients::DataNodeClients;
@@ -24,9 +26,108 @@ use shoal_core::procedures::LifecycleConfig;
 use shoal_core::runtime::Runtime;
 use shoal_core::storage::faulty::FaultyRegionStore;
 use shoal_core::storage::mem::{MemLogStore, MemSnapshotStore};
-use shoal_core::storage::{MemRegionStore, MemTaskJournal, RegionStore};
+use shoal_core::storage::{
+    CreateOutcome, DeleteOutcome, LogEntry, LogStore, MemRegionStore, MemTaskJournal, RegionConfig,
+    RegionStore, StorageError,
+};
 use shoal_runtime_smol::smol_runtime;
 use shoal_transport_inproc::InprocNetwork;
+
+/// A [`MemLogStore`] that remembers when each entry was appended (for latency benches).
+#[derive(Clone, Default)]
+pub struct RecordingLog {
+    inner: MemLogStore,
+    appends: Arc<Mutex<Vec<(Instant, Vec<u8>)>>>,
+}
+
+impl RecordingLog {
+    /// Every append so far: when, and the encoded plan.
+    pub fn appends(&self) -> Vec<(Instant, Vec<u8>)> {
+        self.appends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+#[async_trait]
+impl LogStore for RecordingLog {
+    fn current_term(&self) -> u64 {
+        self.inner.current_term()
+    }
+    async fn claim_term(&self, term: u64) -> Result<(), StorageError> {
+        self.inner.claim_term(term).await
+    }
+    fn append(&self, term: u64, payload: &[u8]) -> Result<u64, StorageError> {
+        let index = self.inner.append(term, payload)?;
+        self.appends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((Instant::now(), payload.to_vec()));
+        Ok(index)
+    }
+    async fn sync(&self, index: u64) -> Result<(), StorageError> {
+        self.inner.sync(index).await
+    }
+    fn read(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, StorageError> {
+        self.inner.read(from, max)
+    }
+    fn first_index(&self) -> u64 {
+        self.inner.first_index()
+    }
+    fn last_index(&self) -> u64 {
+        self.inner.last_index()
+    }
+    async fn compact(&self, index: u64) -> Result<(), StorageError> {
+        self.inner.compact(index).await
+    }
+}
+
+/// A region store that remembers when each deletion that removed data finished.
+#[derive(Clone)]
+pub struct TimedRegionStore {
+    inner: FaultyRegionStore,
+    finished: Arc<Mutex<Vec<(RegionId, Instant)>>>,
+}
+
+impl TimedRegionStore {
+    /// Every finished deletion that removed data: region and when.
+    pub fn finished_deletions(&self) -> Vec<(RegionId, Instant)> {
+        self.finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+#[async_trait]
+impl RegionStore for TimedRegionStore {
+    async fn create(&self, config: &RegionConfig) -> Result<CreateOutcome, StorageError> {
+        self.inner.create(config).await
+    }
+    async fn append(&self, region: RegionId, bytes: &[u8]) -> Result<u64, StorageError> {
+        self.inner.append(region, bytes).await
+    }
+    async fn set_peers(&self, region: RegionId, peers: &[DataNodeId]) -> Result<(), StorageError> {
+        self.inner.set_peers(region, peers).await
+    }
+    async fn delete(&self, region: RegionId) -> Result<DeleteOutcome, StorageError> {
+        let outcome = self.inner.delete(region).await?;
+        if matches!(outcome, DeleteOutcome::Deleted { .. }) {
+            self.finished
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((region, Instant::now()));
+        }
+        Ok(outcome)
+    }
+    async fn list(&self) -> Result<Vec<RegionConfig>, StorageError> {
+        self.inner.list().await
+    }
+    async fn size(&self, region: RegionId) -> Result<Option<u64>, StorageError> {
+        self.inner.size(region).await
+    }
+}
 
 /// How a test cluster is built.
 #[derive(Debug, Clone)]
@@ -84,8 +185,10 @@ pub struct DataNodeSlot {
     pub address: String,
     /// The in-memory data, shared across restarts.
     pub mem: MemRegionStore,
-    /// The fault-injecting wrapper the node uses.
+    /// The fault-injecting wrapper over `mem`.
     pub store: FaultyRegionStore,
+    /// What the node uses: `store`, timing finished deletions.
+    pub timed: TimedRegionStore,
     /// The task journal, shared across restarts.
     pub journal: MemTaskJournal,
     node: Mutex<Option<DataNode>>,
@@ -126,7 +229,7 @@ pub struct TestCluster {
     /// The network every call crosses.
     pub network: InprocNetwork<dyn DataNodeApi>,
     /// The shared ConfigNode log.
-    pub log: MemLogStore,
+    pub log: RecordingLog,
     /// The shared snapshots.
     pub snapshots: MemSnapshotStore,
     /// DataNodes, by index (DataNode id = index when registered in order).
@@ -146,10 +249,15 @@ impl TestCluster {
                 .with_delete_rate(options.delete_rate.unwrap_or(0))
                 .with_delete_chunk(4096);
             let store = FaultyRegionStore::new(Arc::new(mem.clone()), runtime.clock.clone());
+            let timed = TimedRegionStore {
+                inner: store.clone(),
+                finished: Arc::default(),
+            };
             let slot = Arc::new(DataNodeSlot {
                 address: format!("127.0.0.1:{}", 17000 + i),
                 mem,
                 store,
+                timed,
                 journal: MemTaskJournal::new(),
                 node: Mutex::new(None),
             });
@@ -158,7 +266,10 @@ impl TestCluster {
         let cluster = TestCluster {
             runtime,
             network,
-            log: MemLogStore::new(),
+            log: RecordingLog {
+                inner: MemLogStore::new(),
+                appends: Arc::default(),
+            },
             snapshots: MemSnapshotStore::new(),
             data_nodes,
             confignodes: Mutex::new(Vec::new()),
@@ -184,7 +295,7 @@ impl TestCluster {
         let slot = &self.data_nodes[i];
         let node = DataNode::open(
             self.runtime.clone(),
-            Arc::new(slot.store.clone()),
+            Arc::new(slot.timed.clone()),
             Arc::new(slot.journal.clone()),
             DataNodeConfig::default(),
         )

@@ -1,0 +1,91 @@
+//! Region-lifecycle bench on an in-process cluster (3 DataNodes, in-memory stores):
+//! time to create and delete N region groups at RF 3, and the delay from a deletion task
+//! finishing on a DataNode to the ConfigNode committing the removal's next step.
+//!
+//! `cargo bench -p shoal-tests --bench lifecycle` (set `SHOAL_BENCH_GROUPS`, default 1000).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use shoal_core::model::RegionId;
+use shoal_core::plan::ConfigPlan;
+use shoal_core::procedure::{ProcedureView, decode_data};
+use shoal_core::procedures::{REMOVE_REGION_GROUP, RemoveRegionGroupData};
+use shoal_tests::cluster::{ClusterOptions, TestCluster, db};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank]
+}
+
+fn main() {
+    let groups: u32 = std::env::var("SHOAL_BENCH_GROUPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    smol::block_on(async {
+        let cluster = TestCluster::start(ClusterOptions::default()).await;
+        let started = Instant::now();
+        let info = cluster.create_database("bench", 3, 0, groups).await;
+        let create = started.elapsed();
+        assert_eq!(info.status, ProcedureView::Succeeded, "{info:?}");
+
+        let started = Instant::now();
+        let id = cluster
+            .leader()
+            .delete_database(db("bench"), None)
+            .await
+            .expect("submitted");
+        let info = cluster.wait(id, Duration::from_secs(600)).await;
+        let delete = started.elapsed();
+        assert_eq!(info.status, ProcedureView::Succeeded, "{info:?}");
+        assert_eq!(cluster.region_bytes(), 0);
+
+        // Commits of removal procedures, by region, in log order.
+        let mut commits: BTreeMap<RegionId, Vec<Instant>> = BTreeMap::new();
+        for (at, payload) in cluster.log.appends() {
+            if let Ok(ConfigPlan::UpdateProcedure(update)) = ConfigPlan::decode(&payload)
+                && update.record.type_code == REMOVE_REGION_GROUP
+                && let Ok(data) = decode_data::<RemoveRegionGroupData>(&update.record.data)
+            {
+                commits.entry(data.region).or_default().push(at);
+            }
+        }
+        let mut delays = Vec::new();
+        for slot in &cluster.data_nodes {
+            for (region, finished) in slot.timed.finished_deletions() {
+                let next = commits
+                    .get(&region)
+                    .and_then(|at| at.iter().find(|t| **t >= finished).copied());
+                if let Some(next) = next {
+                    delays.push(next - finished);
+                }
+            }
+        }
+        delays.sort();
+        let replicas = groups as usize * 3;
+        println!("region lifecycle, in-process cluster, 3 DataNodes, {groups} groups x RF 3");
+        println!(
+            "create: {:>8.1} ms  ({:.0} groups/s)",
+            create.as_secs_f64() * 1e3,
+            f64::from(groups) / create.as_secs_f64()
+        );
+        println!(
+            "delete: {:>8.1} ms  ({:.0} groups/s, {:.0} replica deletions/s)",
+            delete.as_secs_f64() * 1e3,
+            f64::from(groups) / delete.as_secs_f64(),
+            replicas as f64 / delete.as_secs_f64()
+        );
+        println!(
+            "task finished -> next step committed ({} samples): p50 {:?}  p99 {:?}  max {:?}",
+            delays.len(),
+            percentile(&delays, 0.50),
+            percentile(&delays, 0.99),
+            delays.last().copied().unwrap_or_default()
+        );
+        cluster.shutdown().await;
+    });
+}
