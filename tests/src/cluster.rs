@@ -37,12 +37,15 @@ use shoal_transport_inproc::InprocNetwork;
 #[derive(Clone, Default)]
 pub struct RecordingLog {
     inner: MemLogStore,
-    appends: Arc<Mutex<Vec<(Instant, Vec<u8>)>>>,
+    appends: Arc<Mutex<Vec<Append>>>,
 }
+
+/// When an entry was appended, and its payload.
+pub type Append = (Instant, Vec<u8>);
 
 impl RecordingLog {
     /// Every append so far: when, and the encoded plan.
-    pub fn appends(&self) -> Vec<(Instant, Vec<u8>)> {
+    pub fn appends(&self) -> Vec<Append> {
         self.appends
             .lock()
             .unwrap_or_else(|p| p.into_inner())
