@@ -64,22 +64,10 @@ impl RegionCleaner {
     /// Runs passes every `interval` until leadership at `epoch` is lost.
     pub async fn run(&self, epoch: Epoch, interval: Duration) {
         let watch = self.consensus.leadership();
-        loop {
-            let pass = futures_lite::future::or(
-                async {
-                    self.run_once(epoch).await;
-                    self.runtime.clock.sleep(interval).await;
-                    true
-                },
-                async {
-                    watch.wait_lost(epoch).await;
-                    false
-                },
-            );
-            if !pass.await {
-                return;
-            }
-        }
+        super::every_while_leading(&watch, epoch, &self.runtime, interval, || async {
+            self.run_once(epoch).await;
+        })
+        .await;
     }
 
     /// One pass over the queue.

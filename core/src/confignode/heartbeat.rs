@@ -45,22 +45,10 @@ impl HeartbeatMonitor {
     /// Runs rounds every `interval` until leadership at `epoch` is lost.
     pub async fn run(&self, epoch: Epoch, interval: Duration) {
         let watch = self.consensus.leadership();
-        loop {
-            let round = futures_lite::future::or(
-                async {
-                    self.run_once(epoch).await;
-                    self.runtime.clock.sleep(interval).await;
-                    true
-                },
-                async {
-                    watch.wait_lost(epoch).await;
-                    false
-                },
-            );
-            if !round.await {
-                return;
-            }
-        }
+        super::every_while_leading(&watch, epoch, &self.runtime, interval, || async {
+            self.run_once(epoch).await;
+        })
+        .await;
     }
 
     /// One heartbeat to every registered DataNode; returns the nodes that answered.
