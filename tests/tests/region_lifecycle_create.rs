@@ -234,3 +234,87 @@ fn two_hundred_region_groups_are_created_and_deleted_without_leftovers() {
         cluster.shutdown().await;
     });
 }
+
+#[test]
+fn a_datanode_that_stops_heartbeating_gets_no_new_replicas() {
+    smol::block_on(async {
+        let cluster = TestCluster::start(ClusterOptions::default()).await;
+        let status_of = |i: u32| {
+            cluster
+                .leader()
+                .list_data_nodes()
+                .into_iter()
+                .find(|n| n.location.id == DataNodeId(i))
+                .map(|n| n.status)
+        };
+        cluster.stop_data_node(2);
+        cluster
+            .eventually("dn-2 to be marked unknown", LIMIT, || {
+                status_of(2) == Some(shoal_core::state::DataNodeStatus::Unknown)
+            })
+            .await;
+        let info = cluster.create_database("placed", 2, 0, 4).await;
+        assert_eq!(info.status, ProcedureView::Succeeded, "{info:?}");
+        for (region, replicas) in replicas_of(&cluster, "placed") {
+            assert_eq!(replicas, vec![DataNodeId(0), DataNodeId(1)], "{region}");
+        }
+        cluster.start_data_node(2).await;
+        cluster
+            .eventually("dn-2 to run again", LIMIT, || {
+                status_of(2) == Some(shoal_core::state::DataNodeStatus::Running)
+            })
+            .await;
+        cluster.shutdown().await;
+    });
+}
+
+#[test]
+fn admin_requests_are_refused_with_clear_errors() {
+    smol::block_on(async {
+        let cluster = TestCluster::start(ClusterOptions {
+            delete_rate: Some(64 * 1024),
+            ..ClusterOptions::default()
+        })
+        .await;
+        cluster.create_database("taken", 3, 0, 2).await;
+        cluster.load("taken", 64 * 1024).await;
+        let leader = cluster.leader();
+        let schema = shoal_core::model::DatabaseSchema {
+            name: db("taken"),
+            schema_replication_factor: shoal_core::model::ReplicationFactor::new(3).unwrap(),
+            data_replication_factor: shoal_core::model::ReplicationFactor::new(3).unwrap(),
+        };
+        let again = leader
+            .create_database(schema, 0, 1, None)
+            .await
+            .unwrap_err();
+        assert_eq!(again.to_string(), "database taken already exists");
+        let missing = leader
+            .delete_database(db("nothere"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(missing.to_string(), "database nothere does not exist");
+
+        // While the deletion runs, new region groups are refused, naming the reason.
+        let id = leader
+            .delete_database(db("taken"), None)
+            .await
+            .expect("submitted");
+        cluster
+            .eventually("the database to be marked deleting", LIMIT, || {
+                leader.list_databases().iter().any(|d| d.entry.deleting)
+            })
+            .await;
+        let refused = leader
+            .create_region_groups(db("taken"), 0, 1)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.to_string(), "database taken is being deleted");
+        let info = cluster.wait(id, LIMIT).await;
+        assert_eq!(info.status, ProcedureView::Succeeded, "{info:?}");
+        cluster
+            .assert_database_gone_without_leftovers("taken")
+            .await;
+        cluster.shutdown().await;
+    });
+}

@@ -349,6 +349,16 @@ impl ConfigNode {
         schema_region_groups: u32,
         data_region_groups: u32,
     ) -> Result<ProcedureId, ConfigNodeError> {
+        // Refuse at once what the procedure would refuse after waiting for the database lock.
+        match self
+            .consensus
+            .state()
+            .read(|s| s.databases.get(&database).map(|d| d.deleting))
+        {
+            None => return Err(Rejection::DatabaseNotFound(database).into()),
+            Some(true) => return Err(Rejection::DatabaseDeleting(database).into()),
+            Some(false) => {}
+        }
         let procedure =
             CreateRegionGroupsProcedure::new(database, schema_region_groups, data_region_groups);
         Ok(self.executor.submit(Box::new(procedure), None).await?)
