@@ -78,6 +78,10 @@ pub struct RemoveRegionGroupData {
     /// Consecutive unreachable attempts of the current replica (backoff).
     #[serde(default)]
     pub unreachable: u32,
+    /// When the current task id was assigned, on the leader's clock (for the completion log;
+    /// approximate after a leader change, whose clock has another origin).
+    #[serde(default)]
+    pub task_since_ms: u64,
 }
 
 /// Removes one region group's replicas and metadata. See the module docs.
@@ -117,6 +121,7 @@ impl RemoveRegionGroupProcedure {
                 task_seq: 0,
                 failures: 0,
                 unreachable: 0,
+                task_since_ms: 0,
             },
         }
     }
@@ -186,6 +191,7 @@ impl RemoveRegionGroupProcedure {
             // same id, never start a second deletion under a new one.
             self.data.task = Some(task_id_for(ctx.procedure_id(), self.data.task_seq));
             self.data.task_seq += 1;
+            self.data.task_since_ms = ctx.runtime().clock.now_ms();
             return Ok(Step::Continue);
         };
         let env = RegionEnv::of(ctx)?;
@@ -210,7 +216,9 @@ impl RemoveRegionGroupProcedure {
                 Ok(TaskStatus::Success) => {
                     tracing::info!(
                         procedure = %ctx.procedure_id(), region = %self.data.region,
-                        data_node = %node, task = %task_id, "replica deleted"
+                        data_node = %node, task = %task_id, outcome = "success",
+                        duration_ms = clock.now_ms().saturating_sub(self.data.task_since_ms),
+                        "replica deleted"
                     );
                     // Best effort: an unacked result is bounded and expires on the DataNode.
                     let _ = client.ack_task(ctx.epoch(), task_id).await;
@@ -223,7 +231,9 @@ impl RemoveRegionGroupProcedure {
                 Ok(TaskStatus::Fail(reason)) => {
                     tracing::warn!(
                         procedure = %ctx.procedure_id(), region = %self.data.region,
-                        data_node = %node, task = %task_id, "replica deletion failed: {reason}"
+                        data_node = %node, task = %task_id, outcome = "fail",
+                        duration_ms = clock.now_ms().saturating_sub(self.data.task_since_ms),
+                        "replica deletion failed: {reason}"
                     );
                     let _ = client.ack_task(ctx.epoch(), task_id).await;
                     self.data.failures += 1;
