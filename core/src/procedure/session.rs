@@ -367,7 +367,10 @@ impl SessionCore {
             if self.is_stopped() {
                 break;
             }
-            self.run_step(id).await;
+            // Everything a step logs (DataNode calls, metadata commits) carries its
+            // procedure id; steps add region and DataNode ids as fields of their own events.
+            let span = tracing::info_span!("procedure", id = %id, epoch = %self.epoch);
+            tracing::Instrument::instrument(self.run_step(id), span).await;
         }
     }
 
