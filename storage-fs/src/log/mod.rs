@@ -155,16 +155,13 @@ impl Shared {
         }
         st.sync_requested = st.sync_requested.max(target);
         let listener = self.synced.listen();
-        let job = match st.segment.take() {
-            // Every entry past `durable` is buffered when no flush runs, so the batch holds
-            // `target`.
-            Some(segment) => Some(FlushJob {
-                shared: self.clone(),
-                segment,
-                batch: st.take_batch(),
-            }),
-            None => None,
-        };
+        // No flush in progress: lead one. Every entry past `durable` is buffered when no flush
+        // runs, so the batch holds `target`.
+        let job = st.segment.take().map(|segment| FlushJob {
+            shared: self.clone(),
+            segment,
+            batch: st.take_batch(),
+        });
         Ok(SyncStep::Wait(listener, job))
     }
 }
