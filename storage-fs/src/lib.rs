@@ -1,7 +1,8 @@
 //! File-system implementations of shoal-core's storage traits.
 //!
 //! - [`FsLogStore`]: the ConfigNode's consensus log in preallocated segment files with group
-//!   commit (one flusher thread, concurrent `sync` callers share one `fdatasync`).
+//!   commit (the first `sync` caller leads a write + `fdatasync` on a blocking thread; callers
+//!   arriving meanwhile share the next one).
 //! - [`FsSnapshotStore`]: ConfigNode snapshots, replaced atomically, last N kept.
 //! - [`FsRegionStore`]: a DataNode's region replicas, one directory each; rate-limited
 //!   deletion through a trash area.

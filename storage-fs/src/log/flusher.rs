@@ -1,5 +1,16 @@
-//! The flusher thread: writes buffered records to segments and makes them durable. All
-//! `sync` callers that arrive while one flush runs share the next one (group commit).
+//! Writing buffered records to segments and making them durable, by whichever `sync` caller
+//! leads the current flush (leader/follower group commit).
+//!
+//! There is no flusher thread. A `sync` caller that finds its entry not yet durable and no
+//! flush in progress becomes the *leader*: it takes the whole append buffer and the active
+//! segment (their absence from the shared state is what "a flush is in progress" means) and
+//! runs a [`FlushJob`] — on a `blocking` pool thread from async code, inline from
+//! [`super::FsLogStore::sync_blocking`]. Callers that arrive meanwhile are *followers*: they
+//! record the index they need in `sync_requested` and wait for the `synced` event. When the
+//! job's fdatasync returns it publishes the new durable index; if a follower still needs more,
+//! the same job flushes everything buffered since (one more fdatasync for all of them), and
+//! only then hands the segment back. So one proposer pays one write + fdatasync per sync, and
+//! N concurrent proposers share about one fdatasync per round.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -14,7 +25,9 @@ use super::format::{SEGMENT_HEADER_LEN, encode_segment_header, segment_path};
 use super::{SegmentMeta, Shared};
 use crate::fsutil::{fsync_dir, io_err, temp_path};
 
-/// The segment being appended to. Owned by the flusher thread.
+/// The segment being appended to. Held by the log's state between flushes and by the flush
+/// leader during one.
+#[derive(Debug)]
 pub(crate) struct ActiveSegment {
     pub file: File,
     pub path: PathBuf,
@@ -55,49 +68,65 @@ pub(crate) fn create_segment(
 }
 
 /// One batch taken from the append buffer.
-struct Batch {
-    bytes: Vec<u8>,
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub bytes: Vec<u8>,
     /// `(index, end offset in bytes)` of each record, in order.
-    bounds: Vec<(u64, usize)>,
+    pub bounds: Vec<(u64, usize)>,
 }
 
-/// Runs until shutdown or the first I/O failure (which poisons the log).
-pub(crate) fn run(shared: Arc<Shared>, mut active: ActiveSegment) {
-    loop {
-        let batch = {
+/// The leader's work: the taken batch and segment, until no waiter needs more.
+///
+/// Everything that must happen after the flush (publishing the durable index, handing the
+/// segment back, poisoning) happens in [`FlushJob::run`] itself, not in the `sync` future that
+/// started it: a caller that drops its future mid-flush must not wedge the log.
+#[derive(Debug)]
+pub(crate) struct FlushJob {
+    pub shared: Arc<Shared>,
+    pub segment: ActiveSegment,
+    pub batch: Batch,
+}
+
+impl FlushJob {
+    /// Writes and fdatasyncs batches until no waiter needs an entry past the durable index;
+    /// the first I/O failure poisons the log (and the segment is never handed back).
+    pub(crate) fn run(self) {
+        let FlushJob {
+            shared,
+            mut segment,
+            mut batch,
+        } = self;
+        loop {
+            #[cfg(any(test, feature = "testing"))]
+            shared.pass_flush_gate();
+            let outcome = write_batch(&shared, &mut segment, &batch);
             let mut st = shared.lock();
-            loop {
-                if st.poisoned.is_some() {
+            match outcome {
+                Ok(last) => {
+                    shared.flushes.fetch_add(1, Ordering::AcqRel);
+                    st.durable = last;
+                }
+                Err(err) => {
+                    // The page cache state after a failed write or fsync is unknown: stop
+                    // instead of pretending later syncs cover it.
+                    tracing::error!(error = %err, "log flush failed; the log is poisoned");
+                    st.poisoned = Some(err.to_string());
+                    drop(st);
+                    shared.synced.notify(usize::MAX);
                     return;
                 }
-                let durable = shared.durable.load(Ordering::Acquire);
-                let wanted = st.sync_requested > durable || st.shutdown;
-                if !st.pending_bounds.is_empty() && wanted {
-                    break;
-                }
-                if st.shutdown {
-                    return;
-                }
-                st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
             }
-            Batch {
-                bytes: std::mem::take(&mut st.pending),
-                bounds: std::mem::take(&mut st.pending_bounds),
-            }
-        };
-        match write_batch(&shared, &mut active, &batch) {
-            Ok(last) => {
-                shared.flushes.fetch_add(1, Ordering::AcqRel);
-                shared.durable.store(last, Ordering::Release);
+            // A follower waits for an entry appended during this flush: cover it now, on this
+            // thread, rather than wake it only to hand the same work to another thread.
+            if st.sync_requested <= st.durable || st.pending_bounds.is_empty() {
+                st.segment = Some(segment);
+                drop(st);
                 shared.synced.notify(usize::MAX);
-            }
-            Err(err) => {
-                // The page cache state after a failed write or fsync is unknown: stop
-                // instead of pretending later syncs cover it.
-                tracing::error!(error = %err, "log flush failed; the log is poisoned");
-                shared.poison(err.to_string());
                 return;
             }
+            batch = st.take_batch();
+            drop(st);
+            shared.synced.notify(usize::MAX);
         }
     }
 }

@@ -1,9 +1,11 @@
 //! [`FsLogStore`]: the ConfigNode's consensus log on disk.
 //!
 //! `append` only encodes the record into an in-memory buffer (and the read cache) and assigns
-//! its index; a dedicated flusher thread writes the buffer to the active segment and
-//! `fdatasync`s it when some `sync` caller needs it. Callers that arrive while a flush runs
-//! are covered by the next one, so N concurrent proposers share about one fsync per round.
+//! its index. `sync` makes it durable by leader/follower group commit (see [`flusher`]): the
+//! first caller that finds no flush in progress writes the whole buffer and `fdatasync`s it
+//! (on a blocking thread), callers that arrive meanwhile are covered by the next flush, so one
+//! proposer pays one write + fdatasync per entry and N concurrent proposers share about one
+//! fdatasync per round. No `sync` returns before an fdatasync that covers its entry returned.
 //! A failed write or fsync poisons the log: every later call fails with
 //! [`StorageError::Unavailable`] and the node must reopen (and so recover) the log.
 
@@ -14,14 +16,14 @@ mod recovery;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use event_listener::Event;
+use event_listener::{Event, EventListener, Listener};
 use shoal_core::storage::{LogEntry, LogStore, StorageError};
 
 use crate::fsutil::{atomic_write, fsync_dir, io_err, unblock};
+use flusher::{ActiveSegment, Batch, FlushJob};
 pub use recovery::{RecoveryReport, TornTail};
 
 /// Tuning of an [`FsLogStore`].
@@ -46,21 +48,25 @@ pub(crate) struct SegmentMeta {
     pub path: PathBuf,
 }
 
-/// State shared by callers and the flusher thread.
+/// State shared by appenders, `sync` callers and the flush leader.
 #[derive(Debug)]
 pub(crate) struct LogState {
     term: u64,
     first_index: u64,
     /// Every retained entry, from `first_index` (the read cache; bounded by compaction).
     entries: VecDeque<(u64, Arc<[u8]>)>,
-    /// Encoded records not yet handed to the flusher.
+    /// Encoded records not yet taken by a flush leader.
     pub pending: Vec<u8>,
     /// `(index, end offset in pending)` per buffered record.
     pub pending_bounds: Vec<(u64, usize)>,
     /// Highest index some `sync` caller waits for.
     pub sync_requested: u64,
+    /// Highest index known durable: an fdatasync covering it has returned.
+    pub durable: u64,
+    /// The segment being appended to; `None` while a flush leader holds it, so `None` (on an
+    /// unpoisoned log) means "a flush is in progress".
+    pub segment: Option<ActiveSegment>,
     pub poisoned: Option<String>,
-    pub shutdown: bool,
     pub segments: Vec<SegmentMeta>,
 }
 
@@ -77,24 +83,38 @@ impl LogState {
             None => Ok(()),
         }
     }
+
+    /// Takes everything buffered for one flush.
+    pub(crate) fn take_batch(&mut self) -> Batch {
+        Batch {
+            bytes: std::mem::take(&mut self.pending),
+            bounds: std::mem::take(&mut self.pending_bounds),
+        }
+    }
 }
 
-/// Everything the store and its flusher thread share.
+/// What a `sync` caller does next.
+enum SyncStep {
+    /// Its entry is durable.
+    Done,
+    /// It must wait for the `synced` event (registered before the state was checked, so no
+    /// notification is missed) and check again; with a job, it leads that flush first.
+    Wait(EventListener, Option<FlushJob>),
+}
+
+/// Everything the store and a flush leader (possibly on a blocking thread) share.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub dir: PathBuf,
     pub options: LogOptions,
     state: Mutex<LogState>,
-    /// Wakes the flusher (new sync request or shutdown).
-    pub wake: Condvar,
-    /// Highest index known durable.
-    pub durable: AtomicU64,
-    /// Set once the log is poisoned (readable without the lock).
-    poisoned_flag: AtomicBool,
     /// Notified after every flush and on poisoning.
     pub synced: Event,
     /// Test hook: the next flush fails as if fdatasync had failed.
     fail_next_flush: AtomicBool,
+    /// Test hook: while set, each flush waits for one message before writing.
+    #[cfg(any(test, feature = "testing"))]
+    flush_gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     /// Completed flush rounds (one fdatasync each, plus one per segment roll).
     pub flushes: AtomicU64,
 }
@@ -105,26 +125,55 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn poison(&self, reason: String) {
-        self.lock().poisoned = Some(reason);
-        self.poisoned_flag.store(true, Ordering::Release);
-        self.synced.notify(usize::MAX);
-    }
-
     pub(crate) fn take_injected_failure(&self) -> bool {
         self.fail_next_flush.swap(false, Ordering::AcqRel)
+    }
+
+    /// Test hook: blocks the flush leader until the test lets this flush through.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn pass_flush_gate(&self) {
+        let gate = self.flush_gate.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = gate.as_ref() {
+            // A closed gate (sender dropped) lets every flush through.
+            let _ = rx.recv();
+        }
+    }
+
+    /// One step of a `sync(index)` caller; see [`SyncStep`]. Becomes the flush leader when
+    /// the entry is not durable and no flush is in progress.
+    fn sync_step(self: &Arc<Self>, index: u64) -> Result<SyncStep, StorageError> {
+        let mut st = self.lock();
+        // Durable before a later failure stays durable: answer that before the poison check.
+        if st.durable >= index {
+            return Ok(SyncStep::Done);
+        }
+        st.check_usable()?;
+        // Nothing past the last appended entry can become durable; don't wait for it.
+        let target = index.min(st.last_index());
+        if st.durable >= target {
+            return Ok(SyncStep::Done);
+        }
+        st.sync_requested = st.sync_requested.max(target);
+        let listener = self.synced.listen();
+        // No flush in progress: lead one. Every entry past `durable` is buffered when no flush
+        // runs, so the batch holds `target`.
+        let job = st.segment.take().map(|segment| FlushJob {
+            shared: self.clone(),
+            segment,
+            batch: st.take_batch(),
+        });
+        Ok(SyncStep::Wait(listener, job))
     }
 }
 
 const TERM_FILE: &str = "term";
 const TERM_MAGIC: &[u8; 8] = b"SHOALTRM";
 
-/// The file-backed consensus log. Open with [`FsLogStore::open`]; dropping it stops the
-/// flusher (buffered, unsynced entries are written first).
+/// The file-backed consensus log. Open with [`FsLogStore::open`]; dropping it waits for a
+/// running flush and writes and syncs what is still buffered (blocking).
 #[derive(Debug)]
 pub struct FsLogStore {
     shared: Arc<Shared>,
-    flusher: Option<JoinHandle<()>>,
     claim_lock: async_lock::Mutex<()>,
     report: RecoveryReport,
 }
@@ -162,26 +211,19 @@ impl FsLogStore {
                 pending: Vec::new(),
                 pending_bounds: Vec::new(),
                 sync_requested: 0,
+                durable: last_index,
+                segment: Some(recovered.active),
                 poisoned: None,
-                shutdown: false,
                 segments: recovered.segments,
             }),
-            wake: Condvar::new(),
-            durable: AtomicU64::new(last_index),
-            poisoned_flag: AtomicBool::new(false),
             synced: Event::new(),
             fail_next_flush: AtomicBool::new(false),
+            #[cfg(any(test, feature = "testing"))]
+            flush_gate: Mutex::new(None),
             flushes: AtomicU64::new(0),
         });
-        let thread_shared = shared.clone();
-        let active = recovered.active;
-        let flusher = std::thread::Builder::new()
-            .name("shoal-log-flusher".into())
-            .spawn(move || flusher::run(thread_shared, active))
-            .map_err(|e| io_err("spawn flusher thread", &dir, e))?;
         Ok(Self {
             shared,
-            flusher: Some(flusher),
             claim_lock: async_lock::Mutex::new(()),
             report,
         })
@@ -204,6 +246,36 @@ impl FsLogStore {
         self.shared.fail_next_flush.store(true, Ordering::Release);
     }
 
+    /// Test hook: from now on every flush waits, before writing, for one message on the
+    /// returned sender; dropping the sender lets all flushes through again.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn gate_flushes(&self) -> std::sync::mpsc::Sender<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *self
+            .shared
+            .flush_gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(rx);
+        tx
+    }
+
+    /// [`LogStore::sync`] for a caller on a thread that may block (never an async executor
+    /// thread): the same group commit, but a leader writes and fdatasyncs on this thread, so
+    /// a lone proposer pays no thread hand-off at all.
+    pub fn sync_blocking(&self, index: u64) -> Result<(), StorageError> {
+        loop {
+            match self.shared.sync_step(index)? {
+                SyncStep::Done => return Ok(()),
+                SyncStep::Wait(listener, job) => {
+                    if let Some(job) = job {
+                        job.run();
+                    }
+                    listener.wait();
+                }
+            }
+        }
+    }
+
     fn fenced_if_stale(st: &LogState, term: u64) -> Result<(), StorageError> {
         if term < st.term {
             return Err(StorageError::Fenced {
@@ -217,10 +289,11 @@ impl FsLogStore {
 
 impl Drop for FsLogStore {
     fn drop(&mut self) {
-        self.shared.lock().shutdown = true;
-        self.shared.wake.notify_all();
-        if let Some(handle) = self.flusher.take() {
-            let _ = handle.join();
+        let last = self.shared.lock().last_index();
+        // A clean shutdown keeps what was appended; a failure here has poisoned the log and
+        // been logged, and recovery on the next open deals with whatever reached the disk.
+        if let Err(err) = self.sync_blocking(last) {
+            tracing::warn!(error = %err, "log not flushed on close");
         }
     }
 }
@@ -265,33 +338,19 @@ impl LogStore for FsLogStore {
     }
 
     async fn sync(&self, index: u64) -> Result<(), StorageError> {
-        let shared = &self.shared;
-        let target = {
-            let mut st = shared.lock();
-            if shared.durable.load(Ordering::Acquire) >= index {
-                return Ok(());
-            }
-            st.check_usable()?;
-            // Nothing past the last appended entry can become durable; don't wait for it.
-            let target = index.min(st.last_index());
-            if target > st.sync_requested {
-                st.sync_requested = target;
-                shared.wake.notify_one();
-            }
-            target
-        };
         loop {
-            if shared.durable.load(Ordering::Acquire) >= target {
-                return Ok(());
+            match self.shared.sync_step(index)? {
+                SyncStep::Done => return Ok(()),
+                SyncStep::Wait(listener, job) => {
+                    if let Some(job) = job {
+                        // Never block the executor: the leader's write + fdatasync runs on a
+                        // blocking thread. Detached, so dropping this future mid-flush still
+                        // lets the job publish its result and hand the segment back.
+                        blocking::unblock(move || job.run()).detach();
+                    }
+                    listener.await;
+                }
             }
-            let listener = shared.synced.listen();
-            if shared.durable.load(Ordering::Acquire) >= target {
-                return Ok(());
-            }
-            if shared.poisoned_flag.load(Ordering::Acquire) {
-                return shared.lock().check_usable();
-            }
-            listener.await;
         }
     }
 

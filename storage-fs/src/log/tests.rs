@@ -245,3 +245,148 @@ fn leftover_temp_segment_is_removed_on_open() {
     assert_eq!(log.recovery_report().removed_temp_files.len(), 1);
     assert_entries(&log, 1, 3);
 }
+
+/// Polls `done` until it holds; panics after a generous bound (a hang is the failure).
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// A flush leader holds the segment: `None` there means a flush is in progress.
+fn flush_in_progress(log: &FsLogStore) -> bool {
+    log.shared.lock().segment.is_none()
+}
+
+#[test]
+fn syncs_arriving_during_a_flush_wait_for_and_share_the_next_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(FsLogStore::open(dir.path(), LogOptions::default()).expect("open"));
+    let gate = log.gate_flushes();
+    let first = log.append(1, &payload(1)).expect("append");
+    let leader = {
+        let log = log.clone();
+        smol::spawn(async move { log.sync(first).await })
+    };
+    wait_until("the first sync leads a flush", || flush_in_progress(&log));
+    let followers: Vec<_> = (2..=9u64)
+        .map(|i| {
+            let index = log.append(1, &payload(i)).expect("append");
+            let log = log.clone();
+            smol::spawn(async move { log.sync(index).await })
+        })
+        .collect();
+    wait_until("every follower waits", || {
+        log.shared.lock().sync_requested == 9
+    });
+    assert!(!leader.is_finished(), "acknowledged before its fdatasync");
+    gate.send(()).expect("release the first flush");
+    smol::block_on(leader).expect("leader's sync");
+    assert!(
+        followers.iter().all(|f| !f.is_finished()),
+        "entries appended during a flush are not covered by it"
+    );
+    gate.send(()).expect("release the second flush");
+    for f in followers {
+        smol::block_on(f).expect("follower's sync");
+    }
+    assert_eq!(
+        log.flush_count(),
+        2,
+        "8 syncs that arrived during one flush share the next"
+    );
+    drop(gate);
+    drop(log);
+    let log = FsLogStore::open(dir.path(), LogOptions::default()).expect("reopen");
+    assert_entries(&log, 1, 9);
+}
+
+#[test]
+fn dropping_the_leading_sync_mid_flush_does_not_wedge_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = FsLogStore::open(dir.path(), small()).expect("open");
+    let gate = log.gate_flushes();
+    let first = log.append(1, &payload(1)).expect("append");
+    let mut leading = Box::pin(log.sync(first));
+    assert!(smol::block_on(futures_lite::future::poll_once(&mut leading)).is_none());
+    assert!(
+        flush_in_progress(&log),
+        "the dropped future had started a flush"
+    );
+    drop(leading);
+    drop(gate);
+    let second = log.append(1, &payload(2)).expect("append");
+    let bounded = futures_lite::future::or(log.sync(second), async {
+        smol::Timer::after(std::time::Duration::from_secs(30)).await;
+        Err(StorageError::Unavailable("sync hung".into()))
+    });
+    smol::block_on(bounded).expect("sync after a dropped leader");
+    drop(log);
+    let log = FsLogStore::open(dir.path(), small()).expect("reopen");
+    assert_entries(&log, 1, 2);
+}
+
+#[test]
+fn a_failed_flush_fails_the_syncs_waiting_for_it_but_not_earlier_acks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(FsLogStore::open(dir.path(), small()).expect("open"));
+    let gate = log.gate_flushes();
+    let first = log.append(1, &payload(1)).expect("append");
+    let leader = {
+        let log = log.clone();
+        smol::spawn(async move { log.sync(first).await })
+    };
+    wait_until("the first sync leads a flush", || flush_in_progress(&log));
+    let second = log.append(1, &payload(2)).expect("append");
+    let follower = {
+        let log = log.clone();
+        smol::spawn(async move { log.sync(second).await })
+    };
+    wait_until("the follower waits", || {
+        log.shared.lock().sync_requested == 2
+    });
+    gate.send(()).expect("release the first flush");
+    smol::block_on(leader).expect("leader's sync");
+    log.inject_flush_failure();
+    gate.send(()).expect("release the failing flush");
+    let err = smol::block_on(follower).expect_err("covered only by the failed flush");
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
+    assert!(
+        smol::block_on(log.sync(first)).is_ok(),
+        "durable before the failure"
+    );
+    assert!(log.append(1, b"more").is_err(), "poisoned");
+}
+
+#[test]
+fn sync_blocking_flushes_inline_and_entries_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FsLogStore::open(dir.path(), small()).expect("open");
+        for i in 1..=3 {
+            log.append(1, &payload(i)).expect("append");
+        }
+        log.sync_blocking(3).expect("sync");
+        assert_eq!(log.flush_count(), 1, "one flush covers all three");
+        assert!(!flush_in_progress(&log), "segment handed back");
+        log.sync_blocking(2).expect("already durable");
+        assert_eq!(log.flush_count(), 1, "no flush for a durable entry");
+    }
+    let log = FsLogStore::open(dir.path(), small()).expect("reopen");
+    assert_entries(&log, 1, 3);
+}
+
+#[test]
+fn dropping_the_log_writes_entries_that_were_never_synced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FsLogStore::open(dir.path(), small()).expect("open");
+        for i in 1..=4 {
+            log.append(1, &payload(i)).expect("append");
+        }
+    }
+    let log = FsLogStore::open(dir.path(), small()).expect("reopen");
+    assert_entries(&log, 1, 4);
+}
