@@ -171,7 +171,6 @@ pub fn fast_config() -> ConfigNodeConfig {
         },
         lifecycle: LifecycleConfig {
             poll_wait: Duration::from_millis(200),
-            step_budget: Duration::from_secs(1),
             retry: backoff.clone(),
             data_quorum_at_least_one: false,
         },

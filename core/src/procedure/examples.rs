@@ -480,12 +480,80 @@ impl ProcedureType for GateProcedure {
     }
 }
 
+/// One step that finishes once its gate is open, awaiting it with [`Step::Await`]: while
+/// the gate is closed it holds no worker and commits nothing.
+#[derive(Debug, Clone)]
+pub struct AwaitGateProcedure {
+    /// Its persistent data (name and gate; no locks).
+    pub data: GateData,
+}
+
+impl AwaitGateProcedure {
+    /// An awaiting procedure `name` for `gate`.
+    pub fn new(name: &str, gate: &str) -> Self {
+        Self {
+            data: GateData {
+                name: name.to_string(),
+                gate: gate.to_string(),
+                locks: Vec::new(),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl Procedure for AwaitGateProcedure {
+    fn type_code(&self) -> u32 {
+        Self::TYPE_CODE
+    }
+    fn type_name(&self) -> &'static str {
+        Self::TYPE_NAME
+    }
+    fn state(&self) -> StateId {
+        StateId {
+            code: 1,
+            name: "AwaitGate",
+        }
+    }
+    fn encode(&self) -> Result<Vec<u8>, ProcedureError> {
+        encode_data(&self.data)
+    }
+    fn lock_keys(&self) -> Vec<LockKey> {
+        Vec::new()
+    }
+    async fn step(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
+        let world = ctx.env::<ExampleWorld>()?;
+        world.record(format!("check:{}", self.data.name));
+        // Listen before checking: an opening in between must wake the await.
+        let listener = world.changed.listen();
+        if lock(&world.open_gates).contains(&self.data.gate) {
+            world.set_effect(format!("{}/done", self.data.name), 1);
+            return Ok(Step::Done(Vec::new()));
+        }
+        Ok(Step::Await {
+            until: Box::pin(listener),
+            waiting_for: format!("gate {}", self.data.gate),
+        })
+    }
+}
+
+impl ProcedureType for AwaitGateProcedure {
+    const TYPE_CODE: u32 = 9004;
+    const TYPE_NAME: &'static str = "ExampleAwaitGate";
+    fn decode(data: &[u8]) -> Result<Self, ProcedureError> {
+        Ok(Self {
+            data: decode_data(data)?,
+        })
+    }
+}
+
 /// A registry holding every example procedure type.
 pub fn example_registry() -> Result<ProcedureRegistry, ProcedureError> {
     let mut registry = ProcedureRegistry::new();
     registry
         .register::<CounterProcedure>()?
         .register::<ParentProcedure>()?
-        .register::<GateProcedure>()?;
+        .register::<GateProcedure>()?
+        .register::<AwaitGateProcedure>()?;
     Ok(registry)
 }

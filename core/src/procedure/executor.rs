@@ -324,6 +324,10 @@ impl ProcedureExecutor {
                     info.status = ProcedureView::Unreadable;
                     info.waiting_for = Some(why);
                 }
+                Phase::Awaiting(what) => {
+                    info.status = ProcedureView::Waiting;
+                    info.waiting_for = Some(what);
+                }
                 _ => {}
             }
         }

@@ -95,6 +95,7 @@ use serde::de::DeserializeOwned;
 
 use crate::consensus::ConsensusError;
 use crate::model::ProcedureId;
+use crate::runtime::BoxFuture;
 use crate::state::{LockKey, Rejection};
 
 /// A procedure state's stable code and its name (for status output).
@@ -121,6 +122,17 @@ pub enum Step {
     SpawnChildren(Vec<Box<dyn Procedure>>),
     /// Commit `Succeeded` with this output (CBOR, owned by the procedure type).
     Done(Vec<u8>),
+    /// Commit nothing, hold no worker, and run this step again once `until` resolves (e.g. a
+    /// long-poll of a DataNode task). The step must not have changed its persistent data:
+    /// the next run starts from the last committed record. `waiting_for` shows in the status
+    /// API meanwhile (on this leader; it is not persisted). A new leader simply re-runs the
+    /// step.
+    Await {
+        /// Resolves when the step is worth running again.
+        until: BoxFuture<()>,
+        /// What it waits for, in words.
+        waiting_for: String,
+    },
 }
 
 impl std::fmt::Debug for Step {
@@ -134,6 +146,10 @@ impl std::fmt::Debug for Step {
                 .finish(),
             Step::SpawnChildren(children) => write!(f, "SpawnChildren({})", children.len()),
             Step::Done(output) => write!(f, "Done({} bytes)", output.len()),
+            Step::Await { waiting_for, .. } => f
+                .debug_struct("Await")
+                .field("waiting_for", waiting_for)
+                .finish(),
         }
     }
 }

@@ -49,6 +49,8 @@ pub(crate) enum Phase {
     Sleeping,
     /// Waiting for children.
     Suspended,
+    /// Its step awaits an external event (no commit, no worker).
+    Awaiting(String),
     /// Its type is unknown or its data does not decode: never run.
     Unreadable(String),
 }
@@ -327,6 +329,36 @@ impl SessionCore {
                 let woke = future::or(
                     async {
                         sleep.await;
+                        true
+                    },
+                    async {
+                        session.wait_stopped().await;
+                        false
+                    },
+                )
+                .await;
+                if woke && !session.is_stopped() {
+                    session.make_ready(id);
+                }
+            }),
+        );
+    }
+
+    /// Makes `id` ready once `until` resolves (a step's [`super::Step::Await`]).
+    pub(crate) fn await_then_ready(
+        self: &Arc<Self>,
+        id: ProcedureId,
+        until: crate::runtime::BoxFuture<()>,
+        waiting_for: String,
+    ) {
+        self.set_phase(id, Phase::Awaiting(waiting_for));
+        let session = self.clone();
+        self.shared.runtime.spawner.spawn(
+            "procedure-await",
+            Box::pin(async move {
+                let woke = future::or(
+                    async {
+                        until.await;
                         true
                     },
                     async {

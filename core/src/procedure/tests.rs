@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::examples::{
-    CounterProcedure, ExampleWorld, GateProcedure, ParentProcedure, example_registry,
+    AwaitGateProcedure, CounterProcedure, ExampleWorld, GateProcedure, ParentProcedure,
+    example_registry,
 };
 use super::testing::{CrashHarness, RunOutcome};
 use super::*;
@@ -420,6 +421,44 @@ fn one_worker_with_a_thousand_waiting_procedures_still_finishes_a_runnable_one()
             .filter(|s| status_of(&executor, **s) == ProcedureView::Waiting)
             .count();
         assert_eq!(waiting, 1_000);
+    });
+}
+
+#[test]
+fn awaiting_step_holds_no_worker_and_commits_nothing_until_woken() {
+    run(|rig| async move {
+        let (_c, executor) = rig.node(config(1)).await;
+        let awaiting = executor
+            .submit(Box::new(AwaitGateProcedure::new("a", "ga")), None)
+            .await
+            .expect("submitted");
+        let world = rig.world.clone();
+        rig.drive(|| status_of(&executor, awaiting) == ProcedureView::Waiting)
+            .await;
+        assert_eq!(
+            executor
+                .get(awaiting)
+                .expect("recorded")
+                .waiting_for
+                .as_deref(),
+            Some("gate ga")
+        );
+        let log_len = rig.log.last_index();
+        // The only worker is free: a runnable procedure finishes meanwhile.
+        let id = executor
+            .submit(Box::new(CounterProcedure::new("runnable", 3)), None)
+            .await
+            .expect("submitted");
+        let info = executor.wait_finished(id).await.expect("finished");
+        assert_eq!(info.status, ProcedureView::Succeeded);
+        assert_eq!(status_of(&executor, awaiting), ProcedureView::Waiting);
+        let committed_meanwhile = rig.log.last_index() - log_len;
+        // The counter's submit and its 4 transitions; nothing from the awaiting procedure.
+        assert_eq!(committed_meanwhile, 5);
+        rig.world.open_gate("ga");
+        rig.drive(|| status_of(&executor, awaiting) == ProcedureView::Succeeded)
+            .await;
+        assert_eq!(world.effects().get("a/done"), Some(&1));
     });
 }
 

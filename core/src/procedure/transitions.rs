@@ -54,6 +54,13 @@ impl SessionCore {
         let now = self.shared.runtime.clock.now_ms();
         let built = match outcome {
             Err(e) => return self.handle_error(record, instance, e, false).await,
+            Ok(Step::Await { until, waiting_for }) => {
+                // Nothing to commit; the live instance is dropped so the next run starts
+                // from the committed record.
+                drop(instance);
+                self.await_then_ready(record.id, until, waiting_for);
+                return;
+            }
             Ok(Step::Continue) => self
                 .next_record(&record, instance.as_ref(), ProcedureStatus::Runnable)
                 .map(|r| (r, Vec::new(), Then::Ready)),

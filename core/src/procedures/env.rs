@@ -11,11 +11,8 @@ use crate::procedure::{BackoffPolicy, ProcedureContext, ProcedureError};
 /// Tunables of the region procedures.
 #[derive(Debug, Clone)]
 pub struct LifecycleConfig {
-    /// Longest single long-poll of a task result.
+    /// Longest single long-poll of a task result (awaited without holding a worker).
     pub poll_wait: Duration,
-    /// Longest a step keeps long-polling one task before it yields (commits a wait) so a
-    /// worker is never held for a whole slow deletion.
-    pub step_budget: Duration,
     /// Backoff after a failed deletion and while a DataNode is unreachable.
     pub retry: BackoffPolicy,
     /// Data region groups may serve with one replica when a majority is not reached.
@@ -26,7 +23,6 @@ impl Default for LifecycleConfig {
     fn default() -> Self {
         Self {
             poll_wait: Duration::from_secs(5),
-            step_budget: Duration::from_secs(30),
             retry: BackoffPolicy {
                 initial: Duration::from_millis(200),
                 max: Duration::from_secs(10),

@@ -7,8 +7,6 @@
 //! run at once); an unreachable DataNode keeps the step waiting, visibly. No quorum is needed:
 //! every replica is deleted, whatever the others do.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -206,82 +204,78 @@ impl RemoveRegionGroupProcedure {
         };
         let client = env.clients.client(&location);
         let clock = ctx.runtime().clock.clone();
-        let started = clock.now_ms();
-        let budget = env.config.step_budget.as_millis() as u64;
-        loop {
-            let status = client
-                .task_result(task_id, Some(env.config.poll_wait))
-                .await;
-            match status {
-                Ok(TaskStatus::Success) => {
-                    tracing::info!(
-                        procedure = %ctx.procedure_id(), region = %self.data.region,
-                        data_node = %node, task = %task_id, outcome = "success",
-                        duration_ms = clock.now_ms().saturating_sub(self.data.task_since_ms),
-                        "replica deleted"
-                    );
-                    // Best effort: an unacked result is bounded and expires on the DataNode.
-                    let _ = client.ack_task(ctx.epoch(), task_id).await;
-                    self.data.next += 1;
-                    self.data.task = None;
-                    self.data.failures = 0;
-                    self.data.unreachable = 0;
-                    return Ok(Step::Continue);
-                }
-                Ok(TaskStatus::Fail(reason)) => {
-                    tracing::warn!(
-                        procedure = %ctx.procedure_id(), region = %self.data.region,
-                        data_node = %node, task = %task_id, outcome = "fail",
-                        duration_ms = clock.now_ms().saturating_sub(self.data.task_since_ms),
-                        "replica deletion failed: {reason}"
-                    );
-                    let _ = client.ack_task(ctx.epoch(), task_id).await;
-                    self.data.failures += 1;
-                    // A deliberate re-run uses a new id, persisted by the next step first.
-                    self.data.task = None;
-                    let after = env
-                        .config
-                        .retry
-                        .delay(self.data.failures, ctx.runtime().rng.as_ref());
-                    return Ok(Step::Wait {
-                        after,
-                        waiting_for: format!(
-                            "retry of failed deletion of {} on {node}: {reason}",
-                            self.data.region
-                        ),
-                    });
-                }
-                Ok(TaskStatus::NotExist) => {
-                    let task = MaintainTask {
-                        task_id,
-                        kind: MaintainTaskKind::DeleteRegionPeer {
-                            region: self.data.region,
-                        },
-                    };
-                    match client.submit_task(ctx.epoch(), task).await {
-                        Ok(SubmitOutcome::Accepted) => continue,
-                        Ok(SubmitOutcome::Rejected(reason)) => {
-                            return Err(ProcedureError::Abort(format!(
-                                "{node} refused deletion task {task_id}: {reason}"
-                            )));
-                        }
-                        Err(e) => return Ok(self.unreachable(ctx, env, node, e)),
-                    }
-                }
-                Ok(TaskStatus::Processing) => {
-                    self.data.unreachable = 0;
-                    if clock.now_ms().saturating_sub(started) >= budget {
-                        return Ok(Step::Wait {
-                            after: Duration::ZERO,
-                            waiting_for: format!(
-                                "deletion of {} on {node} (task {task_id}) running",
-                                self.data.region
-                            ),
-                        });
-                    }
-                }
-                Err(e) => return Ok(self.unreachable(ctx, env, node, e)),
+        // While the task runs, the step awaits a long-poll without a worker (`Step::Await`)
+        // and re-runs when it returns: completion is seen within the poll's round trip.
+        let follow = |what: String| {
+            let client = client.clone();
+            let wait = env.config.poll_wait;
+            Step::Await {
+                until: Box::pin(async move {
+                    let _ = client.task_result(task_id, Some(wait)).await;
+                }),
+                waiting_for: what,
             }
+        };
+        let running = format!(
+            "deletion of {} on {node} (task {task_id})",
+            self.data.region
+        );
+        match client.task_result(task_id, None).await {
+            Ok(TaskStatus::Success) => {
+                tracing::info!(
+                    procedure = %ctx.procedure_id(), region = %self.data.region,
+                    data_node = %node, task = %task_id, outcome = "success",
+                    duration_ms = clock.now_ms().saturating_sub(self.data.task_since_ms),
+                    "replica deleted"
+                );
+                // Best effort: an unacked result is bounded and expires on the DataNode.
+                let _ = client.ack_task(ctx.epoch(), task_id).await;
+                self.data.next += 1;
+                self.data.task = None;
+                self.data.failures = 0;
+                self.data.unreachable = 0;
+                Ok(Step::Continue)
+            }
+            Ok(TaskStatus::Fail(reason)) => {
+                tracing::warn!(
+                    procedure = %ctx.procedure_id(), region = %self.data.region,
+                    data_node = %node, task = %task_id, outcome = "fail",
+                    duration_ms = clock.now_ms().saturating_sub(self.data.task_since_ms),
+                    "replica deletion failed: {reason}"
+                );
+                let _ = client.ack_task(ctx.epoch(), task_id).await;
+                self.data.failures += 1;
+                // A deliberate re-run uses a new id, persisted by the next step first.
+                self.data.task = None;
+                let after = env
+                    .config
+                    .retry
+                    .delay(self.data.failures, ctx.runtime().rng.as_ref());
+                Ok(Step::Wait {
+                    after,
+                    waiting_for: format!(
+                        "retry of failed deletion of {} on {node}: {reason}",
+                        self.data.region
+                    ),
+                })
+            }
+            Ok(TaskStatus::NotExist) => {
+                let task = MaintainTask {
+                    task_id,
+                    kind: MaintainTaskKind::DeleteRegionPeer {
+                        region: self.data.region,
+                    },
+                };
+                match client.submit_task(ctx.epoch(), task).await {
+                    Ok(SubmitOutcome::Accepted) => Ok(follow(running)),
+                    Ok(SubmitOutcome::Rejected(reason)) => Err(ProcedureError::Abort(format!(
+                        "{node} refused deletion task {task_id}: {reason}"
+                    ))),
+                    Err(e) => Ok(self.unreachable(ctx, env, node, e)),
+                }
+            }
+            Ok(TaskStatus::Processing) => Ok(follow(running)),
+            Err(e) => Ok(self.unreachable(ctx, env, node, e)),
         }
     }
 
