@@ -2,6 +2,10 @@
 //! ports with temp data dirs, driven through the `shoal` CLI, with nodes SIGKILLed and
 //! restarted mid-deletion. Every wait is bounded; every child is killed when its guard drops
 //! (also when a test panics).
+//!
+//! File storage only: the checks read region directories on disk and the restarts rely on
+//! durable state, which the `storage-mem` build does not have.
+#![cfg(all(feature = "storage-fs", not(feature = "storage-mem")))]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
