@@ -166,6 +166,18 @@ interface ConfigNode {
   getProcedure @6 (id :UInt64) -> (reply :GetProcedureReply);
   registerDataNode @7 (knownId :OptionalUInt32, address :Text) -> (reply :RegisterDataNodeReply);
   dataNodeHeartbeat @8 (id :UInt32, report :HeartbeatReport) -> (reply :DataNodeHeartbeatReply);
+  # Like `createDatabase`, but answers with the creating procedure's id so the caller can
+  # follow it. Clients use this one; `createDatabase` stays for older clients.
+  startCreateDatabase @9 (name :Text, schemaRf :UInt8, dataRf :UInt8,
+                          dataRegionGroups :UInt32, schemaRegionGroups :UInt32)
+      -> (reply :CreateDatabaseReply);
+}
+
+struct CreateDatabaseReply {
+  union {
+    procedureId @0 :UInt64;
+    error @1 :Error;
+  }
 }
 
 struct OptionalUInt32 {

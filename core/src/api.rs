@@ -290,8 +290,12 @@ pub struct DataNodeHeartbeat {
 /// The ConfigNode's API as admin clients and DataNodes call it.
 #[async_trait]
 pub trait ConfigNodeApi: Send + Sync + 'static {
-    /// Creates a database and its region groups.
-    async fn create_database(&self, request: CreateDatabaseRequest) -> Result<(), ApiError>;
+    /// Starts creating a database and its region groups; returns the creating procedure's
+    /// id to follow (with [`ConfigNodeApi::get_procedure`]).
+    async fn create_database(
+        &self,
+        request: CreateDatabaseRequest,
+    ) -> Result<ProcedureId, ApiError>;
     /// Starts deleting a database; returns the deletion procedure's id to follow.
     async fn delete_database(&self, name: DatabaseName) -> Result<ProcedureId, ApiError>;
     /// Every database, by name.

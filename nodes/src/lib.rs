@@ -1,3 +1,13 @@
-//! The pieces of the `shoal` binary that are worth testing on their own.
+//! The pieces of the `shoal` binary: node processes, the local cluster, the admin CLI.
 
+pub mod admin;
+pub mod cli;
+pub mod clients;
+pub mod error;
+pub mod node;
+pub mod process;
+pub mod run;
+pub mod service;
+pub mod size;
 pub mod storage;
+pub mod up;

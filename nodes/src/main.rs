@@ -1,6 +1,11 @@
-//! The `shoal` binary.
+//! The `shoal` binary: parses the command line and hands off to `shoal_nodes::run`.
+
+use clap::Parser;
 
 fn main() {
-    eprintln!("shoal: no commands yet; see README.md");
-    std::process::exit(2);
+    let cli = shoal_nodes::cli::Cli::parse();
+    if let Err(e) = shoal_nodes::run::run(cli) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }

@@ -1,5 +1,6 @@
 //! Calls/s and p50/p99 latency of a cheap DataNode call (`task_result` of an unknown id)
-//! over Cap'n Proto on loopback TCP: sequential, and 64 calls in flight.
+//! over Cap'n Proto on loopback TCP versus the in-process transport
+//! (`shoal-transport-inproc`): sequential, and 64 calls in flight, in one run.
 //!
 //! Run: `cargo bench -p shoal-transport-capnp --bench rpc` (env `SHOAL_BENCH_CALLS` sets the
 //! number of calls per scenario, default 20000).
@@ -13,9 +14,11 @@ use shoal_core::api::{
     TaskStatus,
 };
 use shoal_core::model::{Epoch, RegionId, TaskId};
+use shoal_runtime_smol::smol_runtime;
 use shoal_transport_capnp::{
     CapnpDataNodeClient, ClientOptions, RpcRuntime, ServedApis, ServerOptions,
 };
+use shoal_transport_inproc::InprocNetwork;
 
 /// A DataNode that holds no tasks: `task_result` answers `NotExist` at once, which makes it
 /// the cheapest real call; everything else is refused.
@@ -66,7 +69,7 @@ fn report(name: &str, total: Duration, mut latencies: Vec<Duration>) {
     );
 }
 
-async fn timed_calls(client: CapnpDataNodeClient, calls: usize) -> Vec<Duration> {
+async fn timed_calls(client: Arc<dyn DataNodeApi>, calls: usize) -> Vec<Duration> {
     let mut latencies = Vec::with_capacity(calls);
     for i in 0..calls {
         let start = Instant::now();
@@ -99,23 +102,30 @@ fn main() {
     )
     .expect("client");
 
+    let capnp: Arc<dyn DataNodeApi> = Arc::new(client);
+    let network = InprocNetwork::<dyn DataNodeApi>::new(smol_runtime(), Duration::from_secs(10));
+    network.host("dn", Arc::new(EmptyDataNode));
+    let inproc: Arc<dyn DataNodeApi> = Arc::new(network.client("bench", "dn"));
+
     smol::block_on(async {
-        // Warm up: connect, log in, fill caches.
-        timed_calls(client.clone(), 1_000).await;
+        for (name, client) in [("capnp loopback", capnp), ("inproc", inproc)] {
+            // Warm up: connect, log in, fill caches.
+            timed_calls(client.clone(), 1_000).await;
 
-        let start = Instant::now();
-        let latencies = timed_calls(client.clone(), calls).await;
-        report("capnp loopback, sequential", start.elapsed(), latencies);
+            let start = Instant::now();
+            let latencies = timed_calls(client.clone(), calls).await;
+            report(&format!("{name}, sequential"), start.elapsed(), latencies);
 
-        let in_flight = 64;
-        let start = Instant::now();
-        let workers: Vec<_> = (0..in_flight)
-            .map(|_| smol::spawn(timed_calls(client.clone(), calls / in_flight)))
-            .collect();
-        let mut latencies = Vec::with_capacity(calls);
-        for worker in workers {
-            latencies.extend(worker.await);
+            let in_flight = 64;
+            let start = Instant::now();
+            let workers: Vec<_> = (0..in_flight)
+                .map(|_| smol::spawn(timed_calls(client.clone(), calls / in_flight)))
+                .collect();
+            let mut latencies = Vec::with_capacity(calls);
+            for worker in workers {
+                latencies.extend(worker.await);
+            }
+            report(&format!("{name}, 64 in flight"), start.elapsed(), latencies);
         }
-        report("capnp loopback, 64 in flight", start.elapsed(), latencies);
     });
 }

@@ -8,14 +8,13 @@ use shoal_core::api::{
 use shoal_core::model::{DataNodeId, DatabaseName, Epoch, ProcedureId};
 use shoal_core::state::DataNodeInfo;
 
-use super::data_node_client::read_unit;
 use super::{ClientOptions, Connection, call_error};
 use crate::codec::{self, malformed, not_in_schema, read_error};
 use crate::error::TransportError;
 use crate::runtime::RpcRuntime;
 use crate::shoal_capnp::{
-    data_node_heartbeat_reply, delete_database_reply, get_procedure_reply, list_data_nodes_reply,
-    list_databases_reply, list_procedures_reply, list_region_groups_reply,
+    create_database_reply, data_node_heartbeat_reply, delete_database_reply, get_procedure_reply,
+    list_data_nodes_reply, list_databases_reply, list_procedures_reply, list_region_groups_reply,
     register_data_node_reply,
 };
 
@@ -54,10 +53,13 @@ impl CapnpConfigNodeClient {
 
 #[async_trait]
 impl ConfigNodeApi for CapnpConfigNodeClient {
-    async fn create_database(&self, request: CreateDatabaseRequest) -> Result<(), ApiError> {
+    async fn create_database(
+        &self,
+        request: CreateDatabaseRequest,
+    ) -> Result<ProcedureId, ApiError> {
         self.conn
             .call(self.timeout(), move |remote| async move {
-                let mut req = remote.config_node.create_database_request();
+                let mut req = remote.config_node.start_create_database_request();
                 let mut p = req.get();
                 p.set_name(request.name.as_str());
                 p.set_schema_rf(request.schema_replication_factor.get());
@@ -65,7 +67,11 @@ impl ConfigNodeApi for CapnpConfigNodeClient {
                 p.set_data_region_groups(request.data_region_groups);
                 p.set_schema_region_groups(request.schema_region_groups);
                 let resp = req.send().promise.await.map_err(call_error)?;
-                read_unit(resp.get().and_then(|r| r.get_reply()))
+                let reply = resp.get().and_then(|r| r.get_reply()).map_err(malformed)?;
+                match reply.which().map_err(not_in_schema)? {
+                    create_database_reply::ProcedureId(id) => Ok(ProcedureId(id)),
+                    create_database_reply::Error(e) => Err(read_error(e)),
+                }
             })
             .await
     }

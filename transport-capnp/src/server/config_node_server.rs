@@ -45,6 +45,23 @@ fn rf(factor: u8) -> Result<ReplicationFactor, ApiError> {
     ReplicationFactor::new(factor).map_err(|e| ApiError::Malformed(e.to_string()))
 }
 
+/// Decodes the parameters shared by `createDatabase` and `startCreateDatabase`.
+fn read_create_database(
+    name: capnp::Result<capnp::text::Reader<'_>>,
+    schema_rf: u8,
+    data_rf: u8,
+    data_region_groups: u32,
+    schema_region_groups: u32,
+) -> Result<CreateDatabaseRequest, ApiError> {
+    Ok(CreateDatabaseRequest {
+        name: codec::read_database_name(name)?,
+        schema_replication_factor: rf(schema_rf)?,
+        data_replication_factor: rf(data_rf)?,
+        data_region_groups,
+        schema_region_groups,
+    })
+}
+
 impl config_node::Server for ConfigNodeServer {
     async fn create_database(
         self: CapRc<Self>,
@@ -52,21 +69,45 @@ impl config_node::Server for ConfigNodeServer {
         mut results: config_node::CreateDatabaseResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
-        let decoded = (|| {
-            Ok(CreateDatabaseRequest {
-                name: codec::read_database_name(p.get_name())?,
-                schema_replication_factor: rf(p.get_schema_rf())?,
-                data_replication_factor: rf(p.get_data_rf())?,
-                data_region_groups: p.get_data_region_groups(),
-                schema_region_groups: p.get_schema_region_groups(),
+        let decoded = read_create_database(
+            p.get_name(),
+            p.get_schema_rf(),
+            p.get_data_rf(),
+            p.get_data_region_groups(),
+            p.get_schema_region_groups(),
+        );
+        let outcome = self
+            .call(decoded, |api, request| {
+                Box::pin(async move { api.create_database(request).await.map(|_| ()) })
             })
-        })();
+            .await;
+        write_unit(results.get().init_reply(), outcome);
+        Ok(())
+    }
+
+    async fn start_create_database(
+        self: CapRc<Self>,
+        params: config_node::StartCreateDatabaseParams,
+        mut results: config_node::StartCreateDatabaseResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let decoded = read_create_database(
+            p.get_name(),
+            p.get_schema_rf(),
+            p.get_data_rf(),
+            p.get_data_region_groups(),
+            p.get_schema_region_groups(),
+        );
         let outcome = self
             .call(decoded, |api, request| {
                 Box::pin(async move { api.create_database(request).await })
             })
             .await;
-        write_unit(results.get().init_reply(), outcome);
+        let mut reply = results.get().init_reply();
+        match outcome {
+            Ok(id) => reply.set_procedure_id(id.0),
+            Err(e) => write_error(reply.init_error(), &e),
+        }
         Ok(())
     }
 

@@ -243,7 +243,10 @@ impl FakeConfigNode {
 
 #[async_trait]
 impl ConfigNodeApi for FakeConfigNode {
-    async fn create_database(&self, request: CreateDatabaseRequest) -> Result<(), ApiError> {
+    async fn create_database(
+        &self,
+        request: CreateDatabaseRequest,
+    ) -> Result<ProcedureId, ApiError> {
         self.with(|s| {
             if s.databases.contains_key(&request.name) {
                 return Err(ApiError::Refused(format!("{} exists", request.name)));
@@ -261,7 +264,8 @@ impl ConfigNodeApi for FakeConfigNode {
                     data_region_groups: request.data_region_groups,
                 },
             );
-            Ok(())
+            // A creating procedure's id of its own range, distinct from deletions'.
+            Ok(ProcedureId(1_000 + s.databases.len() as u64))
         })
     }
 

@@ -225,10 +225,15 @@ fn every_config_node_call_round_trips_with_values_intact() {
             data_region_groups: 16,
             schema_region_groups: 2,
         };
-        client
+        let created = client
             .create_database(request.clone())
             .await
             .expect("create");
+        assert_eq!(
+            created,
+            ProcedureId(1_001),
+            "the creating procedure's id crosses the wire"
+        );
         assert!(matches!(
             client.create_database(request).await,
             Err(ApiError::Refused(m)) if m.contains("exists")

@@ -1,0 +1,412 @@
+//! Admin commands: talk to the ConfigNode over Cap'n Proto and print text or JSON.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use shoal_core::api::{ApiError, ConfigNodeApi, CreateDatabaseRequest, ProcedureInfo};
+use shoal_core::model::{DatabaseName, ProcedureId, RegionKind, ReplicationFactor};
+use shoal_transport_capnp::{CapnpConfigNodeClient, ClientOptions, RpcRuntime};
+
+use crate::cli::{AdminArgs, default_confignode_addr, default_secret_file};
+use crate::clients::CapnpDataNodeClients;
+use crate::error::CliError;
+use crate::process::read_secret_file;
+use crate::size::format_size;
+
+/// A connected admin session.
+pub struct Admin {
+    client: CapnpConfigNodeClient,
+    rpc: RpcRuntime,
+    options: ClientOptions,
+    json: bool,
+    deadline: Instant,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("client", &self.client)
+            .finish()
+    }
+}
+
+fn database_name(name: &str) -> Result<DatabaseName, CliError> {
+    DatabaseName::new(name).map_err(|e| CliError::Config(e.to_string()))
+}
+
+/// Parses `proc-7` or `7`.
+pub fn parse_procedure_id(text: &str) -> Result<ProcedureId, CliError> {
+    text.trim_start_matches("proc-")
+        .parse()
+        .map(ProcedureId)
+        .map_err(|_| CliError::Config(format!("invalid procedure id {text:?}")))
+}
+
+impl Admin {
+    /// Connects lazily to the ConfigNode named by `args` (defaults: `shoal up`'s).
+    pub fn new(args: &AdminArgs, file_confignode: Option<String>) -> Result<Self, CliError> {
+        let address = args
+            .confignode
+            .clone()
+            .or(file_confignode)
+            .unwrap_or_else(default_confignode_addr);
+        let secret_file = args.secret_file.clone().unwrap_or_else(default_secret_file);
+        let secret = read_secret_file(&secret_file)?;
+        let rpc = RpcRuntime::start("cli")?;
+        let options = ClientOptions::new(secret);
+        let client = CapnpConfigNodeClient::new(&rpc, &address, options.clone())?;
+        Ok(Self {
+            client,
+            rpc,
+            options,
+            json: args.json,
+            deadline: Instant::now() + Duration::from_secs(args.timeout_secs),
+        })
+    }
+
+    /// Runs `call`, retrying retryable failures (node starting, leader not ready,
+    /// connection lost) until the deadline. Refusals fail at once.
+    async fn retry<T, F, Fut>(&self, call: F) -> Result<T, CliError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match call().await {
+                Ok(value) => return Ok(value),
+                Err(e) if e.is_retryable() && Instant::now() + delay < self.deadline => {
+                    tracing::debug!(error = %e, "retrying");
+                    smol::Timer::after(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn print<T: Serialize>(
+        &self,
+        value: &T,
+        text: impl FnOnce() -> String,
+    ) -> Result<(), CliError> {
+        if self.json {
+            let json = serde_json::to_string_pretty(value)
+                .map_err(|e| CliError::Failed(format!("cannot encode JSON: {e}")))?;
+            println!("{json}");
+        } else {
+            print!("{}", text());
+        }
+        Ok(())
+    }
+
+    /// Waits for procedure `id` to finish, calling `progress` after each poll.
+    async fn wait_finished(
+        &self,
+        id: ProcedureId,
+        mut progress: impl FnMut(&ProcedureInfo),
+    ) -> Result<ProcedureInfo, CliError> {
+        loop {
+            let info = self
+                .retry(|| self.client.get_procedure(id))
+                .await?
+                .ok_or_else(|| CliError::Failed(format!("{id} is not recorded")))?;
+            progress(&info);
+            if info.finished {
+                return Ok(info);
+            }
+            if Instant::now() >= self.deadline {
+                return Err(CliError::Failed(format!(
+                    "{id} still {} ({}) at the deadline",
+                    info.status, info.state_name
+                )));
+            }
+            smol::Timer::after(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `database create`.
+    pub async fn create_database(
+        &self,
+        name: &str,
+        data_groups: u32,
+        schema_groups: u32,
+        rf: u8,
+    ) -> Result<(), CliError> {
+        let rf = ReplicationFactor::new(rf).map_err(|e| CliError::Config(e.to_string()))?;
+        let request = CreateDatabaseRequest {
+            name: database_name(name)?,
+            schema_replication_factor: rf,
+            data_replication_factor: rf,
+            data_region_groups: data_groups,
+            schema_region_groups: schema_groups,
+        };
+        let id = self
+            .retry(|| self.client.create_database(request.clone()))
+            .await?;
+        let info = self.wait_finished(id, |_| {}).await?;
+        self.print(&info, || {
+            format!(
+                "database {name}: {} by {id} ({})\n",
+                info.status, info.type_name
+            )
+        })?;
+        succeeded(&info)
+    }
+
+    /// `database delete`, optionally waiting with a progress bar of region groups left.
+    pub async fn delete_database(&self, name: &str, wait: bool) -> Result<(), CliError> {
+        let db = database_name(name)?;
+        let total = self
+            .retry(|| self.client.list_region_groups(Some(db.clone())))
+            .await?
+            .len() as u64;
+        let id = self
+            .retry(|| self.client.delete_database(db.clone()))
+            .await?;
+        if !wait {
+            return self.print(&serde_json::json!({ "procedure": id.0 }), || {
+                format!(
+                    "deleting database {name}: {id} (follow with `shoal procedure show {id}`)\n"
+                )
+            });
+        }
+        let bar = if self.json {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(total)
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} region groups removed ({elapsed})",
+            )
+            .map_err(|e| CliError::Failed(e.to_string()))?
+            .progress_chars("=> "),
+        );
+        bar.set_message(format!("deleting {name}"));
+        bar.enable_steady_tick(Duration::from_millis(200));
+        let info = loop {
+            let info = self
+                .retry(|| self.client.get_procedure(id))
+                .await?
+                .ok_or_else(|| CliError::Failed(format!("{id} is not recorded")))?;
+            let left = self
+                .retry(|| self.client.list_region_groups(Some(db.clone())))
+                .await?
+                .len() as u64;
+            bar.set_position(total.saturating_sub(left));
+            if info.finished {
+                break info;
+            }
+            if Instant::now() >= self.deadline {
+                bar.abandon();
+                return Err(CliError::Failed(format!(
+                    "{id} still {} with {left} region groups left at the deadline",
+                    info.status
+                )));
+            }
+            smol::Timer::after(Duration::from_millis(250)).await;
+        };
+        bar.finish_and_clear();
+        self.print(&info, || {
+            format!("database {name}: deletion {} ({id})\n", info.status)
+        })?;
+        succeeded(&info)
+    }
+
+    /// `database list`.
+    pub async fn list_databases(&self) -> Result<(), CliError> {
+        let dbs = self.retry(|| self.client.list_databases()).await?;
+        self.print(&dbs, || {
+            let mut out = String::new();
+            for db in &dbs {
+                out += &format!(
+                    "{}\trf {}/{}\tschema groups {}\tdata groups {}{}\n",
+                    db.schema.name.as_str(),
+                    db.schema.schema_replication_factor.get(),
+                    db.schema.data_replication_factor.get(),
+                    db.schema_region_groups,
+                    db.data_region_groups,
+                    if db.deleting { "\tDELETING" } else { "" }
+                );
+            }
+            out
+        })
+    }
+
+    /// `region list`.
+    pub async fn list_regions(&self, database: Option<&str>) -> Result<(), CliError> {
+        let db = database.map(database_name).transpose()?;
+        let groups = self
+            .retry(|| self.client.list_region_groups(db.clone()))
+            .await?;
+        self.print(&groups, || {
+            let mut out = String::new();
+            for g in &groups {
+                let replicas: Vec<String> = g
+                    .replica_set
+                    .replicas
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                out += &format!(
+                    "{}\t{}\t{}\n",
+                    g.database.as_str(),
+                    g.replica_set.region,
+                    replicas.join(",")
+                );
+            }
+            out
+        })
+    }
+
+    /// `datanode list`.
+    pub async fn list_data_nodes(&self) -> Result<(), CliError> {
+        let nodes = self.retry(|| self.client.list_data_nodes()).await?;
+        self.print(&nodes, || {
+            let mut out = String::new();
+            for n in &nodes {
+                out += &format!(
+                    "{}\t{}\t{}\n",
+                    n.location.id,
+                    n.location.address,
+                    n.status.name()
+                );
+            }
+            out
+        })
+    }
+
+    /// `procedure list`.
+    pub async fn list_procedures(&self) -> Result<(), CliError> {
+        let procedures = self.retry(|| self.client.list_procedures()).await?;
+        self.print(&procedures, || {
+            procedures.iter().map(procedure_line).collect::<String>()
+        })
+    }
+
+    /// `procedure show`.
+    pub async fn show_procedure(&self, id: ProcedureId) -> Result<(), CliError> {
+        let info = self
+            .retry(|| self.client.get_procedure(id))
+            .await?
+            .ok_or_else(|| CliError::Failed(format!("{id} is not recorded")))?;
+        self.print(&info, || {
+            let mut out = procedure_line(&info);
+            if let Some(parent) = info.parent {
+                out += &format!("  parent: {parent}\n");
+            }
+            if !info.children.is_empty() {
+                let children: Vec<String> = info.children.iter().map(ToString::to_string).collect();
+                out += &format!("  children: {}\n", children.join(", "));
+            }
+            if let Some(waiting) = &info.waiting_for {
+                out += &format!("  waiting for: {waiting}\n");
+            }
+            if let Some(error) = &info.last_error {
+                out += &format!("  last error ({} attempts): {error}\n", info.attempts);
+            }
+            out
+        })
+    }
+
+    /// `load`: writes `bytes` (spread over the data region groups) to every replica of
+    /// every data region group of `database`, `chunk` bytes per call. Returns bytes written.
+    pub async fn load(&self, database: &str, bytes: u64, chunk: u64) -> Result<u64, CliError> {
+        let db = database_name(database)?;
+        let groups: Vec<_> = self
+            .retry(|| self.client.list_region_groups(Some(db.clone())))
+            .await?
+            .into_iter()
+            .filter(|g| g.replica_set.region.kind == RegionKind::Data)
+            .collect();
+        if groups.is_empty() {
+            return Err(CliError::Failed(format!(
+                "database {database} has no data region groups"
+            )));
+        }
+        let addresses: BTreeMap<_, _> = self
+            .retry(|| self.client.list_data_nodes())
+            .await?
+            .into_iter()
+            .map(|n| (n.location.id, n.location.address))
+            .collect();
+        let clients = Arc::new(CapnpDataNodeClients::new(
+            self.rpc.clone(),
+            self.options.clone(),
+        ));
+        let per_group = bytes / groups.len() as u64;
+        let chunk = chunk.clamp(1, 16 << 20);
+        let mut tasks = Vec::new();
+        for group in &groups {
+            for replica in &group.replica_set.replicas {
+                let address = addresses.get(replica).ok_or_else(|| {
+                    CliError::Failed(format!(
+                        "{replica} holds {} but is not registered",
+                        group.replica_set.region
+                    ))
+                })?;
+                let client = clients.by_address(address);
+                let region = group.replica_set.region;
+                tasks.push(smol::spawn(async move {
+                    let mut left = per_group;
+                    while left > 0 {
+                        let n = left.min(chunk);
+                        let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+                        client.write_region(region, data).await?;
+                        left -= n;
+                    }
+                    Ok::<u64, ApiError>(per_group)
+                }));
+            }
+        }
+        let mut written = 0;
+        for task in tasks {
+            written += task.await?;
+        }
+        self.print(
+            &serde_json::json!({ "database": database, "bytes_written": written }),
+            || {
+                format!(
+                    "wrote {} to {} data region groups of {database} ({} per replica)\n",
+                    format_size(written),
+                    groups.len(),
+                    format_size(per_group)
+                )
+            },
+        )?;
+        Ok(written)
+    }
+}
+
+fn procedure_line(p: &ProcedureInfo) -> String {
+    format!(
+        "{}\t{}\t{}\t{}{}\n",
+        p.id,
+        p.type_name,
+        p.status,
+        p.state_name,
+        p.parent
+            .map(|p| format!("\tparent {p}"))
+            .unwrap_or_default()
+    )
+}
+
+fn succeeded(info: &ProcedureInfo) -> Result<(), CliError> {
+    if info.status == "Succeeded" {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!(
+            "{} ended {}{}",
+            info.id,
+            info.status,
+            info.last_error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        )))
+    }
+}

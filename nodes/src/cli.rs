@@ -1,0 +1,290 @@
+//! The command line (clap) and the optional TOML config file whose values flags override.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::error::CliError;
+
+/// Port the local cluster's ConfigNode listens on (`shoal up`), and the admin default.
+pub const DEFAULT_CONFIGNODE_PORT: u16 = 7070;
+/// Where `shoal up` keeps its data, and where admin commands look for the secret.
+pub const DEFAULT_DATA_DIR: &str = "shoal-data";
+
+/// Shoal: a region-lifecycle control plane.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about)]
+pub struct Cli {
+    /// TOML file with defaults for the flags (flags win).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every `shoal` command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs a local cluster: 1 ConfigNode + 3 DataNodes on 127.0.0.1 (Ctrl-C stops it).
+    Up(UpArgs),
+    /// Runs a ConfigNode.
+    Confignode(ConfigNodeArgs),
+    /// Runs a DataNode (`shoal datanode list` lists the registered ones).
+    #[command(args_conflicts_with_subcommands = true)]
+    Datanode {
+        /// `list`, or nothing to run a DataNode.
+        #[command(subcommand)]
+        action: Option<DataNodeAction>,
+        /// The DataNode's flags.
+        #[command(flatten)]
+        args: DataNodeArgs,
+    },
+    /// Databases.
+    #[command(subcommand)]
+    Database(DatabaseCommand),
+    /// Region groups.
+    #[command(subcommand)]
+    Region(RegionCommand),
+    /// Procedures.
+    #[command(subcommand)]
+    Procedure(ProcedureCommand),
+    /// Writes synthetic data into a database's data regions.
+    Load {
+        /// The database.
+        database: String,
+        /// Total bytes to write (e.g. 64MiB), spread over the data region groups; every
+        /// replica of a group gets the group's share.
+        #[arg(long, default_value = "16MiB")]
+        bytes: String,
+        /// Largest single write.
+        #[arg(long, default_value = "1MiB")]
+        chunk: String,
+        /// Connection flags.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// `shoal up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Root of every node's data directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The ConfigNode's port; DataNodes use the next three.
+    #[arg(long, default_value_t = DEFAULT_CONFIGNODE_PORT)]
+    pub port: u16,
+    /// DataNodes' deletion rate limit in bytes/s (e.g. 8MiB); unlimited by default.
+    #[arg(long)]
+    pub delete_rate: Option<String>,
+}
+
+/// `shoal confignode`.
+#[derive(Debug, Args)]
+pub struct ConfigNodeArgs {
+    /// Data directory (consensus log, snapshots, generated secret).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on (port 0: any; the bound address goes to DATA_DIR/listen.addr).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Cluster secret file (default: DATA_DIR/cluster.secret, generated if absent).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// `shoal datanode`.
+#[derive(Debug, Args)]
+pub struct DataNodeArgs {
+    /// Data directory (regions, task journal, node id).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on (port 0: any; the bound address goes to DATA_DIR/listen.addr).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Address the ConfigNode reaches this DataNode at (default: the bound address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// The ConfigNode to register with.
+    #[arg(long)]
+    pub confignode: Option<String>,
+    /// Cluster secret file (the ConfigNode's).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Deletion rate limit in bytes/s (e.g. 8MiB); unlimited by default.
+    #[arg(long)]
+    pub delete_rate: Option<String>,
+}
+
+/// `shoal datanode list`.
+#[derive(Debug, Subcommand)]
+pub enum DataNodeAction {
+    /// Lists registered DataNodes.
+    List(AdminArgs),
+}
+
+/// How admin commands reach the ConfigNode.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The ConfigNode's address.
+    #[arg(long)]
+    pub confignode: Option<String>,
+    /// Cluster secret file (default: ./shoal-data/confignode/cluster.secret).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+}
+
+/// `shoal database ...`.
+#[derive(Debug, Subcommand)]
+pub enum DatabaseCommand {
+    /// Creates a database and waits until its region groups exist.
+    Create {
+        /// Its name.
+        name: String,
+        /// Data region groups.
+        #[arg(long, default_value_t = 4)]
+        data_groups: u32,
+        /// Schema region groups.
+        #[arg(long, default_value_t = 1)]
+        schema_groups: u32,
+        /// Replication factor of every group.
+        #[arg(long, default_value_t = 3)]
+        rf: u8,
+        /// Connection flags.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Deletes a database (every region replica's data included).
+    Delete {
+        /// Its name.
+        name: String,
+        /// Wait until it is gone, showing region groups left.
+        #[arg(long)]
+        wait: bool,
+        /// Connection flags.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Lists databases.
+    List(AdminArgs),
+}
+
+/// `shoal region ...`.
+#[derive(Debug, Subcommand)]
+pub enum RegionCommand {
+    /// Lists published region groups.
+    List {
+        /// Only this database's.
+        #[arg(long)]
+        database: Option<String>,
+        /// Connection flags.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// `shoal procedure ...`.
+#[derive(Debug, Subcommand)]
+pub enum ProcedureCommand {
+    /// Lists recorded procedures.
+    List(AdminArgs),
+    /// Shows one procedure (`proc-7` or `7`).
+    Show {
+        /// Its id.
+        id: String,
+        /// Connection flags.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Defaults from a `--config` TOML file; every key is optional and flags win.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Node data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Listen address.
+    pub listen: Option<String>,
+    /// Advertised DataNode address.
+    pub advertise: Option<String>,
+    /// ConfigNode address (DataNodes, admin commands).
+    pub confignode: Option<String>,
+    /// Cluster secret file.
+    pub secret_file: Option<PathBuf>,
+    /// DataNode deletion rate limit (e.g. "8MiB").
+    pub delete_rate: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads `path` (no file given: all defaults).
+    pub fn load(path: Option<&Path>) -> Result<Self, CliError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::io("cannot read the config file", path, e))?;
+        toml::from_str(&text)
+            .map_err(|e| CliError::Config(format!("config file {}: {e}", path.display())))
+    }
+}
+
+/// The ConfigNode address admin commands use by default.
+pub fn default_confignode_addr() -> String {
+    format!("127.0.0.1:{DEFAULT_CONFIGNODE_PORT}")
+}
+
+/// The secret file admin commands use by default (the one `shoal up` generates).
+pub fn default_secret_file() -> PathBuf {
+    Path::new(DEFAULT_DATA_DIR)
+        .join("confignode")
+        .join(shoal_transport_capnp::SECRET_FILE_NAME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn datanode_list_and_datanode_run_parse_apart() {
+        let list = Cli::try_parse_from(["shoal", "datanode", "list", "--json"]).expect("parse");
+        assert!(matches!(
+            list.command,
+            Command::Datanode {
+                action: Some(DataNodeAction::List(AdminArgs { json: true, .. })),
+                ..
+            }
+        ));
+        let run = Cli::try_parse_from(["shoal", "datanode", "--data-dir", "d", "--listen", "a:0"])
+            .expect("parse");
+        assert!(matches!(
+            run.command,
+            Command::Datanode { action: None, .. }
+        ));
+    }
+
+    #[test]
+    fn config_file_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("shoal.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\ndelete_rate = \"1MiB\"\n").expect("write");
+        let config = FileConfig::load(Some(&path)).expect("load");
+        assert_eq!(config.listen.as_deref(), Some("127.0.0.1:1"));
+        std::fs::write(&path, "lisen = \"x\"\n").expect("write");
+        assert!(FileConfig::load(Some(&path)).is_err());
+    }
+}

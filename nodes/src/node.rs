@@ -1,0 +1,216 @@
+//! The ConfigNode and DataNode processes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::FutureExt;
+use shoal_core::api::ConfigNodeApi;
+use shoal_core::confignode::{ConfigNode, ConfigNodeConfig};
+use shoal_core::consensus::{Consensus, LocalConsensus};
+use shoal_core::datanode::{DataNode, DataNodeConfig};
+use shoal_core::model::DataNodeId;
+use shoal_runtime_smol::smol_runtime;
+use shoal_transport_capnp::{
+    CapnpConfigNodeClient, ClientOptions, RpcRuntime, ServedApis, ServerOptions,
+    load_or_create_secret,
+};
+
+use crate::clients::CapnpDataNodeClients;
+use crate::error::CliError;
+use crate::process::{ensure_dir, read_secret_file, write_atomically, write_listen_addr};
+use crate::service::ConfigNodeService;
+use crate::storage::{StoreOptions, open_stores};
+
+/// File in a DataNode's data directory holding the id the ConfigNode gave it.
+pub const NODE_ID_FILE: &str = "node.id";
+
+/// A ConfigNode process's settings.
+#[derive(Debug, Clone)]
+pub struct ConfigNodeSettings {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Listen address.
+    pub listen: String,
+    /// Secret file (`None`: DATA_DIR/cluster.secret, generated if absent).
+    pub secret_file: Option<PathBuf>,
+}
+
+/// Runs a ConfigNode until `stop` yields.
+pub fn run_confignode(
+    settings: ConfigNodeSettings,
+    stop: async_channel::Receiver<()>,
+) -> Result<(), CliError> {
+    ensure_dir(&settings.data_dir)?;
+    let secret = match &settings.secret_file {
+        Some(path) => read_secret_file(path)?,
+        None => {
+            let (secret, path) = load_or_create_secret(&settings.data_dir)?;
+            tracing::info!(path = %path.display(), "cluster secret");
+            secret
+        }
+    };
+    let stores = open_stores(&settings.data_dir, &StoreOptions::default())?;
+    let runtime = smol_runtime();
+    let rpc = RpcRuntime::start("confignode")?;
+    let consensus = Arc::new(LocalConsensus::new(stores.log, stores.snapshots));
+    let clients = Arc::new(CapnpDataNodeClients::new(
+        rpc.clone(),
+        ClientOptions::new(secret.clone()),
+    ));
+    let node = ConfigNode::new(
+        consensus.clone() as Arc<dyn Consensus>,
+        clients,
+        runtime,
+        ConfigNodeConfig::default(),
+    )
+    .map_err(|e| CliError::Node(format!("ConfigNode: {e}")))?;
+    smol::block_on(async {
+        // A single ConfigNode always leads: campaigning replays the stored log.
+        let epoch = consensus
+            .campaign()
+            .await
+            .map_err(|e| CliError::Node(format!("cannot take leadership: {e}")))?;
+        node.start();
+        let api: Arc<dyn ConfigNodeApi> = Arc::new(ConfigNodeService::new(node.clone()));
+        let server = rpc.serve(
+            &settings.listen,
+            &secret,
+            ServedApis::config_node(api),
+            ServerOptions::default(),
+        )?;
+        let addr = server.local_addr();
+        write_listen_addr(&settings.data_dir, addr)?;
+        tracing::info!(%addr, %epoch, data_dir = %settings.data_dir.display(), "ConfigNode listening");
+        let _ = stop.recv().await;
+        tracing::info!("ConfigNode shutting down");
+        server.shutdown().await;
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+/// A DataNode process's settings.
+#[derive(Debug, Clone)]
+pub struct DataNodeSettings {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Listen address.
+    pub listen: String,
+    /// Address the ConfigNode reaches it at (`None`: the bound address).
+    pub advertise: Option<String>,
+    /// The ConfigNode's address.
+    pub confignode: String,
+    /// Secret file.
+    pub secret_file: PathBuf,
+    /// Deletion rate limit, bytes/s.
+    pub delete_rate: Option<u64>,
+}
+
+/// Runs a DataNode until `stop` yields: serves, then registers with the ConfigNode
+/// (retrying until it answers) under the id stored in its data directory, if any.
+pub fn run_datanode(
+    settings: DataNodeSettings,
+    stop: async_channel::Receiver<()>,
+) -> Result<(), CliError> {
+    ensure_dir(&settings.data_dir)?;
+    let secret = read_secret_file(&settings.secret_file)?;
+    let runtime = smol_runtime();
+    let stores = open_stores(
+        &settings.data_dir,
+        &StoreOptions {
+            delete_rate: settings.delete_rate,
+            clock: runtime.clock.clone(),
+            ..StoreOptions::default()
+        },
+    )?;
+    let rpc = RpcRuntime::start("datanode")?;
+    smol::block_on(async {
+        let node = DataNode::open(
+            runtime,
+            stores.regions,
+            stores.journal,
+            DataNodeConfig::default(),
+        )
+        .await
+        .map_err(|e| CliError::Node(format!("DataNode cannot open: {e}")))?;
+        let server = rpc.serve(
+            &settings.listen,
+            &secret,
+            ServedApis::data_node(Arc::new(node.clone())),
+            ServerOptions::default(),
+        )?;
+        let addr = server.local_addr();
+        write_listen_addr(&settings.data_dir, addr)?;
+        let advertise = settings
+            .advertise
+            .clone()
+            .unwrap_or_else(|| addr.to_string());
+        tracing::info!(%addr, %advertise, data_dir = %settings.data_dir.display(), "DataNode listening");
+        let confignode = CapnpConfigNodeClient::new(
+            &rpc,
+            &settings.confignode,
+            ClientOptions::new(secret.clone()),
+        )?;
+        let registered = register(&confignode, &settings.data_dir, advertise)
+            .or(async {
+                let _ = stop.recv().await;
+                Ok(None)
+            })
+            .await?;
+        if registered.is_some() {
+            let _ = stop.recv().await;
+        }
+        tracing::info!("DataNode shutting down");
+        server.shutdown().await;
+        node.halt();
+        Ok(())
+    })
+}
+
+/// Registers (or re-registers under the stored id) until the ConfigNode answers; stores the
+/// id. A refusal (e.g. wrong secret) is fatal; anything retryable is retried.
+async fn register(
+    confignode: &CapnpConfigNodeClient,
+    data_dir: &Path,
+    advertise: String,
+) -> Result<Option<DataNodeId>, CliError> {
+    let id_path = data_dir.join(NODE_ID_FILE);
+    let known_id = read_node_id(&id_path)?;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match confignode
+            .register_data_node(known_id, advertise.clone())
+            .await
+        {
+            Ok(id) => {
+                if known_id != Some(id) {
+                    write_atomically(&id_path, &format!("{}\n", id.0))?;
+                }
+                tracing::info!(data_node = %id, %advertise, "registered with the ConfigNode");
+                return Ok(Some(id));
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::info!(error = %e, "ConfigNode not answering yet; retrying");
+                smol::Timer::after(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(CliError::Node(format!("registration refused: {e}"))),
+        }
+    }
+}
+
+/// The stored DataNode id, if this node registered before.
+fn read_node_id(path: &Path) -> Result<Option<DataNodeId>, CliError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(|id| Some(DataNodeId(id)))
+            .map_err(|_| {
+                CliError::Config(format!("{} does not hold a DataNode id", path.display()))
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CliError::io("cannot read", path, e)),
+    }
+}

@@ -1,0 +1,70 @@
+//! What every long-running `shoal` process shares: logging, the shutdown signal, the
+//! listen-address file, the secret file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::error::CliError;
+
+/// Name of the file a node writes its bound address to, inside its data directory.
+pub const LISTEN_ADDR_FILE: &str = "listen.addr";
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `default_filter`).
+pub fn init_tracing(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A receiver that yields once SIGINT, SIGTERM or SIGHUP arrives. Call once per process.
+pub fn shutdown_signal() -> Result<async_channel::Receiver<()>, CliError> {
+    let (tx, rx) = async_channel::bounded(1);
+    ctrlc::set_handler(move || {
+        let _ = tx.try_send(());
+    })
+    .map_err(|e| CliError::Node(format!("cannot install the signal handler: {e}")))?;
+    Ok(rx)
+}
+
+/// Writes `contents` to `path` atomically (temp file, fsync, rename).
+pub fn write_atomically(path: &Path, contents: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| CliError::io("cannot write", path, e))
+}
+
+/// Records the address a node actually listens on (`DIR/listen.addr`), for tools and tests
+/// that started it on port 0.
+pub fn write_listen_addr(data_dir: &Path, addr: SocketAddr) -> Result<PathBuf, CliError> {
+    let path = data_dir.join(LISTEN_ADDR_FILE);
+    write_atomically(&path, &format!("{addr}\n"))?;
+    Ok(path)
+}
+
+/// Reads a secret file (trimmed; empty is an error).
+pub fn read_secret_file(path: &Path) -> Result<String, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::io("cannot read the secret file", path, e))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(CliError::Config(format!(
+            "secret file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(secret.to_string())
+}
+
+/// Creates `dir` (and parents).
+pub fn ensure_dir(dir: &Path) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir).map_err(|e| CliError::io("cannot create", dir, e))
+}

@@ -1,0 +1,129 @@
+//! Runs one parsed `shoal` command.
+
+use std::path::PathBuf;
+
+use crate::admin::{Admin, parse_procedure_id};
+use crate::cli::{
+    AdminArgs, Cli, Command, DEFAULT_DATA_DIR, DataNodeAction, DatabaseCommand, FileConfig,
+    ProcedureCommand, RegionCommand,
+};
+use crate::error::CliError;
+use crate::node::{ConfigNodeSettings, DataNodeSettings, run_confignode, run_datanode};
+use crate::process::{init_tracing, shutdown_signal};
+use crate::size::parse_size;
+use crate::up::{UpSettings, run_up};
+
+fn required<T>(value: Option<T>, flag: &str) -> Result<T, CliError> {
+    value.ok_or_else(|| CliError::Config(format!("--{flag} is required (flag or config file)")))
+}
+
+fn rate(text: Option<String>) -> Result<Option<u64>, CliError> {
+    text.map(|t| parse_size(&t).map_err(CliError::Config))
+        .transpose()
+}
+
+/// Runs `cli`; the error is the one line to print.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let file = FileConfig::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Up(args) => {
+            init_tracing("info");
+            let settings = UpSettings {
+                data_dir: args
+                    .data_dir
+                    .or(file.data_dir)
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+                port: args.port,
+                delete_rate: args.delete_rate.or(file.delete_rate),
+            };
+            if let Some(rate) = &settings.delete_rate {
+                parse_size(rate).map_err(CliError::Config)?;
+            }
+            run_up(settings, shutdown_signal()?)
+        }
+        Command::Confignode(args) => {
+            init_tracing("info");
+            let settings = ConfigNodeSettings {
+                data_dir: required(args.data_dir.or(file.data_dir), "data-dir")?,
+                listen: required(args.listen.or(file.listen), "listen")?,
+                secret_file: args.secret_file.or(file.secret_file),
+            };
+            run_confignode(settings, shutdown_signal()?)
+        }
+        Command::Datanode {
+            action: Some(DataNodeAction::List(admin)),
+            ..
+        } => with_admin(&admin, file, |a| Box::pin(a.list_data_nodes())),
+        Command::Datanode { action: None, args } => {
+            init_tracing("info");
+            let settings = DataNodeSettings {
+                data_dir: required(args.data_dir.or(file.data_dir), "data-dir")?,
+                listen: required(args.listen.or(file.listen), "listen")?,
+                advertise: args.advertise.or(file.advertise),
+                confignode: required(args.confignode.or(file.confignode), "confignode")?,
+                secret_file: required(args.secret_file.or(file.secret_file), "secret-file")?,
+                delete_rate: rate(args.delete_rate.or(file.delete_rate))?,
+            };
+            run_datanode(settings, shutdown_signal()?)
+        }
+        Command::Database(DatabaseCommand::Create {
+            name,
+            data_groups,
+            schema_groups,
+            rf,
+            admin,
+        }) => with_admin(&admin, file, |a| {
+            Box::pin(async move {
+                a.create_database(&name, data_groups, schema_groups, rf)
+                    .await
+            })
+        }),
+        Command::Database(DatabaseCommand::Delete { name, wait, admin }) => {
+            with_admin(&admin, file, |a| {
+                Box::pin(async move { a.delete_database(&name, wait).await })
+            })
+        }
+        Command::Database(DatabaseCommand::List(admin)) => {
+            with_admin(&admin, file, |a| Box::pin(a.list_databases()))
+        }
+        Command::Region(RegionCommand::List { database, admin }) => with_admin(&admin, file, |a| {
+            Box::pin(async move { a.list_regions(database.as_deref()).await })
+        }),
+        Command::Procedure(ProcedureCommand::List(admin)) => {
+            with_admin(&admin, file, |a| Box::pin(a.list_procedures()))
+        }
+        Command::Procedure(ProcedureCommand::Show { id, admin }) => {
+            let id = parse_procedure_id(&id)?;
+            with_admin(&admin, file, |a| Box::pin(a.show_procedure(id)))
+        }
+        Command::Load {
+            database,
+            bytes,
+            chunk,
+            admin,
+        } => {
+            let bytes = parse_size(&bytes).map_err(CliError::Config)?;
+            let chunk = parse_size(&chunk).map_err(CliError::Config)?;
+            with_admin(&admin, file, |a| {
+                Box::pin(async move { a.load(&database, bytes, chunk).await.map(|_| ()) })
+            })
+        }
+    }
+}
+
+type AdminFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CliError>> + 'a>>;
+
+/// Runs an admin command (quiet logs unless `RUST_LOG` says otherwise).
+fn with_admin<F>(args: &AdminArgs, file: FileConfig, f: F) -> Result<(), CliError>
+where
+    F: for<'a> FnOnce(&'a Admin) -> AdminFuture<'a>,
+{
+    init_tracing("warn");
+    let mut args = args.clone();
+    if args.secret_file.is_none() {
+        args.secret_file = file.secret_file;
+    }
+    let admin = Admin::new(&args, file.confignode)?;
+    smol::block_on(f(&admin))
+}

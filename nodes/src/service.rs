@@ -1,0 +1,167 @@
+//! Core's [`ConfigNodeApi`] over a local [`ConfigNode`]: what the ConfigNode process serves
+//! over Cap'n Proto.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use shoal_core::api::{
+    ApiError, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo, ProcedureInfo,
+    RegionGroupInfo,
+};
+use shoal_core::confignode::{ConfigNode, ConfigNodeError};
+use shoal_core::model::{DataNodeId, DatabaseName, DatabaseSchema, Epoch, ProcedureId};
+use shoal_core::procedure::{self, ProcedureView};
+use shoal_core::state::DataNodeInfo;
+
+/// The message a not-leading ConfigNode answers with (retryable).
+pub const NOT_LEADER: &str = "this ConfigNode is not the leader (yet)";
+
+/// Serves a [`ConfigNode`] as a [`ConfigNodeApi`].
+#[derive(Debug, Clone)]
+pub struct ConfigNodeService {
+    node: Arc<ConfigNode>,
+}
+
+impl ConfigNodeService {
+    /// Serves `node`.
+    pub fn new(node: Arc<ConfigNode>) -> Self {
+        Self { node }
+    }
+}
+
+/// The wire form of a service error: bad requests are refused, leadership gaps and log
+/// failures are retryable remote failures.
+pub fn api_error(error: ConfigNodeError) -> ApiError {
+    match error {
+        ConfigNodeError::NotLeader => ApiError::Remote {
+            message: NOT_LEADER.into(),
+            retryable: true,
+        },
+        ConfigNodeError::Invalid(_)
+        | ConfigNodeError::Rejected(_)
+        | ConfigNodeError::UnknownProcedure(_) => ApiError::Refused(error.to_string()),
+        ConfigNodeError::Procedure(message) => ApiError::Remote {
+            message,
+            retryable: true,
+        },
+    }
+}
+
+/// The admin view of a procedure's status.
+pub fn procedure_info(info: &procedure::ProcedureInfo) -> ProcedureInfo {
+    ProcedureInfo {
+        id: info.id,
+        type_name: info.type_name.clone(),
+        state_name: info.state_name.clone(),
+        status: info.status.name().to_string(),
+        finished: matches!(
+            info.status,
+            ProcedureView::Succeeded | ProcedureView::Failed | ProcedureView::RolledBack
+        ),
+        parent: info.parent,
+        children: info.children.clone(),
+        submitted_at_ms: info.submitted_at_ms,
+        updated_at_ms: info.updated_at_ms,
+        attempts: info.attempts,
+        last_error: info.last_error.clone(),
+        waiting_for: info.waiting_for.clone(),
+    }
+}
+
+#[async_trait]
+impl ConfigNodeApi for ConfigNodeService {
+    async fn create_database(
+        &self,
+        request: CreateDatabaseRequest,
+    ) -> Result<ProcedureId, ApiError> {
+        let schema = DatabaseSchema {
+            name: request.name,
+            schema_replication_factor: request.schema_replication_factor,
+            data_replication_factor: request.data_replication_factor,
+        };
+        self.node
+            .create_database(
+                schema,
+                request.schema_region_groups,
+                request.data_region_groups,
+                None,
+            )
+            .await
+            .map_err(api_error)
+    }
+
+    async fn delete_database(&self, name: DatabaseName) -> Result<ProcedureId, ApiError> {
+        self.node
+            .delete_database(name, None)
+            .await
+            .map_err(api_error)
+    }
+
+    async fn list_databases(&self) -> Result<Vec<DatabaseInfo>, ApiError> {
+        Ok(self
+            .node
+            .list_databases()
+            .into_iter()
+            .map(|db| DatabaseInfo {
+                schema: db.entry.schema,
+                deleting: db.entry.deleting,
+                schema_region_groups: db.schema_region_groups,
+                data_region_groups: db.data_region_groups,
+            })
+            .collect())
+    }
+
+    async fn list_region_groups(
+        &self,
+        database: Option<DatabaseName>,
+    ) -> Result<Vec<RegionGroupInfo>, ApiError> {
+        Ok(self
+            .node
+            .list_region_groups(database.as_ref())
+            .into_iter()
+            .map(|(database, replica_set)| RegionGroupInfo {
+                database,
+                replica_set,
+            })
+            .collect())
+    }
+
+    async fn list_data_nodes(&self) -> Result<Vec<DataNodeInfo>, ApiError> {
+        Ok(self.node.list_data_nodes())
+    }
+
+    async fn list_procedures(&self) -> Result<Vec<ProcedureInfo>, ApiError> {
+        Ok(self
+            .node
+            .list_procedures()
+            .iter()
+            .map(procedure_info)
+            .collect())
+    }
+
+    async fn get_procedure(&self, id: ProcedureId) -> Result<Option<ProcedureInfo>, ApiError> {
+        Ok(self.node.get_procedure(id).as_ref().map(procedure_info))
+    }
+
+    async fn register_data_node(
+        &self,
+        known_id: Option<DataNodeId>,
+        address: String,
+    ) -> Result<DataNodeId, ApiError> {
+        self.node
+            .register_data_node(known_id, address)
+            .await
+            .map_err(api_error)
+    }
+
+    async fn data_node_heartbeat(&self, heartbeat: DataNodeHeartbeat) -> Result<Epoch, ApiError> {
+        // The leader polls DataNodes itself; a pushed heartbeat only learns the epoch.
+        let _ = heartbeat;
+        let leadership = self.node.consensus().leadership().get();
+        if leadership.is_leader {
+            Ok(leadership.epoch)
+        } else {
+            Err(api_error(ConfigNodeError::NotLeader))
+        }
+    }
+}
