@@ -82,12 +82,39 @@ pub fn run_confignode(
         let addr = server.local_addr();
         write_listen_addr(&settings.data_dir, addr)?;
         tracing::info!(%addr, %epoch, data_dir = %settings.data_dir.display(), "ConfigNode listening");
+        let snapshots = smol::spawn(snapshot_loop(consensus.clone()));
         let _ = stop.recv().await;
         tracing::info!("ConfigNode shutting down");
+        snapshots.cancel().await;
         server.shutdown().await;
         node.shutdown().await;
         Ok(())
     })
+}
+
+/// Log entries applied since the last snapshot that trigger a new one.
+const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
+/// How often the snapshot policy is checked.
+const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Keeps the log bounded: every `SNAPSHOT_CHECK_INTERVAL`, snapshots the applied state (and
+/// compacts the log) once `SNAPSHOT_EVERY_ENTRIES` entries were applied since the last one.
+async fn snapshot_loop(consensus: Arc<LocalConsensus>) {
+    let mut last = consensus.applied_index();
+    loop {
+        smol::Timer::after(SNAPSHOT_CHECK_INTERVAL).await;
+        let applied = consensus.applied_index();
+        if applied.saturating_sub(last) < SNAPSHOT_EVERY_ENTRIES {
+            continue;
+        }
+        match consensus.take_snapshot().await {
+            Ok(index) => {
+                tracing::info!(index, "snapshot taken; log compacted");
+                last = index;
+            }
+            Err(e) => tracing::warn!("snapshot failed (will retry): {e}"),
+        }
+    }
 }
 
 /// A DataNode process's settings.
