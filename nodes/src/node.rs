@@ -20,7 +20,7 @@ use crate::clients::CapnpDataNodeClients;
 use crate::error::CliError;
 use crate::process::{ensure_dir, read_secret_file, write_atomically, write_listen_addr};
 use crate::service::ConfigNodeService;
-use crate::storage::{StoreOptions, open_stores};
+use crate::storage::{StoreOptions, open_confignode_stores, open_datanode_stores};
 
 /// File in a DataNode's data directory holding the id the ConfigNode gave it.
 pub const NODE_ID_FILE: &str = "node.id";
@@ -50,7 +50,7 @@ pub fn run_confignode(
             secret
         }
     };
-    let stores = open_stores(&settings.data_dir, &StoreOptions::default())?;
+    let stores = open_confignode_stores(&settings.data_dir, &StoreOptions::default())?;
     let runtime = smol_runtime();
     let rpc = RpcRuntime::start("confignode")?;
     let consensus = Arc::new(LocalConsensus::new(stores.log, stores.snapshots));
@@ -143,7 +143,7 @@ pub fn run_datanode(
     ensure_dir(&settings.data_dir)?;
     let secret = read_secret_file(&settings.secret_file)?;
     let runtime = smol_runtime();
-    let stores = open_stores(
+    let stores = open_datanode_stores(
         &settings.data_dir,
         &StoreOptions {
             delete_rate: settings.delete_rate,

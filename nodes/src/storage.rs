@@ -44,22 +44,35 @@ impl Default for StoreOptions {
     }
 }
 
-/// Every store a node needs, behind core's traits.
+/// A ConfigNode's stores, behind core's traits.
 #[derive(Clone)]
-pub struct Stores {
-    /// The ConfigNode's consensus log.
+pub struct ConfigNodeStores {
+    /// The consensus log.
     pub log: Arc<dyn LogStore>,
-    /// The ConfigNode's snapshots.
+    /// Snapshots of the applied state.
     pub snapshots: Arc<dyn SnapshotStore>,
-    /// The DataNode's region replicas.
+}
+
+/// A DataNode's stores, behind core's traits.
+#[derive(Clone)]
+pub struct DataNodeStores {
+    /// Region replicas and their data.
     pub regions: Arc<dyn RegionStore>,
-    /// The DataNode's task journal.
+    /// The task journal.
     pub journal: Arc<dyn TaskJournal>,
 }
 
-impl std::fmt::Debug for Stores {
+impl std::fmt::Debug for ConfigNodeStores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stores")
+        f.debug_struct("ConfigNodeStores")
+            .field("backend", &BACKEND)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for DataNodeStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataNodeStores")
             .field("backend", &BACKEND)
             .finish_non_exhaustive()
     }
@@ -72,44 +85,72 @@ pub const BACKEND: &str = "mem";
 #[cfg(all(feature = "storage-fs", not(feature = "storage-mem")))]
 pub const BACKEND: &str = "fs";
 
-/// Opens (recovering as needed) the stores under `data_dir`. Blocking: call at start-up.
+/// Opens (recovering as needed) a ConfigNode's stores under `data_dir/confignode`.
+/// Blocking: call at start-up.
 #[cfg(all(feature = "storage-fs", not(feature = "storage-mem")))]
-pub fn open_stores(data_dir: &Path, options: &StoreOptions) -> Result<Stores, StorageError> {
-    use shoal_storage_fs::{
-        FsLogStore, FsRegionStore, FsSnapshotStore, FsTaskJournal, LogOptions, RegionStoreOptions,
-    };
-    let confignode = data_dir.join("confignode");
-    let datanode = data_dir.join("datanode");
-    let log = FsLogStore::open(confignode.join("log"), LogOptions::default())?;
+pub fn open_confignode_stores(
+    data_dir: &Path,
+    options: &StoreOptions,
+) -> Result<ConfigNodeStores, StorageError> {
+    use shoal_storage_fs::{FsLogStore, FsSnapshotStore, LogOptions};
+    let dir = data_dir.join("confignode");
     // A torn tail was logged at WARN by recovery; the report stays readable on the store.
-    Ok(Stores {
+    let log = FsLogStore::open(dir.join("log"), LogOptions::default())?;
+    let snapshots = FsSnapshotStore::open(dir.join("snapshots"), options.snapshots_kept)?;
+    Ok(ConfigNodeStores {
         log: Arc::new(log),
-        snapshots: Arc::new(FsSnapshotStore::open(
-            confignode.join("snapshots"),
-            options.snapshots_kept,
-        )?),
-        regions: Arc::new(FsRegionStore::open(
-            &datanode,
-            RegionStoreOptions {
-                delete_rate: options.delete_rate,
-                clock: options.clock.clone(),
-            },
-        )?),
-        journal: Arc::new(FsTaskJournal::open(datanode.join("tasks.journal"))?),
+        snapshots: Arc::new(snapshots),
     })
 }
 
-/// Opens in-memory stores (`data_dir` is not touched: nothing survives a restart).
+/// Opens (recovering as needed, finishing pending trash removal) a DataNode's stores under
+/// `data_dir/datanode`. Blocking: call at start-up.
+#[cfg(all(feature = "storage-fs", not(feature = "storage-mem")))]
+pub fn open_datanode_stores(
+    data_dir: &Path,
+    options: &StoreOptions,
+) -> Result<DataNodeStores, StorageError> {
+    use shoal_storage_fs::{FsRegionStore, FsTaskJournal, RegionStoreOptions};
+    let dir = data_dir.join("datanode");
+    let regions = FsRegionStore::open(
+        &dir,
+        RegionStoreOptions {
+            delete_rate: options.delete_rate,
+            clock: options.clock.clone(),
+        },
+    )?;
+    let journal = FsTaskJournal::open(dir.join("tasks.journal"))?;
+    Ok(DataNodeStores {
+        regions: Arc::new(regions),
+        journal: Arc::new(journal),
+    })
+}
+
+/// Opens in-memory ConfigNode stores (`data_dir` is not touched: nothing survives a restart).
 #[cfg(feature = "storage-mem")]
-pub fn open_stores(data_dir: &Path, options: &StoreOptions) -> Result<Stores, StorageError> {
+pub fn open_confignode_stores(
+    data_dir: &Path,
+    options: &StoreOptions,
+) -> Result<ConfigNodeStores, StorageError> {
     use shoal_core::storage::mem::{MemLogStore, MemSnapshotStore};
+    let _ = (data_dir, options);
+    Ok(ConfigNodeStores {
+        log: Arc::new(MemLogStore::new()),
+        snapshots: Arc::new(MemSnapshotStore::new()),
+    })
+}
+
+/// Opens in-memory DataNode stores (`data_dir` is not touched: nothing survives a restart).
+#[cfg(feature = "storage-mem")]
+pub fn open_datanode_stores(
+    data_dir: &Path,
+    options: &StoreOptions,
+) -> Result<DataNodeStores, StorageError> {
     use shoal_core::storage::{MemRegionStore, MemTaskJournal};
     let _ = data_dir;
     let regions = MemRegionStore::new(options.clock.clone())
         .with_delete_rate(options.delete_rate.unwrap_or(0));
-    Ok(Stores {
-        log: Arc::new(MemLogStore::new()),
-        snapshots: Arc::new(MemSnapshotStore::new()),
+    Ok(DataNodeStores {
         regions: Arc::new(regions),
         journal: Arc::new(MemTaskJournal::new()),
     })
@@ -129,17 +170,21 @@ mod tests {
         }
     }
 
+    fn open(dir: &Path) -> (ConfigNodeStores, DataNodeStores) {
+        let options = StoreOptions::default();
+        (
+            open_confignode_stores(dir, &options).expect("confignode stores"),
+            open_datanode_stores(dir, &options).expect("datanode stores"),
+        )
+    }
+
     /// Writes one thing into every store.
-    fn fill(stores: &Stores) {
+    fn fill((cn, dn): &(ConfigNodeStores, DataNodeStores)) {
         futures_lite::future::block_on(async {
-            let index = stores.log.append(1, b"plan").expect("append");
-            stores.log.sync(index).await.expect("sync");
-            stores.regions.create(&config()).await.expect("create");
-            stores
-                .journal
-                .append(b"task".to_vec())
-                .await
-                .expect("journal");
+            let index = cn.log.append(1, b"plan").expect("append");
+            cn.log.sync(index).await.expect("sync");
+            dn.regions.create(&config()).await.expect("create");
+            dn.journal.append(b"task".to_vec()).await.expect("journal");
         });
     }
 
@@ -148,17 +193,21 @@ mod tests {
     fn fs_backend_keeps_everything_across_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(BACKEND, "fs");
-        fill(&open_stores(dir.path(), &StoreOptions::default()).expect("open"));
-        let stores = open_stores(dir.path(), &StoreOptions::default()).expect("reopen");
-        assert_eq!(stores.log.last_index(), 1);
+        fill(&open(dir.path()));
+        let (cn, dn) = open(dir.path());
+        assert_eq!(cn.log.last_index(), 1);
         futures_lite::future::block_on(async {
-            assert_eq!(stores.regions.list().await.expect("list"), vec![config()]);
+            assert_eq!(dn.regions.list().await.expect("list"), vec![config()]);
             assert_eq!(
-                stores.journal.load().await.expect("load"),
+                dn.journal.load().await.expect("load"),
                 vec![b"task".to_vec()]
             );
         });
         assert!(dir.path().join("confignode/log").is_dir());
+        // Each role opens only its own stores.
+        let only_dn = tempfile::tempdir().expect("tempdir");
+        open_datanode_stores(only_dn.path(), &StoreOptions::default()).expect("open");
+        assert!(!only_dn.path().join("confignode").exists());
     }
 
     #[cfg(feature = "storage-mem")]
@@ -166,15 +215,15 @@ mod tests {
     fn mem_backend_writes_nothing_to_disk_and_starts_empty() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(BACKEND, "mem");
-        let stores = open_stores(dir.path(), &StoreOptions::default()).expect("open");
+        let stores = open(dir.path());
         fill(&stores);
-        assert_eq!(stores.log.last_index(), 1);
+        assert_eq!(stores.0.log.last_index(), 1);
         assert_eq!(
             std::fs::read_dir(dir.path()).expect("dir").count(),
             0,
             "the mem backend touched the data dir"
         );
-        let fresh = open_stores(dir.path(), &StoreOptions::default()).expect("reopen");
+        let (fresh, _) = open(dir.path());
         assert_eq!(fresh.log.last_index(), 0);
     }
 }
