@@ -20,8 +20,10 @@ pub enum ApiError {
     /// No reply within the call's deadline: the call may or may not have run.
     #[error("call timed out after {0:?}")]
     Timeout(Duration),
-    /// The peer could not be reached (connection refused, node down, partition): the call
-    /// did not run.
+    /// The peer could not be reached (connection refused, node down, partition), or the
+    /// connection broke during the call. A refused connection means the call did not run; a
+    /// broken one means it may have: callers must treat the outcome as unknown (task ids and
+    /// idempotent calls make a retry safe either way).
     #[error("peer unreachable: {0}")]
     Unreachable(String),
     /// The caller's leader epoch is lower than one the peer has seen.
