@@ -157,7 +157,10 @@ interface ConfigNode {
   createDatabase @0 (name :Text, schemaRf :UInt8, dataRf :UInt8,
                      dataRegionGroups :UInt32, schemaRegionGroups :UInt32)
       -> (reply :UnitReply);
-  deleteDatabase @1 (name :Text) -> (reply :DeleteDatabaseReply);
+  # `requestKey` (added later: parameters take ordinals in order, so it is field 1 and
+  # old clients, which send none, read as `none`): the client's id for this request, the
+  # same on each retry. A retry with the same key returns the first call's procedure id.
+  deleteDatabase @1 (name :Text, requestKey :OptionalText) -> (reply :DeleteDatabaseReply);
   listDatabases @2 () -> (reply :ListDatabasesReply);
   # `database` empty: every database's groups.
   listRegionGroups @3 (database :Text) -> (reply :ListRegionGroupsReply);
@@ -168,8 +171,11 @@ interface ConfigNode {
   dataNodeHeartbeat @8 (id :UInt32, report :HeartbeatReport) -> (reply :DataNodeHeartbeatReply);
   # Like `createDatabase`, but answers with the creating procedure's id so the caller can
   # follow it. Clients use this one; `createDatabase` stays for older clients.
+  # `requestKey` (added later, field 5; none from old clients): as for `deleteDatabase`, a
+  # retry with the same key returns the first call's procedure instead of "exists".
   startCreateDatabase @9 (name :Text, schemaRf :UInt8, dataRf :UInt8,
-                          dataRegionGroups :UInt32, schemaRegionGroups :UInt32)
+                          dataRegionGroups :UInt32, schemaRegionGroups :UInt32,
+                          requestKey :OptionalText)
       -> (reply :CreateDatabaseReply);
 }
 

@@ -294,12 +294,23 @@ pub struct DataNodeHeartbeat {
 pub trait ConfigNodeApi: Send + Sync + 'static {
     /// Starts creating a database and its region groups; returns the creating procedure's
     /// id to follow (with [`ConfigNodeApi::get_procedure`]).
+    ///
+    /// `request_key` is the client's id for this request, kept across its retries: a
+    /// retried call with the same key returns the first call's procedure id instead of
+    /// answering "database exists" (a lost reply is then harmless). `None`: no dedup.
     async fn create_database(
         &self,
         request: CreateDatabaseRequest,
+        request_key: Option<String>,
     ) -> Result<ProcedureId, ApiError>;
     /// Starts deleting a database; returns the deletion procedure's id to follow.
-    async fn delete_database(&self, name: DatabaseName) -> Result<ProcedureId, ApiError>;
+    /// `request_key` works as for [`ConfigNodeApi::create_database`] (a retry does not
+    /// answer "not found" for a database its first attempt is deleting).
+    async fn delete_database(
+        &self,
+        name: DatabaseName,
+        request_key: Option<String>,
+    ) -> Result<ProcedureId, ApiError>;
     /// Every database, by name.
     async fn list_databases(&self) -> Result<Vec<DatabaseInfo>, ApiError>;
     /// Published region groups, of one database or (with `None`) of all.

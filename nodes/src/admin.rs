@@ -37,6 +37,12 @@ fn database_name(name: &str) -> Result<DatabaseName, CliError> {
     DatabaseName::new(name).map_err(|e| CliError::Config(e.to_string()))
 }
 
+/// A fresh request key: 128 random bits in hex. One per CLI invocation, reused by every
+/// retry of its submit, so a retry after a lost reply finds the first attempt's procedure.
+pub fn new_request_key() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
 /// Parses `proc-7` or `7`.
 pub fn parse_procedure_id(text: &str) -> Result<ProcedureId, CliError> {
     text.trim_start_matches("proc-")
@@ -144,8 +150,12 @@ impl Admin {
             data_region_groups: data_groups,
             schema_region_groups: schema_groups,
         };
+        let key = new_request_key();
         let id = self
-            .retry(|| self.client.create_database(request.clone()))
+            .retry(|| {
+                self.client
+                    .create_database(request.clone(), Some(key.clone()))
+            })
             .await?;
         let info = self.wait_finished(id, |_| {}).await?;
         self.print(&info, || {
@@ -164,8 +174,9 @@ impl Admin {
             .retry(|| self.client.list_region_groups(Some(db.clone())))
             .await?
             .len() as u64;
+        let key = new_request_key();
         let id = self
-            .retry(|| self.client.delete_database(db.clone()))
+            .retry(|| self.client.delete_database(db.clone(), Some(key.clone())))
             .await?;
         if !wait {
             return self.print(&serde_json::json!({ "procedure": id.0 }), || {
@@ -408,5 +419,18 @@ fn succeeded(info: &ProcedureInfo) -> Result<(), CliError> {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_request_key;
+
+    #[test]
+    fn request_keys_are_128_bit_hex_and_differ_per_invocation() {
+        let (a, b) = (new_request_key(), new_request_key());
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
     }
 }

@@ -73,6 +73,7 @@ impl ConfigNodeApi for ConfigNodeService {
     async fn create_database(
         &self,
         request: CreateDatabaseRequest,
+        request_key: Option<String>,
     ) -> Result<ProcedureId, ApiError> {
         let schema = DatabaseSchema {
             name: request.name,
@@ -84,15 +85,19 @@ impl ConfigNodeApi for ConfigNodeService {
                 schema,
                 request.schema_region_groups,
                 request.data_region_groups,
-                None,
+                request_key,
             )
             .await
             .map_err(api_error)
     }
 
-    async fn delete_database(&self, name: DatabaseName) -> Result<ProcedureId, ApiError> {
+    async fn delete_database(
+        &self,
+        name: DatabaseName,
+        request_key: Option<String>,
+    ) -> Result<ProcedureId, ApiError> {
         self.node
-            .delete_database(name, None)
+            .delete_database(name, request_key)
             .await
             .map_err(api_error)
     }
@@ -165,3 +170,6 @@ impl ConfigNodeApi for ConfigNodeService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

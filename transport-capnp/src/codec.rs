@@ -265,14 +265,16 @@ fn read_opt_u64(r: capnp::Result<optional_u_int64::Reader<'_>>) -> Result<Option
     )
 }
 
-fn write_opt_text(mut b: optional_text::Builder<'_>, value: Option<&str>) {
+pub(crate) fn write_opt_text(mut b: optional_text::Builder<'_>, value: Option<&str>) {
     match value {
         Some(v) => b.set_some(v),
         None => b.set_none(()),
     }
 }
 
-fn read_opt_text(r: capnp::Result<optional_text::Reader<'_>>) -> Result<Option<String>, ApiError> {
+pub(crate) fn read_opt_text(
+    r: capnp::Result<optional_text::Reader<'_>>,
+) -> Result<Option<String>, ApiError> {
     Ok(
         match r.map_err(malformed)?.which().map_err(not_in_schema)? {
             optional_text::None(()) => None,

@@ -56,6 +56,7 @@ impl ConfigNodeApi for CapnpConfigNodeClient {
     async fn create_database(
         &self,
         request: CreateDatabaseRequest,
+        request_key: Option<String>,
     ) -> Result<ProcedureId, ApiError> {
         self.conn
             .call(self.timeout(), move |remote| async move {
@@ -66,6 +67,7 @@ impl ConfigNodeApi for CapnpConfigNodeClient {
                 p.set_data_rf(request.data_replication_factor.get());
                 p.set_data_region_groups(request.data_region_groups);
                 p.set_schema_region_groups(request.schema_region_groups);
+                codec::write_opt_text(p.init_request_key(), request_key.as_deref());
                 let resp = req.send().promise.await.map_err(call_error)?;
                 let reply = resp.get().and_then(|r| r.get_reply()).map_err(malformed)?;
                 match reply.which().map_err(not_in_schema)? {
@@ -76,11 +78,17 @@ impl ConfigNodeApi for CapnpConfigNodeClient {
             .await
     }
 
-    async fn delete_database(&self, name: DatabaseName) -> Result<ProcedureId, ApiError> {
+    async fn delete_database(
+        &self,
+        name: DatabaseName,
+        request_key: Option<String>,
+    ) -> Result<ProcedureId, ApiError> {
         self.conn
             .call(self.timeout(), move |remote| async move {
                 let mut req = remote.config_node.delete_database_request();
-                req.get().set_name(name.as_str());
+                let mut p = req.get();
+                p.set_name(name.as_str());
+                codec::write_opt_text(p.init_request_key(), request_key.as_deref());
                 let resp = req.send().promise.await.map_err(call_error)?;
                 let reply = resp.get().and_then(|r| r.get_reply()).map_err(malformed)?;
                 match reply.which().map_err(not_in_schema)? {

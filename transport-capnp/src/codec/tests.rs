@@ -2,7 +2,7 @@ use shoal_core::api::{ApiError, MaintainTask, MaintainTaskKind};
 use shoal_core::model::{Epoch, RegionId, RegionKind, TaskId};
 
 use super::*;
-use crate::shoal_capnp::{error, maintain_task, region_id};
+use crate::shoal_capnp::{config_node, error, maintain_task, region_id};
 
 #[test]
 fn unknown_region_kind_code_is_malformed_not_a_panic() {
@@ -69,4 +69,17 @@ fn caller_side_errors_travel_as_retryable_remote_failures() {
         read_error(message.get_root_as_reader::<error::Reader<'_>>()),
         stale
     );
+}
+
+#[test]
+fn a_request_from_a_client_that_predates_request_keys_reads_as_no_key() {
+    // An old client's params struct has no `requestKey` pointer at all.
+    let mut message = capnp::message::Builder::new_default();
+    message
+        .init_root::<config_node::delete_database_params::Builder<'_>>()
+        .set_name("metrics");
+    let params = message
+        .get_root_as_reader::<config_node::delete_database_params::Reader<'_>>()
+        .expect("params");
+    assert_eq!(read_opt_text(params.get_request_key()), Ok(None));
 }

@@ -78,7 +78,7 @@ impl config_node::Server for ConfigNodeServer {
         );
         let outcome = self
             .call(decoded, |api, request| {
-                Box::pin(async move { api.create_database(request).await.map(|_| ()) })
+                Box::pin(async move { api.create_database(request, None).await.map(|_| ()) })
             })
             .await;
         write_unit(results.get().init_reply(), outcome);
@@ -97,10 +97,11 @@ impl config_node::Server for ConfigNodeServer {
             p.get_data_rf(),
             p.get_data_region_groups(),
             p.get_schema_region_groups(),
-        );
+        )
+        .and_then(|request| Ok((request, codec::read_opt_text(p.get_request_key())?)));
         let outcome = self
-            .call(decoded, |api, request| {
-                Box::pin(async move { api.create_database(request).await })
+            .call(decoded, |api, (request, key)| {
+                Box::pin(async move { api.create_database(request, key).await })
             })
             .await;
         let mut reply = results.get().init_reply();
@@ -116,10 +117,12 @@ impl config_node::Server for ConfigNodeServer {
         params: config_node::DeleteDatabaseParams,
         mut results: config_node::DeleteDatabaseResults,
     ) -> Result<(), capnp::Error> {
-        let decoded = codec::read_database_name(params.get()?.get_name());
+        let p = params.get()?;
+        let decoded = codec::read_database_name(p.get_name())
+            .and_then(|name| Ok((name, codec::read_opt_text(p.get_request_key())?)));
         let outcome = self
-            .call(decoded, |api, name| {
-                Box::pin(async move { api.delete_database(name).await })
+            .call(decoded, |api, (name, key)| {
+                Box::pin(async move { api.delete_database(name, key).await })
             })
             .await;
         let mut reply = results.get().init_reply();

@@ -211,6 +211,7 @@ struct ConfigNodeState {
     nodes: BTreeMap<DataNodeId, DataNodeInfo>,
     procedures: BTreeMap<ProcedureId, ProcedureInfo>,
     heartbeats: Vec<DataNodeHeartbeat>,
+    request_keys: Vec<(&'static str, Option<String>)>,
     epoch: Epoch,
 }
 
@@ -239,6 +240,11 @@ impl FakeConfigNode {
     pub fn set_epoch(&self, epoch: Epoch) {
         self.with(|s| s.epoch = epoch);
     }
+
+    /// The request keys create and delete calls arrived with, in call order.
+    pub fn request_keys(&self) -> Vec<(&'static str, Option<String>)> {
+        self.with(|s| s.request_keys.clone())
+    }
 }
 
 #[async_trait]
@@ -246,8 +252,10 @@ impl ConfigNodeApi for FakeConfigNode {
     async fn create_database(
         &self,
         request: CreateDatabaseRequest,
+        request_key: Option<String>,
     ) -> Result<ProcedureId, ApiError> {
         self.with(|s| {
+            s.request_keys.push(("create_database", request_key));
             if s.databases.contains_key(&request.name) {
                 return Err(ApiError::Refused(format!("{} exists", request.name)));
             }
@@ -269,8 +277,13 @@ impl ConfigNodeApi for FakeConfigNode {
         })
     }
 
-    async fn delete_database(&self, name: DatabaseName) -> Result<ProcedureId, ApiError> {
+    async fn delete_database(
+        &self,
+        name: DatabaseName,
+        request_key: Option<String>,
+    ) -> Result<ProcedureId, ApiError> {
         self.with(|s| {
+            s.request_keys.push(("delete_database", request_key));
             let db = s
                 .databases
                 .get_mut(&name)

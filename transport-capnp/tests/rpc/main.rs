@@ -226,7 +226,7 @@ fn every_config_node_call_round_trips_with_values_intact() {
             schema_region_groups: 2,
         };
         let created = client
-            .create_database(request.clone())
+            .create_database(request.clone(), None)
             .await
             .expect("create");
         assert_eq!(
@@ -235,7 +235,7 @@ fn every_config_node_call_round_trips_with_values_intact() {
             "the creating procedure's id crosses the wire"
         );
         assert!(matches!(
-            client.create_database(request).await,
+            client.create_database(request, None).await,
             Err(ApiError::Refused(m)) if m.contains("exists")
         ));
         let dbs = client.list_databases().await.expect("list");
@@ -299,7 +299,10 @@ fn every_config_node_call_round_trips_with_values_intact() {
             Ok(2)
         );
 
-        let id = client.delete_database(db("metrics")).await.expect("delete");
+        let id = client
+            .delete_database(db("metrics"), None)
+            .await
+            .expect("delete");
         let shown = client.get_procedure(id).await.expect("get").expect("found");
         assert_eq!(shown.id, id);
         assert_eq!(shown.type_name, "DeleteDatabaseProcedure");
@@ -317,6 +320,42 @@ fn every_config_node_call_round_trips_with_values_intact() {
         let dbs = client.list_databases().await.expect("list");
         assert!(dbs[0].deleting);
     });
+}
+
+#[test]
+fn request_keys_of_create_and_delete_cross_the_wire_intact() {
+    let node = start_node(WireLimits::default());
+    let client = config_client(&node, options(SECRET));
+    let key = "9f0c2a7e5b1d4c3a8e6f0b2d4a6c8e0f".to_string();
+    smol::block_on(async {
+        let request = CreateDatabaseRequest {
+            name: db("keyed"),
+            schema_replication_factor: rf(1),
+            data_replication_factor: rf(1),
+            data_region_groups: 1,
+            schema_region_groups: 1,
+        };
+        client
+            .create_database(request, Some(key.clone()))
+            .await
+            .expect("create");
+        client
+            .delete_database(db("keyed"), Some("delete-key".into()))
+            .await
+            .expect("delete");
+        client
+            .delete_database(db("keyed"), None)
+            .await
+            .expect("delete without a key");
+    });
+    assert_eq!(
+        node.config_node.request_keys(),
+        vec![
+            ("create_database", Some(key)),
+            ("delete_database", Some("delete-key".into())),
+            ("delete_database", None),
+        ]
+    );
 }
 
 #[test]

@@ -1,0 +1,110 @@
+//! The service over an in-process ConfigNode (in-memory log, no DataNodes): request keys
+//! make retried submits idempotent.
+
+use std::sync::Arc;
+
+use shoal_core::api::{ApiError, ConfigNodeApi, CreateDatabaseRequest};
+use shoal_core::confignode::{ConfigNode, ConfigNodeConfig};
+use shoal_core::consensus::{Consensus, LocalConsensus};
+use shoal_core::model::{DatabaseName, ReplicationFactor};
+use shoal_core::storage::mem::{MemLogStore, MemSnapshotStore};
+use shoal_runtime_smol::smol_runtime;
+use shoal_transport_capnp::{ClientOptions, RpcRuntime};
+
+use super::ConfigNodeService;
+use crate::clients::CapnpDataNodeClients;
+
+/// A leading ConfigNode with no DataNodes (database-only requests need none).
+async fn service() -> (ConfigNodeService, Arc<ConfigNode>) {
+    let consensus = Arc::new(LocalConsensus::new(
+        Arc::new(MemLogStore::new()),
+        Arc::new(MemSnapshotStore::new()),
+    ));
+    let rpc = RpcRuntime::start("service-test").expect("rpc thread");
+    let clients = Arc::new(CapnpDataNodeClients::new(rpc, ClientOptions::new("unused")));
+    let node = ConfigNode::new(
+        consensus.clone() as Arc<dyn Consensus>,
+        clients,
+        smol_runtime(),
+        ConfigNodeConfig::default(),
+    )
+    .expect("ConfigNode builds");
+    consensus.campaign().await.expect("campaign");
+    node.start();
+    node.executor().wait_running().await;
+    (ConfigNodeService::new(node.clone()), node)
+}
+
+fn request(name: &str) -> CreateDatabaseRequest {
+    let rf = ReplicationFactor::new(1).expect("rf");
+    CreateDatabaseRequest {
+        name: DatabaseName::new(name).expect("name"),
+        schema_replication_factor: rf,
+        data_replication_factor: rf,
+        data_region_groups: 0,
+        schema_region_groups: 0,
+    }
+}
+
+#[test]
+fn create_retried_with_the_same_request_key_returns_the_first_procedure_not_exists() {
+    smol::block_on(async {
+        let (service, node) = service().await;
+        let key = Some("create-key-1".to_string());
+        let first = service
+            .create_database(request("metrics"), key.clone())
+            .await
+            .expect("first create");
+        // The first attempt finished (its reply was "lost"); the retry comes after.
+        let done = node.wait_procedure(first).await.expect("create finishes");
+        assert_eq!(done.status.name(), "Succeeded");
+        let retried = service
+            .create_database(request("metrics"), key)
+            .await
+            .expect("a retry with the same key is not refused");
+        assert_eq!(retried, first);
+        assert!(
+            matches!(
+                service.create_database(request("metrics"), None).await,
+                Err(ApiError::Refused(m)) if m.contains("exists")
+            ),
+            "without a key the database is reported as existing"
+        );
+        let created = service.list_databases().await.expect("list");
+        assert_eq!(created.len(), 1, "the retry created nothing new");
+        node.shutdown().await;
+    });
+}
+
+#[test]
+fn delete_retried_with_the_same_request_key_returns_the_first_procedure_not_not_found() {
+    smol::block_on(async {
+        let (service, node) = service().await;
+        let created = service
+            .create_database(request("doomed"), None)
+            .await
+            .expect("create");
+        node.wait_procedure(created).await.expect("create finishes");
+        let name = DatabaseName::new("doomed").expect("name");
+        let key = Some("delete-key-1".to_string());
+        let first = service
+            .delete_database(name.clone(), key.clone())
+            .await
+            .expect("first delete");
+        let done = node.wait_procedure(first).await.expect("delete finishes");
+        assert_eq!(done.status.name(), "Succeeded");
+        assert_eq!(
+            service.delete_database(name.clone(), key).await,
+            Ok(first),
+            "a retry with the same key finds the first deletion"
+        );
+        assert!(
+            matches!(
+                service.delete_database(name, None).await,
+                Err(ApiError::Refused(m)) if m.contains("does not exist")
+            ),
+            "without a key the gone database is reported missing"
+        );
+        node.shutdown().await;
+    });
+}
