@@ -18,7 +18,14 @@ fn register(port: u32) -> ConfigPlan {
 fn open(dir: &std::path::Path) -> (Arc<FsLogStore>, LocalConsensus) {
     // Small segments, so the snapshot's compaction really removes files.
     let log = Arc::new(
-        FsLogStore::open(dir.join("log"), LogOptions { segment_size: 4096 }).expect("log"),
+        FsLogStore::open(
+            dir.join("log"),
+            LogOptions {
+                segment_size: 4096,
+                ..LogOptions::default()
+            },
+        )
+        .expect("log"),
     );
     let snapshots = Arc::new(FsSnapshotStore::open(dir.join("snapshots"), 2).expect("snapshots"));
     let consensus = LocalConsensus::new(log.clone(), snapshots);

@@ -19,6 +19,7 @@ fn options() -> LogOptions {
     // Small segments so kills also land during segment rolls.
     LogOptions {
         segment_size: 256 << 10,
+        ..LogOptions::default()
     }
 }
 

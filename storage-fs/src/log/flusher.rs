@@ -85,6 +85,9 @@ pub(crate) struct FlushJob {
     pub shared: Arc<Shared>,
     pub segment: ActiveSegment,
     pub batch: Batch,
+    /// Whether this job runs on a pool thread of its own (async `sync`), where waiting a
+    /// little costs nobody; an inline job (`sync_blocking`) never lingers or delays.
+    pub pooled: bool,
 }
 
 impl FlushJob {
@@ -95,6 +98,7 @@ impl FlushJob {
             shared,
             mut segment,
             mut batch,
+            pooled,
         } = self;
         loop {
             #[cfg(any(test, feature = "testing"))]
@@ -111,24 +115,94 @@ impl FlushJob {
                     // instead of pretending later syncs cover it.
                     tracing::error!(error = %err, "log flush failed; the log is poisoned");
                     st.poisoned = Some(err.to_string());
+                    let ready = st.ready_waiters();
                     drop(st);
-                    shared.synced.notify(usize::MAX);
+                    wake(&shared, ready);
                     return;
                 }
             }
             // A follower waits for an entry appended during this flush: cover it now, on this
             // thread, rather than wake it only to hand the same work to another thread.
+            let ready = st.ready_waiters();
             if st.sync_requested <= st.durable || st.pending_bounds.is_empty() {
-                st.segment = Some(segment);
                 drop(st);
-                shared.synced.notify(usize::MAX);
-                return;
+                wake(&shared, ready);
+                // Nobody waits now; linger briefly for the next sync before giving the log
+                // back (a lone proposer's next sync then costs no thread hand-off).
+                match linger(&shared, pooled) {
+                    Some(next) => {
+                        batch = next;
+                        continue;
+                    }
+                    None => return hand_back(&shared, segment, pooled),
+                }
             }
-            batch = st.take_batch();
             drop(st);
-            shared.synced.notify(usize::MAX);
+            wake(&shared, ready);
+            // Followers wait: give the proposers just woken by this flush a moment to append
+            // again, so the next fdatasync carries them too (a commit delay, as in classic
+            // group commit), then take everything buffered.
+            if pooled {
+                pause(shared.options.commit_delay);
+            }
+            batch = shared.lock().take_batch();
         }
     }
+}
+
+/// Wakes the async waiters a flush satisfied, and every blocking waiter (they re-check).
+fn wake(shared: &Shared, ready: Vec<std::task::Waker>) {
+    for waker in ready {
+        waker.wake();
+    }
+    shared.synced.notify(usize::MAX);
+}
+
+/// Yields the thread for `window` (a few microseconds; never sleeps through a timer).
+fn pause(window: std::time::Duration) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < window {
+        std::thread::yield_now();
+    }
+}
+
+/// Waits up to `flush_linger` for a sync request past the durable index; takes its batch.
+fn linger(shared: &Shared, pooled: bool) -> Option<Batch> {
+    if !pooled {
+        return None;
+    }
+    let window = shared.options.flush_linger;
+    let started = std::time::Instant::now();
+    loop {
+        {
+            let mut st = shared.lock();
+            if st.sync_requested > st.durable && !st.pending_bounds.is_empty() {
+                return Some(st.take_batch());
+            }
+            if started.elapsed() >= window {
+                return None;
+            }
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Gives the segment back: the next sync caller leads the next flush. A request that slipped
+/// in after the last look is flushed here rather than left waiting for a leader.
+fn hand_back(shared: &Arc<Shared>, segment: ActiveSegment, pooled: bool) {
+    let mut st = shared.lock();
+    if st.sync_requested > st.durable && !st.pending_bounds.is_empty() {
+        let batch = st.take_batch();
+        drop(st);
+        return FlushJob {
+            shared: shared.clone(),
+            segment,
+            batch,
+            pooled,
+        }
+        .run();
+    }
+    st.segment = Some(segment);
 }
 
 fn write_batch(

@@ -31,12 +31,24 @@ pub use recovery::{RecoveryReport, TornTail};
 pub struct LogOptions {
     /// Bytes preallocated per segment; a segment holds records until the next would not fit.
     pub segment_size: u64,
+    /// After a flush that left nobody waiting, the flush leader keeps the log this long,
+    /// watching for the next `sync`, before handing it back. A proposer that syncs again
+    /// within the window is flushed by the same thread without another thread hand-off.
+    /// Zero disables it.
+    pub flush_linger: std::time::Duration,
+    /// When a flush ends with other syncs already waiting, the leader waits this long
+    /// before taking the next batch, so proposers woken by the flush can append again and
+    /// share the next fdatasync. Trades this much latency for larger batches under load.
+    /// Zero disables it.
+    pub commit_delay: std::time::Duration,
 }
 
 impl Default for LogOptions {
     fn default() -> Self {
         Self {
             segment_size: 64 << 20,
+            flush_linger: std::time::Duration::from_micros(100),
+            commit_delay: std::time::Duration::from_micros(50),
         }
     }
 }
@@ -61,6 +73,9 @@ pub(crate) struct LogState {
     pub pending_bounds: Vec<(u64, usize)>,
     /// Highest index some `sync` caller waits for.
     pub sync_requested: u64,
+    /// Async `sync` callers waiting, with the index each needs: a flush wakes exactly those
+    /// it covered (waking all would make every later waiter re-register, per flush).
+    pub waiters: Vec<(u64, std::task::Waker)>,
     /// Highest index known durable: an fdatasync covering it has returned.
     pub durable: u64,
     /// The segment being appended to; `None` while a flush leader holds it, so `None` (on an
@@ -82,6 +97,21 @@ impl LogState {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// Removes the async waiters a flush has satisfied (every one once poisoned).
+    pub(crate) fn ready_waiters(&mut self) -> Vec<std::task::Waker> {
+        let durable = self.durable;
+        let all = self.poisoned.is_some();
+        let mut ready = Vec::new();
+        self.waiters.retain(|(index, waker)| {
+            let done = all || *index <= durable;
+            if done {
+                ready.push(waker.clone());
+            }
+            !done
+        });
+        ready
     }
 
     /// Takes everything buffered for one flush.
@@ -141,7 +171,7 @@ impl Shared {
 
     /// One step of a `sync(index)` caller; see [`SyncStep`]. Becomes the flush leader when
     /// the entry is not durable and no flush is in progress.
-    fn sync_step(self: &Arc<Self>, index: u64) -> Result<SyncStep, StorageError> {
+    fn sync_step(self: &Arc<Self>, index: u64, pooled: bool) -> Result<SyncStep, StorageError> {
         let mut st = self.lock();
         // Durable before a later failure stays durable: answer that before the poison check.
         if st.durable >= index {
@@ -161,6 +191,7 @@ impl Shared {
             shared: self.clone(),
             segment,
             batch: st.take_batch(),
+            pooled,
         });
         Ok(SyncStep::Wait(listener, job))
     }
@@ -211,6 +242,7 @@ impl FsLogStore {
                 pending: Vec::new(),
                 pending_bounds: Vec::new(),
                 sync_requested: 0,
+                waiters: Vec::new(),
                 durable: last_index,
                 segment: Some(recovered.active),
                 poisoned: None,
@@ -264,7 +296,7 @@ impl FsLogStore {
     /// a lone proposer pays no thread hand-off at all.
     pub fn sync_blocking(&self, index: u64) -> Result<(), StorageError> {
         loop {
-            match self.shared.sync_step(index)? {
+            match self.shared.sync_step(index, false)? {
                 SyncStep::Done => return Ok(()),
                 SyncStep::Wait(listener, job) => {
                     if let Some(job) = job {
@@ -338,20 +370,39 @@ impl LogStore for FsLogStore {
     }
 
     async fn sync(&self, index: u64) -> Result<(), StorageError> {
-        loop {
-            match self.shared.sync_step(index)? {
-                SyncStep::Done => return Ok(()),
-                SyncStep::Wait(listener, job) => {
-                    if let Some(job) = job {
-                        // Never block the executor: the leader's write + fdatasync runs on a
-                        // blocking thread. Detached, so dropping this future mid-flush still
-                        // lets the job publish its result and hand the segment back.
-                        blocking::unblock(move || job.run()).detach();
-                    }
-                    listener.await;
-                }
+        let shared = self.shared.clone();
+        std::future::poll_fn(move |cx| {
+            let mut st = shared.lock();
+            // Durable before a later failure stays durable: answer that first.
+            if st.durable >= index {
+                return std::task::Poll::Ready(Ok(()));
             }
-        }
+            if let Err(e) = st.check_usable() {
+                return std::task::Poll::Ready(Err(e));
+            }
+            // Nothing past the last appended entry can become durable; don't wait for it.
+            let target = index.min(st.last_index());
+            if st.durable >= target {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            st.sync_requested = st.sync_requested.max(target);
+            st.waiters.push((target, cx.waker().clone()));
+            // No flush in progress: lead one. Never block the executor: the write + fdatasync
+            // runs on a blocking thread, detached, so dropping this future mid-flush still
+            // lets the job publish its result and hand the segment back.
+            if let Some(segment) = st.segment.take() {
+                let job = FlushJob {
+                    shared: shared.clone(),
+                    segment,
+                    batch: st.take_batch(),
+                    pooled: true,
+                };
+                drop(st);
+                blocking::unblock(move || job.run()).detach();
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     fn read(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, StorageError> {

@@ -2,7 +2,10 @@ use super::format::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, segment_path};
 use super::*;
 
 fn small() -> LogOptions {
-    LogOptions { segment_size: 4096 }
+    LogOptions {
+        segment_size: 4096,
+        ..LogOptions::default()
+    }
 }
 
 fn payload(index: u64) -> Vec<u8> {
