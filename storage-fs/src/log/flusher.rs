@@ -124,12 +124,15 @@ impl FlushJob {
             // A follower waits for an entry appended during this flush: cover it now, on this
             // thread, rather than wake it only to hand the same work to another thread.
             let ready = st.ready_waiters();
+            // Several proposers just woken will likely sync again together: worth a commit
+            // delay before the next batch. A lone proposer is never delayed.
+            let crowd = ready.len() > 1;
             if st.sync_requested <= st.durable || st.pending_bounds.is_empty() {
                 drop(st);
                 wake(&shared, ready);
                 // Nobody waits now; linger briefly for the next sync before giving the log
                 // back (a lone proposer's next sync then costs no thread hand-off).
-                match linger(&shared, pooled) {
+                match linger(&shared, pooled, crowd) {
                     Some(next) => {
                         batch = next;
                         continue;
@@ -142,7 +145,7 @@ impl FlushJob {
             // Followers wait: give the proposers just woken by this flush a moment to append
             // again, so the next fdatasync carries them too (a commit delay, as in classic
             // group commit), then take everything buffered.
-            if pooled {
+            if pooled && crowd {
                 pause(shared.options.commit_delay);
             }
             batch = shared.lock().take_batch();
@@ -166,17 +169,34 @@ fn pause(window: std::time::Duration) {
     }
 }
 
-/// Waits up to `flush_linger` for a sync request past the durable index; takes its batch.
-fn linger(shared: &Shared, pooled: bool) -> Option<Batch> {
+/// Waits up to `flush_linger` for a sync request past the durable index; takes its batch
+/// (after a commit delay when the last flush woke several proposers).
+fn linger(shared: &Shared, pooled: bool, crowd: bool) -> Option<Batch> {
     if !pooled {
         return None;
     }
     let window = shared.options.flush_linger;
     let started = std::time::Instant::now();
+    let mut seen = u64::MAX;
     loop {
+        let requests = shared.requests.load(Ordering::Acquire);
+        if requests == seen {
+            if started.elapsed() >= window {
+                return None;
+            }
+            std::thread::yield_now();
+            continue;
+        }
+        seen = requests;
         {
             let mut st = shared.lock();
             if st.sync_requested > st.durable && !st.pending_bounds.is_empty() {
+                if crowd {
+                    // The first of several woken proposers is back: let the others join.
+                    drop(st);
+                    pause(shared.options.commit_delay);
+                    return Some(shared.lock().take_batch());
+                }
                 return Some(st.take_batch());
             }
             if started.elapsed() >= window {

@@ -139,6 +139,9 @@ pub(crate) struct Shared {
     pub options: LogOptions,
     state: Mutex<LogState>,
     /// Notified after every flush and on poisoning.
+    /// Counts sync requests, so a lingering flush leader can watch for one without
+    /// taking the lock (and slowing appenders) on every look.
+    pub requests: std::sync::atomic::AtomicU64,
     pub synced: Event,
     /// Test hook: the next flush fails as if fdatasync had failed.
     fail_next_flush: AtomicBool,
@@ -184,6 +187,8 @@ impl Shared {
             return Ok(SyncStep::Done);
         }
         st.sync_requested = st.sync_requested.max(target);
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         let listener = self.synced.listen();
         // No flush in progress: lead one. Every entry past `durable` is buffered when no flush
         // runs, so the batch holds `target`.
@@ -249,6 +254,7 @@ impl FsLogStore {
                 segments: recovered.segments,
             }),
             synced: Event::new(),
+            requests: std::sync::atomic::AtomicU64::new(0),
             fail_next_flush: AtomicBool::new(false),
             #[cfg(any(test, feature = "testing"))]
             flush_gate: Mutex::new(None),
@@ -386,6 +392,9 @@ impl LogStore for FsLogStore {
                 return std::task::Poll::Ready(Ok(()));
             }
             st.sync_requested = st.sync_requested.max(target);
+            shared
+                .requests
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
             st.waiters.push((target, cx.waker().clone()));
             // No flush in progress: lead one. Never block the executor: the write + fdatasync
             // runs on a blocking thread, detached, so dropping this future mid-flush still
