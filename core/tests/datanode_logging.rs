@@ -127,6 +127,7 @@ fn every_finished_task_is_logged_at_info_with_id_region_kind_outcome_and_duratio
             )
             .await
             .expect("open");
+            node.set_id(DataNodeId(4));
             let request = CreateRegionRequest {
                 region: RegionId::new(RegionKind::Data, 1),
                 database: DatabaseName::new("db").expect("name"),
@@ -160,6 +161,7 @@ fn every_finished_task_is_logged_at_info_with_id_region_kind_outcome_and_duratio
         .expect("task-10 logged");
     for part in [
         "INFO",
+        "data_node=dn-4",
         "region=data-1",
         "kind=\"DeleteRegionPeer\"",
         "outcome=\"success\"",

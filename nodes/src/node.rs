@@ -185,7 +185,8 @@ pub fn run_datanode(
                 Ok(None)
             })
             .await?;
-        if registered.is_some() {
+        if let Some(id) = registered {
+            node.set_id(id);
             let _ = stop.recv().await;
         }
         tracing::info!("DataNode shutting down");

@@ -303,6 +303,8 @@ impl TestCluster {
         )
         .await
         .expect("DataNode opens");
+        // Ids are assigned in registration order, which is slot order.
+        node.set_id(DataNodeId(i as u32));
         *slot.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
         self.network.host(&slot.address, Arc::new(node));
     }

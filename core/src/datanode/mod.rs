@@ -126,6 +126,8 @@ pub(crate) struct Inner {
     task_changed: Event,
     halted: AtomicBool,
     halt: Event,
+    /// This node's id once the ConfigNode assigned it (for log lines).
+    id: std::sync::OnceLock<crate::model::DataNodeId>,
 }
 
 impl DataNode {
@@ -151,6 +153,7 @@ impl DataNode {
             task_changed: Event::new(),
             halted: AtomicBool::new(false),
             halt: Event::new(),
+            id: std::sync::OnceLock::new(),
         });
         {
             let mut writer = inner.writer.lock().await;
@@ -176,6 +179,17 @@ impl DataNode {
         self.inner.task_changed.notify(usize::MAX);
     }
 
+    /// Records the id the ConfigNode registered this node under; task log lines carry it
+    /// from then on. Later calls are ignored (an id never changes).
+    pub fn set_id(&self, id: crate::model::DataNodeId) {
+        let _ = self.inner.id.set(id);
+    }
+
+    /// The id set by [`DataNode::set_id`], if any.
+    pub fn id(&self) -> Option<crate::model::DataNodeId> {
+        self.inner.id.get().copied()
+    }
+
     /// The highest leader epoch this DataNode has seen.
     pub fn highest_epoch(&self) -> Epoch {
         self.inner.fence.highest()
@@ -192,6 +206,13 @@ impl DataNode {
 }
 
 impl Inner {
+    /// This node's id for log lines (`?` until registered).
+    pub(crate) fn id_label(&self) -> String {
+        self.id
+            .get()
+            .map_or_else(|| "?".to_string(), ToString::to_string)
+    }
+
     fn table(&self) -> MutexGuard<'_, TaskTable> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
         self.table

@@ -89,6 +89,7 @@ async fn record_finish(
                     _ => ("success", ""),
                 };
                 tracing::info!(
+                    data_node = %inner.id_label(),
                     task_id = %task_id,
                     region = %kind.region(),
                     kind = kind.name(),

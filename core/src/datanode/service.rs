@@ -128,8 +128,9 @@ impl DataNodeApi for DataNode {
         inner
             .table()
             .insert_running(task.task_id, task.kind.clone(), inner.rt.clock.now_ms());
-        tracing::info!(task_id = %task.task_id, region = %task.kind.region(),
-            kind = task.kind.name(), epoch = %epoch, "maintain task accepted");
+        tracing::info!(data_node = %inner.id_label(), task_id = %task.task_id,
+            region = %task.kind.region(), kind = task.kind.name(), epoch = %epoch,
+            "maintain task accepted");
         runner::spawn_task(inner, task.task_id, task.kind, ticket);
         Ok(SubmitOutcome::Accepted)
     }
