@@ -232,10 +232,21 @@ impl ConfigNode {
             let Some(epoch) = epoch else { return };
             let term = async {
                 self.executor.wait_running().await;
-                self.adopt_legacy_deletions(epoch).await;
+                // Adoption is retried with the cleaner's cadence (a submit may fail while the
+                // term is young); request keys make every retry find the same procedure.
+                let adopt = super::every_while_leading(
+                    &watch,
+                    epoch,
+                    &self.runtime,
+                    self.config.cleaner_interval,
+                    || self.adopt_legacy_deletions(epoch),
+                );
                 future::zip(
-                    self.cleaner.run(epoch, self.config.cleaner_interval),
-                    self.heartbeat.run(epoch, self.config.heartbeat_interval),
+                    adopt,
+                    future::zip(
+                        self.cleaner.run(epoch, self.config.cleaner_interval),
+                        self.heartbeat.run(epoch, self.config.heartbeat_interval),
+                    ),
                 )
                 .await;
             };
