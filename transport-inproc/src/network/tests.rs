@@ -256,3 +256,25 @@ fn method_filtered_faults_hit_only_that_method() {
         );
     });
 }
+
+#[test]
+fn a_link_timeout_overrides_the_network_default() {
+    smol::block_on(async {
+        let node = Arc::new(CountingNode {
+            write_delay: Duration::from_millis(60),
+            ..Default::default()
+        });
+        let net = network(node.clone());
+        // The network default (100 ms) would let the 60 ms call finish; this link allows 20 ms.
+        net.update_link("cn", "dn", |l| l.timeout = Some(Duration::from_millis(20)));
+        let result = net.client("cn", "dn").write_region(REGION, vec![1]).await;
+        assert_eq!(result, Err(ApiError::Timeout(Duration::from_millis(20))));
+        // Another link keeps the default and gets its answer.
+        let other = net
+            .client("other", "dn")
+            .write_region(REGION, vec![1])
+            .await;
+        assert!(matches!(other, Ok(1 | 2)), "{other:?}");
+        assert_eq!(net.stats("cn", "dn").timeouts, 1);
+    });
+}
