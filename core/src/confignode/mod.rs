@@ -6,6 +6,8 @@ pub mod clients;
 pub mod heartbeat;
 pub mod inflight;
 mod service;
+#[cfg(test)]
+mod tests;
 
 pub use service::{
     ConfigNode, ConfigNodeConfig, ConfigNodeError, DatabaseSummary, MAX_REGION_GROUPS,
