@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use shoal_core::consensus::Consensus;
-use shoal_core::model::{DataNodeId, RegionId};
+use shoal_core::model::{DataNodeId, ProcedureId, RegionId};
 use shoal_tests::cluster::{ClusterOptions, TestCluster, db, replicas_of};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -47,14 +47,23 @@ async fn assert_converged(cluster: &TestCluster, groups: &[(RegionId, Vec<DataNo
     }
 }
 
-async fn delete_and_wait(cluster: &TestCluster) {
-    let id = cluster
-        .leader()
+async fn submit_delete(cluster: &TestCluster) -> ProcedureId {
+    let leader = cluster.leader();
+    leader
         .delete_database(db("doomed"), None)
         .await
-        .expect("submitted");
+        .expect("submitted")
+}
+
+/// Waits for the deletion and asserts it succeeded.
+async fn finish(cluster: &TestCluster, id: ProcedureId) {
     let info = cluster.wait(id, LIMIT).await;
     assert_eq!(info.status.name(), "Succeeded", "{info:?}");
+}
+
+async fn delete_and_wait(cluster: &TestCluster) {
+    let id = submit_delete(cluster).await;
+    finish(cluster, id).await;
 }
 
 #[test]
@@ -97,11 +106,7 @@ fn lost_replies_to_result_polls_converge() {
 fn datanode_restart_mid_delete_converges() {
     smol::block_on(async {
         let (cluster, groups) = cluster_with_database(slow_deletes()).await;
-        let id = cluster
-            .leader()
-            .delete_database(db("doomed"), None)
-            .await
-            .expect("submitted");
+        let id = submit_delete(&cluster).await;
         cluster
             .eventually("a deletion running on dn-1", LIMIT, || {
                 cluster.data_nodes[1]
@@ -110,8 +115,7 @@ fn datanode_restart_mid_delete_converges() {
             })
             .await;
         cluster.restart_data_node(1).await;
-        let info = cluster.wait(id, LIMIT).await;
-        assert_eq!(info.status.name(), "Succeeded", "{info:?}");
+        finish(&cluster, id).await;
         assert_converged(&cluster, &groups).await;
         cluster.shutdown().await;
     });
@@ -121,11 +125,7 @@ fn datanode_restart_mid_delete_converges() {
 fn confignode_leader_change_mid_delete_converges() {
     smol::block_on(async {
         let (cluster, groups) = cluster_with_database(slow_deletes()).await;
-        let id = cluster
-            .leader()
-            .delete_database(db("doomed"), None)
-            .await
-            .expect("submitted");
+        let id = submit_delete(&cluster).await;
         cluster
             .eventually("a deletion running somewhere", LIMIT, || {
                 cluster.running_tasks() > 0
@@ -135,8 +135,7 @@ fn confignode_leader_change_mid_delete_converges() {
         let new = cluster.add_leader().await;
         assert!(new.consensus.leadership().get().epoch > old.consensus.leadership().get().epoch);
         // The new leader resumes the procedure from the shared log and finishes it.
-        let info = cluster.wait(id, LIMIT).await;
-        assert_eq!(info.status.name(), "Succeeded", "{info:?}");
+        finish(&cluster, id).await;
         assert!(
             !old.consensus.leadership().get().is_leader,
             "the old leader was fenced"
@@ -151,11 +150,7 @@ fn datanode_down_for_a_while_then_back_converges() {
     smol::block_on(async {
         let (cluster, groups) = cluster_with_database(slow_deletes()).await;
         cluster.stop_data_node(2);
-        let id = cluster
-            .leader()
-            .delete_database(db("doomed"), None)
-            .await
-            .expect("submitted");
+        let id = submit_delete(&cluster).await;
         // The deletion waits, visibly, and is not reported done.
         cluster
             .eventually("a removal waiting for dn-2", LIMIT, || {
@@ -180,8 +175,7 @@ fn datanode_down_for_a_while_then_back_converges() {
                 .any(|d| d.entry.deleting)
         );
         cluster.start_data_node(2).await;
-        let info = cluster.wait(id, LIMIT).await;
-        assert_eq!(info.status.name(), "Succeeded", "{info:?}");
+        finish(&cluster, id).await;
         assert_converged(&cluster, &groups).await;
         cluster.shutdown().await;
     });
@@ -193,11 +187,7 @@ fn partition_that_heals_converges() {
         let (cluster, groups) = cluster_with_database(slow_deletes()).await;
         let target = cluster.data_nodes[0].address.clone();
         cluster.network.partition("cn-0", &target);
-        let id = cluster
-            .leader()
-            .delete_database(db("doomed"), None)
-            .await
-            .expect("submitted");
+        let id = submit_delete(&cluster).await;
         smol::Timer::after(Duration::from_millis(800)).await;
         let info = cluster.leader().get_procedure(id).expect("recorded");
         assert_ne!(
@@ -206,8 +196,7 @@ fn partition_that_heals_converges() {
             "done across a partition: {info:?}"
         );
         cluster.network.heal("cn-0", &target);
-        let info = cluster.wait(id, LIMIT).await;
-        assert_eq!(info.status.name(), "Succeeded", "{info:?}");
+        finish(&cluster, id).await;
         assert_converged(&cluster, &groups).await;
         cluster.shutdown().await;
     });
