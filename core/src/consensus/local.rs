@@ -44,6 +44,9 @@ pub struct LocalConsensus {
     watch: LeadershipWatch,
     inner: Mutex<Inner>,
     campaign_lock: async_lock::Mutex<()>,
+    /// Set once the log or snapshots failed for good (see [`ConsensusError::is_fatal`]).
+    failure: Mutex<Option<ConsensusError>>,
+    failure_event: event_listener::Event,
 }
 
 impl std::fmt::Debug for LocalConsensus {
@@ -65,6 +68,8 @@ impl LocalConsensus {
             watch: LeadershipWatch::new(),
             inner: Mutex::new(Inner::default()),
             campaign_lock: async_lock::Mutex::new(()),
+            failure: Mutex::new(None),
+            failure_event: event_listener::Event::new(),
         }
     }
 
@@ -76,10 +81,24 @@ impl LocalConsensus {
     /// snapshot and replays the log after it, then publishes leadership with the new epoch.
     pub async fn campaign(&self) -> Result<Epoch, ConsensusError> {
         let _one_at_a_time = self.campaign_lock.lock().await;
+        self.campaign_locked(0).await
+    }
+
+    /// [`LocalConsensus::campaign`] for a caller holding `campaign_lock`, claiming a term of
+    /// at least `min_term`.
+    async fn campaign_locked(&self, min_term: u64) -> Result<Epoch, ConsensusError> {
+        if let Some(failure) = self.failure() {
+            return Err(failure);
+        }
         self.step_down();
-        let term = self.log.current_term().max(self.lock().epoch.0) + 1;
-        self.log.claim_term(term).await?;
-        let (state, index, last_term) = self.load_stored().await?;
+        let term = (self.log.current_term().max(self.lock().epoch.0) + 1).max(min_term);
+        if let Err(e) = self.log.claim_term(term).await {
+            return Err(self.fail_if_fatal(e.into()));
+        }
+        let (state, index, last_term) = match self.load_stored().await {
+            Ok(loaded) => loaded,
+            Err(e) => return Err(self.fail_if_fatal(e)),
+        };
         {
             let mut inner = self.lock();
             self.state.write(|s| *s = state);
@@ -112,6 +131,34 @@ impl LocalConsensus {
             is_leader: false,
             epoch,
         });
+    }
+
+    /// The fatal failure this node suffered, if any.
+    pub fn failure(&self) -> Option<ConsensusError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records `error` if it is fatal (stepping down for good); returns it either way.
+    fn fail_if_fatal(&self, error: ConsensusError) -> ConsensusError {
+        if error.is_fatal() {
+            let first = {
+                let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+                let first = failure.is_none();
+                if first {
+                    *failure = Some(error.clone());
+                }
+                first
+            };
+            if first {
+                tracing::error!(%error, "consensus failed; this node stops leading until restarted");
+            }
+            self.step_down();
+            self.failure_event.notify(usize::MAX);
+        }
+        error
     }
 
     /// Loads the stored state without leading (for read-only tools and tests).
@@ -218,13 +265,15 @@ impl Consensus for LocalConsensus {
                         current: Epoch(current),
                     });
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(self.fail_if_fatal(e.into())),
             }
         };
         // On failure the entry stays pending: it may still be durable and is applied by the
         // next successful sync or on replay. The outcome is unknown to the caller, so steps
         // must be idempotent.
-        self.log.sync(index).await?;
+        if let Err(e) = self.log.sync(index).await {
+            return Err(self.fail_if_fatal(e.into()));
+        }
         let mut inner = self.lock();
         let ready: Vec<u64> = inner
             .pending
@@ -253,6 +302,44 @@ impl Consensus for LocalConsensus {
 
     fn leadership(&self) -> LeadershipWatch {
         self.watch.clone()
+    }
+
+    async fn claim_epoch_above(&self, seen: Epoch) -> Result<Epoch, ConsensusError> {
+        let _one_at_a_time = self.campaign_lock.lock().await;
+        let (leader, epoch) = {
+            let inner = self.lock();
+            (inner.leader, inner.epoch)
+        };
+        if !leader {
+            return Err(ConsensusError::NotLeader);
+        }
+        let claimed = self.log.current_term();
+        if claimed > epoch.0 {
+            // Another node claimed a later term over the same log: this one is deposed and
+            // must not take leadership back.
+            self.step_down();
+            return Err(ConsensusError::StaleEpoch {
+                proposed: epoch,
+                current: Epoch(claimed),
+            });
+        }
+        if seen < epoch {
+            return Ok(epoch);
+        }
+        self.campaign_locked(seen.0.saturating_add(1)).await
+    }
+
+    async fn failed(&self) -> ConsensusError {
+        loop {
+            if let Some(failure) = self.failure() {
+                return failure;
+            }
+            let listener = self.failure_event.listen();
+            if let Some(failure) = self.failure() {
+                return failure;
+            }
+            listener.await;
+        }
     }
 }
 

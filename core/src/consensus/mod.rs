@@ -54,6 +54,11 @@ pub enum ConsensusError {
     /// A stored snapshot does not decode.
     #[error("snapshot: {0}")]
     Snapshot(#[from] SnapshotError),
+    /// The proposal's fate is unknown (a timeout, a lost reply from the log or the group):
+    /// it may have been committed and applied, or not. Steps are idempotent, so the caller
+    /// retries; a procedure transition's compare-and-set makes the retry safe.
+    #[error("commit outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 impl ConsensusError {
@@ -61,6 +66,20 @@ impl ConsensusError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ConsensusError::Storage(e) => e.is_retryable(),
+            ConsensusError::OutcomeUnknown(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether this node's consensus cannot go on without a restart: its log or snapshots
+    /// failed in a way that poisons them (a failed fsync, damage). The node steps down and
+    /// its process should exit so a supervisor restarts it and recovery runs.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            ConsensusError::Storage(e) => {
+                !e.is_retryable() && !matches!(e, StorageError::Fenced { .. })
+            }
+            ConsensusError::CorruptEntry { .. } | ConsensusError::Snapshot(_) => true,
             _ => false,
         }
     }
@@ -110,4 +129,14 @@ pub trait Consensus: Send + Sync + 'static {
     fn state(&self) -> Arc<StateCell>;
     /// Leadership changes of this node.
     fn leadership(&self) -> LeadershipWatch;
+    /// Raises this leader's epoch above `seen`, an epoch a DataNode reports having seen (it
+    /// would refuse every request of the current epoch otherwise). Resolves with the new
+    /// epoch once this node leads under it; in-flight proposals of the old epoch fail as
+    /// after any leader change. Fails with a leadership-loss error if this node no longer
+    /// leads (a deposed leader must not take leadership back).
+    async fn claim_epoch_above(&self, seen: Epoch) -> Result<Epoch, ConsensusError>;
+    /// Resolves with the error once this node's consensus has failed for good (see
+    /// [`ConsensusError::is_fatal`]): it has stepped down and will not lead again until the
+    /// process restarts. Never resolves on a healthy node.
+    async fn failed(&self) -> ConsensusError;
 }

@@ -204,11 +204,9 @@ impl ProcedureError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ProcedureError::Retryable(_) => true,
-            // A failed commit is retried unless leadership is gone (then the executor stops)
-            // or the plan itself cannot be encoded.
-            ProcedureError::Consensus(e) => {
-                !e.is_leadership_loss() && !matches!(e, ConsensusError::Encode(_))
-            }
+            // A failed commit is retried when the consensus says a retry may succeed (an I/O
+            // error, an unknown outcome); leadership loss and fatal failures stop the session.
+            ProcedureError::Consensus(e) => e.is_retryable(),
             ProcedureError::Abort(_)
             | ProcedureError::Rejected(_)
             | ProcedureError::Data(_)
@@ -224,7 +222,7 @@ impl ProcedureError {
     pub fn is_stop(&self) -> bool {
         match self {
             ProcedureError::Stopped | ProcedureError::NotLeader => true,
-            ProcedureError::Consensus(e) => e.is_leadership_loss(),
+            ProcedureError::Consensus(e) => e.is_leadership_loss() || e.is_fatal(),
             _ => false,
         }
     }

@@ -165,10 +165,11 @@ fn concurrent_proposals_apply_in_log_order() {
     });
 }
 
-/// A log whose next sync fails once.
+/// A log whose next sync fails once (with `poison`: as a poisoned store fails).
 struct FlakySync {
     inner: MemLogStore,
     fail_next: AtomicBool,
+    poison: bool,
 }
 
 #[async_trait]
@@ -184,7 +185,11 @@ impl LogStore for FlakySync {
     }
     async fn sync(&self, index: u64) -> Result<(), StorageError> {
         if self.fail_next.swap(false, Ordering::SeqCst) {
-            return Err(StorageError::Injected("sync".into()));
+            return Err(if self.poison {
+                StorageError::Unavailable("log poisoned by a failed fdatasync".into())
+            } else {
+                StorageError::Injected("sync".into())
+            });
         }
         self.inner.sync(index).await
     }
@@ -208,6 +213,7 @@ fn failed_sync_is_an_error_never_a_silent_success() {
         let log = Arc::new(FlakySync {
             inner: MemLogStore::new(),
             fail_next: AtomicBool::new(false),
+            poison: false,
         });
         let node = LocalConsensus::new(log.clone(), Arc::new(MemSnapshotStore::new()));
         let epoch = node.campaign().await.unwrap();
@@ -223,5 +229,61 @@ fn failed_sync_is_an_error_never_a_silent_success() {
         let result = node.propose(epoch, register(1)).await.unwrap();
         assert_eq!(result, Ok(Applied::DataNodeRegistered(DataNodeId(0))));
         assert_eq!(node.state().read(|s| s.data_nodes.len()), 1);
+    });
+}
+
+#[test]
+fn a_poisoned_log_steps_the_node_down_for_good() {
+    smol::block_on(async {
+        let log = Arc::new(FlakySync {
+            inner: MemLogStore::new(),
+            fail_next: AtomicBool::new(false),
+            poison: true,
+        });
+        let node = LocalConsensus::new(log.clone(), Arc::new(MemSnapshotStore::new()));
+        let epoch = node.campaign().await.unwrap();
+        log.fail_next.store(true, Ordering::SeqCst);
+        let err = node.propose(epoch, register(1)).await.unwrap_err();
+        assert!(err.is_fatal() && !err.is_retryable(), "{err:?}");
+        assert!(!node.leadership().get().is_leader, "stepped down");
+        let failure = futures_lite::future::block_on(node.failed());
+        assert_eq!(failure, err);
+        // It never leads again in this process: a restart (a new instance) must recover.
+        assert_eq!(node.campaign().await, Err(err));
+    });
+}
+
+#[test]
+fn claiming_an_epoch_above_a_datanode_fence_raises_this_leaders_epoch() {
+    smol::block_on(async {
+        let (log, snaps) = (MemLogStore::new(), MemSnapshotStore::new());
+        let node = node_over(&log, &snaps);
+        let epoch = node.campaign().await.unwrap();
+        node.propose(epoch, register(1)).await.unwrap().unwrap();
+        let raised = node.claim_epoch_above(Epoch(1_000_000)).await.unwrap();
+        assert_eq!(raised, Epoch(1_000_001));
+        assert_eq!(node.leadership().get().epoch, raised);
+        assert!(node.leadership().get().is_leader);
+        // The state survived the self-election, and the old epoch is fenced.
+        assert_eq!(node.state().read(|s| s.data_nodes.len()), 1);
+        assert!(node.propose(epoch, register(2)).await.is_err());
+        node.propose(raised, register(2)).await.unwrap().unwrap();
+        // Already above: nothing changes.
+        assert_eq!(node.claim_epoch_above(Epoch(5)).await, Ok(raised));
+    });
+}
+
+#[test]
+fn a_deposed_leader_never_claims_an_epoch_back() {
+    smol::block_on(async {
+        let (log, snaps) = (MemLogStore::new(), MemSnapshotStore::new());
+        let old = node_over(&log, &snaps);
+        old.campaign().await.unwrap();
+        let new = node_over(&log, &snaps);
+        let current = new.campaign().await.unwrap();
+        let err = old.claim_epoch_above(Epoch(100)).await.unwrap_err();
+        assert!(err.is_leadership_loss(), "{err:?}");
+        assert!(!old.leadership().get().is_leader);
+        assert_eq!(log.current_term(), current.0, "the new leader keeps its term");
     });
 }
