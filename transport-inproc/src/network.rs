@@ -30,6 +30,9 @@ pub struct LinkFaults {
     pub drop_requests_of: BTreeMap<&'static str, u32>,
     /// Like `drop_replies`, for calls of one method only (by name, e.g. `"task_result"`).
     pub drop_replies_of: BTreeMap<&'static str, u32>,
+    /// Calls of one method are answered at once with this error and never run (a peer that
+    /// refuses, or answers garbage).
+    pub answer_of: BTreeMap<&'static str, ApiError>,
 }
 
 /// Takes one from `counter` if it is positive.
@@ -224,6 +227,7 @@ impl<S: ?Sized + Send + Sync + 'static> InprocNetwork<S> {
 /// Decides, under the lock, what happens to one call on a link.
 enum Fate<S: ?Sized> {
     Unreachable,
+    Answer(ApiError),
     Deliver {
         inbox: async_channel::Sender<Envelope<S>>,
         drop_reply: bool,
@@ -285,6 +289,8 @@ impl<S: ?Sized + Send + Sync + 'static> InprocClient<S> {
                 || link.drop_requests_of.get_mut(method).is_some_and(take);
             if link.partitioned {
                 Fate::Unreachable
+            } else if let Some(error) = link.answer_of.get(method) {
+                Fate::Answer(error.clone())
             } else if lose_request {
                 Fate::Lose
             } else {
@@ -304,6 +310,7 @@ impl<S: ?Sized + Send + Sync + 'static> InprocClient<S> {
                 net.record(&self.from, &self.to, |s| s.unreachable += 1);
                 return Err(ApiError::Unreachable(format!("{} is unreachable", self.to)));
             }
+            Fate::Answer(error) => return Err(error),
             Fate::Lose => {
                 net.record(&self.from, &self.to, |s| {
                     s.dropped_requests += 1;
