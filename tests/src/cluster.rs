@@ -173,6 +173,7 @@ pub fn fast_config() -> ConfigNodeConfig {
         lifecycle: LifecycleConfig {
             poll_wait: Duration::from_millis(200),
             retry: backoff.clone(),
+            create_retry_window: Duration::from_secs(2),
             data_quorum_at_least_one: false,
         },
         cleaner_interval: Duration::from_millis(50),
