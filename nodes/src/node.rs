@@ -83,12 +83,24 @@ pub fn run_confignode(
         write_listen_addr(&settings.data_dir, addr)?;
         tracing::info!(%addr, %epoch, data_dir = %settings.data_dir.display(), "ConfigNode listening");
         let snapshots = smol::spawn(snapshot_loop(consensus.clone()));
-        let _ = stop.recv().await;
+        // A poisoned log (a failed fsync) cannot be retried in place: step down and exit
+        // non-zero, so a supervisor restarts the process and recovery runs from disk.
+        let failed = async { Some(node.failed().await) };
+        let stopped = async {
+            let _ = stop.recv().await;
+            None
+        };
+        let failure = failed.or(stopped).await;
         tracing::info!("ConfigNode shutting down");
         snapshots.cancel().await;
         server.shutdown().await;
         node.shutdown().await;
-        Ok(())
+        match failure {
+            Some(error) => Err(CliError::Node(format!(
+                "ConfigNode stopped: its consensus log failed ({error}); restart it to recover"
+            ))),
+            None => Ok(()),
+        }
     })
 }
 

@@ -5,3 +5,4 @@
 
 pub mod cluster;
 pub mod fixtures;
+pub mod harness_world;

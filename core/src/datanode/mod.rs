@@ -343,8 +343,12 @@ impl Inner {
                 // refused.
                 self.journal(writer, &JournalRecord::EpochSeen { epoch })
                     .await?;
+                let previous = self.fence.highest();
                 self.fence.raise(epoch);
-                tracing::info!(epoch = %epoch, "datanode saw a new leader epoch");
+                // Every jump is visible: a fence raised by a stray call explains why a
+                // leader's requests are refused until it claims a higher epoch.
+                tracing::info!(data_node = %self.id_label(), from = %previous, to = %epoch,
+                    "DataNode's leader epoch rose");
                 Ok(())
             }
         }

@@ -184,6 +184,15 @@ impl SessionCore {
         };
         #[cfg(not(any(test, feature = "testing")))]
         let _ = procedure;
+        // Tells the hooks when this commit is over, however it ends (even dropped mid-way).
+        #[cfg(any(test, feature = "testing"))]
+        let _settled = self.shared.hooks.as_ref().map(|hooks| {
+            hooks.commit_started(&point);
+            CommitSettled {
+                hooks: hooks.clone(),
+                point: point.clone(),
+            }
+        });
         #[cfg(any(test, feature = "testing"))]
         if let Some(hooks) = &self.shared.hooks
             && hooks.before_persist(&point).await == super::testing::HookAction::Kill
@@ -203,7 +212,7 @@ impl SessionCore {
         match result {
             Ok(applied) => Ok(applied),
             Err(e) => {
-                if e.is_leadership_loss() {
+                if e.is_leadership_loss() || e.is_fatal() {
                     self.stop_now();
                 }
                 Err(e.into())
@@ -551,6 +560,20 @@ impl SessionCore {
                 Box::pin(async move { session.prune().await }),
             );
         }
+    }
+}
+
+/// Calls [`super::testing::ExecutorHooks::commit_settled`] when a commit is over.
+#[cfg(any(test, feature = "testing"))]
+struct CommitSettled {
+    hooks: Arc<dyn super::testing::ExecutorHooks>,
+    point: super::testing::PersistPoint,
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl Drop for CommitSettled {
+    fn drop(&mut self) {
+        self.hooks.commit_settled(&self.point);
     }
 }
 

@@ -993,3 +993,184 @@ fn harness_detects_a_procedure_that_is_not_idempotent() {
         assert!(err.message.contains("differs"), "{err}");
     });
 }
+
+/// A consensus that applies the first proposal matching `lose` but reports it failed, as a
+/// commit under Raft may land after its proposer saw a timeout.
+struct LosesOneReply {
+    inner: Arc<LocalConsensus>,
+    lose: Box<dyn Fn(&ConfigPlan) -> bool + Send + Sync>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Consensus for LosesOneReply {
+    async fn propose(
+        &self,
+        epoch: crate::model::Epoch,
+        plan: ConfigPlan,
+    ) -> Result<crate::state::ApplyResult, crate::consensus::ConsensusError> {
+        let lose = (self.lose)(&plan) && !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst);
+        let result = self.inner.propose(epoch, plan).await;
+        if lose && result.is_ok() {
+            return Err(crate::consensus::ConsensusError::OutcomeUnknown(
+                "applied; reply lost".into(),
+            ));
+        }
+        result
+    }
+    fn state(&self) -> Arc<crate::consensus::StateCell> {
+        self.inner.state()
+    }
+    fn leadership(&self) -> crate::consensus::LeadershipWatch {
+        self.inner.leadership()
+    }
+    async fn claim_epoch_above(
+        &self,
+        seen: crate::model::Epoch,
+    ) -> Result<crate::model::Epoch, crate::consensus::ConsensusError> {
+        self.inner.claim_epoch_above(seen).await
+    }
+    async fn failed(&self) -> crate::consensus::ConsensusError {
+        self.inner.failed().await
+    }
+}
+
+impl Rig {
+    /// Like [`Rig::node`], over a consensus that loses the reply of the first proposal
+    /// matching `lose` (after applying it).
+    async fn node_losing_one_reply(
+        &self,
+        lose: impl Fn(&ConfigPlan) -> bool + Send + Sync + 'static,
+    ) -> (Arc<LocalConsensus>, Arc<ProcedureExecutor>) {
+        let local = Arc::new(LocalConsensus::new(
+            Arc::new(self.log.clone()),
+            Arc::new(self.snapshots.clone()),
+        ));
+        local.campaign().await.expect("campaign");
+        let consensus = Arc::new(LosesOneReply {
+            inner: local.clone(),
+            lose: Box::new(lose),
+            lost: std::sync::atomic::AtomicBool::new(false),
+        });
+        let executor = ProcedureExecutor::new(
+            consensus,
+            self.registry.clone(),
+            self.runtime.clone(),
+            self.world.clone(),
+            config(1),
+        );
+        executor.start();
+        executor.wait_running().await;
+        (local, executor)
+    }
+}
+
+fn transition_to(status: ProcedureStatus) -> impl Fn(&ConfigPlan) -> bool + Send + Sync {
+    move |plan| matches!(plan, ConfigPlan::UpdateProcedure(u) if u.record.status == status)
+}
+
+#[test]
+fn a_done_commit_of_unknown_outcome_neither_revives_the_record_nor_leaks_its_locks() {
+    run(|rig| async move {
+        let (consensus, executor) = rig
+            .node_losing_one_reply(transition_to(ProcedureStatus::Succeeded))
+            .await;
+        let first = executor
+            .submit(Box::new(CounterProcedure::new("a", 2)), None)
+            .await
+            .expect("submitted");
+        // Same lock: runs only once the first has released it.
+        let second = executor
+            .submit(Box::new(CounterProcedure::new("a", 1)), None)
+            .await
+            .expect("submitted");
+        rig.drive(|| {
+            consensus.state().read(|s| {
+                [first, second]
+                    .iter()
+                    .all(|id| s.procedures[id].status.is_finished())
+            })
+        })
+        .await;
+        consensus.state().read(|s| {
+            let record = &s.procedures[&first];
+            assert_eq!(record.status, ProcedureStatus::Succeeded, "{record:?}");
+            assert_eq!(s.procedures[&second].status, ProcedureStatus::Succeeded);
+        });
+        // Nothing was committed for the first after it finished.
+        let after_done = rig
+            .committed_plans()
+            .into_iter()
+            .filter_map(|p| match p {
+                ConfigPlan::UpdateProcedure(u) if u.record.id == first => Some(u.record.status),
+                _ => None,
+            })
+            .skip_while(|status| *status != ProcedureStatus::Succeeded)
+            .count();
+        assert_eq!(after_done, 1, "only the Done transition itself");
+        executor.shutdown().await;
+    });
+}
+
+#[test]
+fn a_spawn_commit_of_unknown_outcome_still_waits_for_the_children() {
+    run(|rig| async move {
+        let (consensus, executor) = rig
+            .node_losing_one_reply(transition_to(ProcedureStatus::Suspended))
+            .await;
+        let parent = executor
+            .submit(Box::new(ParentProcedure::new("p", 3, 2)), None)
+            .await
+            .expect("submitted");
+        rig.drive(|| {
+            consensus
+                .state()
+                .read(|s| s.procedures[&parent].status.is_finished())
+        })
+        .await;
+        consensus.state().read(|s| {
+            let record = &s.procedures[&parent];
+            assert_eq!(record.status, ProcedureStatus::Succeeded, "{record:?}");
+            assert_eq!(record.children.len(), 3, "children spawned once");
+        });
+        assert_eq!(
+            rig.world.effects().get("p/sum"),
+            Some(&6),
+            "every child's output summed"
+        );
+        executor.shutdown().await;
+    });
+}
+
+#[test]
+fn a_finished_record_is_immutable() {
+    let mut state = ClusterState::default();
+    let submit = ConfigPlan::SubmitProcedure(plan::SubmitProcedure {
+        procedure: transitions_new("a"),
+        request_key: None,
+    });
+    state.apply(&submit).expect("submitted");
+    let mut done = state.procedures[&ProcedureId(1)].clone();
+    done.status = ProcedureStatus::Succeeded;
+    let finish = ConfigPlan::UpdateProcedure(plan::UpdateProcedure {
+        record: done.clone(),
+        spawn: Vec::new(),
+        expect_version: Some(0),
+    });
+    state.apply(&finish).expect("finished");
+    let before = state.clone();
+    let mut revived = done;
+    revived.status = ProcedureStatus::Runnable;
+    for expect_version in [None, Some(1)] {
+        let revive = ConfigPlan::UpdateProcedure(plan::UpdateProcedure {
+            record: revived.clone(),
+            spawn: vec![transitions_new("late-child")],
+            expect_version,
+        });
+        assert_eq!(
+            state.apply(&revive),
+            Err(Rejection::ProcedureFinished(ProcedureId(1)))
+        );
+    }
+    assert_eq!(state, before, "nothing changed");
+}

@@ -24,29 +24,39 @@
 //! externally visible effects, not timestamps or attempt counts. The harness itself checks
 //! that the root procedure ends with the same status and output and that no procedure is
 //! left unfinished.
+//!
+//! # An adversarial world
+//!
+//! A world in which every commit's outcome is known and nothing else runs proves little.
+//! - [`CrashHarness::with_unknown_outcomes`] wraps every node's consensus in a
+//!   [`FlakyConsensus`](super::FlakyConsensus): some commits are applied but reported
+//!   failed, others time out unapplied.
+//! - [`CrashHarness::with_companion`] runs a [`Companion`] (the region cleaner, say) on every
+//!   node that leads, from its election until it is fenced, killed or the run ends.
+//! - [`CrashHarness::with_settle`] keeps a run going after the root finished until the
+//!   world has settled (e.g. the cleaner drained its queue), so end states compare.
+//! - The world itself (`make_env`) can lose replies, fail operations, hold replicas whose
+//!   creates "failed": whatever the procedure must survive.
 
-use std::collections::BTreeSet;
 use std::fmt::Debug;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use event_listener::Event;
 use futures_lite::future;
 
 use crate::consensus::{Consensus, LocalConsensus};
-use crate::model::ProcedureId;
-use crate::plan::{ConfigPlan, PlanCode};
+use crate::model::{Epoch, ProcedureId};
+use crate::plan::ConfigPlan;
 use crate::procedure::{
-    ExecutorConfig, Procedure, ProcedureError, ProcedureExecutor, ProcedureRegistry,
-    RetentionPolicy,
+    ExecutorConfig, Procedure, ProcedureExecutor, ProcedureRegistry, RetentionPolicy,
 };
-use crate::runtime::{ManualClock, Runtime, SeededRng, Spawner};
+use crate::runtime::{BoxFuture, ManualClock, Runtime, SeededRng, Spawner};
 use crate::state::ClusterState;
-use crate::storage::LogStore;
 use crate::storage::mem::{MemLogStore, MemSnapshotStore};
 
-use super::{ExecutorHooks, HookAction, PersistPoint};
+use super::adversary::{FlakyConsensus, UnknownOutcomes};
+use super::script::{Mode, NodeHooks, Script};
 
 /// The request key the harness submits with (a resubmission after a kill dedups on it).
 const REQUEST_KEY: &str = "crash-harness-root";
@@ -89,225 +99,16 @@ pub struct RunOutcome<E> {
     pub interruptions: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// A trigger kills the executor; the harness starts a fresh one on a fresh consensus.
-    Restart,
-    /// A trigger pauses the commit while the other node takes leadership, then lets it go on.
-    LeaderChange,
-}
-
-/// What to interrupt in one run, and the counters shared by every executor of the run.
-#[derive(Debug)]
-struct Script {
-    mode: Mode,
-    attempted: AtomicU64,
-    committed: AtomicU64,
-    /// Committed procedure-record plans (submissions and transitions).
-    transitions: AtomicU64,
-    steps: AtomicU64,
-    kill_before: Mutex<BTreeSet<u64>>,
-    kill_after: Mutex<BTreeSet<u64>>,
-    abort_at_step: Option<u64>,
-    /// After the abort fired: interrupt around every commit.
-    interrupt_after_abort: bool,
-    aborted: AtomicBool,
-    /// The procedure whose step was aborted.
-    aborted_procedure: Mutex<Option<ProcedureId>>,
-    /// The abort is durable (the procedure's next commit landed): interruptions may start.
-    abort_recorded: AtomicBool,
-    last_before_kill: AtomicU64,
-    /// The node whose hook fired and has not been handled yet.
-    triggered: Mutex<Option<usize>>,
-    /// Bumped at every trigger, so handling one never clears a newer one.
-    trigger_seq: AtomicU64,
-    resume_generation: AtomicU64,
-    /// Set at the end of a run: hooks no longer fire or hold commits.
-    released: AtomicBool,
-    changed: Event,
-}
-
-impl Script {
-    fn new(mode: Mode) -> Self {
-        Self {
-            mode,
-            attempted: AtomicU64::new(0),
-            committed: AtomicU64::new(0),
-            transitions: AtomicU64::new(0),
-            steps: AtomicU64::new(0),
-            kill_before: Mutex::new(BTreeSet::new()),
-            kill_after: Mutex::new(BTreeSet::new()),
-            abort_at_step: None,
-            interrupt_after_abort: false,
-            aborted: AtomicBool::new(false),
-            aborted_procedure: Mutex::new(None),
-            abort_recorded: AtomicBool::new(false),
-            last_before_kill: AtomicU64::new(u64::MAX),
-            triggered: Mutex::new(None),
-            trigger_seq: AtomicU64::new(0),
-            resume_generation: AtomicU64::new(0),
-            released: AtomicBool::new(false),
-            changed: Event::new(),
-        }
-    }
-
-    fn triggered(&self) -> Option<usize> {
-        *self.triggered.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    async fn fire(&self, node: usize) -> HookAction {
-        if self.released.load(Ordering::SeqCst) {
-            return HookAction::Proceed;
-        }
-        let generation = self.resume_generation.load(Ordering::SeqCst);
-        self.set_triggered(node);
-        self.changed.notify(usize::MAX);
-        match self.mode {
-            Mode::Restart => HookAction::Kill,
-            Mode::LeaderChange => {
-                // Hold the commit until the other node has taken leadership.
-                loop {
-                    let listener = self.changed.listen();
-                    if self.resume_generation.load(Ordering::SeqCst) != generation
-                        || self.released.load(Ordering::SeqCst)
-                    {
-                        return HookAction::Proceed;
-                    }
-                    listener.await;
-                }
-            }
-        }
-    }
-
-    fn release_all(&self) {
-        self.released.store(true, Ordering::SeqCst);
-        self.resume();
-    }
-
-    fn set_triggered(&self, node: usize) {
-        let mut triggered = self.triggered.lock().unwrap_or_else(|p| p.into_inner());
-        *triggered = Some(node);
-        self.trigger_seq.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// The current trigger and its sequence number.
-    fn trigger(&self) -> Option<(usize, u64)> {
-        let triggered = self.triggered.lock().unwrap_or_else(|p| p.into_inner());
-        triggered.map(|node| (node, self.trigger_seq.load(Ordering::SeqCst)))
-    }
-
-    fn resume(&self) {
-        *self.triggered.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.resume_generation.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify(usize::MAX);
-    }
-
-    /// Resumes after handling trigger `seq`; a trigger fired since (by the new leader's
-    /// first commits) stays pending.
-    fn resume_handled(&self, seq: u64) {
-        {
-            let mut triggered = self.triggered.lock().unwrap_or_else(|p| p.into_inner());
-            if self.trigger_seq.load(Ordering::SeqCst) == seq {
-                *triggered = None;
-            }
-        }
-        self.resume_generation.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify(usize::MAX);
-    }
-}
-
-/// Whether a commit records a procedure (rather than metadata a step proposed).
-fn is_transition(plan: PlanCode) -> bool {
-    matches!(plan, PlanCode::SubmitProcedure | PlanCode::UpdateProcedure)
-}
-
-struct NodeHooks {
-    script: Arc<Script>,
-    node: usize,
-}
-
-#[async_trait]
-impl ExecutorHooks for NodeHooks {
-    async fn before_persist(&self, point: &PersistPoint) -> HookAction {
-        let s = &self.script;
-        let n = s.attempted.fetch_add(1, Ordering::SeqCst) + 1;
-        let planned = s
-            .kill_before
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&n);
-        // After an abort: kill once before each durable procedure transition (then let it
-        // through). Counted in transitions, not commits: a step's metadata commits re-run
-        // after every kill and must not make the same transition look new.
-        let transitions = s.transitions.load(Ordering::SeqCst);
-        let around = s.interrupt_after_abort
-            && s.abort_recorded.load(Ordering::SeqCst)
-            && is_transition(point.plan)
-            && s.last_before_kill.swap(transitions, Ordering::SeqCst) != transitions;
-        if planned || around {
-            return s.fire(self.node).await;
-        }
-        HookAction::Proceed
-    }
-
-    async fn after_persist(&self, point: &PersistPoint) -> HookAction {
-        let s = &self.script;
-        let n = s.committed.load(Ordering::SeqCst) + 1;
-        // An abort counts once its procedure's next commit (rollback or failure) is durable;
-        // a kill before that would only make the aborted step run again.
-        if s.aborted.load(Ordering::SeqCst)
-            && point.procedure.is_some()
-            && *s
-                .aborted_procedure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                == point.procedure
-        {
-            s.abort_recorded.store(true, Ordering::SeqCst);
-        }
-        let planned = s
-            .kill_after
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&n);
-        // Around every commit, kill only after procedure-record commits: a step that commits
-        // a metadata plan before its own transition would otherwise be killed after that plan
-        // on every re-run and never progress. Metadata commits are still each interrupted by
-        // the one-point runs.
-        if is_transition(point.plan) {
-            s.transitions.fetch_add(1, Ordering::SeqCst);
-        }
-        let around = s.interrupt_after_abort
-            && s.abort_recorded.load(Ordering::SeqCst)
-            && is_transition(point.plan);
-        if (planned || around) && !s.released.load(Ordering::SeqCst) {
-            // Mark the trigger before the commit counts as done, so the harness never sees
-            // a finished procedure without the pending interruption.
-            s.set_triggered(self.node);
-            s.committed.store(n, Ordering::SeqCst);
-            return s.fire(self.node).await;
-        }
-        s.committed.store(n, Ordering::SeqCst);
-        HookAction::Proceed
-    }
-
-    fn after_step(&self, id: ProcedureId) -> Option<ProcedureError> {
-        let s = &self.script;
-        let n = s.steps.fetch_add(1, Ordering::SeqCst) + 1;
-        if s.abort_at_step == Some(n) {
-            *s.aborted_procedure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(id);
-            s.aborted.store(true, Ordering::SeqCst);
-            return Some(ProcedureError::Abort(format!("injected abort at step {n}")));
-        }
-        None
-    }
-}
-
 type MakeEnv<E> = Arc<dyn Fn() -> E + Send + Sync>;
 type MakeProcedure<E> = Arc<dyn Fn(&E) -> Box<dyn Procedure> + Send + Sync>;
 type Setup<E> = Arc<dyn Fn(&E) -> Vec<ConfigPlan> + Send + Sync>;
+type Settle<E> = Arc<dyn Fn(&ClusterState, &E) -> bool + Send + Sync>;
+
+/// Work that runs beside the executor on a leading node (e.g. the region cleaner): given the
+/// node's consensus, the run's runtime, the world and the epoch it leads in, the future it
+/// returns runs until it ends by itself, the node is killed, or the run ends.
+pub type Companion<E> =
+    Arc<dyn Fn(Arc<dyn Consensus>, Runtime, Arc<E>, Epoch) -> BoxFuture<()> + Send + Sync>;
 
 /// Runs one procedure under every interruption; see the module docs.
 pub struct CrashHarness<E> {
@@ -316,14 +117,63 @@ pub struct CrashHarness<E> {
     make_env: MakeEnv<E>,
     make_procedure: MakeProcedure<E>,
     setup: Setup<E>,
+    companion: Option<Companion<E>>,
+    settle: Option<Settle<E>>,
+    unknown_outcomes: UnknownOutcomes,
     config: ExecutorConfig,
     seed: u64,
     max_idle_rounds: usize,
 }
 
+/// One ConfigNode incarnation of a run.
 struct Node {
-    consensus: Arc<LocalConsensus>,
+    local: Arc<LocalConsensus>,
+    /// What the executor and the companion commit through (maybe flaky).
+    consensus: Arc<dyn Consensus>,
     executor: Arc<ProcedureExecutor>,
+    /// Set when this incarnation dies: its companion stops.
+    dead: Arc<Flag>,
+}
+
+/// A one-way flag that can be awaited.
+#[derive(Default)]
+struct Flag {
+    set: AtomicBool,
+    event: Event,
+}
+
+impl Flag {
+    fn raise(&self) {
+        self.set.store(true, Ordering::SeqCst);
+        self.event.notify(usize::MAX);
+    }
+
+    async fn wait(&self) {
+        loop {
+            if self.set.load(Ordering::SeqCst) {
+                return;
+            }
+            let listener = self.event.listen();
+            if self.set.load(Ordering::SeqCst) {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// What every node of one run shares.
+struct RunWorld<E> {
+    log: MemLogStore,
+    snapshots: MemSnapshotStore,
+    runtime: Runtime,
+    clock: ManualClock,
+    env: Arc<E>,
+    script: Arc<Script>,
+    /// Proposals made through any node's consensus (progress, and the fault schedule).
+    proposals: Arc<AtomicU64>,
+    /// Raised when the run ends: every companion stops.
+    ended: Arc<Flag>,
 }
 
 impl<E: Send + Sync + 'static> CrashHarness<E> {
@@ -341,6 +191,9 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
             make_env: Arc::new(make_env),
             make_procedure: Arc::new(make_procedure),
             setup: Arc::new(|_| Vec::new()),
+            companion: None,
+            settle: None,
+            unknown_outcomes: UnknownOutcomes::default(),
             config: ExecutorConfig {
                 workers: 1,
                 retention: RetentionPolicy {
@@ -366,6 +219,34 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
     /// Replaces the executor configuration.
     pub fn with_config(mut self, config: ExecutorConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Runs `companion` on every node while it leads (see [`Companion`]).
+    pub fn with_companion(
+        mut self,
+        companion: impl Fn(Arc<dyn Consensus>, Runtime, Arc<E>, Epoch) -> BoxFuture<()>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.companion = Some(Arc::new(companion));
+        self
+    }
+
+    /// After the root procedure finished, keeps the run (and its companions) going until
+    /// `settled` holds for the committed state and the world.
+    pub fn with_settle(
+        mut self,
+        settled: impl Fn(&ClusterState, &E) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.settle = Some(Arc::new(settled));
+        self
+    }
+
+    /// Gives commits unknown outcomes on the schedule `faults` (see [`UnknownOutcomes`]).
+    pub fn with_unknown_outcomes(mut self, faults: UnknownOutcomes) -> Self {
+        self.unknown_outcomes = faults;
         self
     }
 
@@ -465,7 +346,9 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
                         .insert(k);
                 }
                 let outcome = self.run(&name, Arc::new(script)).await?;
-                if outcome.interruptions == 0 {
+                // With a companion or unknown outcomes a run may commit less than the
+                // reference did (fewer retries): a point it never reached cannot be hit.
+                if outcome.interruptions == 0 && outcome.persists >= k {
                     return Err(Self::error(&name, "the interruption never happened"));
                 }
                 Self::compare(&name, &reference, &outcome, observe)?;
@@ -522,39 +405,61 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
         Ok(())
     }
 
-    fn node(
-        &self,
-        log: &MemLogStore,
-        snapshots: &MemSnapshotStore,
-        runtime: &Runtime,
-        env: &Arc<E>,
-        script: &Arc<Script>,
-        index: usize,
-    ) -> Node {
-        let consensus = Arc::new(LocalConsensus::new(
-            Arc::new(log.clone()),
-            Arc::new(snapshots.clone()),
+    /// A new ConfigNode incarnation over the run's log (not leading yet).
+    fn node(&self, world: &RunWorld<E>, index: usize) -> Node {
+        let local = Arc::new(LocalConsensus::new(
+            Arc::new(world.log.clone()),
+            Arc::new(world.snapshots.clone()),
+        ));
+        let consensus: Arc<dyn Consensus> = Arc::new(FlakyConsensus::new(
+            local.clone(),
+            self.unknown_outcomes,
+            world.proposals.clone(),
         ));
         let executor = ProcedureExecutor::with_hooks(
             consensus.clone(),
             self.registry.clone(),
-            runtime.clone(),
-            env.clone(),
+            world.runtime.clone(),
+            world.env.clone(),
             self.config.clone(),
             Arc::new(NodeHooks {
-                script: script.clone(),
+                script: world.script.clone(),
                 node: index,
             }),
         );
         executor.start();
         Node {
+            local,
             consensus,
             executor,
+            dead: Arc::new(Flag::default()),
         }
     }
 
-    async fn run(&self, name: &str, script: Arc<Script>) -> Result<RunOutcome<E>, HarnessError> {
-        let fail = |m: String| Self::error(name, m);
+    /// Makes `node` lead (a higher epoch), then starts its companion.
+    async fn lead(&self, world: &RunWorld<E>, node: &Node) -> Result<(), String> {
+        let epoch = node.local.campaign().await.map_err(|e| e.to_string())?;
+        let Some(companion) = &self.companion else {
+            return Ok(());
+        };
+        let work = companion(
+            node.consensus.clone(),
+            world.runtime.clone(),
+            world.env.clone(),
+            epoch,
+        );
+        let (dead, ended) = (node.dead.clone(), world.ended.clone());
+        world.runtime.spawner.spawn(
+            "harness-companion",
+            Box::pin(async move {
+                future::or(work, future::or(dead.wait(), ended.wait())).await;
+            }),
+        );
+        Ok(())
+    }
+
+    /// A fresh world for one run, with the setup plans committed.
+    async fn world(&self, script: Arc<Script>) -> Result<RunWorld<E>, String> {
         let env = Arc::new((self.make_env)());
         let clock = ManualClock::new();
         let runtime = Runtime {
@@ -564,34 +469,89 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
         };
         let log = MemLogStore::new();
         let snapshots = MemSnapshotStore::new();
-        {
-            let setup = LocalConsensus::new(Arc::new(log.clone()), Arc::new(snapshots.clone()));
-            let epoch = setup.campaign().await.map_err(|e| fail(e.to_string()))?;
-            for plan in (self.setup)(&env) {
-                match setup.propose(epoch, plan).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(r)) => return Err(fail(format!("setup plan rejected: {r}"))),
-                    Err(e) => return Err(fail(format!("setup plan failed: {e}"))),
+        let setup = LocalConsensus::new(Arc::new(log.clone()), Arc::new(snapshots.clone()));
+        let epoch = setup.campaign().await.map_err(|e| e.to_string())?;
+        for plan in (self.setup)(&env) {
+            match setup.propose(epoch, plan).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(r)) => return Err(format!("setup plan rejected: {r}")),
+                Err(e) => return Err(format!("setup plan failed: {e}")),
+            }
+        }
+        setup.step_down();
+        Ok(RunWorld {
+            log,
+            snapshots,
+            runtime,
+            clock,
+            env,
+            script,
+            proposals: Arc::new(AtomicU64::new(0)),
+            ended: Arc::new(Flag::default()),
+        })
+    }
+
+    /// Submits the root procedure on `executor`, retrying what a retry may fix (an unknown
+    /// commit outcome: the request key finds the first submission). `None`: interrupted.
+    async fn submit(
+        &self,
+        world: &RunWorld<E>,
+        executor: &ProcedureExecutor,
+    ) -> Result<Option<ProcedureId>, String> {
+        let script = &world.script;
+        let submit = async {
+            loop {
+                let procedure = (self.make_procedure)(&world.env);
+                match executor.submit(procedure, Some(REQUEST_KEY.into())).await {
+                    Ok(id) => return Ok(Some(id)),
+                    Err(e) if e.is_stop() => return Ok(None),
+                    Err(e) if e.is_retryable() => future::yield_now().await,
+                    Err(e) => return Err(format!("submit failed: {e}")),
                 }
             }
-            setup.step_down();
-        }
-        // Every later entry is a hooked commit: the count tells when all have been seen.
-        let setup_entries = log.last_index();
+        };
+        let triggered = async {
+            loop {
+                let listener = script.changed.listen();
+                if script.triggered().is_some() {
+                    return Ok(None);
+                }
+                listener.await;
+            }
+        };
+        future::or(submit, triggered).await
+    }
+
+    /// Whether the run is over: the root finished, no commit may still trigger an
+    /// interruption, nothing is pending, and the world has settled.
+    fn finished(&self, world: &RunWorld<E>, node: &Node, root: ProcedureId) -> bool {
+        let state = node.local.state();
+        let done = state.read(|s| {
+            s.procedures
+                .get(&root)
+                .is_some_and(|r| r.status.is_finished())
+                && self
+                    .settle
+                    .as_ref()
+                    .is_none_or(|settle| settle(s, &world.env))
+        });
+        // A commit still between its persist and its after-persist hook may yet trigger an
+        // interruption: wait for it before calling the run finished.
+        done && world.script.in_flight.load(Ordering::SeqCst) == 0
+            && world.script.triggered().is_none()
+    }
+
+    async fn run(&self, name: &str, script: Arc<Script>) -> Result<RunOutcome<E>, HarnessError> {
+        let fail = |m: String| Self::error(name, m);
+        let world = self.world(script.clone()).await.map_err(fail)?;
         let node_count = if script.mode == Mode::LeaderChange {
             2
         } else {
             1
         };
-        let mut nodes: Vec<Node> = (0..node_count)
-            .map(|i| self.node(&log, &snapshots, &runtime, &env, &script, i))
-            .collect();
+        let mut nodes: Vec<Node> = (0..node_count).map(|i| self.node(&world, i)).collect();
         let mut leader = 0;
-        nodes[leader]
-            .consensus
-            .campaign()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        self.lead(&world, &nodes[leader]).await.map_err(fail)?;
         let mut root: Option<ProcedureId> = None;
         let mut interruptions = 0;
         let mut idle = 0;
@@ -601,30 +561,27 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
                 interruptions += 1;
                 match script.mode {
                     Mode::Restart => {
+                        nodes[leader].dead.raise();
                         nodes[leader].executor.shutdown().await;
-                        nodes[leader] = self.node(&log, &snapshots, &runtime, &env, &script, 0);
+                        nodes[leader] = self.node(&world, 0);
                     }
                     Mode::LeaderChange => leader = 1 - node,
                 }
-                nodes[leader]
-                    .consensus
-                    .campaign()
-                    .await
-                    .map_err(|e| fail(e.to_string()))?;
+                self.lead(&world, &nodes[leader]).await.map_err(fail)?;
                 script.resume_handled(seq);
                 if root.is_none() {
                     // The submission may have committed before the interruption: the request
                     // key tells (as it would tell a client asking again).
                     root = nodes[leader]
-                        .consensus
+                        .local
                         .state()
                         .read(|s| s.procedure_request_keys.get(REQUEST_KEY).copied());
                 }
                 continue;
             }
             let executor = nodes[leader].executor.clone();
-            if root.is_none() {
-                if !executor.is_running() {
+            match root {
+                None if !executor.is_running() => {
                     future::or(executor.wait_running(), async {
                         for _ in 0..64 {
                             future::yield_now().await;
@@ -632,53 +589,30 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
                     })
                     .await;
                     idle += 1;
-                } else {
-                    let submit = async {
-                        let procedure = (self.make_procedure)(&env);
-                        Some(executor.submit(procedure, Some(REQUEST_KEY.into())).await)
-                    };
-                    let triggered = async {
-                        loop {
-                            let listener = script.changed.listen();
-                            if script.triggered().is_some() {
-                                return None;
-                            }
-                            listener.await;
-                        }
-                    };
-                    match future::or(submit, triggered).await {
-                        Some(Ok(id)) => root = Some(id),
-                        Some(Err(e)) if e.is_stop() => idle += 1,
-                        Some(Err(e)) => return Err(fail(format!("submit failed: {e}"))),
-                        None => {}
+                }
+                None => match self.submit(&world, &executor).await.map_err(fail)? {
+                    Some(id) => root = Some(id),
+                    None => idle += 1,
+                },
+                Some(id) => {
+                    if self.finished(&world, &nodes[leader], id) {
+                        break;
                     }
+                    for _ in 0..16 {
+                        future::yield_now().await;
+                    }
+                    if script.triggered().is_none() {
+                        world.clock.advance_to_next_deadline();
+                    }
+                    idle += 1;
                 }
-            } else if let Some(id) = root {
-                let finished = nodes[leader].consensus.state().read(|s| {
-                    s.procedures
-                        .get(&id)
-                        .is_some_and(|r| r.status.is_finished())
-                });
-                // A commit still between its persist and its after-persist hook may yet
-                // trigger an interruption: wait for it before calling the run finished.
-                let settled =
-                    log.last_index() - setup_entries == script.committed.load(Ordering::SeqCst);
-                if finished && settled && script.triggered().is_none() {
-                    break;
-                }
-                for _ in 0..16 {
-                    future::yield_now().await;
-                }
-                if script.triggered().is_none() {
-                    clock.advance_to_next_deadline();
-                }
-                idle += 1;
             }
             // Progress happens on the spawner's threads; count only rounds in which none was
             // made, and give those threads real time (a loaded machine may starve them).
             let now_progress = script.attempted.load(Ordering::SeqCst)
                 + script.committed.load(Ordering::SeqCst)
-                + script.steps.load(Ordering::SeqCst);
+                + script.steps.load(Ordering::SeqCst)
+                + world.proposals.load(Ordering::SeqCst);
             if now_progress != progress {
                 progress = now_progress;
                 idle = 0;
@@ -686,34 +620,19 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
                 std::thread::sleep(std::time::Duration::from_micros(200));
             }
             if idle > self.max_idle_rounds {
-                let stuck: Vec<String> = nodes[leader]
-                    .executor
-                    .list()
-                    .iter()
-                    .filter(|p| !p.status.code().eq(&10))
-                    .map(|p| {
-                        format!(
-                            "{} {} {} waiting={:?} error={:?}",
-                            p.id, p.state_name, p.status, p.waiting_for, p.last_error
-                        )
-                    })
-                    .collect();
-                return Err(fail(format!(
-                    "did not finish (root {root:?}, leader {leader}, {} commits, running {}, triggered {:?}, {:?}, {:?}): {stuck:?}",
-                    script.committed.load(Ordering::SeqCst),
-                    nodes[leader].executor.is_running(),
-                    script.triggered(),
-                    nodes[leader].consensus.leadership().get(),
-                    nodes[leader].executor,
-                )));
+                return Err(fail(self.stuck(&nodes[leader], root, leader, &script)));
             }
         }
         // Paused commits must not hold a shutdown forever.
         script.release_all();
+        world.ended.raise();
         for node in &nodes {
             node.executor.shutdown().await;
         }
-        let replay = LocalConsensus::new(Arc::new(log.clone()), Arc::new(snapshots.clone()));
+        let replay = LocalConsensus::new(
+            Arc::new(world.log.clone()),
+            Arc::new(world.snapshots.clone()),
+        );
         replay.load().await.map_err(|e| fail(e.to_string()))?;
         let state = replay.state().snapshot();
         let root = root.ok_or_else(|| fail("never submitted".into()))?;
@@ -725,11 +644,41 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
         }
         Ok(RunOutcome {
             state,
-            env,
+            env: world.env,
             root,
             persists: script.committed.load(Ordering::SeqCst),
             steps: script.steps.load(Ordering::SeqCst),
             interruptions,
         })
+    }
+
+    /// Why a run that stopped making progress is stuck, in words.
+    fn stuck(
+        &self,
+        node: &Node,
+        root: Option<ProcedureId>,
+        leader: usize,
+        script: &Script,
+    ) -> String {
+        let stuck: Vec<String> = node
+            .executor
+            .list()
+            .iter()
+            .filter(|p| !p.status.code().eq(&10))
+            .map(|p| {
+                format!(
+                    "{} {} {} waiting={:?} error={:?}",
+                    p.id, p.state_name, p.status, p.waiting_for, p.last_error
+                )
+            })
+            .collect();
+        format!(
+            "did not finish (root {root:?}, leader {leader}, {} commits, {} in flight, running {}, triggered {:?}, {:?}): {stuck:?}",
+            script.committed.load(Ordering::SeqCst),
+            script.in_flight.load(Ordering::SeqCst),
+            node.executor.is_running(),
+            script.triggered(),
+            node.local.leadership().get(),
+        )
     }
 }

@@ -7,11 +7,17 @@
 //! its result is thrown away, and the session stops as a crashed process would), or replace
 //! a step's outcome with an injected non-retryable error (to force a rollback).
 //!
-//! [`CrashHarness`] builds on the hooks; see its docs for how later procedures use it.
+//! [`CrashHarness`] builds on the hooks; see its docs for how later procedures use it. Its
+//! world can be made adversarial: [`FlakyConsensus`] gives commits an unknown outcome
+//! ([`UnknownOutcomes`]), and a [`Companion`] (e.g. the region cleaner) runs beside the
+//! executor on every leader.
 
+mod adversary;
 mod harness;
+mod script;
 
-pub use harness::{CrashHarness, HarnessError, HarnessReport, RunOutcome};
+pub use adversary::{FlakyConsensus, UnknownOutcomes};
+pub use harness::{Companion, CrashHarness, HarnessError, HarnessReport, RunOutcome};
 
 use async_trait::async_trait;
 
@@ -52,6 +58,16 @@ pub trait ExecutorHooks: Send + Sync + 'static {
     async fn after_persist(&self, point: &PersistPoint) -> HookAction {
         let _ = point;
         HookAction::Proceed
+    }
+    /// A commit is about to start (before [`ExecutorHooks::before_persist`]).
+    fn commit_started(&self, point: &PersistPoint) {
+        let _ = point;
+    }
+    /// The commit started last for `point` is over, whatever its end: done after its
+    /// after-persist hook, failed (its outcome maybe unknown), killed, or dropped mid-way
+    /// because the session stopped. Called exactly once per [`ExecutorHooks::commit_started`].
+    fn commit_settled(&self, point: &PersistPoint) {
+        let _ = point;
     }
     /// After a forward step of `id` returned: `Some(error)` replaces its outcome.
     fn after_step(&self, id: ProcedureId) -> Option<ProcedureError> {
