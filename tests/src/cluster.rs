@@ -34,17 +34,25 @@ use shoal_core::storage::{
 use shoal_runtime_smol::smol_runtime;
 use shoal_transport_inproc::InprocNetwork;
 
-/// A [`MemLogStore`] that remembers when each entry was appended (for latency benches).
+/// A [`MemLogStore`] that remembers when each entry was appended (for latency benches), and
+/// can be poisoned as a file log is by a failed fsync.
 #[derive(Clone, Default)]
 pub struct RecordingLog {
     inner: MemLogStore,
     appends: Arc<Mutex<Vec<Append>>>,
+    poisoned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// When an entry was appended, and its payload.
 pub type Append = (Instant, Vec<u8>);
 
 impl RecordingLog {
+    /// From now on every sync fails as a poisoned store's does.
+    pub fn poison(&self) {
+        self.poisoned
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Every append so far: when, and the encoded plan.
     pub fn appends(&self) -> Vec<Append> {
         self.appends
@@ -71,6 +79,11 @@ impl LogStore for RecordingLog {
         Ok(index)
     }
     async fn sync(&self, index: u64) -> Result<(), StorageError> {
+        if self.poisoned.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StorageError::Unavailable(
+                "log poisoned by a failed fdatasync".into(),
+            ));
+        }
         self.inner.sync(index).await
     }
     fn read(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, StorageError> {
@@ -305,6 +318,7 @@ impl TestCluster {
             log: RecordingLog {
                 inner: MemLogStore::new(),
                 appends: Arc::default(),
+                poisoned: Arc::default(),
             },
             snapshots: MemSnapshotStore::new(),
             data_nodes,

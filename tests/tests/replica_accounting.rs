@@ -404,6 +404,29 @@ fn a_datanode_fenced_by_a_huge_epoch_is_healed_by_a_higher_leader_epoch() {
     });
 }
 
+/// Rule 11: a ConfigNode whose log failed for good (a poisoned file log) steps down and
+/// says so, instead of retrying forever; its process then exits non-zero.
+#[test]
+fn a_confignode_whose_log_failed_steps_down_and_reports_it() {
+    smol::block_on(async {
+        let cluster = TestCluster::start(ClusterOptions::default()).await;
+        let leader = cluster.leader();
+        cluster.log.poison();
+        let create = leader.create_database(schema("never", 3), 0, 1, None).await;
+        assert!(create.is_err(), "nothing can be committed: {create:?}");
+        let failure = futures_lite::future::or(async { Some(leader.failed().await) }, async {
+            smol::Timer::after(Duration::from_secs(10)).await;
+            None
+        })
+        .await
+        .expect("the failure is reported");
+        assert!(failure.is_fatal(), "{failure}");
+        assert!(!leader.consensus().leadership().get().is_leader);
+        assert!(!leader.executor().is_running(), "the executor stopped");
+        cluster.shutdown().await;
+    });
+}
+
 fn fastrand_key() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
