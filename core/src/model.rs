@@ -268,6 +268,18 @@ impl fmt::Display for TaskId {
     }
 }
 
+/// Identifies an entry of the ConfigNode's region-maintain queue: a queued create of a
+/// missing replica, or (from old logs) a pending legacy deletion. Allocated from the cluster
+/// state. Not a DataNode task id ([`TaskId`]): the two never name the same thing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MaintainQueueId(pub u64);
+
+impl fmt::Display for MaintainQueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "queued-{}", self.0)
+    }
+}
+
 /// Identifies one procedure; allocated from the cluster state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ProcedureId(pub u64);

@@ -11,8 +11,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, ProcedureId, RegionId, RegionKind,
-    RegionReplicaSet, TaskId,
+    DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, MaintainQueueId, ProcedureId,
+    RegionId, RegionKind, RegionReplicaSet,
 };
 use crate::state::{DataNodeStatus, NewProcedure, ProcedureRecord, RegionMaintainKind};
 
@@ -123,8 +123,9 @@ config_plans! {
     // ---- 2xx: databases ----
     /// Create a database.
     CreateDatabase = 200 => CreateDatabase,
-    /// Mark a database deleting (`deleting = true`) or undo that mark.
-    PreDeleteDatabase = 201 => PreDeleteDatabase,
+    /// Mark a database deleting (`deleting = true`) or undo that mark. Named
+    /// `PreDeleteDatabase` before; the code is unchanged.
+    SetDatabaseDeleting = 201 => SetDatabaseDeleting,
     /// Drop a database's schema and partition table; refused while region groups remain.
     DeleteDatabase = 202 => DeleteDatabase,
 
@@ -151,14 +152,16 @@ config_plans! {
     /// Drop a region group from its database's partition table; refused while its
     /// footprint is not empty.
     DropRegionGroup = 308 => DropRegionGroup,
-    /// Queue region-maintain tasks (create a missing replica; legacy logs also hold deletes).
+    /// Queue creates of missing replicas for the region cleaner (legacy logs also hold
+    /// deletes, which become pending legacy deletions).
     OfferRegionMaintainTasks = 310 => OfferRegionMaintainTasks,
     /// Retired (never proposed anew): remove the oldest region-maintain task, as the
     /// pre-procedure queue drainer did. Replays pop the oldest of the create queue and the
     /// pending legacy deletions together, which is the one queue it popped when written.
     PollRegionMaintainTask = 311 => PollRegionMaintainTask,
-    /// Remove specific region-maintain tasks from the queue.
-    PollSpecificRegionMaintainTask = 312 => PollSpecificRegionMaintainTask,
+    /// Drop queued creates (a removal stops the cleaner from creating what it deletes).
+    /// Named `PollSpecificRegionMaintainTask` before; the code is unchanged.
+    DropQueuedCreates = 312 => DropQueuedCreates,
     /// Forget a pending legacy deletion once a procedure owns it.
     ResolveLegacyDeletion = 313 => ResolveLegacyDeletion,
 
@@ -200,9 +203,9 @@ pub struct CreateDatabase {
     pub created_by: Option<ProcedureId>,
 }
 
-/// Body of [`ConfigPlan::PreDeleteDatabase`].
+/// Body of [`ConfigPlan::SetDatabaseDeleting`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PreDeleteDatabase {
+pub struct SetDatabaseDeleting {
     /// The database.
     pub name: DatabaseName,
     /// `true` marks it deleting; `false` undoes the mark (rollback).
@@ -304,7 +307,7 @@ pub struct ReserveRegionIds {
 /// Body of [`ConfigPlan::OfferRegionMaintainTasks`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfferRegionMaintainTasks {
-    /// Tasks to queue; ids are allocated on apply.
+    /// Tasks to queue; their [`MaintainQueueId`]s are allocated on apply.
     pub tasks: Vec<NewRegionMaintainTask>,
 }
 
@@ -317,7 +320,8 @@ pub struct NewRegionMaintainTask {
     pub database: DatabaseName,
     /// The region group, with its replica set at offer time.
     pub region: RegionReplicaSet,
-    /// The DataNode to act on.
+    /// The DataNode to act on. Only its id is kept: the address is resolved at dial time
+    /// (the location form is the body's frozen wire shape).
     pub target: DataNodeLocation,
 }
 
@@ -325,18 +329,20 @@ pub struct NewRegionMaintainTask {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PollRegionMaintainTask {}
 
-/// Body of [`ConfigPlan::PollSpecificRegionMaintainTask`].
+/// Body of [`ConfigPlan::DropQueuedCreates`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PollSpecificRegionMaintainTask {
-    /// Tasks to remove from the queue; unknown ids are ignored (idempotent).
-    pub task_ids: Vec<TaskId>,
+pub struct DropQueuedCreates {
+    /// Queued creates to drop; unknown ids are ignored (idempotent).
+    #[serde(rename = "task_ids")]
+    pub ids: Vec<MaintainQueueId>,
 }
 
 /// Body of [`ConfigPlan::ResolveLegacyDeletion`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolveLegacyDeletion {
-    /// The legacy task id of the pending deletion.
-    pub task_id: TaskId,
+    /// The pending legacy deletion, by its queue id.
+    #[serde(rename = "task_id")]
+    pub id: MaintainQueueId,
 }
 
 /// Body of [`ConfigPlan::SubmitProcedure`].

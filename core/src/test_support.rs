@@ -139,9 +139,9 @@ pub fn plan_for(code: PlanCode) -> BoxedStrategy<ConfigPlan> {
                 })
             })
             .boxed(),
-        PlanCode::PreDeleteDatabase => (db_name(), any::<bool>())
+        PlanCode::SetDatabaseDeleting => (db_name(), any::<bool>())
             .prop_map(|(name, deleting)| {
-                ConfigPlan::PreDeleteDatabase(PreDeleteDatabase { name, deleting })
+                ConfigPlan::SetDatabaseDeleting(SetDatabaseDeleting { name, deleting })
             })
             .boxed(),
         PlanCode::DeleteDatabase => db_name()
@@ -210,17 +210,17 @@ pub fn plan_for(code: PlanCode) -> BoxedStrategy<ConfigPlan> {
             PollRegionMaintainTask {},
         ))
         .boxed(),
-        PlanCode::PollSpecificRegionMaintainTask => prop::collection::vec(0u64..8, 0..3)
+        PlanCode::DropQueuedCreates => prop::collection::vec(0u64..8, 0..3)
             .prop_map(|ids| {
-                ConfigPlan::PollSpecificRegionMaintainTask(PollSpecificRegionMaintainTask {
-                    task_ids: ids.into_iter().map(TaskId).collect(),
+                ConfigPlan::DropQueuedCreates(DropQueuedCreates {
+                    ids: ids.into_iter().map(MaintainQueueId).collect(),
                 })
             })
             .boxed(),
         PlanCode::ResolveLegacyDeletion => (0u64..8)
             .prop_map(|id| {
                 ConfigPlan::ResolveLegacyDeletion(ResolveLegacyDeletion {
-                    task_id: TaskId(id),
+                    id: MaintainQueueId(id),
                 })
             })
             .boxed(),

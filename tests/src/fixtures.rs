@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use shoal_core::model::{
-    DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, RegionId, RegionKind,
-    RegionReplicaSet, ReplicationFactor, TaskId,
+    DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, MaintainQueueId, RegionId,
+    RegionKind, RegionReplicaSet, ReplicationFactor, TaskId,
 };
 use shoal_core::plan::{
     ConfigPlan, CreateDatabase, CreateRegionGroups, NewRegionMaintainTask,
@@ -16,7 +16,6 @@ use shoal_core::snapshot::{
 };
 use shoal_core::state::{
     ClusterState, LockKey, LockMode, LockResource, NewProcedure, RegionMaintainKind,
-    RegionMaintainTask,
 };
 
 /// Directory holding the committed fixture files.
@@ -132,26 +131,49 @@ pub fn snapshot_v3() -> Snapshot {
 /// [`base_state`] in the v2 shape (no footprints, task targets by location).
 fn base_state_v2() -> ClusterStateV2 {
     let state = base_state();
-    let by_location = |task: &RegionMaintainTask| RegionMaintainTaskV2 {
-        kind: task.kind,
-        database: task.database.clone(),
-        region: task.region.clone(),
-        target: location(task.target.0),
+    let in_v2 = |id: &MaintainQueueId,
+                 kind,
+                 database: &DatabaseName,
+                 group: &RegionReplicaSet,
+                 target: DataNodeId| {
+        let task = RegionMaintainTaskV2 {
+            kind,
+            database: database.clone(),
+            region: group.clone(),
+            target: location(target.0),
+        };
+        (TaskId(id.0), task)
     };
     ClusterStateV2 {
         next_data_node_id: state.next_data_node_id,
         next_region_id: state.next_region_id,
         next_procedure_id: state.next_procedure_id,
-        next_task_id: state.next_task_id,
+        next_task_id: state.next_queue_id,
         region_maintain_queue: state
-            .region_maintain_queue
+            .create_queue
             .iter()
-            .map(|(id, t)| (*id, by_location(t)))
+            .map(|(id, t)| {
+                in_v2(
+                    id,
+                    RegionMaintainKind::Create,
+                    &t.database,
+                    &t.group,
+                    t.target,
+                )
+            })
             .collect(),
         pending_legacy_deletions: state
-            .pending_legacy_deletions
+            .legacy_deletions
             .iter()
-            .map(|(id, t)| (*id, by_location(t)))
+            .map(|(id, t)| {
+                in_v2(
+                    id,
+                    RegionMaintainKind::LegacyDelete,
+                    &t.database,
+                    &t.group,
+                    t.target,
+                )
+            })
             .collect(),
         data_nodes: state.data_nodes,
         databases: state.databases,

@@ -215,7 +215,7 @@ pub fn settled(state: &ClusterState, env: &RegionEnv) -> bool {
             }
         }
     }
-    state.region_maintain_queue.is_empty()
+    state.create_queue.is_empty()
 }
 
 fn journal_of(env: &RegionEnv, address: &str) -> MemTaskJournal {
@@ -324,7 +324,7 @@ pub type Observed = (String, Vec<(String, Vec<(RegionId, u64)>, Vec<TaskId>)>);
 pub fn observe(state: &ClusterState, env: &RegionEnv) -> Observed {
     let metadata = format!(
         "{:?} {:?} {:?} {:?}",
-        state.databases, state.partition_tables, state.region_maintain_queue, state.footprints
+        state.databases, state.partition_tables, state.create_queue, state.footprints
     );
     let mut replicas = Vec::new();
     for info in state.data_nodes.values() {

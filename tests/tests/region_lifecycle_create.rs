@@ -6,8 +6,8 @@ use std::time::Duration;
 use shoal_core::consensus::Consensus;
 use shoal_core::model::{DataNodeId, RegionKind, RegionReplicaSet};
 use shoal_core::plan::{
-    ConfigPlan, NewRegionMaintainTask, OfferRegionMaintainTasks, PreDeleteDatabase,
-    RemoveRegionGroup,
+    ConfigPlan, NewRegionMaintainTask, OfferRegionMaintainTasks, RemoveRegionGroup,
+    SetDatabaseDeleting,
 };
 use shoal_core::procedure::ProcedureView;
 use shoal_core::state::RegionMaintainKind;
@@ -22,7 +22,7 @@ fn queue_len(cluster: &TestCluster) -> usize {
         .leader()
         .consensus()
         .state()
-        .read(|s| s.region_maintain_queue.len())
+        .read(|s| s.create_queue.len())
 }
 
 #[test]
@@ -154,7 +154,7 @@ fn legacy_deletions_from_an_old_log_are_finished_by_the_next_leader() {
             })
             .collect();
         let plans = [
-            ConfigPlan::PreDeleteDatabase(PreDeleteDatabase {
+            ConfigPlan::SetDatabaseDeleting(SetDatabaseDeleting {
                 name: db("old"),
                 deleting: true,
             }),
@@ -171,12 +171,7 @@ fn legacy_deletions_from_an_old_log_are_finished_by_the_next_leader() {
                 .expect("committed")
                 .expect("applied");
         }
-        assert_eq!(
-            slot.consensus
-                .state()
-                .read(|s| s.pending_legacy_deletions.len()),
-            3
-        );
+        assert_eq!(slot.consensus.state().read(|s| s.legacy_deletions.len()), 3);
         assert!(cluster.region_bytes() > 0, "the replicas still hold data");
 
         // An upgraded leader takes over and adopts every pending deletion.
@@ -185,7 +180,7 @@ fn legacy_deletions_from_an_old_log_are_finished_by_the_next_leader() {
             .eventually("legacy deletions to be adopted and finished", LIMIT, || {
                 new.consensus
                     .state()
-                    .read(|s| s.pending_legacy_deletions.is_empty())
+                    .read(|s| s.legacy_deletions.is_empty())
                     && cluster.unfinished_procedures().is_empty()
             })
             .await;

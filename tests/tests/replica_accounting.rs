@@ -25,7 +25,7 @@ fn queue_len(cluster: &TestCluster) -> usize {
         .leader()
         .consensus()
         .state()
-        .read(|s| s.region_maintain_queue.len())
+        .read(|s| s.create_queue.len())
 }
 
 fn schema(name: &str, rf: u8) -> DatabaseSchema {
@@ -247,7 +247,7 @@ fn a_legacy_replica_deletion_keeps_the_groups_other_queued_creates() {
             .eventually("the legacy deletion to be finished", LIMIT, || {
                 slot.consensus
                     .state()
-                    .read(|s| s.pending_legacy_deletions.is_empty())
+                    .read(|s| s.legacy_deletions.is_empty())
                     && cluster.unfinished_procedures().is_empty()
             })
             .await;

@@ -1,9 +1,9 @@
 //! Committed fixtures of every snapshot format version, and of an old log, load under the
 //! current code, forever.
 
-use shoal_core::model::{DataNodeId, RegionId, RegionKind, TaskId};
+use shoal_core::model::{DataNodeId, MaintainQueueId, RegionId, RegionKind};
 use shoal_core::snapshot;
-use shoal_core::state::{ClusterState, RegionMaintainKind};
+use shoal_core::state::ClusterState;
 use shoal_tests::fixtures::{
     self, LEGACY_LOG, SNAPSHOT_V1, SNAPSHOT_V2, SNAPSHOT_V3, decode_log, fixture_dir,
 };
@@ -17,32 +17,28 @@ fn v1_fixture_loads_with_legacy_deletions_pending() {
     let loaded = snapshot::decode(&read(SNAPSHOT_V1)).expect("v1 fixture decodes");
     assert_eq!((loaded.last_index, loaded.last_term), (40, 2));
     let state = loaded.state;
-    let pending: Vec<_> = state.pending_legacy_deletions.keys().copied().collect();
+    let pending: Vec<_> = state.legacy_deletions.keys().copied().collect();
     assert_eq!(
         pending,
-        [TaskId(100), TaskId(101)],
+        [MaintainQueueId(100), MaintainQueueId(101)],
         "no legacy deletion is dropped"
     );
-    for (task, node) in [(TaskId(100), DataNodeId(0)), (TaskId(101), DataNodeId(1))] {
-        let deletion = &state.pending_legacy_deletions[&task];
-        assert_eq!(deletion.kind, RegionMaintainKind::LegacyDelete);
-        assert_eq!(deletion.region.region, RegionId::new(RegionKind::Data, 9));
+    for (task, node) in [
+        (MaintainQueueId(100), DataNodeId(0)),
+        (MaintainQueueId(101), DataNodeId(1)),
+    ] {
+        let deletion = &state.legacy_deletions[&task];
+        assert_eq!(deletion.group.region, RegionId::new(RegionKind::Data, 9));
         assert_eq!(deletion.target, node);
         assert_eq!(deletion.database.as_str(), "old_db");
     }
     // The create task stays in the queue; the rest of the state is intact.
-    assert_eq!(state.region_maintain_queue.len(), 1);
-    assert!(
-        state
-            .region_maintain_queue
-            .values()
-            .all(|t| t.kind == RegionMaintainKind::Create)
-    );
+    assert_eq!(state.create_queue.len(), 1);
     assert_eq!(state.data_nodes.len(), 3);
     assert_eq!(state.databases.len(), 2);
     assert_eq!(state.region_groups().count(), 4);
     assert_eq!(state.procedures.len(), 1);
-    assert_eq!(state.next_task_id, 102);
+    assert_eq!(state.next_queue_id, 102);
 }
 
 #[test]
@@ -51,7 +47,7 @@ fn v2_fixture_loads_with_footprints_derived() {
     assert_eq!((loaded.last_index, loaded.last_term), (12, 3));
     let state = loaded.state;
     assert_eq!(state.region_groups().count(), 4);
-    assert!(state.pending_legacy_deletions.is_empty());
+    assert!(state.legacy_deletions.is_empty());
     // Every published replica and the queued create's target may hold a replica.
     for (_, group) in state.region_groups() {
         let footprint = state.footprint(group.region);
@@ -59,11 +55,11 @@ fn v2_fixture_loads_with_footprints_derived() {
             assert!(footprint.contains(node), "{} misses {node}", group.region);
         }
     }
-    let queued = state.region_maintain_queue.values().next().expect("queued");
+    let queued = state.create_queue.values().next().expect("queued");
     assert_eq!(queued.target, DataNodeId(2));
     assert!(
         state
-            .footprint(queued.region.region)
+            .footprint(queued.group.region)
             .contains(&DataNodeId(2))
     );
     // v3 is the same state with footprints: the upgrade and the current code agree.
@@ -108,15 +104,14 @@ fn old_logs_replay_to_the_same_state() {
         let _ = state.apply(plan);
     }
     assert!(
-        state.pending_legacy_deletions.is_empty(),
+        state.legacy_deletions.is_empty(),
         "the executed legacy delete was polled: {:?}",
-        state.pending_legacy_deletions
+        state.legacy_deletions
     );
-    let queued: Vec<_> = state.region_maintain_queue.iter().collect();
+    let queued: Vec<_> = state.create_queue.iter().collect();
     assert_eq!(queued.len(), 1, "the create stays queued: {queued:?}");
     let (id, task) = queued[0];
-    assert_eq!(*id, TaskId(1));
-    assert_eq!(task.kind, RegionMaintainKind::Create);
+    assert_eq!(*id, MaintainQueueId(1));
     assert_eq!(task.target, DataNodeId(2));
 }
 

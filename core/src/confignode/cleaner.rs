@@ -14,12 +14,10 @@ use std::time::Duration;
 
 use crate::api::CreateRegionRequest;
 use crate::consensus::Consensus;
-use crate::model::{Epoch, RegionReplicaSet, TaskId};
-use crate::plan::{
-    AddRegionLocation, ConfigPlan, PollSpecificRegionMaintainTask, RecordReplicaFootprints,
-};
+use crate::model::{Epoch, MaintainQueueId, RegionReplicaSet};
+use crate::plan::{AddRegionLocation, ConfigPlan, DropQueuedCreates, RecordReplicaFootprints};
 use crate::runtime::Runtime;
-use crate::state::{RegionMaintainKind, RegionMaintainTask, Rejection};
+use crate::state::{QueuedCreate, Rejection};
 
 use super::clients::DataNodeClients;
 use super::fence::EpochHealer;
@@ -30,11 +28,11 @@ use crate::procedure::BackoffPolicy;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CleanerPass {
     /// Tasks whose replica now exists.
-    pub created: Vec<TaskId>,
+    pub created: Vec<MaintainQueueId>,
     /// Tasks that failed this time and will be retried.
-    pub failed: Vec<TaskId>,
+    pub failed: Vec<MaintainQueueId>,
     /// Tasks skipped because they are backing off.
-    pub deferred: Vec<TaskId>,
+    pub deferred: Vec<MaintainQueueId>,
 }
 
 /// Retries the region-maintain queue's create tasks while this node leads.
@@ -46,7 +44,7 @@ pub struct RegionCleaner {
     healer: Arc<EpochHealer>,
     backoff: BackoffPolicy,
     /// Per task: failed attempts and the earliest time of the next one (volatile).
-    retry: Mutex<BTreeMap<TaskId, (u32, u64)>>,
+    retry: Mutex<BTreeMap<MaintainQueueId, (u32, u64)>>,
 }
 
 impl RegionCleaner {
@@ -81,10 +79,9 @@ impl RegionCleaner {
 
     /// One pass over the queue.
     pub async fn run_once(&self, epoch: Epoch) -> CleanerPass {
-        let tasks: Vec<(TaskId, RegionMaintainTask)> = self.consensus.state().read(|s| {
-            s.region_maintain_queue
+        let tasks: Vec<(MaintainQueueId, QueuedCreate)> = self.consensus.state().read(|s| {
+            s.create_queue
                 .iter()
-                .filter(|(_, t)| t.kind == RegionMaintainKind::Create)
                 .map(|(id, t)| (*id, t.clone()))
                 .collect()
         });
@@ -121,7 +118,7 @@ impl RegionCleaner {
                     let delay = self.backoff.delay(entry.0, self.runtime.rng.as_ref());
                     entry.1 = now + delay.as_millis() as u64;
                     tracing::warn!(
-                        task = %id, region = %task.region.region, data_node = %task.target,
+                        queued = %id, region = %task.group.region, data_node = %task.target,
                         attempts = entry.0, retry_in_ms = delay.as_millis() as u64,
                         "creating missing replica failed: {message}"
                     );
@@ -137,17 +134,17 @@ impl RegionCleaner {
     async fn create_one(
         &self,
         epoch: Epoch,
-        id: TaskId,
-        task: &RegionMaintainTask,
+        id: MaintainQueueId,
+        task: &QueuedCreate,
     ) -> Result<bool, String> {
-        let region = task.region.region;
+        let region = task.group.region;
         let _inflight = self.inflight.enter(region);
         // Re-check under the in-flight mark: a removal that dropped the task first must not
         // see a create land after it.
         let queued = self
             .consensus
             .state()
-            .read(|s| s.region_maintain_queue.contains_key(&id));
+            .read(|s| s.create_queue.contains_key(&id));
         if !queued {
             return Ok(false);
         }
@@ -178,7 +175,7 @@ impl RegionCleaner {
         let request = CreateRegionRequest {
             region,
             database: task.database.clone(),
-            peers: task.region.replicas.clone(),
+            peers: task.group.replicas.clone(),
         };
         if let Err(e) = self
             .clients
@@ -208,16 +205,14 @@ impl RegionCleaner {
             }
             Err(rejection) => return Err(rejection.to_string()),
         }
-        let poll = ConfigPlan::PollSpecificRegionMaintainTask(PollSpecificRegionMaintainTask {
-            task_ids: vec![id],
-        });
+        let poll = ConfigPlan::DropQueuedCreates(DropQueuedCreates { ids: vec![id] });
         self.consensus
             .propose(epoch, poll)
             .await
             .map_err(|e| e.to_string())?
             .ok();
         tracing::info!(
-            task = %id, %region, data_node = %task.target, outcome = "success",
+            queued = %id, %region, data_node = %task.target, outcome = "success",
             duration_ms = self.runtime.clock.now_ms().saturating_sub(started),
             "missing replica created"
         );

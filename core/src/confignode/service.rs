@@ -274,7 +274,7 @@ impl ConfigNode {
     /// find the same procedure.
     async fn adopt_legacy_deletions(&self, epoch: Epoch) {
         let pending: Vec<_> = self.consensus.state().read(|s| {
-            s.pending_legacy_deletions
+            s.legacy_deletions
                 .iter()
                 .map(|(id, t)| (*id, t.clone()))
                 .collect()
@@ -282,17 +282,17 @@ impl ConfigNode {
         for (task_id, task) in pending {
             let procedure = RemoveRegionGroupProcedure::replicas(
                 task.database.clone(),
-                task.region.region,
+                task.group.region,
                 vec![task.target],
             );
             let key = format!("legacy-deletion-{}", task_id.0);
             match self.executor.submit(Box::new(procedure), Some(key)).await {
                 Ok(id) => {
                     tracing::warn!(
-                        task = %task_id, region = %task.region.region, data_node = %task.target,
+                        task = %task_id, region = %task.group.region, data_node = %task.target,
                         procedure = %id, "legacy deletion adopted by a removal procedure"
                     );
-                    let resolve = ResolveLegacyDeletion { task_id };
+                    let resolve = ResolveLegacyDeletion { id: task_id };
                     if let Err(e) = self
                         .consensus
                         .propose(epoch, ConfigPlan::ResolveLegacyDeletion(resolve))

@@ -149,7 +149,7 @@ async fn rig(ex: &Arc<Executor<'static>>) -> Rig {
 }
 
 /// Publishes data-0 on dn-0 and dn-1 and queues the create of its dn-2 replica.
-async fn degraded_group(rig: &Rig) -> TaskId {
+async fn degraded_group(rig: &Rig) -> MaintainQueueId {
     let db = DatabaseName::new("db").unwrap();
     let rf = ReplicationFactor::new(3).unwrap();
     let region = RegionId::new(RegionKind::Data, 0);
@@ -188,7 +188,7 @@ async fn degraded_group(rig: &Rig) -> TaskId {
             }],
         }),
     ];
-    let mut task = TaskId(0);
+    let mut task = MaintainQueueId(0);
     for plan in plans {
         if let Ok(crate::state::Applied::TasksOffered(ids)) =
             rig.consensus.propose(rig.epoch, plan).await.unwrap()
@@ -250,11 +250,7 @@ fn cleaner_backs_off_a_failing_create_then_repairs_the_replica() {
             3,
             "the location was recorded"
         );
-        assert!(
-            rig.consensus
-                .state()
-                .read(|s| s.region_maintain_queue.is_empty())
-        );
+        assert!(rig.consensus.state().read(|s| s.create_queue.is_empty()));
         assert_eq!(
             rig.stores[2].1.list().await.unwrap().len(),
             1,

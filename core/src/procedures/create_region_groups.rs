@@ -27,7 +27,7 @@ use crate::model::{
 use crate::placement::place_groups;
 use crate::plan::{
     ConfigPlan, CreateDatabase, CreateRegionGroups, DeleteDatabase, NewRegionMaintainTask,
-    OfferRegionMaintainTasks, PreDeleteDatabase, RecordReplicaFootprints, ReserveRegionIds,
+    OfferRegionMaintainTasks, RecordReplicaFootprints, ReserveRegionIds, SetDatabaseDeleting,
 };
 use crate::procedure::{
     Procedure, ProcedureContext, ProcedureError, ProcedureType, StateId, Step, decode_data,
@@ -463,11 +463,11 @@ impl CreateRegionGroupsProcedure {
     /// Drops the database this procedure created (idempotent: gone already is fine).
     async fn drop_new_database(&self, ctx: &ProcedureContext) -> Result<(), ProcedureError> {
         let name = self.data.database.clone();
-        let mark = PreDeleteDatabase {
+        let mark = SetDatabaseDeleting {
             name: name.clone(),
             deleting: true,
         };
-        match ctx.propose(ConfigPlan::PreDeleteDatabase(mark)).await? {
+        match ctx.propose(ConfigPlan::SetDatabaseDeleting(mark)).await? {
             Ok(_) | Err(Rejection::DatabaseNotFound(_)) => {}
             Err(rejection) => return Err(rejection.into()),
         }

@@ -13,15 +13,15 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::coded_enum;
-use crate::model::{DatabaseName, RegionId, TaskId};
-use crate::plan::{ConfigPlan, DeleteDatabase, PollSpecificRegionMaintainTask, PreDeleteDatabase};
+use crate::model::{DatabaseName, RegionId};
+use crate::plan::{ConfigPlan, DeleteDatabase, SetDatabaseDeleting};
 use crate::procedure::{
     Procedure, ProcedureContext, ProcedureError, ProcedureType, StateId, Step, decode_data,
     encode_data,
 };
 use crate::state::{LockKey, LockMode, LockResource, Rejection};
 
-use super::env::first_failed_child;
+use super::env::{drop_queued_creates, first_failed_child};
 use super::{DELETE_DATABASE, RemoveRegionGroupProcedure};
 
 /// Rounds of child removals after which a deletion gives up (groups keep reappearing).
@@ -81,11 +81,11 @@ impl DeleteDatabaseProcedure {
 
     /// Abort: the database does not exist.
     async fn mark_deleting(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
-        let plan = PreDeleteDatabase {
+        let plan = SetDatabaseDeleting {
             name: self.data.name.clone(),
             deleting: true,
         };
-        match ctx.propose(ConfigPlan::PreDeleteDatabase(plan)).await? {
+        match ctx.propose(ConfigPlan::SetDatabaseDeleting(plan)).await? {
             Ok(_) => {}
             Err(Rejection::DatabaseNotFound(name)) => {
                 return Err(ProcedureError::Abort(format!(
@@ -103,19 +103,8 @@ impl DeleteDatabaseProcedure {
         &mut self,
         ctx: &ProcedureContext,
     ) -> Result<Step, ProcedureError> {
-        let name = self.data.name.clone();
-        let queued: Vec<TaskId> = ctx.state().read(|s| {
-            s.region_maintain_queue
-                .iter()
-                .filter(|(_, t)| t.database == name)
-                .map(|(id, _)| *id)
-                .collect()
-        });
-        if !queued.is_empty() {
-            let poll = PollSpecificRegionMaintainTask { task_ids: queued };
-            ctx.propose(ConfigPlan::PollSpecificRegionMaintainTask(poll))
-                .await??;
-        }
+        let name = &self.data.name;
+        drop_queued_creates(ctx, |create| &create.database == name).await?;
         self.data.state = DeleteDatabaseState::RemoveRegionGroups;
         Ok(Step::Continue)
     }

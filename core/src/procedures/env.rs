@@ -8,9 +8,10 @@ use crate::api::ApiError;
 use crate::confignode::clients::DataNodeClients;
 use crate::confignode::fence::EpochHealer;
 use crate::confignode::inflight::InflightCreates;
-use crate::model::{DataNodeId, DataNodeLocation, ProcedureId, TaskId};
+use crate::model::{DataNodeId, DataNodeLocation, MaintainQueueId, ProcedureId, TaskId};
+use crate::plan::{ConfigPlan, DropQueuedCreates};
 use crate::procedure::{BackoffPolicy, ChildOutcome, ProcedureContext, ProcedureError};
-use crate::state::ProcedureStatus;
+use crate::state::{ProcedureStatus, QueuedCreate};
 
 /// Tunables of the region procedures.
 #[derive(Debug, Clone)]
@@ -133,6 +134,26 @@ pub fn task_id_for(id: ProcedureId, seq: u32) -> Result<TaskId, ProcedureError> 
         )));
     }
     Ok(TaskId((id.0 << 20) | u64::from(seq)))
+}
+
+/// Drops the queued creates `keep` selects (the region cleaner must not create what a
+/// removal deletes). Idempotent: a re-run finds nothing left to drop.
+pub(crate) async fn drop_queued_creates(
+    ctx: &ProcedureContext,
+    select: impl Fn(&QueuedCreate) -> bool,
+) -> Result<(), ProcedureError> {
+    let queued: Vec<MaintainQueueId> = ctx.state().read(|s| {
+        s.create_queue
+            .iter()
+            .filter(|(_, create)| select(create))
+            .map(|(id, _)| *id)
+            .collect()
+    });
+    if !queued.is_empty() {
+        let drop = DropQueuedCreates { ids: queued };
+        ctx.propose(ConfigPlan::DropQueuedCreates(drop)).await??;
+    }
+    Ok(())
 }
 
 /// The first child that did not succeed, as the abort reason of its parent.

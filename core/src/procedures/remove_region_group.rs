@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{MaintainTask, MaintainTaskKind, SubmitOutcome, TaskStatus};
 use crate::coded_enum;
 use crate::model::{DataNodeId, DatabaseName, RegionId, TaskId};
-use crate::plan::{ConfigPlan, DropRegionGroup, PollSpecificRegionMaintainTask, ReplicaDeleted};
+use crate::plan::{ConfigPlan, DropRegionGroup, ReplicaDeleted};
 use crate::procedure::{
     Procedure, ProcedureContext, ProcedureError, ProcedureType, StateId, Step, decode_data,
     encode_data,
@@ -31,7 +31,7 @@ use crate::procedure::{
 use crate::state::{LockKey, LockMode, LockResource, Rejection};
 
 use super::REMOVE_REGION_GROUP;
-use super::env::{CallFailure, RegionEnv, task_id_for};
+use super::env::{CallFailure, RegionEnv, drop_queued_creates, task_id_for};
 
 coded_enum! {
     /// States of [`RemoveRegionGroupProcedure`].
@@ -182,20 +182,12 @@ impl RemoveRegionGroupProcedure {
     ) -> Result<Step, ProcedureError> {
         let (region, scope) = (self.data.region, self.data.scope);
         let targets = &self.data.targets;
-        let queued: Vec<TaskId> = ctx.state().read(|s| {
-            s.region_maintain_queue
-                .iter()
-                .filter(|(_, t)| t.region.region == region)
-                // A per-replica removal leaves the group's other missing replicas queued.
-                .filter(|(_, t)| scope == RemovalScope::Group || targets.contains(&t.target))
-                .map(|(id, _)| *id)
-                .collect()
-        });
-        if !queued.is_empty() {
-            let poll = PollSpecificRegionMaintainTask { task_ids: queued };
-            ctx.propose(ConfigPlan::PollSpecificRegionMaintainTask(poll))
-                .await??;
-        }
+        // A per-replica removal leaves the group's other missing replicas queued.
+        drop_queued_creates(ctx, |create| {
+            create.group.region == region
+                && (scope == RemovalScope::Group || targets.contains(&create.target))
+        })
+        .await?;
         // The drop is committed: the cleaner starts no new create of this region. Wait out
         // the ones already in flight so none lands after the deletions below.
         let env = RegionEnv::of(ctx)?;

@@ -83,20 +83,12 @@ fn v1_legacy_delete_tasks_become_pending_legacy_deletions() {
     let loaded = decode(&bytes).unwrap();
     assert_eq!(loaded.last_index, 5);
     assert_eq!(
-        loaded
-            .state
-            .region_maintain_queue
-            .keys()
-            .collect::<Vec<_>>(),
-        [&TaskId(1)]
+        loaded.state.create_queue.keys().collect::<Vec<_>>(),
+        [&MaintainQueueId(1)]
     );
     assert_eq!(
-        loaded
-            .state
-            .pending_legacy_deletions
-            .keys()
-            .collect::<Vec<_>>(),
-        [&TaskId(2)]
+        loaded.state.legacy_deletions.keys().collect::<Vec<_>>(),
+        [&MaintainQueueId(2)]
     );
 }
 
@@ -142,11 +134,11 @@ fn v2_upgrade_derives_footprints_from_what_could_hold_a_replica() {
         "legacy deletion"
     );
     assert_eq!(
-        state.region_maintain_queue[&TaskId(4)].target,
+        state.create_queue[&MaintainQueueId(4)].target,
         DataNodeId(2)
     );
     assert_eq!(
-        state.pending_legacy_deletions[&TaskId(3)].target,
+        state.legacy_deletions[&MaintainQueueId(3)].target,
         DataNodeId(5)
     );
     // Re-encoded as the current version, it reads back the same.

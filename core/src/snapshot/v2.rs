@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    DataNodeId, DataNodeLocation, DatabaseName, ProcedureId, RegionId, RegionKind,
+    DataNodeId, DataNodeLocation, DatabaseName, MaintainQueueId, ProcedureId, RegionId, RegionKind,
     RegionReplicaSet, TaskId,
 };
 use crate::state::{
-    ClusterState, DataNodeInfo, DatabaseEntry, PartitionTable, ProcedureRecord, RegionFootprint,
-    RegionMaintainKind, RegionMaintainTask,
+    ClusterState, DataNodeInfo, DatabaseEntry, LegacyDeletion, PartitionTable, ProcedureRecord,
+    QueuedCreate, RegionFootprint, RegionMaintainKind,
 };
 
 use super::Snapshot;
@@ -72,13 +72,24 @@ pub struct ClusterStateV2 {
     pub region_reservations: BTreeMap<(ProcedureId, RegionKind), (u32, u32)>,
 }
 
-fn by_id(task: RegionMaintainTaskV2) -> RegionMaintainTask {
-    RegionMaintainTask {
-        kind: task.kind,
+fn queued_create((id, task): (TaskId, RegionMaintainTaskV2)) -> (MaintainQueueId, QueuedCreate) {
+    let create = QueuedCreate {
         database: task.database,
-        region: task.region,
+        group: task.region,
         target: task.target.id,
-    }
+    };
+    (MaintainQueueId(id.0), create)
+}
+
+fn legacy_deletion(
+    (id, task): (TaskId, RegionMaintainTaskV2),
+) -> (MaintainQueueId, LegacyDeletion) {
+    let deletion = LegacyDeletion {
+        database: task.database,
+        group: task.region,
+        target: task.target.id,
+    };
+    (MaintainQueueId(id.0), deletion)
 }
 
 impl SnapshotV2 {
@@ -117,19 +128,19 @@ impl SnapshotV2 {
                 next_data_node_id: v2.next_data_node_id,
                 next_region_id: v2.next_region_id,
                 next_procedure_id: v2.next_procedure_id,
-                next_task_id: v2.next_task_id,
+                next_queue_id: v2.next_task_id,
                 data_nodes: v2.data_nodes,
                 databases: v2.databases,
                 partition_tables: v2.partition_tables,
-                region_maintain_queue: v2
+                create_queue: v2
                     .region_maintain_queue
                     .into_iter()
-                    .map(|(id, t)| (id, by_id(t)))
+                    .map(queued_create)
                     .collect(),
-                pending_legacy_deletions: v2
+                legacy_deletions: v2
                     .pending_legacy_deletions
                     .into_iter()
-                    .map(|(id, t)| (id, by_id(t)))
+                    .map(legacy_deletion)
                     .collect(),
                 procedures: v2.procedures,
                 procedure_request_keys: v2.procedure_request_keys,

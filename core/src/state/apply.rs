@@ -1,11 +1,13 @@
 //! [`ClusterState::apply`]: the one deterministic function that changes ConfigNode metadata.
 
-use crate::model::{DataNodeId, DataNodeLocation, DatabaseName, ProcedureId, RegionId, TaskId};
+use crate::model::{
+    DataNodeId, DataNodeLocation, DatabaseName, MaintainQueueId, ProcedureId, RegionId,
+};
 use crate::plan::{self, ConfigPlan};
 
 use super::{
-    ClusterState, DataNodeInfo, DataNodeStatus, DatabaseEntry, MAX_RESERVE, PartitionTable,
-    ProcedureRecord, RegionFootprint, RegionMaintainKind, RegionMaintainTask,
+    ClusterState, DataNodeInfo, DataNodeStatus, DatabaseEntry, LegacyDeletion, MAX_RESERVE,
+    PartitionTable, ProcedureRecord, QueuedCreate, RegionFootprint, RegionMaintainKind,
 };
 
 /// What applying an accepted plan produced.
@@ -25,7 +27,7 @@ pub enum Applied {
         count: u32,
     },
     /// Region-maintain tasks were queued under these ids.
-    TasksOffered(Vec<TaskId>),
+    TasksOffered(Vec<MaintainQueueId>),
     /// A procedure was recorded; `existing` when its request key matched an earlier one.
     ProcedureSubmitted {
         /// Its id.
@@ -117,7 +119,7 @@ impl ClusterState {
             ConfigPlan::RegisterDataNode(p) => self.register_data_node(p),
             ConfigPlan::UpdateDataNodeStatus(p) => self.update_data_node_status(p),
             ConfigPlan::CreateDatabase(p) => self.create_database(p),
-            ConfigPlan::PreDeleteDatabase(p) => self.mark_database_deleting(p),
+            ConfigPlan::SetDatabaseDeleting(p) => self.mark_database_deleting(p),
             ConfigPlan::DeleteDatabase(p) => self.delete_database(&p.name),
             ConfigPlan::CreateRegionGroups(p) => self.create_region_groups(p),
             ConfigPlan::RemoveRegionGroup(p) => self.remove_region_group_unguarded(p),
@@ -132,10 +134,10 @@ impl ClusterState {
             ConfigPlan::DropRegionGroup(p) => self.drop_region_group(p),
             ConfigPlan::OfferRegionMaintainTasks(p) => self.offer_tasks(p),
             ConfigPlan::PollRegionMaintainTask(_) => Ok(self.poll_oldest_task()),
-            ConfigPlan::PollSpecificRegionMaintainTask(p) => Ok(self.drop_queued_tasks(p)),
-            ConfigPlan::ResolveLegacyDeletion(p) => Ok(changed(
-                self.pending_legacy_deletions.remove(&p.task_id).is_some(),
-            )),
+            ConfigPlan::DropQueuedCreates(p) => Ok(self.drop_queued_tasks(p)),
+            ConfigPlan::ResolveLegacyDeletion(p) => {
+                Ok(changed(self.legacy_deletions.remove(&p.id).is_some()))
+            }
             ConfigPlan::SubmitProcedure(p) => Ok(self.submit_procedure(p)),
             ConfigPlan::UpdateProcedure(p) => self.update_procedure(p),
             ConfigPlan::DeleteProcedures(p) => self.delete_procedures(p),
@@ -212,7 +214,7 @@ impl ClusterState {
         Ok(Applied::Done)
     }
 
-    fn mark_database_deleting(&mut self, p: &plan::PreDeleteDatabase) -> ApplyResult {
+    fn mark_database_deleting(&mut self, p: &plan::SetDatabaseDeleting) -> ApplyResult {
         let entry = self
             .databases
             .get_mut(&p.name)
@@ -251,8 +253,7 @@ impl ClusterState {
         }
         self.databases.remove(name);
         self.partition_tables.remove(name);
-        self.region_maintain_queue
-            .retain(|_, t| &t.database != name);
+        self.create_queue.retain(|_, t| &t.database != name);
         Ok(Applied::Done)
     }
 
@@ -315,8 +316,7 @@ impl ClusterState {
             .get_mut(&p.database)
             .and_then(|table| table.groups.remove(&p.region));
         // Queued creates for a dropped group would resurrect it.
-        self.region_maintain_queue
-            .retain(|_, t| t.region.region != p.region);
+        self.create_queue.retain(|_, t| t.group.region != p.region);
         let forgot = self.footprints.remove(&p.region).is_some();
         Ok(changed(removed.is_some() || forgot))
     }
@@ -332,8 +332,7 @@ impl ClusterState {
             .partition_tables
             .get_mut(&p.database)
             .and_then(|table| table.groups.remove(&p.region));
-        self.region_maintain_queue
-            .retain(|_, t| t.region.region != p.region);
+        self.create_queue.retain(|_, t| t.group.region != p.region);
         Ok(changed(removed.is_some()))
     }
 
@@ -455,10 +454,10 @@ impl ClusterState {
             done = true;
         }
         // A queued create of the deleted replica would bring it back.
-        let before = self.region_maintain_queue.len();
-        self.region_maintain_queue
-            .retain(|_, t| !(t.region.region == p.region && t.target == p.data_node));
-        done |= before != self.region_maintain_queue.len();
+        let before = self.create_queue.len();
+        self.create_queue
+            .retain(|_, t| !(t.group.region == p.region && t.target == p.data_node));
+        done |= before != self.create_queue.len();
         Ok(changed(done))
     }
 
@@ -497,38 +496,45 @@ impl ClusterState {
         }
         let mut ids = Vec::with_capacity(p.tasks.len());
         for task in &p.tasks {
-            let id = TaskId(self.next_task_id);
-            self.next_task_id += 1;
-            let stored = RegionMaintainTask {
-                kind: task.kind,
-                database: task.database.clone(),
-                region: task.region.clone(),
-                target: task.target.id,
-            };
+            let id = MaintainQueueId(self.next_queue_id);
+            self.next_queue_id += 1;
+            let (database, group, target) =
+                (task.database.clone(), task.region.clone(), task.target.id);
             // A queued create is about to be sent; a legacy deletion names a replica that
             // exists. Either way the DataNode may hold a replica.
-            self.add_to_footprint(&task.database, task.region.region, [task.target.id]);
+            self.add_to_footprint(&database, group.region, [target]);
             match task.kind {
                 RegionMaintainKind::Create => {
                     // A re-offered create (a step re-run after a crash) must not queue twice.
-                    let queued = self.region_maintain_queue.iter().find(|(_, t)| {
-                        t.region.region == stored.region.region && t.target == stored.target
-                    });
+                    let queued = self
+                        .create_queue
+                        .iter()
+                        .find(|(_, t)| t.group.region == group.region && t.target == target);
                     match queued {
                         Some((existing, _)) => ids.push(*existing),
                         None => {
                             ids.push(id);
-                            self.region_maintain_queue.insert(id, stored);
+                            let create = QueuedCreate {
+                                database,
+                                group,
+                                target,
+                            };
+                            self.create_queue.insert(id, create);
                         }
                     }
                 }
                 RegionMaintainKind::LegacyDelete => {
                     tracing::warn!(
-                        task = %id, region = %task.region.region, data_node = %task.target.id,
+                        queued = %id, region = %group.region, data_node = %target,
                         "legacy delete task kept as a pending legacy deletion"
                     );
                     ids.push(id);
-                    self.pending_legacy_deletions.insert(id, stored);
+                    let deletion = LegacyDeletion {
+                        database,
+                        group,
+                        target,
+                    };
+                    self.legacy_deletions.insert(id, deletion);
                 }
             }
         }
@@ -538,29 +544,29 @@ impl ClusterState {
     /// The pre-procedure drainer's "poll the oldest task": its queue held creates and
     /// legacy deletes alike, which now live in two maps sharing one id space.
     fn poll_oldest_task(&mut self) -> Applied {
-        let oldest_create = self.region_maintain_queue.keys().next().copied();
-        let oldest_delete = self.pending_legacy_deletions.keys().next().copied();
+        let oldest_create = self.create_queue.keys().next().copied();
+        let oldest_delete = self.legacy_deletions.keys().next().copied();
         match (oldest_create, oldest_delete) {
             (Some(create), Some(delete)) if delete < create => {
-                self.pending_legacy_deletions.remove(&delete);
+                self.legacy_deletions.remove(&delete);
             }
             (Some(create), _) => {
-                self.region_maintain_queue.remove(&create);
+                self.create_queue.remove(&create);
             }
             (None, Some(delete)) => {
-                self.pending_legacy_deletions.remove(&delete);
+                self.legacy_deletions.remove(&delete);
             }
             (None, None) => return Applied::Unchanged,
         }
         Applied::Done
     }
 
-    fn drop_queued_tasks(&mut self, p: &plan::PollSpecificRegionMaintainTask) -> Applied {
-        let before = self.region_maintain_queue.len();
-        for id in &p.task_ids {
-            self.region_maintain_queue.remove(id);
+    fn drop_queued_tasks(&mut self, p: &plan::DropQueuedCreates) -> Applied {
+        let before = self.create_queue.len();
+        for id in &p.ids {
+            self.create_queue.remove(id);
         }
-        changed(before != self.region_maintain_queue.len())
+        changed(before != self.create_queue.len())
     }
 
     fn submit_procedure(&mut self, p: &plan::SubmitProcedure) -> Applied {

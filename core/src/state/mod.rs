@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    DataNodeId, DatabaseName, ProcedureId, RegionId, RegionKind, RegionReplicaSet, TaskId,
+    DataNodeId, DatabaseName, MaintainQueueId, ProcedureId, RegionId, RegionKind, RegionReplicaSet,
 };
 
 /// Largest block of region ids one [`crate::plan::ReserveRegionIds`] may take.
@@ -29,19 +29,20 @@ pub struct ClusterState {
     pub next_region_id: u32,
     /// Next procedure id to allocate.
     pub next_procedure_id: u64,
-    /// Next region-maintain task id to allocate.
-    pub next_task_id: u64,
+    /// Next region-maintain queue id to allocate (queued creates and legacy deletions
+    /// share the id space).
+    pub next_queue_id: u64,
     /// Registered DataNodes.
     pub data_nodes: BTreeMap<DataNodeId, DataNodeInfo>,
     /// Databases by name.
     pub databases: BTreeMap<DatabaseName, DatabaseEntry>,
     /// Each database's published region groups.
     pub partition_tables: BTreeMap<DatabaseName, PartitionTable>,
-    /// Durable region-maintain (create-replica) tasks, oldest first.
-    pub region_maintain_queue: BTreeMap<TaskId, RegionMaintainTask>,
-    /// Deletions inherited from the legacy (v1) delete-by-queue path, not yet owned by a
+    /// Missing replicas the region cleaner creates, oldest first.
+    pub create_queue: BTreeMap<MaintainQueueId, QueuedCreate>,
+    /// Deletions inherited from the legacy delete-by-queue path, not yet owned by a
     /// procedure. Never dropped silently: a leader turns each into a removal procedure.
-    pub pending_legacy_deletions: BTreeMap<TaskId, RegionMaintainTask>,
+    pub legacy_deletions: BTreeMap<MaintainQueueId, LegacyDeletion>,
     /// Procedure records, unfinished and retained finished ones.
     pub procedures: BTreeMap<ProcedureId, ProcedureRecord>,
     /// Client request keys of submitted procedures (submit deduplication).

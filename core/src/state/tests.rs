@@ -82,7 +82,7 @@ fn deleting_database_refuses_new_region_groups_and_creates() {
     let (mut state, nodes) = cluster_with_db();
     let first = reserve(&mut state, 1);
     state
-        .apply(&ConfigPlan::PreDeleteDatabase(PreDeleteDatabase {
+        .apply(&ConfigPlan::SetDatabaseDeleting(SetDatabaseDeleting {
             name: name("db"),
             deleting: true,
         }))
@@ -106,7 +106,7 @@ fn deleting_database_refuses_new_region_groups_and_creates() {
     );
     // Undo the mark (rollback) and the group can be created.
     state
-        .apply(&ConfigPlan::PreDeleteDatabase(PreDeleteDatabase {
+        .apply(&ConfigPlan::SetDatabaseDeleting(SetDatabaseDeleting {
             name: name("db"),
             deleting: false,
         }))
@@ -133,7 +133,7 @@ fn database_is_dropped_only_after_every_region_group_is_gone() {
         Err(Rejection::DatabaseNotDeleting(name("db")))
     );
     state
-        .apply(&ConfigPlan::PreDeleteDatabase(PreDeleteDatabase {
+        .apply(&ConfigPlan::SetDatabaseDeleting(SetDatabaseDeleting {
             name: name("db"),
             deleting: true,
         }))
@@ -221,14 +221,14 @@ fn legacy_delete_offer_becomes_pending_legacy_deletion() {
     let Ok(Applied::TasksOffered(ids)) = result else {
         panic!("{result:?}")
     };
-    assert!(state.region_maintain_queue.is_empty());
-    assert_eq!(state.pending_legacy_deletions.len(), 1);
+    assert!(state.create_queue.is_empty());
+    assert_eq!(state.legacy_deletions.len(), 1);
     state
         .apply(&ConfigPlan::ResolveLegacyDeletion(ResolveLegacyDeletion {
-            task_id: ids[0],
+            id: ids[0],
         }))
         .unwrap();
-    assert!(state.pending_legacy_deletions.is_empty());
+    assert!(state.legacy_deletions.is_empty());
 }
 
 #[test]
@@ -384,7 +384,7 @@ fn re_offered_create_task_is_queued_once() {
     let first = state.apply(&offer).unwrap();
     let second = state.apply(&offer).unwrap();
     assert_eq!(first, second, "the same task id is returned");
-    assert_eq!(state.region_maintain_queue.len(), 1);
+    assert_eq!(state.create_queue.len(), 1);
 }
 
 #[test]

@@ -49,27 +49,39 @@ pub struct PartitionTable {
 }
 
 coded_enum! {
-    /// What a region-maintain task does.
+    /// What an offered region-maintain task does (the kind stored in plan bodies and old
+    /// snapshots).
     pub enum RegionMaintainKind {
-        /// Create a missing replica (the region cleaner retries until it exists).
+        /// Create a missing replica: becomes a [`QueuedCreate`].
         Create = 1,
         /// Legacy: delete a replica by synchronous RPC. Only read from old logs and v1
-        /// snapshots, and turned into a pending legacy deletion; never executed as such.
+        /// snapshots, and turned into a [`LegacyDeletion`]; never executed as such.
         LegacyDelete = 2,
     }
 }
 
-/// One queued region-maintain task.
+/// A missing replica the leader's region cleaner creates: queued when a group was
+/// published with a quorum but without every replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RegionMaintainTask {
-    /// What to do.
-    pub kind: RegionMaintainKind,
+pub struct QueuedCreate {
     /// The owning database.
     pub database: DatabaseName,
-    /// The region group, with its replica set at offer time.
-    pub region: RegionReplicaSet,
-    /// The DataNode to act on, by id: its address is resolved when it is dialled, so a
-    /// DataNode that re-registered at a new address still gets its work.
+    /// The region group, with every planned replica (the new replica's peers).
+    pub group: RegionReplicaSet,
+    /// The DataNode to create on, by id: its address is resolved when it is dialled, so a
+    /// DataNode that re-registered at a new address still gets its replica.
+    pub target: DataNodeId,
+}
+
+/// A replica deletion inherited from the legacy delete-by-queue path, not yet owned by a
+/// procedure: a leader turns each into a removal procedure; never dropped silently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyDeletion {
+    /// The owning database.
+    pub database: DatabaseName,
+    /// The region group, with its replica set when the deletion was queued.
+    pub group: RegionReplicaSet,
+    /// The DataNode whose replica is to be deleted.
     pub target: DataNodeId,
 }
 
