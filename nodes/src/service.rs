@@ -40,9 +40,9 @@ pub fn api_error(error: ConfigNodeError) -> ApiError {
         ConfigNodeError::Invalid(_)
         | ConfigNodeError::Rejected(_)
         | ConfigNodeError::UnknownProcedure(_) => ApiError::Refused(error.to_string()),
-        ConfigNodeError::Procedure(message) => ApiError::Remote {
-            message,
-            retryable: true,
+        ConfigNodeError::Procedure(error) => ApiError::Remote {
+            retryable: error.is_retryable(),
+            message: error.to_string(),
         },
     }
 }

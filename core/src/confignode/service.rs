@@ -81,18 +81,21 @@ pub enum ConfigNodeError {
     /// No such procedure.
     #[error("unknown procedure {0}")]
     UnknownProcedure(ProcedureId),
-    /// The procedure framework or the log failed.
+    /// The procedure framework or the log failed; the error says whether a retry may help.
     #[error("procedure: {0}")]
-    Procedure(String),
+    Procedure(ProcedureError),
 }
 
 impl ConfigNodeError {
     /// Whether the same request may succeed if sent again (possibly to the new leader).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ConfigNodeError::NotLeader | ConfigNodeError::Procedure(_)
-        )
+        match self {
+            ConfigNodeError::NotLeader => true,
+            ConfigNodeError::Procedure(e) => e.is_retryable(),
+            ConfigNodeError::Invalid(_)
+            | ConfigNodeError::Rejected(_)
+            | ConfigNodeError::UnknownProcedure(_) => false,
+        }
     }
 }
 
@@ -103,7 +106,7 @@ impl From<ProcedureError> for ConfigNodeError {
             ProcedureError::Rejected(rejection) => ConfigNodeError::Rejected(rejection),
             ProcedureError::UnknownProcedure(id) => ConfigNodeError::UnknownProcedure(id),
             other if other.is_stop() => ConfigNodeError::NotLeader,
-            other => ConfigNodeError::Procedure(other.to_string()),
+            other => ConfigNodeError::Procedure(other),
         }
     }
 }
@@ -534,10 +537,12 @@ impl ConfigNode {
         let plan = ConfigPlan::RegisterDataNode(RegisterDataNode { known_id, address });
         match self.consensus.propose(epoch, plan).await {
             Ok(Ok(Applied::DataNodeRegistered(id))) => Ok(id),
-            Ok(Ok(other)) => Err(ConfigNodeError::Procedure(format!("unexpected {other:?}"))),
+            Ok(Ok(other)) => Err(ConfigNodeError::Procedure(ProcedureError::Data(format!(
+                "registration applied unexpectedly: {other:?}"
+            )))),
             Ok(Err(rejection)) => Err(rejection.into()),
             Err(e) if e.is_leadership_loss() => Err(ConfigNodeError::NotLeader),
-            Err(e) => Err(ConfigNodeError::Procedure(e.to_string())),
+            Err(e) => Err(ConfigNodeError::Procedure(e.into())),
         }
     }
 
