@@ -86,12 +86,21 @@ struct Holdings {
     trash: Vec<RegionId>,
 }
 
+impl Holdings {
+    fn holds(&self, region: RegionId) -> bool {
+        self.live
+            .binary_search_by(|c| c.region.cmp(&region))
+            .is_ok()
+    }
+}
+
 fn holdings(world: &World) -> Vec<Holdings> {
     world
         .dns
         .iter()
         .map(|slot| Holdings {
             id: slot.id,
+            // `list` is in region order.
             live: ready(slot.store.mem.list())
                 .and_then(Result::ok)
                 .unwrap_or_default(),
@@ -110,7 +119,11 @@ pub fn check_safety(world: &World) {
     let held = holdings(world);
     let mut problems: Vec<(Invariant, String)> = Vec::new();
     observer.with(|seen| {
-        let known = known_replicas(seen);
+        if seen.known_at != Some(seen.entries) {
+            seen.known = known_replicas(seen);
+            seen.known_at = Some(seen.entries);
+        }
+        let known = &seen.known;
         for node in &held {
             for config in &node.live {
                 if !known.contains(&(node.id, config.region)) {
@@ -124,6 +137,11 @@ pub fn check_safety(world: &World) {
                 }
             }
         }
+        let running: std::collections::BTreeMap<DataNodeId, BTreeSet<RegionId>> = seen
+            .nodes
+            .iter()
+            .map(|(id, s)| (*id, s.running().map(|(_, t)| t.region).collect()))
+            .collect();
         for rule in &seen.ghost_rules {
             match rule {
                 GhostRule::Region {
@@ -135,12 +153,11 @@ pub fn check_safety(world: &World) {
                         .iter()
                         .filter(|h| nodes.as_ref().is_none_or(|n| n.contains(&h.id)))
                     {
-                        let live = node.live.iter().any(|c| c.region == *region);
+                        let live = node.holds(*region);
                         let trash = node.trash.contains(region);
-                        let running = seen
-                            .nodes
+                        let running = running
                             .get(&node.id)
-                            .is_some_and(|s| s.running().any(|(_, t)| t.region == *region));
+                            .is_some_and(|regions| regions.contains(region));
                         if live || trash || running {
                             problems.push((
                                 Invariant::NoGhost,

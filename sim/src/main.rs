@@ -199,9 +199,16 @@ fn run_many(
     let mut interrupted: BTreeMap<String, u64> = BTreeMap::new();
     let mut unconverged = 0u64;
     let mut ran = 0u64;
+    // Seeds that converged, and the seconds they took (a stuck seed runs to its bound).
+    let mut converged = (0u64, 0f64);
     for seed in seeds {
         let scenario = Scenario::generate(seed, config);
+        let one = Instant::now();
         let outcome = run(&scenario, options);
+        if outcome.converged_ms.is_some() {
+            converged.0 += 1;
+            converged.1 += one.elapsed().as_secs_f64();
+        }
         ran += 1;
         events += outcome.events as u64;
         for (k, v) in &outcome.faults {
@@ -237,6 +244,13 @@ fn run_many(
         ran as f64 / secs,
         failing.len()
     );
+    if converged.0 > 0 {
+        println!(
+            "  {} converged seeds: {:.0} seeds/s",
+            converged.0,
+            converged.0 as f64 / converged.1.max(1e-9)
+        );
+    }
     println!("faults injected:");
     for (kind, count) in &faults {
         println!("  {count:>10}  {kind}");

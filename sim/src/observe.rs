@@ -216,10 +216,16 @@ pub struct Seen {
     pub faults: BTreeMap<&'static str, u64>,
     /// Procedure states interrupted by a ConfigNode crash or leader change.
     pub interrupted: BTreeMap<String, u64>,
+    /// [`crate::invariants::known_replicas`] as of `known_at` durable entries.
+    pub known: BTreeSet<(DataNodeId, RegionId)>,
+    /// How many durable entries `known` reflects.
+    pub known_at: Option<u64>,
     /// Something changed since the last safety check.
     pub dirty: bool,
     /// Durable log entries seen.
     pub entries: u64,
+    /// Journal records seen.
+    pub journal_records: u64,
     trace: Option<Vec<String>>,
     hash: u64,
 }
@@ -491,6 +497,7 @@ impl Observer {
         {
             let mut seen = lock(&self.seen);
             seen.dirty = true;
+            seen.journal_records += 1;
             let state = seen.nodes.entry(node).or_default();
             match &record {
                 JournalRecord::TaskAccepted { task_id, kind } => {
