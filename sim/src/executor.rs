@@ -368,8 +368,8 @@ mod tests {
             }
             assert_eq!(clock.now_ms(), 20);
             assert_eq!(exec.task_count(), 0);
-            let out = lock(&log).clone();
-            out
+            let order: Vec<u64> = lock(&log).clone();
+            order
         };
         assert_eq!(order(1), order(1));
         assert_ne!(order(1), order(2), "seeds interleave differently");

@@ -265,7 +265,7 @@ impl Observer {
     }
 
     /// Feeds `bytes` into the trace hash.
-    pub fn hash(&self, bytes: &[u8]) {
+    pub fn hash_bytes(&self, bytes: &[u8]) {
         let mut seen = lock(&self.seen);
         let mut h = seen.hash;
         for b in bytes {
@@ -277,7 +277,7 @@ impl Observer {
 
     /// Feeds one number into the trace hash.
     pub fn hash_u64(&self, value: u64) {
-        self.hash(&value.to_le_bytes());
+        self.hash_bytes(&value.to_le_bytes());
     }
 
     /// The trace hash so far.
@@ -346,8 +346,8 @@ impl Observer {
 
     /// A log entry became durable: apply it to the durable state and check what it reports.
     pub fn log_entry_durable(&self, entry: &LogEntry) {
-        self.hash(&entry.index.to_le_bytes());
-        self.hash(&entry.payload);
+        self.hash_bytes(&entry.index.to_le_bytes());
+        self.hash_bytes(&entry.payload);
         let plan = match ConfigPlan::decode(&entry.payload) {
             Ok(plan) => plan,
             Err(e) => {
@@ -484,8 +484,8 @@ impl Observer {
 
     /// A DataNode journaled `bytes`.
     pub fn journal_append(&self, node: DataNodeId, bytes: &[u8]) {
-        self.hash(&node.0.to_le_bytes());
-        self.hash(bytes);
+        self.hash_bytes(&node.0.to_le_bytes());
+        self.hash_bytes(bytes);
         let Ok(record) = JournalRecord::decode(bytes) else {
             self.violate(
                 Invariant::HonestOutcomes,

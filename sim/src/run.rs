@@ -166,16 +166,7 @@ impl<'a> Runner<'a> {
             observer.clone(),
         );
         let first_index = v1.as_ref().map_or(1, |v| v.last_index + 1);
-        let world = World::new(
-            scenario.seed,
-            scenario.data_nodes,
-            &scenario.delete_rates,
-            first_index,
-            observer,
-            clock,
-            disks,
-            policy,
-        );
+        let world = World::new(scenario, first_index, observer, clock, disks, policy);
         let mut runner = Runner {
             scenario,
             world,
@@ -361,7 +352,7 @@ impl<'a> Runner<'a> {
         };
         let world = &self.world;
         let save = world.save_snapshot(v1.last_index, bytes);
-        let _ = futures_lite::future::block_on(save);
+        futures_lite::future::block_on(save);
         // The replicas the v1 metadata names, with some bytes each.
         let mut replicas: Vec<(DataNodeId, RegionConfig)> = Vec::new();
         for (db, table) in &v1.state.partition_tables {

@@ -27,6 +27,7 @@ use crate::disk::{Disks, SimJournal, SimLogStore, SimRegionStore};
 use crate::executor::{Executor, SharedRng, SimClock, SimRng, Tag};
 use crate::net::NetPolicy;
 use crate::observe::Observer;
+use crate::scenario::Scenario;
 
 /// Tag of messages in flight and other network tasks.
 pub const WORLD: Tag = 0;
@@ -165,18 +166,18 @@ pub struct World {
 }
 
 impl World {
-    /// A cluster of `data_nodes` DataNodes (none started yet) whose log starts at
-    /// `first_index`.
+    /// The cluster of `scenario` (no node started yet) whose log starts at `first_index`.
     pub fn new(
-        seed: u64,
-        data_nodes: usize,
-        delete_rates: &[u64],
+        scenario: &Scenario,
         first_index: u64,
         observer: Observer,
         clock: SimClock,
         disks: Disks,
         policy: Arc<NetPolicy>,
     ) -> World {
+        let seed = scenario.seed;
+        let data_nodes = scenario.data_nodes;
+        let delete_rates = &scenario.delete_rates;
         let exec = Executor::new();
         let world_rng = Arc::new(SharedRng::new(SimRng::new(seed, 2)));
         let runtime = Runtime {
