@@ -131,7 +131,9 @@ config_plans! {
     // ---- 3xx: regions and the region-maintain queue ----
     /// Publish created region groups into a database's partition table.
     CreateRegionGroups = 300 => CreateRegionGroups,
-    /// Drop one region group from its database's partition table.
+    /// Retired (never proposed anew): drop a group and forget its footprint, as releases
+    /// before the replica footprint did. Old logs replay it as written; new removals use
+    /// [`ConfigPlan::DropRegionGroup`], which refuses while a replica may remain.
     RemoveRegionGroup = 301 => RemoveRegionGroup,
     /// Record that a DataNode now holds a replica of a region group.
     AddRegionLocation = 302 => AddRegionLocation,
@@ -141,9 +143,19 @@ config_plans! {
     RemoveRegionLocation = 304 => RemoveRegionLocation,
     /// Reserve a block of region ids before their replicas are created.
     ReserveRegionIds = 305 => ReserveRegionIds,
+    /// Add DataNodes to region groups' footprints, before creates are sent to them.
+    RecordReplicaFootprints = 306 => RecordReplicaFootprints,
+    /// A deletion on a DataNode reached `Success`: it leaves the group's footprint, its
+    /// published replica set and its queued creates.
+    ReplicaDeleted = 307 => ReplicaDeleted,
+    /// Drop a region group from its database's partition table; refused while its
+    /// footprint is not empty.
+    DropRegionGroup = 308 => DropRegionGroup,
     /// Queue region-maintain tasks (create a missing replica; legacy logs also hold deletes).
     OfferRegionMaintainTasks = 310 => OfferRegionMaintainTasks,
-    /// Remove the oldest region-maintain task from the queue.
+    /// Retired (never proposed anew): remove the oldest region-maintain task, as the
+    /// pre-procedure queue drainer did. Replays pop the oldest of the create queue and the
+    /// pending legacy deletions together, which is the one queue it popped when written.
     PollRegionMaintainTask = 311 => PollRegionMaintainTask,
     /// Remove specific region-maintain tasks from the queue.
     PollSpecificRegionMaintainTask = 312 => PollSpecificRegionMaintainTask,
@@ -211,6 +223,33 @@ pub struct CreateRegionGroups {
     pub database: DatabaseName,
     /// Groups to publish; their ids must have been reserved.
     pub groups: Vec<RegionReplicaSet>,
+}
+
+/// Body of [`ConfigPlan::RecordReplicaFootprints`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordReplicaFootprints {
+    /// The database the groups belong to.
+    pub database: DatabaseName,
+    /// Per group, the DataNodes creates are about to be sent to.
+    pub groups: Vec<RegionReplicaSet>,
+}
+
+/// Body of [`ConfigPlan::ReplicaDeleted`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaDeleted {
+    /// The group.
+    pub region: RegionId,
+    /// The DataNode whose deletion reached `Success`.
+    pub data_node: DataNodeId,
+}
+
+/// Body of [`ConfigPlan::DropRegionGroup`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropRegionGroup {
+    /// The owning database.
+    pub database: DatabaseName,
+    /// The group to drop.
+    pub region: RegionId,
 }
 
 /// Body of [`ConfigPlan::RemoveRegionGroup`].
@@ -373,9 +412,15 @@ impl ConfigPlan {
         })
     }
 
-    /// Whether this variant is retired (decodes, applies as a no-op, never proposed anew).
+    /// Whether this variant is retired: it still decodes and replays as written (or as a
+    /// no-op), but no current code proposes it.
     pub fn is_retired(&self) -> bool {
-        matches!(self, ConfigPlan::RetiredRegionLeaderHint(_))
+        matches!(
+            self,
+            ConfigPlan::RetiredRegionLeaderHint(_)
+                | ConfigPlan::RemoveRegionGroup(_)
+                | ConfigPlan::PollRegionMaintainTask(_)
+        )
     }
 }
 

@@ -157,6 +157,26 @@ pub fn plan_for(code: PlanCode) -> BoxedStrategy<ConfigPlan> {
                 ConfigPlan::RemoveRegionGroup(RemoveRegionGroup { database, region })
             })
             .boxed(),
+        PlanCode::RecordReplicaFootprints => {
+            (db_name(), prop::collection::vec(replica_set(), 0..3))
+                .prop_map(|(database, groups)| {
+                    ConfigPlan::RecordReplicaFootprints(RecordReplicaFootprints {
+                        database,
+                        groups,
+                    })
+                })
+                .boxed()
+        }
+        PlanCode::ReplicaDeleted => (region_id(), data_node_id())
+            .prop_map(|(region, data_node)| {
+                ConfigPlan::ReplicaDeleted(ReplicaDeleted { region, data_node })
+            })
+            .boxed(),
+        PlanCode::DropRegionGroup => (db_name(), region_id())
+            .prop_map(|(database, region)| {
+                ConfigPlan::DropRegionGroup(DropRegionGroup { database, region })
+            })
+            .boxed(),
         PlanCode::AddRegionLocation => (region_id(), data_node_id())
             .prop_map(|(region, data_node)| {
                 ConfigPlan::AddRegionLocation(AddRegionLocation { region, data_node })

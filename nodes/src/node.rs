@@ -135,7 +135,9 @@ pub struct DataNodeSettings {
 }
 
 /// Runs a DataNode until `stop` yields: serves, then registers with the ConfigNode
-/// (retrying until it answers) under the id stored in its data directory, if any.
+/// (retrying until it answers) under the id stored in its data directory, if any. Fails if
+/// the stores cannot open (a corrupt task journal is refused, never truncated) or once a
+/// task-journal failure has halted the node; a restart reopens the journal.
 pub fn run_datanode(
     settings: DataNodeSettings,
     stop: async_channel::Receiver<()>,
@@ -179,20 +181,30 @@ pub fn run_datanode(
             &settings.confignode,
             ClientOptions::new(secret.clone()),
         )?;
-        let registered = register(&confignode, &settings.data_dir, advertise)
-            .or(async {
+        let serve = async {
+            let registered = register(&confignode, &settings.data_dir, advertise)
+                .or(async {
+                    let _ = stop.recv().await;
+                    Ok(None)
+                })
+                .await?;
+            if let Some(id) = registered {
+                node.set_id(id);
                 let _ = stop.recv().await;
-                Ok(None)
-            })
-            .await?;
-        if let Some(id) = registered {
-            node.set_id(id);
-            let _ = stop.recv().await;
-        }
+            }
+            Ok(())
+        };
+        // A journal failure halts the node (it answers Unreachable, which callers wait out):
+        // exit non-zero so that a supervisor restarts it, reopening the journal.
+        let failed = async {
+            let error = node.wait_failed().await;
+            Err(CliError::Node(format!("DataNode stopped: {error}")))
+        };
+        let outcome = failed.or(serve).await;
         tracing::info!("DataNode shutting down");
         server.shutdown().await;
         node.halt();
-        Ok(())
+        outcome
     })
 }
 

@@ -5,15 +5,29 @@
 //! record = len u32 | crc32c(len ‖ payload) u32 | payload        (little-endian)
 //! ```
 //!
-//! `append` writes one record and `fdatasync`s before returning. Opening truncates a torn
-//! last record (logged at WARN); a bad record followed by more data is
-//! [`StorageError::Corrupt`]. `rewrite` replaces the file atomically (temp, fsync, rename,
-//! directory fsync).
+//! `append` writes one record at the acknowledged end and `fdatasync`s before returning.
+//! A failed write or fdatasync **poisons** the journal: the bytes past the acknowledged end
+//! are unknown, so that append and every later `append` or `rewrite` fail with
+//! [`StorageError::Unavailable`] until the journal is opened again. `load` still reads the
+//! acknowledged records.
+//!
+//! `rewrite` replaces the file atomically (temp, fsync, rename, directory fsync) and keeps
+//! appending through the temp file's own handle, which after the rename is the journal. A
+//! failure before the rename leaves the old journal in use (a retryable error); a failure
+//! from the rename on poisons.
+//!
+//! Opening tells a torn tail from damage. Damage with no whole, checksum-valid record
+//! anywhere after it is a torn tail (the last append never completed): it is truncated,
+//! logged at WARN and reported by [`FsTaskJournal::torn_tail`]. Damage followed by any whole
+//! record is [`StorageError::Corrupt`] naming the file and the damage's offset, and the file
+//! is left exactly as it was: truncating would drop acknowledged records.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use shoal_core::storage::{StorageError, TaskJournal};
@@ -27,12 +41,42 @@ const HEADER_LEN: usize = 16;
 const RECORD_HEADER_LEN: usize = 8;
 const MAX_RECORD: usize = 64 << 20;
 
-/// File-backed [`TaskJournal`].
+/// File-backed [`TaskJournal`]. Clones share the open file, and so its poisoning; only a
+/// fresh [`FsTaskJournal::open`] clears it.
 #[derive(Debug, Clone)]
 pub struct FsTaskJournal {
     path: PathBuf,
-    file: Arc<Mutex<File>>,
+    file: Arc<Mutex<JournalFile>>,
     torn_tail: Option<TornTail>,
+}
+
+/// The open journal file and what this handle knows about it.
+#[derive(Debug)]
+struct JournalFile {
+    file: File,
+    /// End of the last acknowledged record: where the next append goes, and how far `load`
+    /// reads.
+    end: u64,
+    /// Set by the first failure that leaves the file's contents or the handle in doubt.
+    poisoned: Option<StorageError>,
+    #[cfg(any(test, feature = "testing"))]
+    fault: Option<JournalFault>,
+}
+
+/// A failure [`FsTaskJournal::inject_fault`] arms for the next call it applies to (test hook).
+#[cfg(any(test, feature = "testing"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalFault {
+    /// The next append writes only the first `written` bytes of its record, then fails as a
+    /// full disk would.
+    PartialAppend {
+        /// Bytes of the framed record that reach the file.
+        written: usize,
+    },
+    /// The next append writes its whole record, then its `fdatasync` fails.
+    AppendSync,
+    /// The next rewrite renames its new file into place, then the directory fsync fails.
+    RewriteAfterRename,
 }
 
 fn header() -> [u8; HEADER_LEN] {
@@ -50,74 +94,90 @@ fn encode_record(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// Parsed journal: the records, the end of the last good one, and the first damage.
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// The payload range of the record framed at `off`: `Ok(None)` at the end of `bytes`,
+/// `Err(reason)` for anything damaged or cut short.
+fn record_at(bytes: &[u8], off: usize) -> Result<Option<Range<usize>>, String> {
+    let rest = &bytes[off..];
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    if rest.len() < RECORD_HEADER_LEN {
+        return Err("record header cut short".into());
+    }
+    let len = u32_at(rest, 0) as usize;
+    let crc = u32_at(rest, 4);
+    if len > MAX_RECORD {
+        return Err(format!("implausible record length {len}"));
+    }
+    if rest.len() < RECORD_HEADER_LEN + len {
+        return Err(format!("record of {len} bytes cut short"));
+    }
+    let payload = off + RECORD_HEADER_LEN..off + RECORD_HEADER_LEN + len;
+    if crc32c::crc32c_append(crc32c::crc32c(&rest[..4]), &bytes[payload.clone()]) != crc {
+        return Err("record checksum mismatch".into());
+    }
+    Ok(Some(payload))
+}
+
+/// Where the first whole, checksum-valid record after the damage at `damage` starts, if any.
+/// Every byte offset is tried: damage inside a record leaves no length field to trust for
+/// where the next one starts. It runs only over a damaged tail at open, and most offsets
+/// fail the length bound before any checksum is computed.
+fn whole_record_after(bytes: &[u8], damage: usize) -> Option<usize> {
+    let last_start = bytes.len().checked_sub(RECORD_HEADER_LEN)?;
+    (damage + 1..=last_start).find(|&at| matches!(record_at(bytes, at), Ok(Some(_))))
+}
+
+/// A journal file's records, the end of the last whole one, and the torn tail after it.
 struct Parsed {
     records: Vec<Vec<u8>>,
     end: usize,
-    damage: Option<(usize, String, bool)>,
+    /// Offset and reason of damage with no whole record after it.
+    torn: Option<(usize, String)>,
 }
 
+/// Reads `bytes` as a journal file. Damage followed by a whole record is
+/// [`StorageError::Corrupt`] at the damage's offset; damage with nothing whole after it is
+/// returned as the torn tail.
 fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, StorageError> {
+    let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
+        file: path.display().to_string(),
+        offset: offset as u64,
+        reason,
+    };
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
-        return Err(StorageError::Corrupt {
-            file: path.display().to_string(),
-            offset: 0,
-            reason: "bad journal header".into(),
-        });
+        return Err(corrupt(0, "bad journal header".into()));
     }
     let mut off = HEADER_LEN;
     let mut records = Vec::new();
-    let record_at = |off: usize| -> Result<Option<(Vec<u8>, usize)>, String> {
-        let rest = &bytes[off..];
-        if rest.is_empty() {
-            return Ok(None);
-        }
-        if rest.len() < RECORD_HEADER_LEN {
-            return Err("record header cut short".into());
-        }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        if len > MAX_RECORD {
-            return Err(format!("implausible record length {len}"));
-        }
-        if rest.len() < RECORD_HEADER_LEN + len {
-            return Err(format!("record of {len} bytes cut short"));
-        }
-        let payload = &rest[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len];
-        if crc32c::crc32c_append(crc32c::crc32c(&rest[..4]), payload) != crc {
-            return Err("record checksum mismatch".into());
-        }
-        Ok(Some((payload.to_vec(), off + RECORD_HEADER_LEN + len)))
-    };
     loop {
-        match record_at(off) {
+        match record_at(bytes, off) {
             Ok(None) => {
                 return Ok(Parsed {
                     records,
                     end: off,
-                    damage: None,
+                    torn: None,
                 });
             }
-            Ok(Some((payload, next))) => {
-                records.push(payload);
-                off = next;
+            Ok(Some(payload)) => {
+                off = payload.end;
+                records.push(bytes[payload].to_vec());
             }
             Err(reason) => {
-                // A believable frame with a whole record after it is damage, not a torn write.
-                let len = u32::from_le_bytes(
-                    bytes[off..]
-                        .get(..4)
-                        .and_then(|b| b.try_into().ok())
-                        .unwrap_or([0xff; 4]),
-                ) as usize;
-                let next = off + RECORD_HEADER_LEN + len;
-                let followed = len <= MAX_RECORD
-                    && next < bytes.len()
-                    && matches!(record_at(next), Ok(Some(_)));
+                if let Some(next) = whole_record_after(bytes, off) {
+                    return Err(corrupt(
+                        off,
+                        format!("{reason}, and a whole record follows at offset {next}"),
+                    ));
+                }
                 return Ok(Parsed {
                     records,
                     end: off,
-                    damage: Some((off, reason, followed)),
+                    torn: Some((off, reason)),
                 });
             }
         }
@@ -125,7 +185,8 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, StorageError> {
 }
 
 impl FsTaskJournal {
-    /// Opens (or creates) the journal file at `path`, truncating a torn last record. Blocking.
+    /// Opens (or creates) the journal file at `path`, truncating a torn tail. Damage followed
+    /// by a whole record fails with [`StorageError::Corrupt`] and changes nothing. Blocking.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
         let dir = path
@@ -133,40 +194,31 @@ impl FsTaskJournal {
             .unwrap_or_else(|| Path::new("."))
             .to_path_buf();
         create_dir_durable(&dir)?;
-        let tmp = temp_path(&path);
-        if tmp.exists() {
-            std::fs::remove_file(&tmp).map_err(|e| io_err("remove temp journal", &tmp, e))?;
-        }
         if !path.exists() {
             write_whole(&path, &[])?;
         }
         let bytes = std::fs::read(&path).map_err(|e| io_err("read journal", &path, e))?;
+        // Refuse damage before touching anything.
         let parsed = parse(&path, &bytes)?;
-        let mut torn_tail = None;
-        if let Some((offset, reason, followed)) = parsed.damage {
-            if followed {
-                return Err(StorageError::Corrupt {
-                    file: path.display().to_string(),
-                    offset: offset as u64,
-                    reason,
-                });
-            }
-            let torn = TornTail {
-                file: path.display().to_string(),
-                offset: offset as u64,
-                discarded_bytes: (bytes.len() - parsed.end) as u64,
-                reason,
-            };
-            tracing::warn!(file = %torn.file, offset = torn.offset,
-                discarded_bytes = torn.discarded_bytes, reason = %torn.reason,
-                "task journal recovery truncated a torn tail");
-            torn_tail = Some(torn);
+        // A leftover temp file is an interrupted rewrite; the journal itself is the old one.
+        let tmp = temp_path(&path);
+        if tmp.exists() {
+            std::fs::remove_file(&tmp).map_err(|e| io_err("remove temp journal", &tmp, e))?;
         }
+        let torn_tail = parsed.torn.map(|(offset, reason)| TornTail {
+            file: path.display().to_string(),
+            offset: offset as u64,
+            discarded_bytes: (bytes.len() - parsed.end) as u64,
+            reason,
+        });
         let file = OpenOptions::new()
             .write(true)
             .open(&path)
             .map_err(|e| io_err("open journal", &path, e))?;
-        if torn_tail.is_some() {
+        if let Some(torn) = &torn_tail {
+            tracing::warn!(file = %torn.file, offset = torn.offset,
+                discarded_bytes = torn.discarded_bytes, reason = %torn.reason,
+                "task journal recovery truncated a torn tail");
             file.set_len(parsed.end as u64)
                 .map_err(|e| io_err("truncate journal", &path, e))?;
             file.sync_all()
@@ -174,7 +226,13 @@ impl FsTaskJournal {
         }
         Ok(Self {
             path,
-            file: Arc::new(Mutex::new(file)),
+            file: Arc::new(Mutex::new(JournalFile {
+                file,
+                end: parsed.end as u64,
+                poisoned: None,
+                #[cfg(any(test, feature = "testing"))]
+                fault: None,
+            })),
             torn_tail,
         })
     }
@@ -183,9 +241,23 @@ impl FsTaskJournal {
     pub fn torn_tail(&self) -> Option<&TornTail> {
         self.torn_tail.as_ref()
     }
+
+    /// Test hook: arms `fault` for the next append or rewrite it applies to.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn inject_fault(&self, fault: JournalFault) {
+        lock(&self.file).fault = Some(fault);
+    }
 }
 
-fn write_whole(path: &Path, records: &[Vec<u8>]) -> Result<File, StorageError> {
+fn lock(file: &Mutex<JournalFile>) -> MutexGuard<'_, JournalFile> {
+    // Plain data; a panic elsewhere does not make it unreadable (poisoning is tracked
+    // explicitly, not through the mutex).
+    file.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes a journal holding `records` to the temp path and fsyncs it; returns the temp
+/// file's handle and length. The journal itself is untouched.
+fn write_temp(path: &Path, records: &[Vec<u8>]) -> Result<(File, u64), StorageError> {
     let mut bytes = header().to_vec();
     for r in records {
         encode_record(&mut bytes, r);
@@ -201,9 +273,140 @@ fn write_whole(path: &Path, records: &[Vec<u8>]) -> Result<File, StorageError> {
         .map_err(|e| io_err("write journal", &tmp, e))?;
     file.sync_all()
         .map_err(|e| io_err("fsync journal", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err("rename journal", path, e))?;
-    fsync_dir(path.parent().unwrap_or_else(|| Path::new(".")))?;
-    Ok(file)
+    Ok((file, bytes.len() as u64))
+}
+
+/// Atomically creates or replaces the journal at `path` with `records`.
+fn write_whole(path: &Path, records: &[Vec<u8>]) -> Result<(), StorageError> {
+    write_temp(path, records)?;
+    std::fs::rename(temp_path(path), path).map_err(|e| io_err("rename journal", path, e))?;
+    fsync_dir(path.parent().unwrap_or_else(|| Path::new(".")))
+}
+
+impl JournalFile {
+    /// Fails with the poisoning error if an earlier failure poisoned this journal.
+    fn check_usable(&self) -> Result<(), StorageError> {
+        match &self.poisoned {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Poisons the journal because of `cause`; returns the error every later call gets.
+    fn poison(&mut self, path: &Path, cause: StorageError) -> StorageError {
+        let error = StorageError::Unavailable(format!(
+            "task journal {} is poisoned until reopened: {cause}",
+            path.display()
+        ));
+        self.poisoned = Some(error.clone());
+        error
+    }
+
+    fn append(&mut self, path: &Path, record: &[u8]) -> Result<(), StorageError> {
+        self.check_usable()?;
+        let mut bytes = Vec::with_capacity(RECORD_HEADER_LEN + record.len());
+        encode_record(&mut bytes, record);
+        match self.write_and_sync(path, &bytes) {
+            Ok(()) => {
+                self.end += bytes.len() as u64;
+                Ok(())
+            }
+            // What reached the disk past `end` is unknown: appending after it could bury
+            // acknowledged records behind garbage, so nothing is appended on this handle again.
+            Err(cause) => Err(self.poison(path, cause)),
+        }
+    }
+
+    /// Writes `bytes` at the acknowledged end and fdatasyncs them.
+    fn write_and_sync(&mut self, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+        #[cfg(any(test, feature = "testing"))]
+        match self.take_fault(|f| !matches!(f, JournalFault::RewriteAfterRename)) {
+            Some(JournalFault::PartialAppend { written }) => {
+                let part = &bytes[..written.min(bytes.len())];
+                self.file
+                    .write_all_at(part, self.end)
+                    .map_err(|e| io_err("append journal", path, e))?;
+                return Err(injected("append journal", path));
+            }
+            Some(JournalFault::AppendSync) => {
+                self.file
+                    .write_all_at(bytes, self.end)
+                    .map_err(|e| io_err("append journal", path, e))?;
+                return Err(injected("fdatasync journal", path));
+            }
+            Some(JournalFault::RewriteAfterRename) | None => {}
+        }
+        self.file
+            .write_all_at(bytes, self.end)
+            .map_err(|e| io_err("append journal", path, e))?;
+        self.file
+            .sync_data()
+            .map_err(|e| io_err("fdatasync journal", path, e))
+    }
+
+    fn rewrite(&mut self, path: &Path, records: &[Vec<u8>]) -> Result<(), StorageError> {
+        self.check_usable()?;
+        // A failure here leaves the old journal whole and this handle on it.
+        let (file, len) = write_temp(path, records)?;
+        let replaced = std::fs::rename(temp_path(path), path)
+            .map_err(|e| io_err("rename journal", path, e))
+            .and_then(|()| {
+                // The temp file's handle is now the journal's: append through it, so no
+                // reopen can fail and leave this handle on the replaced file.
+                self.file = file;
+                self.end = len;
+                self.sync_dir_after_rename(path)
+            });
+        // A failed rename may or may not have happened; an unsynced one may be undone by a
+        // crash, taking later appends with it. Either way this handle cannot go on.
+        replaced.map_err(|cause| self.poison(path, cause))
+    }
+
+    fn sync_dir_after_rename(&mut self, path: &Path) -> Result<(), StorageError> {
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        #[cfg(any(test, feature = "testing"))]
+        if self
+            .take_fault(|f| matches!(f, JournalFault::RewriteAfterRename))
+            .is_some()
+        {
+            return Err(injected("fsync dir", dir));
+        }
+        fsync_dir(dir)
+    }
+
+    /// Takes the armed fault if `applies` to it.
+    #[cfg(any(test, feature = "testing"))]
+    fn take_fault(&mut self, applies: impl Fn(&JournalFault) -> bool) -> Option<JournalFault> {
+        self.fault.take_if(|f| applies(f))
+    }
+
+    /// The records up to the acknowledged end.
+    fn load(&self, path: &Path) -> Result<Vec<Vec<u8>>, StorageError> {
+        let bytes = std::fs::read(path).map_err(|e| io_err("read journal", path, e))?;
+        // Past `end` lie only the remains of a failed append (on a poisoned journal).
+        let acknowledged = usize::try_from(self.end)
+            .ok()
+            .and_then(|end| bytes.get(..end))
+            .ok_or_else(|| StorageError::Corrupt {
+                file: path.display().to_string(),
+                offset: bytes.len() as u64,
+                reason: format!("journal ends before its acknowledged end {}", self.end),
+            })?;
+        let parsed = parse(path, acknowledged)?;
+        match parsed.torn {
+            Some((offset, reason)) => Err(StorageError::Corrupt {
+                file: path.display().to_string(),
+                offset: offset as u64,
+                reason,
+            }),
+            None => Ok(parsed.records),
+        }
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+fn injected(op: &'static str, path: &Path) -> StorageError {
+    io_err(op, path, std::io::Error::other("injected failure"))
 }
 
 #[async_trait]
@@ -211,56 +414,20 @@ impl TaskJournal for FsTaskJournal {
     async fn append(&self, record: Vec<u8>) -> Result<(), StorageError> {
         let file = self.file.clone();
         let path = self.path.clone();
-        unblock(move || {
-            let mut bytes = Vec::with_capacity(RECORD_HEADER_LEN + record.len());
-            encode_record(&mut bytes, &record);
-            let f = file.lock().unwrap_or_else(|p| p.into_inner());
-            let end = f
-                .metadata()
-                .map_err(|e| io_err("stat journal", &path, e))?
-                .len();
-            use std::os::unix::fs::FileExt;
-            f.write_all_at(&bytes, end)
-                .map_err(|e| io_err("append journal", &path, e))?;
-            f.sync_data()
-                .map_err(|e| io_err("fdatasync journal", &path, e))
-        })
-        .await
+        unblock(move || lock(&file).append(&path, &record)).await
     }
 
     async fn load(&self) -> Result<Vec<Vec<u8>>, StorageError> {
         let file = self.file.clone();
         let path = self.path.clone();
-        unblock(move || {
-            // Hold the lock so no append is half-written while we read.
-            let _guard = file.lock().unwrap_or_else(|p| p.into_inner());
-            let bytes = std::fs::read(&path).map_err(|e| io_err("read journal", &path, e))?;
-            let parsed = parse(&path, &bytes)?;
-            match parsed.damage {
-                Some((offset, reason, _)) => Err(StorageError::Corrupt {
-                    file: path.display().to_string(),
-                    offset: offset as u64,
-                    reason,
-                }),
-                None => Ok(parsed.records),
-            }
-        })
-        .await
+        // Holding the lock: no append is half-written while we read.
+        unblock(move || lock(&file).load(&path)).await
     }
 
     async fn rewrite(&self, records: Vec<Vec<u8>>) -> Result<(), StorageError> {
         let file = self.file.clone();
         let path = self.path.clone();
-        unblock(move || {
-            let mut guard = file.lock().unwrap_or_else(|p| p.into_inner());
-            write_whole(&path, &records)?;
-            *guard = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| io_err("open journal", &path, e))?;
-            Ok(())
-        })
-        .await
+        unblock(move || lock(&file).rewrite(&path, &records)).await
     }
 }
 

@@ -6,7 +6,8 @@
 //! - [`FsSnapshotStore`]: ConfigNode snapshots, replaced atomically, last N kept.
 //! - [`FsRegionStore`]: a DataNode's region replicas, one directory each; rate-limited
 //!   deletion through a trash area.
-//! - [`FsTaskJournal`]: the DataNode's append-only, checksummed task journal.
+//! - [`FsTaskJournal`]: the DataNode's append-only, checksummed task journal; a failed write
+//!   poisons it until reopened, and reopening refuses damage followed by a whole record.
 //!
 //! Every file that must survive a crash is written with fsync before it is relied on, and
 //! every directory change (create, rename, unlink) is followed by an fsync of the directory.

@@ -16,10 +16,11 @@ use shoal_core::api::DataNodeApi;
 use shoal_core::confignode::clients::DataNodeClients;
 use shoal_core::confignode::{ConfigNode, ConfigNodeConfig};
 use shoal_core::consensus::{Consensus, LocalConsensus};
+use shoal_core::datanode::journal::JournalRecord;
 use shoal_core::datanode::{DataNode, DataNodeConfig};
 use shoal_core::model::{
     DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, ProcedureId, RegionId,
-    ReplicationFactor,
+    ReplicationFactor, TaskId,
 };
 use shoal_core::procedure::{BackoffPolicy, ExecutorConfig, ProcedureInfo, ProcedureView};
 use shoal_core::procedures::LifecycleConfig;
@@ -28,7 +29,7 @@ use shoal_core::storage::faulty::FaultyRegionStore;
 use shoal_core::storage::mem::{MemLogStore, MemSnapshotStore};
 use shoal_core::storage::{
     CreateOutcome, DeleteOutcome, LogEntry, LogStore, MemRegionStore, MemTaskJournal, RegionConfig,
-    RegionStore, StorageError,
+    RegionStore, StorageError, TaskJournal,
 };
 use shoal_runtime_smol::smol_runtime;
 use shoal_transport_inproc::InprocNetwork;
@@ -172,6 +173,7 @@ pub fn fast_config() -> ConfigNodeConfig {
         lifecycle: LifecycleConfig {
             poll_wait: Duration::from_millis(200),
             retry: backoff.clone(),
+            create_retry_window: Duration::from_secs(2),
             data_quorum_at_least_one: false,
         },
         cleaner_interval: Duration::from_millis(50),
@@ -194,6 +196,8 @@ pub struct DataNodeSlot {
     /// The task journal, shared across restarts.
     pub journal: MemTaskJournal,
     node: Mutex<Option<DataNode>>,
+    /// Where it serves now (`address` until [`TestCluster::move_data_node`]).
+    current: Mutex<String>,
 }
 
 impl DataNodeSlot {
@@ -201,6 +205,35 @@ impl DataNodeSlot {
     pub fn node(&self) -> Option<DataNode> {
         self.node.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// The address it serves at now.
+    pub fn current_address(&self) -> String {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Task ids this DataNode accepted as new more than once (journal evidence: a task id
+    /// that ran twice). Empty when the promise "each task id runs once" held.
+    pub async fn task_ids_accepted_twice(&self) -> Vec<TaskId> {
+        let records = self.journal.load().await.expect("journal loads");
+        accepted_twice(&records)
+    }
+}
+
+/// Task ids with more than one `TaskAccepted` record in a DataNode journal's `records`.
+pub fn accepted_twice(records: &[Vec<u8>]) -> Vec<TaskId> {
+    let mut seen = std::collections::BTreeMap::<TaskId, u32>::new();
+    for bytes in records {
+        if let Ok(JournalRecord::TaskAccepted { task_id, .. }) = JournalRecord::decode(bytes) {
+            *seen.entry(task_id).or_default() += 1;
+        }
+    }
+    seen.into_iter()
+        .filter(|(_, count)| *count > 1)
+        .map(|(id, _)| id)
+        .collect()
 }
 
 struct NetClients {
@@ -262,6 +295,7 @@ impl TestCluster {
                 timed,
                 journal: MemTaskJournal::new(),
                 node: Mutex::new(None),
+                current: Mutex::new(format!("127.0.0.1:{}", 17000 + i)),
             });
             data_nodes.push(slot);
         }
@@ -306,7 +340,7 @@ impl TestCluster {
         // Ids are assigned in registration order, which is slot order.
         node.set_id(DataNodeId(i as u32));
         *slot.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
-        self.network.host(&slot.address, Arc::new(node));
+        self.network.host(&slot.current_address(), Arc::new(node));
     }
 
     /// Stops DataNode `i` as a crash would: running tasks stop mid-way, calls are refused.
@@ -315,7 +349,24 @@ impl TestCluster {
         if let Some(node) = slot.node.lock().unwrap_or_else(|p| p.into_inner()).take() {
             node.halt();
         }
-        self.network.stop(&slot.address);
+        self.network.stop(&slot.current_address());
+    }
+
+    /// Crash-restarts DataNode `i` at `address` (a new port) and re-registers it there under
+    /// its id, as a restarted `shoal datanode --listen NEW` does.
+    pub async fn move_data_node(&self, i: usize, address: &str) {
+        self.stop_data_node(i);
+        *self.data_nodes[i]
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = address.to_string();
+        self.start_data_node(i).await;
+        let id = self
+            .leader()
+            .register_data_node(Some(DataNodeId(i as u32)), address.to_string())
+            .await
+            .expect("re-registration");
+        assert_eq!(id, DataNodeId(i as u32));
     }
 
     /// Crash-restarts DataNode `i`.

@@ -8,9 +8,12 @@ use shoal_core::model::{
 };
 use shoal_core::plan::{
     ConfigPlan, CreateDatabase, CreateRegionGroups, NewRegionMaintainTask,
-    OfferRegionMaintainTasks, RegisterDataNode, ReserveRegionIds, SubmitProcedure,
+    OfferRegionMaintainTasks, PollRegionMaintainTask, RegisterDataNode, ReserveRegionIds,
+    SubmitProcedure,
 };
-use shoal_core::snapshot::{ClusterStateV1, Snapshot, SnapshotV1};
+use shoal_core::snapshot::{
+    ClusterStateV1, ClusterStateV2, RegionMaintainTaskV2, Snapshot, SnapshotV1, SnapshotV2,
+};
 use shoal_core::state::{
     ClusterState, LockKey, LockMode, LockResource, NewProcedure, RegionMaintainKind,
     RegionMaintainTask,
@@ -25,6 +28,10 @@ pub fn fixture_dir() -> PathBuf {
 pub const SNAPSHOT_V1: &str = "snapshot-v1.bin";
 /// Name of the v2 snapshot fixture.
 pub const SNAPSHOT_V2: &str = "snapshot-v2.bin";
+/// Name of the v3 snapshot fixture.
+pub const SNAPSHOT_V3: &str = "snapshot-v3.bin";
+/// Name of the pre-procedure log fixture (see [`legacy_log`]).
+pub const LEGACY_LOG: &str = "legacy-log-v1.bin";
 
 fn apply_all(plans: &[ConfigPlan]) -> ClusterState {
     let mut state = ClusterState::default();
@@ -113,8 +120,8 @@ fn location(id: u32) -> DataNodeLocation {
         .expect("fixture address is valid")
 }
 
-/// The v2 fixture: [`base_state`] at log index 12, term 3.
-pub fn snapshot_v2() -> Snapshot {
+/// The v3 fixture: [`base_state`] at log index 12, term 3.
+pub fn snapshot_v3() -> Snapshot {
     Snapshot {
         last_index: 12,
         last_term: 3,
@@ -122,10 +129,52 @@ pub fn snapshot_v2() -> Snapshot {
     }
 }
 
+/// [`base_state`] in the v2 shape (no footprints, task targets by location).
+fn base_state_v2() -> ClusterStateV2 {
+    let state = base_state();
+    let by_location = |task: &RegionMaintainTask| RegionMaintainTaskV2 {
+        kind: task.kind,
+        database: task.database.clone(),
+        region: task.region.clone(),
+        target: location(task.target.0),
+    };
+    ClusterStateV2 {
+        next_data_node_id: state.next_data_node_id,
+        next_region_id: state.next_region_id,
+        next_procedure_id: state.next_procedure_id,
+        next_task_id: state.next_task_id,
+        region_maintain_queue: state
+            .region_maintain_queue
+            .iter()
+            .map(|(id, t)| (*id, by_location(t)))
+            .collect(),
+        pending_legacy_deletions: state
+            .pending_legacy_deletions
+            .iter()
+            .map(|(id, t)| (*id, by_location(t)))
+            .collect(),
+        data_nodes: state.data_nodes,
+        databases: state.databases,
+        partition_tables: state.partition_tables,
+        procedures: state.procedures,
+        procedure_request_keys: state.procedure_request_keys,
+        region_reservations: state.region_reservations,
+    }
+}
+
+/// The v2 fixture: [`base_state`] in the v2 shape at log index 12, term 3.
+pub fn snapshot_v2() -> SnapshotV2 {
+    SnapshotV2 {
+        last_index: 12,
+        last_term: 3,
+        state: base_state_v2(),
+    }
+}
+
 /// The v1 fixture: [`base_state`] in the v1 shape, whose queue also holds two legacy delete
 /// tasks (ids 100 and 101) for region data-9 of a database that was being dropped.
 pub fn snapshot_v1() -> SnapshotV1 {
-    let state = base_state();
+    let state = base_state_v2();
     let mut queue = state.region_maintain_queue.clone();
     let doomed = RegionReplicaSet::new(
         RegionId::new(RegionKind::Data, 9),
@@ -134,7 +183,7 @@ pub fn snapshot_v1() -> SnapshotV1 {
     for (task, node) in [(100, 0), (101, 1)] {
         queue.insert(
             TaskId(task),
-            RegionMaintainTask {
+            RegionMaintainTaskV2 {
                 kind: RegionMaintainKind::LegacyDelete,
                 database: db("old_db"),
                 region: doomed.clone(),
@@ -158,4 +207,90 @@ pub fn snapshot_v1() -> SnapshotV1 {
             procedure_request_keys: state.procedure_request_keys,
         },
     }
+}
+
+/// A log as a release before procedures wrote it: the maintain queue held a legacy delete
+/// (task 0, the replica of data-1 on dn-0) and a create (task 1, data-1 on dn-2), and the
+/// old drainer then polled the oldest task — the delete it had just executed. Replayed, the
+/// same task must be popped: the create stays queued, no legacy deletion stays pending.
+pub fn legacy_log() -> Vec<ConfigPlan> {
+    let nodes = [DataNodeId(0), DataNodeId(1), DataNodeId(2)];
+    let group = RegionReplicaSet::new(RegionId::new(RegionKind::Data, 1), nodes.to_vec());
+    let mut plans: Vec<ConfigPlan> = (0..3)
+        .map(|i| {
+            ConfigPlan::RegisterDataNode(RegisterDataNode {
+                known_id: None,
+                address: format!("127.0.0.1:{}", 6700 + i),
+            })
+        })
+        .collect();
+    plans.push(ConfigPlan::CreateDatabase(CreateDatabase {
+        schema: DatabaseSchema {
+            name: db("metrics"),
+            schema_replication_factor: rf(1),
+            data_replication_factor: rf(3),
+        },
+        created_by: None,
+    }));
+    plans.push(ConfigPlan::ReserveRegionIds(ReserveRegionIds {
+        kind: RegionKind::Data,
+        count: 2,
+        for_procedure: None,
+    }));
+    plans.push(ConfigPlan::CreateRegionGroups(CreateRegionGroups {
+        database: db("metrics"),
+        groups: vec![RegionReplicaSet::new(
+            group.region,
+            vec![DataNodeId(0), DataNodeId(1)],
+        )],
+    }));
+    plans.push(ConfigPlan::OfferRegionMaintainTasks(
+        OfferRegionMaintainTasks {
+            tasks: vec![
+                NewRegionMaintainTask {
+                    kind: RegionMaintainKind::LegacyDelete,
+                    database: db("metrics"),
+                    region: group.clone(),
+                    target: location(0),
+                },
+                NewRegionMaintainTask {
+                    kind: RegionMaintainKind::Create,
+                    database: db("metrics"),
+                    region: group,
+                    target: location(2),
+                },
+            ],
+        },
+    ));
+    plans.push(ConfigPlan::PollRegionMaintainTask(
+        PollRegionMaintainTask {},
+    ));
+    plans
+}
+
+/// Encodes `plans` as the log fixture stores them: per entry `len u32 BE | encoded plan`.
+pub fn encode_log(plans: &[ConfigPlan]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    for plan in plans {
+        let bytes = plan.encode().map_err(|e| e.to_string())?;
+        let len = u32::try_from(bytes.len()).map_err(|e| e.to_string())?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
+}
+
+/// Decodes a log fixture written by [`encode_log`].
+pub fn decode_log(mut bytes: &[u8]) -> Result<Vec<ConfigPlan>, String> {
+    let mut plans = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or("entry length cut short")?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let entry = rest.get(..len).ok_or("entry cut short")?;
+        plans.push(ConfigPlan::decode(entry).map_err(|e| e.to_string())?);
+        bytes = &rest[len..];
+    }
+    Ok(plans)
 }

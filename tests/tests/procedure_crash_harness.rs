@@ -2,15 +2,16 @@
 //! region-lifecycle procedures, against real DataNodes over in-memory stores.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use shoal_core::api::{CreateRegionRequest, DataNodeApi};
 use shoal_core::confignode::clients::DataNodeClients;
+use shoal_core::confignode::fence::EpochHealer;
 use shoal_core::confignode::inflight::InflightCreates;
 use shoal_core::datanode::{DataNode, DataNodeConfig};
 use shoal_core::model::{
     DataNodeId, DataNodeLocation, DatabaseSchema, Epoch, RegionId, RegionKind, RegionReplicaSet,
-    ReplicationFactor,
+    ReplicationFactor, TaskId,
 };
 use shoal_core::plan::{
     ConfigPlan, CreateDatabase, CreateRegionGroups, RegisterDataNode, ReserveRegionIds,
@@ -22,9 +23,9 @@ use shoal_core::procedures::{
     RemoveRegionGroupProcedure, register_region_procedures,
 };
 use shoal_core::state::ClusterState;
-use shoal_core::storage::{MemRegionStore, MemTaskJournal, RegionStore};
+use shoal_core::storage::{MemRegionStore, MemTaskJournal, RegionStore, TaskJournal};
 use shoal_runtime_smol::{SmolSpawner, smol_runtime};
-use shoal_tests::cluster::db;
+use shoal_tests::cluster::{accepted_twice, db};
 
 const NODES: u32 = 3;
 
@@ -34,12 +35,12 @@ fn address(i: u32) -> String {
 
 /// The DataNodes of one harness run: called directly, no network.
 struct World {
-    nodes: BTreeMap<String, (DataNode, MemRegionStore)>,
+    nodes: BTreeMap<String, (DataNode, MemRegionStore, MemTaskJournal)>,
 }
 
 impl DataNodeClients for World {
     fn client(&self, location: &DataNodeLocation) -> Arc<dyn DataNodeApi> {
-        let (node, _) = self.nodes.get(&location.address).expect("known DataNode");
+        let (node, _, _) = self.nodes.get(&location.address).expect("known DataNode");
         Arc::new(node.clone())
     }
 }
@@ -51,10 +52,11 @@ fn world(with_groups: bool) -> RegionEnv {
     let mut nodes = BTreeMap::new();
     for i in 0..NODES {
         let mem = MemRegionStore::new(runtime.clock.clone());
+        let journal = MemTaskJournal::new();
         let node = futures_lite::future::block_on(DataNode::open(
             runtime.clone(),
             Arc::new(mem.clone()),
-            Arc::new(MemTaskJournal::new()),
+            Arc::new(journal.clone()),
             DataNodeConfig::default(),
         ))
         .expect("DataNode opens");
@@ -73,13 +75,36 @@ fn world(with_groups: bool) -> RegionEnv {
                 });
             }
         }
-        nodes.insert(address(i), (node, mem));
+        nodes.insert(address(i), (node, mem, journal));
     }
+    let world = Arc::new(World { nodes });
+    journals().lock().unwrap_or_else(|p| p.into_inner()).insert(
+        world_key(&(world.clone() as Arc<dyn DataNodeClients>)),
+        world.clone(),
+    );
     RegionEnv {
-        clients: Arc::new(World { nodes }),
+        clients: world,
         inflight: Arc::new(InflightCreates::default()),
+        healer: Arc::new(EpochHealer::new()),
         config: LifecycleConfig::default(),
     }
+}
+
+/// Every world built so far, by the identity of its clients handle: `observe` only gets the
+/// `RegionEnv`, and reads the DataNodes' journals through this.
+fn journals() -> &'static Mutex<BTreeMap<usize, Arc<World>>> {
+    static WORLDS: OnceLock<Mutex<BTreeMap<usize, Arc<World>>>> = OnceLock::new();
+    WORLDS.get_or_init(Mutex::default)
+}
+
+fn world_key(clients: &Arc<dyn DataNodeClients>) -> usize {
+    Arc::as_ptr(clients) as *const () as usize
+}
+
+fn journal_of(env: &RegionEnv, address: &str) -> MemTaskJournal {
+    let worlds = journals().lock().unwrap_or_else(|p| p.into_inner());
+    let world = &worlds[&world_key(&env.clients)];
+    world.nodes[address].2.clone()
 }
 
 fn group_ids() -> [RegionId; 2] {
@@ -129,8 +154,9 @@ fn published_groups() -> Vec<ConfigPlan> {
     plans
 }
 
-/// What must be equal to the uninterrupted run: metadata and every DataNode's replicas.
-type Observed = (String, Vec<(String, Vec<(RegionId, u64)>)>);
+/// What must be equal to the uninterrupted run: metadata, every DataNode's replicas, and
+/// the task ids a DataNode accepted twice (none: a task id runs once, whatever the crash).
+type Observed = (String, Vec<(String, Vec<(RegionId, u64)>, Vec<TaskId>)>);
 
 fn observe(state: &ClusterState, env: &RegionEnv) -> Observed {
     let metadata = format!(
@@ -144,7 +170,13 @@ fn observe(state: &ClusterState, env: &RegionEnv) -> Observed {
         let report =
             futures_lite::future::block_on(client.heartbeat(Epoch(u64::MAX))).expect("heartbeat");
         let regions = report.regions.iter().map(|r| (r.region, r.bytes)).collect();
-        replicas.push((info.location.address.clone(), regions));
+        let journal = journal_of(env, &info.location.address);
+        let records = futures_lite::future::block_on(journal.load()).expect("journal");
+        replicas.push((
+            info.location.address.clone(),
+            regions,
+            accepted_twice(&records),
+        ));
     }
     (metadata, replicas)
 }
@@ -177,7 +209,7 @@ fn create_region_groups_survives_restart_and_leader_change_at_every_step() {
         let (metadata, replicas) = observe(&reference.state, &reference.env);
         assert!(metadata.contains("db"), "database created");
         assert!(
-            replicas.iter().all(|(_, r)| r.len() == 3),
+            replicas.iter().all(|(_, r, _)| r.len() == 3),
             "3 groups on every node: {replicas:?}"
         );
         let restarts = harness
@@ -203,13 +235,7 @@ fn remove_region_group_survives_restart_and_leader_change_at_every_step() {
             Arc::new(SmolSpawner),
             registry(),
             || world(true),
-            |_| {
-                Box::new(RemoveRegionGroupProcedure::group(
-                    db("db"),
-                    group_ids()[0],
-                    Vec::new(),
-                ))
-            },
+            |_| Box::new(RemoveRegionGroupProcedure::group(db("db"), group_ids()[0])),
         )
         .with_setup(|_| published_groups());
         let reference = harness.run_uninterrupted().await.expect("reference run");
@@ -217,7 +243,7 @@ fn remove_region_group_survives_restart_and_leader_change_at_every_step() {
         assert!(
             replicas
                 .iter()
-                .all(|(_, r)| r == &vec![(group_ids()[1], 100)]),
+                .all(|(_, r, _)| r == &vec![(group_ids()[1], 100)]),
             "only the other group is left: {replicas:?}"
         );
         harness
@@ -246,7 +272,7 @@ fn delete_database_survives_restart_and_leader_change_at_every_step() {
         let (metadata, replicas) = observe(&reference.state, &reference.env);
         assert!(reference.state.databases.is_empty(), "{metadata}");
         assert!(
-            replicas.iter().all(|(_, r)| r.is_empty()),
+            replicas.iter().all(|(_, r, _)| r.is_empty()),
             "no replica left: {replicas:?}"
         );
         harness

@@ -1,9 +1,12 @@
-//! Committed snapshot fixtures of every format version load under the current code, forever.
+//! Committed fixtures of every snapshot format version, and of an old log, load under the
+//! current code, forever.
 
 use shoal_core::model::{DataNodeId, RegionId, RegionKind, TaskId};
 use shoal_core::snapshot;
-use shoal_core::state::RegionMaintainKind;
-use shoal_tests::fixtures::{SNAPSHOT_V1, SNAPSHOT_V2, fixture_dir};
+use shoal_core::state::{ClusterState, RegionMaintainKind};
+use shoal_tests::fixtures::{
+    self, LEGACY_LOG, SNAPSHOT_V1, SNAPSHOT_V2, SNAPSHOT_V3, decode_log, fixture_dir,
+};
 
 fn read(name: &str) -> Vec<u8> {
     std::fs::read(fixture_dir().join(name)).expect("fixture file is committed")
@@ -24,7 +27,7 @@ fn v1_fixture_loads_with_legacy_deletions_pending() {
         let deletion = &state.pending_legacy_deletions[&task];
         assert_eq!(deletion.kind, RegionMaintainKind::LegacyDelete);
         assert_eq!(deletion.region.region, RegionId::new(RegionKind::Data, 9));
-        assert_eq!(deletion.target.id, node);
+        assert_eq!(deletion.target, node);
         assert_eq!(deletion.database.as_str(), "old_db");
     }
     // The create task stays in the queue; the rest of the state is intact.
@@ -43,22 +46,83 @@ fn v1_fixture_loads_with_legacy_deletions_pending() {
 }
 
 #[test]
-fn v2_fixture_loads_and_reencodes_byte_identically() {
-    let bytes = read(SNAPSHOT_V2);
-    let loaded = snapshot::decode(&bytes).expect("v2 fixture decodes");
+fn v2_fixture_loads_with_footprints_derived() {
+    let loaded = snapshot::decode(&read(SNAPSHOT_V2)).expect("v2 fixture decodes");
     assert_eq!((loaded.last_index, loaded.last_term), (12, 3));
-    assert_eq!(loaded.state.region_groups().count(), 4);
-    assert!(loaded.state.pending_legacy_deletions.is_empty());
-    let reencoded = snapshot::encode(&loaded).expect("encodes");
+    let state = loaded.state;
+    assert_eq!(state.region_groups().count(), 4);
+    assert!(state.pending_legacy_deletions.is_empty());
+    // Every published replica and the queued create's target may hold a replica.
+    for (_, group) in state.region_groups() {
+        let footprint = state.footprint(group.region);
+        for node in &group.replicas {
+            assert!(footprint.contains(node), "{} misses {node}", group.region);
+        }
+    }
+    let queued = state.region_maintain_queue.values().next().expect("queued");
+    assert_eq!(queued.target, DataNodeId(2));
     assert!(
-        reencoded == bytes,
-        "v2 re-encoding differs from the committed fixture"
+        state
+            .footprint(queued.region.region)
+            .contains(&DataNodeId(2))
+    );
+    // v3 is the same state with footprints: the upgrade and the current code agree.
+    assert_eq!(state, fixtures::snapshot_v3().state);
+}
+
+#[test]
+fn v2_shape_is_frozen() {
+    let bytes = snapshot::encode_v2(&fixtures::snapshot_v2()).expect("encodes");
+    assert!(
+        bytes == read(SNAPSHOT_V2),
+        "the frozen v2 shape no longer writes the committed v2 fixture"
     );
 }
 
 #[test]
+fn v3_fixture_loads_and_reencodes_byte_identically() {
+    let bytes = read(SNAPSHOT_V3);
+    let loaded = snapshot::decode(&bytes).expect("v3 fixture decodes");
+    assert_eq!((loaded.last_index, loaded.last_term), (12, 3));
+    assert_eq!(loaded.state.region_groups().count(), 4);
+    assert!(!loaded.state.footprints.is_empty());
+    let reencoded = snapshot::encode(&loaded).expect("encodes");
+    assert!(
+        reencoded == bytes,
+        "v3 re-encoding differs from the committed fixture"
+    );
+}
+
+/// Rule 10: a pre-procedure log's `PollRegionMaintainTask` pops the task it popped when it
+/// was written — the legacy delete it had just executed — not the create behind it.
+#[test]
+fn old_logs_replay_to_the_same_state() {
+    let plans = decode_log(&read(LEGACY_LOG)).expect("log fixture decodes");
+    assert_eq!(
+        plans,
+        fixtures::legacy_log(),
+        "the fixture is what we think it is"
+    );
+    let mut state = ClusterState::default();
+    for plan in &plans {
+        let _ = state.apply(plan);
+    }
+    assert!(
+        state.pending_legacy_deletions.is_empty(),
+        "the executed legacy delete was polled: {:?}",
+        state.pending_legacy_deletions
+    );
+    let queued: Vec<_> = state.region_maintain_queue.iter().collect();
+    assert_eq!(queued.len(), 1, "the create stays queued: {queued:?}");
+    let (id, task) = queued[0];
+    assert_eq!(*id, TaskId(1));
+    assert_eq!(task.kind, RegionMaintainKind::Create);
+    assert_eq!(task.target, DataNodeId(2));
+}
+
+#[test]
 fn damaged_fixture_is_a_checksum_error() {
-    let mut bytes = read(SNAPSHOT_V2);
+    let mut bytes = read(SNAPSHOT_V3);
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
     assert!(matches!(

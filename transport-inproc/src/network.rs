@@ -30,6 +30,9 @@ pub struct LinkFaults {
     pub drop_requests_of: BTreeMap<&'static str, u32>,
     /// Like `drop_replies`, for calls of one method only (by name, e.g. `"task_result"`).
     pub drop_replies_of: BTreeMap<&'static str, u32>,
+    /// Calls of one method are answered at once with this error and never run (a peer that
+    /// refuses, or answers garbage).
+    pub answer_of: BTreeMap<&'static str, ApiError>,
 }
 
 /// What happens to one message, as a [`MessagePolicy`] decides it (on top of the link's
@@ -259,6 +262,7 @@ impl<S: ?Sized + Send + Sync + 'static> InprocNetwork<S> {
 /// Decides, under the lock, what happens to one call on a link.
 enum Fate<S: ?Sized> {
     Unreachable,
+    Answer(ApiError),
     Deliver {
         inbox: async_channel::Sender<Envelope<S>>,
         drop_reply: bool,
@@ -354,6 +358,8 @@ impl<S: ?Sized + Send + Sync + 'static> InprocClient<S> {
                 || fate.lose_request;
             if link.partitioned {
                 Fate::Unreachable
+            } else if let Some(error) = link.answer_of.get(method) {
+                Fate::Answer(error.clone())
             } else if lose_request {
                 Fate::Lose
             } else {
@@ -374,6 +380,7 @@ impl<S: ?Sized + Send + Sync + 'static> InprocClient<S> {
                 net.record(&self.from, &self.to, |s| s.unreachable += 1);
                 return Err(ApiError::Unreachable(format!("{} is unreachable", self.to)));
             }
+            Fate::Answer(error) => return Err(error),
             Fate::Lose => {
                 net.record(&self.from, &self.to, |s| {
                     s.dropped_requests += 1;

@@ -1,9 +1,12 @@
 //! The leader's region cleaner: retries queued create tasks until each missing replica exists.
 //!
 //! A create task is queued when a region group was published with a quorum but without every
-//! replica. The cleaner calls the (idempotent) `create_region` on the target, then records the
-//! new location and removes the task, in that order: a crash in between re-runs the create,
-//! which succeeds again. Failures back off exponentially with jitter, per task.
+//! replica. The cleaner makes sure the target is in the group's footprint (durably, before the
+//! create leaves), calls the (idempotent) `create_region` at the target's current address
+//! (tasks name DataNodes by id; a DataNode that re-registered elsewhere is dialled there),
+//! then records the new location and removes the task, in that order: a crash in between
+//! re-runs the create, which succeeds again. Failures back off exponentially with jitter, per
+//! task; a `StaleLeader` answer is reported to the [`EpochHealer`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -11,12 +14,15 @@ use std::time::Duration;
 
 use crate::api::CreateRegionRequest;
 use crate::consensus::Consensus;
-use crate::model::{Epoch, TaskId};
-use crate::plan::{AddRegionLocation, ConfigPlan, PollSpecificRegionMaintainTask};
+use crate::model::{Epoch, RegionReplicaSet, TaskId};
+use crate::plan::{
+    AddRegionLocation, ConfigPlan, PollSpecificRegionMaintainTask, RecordReplicaFootprints,
+};
 use crate::runtime::Runtime;
 use crate::state::{RegionMaintainKind, RegionMaintainTask, Rejection};
 
 use super::clients::DataNodeClients;
+use super::fence::EpochHealer;
 use super::inflight::InflightCreates;
 use crate::procedure::BackoffPolicy;
 
@@ -37,6 +43,7 @@ pub struct RegionCleaner {
     clients: Arc<dyn DataNodeClients>,
     runtime: Runtime,
     inflight: Arc<InflightCreates>,
+    healer: Arc<EpochHealer>,
     backoff: BackoffPolicy,
     /// Per task: failed attempts and the earliest time of the next one (volatile).
     retry: Mutex<BTreeMap<TaskId, (u32, u64)>>,
@@ -49,6 +56,7 @@ impl RegionCleaner {
         clients: Arc<dyn DataNodeClients>,
         runtime: Runtime,
         inflight: Arc<InflightCreates>,
+        healer: Arc<EpochHealer>,
         backoff: BackoffPolicy,
     ) -> Self {
         Self {
@@ -56,6 +64,7 @@ impl RegionCleaner {
             clients,
             runtime,
             inflight,
+            healer,
             backoff,
             retry: Mutex::new(BTreeMap::new()),
         }
@@ -112,7 +121,7 @@ impl RegionCleaner {
                     let delay = self.backoff.delay(entry.0, self.runtime.rng.as_ref());
                     entry.1 = now + delay.as_millis() as u64;
                     tracing::warn!(
-                        task = %id, region = %task.region.region, data_node = %task.target.id,
+                        task = %id, region = %task.region.region, data_node = %task.target,
                         attempts = entry.0, retry_in_ms = delay.as_millis() as u64,
                         "creating missing replica failed: {message}"
                     );
@@ -142,20 +151,49 @@ impl RegionCleaner {
         if !queued {
             return Ok(false);
         }
+        let (location, in_footprint) = self.consensus.state().read(|s| {
+            (
+                s.data_nodes.get(&task.target).map(|n| n.location.clone()),
+                s.footprints
+                    .get(&region)
+                    .is_some_and(|f| f.data_nodes.contains(&task.target)),
+            )
+        });
+        let location =
+            location.ok_or_else(|| format!("DataNode {} is not registered", task.target))?;
+        if !in_footprint {
+            // Durably before the create leaves: a create whose reply is lost still happened.
+            let record = ConfigPlan::RecordReplicaFootprints(RecordReplicaFootprints {
+                database: task.database.clone(),
+                groups: vec![RegionReplicaSet::new(region, vec![task.target])],
+            });
+            match self.consensus.propose(epoch, record).await {
+                Ok(Ok(_)) => {}
+                // The database is being deleted: no create may be sent into it.
+                Ok(Err(rejection)) => return Err(rejection.to_string()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
         let started = self.runtime.clock.now_ms();
         let request = CreateRegionRequest {
             region,
             database: task.database.clone(),
             peers: task.region.replicas.clone(),
         };
-        self.clients
-            .client(&task.target)
+        if let Err(e) = self
+            .clients
+            .client(&location)
             .create_region(epoch, request)
             .await
-            .map_err(|e| e.to_string())?;
+        {
+            if let crate::api::ApiError::StaleLeader { request, seen } = &e {
+                self.healer.report(task.target, *request, *seen);
+            }
+            return Err(e.to_string());
+        }
         let add = ConfigPlan::AddRegionLocation(AddRegionLocation {
             region,
-            data_node: task.target.id,
+            data_node: task.target,
         });
         match self
             .consensus
@@ -179,7 +217,7 @@ impl RegionCleaner {
             .map_err(|e| e.to_string())?
             .ok();
         tracing::info!(
-            task = %id, %region, data_node = %task.target.id, outcome = "success",
+            task = %id, %region, data_node = %task.target, outcome = "success",
             duration_ms = self.runtime.clock.now_ms().saturating_sub(started),
             "missing replica created"
         );

@@ -2,7 +2,9 @@
 //!
 //! Placement only uses running DataNodes. A node is marked unknown after
 //! `misses_before_unknown` consecutive failed heartbeats, and running again on the first
-//! success. Status changes go through the log; unchanged statuses are not re-proposed.
+//! success. Status changes go through the log; unchanged statuses are not re-proposed. A
+//! `StaleLeader` answer (the DataNode has seen a higher epoch) is reported to the
+//! [`EpochHealer`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -15,12 +17,14 @@ use crate::runtime::Runtime;
 use crate::state::DataNodeStatus;
 
 use super::clients::DataNodeClients;
+use super::fence::EpochHealer;
 
 /// Heartbeats every registered DataNode while this node leads.
 pub struct HeartbeatMonitor {
     consensus: Arc<dyn Consensus>,
     clients: Arc<dyn DataNodeClients>,
     runtime: Runtime,
+    healer: Arc<EpochHealer>,
     misses_before_unknown: u32,
     misses: Mutex<BTreeMap<DataNodeId, u32>>,
 }
@@ -31,12 +35,14 @@ impl HeartbeatMonitor {
         consensus: Arc<dyn Consensus>,
         clients: Arc<dyn DataNodeClients>,
         runtime: Runtime,
+        healer: Arc<EpochHealer>,
         misses_before_unknown: u32,
     ) -> Self {
         Self {
             consensus,
             clients,
             runtime,
+            healer,
             misses_before_unknown: misses_before_unknown.max(1),
             misses: Mutex::new(BTreeMap::new()),
         }
@@ -61,12 +67,12 @@ impl HeartbeatMonitor {
         });
         let mut alive = Vec::new();
         for (location, status) in nodes {
-            let ok = self
-                .clients
-                .client(&location)
-                .heartbeat(epoch)
-                .await
-                .is_ok();
+            let answer = self.clients.client(&location).heartbeat(epoch).await;
+            if let Err(crate::api::ApiError::StaleLeader { request, seen }) = &answer {
+                // Fenced by an epoch above ours: heal it (or learn that we are deposed).
+                self.healer.report(location.id, *request, *seen);
+            }
+            let ok = answer.is_ok();
             let target = {
                 let mut misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
                 let count = misses.entry(location.id).or_default();

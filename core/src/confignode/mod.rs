@@ -3,6 +3,7 @@
 
 pub mod cleaner;
 pub mod clients;
+pub mod fence;
 pub mod heartbeat;
 pub mod inflight;
 mod service;

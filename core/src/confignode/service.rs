@@ -25,6 +25,7 @@ use crate::state::{Applied, DataNodeInfo, DatabaseEntry, Rejection};
 
 use super::cleaner::RegionCleaner;
 use super::clients::DataNodeClients;
+use super::fence::EpochHealer;
 use super::heartbeat::HeartbeatMonitor;
 use super::inflight::InflightCreates;
 
@@ -125,6 +126,7 @@ pub struct ConfigNode {
     executor: Arc<ProcedureExecutor>,
     cleaner: Arc<RegionCleaner>,
     heartbeat: Arc<HeartbeatMonitor>,
+    healer: Arc<EpochHealer>,
     config: ConfigNodeConfig,
     started: AtomicBool,
     stopped: AtomicBool,
@@ -150,9 +152,11 @@ impl ConfigNode {
         let mut registry = ProcedureRegistry::new();
         register_region_procedures(&mut registry)?;
         let inflight = Arc::new(InflightCreates::default());
+        let healer = Arc::new(EpochHealer::new());
         let env: Environment = Arc::new(RegionEnv {
             clients: clients.clone(),
             inflight: inflight.clone(),
+            healer: healer.clone(),
             config: config.lifecycle.clone(),
         });
         let executor = ProcedureExecutor::new(
@@ -167,12 +171,14 @@ impl ConfigNode {
             clients.clone(),
             runtime.clone(),
             inflight,
+            healer.clone(),
             config.cleaner_backoff.clone(),
         ));
         let heartbeat = Arc::new(HeartbeatMonitor::new(
             consensus.clone(),
             clients,
             runtime.clone(),
+            healer.clone(),
             config.misses_before_unknown,
         ));
         Ok(Arc::new(Self {
@@ -181,6 +187,7 @@ impl ConfigNode {
             executor,
             cleaner,
             heartbeat,
+            healer,
             config,
             started: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -242,7 +249,7 @@ impl ConfigNode {
                     || self.adopt_legacy_deletions(epoch),
                 );
                 future::zip(
-                    adopt,
+                    future::zip(adopt, self.healer.run(self.consensus.as_ref(), epoch)),
                     future::zip(
                         self.cleaner.run(epoch, self.config.cleaner_interval),
                         self.heartbeat.run(epoch, self.config.heartbeat_interval),
@@ -276,13 +283,13 @@ impl ConfigNode {
             let procedure = RemoveRegionGroupProcedure::replicas(
                 task.database.clone(),
                 task.region.region,
-                vec![task.target.id],
+                vec![task.target],
             );
             let key = format!("legacy-deletion-{}", task_id.0);
             match self.executor.submit(Box::new(procedure), Some(key)).await {
                 Ok(id) => {
                     tracing::warn!(
-                        task = %task_id, region = %task.region.region, data_node = %task.target.id,
+                        task = %task_id, region = %task.region.region, data_node = %task.target,
                         procedure = %id, "legacy deletion adopted by a removal procedure"
                     );
                     let resolve = ResolveLegacyDeletion { task_id };
@@ -310,6 +317,10 @@ impl ConfigNode {
 
     /// Starts creating database `schema` with its region groups; returns the procedure id.
     /// `request_key` makes a retried request return the same procedure.
+    ///
+    /// Refused up front, recording nothing: no region group at all, more groups than
+    /// [`MAX_REGION_GROUPS`], a replication factor above the running DataNodes, an existing
+    /// name (unless `request_key` submitted its creation: a retry).
     pub async fn create_database(
         &self,
         schema: DatabaseSchema,
@@ -317,24 +328,16 @@ impl ConfigNode {
         data_region_groups: u32,
         request_key: Option<String>,
     ) -> Result<ProcedureId, ConfigNodeError> {
-        for (kind, count) in [
-            (RegionKind::Schema, schema_region_groups),
-            (RegionKind::Data, data_region_groups),
-        ] {
-            if count > MAX_REGION_GROUPS {
-                return Err(ConfigNodeError::Invalid(format!(
-                    "{count} {kind} region groups requested, at most {MAX_REGION_GROUPS}"
-                )));
-            }
+        if let Some(id) = self.submitted_with(&request_key) {
+            return Ok(id);
         }
+        self.admit_groups(&schema, schema_region_groups, data_region_groups)?;
         let name = schema.name.clone();
         let existing = self
             .consensus
             .state()
             .read(|s| s.databases.get(&name).cloned());
-        if let Some(entry) = existing
-            && request_key.is_none()
-        {
+        if let Some(entry) = existing {
             return Err(if entry.deleting {
                 Rejection::DatabaseDeleting(name)
             } else {
@@ -353,6 +356,66 @@ impl ConfigNode {
             .await?)
     }
 
+    /// The procedure a client's `request_key` already submitted, if any (a retried request
+    /// after a lost reply gets the first answer, not a refusal).
+    fn submitted_with(&self, request_key: &Option<String>) -> Option<ProcedureId> {
+        let key = request_key.as_ref()?;
+        self.consensus
+            .state()
+            .read(|s| s.procedure_request_keys.get(key).copied())
+    }
+
+    /// Refuses group counts and replication factors no creation could satisfy now.
+    fn admit_groups(
+        &self,
+        schema: &DatabaseSchema,
+        schema_region_groups: u32,
+        data_region_groups: u32,
+    ) -> Result<(), ConfigNodeError> {
+        if schema_region_groups == 0 && data_region_groups == 0 {
+            return Err(ConfigNodeError::Invalid(
+                "at least one region group (schema or data) is needed".into(),
+            ));
+        }
+        for (kind, count) in [
+            (RegionKind::Schema, schema_region_groups),
+            (RegionKind::Data, data_region_groups),
+        ] {
+            if count > MAX_REGION_GROUPS {
+                return Err(ConfigNodeError::Invalid(format!(
+                    "{count} {kind} region groups requested, at most {MAX_REGION_GROUPS}"
+                )));
+            }
+        }
+        let running = self.consensus.state().read(|s| {
+            s.data_nodes
+                .values()
+                .filter(|n| n.status == crate::state::DataNodeStatus::Running)
+                .count()
+        });
+        for (kind, count, factor) in [
+            (
+                RegionKind::Schema,
+                schema_region_groups,
+                schema.schema_replication_factor,
+            ),
+            (
+                RegionKind::Data,
+                data_region_groups,
+                schema.data_replication_factor,
+            ),
+        ] {
+            if count > 0 && usize::from(factor.get()) > running {
+                return Err(ConfigNodeError::Invalid(format!(
+                    "{kind} replication factor {} needs {} running DataNodes; {running} running",
+                    factor.get(),
+                    factor.get()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Adds region groups to an existing database; returns the procedure id.
     pub async fn create_region_groups(
         &self,
@@ -361,32 +424,41 @@ impl ConfigNode {
         data_region_groups: u32,
     ) -> Result<ProcedureId, ConfigNodeError> {
         // Refuse at once what the procedure would refuse after waiting for the database lock.
-        match self
+        let entry = self
             .consensus
             .state()
-            .read(|s| s.databases.get(&database).map(|d| d.deleting))
-        {
-            None => return Err(Rejection::DatabaseNotFound(database).into()),
-            Some(true) => return Err(Rejection::DatabaseDeleting(database).into()),
-            Some(false) => {}
+            .read(|s| s.databases.get(&database).cloned());
+        match entry {
+            None => Err(Rejection::DatabaseNotFound(database).into()),
+            Some(entry) if entry.deleting => Err(Rejection::DatabaseDeleting(database).into()),
+            Some(entry) => {
+                self.admit_groups(&entry.schema, schema_region_groups, data_region_groups)?;
+                let procedure = CreateRegionGroupsProcedure::new(
+                    database,
+                    schema_region_groups,
+                    data_region_groups,
+                );
+                Ok(self.executor.submit(Box::new(procedure), None).await?)
+            }
         }
-        let procedure =
-            CreateRegionGroupsProcedure::new(database, schema_region_groups, data_region_groups);
-        Ok(self.executor.submit(Box::new(procedure), None).await?)
     }
 
     /// Starts deleting `name`; returns the procedure id at once (follow it with
-    /// [`ConfigNode::wait_procedure`] or [`ConfigNode::get_procedure`]).
+    /// [`ConfigNode::wait_procedure`] or [`ConfigNode::get_procedure`]). An unknown database
+    /// is refused up front, unless `request_key` submitted its deletion (a retry).
     pub async fn delete_database(
         &self,
         name: DatabaseName,
         request_key: Option<String>,
     ) -> Result<ProcedureId, ConfigNodeError> {
+        if let Some(id) = self.submitted_with(&request_key) {
+            return Ok(id);
+        }
         let exists = self
             .consensus
             .state()
             .read(|s| s.databases.contains_key(&name));
-        if !exists && request_key.is_none() {
+        if !exists {
             return Err(Rejection::DatabaseNotFound(name).into());
         }
         let procedure = DeleteDatabaseProcedure::new(name);
@@ -482,5 +554,11 @@ impl ConfigNode {
     /// The consensus handle.
     pub fn consensus(&self) -> &Arc<dyn Consensus> {
         &self.consensus
+    }
+
+    /// Resolves once this node's consensus failed for good (a poisoned log): the node has
+    /// stepped down and its process should exit non-zero so a supervisor restarts it.
+    pub async fn failed(&self) -> crate::consensus::ConsensusError {
+        self.consensus.failed().await
     }
 }

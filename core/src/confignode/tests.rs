@@ -9,6 +9,7 @@ use smol::Executor;
 
 use super::cleaner::RegionCleaner;
 use super::clients::DataNodeClients;
+use super::fence::EpochHealer;
 use super::heartbeat::HeartbeatMonitor;
 use super::inflight::InflightCreates;
 use crate::api::DataNodeApi;
@@ -204,6 +205,7 @@ fn cleaner(rig: &Rig) -> RegionCleaner {
         rig.nodes.clone(),
         rig.runtime.clone(),
         Arc::new(InflightCreates::default()),
+        Arc::new(EpochHealer::new()),
         BackoffPolicy {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(8),
@@ -270,6 +272,7 @@ fn heartbeats_mark_a_silent_datanode_unknown_and_running_again() {
             rig.consensus.clone() as Arc<dyn Consensus>,
             rig.nodes.clone(),
             rig.runtime.clone(),
+            Arc::new(EpochHealer::new()),
             2,
         );
         let status = |rig: &Rig| {

@@ -11,6 +11,12 @@
 //! Durability order: a raised epoch is journaled before the request that carried it acts; a
 //! task is journaled as accepted before it starts and before `Accepted` is returned; a
 //! terminal status is visible to `task_result` only once its record is journaled.
+//!
+//! A journal that failed once is poisoned until reopened, so a failed journal write stops
+//! the node: it halts (every call answers `Unreachable`, which callers wait out), logs one
+//! ERROR line, and [`DataNode::wait_failed`] tells the embedding process to exit so that a
+//! supervisor restarts it. The restart reopens the journal and resumes every task journaled
+//! as accepted but not finished.
 
 mod fencing;
 mod guard;
@@ -23,7 +29,7 @@ mod tasks;
 mod tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use event_listener::Event;
@@ -50,8 +56,6 @@ pub struct DataNodeConfig {
     /// The journal is compacted once it holds more than this many records and at least
     /// twice as many as the live tasks need.
     pub compact_threshold: usize,
-    /// Longest pause between attempts to journal a finished task's result.
-    pub max_finish_retry_backoff: Duration,
 }
 
 impl Default for DataNodeConfig {
@@ -60,7 +64,6 @@ impl Default for DataNodeConfig {
             max_retained_results: 10_000,
             result_retention: Some(Duration::from_secs(24 * 60 * 60)),
             compact_threshold: 1024,
-            max_finish_retry_backoff: Duration::from_secs(5),
         }
     }
 }
@@ -75,6 +78,10 @@ pub enum DataNodeError {
     /// operator must look at it.
     #[error("task journal: {0}")]
     Journal(#[from] ReplayError),
+    /// A journal write failed and poisoned the journal: the node halted. Opening it again
+    /// (a process restart) reopens the journal and resumes unfinished tasks.
+    #[error("task journal write failed; the DataNode halted and must be restarted: {0}")]
+    JournalFailed(StorageError),
 }
 
 impl DataNodeError {
@@ -83,6 +90,8 @@ impl DataNodeError {
         match self {
             DataNodeError::Storage(error) => error.is_retryable(),
             DataNodeError::Journal(_) => false,
+            // Reopening the journal is exactly what clears its poisoning.
+            DataNodeError::JournalFailed(_) => true,
         }
     }
 }
@@ -125,7 +134,10 @@ pub(crate) struct Inner {
     /// Notified whenever a task turns terminal (long-polls wait on it).
     task_changed: Event,
     halted: AtomicBool,
+    /// Notified on halt, deliberate or after a failure.
     halt: Event,
+    /// The journal failure that halted the node, if one did.
+    failure: OnceLock<StorageError>,
     /// This node's id once the ConfigNode assigned it (for log lines).
     id: std::sync::OnceLock<crate::model::DataNodeId>,
 }
@@ -153,11 +165,15 @@ impl DataNode {
             task_changed: Event::new(),
             halted: AtomicBool::new(false),
             halt: Event::new(),
-            id: std::sync::OnceLock::new(),
+            failure: OnceLock::new(),
+            id: OnceLock::new(),
         });
         {
             let mut writer = inner.writer.lock().await;
             inner.enforce_retention(&mut writer).await;
+        }
+        if let Some(error) = inner.failure.get() {
+            return Err(DataNodeError::JournalFailed(error.clone()));
         }
         let unfinished = inner.table().running();
         for (task_id, kind) in unfinished {
@@ -174,9 +190,23 @@ impl DataNode {
     /// journaling nothing, as a crash would. A DataNode opened again over the same stores
     /// resumes what was unfinished. Tests use it to simulate a process kill.
     pub fn halt(&self) {
-        self.inner.halted.store(true, Ordering::SeqCst);
-        self.inner.halt.notify(usize::MAX);
-        self.inner.task_changed.notify(usize::MAX);
+        self.inner.halt();
+    }
+
+    /// Resolves once a journal failure has halted this node, with that failure. The
+    /// embedding process should then exit (non-zero) so that a restart reopens the journal.
+    /// A deliberate [`DataNode::halt`] does not resolve it.
+    pub async fn wait_failed(&self) -> DataNodeError {
+        loop {
+            if let Some(error) = self.inner.failure.get() {
+                return DataNodeError::JournalFailed(error.clone());
+            }
+            let listener = self.inner.halt.listen();
+            if let Some(error) = self.inner.failure.get() {
+                return DataNodeError::JournalFailed(error.clone());
+            }
+            listener.await;
+        }
     }
 
     /// Records the id the ConfigNode registered this node under; task log lines carry it
@@ -224,11 +254,50 @@ impl Inner {
         self.halted.load(Ordering::SeqCst)
     }
 
+    fn halt(&self) {
+        self.halted.store(true, Ordering::SeqCst);
+        self.halt.notify(usize::MAX);
+        self.task_changed.notify(usize::MAX);
+    }
+
+    /// Halts the node because its journal failed (`error`), once; logs it at ERROR.
+    fn fail(&self, error: StorageError) {
+        if self.failure.set(error.clone()).is_ok() {
+            tracing::error!(data_node = %self.id_label(), %error,
+                "task journal write failed; DataNode halted until restarted");
+        }
+        self.halt();
+    }
+
+    /// `Unreachable` while halted: callers wait and retry, and reach the restarted node.
     fn ensure_running(&self) -> Result<(), ApiError> {
         if self.is_halted() {
-            return Err(ApiError::Unreachable("datanode halted".into()));
+            return Err(self.halted_error());
         }
         Ok(())
+    }
+
+    fn halted_error(&self) -> ApiError {
+        ApiError::Unreachable(match self.failure.get() {
+            Some(error) => format!("datanode halted: task journal failed: {error}"),
+            None => "datanode halted".into(),
+        })
+    }
+
+    /// Durably appends `record`, or halts the node: a journal that failed once is poisoned
+    /// until reopened, and whether the failed record reached the disk is unknown, so nothing
+    /// may act on it here. A restart settles it from what the journal holds.
+    async fn journal(
+        &self,
+        writer: &mut JournalWriter,
+        record: &JournalRecord,
+    ) -> Result<(), ApiError> {
+        // Halted means "as if crashed": nothing more is journaled.
+        self.ensure_running()?;
+        writer.append(record).await.map_err(|error| {
+            self.fail(error);
+            self.halted_error()
+        })
     }
 
     /// Resolves once [`DataNode::halt`] has been called.
@@ -272,10 +341,8 @@ impl Inner {
             EpochCheck::Newer => {
                 // Journal the raise first: after a restart a deposed leader must still be
                 // refused.
-                writer
-                    .append(&JournalRecord::EpochSeen { epoch })
-                    .await
-                    .map_err(service::storage_error)?;
+                self.journal(writer, &JournalRecord::EpochSeen { epoch })
+                    .await?;
                 self.fence.raise(epoch);
                 tracing::info!(epoch = %epoch, "datanode saw a new leader epoch");
                 Ok(())
@@ -284,7 +351,8 @@ impl Inner {
     }
 
     /// Evicts terminal results beyond the retention bound, then compacts the journal if it
-    /// has grown. Failures leave the journal as it was (still correct) and are logged.
+    /// has grown. A compaction that fails before replacing anything is logged and tried
+    /// again later (the journal is still correct); any other journal failure halts the node.
     async fn enforce_retention(&self, writer: &mut JournalWriter) {
         let evict = self.table().over_retention(
             self.rt.clock.now_ms(),
@@ -296,9 +364,8 @@ impl Inner {
                 task_id,
                 reason: ForgetReason::Evicted,
             };
-            if let Err(error) = writer.append(&record).await {
-                tracing::warn!(task_id = %task_id, %error, "could not journal a result eviction");
-                break;
+            if self.journal(writer, &record).await.is_err() {
+                return;
             }
             self.table().remove(task_id);
             tracing::info!(task_id = %task_id, "evicted unacked task result (retention bound)");
@@ -307,10 +374,14 @@ impl Inner {
             let table = self.table();
             1 + table.len() + table.terminal_len()
         };
-        if writer.wants_compaction(live, self.config.compact_threshold) {
+        if !self.is_halted() && writer.wants_compaction(live, self.config.compact_threshold) {
             let records = self.table().compacted_records(self.fence.highest());
-            if let Err(error) = writer.rewrite(records).await {
-                tracing::warn!(%error, "task journal compaction failed; will retry later");
+            match writer.rewrite(records).await {
+                Ok(()) => {}
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(%error, "task journal compaction failed; will retry later");
+                }
+                Err(error) => self.fail(error),
             }
         }
     }

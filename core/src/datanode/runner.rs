@@ -2,7 +2,6 @@
 //! against the region store, journals the outcome, then publishes it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::Inner;
 use super::guard::RegionTicket;
@@ -10,9 +9,6 @@ use super::journal::JournalRecord;
 use crate::api::{MaintainTaskKind, TaskStatus};
 use crate::model::TaskId;
 use crate::storage::{RegionStore, StorageError};
-
-/// First pause before retrying a failed journal write of a result.
-const FIRST_FINISH_RETRY: Duration = Duration::from_millis(50);
 
 /// Runs `task_id` in the background once `ticket`'s turn comes. Halting the DataNode stops
 /// it at its next await point.
@@ -28,7 +24,8 @@ pub(crate) fn spawn_task(
         &name,
         Box::pin(async move {
             let work = run_task(&inner, task_id, kind, ticket);
-            futures_lite::future::or(work, inner.wait_halt()).await;
+            // The halt is polled first, so a halted node runs no further step of the task.
+            futures_lite::future::or(inner.wait_halt(), work).await;
         }),
     );
 }
@@ -67,9 +64,10 @@ async fn execute(store: &dyn RegionStore, kind: &MaintainTaskKind) -> TaskStatus
     }
 }
 
-/// Journals the terminal `status`, retrying with backoff until it is durable, then makes it
-/// visible. A result is never reported before it is durable: a restart in between resumes
-/// the task instead of forgetting its outcome.
+/// Journals the terminal `status`, then makes it visible. A result is never reported before
+/// it is durable: if the journal write fails the node halts without publishing it, and the
+/// restarted node resumes the task (journaled as accepted, not finished) and runs it again;
+/// every maintain kind is idempotent.
 async fn record_finish(
     inner: &Inner,
     task_id: TaskId,
@@ -78,39 +76,27 @@ async fn record_finish(
     duration_ms: u64,
 ) {
     let record = JournalRecord::finished(task_id, &status, duration_ms);
-    let mut backoff = FIRST_FINISH_RETRY;
-    loop {
-        let mut writer = inner.writer.lock().await;
-        match writer.append(&record).await {
-            Ok(()) => {
-                inner
-                    .table()
-                    .finish(task_id, status.clone(), inner.rt.clock.now_ms());
-                inner.task_changed.notify(usize::MAX);
-                let (outcome, reason) = match &status {
-                    TaskStatus::Fail(reason) => ("fail", reason.as_str()),
-                    _ => ("success", ""),
-                };
-                tracing::info!(
-                    data_node = %inner.id_label(),
-                    task_id = %task_id,
-                    region = %kind.region(),
-                    kind = kind.name(),
-                    outcome,
-                    reason,
-                    duration_ms,
-                    "maintain task finished"
-                );
-                inner.enforce_retention(&mut writer).await;
-                return;
-            }
-            Err(error) => {
-                drop(writer);
-                tracing::warn!(task_id = %task_id, %error, retry_in = ?backoff,
-                    "could not journal a task result; retrying");
-                inner.rt.clock.sleep(backoff).await;
-                backoff = (backoff * 2).min(inner.config.max_finish_retry_backoff);
-            }
-        }
+    let mut writer = inner.writer.lock().await;
+    if inner.journal(&mut writer, &record).await.is_err() {
+        return;
     }
+    inner
+        .table()
+        .finish(task_id, status.clone(), inner.rt.clock.now_ms());
+    inner.task_changed.notify(usize::MAX);
+    let (outcome, reason) = match &status {
+        TaskStatus::Fail(reason) => ("fail", reason.as_str()),
+        _ => ("success", ""),
+    };
+    tracing::info!(
+        data_node = %inner.id_label(),
+        task_id = %task_id,
+        region = %kind.region(),
+        kind = kind.name(),
+        outcome,
+        reason,
+        duration_ms,
+        "maintain task finished"
+    );
+    inner.enforce_retention(&mut writer).await;
 }

@@ -18,7 +18,7 @@ use crate::storage::{RegionConfig, StorageError};
 /// Maps a storage failure to what the caller sees. A conflicting or missing region is a
 /// refusal (retrying the same call cannot help); anything else is a remote failure whose
 /// retryability is the storage error's.
-pub(crate) fn storage_error(error: StorageError) -> ApiError {
+fn storage_error(error: StorageError) -> ApiError {
     match error {
         StorageError::RegionConflict { .. } | StorageError::RegionNotFound(_) => {
             ApiError::Refused(error.to_string())
@@ -91,8 +91,9 @@ impl DataNodeApi for DataNode {
     }
 
     /// Accepts a task once it is journaled; a resubmitted id is accepted and runs nothing.
-    /// Abort: stale epoch, the id used for a different task (`Rejected`). Retry: the
-    /// journal write failed (nothing was accepted).
+    /// Abort: stale epoch, the id used for a different task (`Rejected`). Retry
+    /// (`Unreachable`): the journal write failed and halted the node; the restarted node
+    /// holds the task or not, and a resubmit of the same id settles it either way.
     async fn submit_task(
         &self,
         epoch: Epoch,
@@ -116,13 +117,11 @@ impl DataNodeApi for DataNode {
             Admission::New => {}
         }
         // Journal before starting and before answering: an Accepted task survives a crash.
-        writer
-            .append(&JournalRecord::TaskAccepted {
-                task_id: task.task_id,
-                kind: StoredTaskKind::from(&task.kind),
-            })
-            .await
-            .map_err(storage_error)?;
+        let accepted = JournalRecord::TaskAccepted {
+            task_id: task.task_id,
+            kind: StoredTaskKind::from(&task.kind),
+        };
+        inner.journal(&mut writer, &accepted).await?;
         // Queue on the region now, so a create issued after Accepted runs after this task.
         let ticket = inner.guards.ticket(task.kind.region());
         inner
@@ -176,13 +175,11 @@ impl DataNodeApi for DataNode {
                 "{task_id} is still running; only a terminal task can be acked"
             ))),
             AckFound::Terminal => {
-                writer
-                    .append(&JournalRecord::TaskForgotten {
-                        task_id,
-                        reason: ForgetReason::Acked,
-                    })
-                    .await
-                    .map_err(storage_error)?;
+                let forgotten = JournalRecord::TaskForgotten {
+                    task_id,
+                    reason: ForgetReason::Acked,
+                };
+                inner.journal(&mut writer, &forgotten).await?;
                 inner.table().remove(task_id);
                 inner.enforce_retention(&mut writer).await;
                 Ok(())

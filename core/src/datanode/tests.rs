@@ -17,7 +17,7 @@ use crate::api::{
 use crate::model::{DataNodeId, DatabaseName, Epoch, RegionId, RegionKind, TaskId};
 use crate::runtime::{BoxFuture, Clock, ManualClock, Runtime, SeededRng, Spawner};
 use crate::storage::faulty::{FaultyRegionStore, FaultyTaskJournal, StoreOp};
-use crate::storage::{MemRegionStore, MemTaskJournal, RegionStore, TaskJournal};
+use crate::storage::{MemRegionStore, MemTaskJournal, RegionStore, StorageError, TaskJournal};
 
 const E1: Epoch = Epoch(1);
 
@@ -68,7 +68,8 @@ impl Harness {
         DataNode::open(
             self.runtime(),
             Arc::new(self.store.clone()),
-            Arc::new(self.faulty_journal.clone()),
+            // Each open is a fresh handle: a poisoned one stays with the node it failed.
+            Arc::new(self.faulty_journal.reopen()),
             config,
         )
         .await
@@ -393,32 +394,45 @@ fn stale_epoch_is_rejected_and_the_fence_survives_a_restart() {
 }
 
 #[test]
-fn journal_failure_on_submit_accepts_nothing_and_raises_no_epoch() {
+fn journal_failure_on_submit_accepts_nothing_raises_no_epoch_and_halts_the_node() {
     let h = Harness::new();
     h.run(async {
         let node = h.open().await;
         h.faulty_journal.fail_next_appends(1);
         let outcome = node.submit_task(Epoch(3), delete_task(1, 1)).await;
         assert!(
-            matches!(&outcome, Err(error) if error.is_retryable()),
-            "{outcome:?}"
+            matches!(&outcome, Err(ApiError::Unreachable(_))),
+            "callers wait out a failed node: {outcome:?}"
         );
-        // The raise could not be journaled, so it did not happen.
+        // The raise could not be journaled, so it did not happen; the node serves nothing.
         assert_eq!(node.highest_epoch(), Epoch(0));
-        assert!(node.heartbeat(Epoch(3)).await.is_ok());
-        assert_eq!(node.highest_epoch(), Epoch(3));
-        // Now the acceptance record fails: nothing is accepted and nothing runs.
+        assert!(matches!(
+            node.heartbeat(Epoch(3)).await,
+            Err(ApiError::Unreachable(_))
+        ));
+        assert!(matches!(
+            node.wait_failed().await,
+            DataNodeError::JournalFailed(StorageError::Unavailable(_))
+        ));
+
+        // The restart reopens the journal. Now the acceptance record fails.
+        let restarted = h.open().await;
+        assert_eq!(restarted.highest_epoch(), Epoch(0));
+        assert!(restarted.heartbeat(Epoch(3)).await.is_ok());
         h.faulty_journal.fail_next_appends(1);
-        let outcome = node.submit_task(Epoch(3), delete_task(1, 1)).await;
+        let outcome = restarted.submit_task(Epoch(3), delete_task(1, 1)).await;
         assert!(
-            matches!(&outcome, Err(error) if error.is_retryable()),
+            matches!(&outcome, Err(ApiError::Unreachable(_))),
             "{outcome:?}"
         );
         settle().await;
-        assert_eq!(status(&node, 1).await, TaskStatus::NotExist);
-        assert_eq!(h.store.delete_calls(region(1)), 0);
+        assert_eq!(h.store.delete_calls(region(1)), 0, "nothing ran");
+
+        let again = h.open().await;
+        assert_eq!(again.highest_epoch(), Epoch(3));
+        assert_eq!(status(&again, 1).await, TaskStatus::NotExist);
         assert_eq!(
-            node.task_counts(),
+            again.task_counts(),
             TaskCounts {
                 running: 0,
                 terminal: 0
@@ -426,35 +440,195 @@ fn journal_failure_on_submit_accepts_nothing_and_raises_no_epoch() {
         );
         // The same id resubmitted runs.
         assert_eq!(
-            node.submit_task(Epoch(3), delete_task(1, 1)).await,
+            again.submit_task(Epoch(3), delete_task(1, 1)).await,
             Ok(SubmitOutcome::Accepted)
         );
-        assert_eq!(finished(&node, 1).await, TaskStatus::Success);
+        assert_eq!(finished(&again, 1).await, TaskStatus::Success);
     });
 }
 
+/// How many `TaskFinished` records the journal holds for `task`.
+async fn finished_records(journal: &MemTaskJournal, task: u64) -> usize {
+    let records = journal.load().await.expect("load");
+    records
+        .iter()
+        .map(|bytes| JournalRecord::decode(bytes).expect("decodes"))
+        .filter(|record| {
+            matches!(record, JournalRecord::TaskFinished { task_id, .. } if *task_id == TaskId(task))
+        })
+        .count()
+}
+
 #[test]
-fn result_is_reported_only_once_its_journal_record_is_durable() {
+fn failed_result_append_halts_the_node_without_reporting_the_result() {
     let h = Harness::new();
     h.run(async {
         let node = h.open().await;
+        create_with_data(&node, 1, 100).await;
         h.store.hold_deletes();
         submit(&node, delete_task(1, 1)).await;
         until("the delete to reach the store", || {
             h.store.held_deletes() == 1
         })
         .await;
+        let poll = {
+            let node = node.clone();
+            h.spawn(async move {
+                node.task_result(TaskId(1), Some(Duration::from_secs(60)))
+                    .await
+            })
+        };
         h.faulty_journal.fail_next_appends(1);
         h.store.release_deletes();
-        until("the runner to back off", || {
-            h.clock.next_deadline().is_some()
+        assert!(matches!(
+            node.wait_failed().await,
+            DataNodeError::JournalFailed(_)
+        ));
+        // The deletion ran but its result is not durable: nobody is told it finished.
+        assert_eq!(h.store.deletions_executed(region(1)), 1);
+        let polled = poll.await;
+        assert!(
+            matches!(polled, Err(ApiError::Unreachable(_))),
+            "{polled:?}"
+        );
+        let now = node.task_result(TaskId(1), None).await;
+        assert!(matches!(now, Err(ApiError::Unreachable(_))), "{now:?}");
+        let submitted = node.submit_task(E1, delete_task(2, 2)).await;
+        assert!(
+            matches!(submitted, Err(ApiError::Unreachable(_))),
+            "{submitted:?}"
+        );
+        assert_eq!(finished_records(&h.journal, 1).await, 0);
+
+        // The restart resumes the task (journaled as accepted, not finished); the deletion
+        // runs again, finds nothing, and the result is journaled and reported once.
+        let restarted = h.open().await;
+        assert_eq!(finished(&restarted, 1).await, TaskStatus::Success);
+        assert_eq!(h.store.deletions_executed(region(1)), 2);
+        assert_eq!(h.mem.size(region(1)).await, Ok(None));
+        assert_eq!(finished_records(&h.journal, 1).await, 1);
+    });
+}
+
+#[test]
+fn journal_failure_stops_a_running_deletion_and_the_reopened_node_runs_it_exactly_once() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        create_with_data(&node, 1, 100).await;
+        h.store.hold_deletes();
+        submit(&node, delete_task(1, 1)).await;
+        until("the delete to reach the store", || {
+            h.store.held_deletes() == 1
         })
         .await;
-        assert_eq!(status(&node, 1).await, TaskStatus::Processing);
-        h.clock.advance_to_next_deadline();
-        assert_eq!(finished(&node, 1).await, TaskStatus::Success);
+        // A new leader's epoch cannot be journaled while the deletion waits.
+        h.faulty_journal.fail_next_appends(1);
+        let heartbeat = node.heartbeat(Epoch(2)).await;
+        assert!(
+            matches!(heartbeat, Err(ApiError::Unreachable(_))),
+            "{heartbeat:?}"
+        );
+        assert!(matches!(
+            node.wait_failed().await,
+            DataNodeError::JournalFailed(_)
+        ));
+        until("the halted task to stop", || h.store.held_deletes() == 0).await;
+        assert_eq!(h.store.deletions_executed(region(1)), 0);
+        assert_eq!(h.mem.size(region(1)).await, Ok(Some(100)));
+
+        let restarted = h.open().await;
+        assert_eq!(restarted.highest_epoch(), E1);
+        assert_eq!(status(&restarted, 1).await, TaskStatus::Processing);
+        until("the resumed delete to reach the store", || {
+            h.store.held_deletes() == 1
+        })
+        .await;
+        h.store.release_deletes();
+        assert_eq!(finished(&restarted, 1).await, TaskStatus::Success);
+        assert_eq!(h.store.deletions_executed(region(1)), 1);
+        assert_eq!(h.mem.size(region(1)).await, Ok(None));
+        assert_eq!(finished_records(&h.journal, 1).await, 1);
+    });
+}
+
+#[test]
+fn a_halted_node_does_not_resolve_wait_failed() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
         node.halt();
-        assert_eq!(status(&h.open().await, 1).await, TaskStatus::Success);
+        assert!(
+            future::poll_once(node.wait_failed()).await.is_none(),
+            "a deliberate halt is not a failure"
+        );
+    });
+}
+
+#[test]
+fn compaction_failing_before_replacing_the_journal_is_retried_later() {
+    let h = Harness::new();
+    h.run(async {
+        let config = DataNodeConfig {
+            compact_threshold: 8,
+            ..DataNodeConfig::default()
+        };
+        let node = h.open_with(config).await;
+        h.faulty_journal.fail_next_rewrites(1);
+        for task in 1..=30 {
+            submit(&node, delete_task(task, task as u32)).await;
+            finished(&node, task).await;
+            node.ack_task(E1, TaskId(task)).await.expect("ack");
+        }
+        assert!(future::poll_once(node.wait_failed()).await.is_none());
+        assert!(
+            h.journal.len() <= 16,
+            "a later compaction ran: {} records",
+            h.journal.len()
+        );
+    });
+}
+
+/// Submits `task`, waits for its result and acks it; the first error ends it.
+async fn submit_finish_ack(node: &DataNode, task: u64) -> Result<(), ApiError> {
+    node.submit_task(E1, delete_task(task, task as u32)).await?;
+    for _ in 0..100_000 {
+        if node.task_result(TaskId(task), None).await?.is_terminal() {
+            return node.ack_task(E1, TaskId(task)).await;
+        }
+        future::yield_now().await;
+    }
+    panic!("task-{task} never finished");
+}
+
+#[test]
+fn compaction_failing_after_replacing_the_journal_halts_the_node() {
+    let h = Harness::new();
+    h.run(async {
+        let config = DataNodeConfig {
+            compact_threshold: 8,
+            ..DataNodeConfig::default()
+        };
+        let node = h.open_with(config.clone()).await;
+        h.faulty_journal.fail_next_rewrites_after_replace(1);
+        let mut acked = 0;
+        let error = loop {
+            assert!(acked < 30, "the compaction never ran");
+            match submit_finish_ack(&node, acked + 1).await {
+                Ok(()) => acked += 1,
+                Err(error) => break error,
+            }
+        };
+        assert!(matches!(error, ApiError::Unreachable(_)), "{error:?}");
+        assert!(future::poll_once(node.wait_failed()).await.is_some());
+
+        let restarted = h.open_with(config).await;
+        assert_eq!(restarted.highest_epoch(), E1);
+        for task in 1..=acked {
+            assert_eq!(status(&restarted, task).await, TaskStatus::NotExist);
+        }
+        submit(&restarted, delete_task(100, 100)).await;
+        assert_eq!(finished(&restarted, 100).await, TaskStatus::Success);
     });
 }
 

@@ -197,6 +197,15 @@ pub enum ProcedureError {
     /// The environment does not hold the type a procedure asked for.
     #[error("environment lacks {0}")]
     MissingEnvironment(&'static str),
+    /// A peer has seen a newer leader epoch than this executor's: this leader is deposed or
+    /// fenced. The session stops; the ConfigNode claims a higher epoch or steps down.
+    #[error("{peer} has seen epoch {seen}, above this leader's")]
+    StaleLeader {
+        /// The peer that refused, in words (e.g. `dn-2`).
+        peer: String,
+        /// The highest epoch it has seen.
+        seen: crate::model::Epoch,
+    },
 }
 
 impl ProcedureError {
@@ -214,14 +223,17 @@ impl ProcedureError {
             | ProcedureError::UnknownProcedure(_)
             | ProcedureError::NotLeader
             | ProcedureError::Stopped
-            | ProcedureError::MissingEnvironment(_) => false,
+            | ProcedureError::MissingEnvironment(_)
+            | ProcedureError::StaleLeader { .. } => false,
         }
     }
 
     /// Whether the error means the executor must stop (it no longer leads or was stopped).
     pub fn is_stop(&self) -> bool {
         match self {
-            ProcedureError::Stopped | ProcedureError::NotLeader => true,
+            ProcedureError::Stopped
+            | ProcedureError::NotLeader
+            | ProcedureError::StaleLeader { .. } => true,
             ProcedureError::Consensus(e) => e.is_leadership_loss() || e.is_fatal(),
             _ => false,
         }

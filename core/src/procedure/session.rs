@@ -262,6 +262,7 @@ impl SessionCore {
             Ready,
             Sleep(Duration),
             Suspended,
+            Finished(Option<ProcedureId>),
             Nothing,
         }
         let now = self.now();
@@ -296,13 +297,22 @@ impl SessionCore {
                         Next::Suspended
                     }
                 }
-                _ => Next::Nothing,
+                ProcedureStatus::Succeeded
+                | ProcedureStatus::Failed
+                | ProcedureStatus::RolledBack => Next::Finished(record.parent),
             }
         });
         match next {
             Next::Ready => self.make_ready(id),
             Next::Sleep(delay) => self.sleep_then_ready(id, delay),
             Next::Suspended => self.set_phase(id, Phase::Suspended),
+            // Finished by a commit this session did not see succeed (its outcome was
+            // unknown): run the finish path once, so locks are released and the parent woken.
+            Next::Finished(parent) => {
+                if self.lock().entries.contains_key(&id) {
+                    self.finish(id, parent);
+                }
+            }
             Next::Nothing => {}
         }
     }
@@ -421,6 +431,13 @@ impl SessionCore {
         }
     }
 
+    /// Drops the live instance of `id`, so its next step starts from the committed record.
+    pub(crate) fn forget_instance(&self, id: ProcedureId) {
+        if let Some(entry) = self.lock().entries.get_mut(&id) {
+            entry.instance = None;
+        }
+    }
+
     pub(crate) fn put_instance(&self, id: ProcedureId, instance: Box<dyn Procedure>) {
         if let Some(entry) = self.lock().entries.get_mut(&id) {
             entry.instance = Some(instance);
@@ -448,6 +465,7 @@ impl SessionCore {
             return;
         };
         if record.status.is_finished() {
+            self.schedule(id);
             return;
         }
         let mut instance = match self.take_instance(&record) {

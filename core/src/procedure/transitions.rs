@@ -220,12 +220,13 @@ impl SessionCore {
                     Then::Finish => self.finish(id, parent),
                 }
             }
-            Ok(Err(Rejection::ProcedureVersionMismatch { .. })) => {
+            Ok(Err(
+                Rejection::ProcedureVersionMismatch { .. } | Rejection::ProcedureFinished(_),
+            )) => {
                 // An earlier commit whose outcome we did not learn has landed: continue from
-                // what is committed.
+                // what is committed (for a finished record: its finish path).
                 tracing::warn!(procedure = %id, "record moved on; resuming from the log");
-                self.sync_from_state();
-                self.schedule(id);
+                self.resume_from_committed(id);
             }
             Ok(Err(rejection)) => {
                 tracing::error!(procedure = %id, error = %rejection, "transition refused");
@@ -240,13 +241,19 @@ impl SessionCore {
                         self.sleep_then_ready(id, delay);
                     }
                 } else {
-                    // A failed commit is an error of the step: retried from the log.
-                    let record = self
+                    let committed = self
                         .shared
                         .consensus
                         .state()
                         .read(|s| s.procedures.get(&id).cloned())
-                        .unwrap_or(record);
+                        .unwrap_or_else(|| record.clone());
+                    if committed.version != record.version || committed.status.is_finished() {
+                        // The commit (or another) landed although we saw an error: carry on
+                        // from what is committed, never from the failure.
+                        return self.resume_from_committed(id);
+                    }
+                    // A failed commit is an error of the step: retried from the log.
+                    let record = committed;
                     match self.shared.registry.decode(record.type_code, &record.data) {
                         Ok(fresh) => {
                             let rolling_back = record.status == ProcedureStatus::RollingBack;
@@ -257,6 +264,17 @@ impl SessionCore {
                 }
             }
         }
+    }
+}
+
+impl SessionCore {
+    /// Continues `id` from its committed record: reloads what the log holds (children a
+    /// landed spawn created) and schedules it; a finished record runs the finish path.
+    fn resume_from_committed(self: &Arc<Self>, id: crate::model::ProcedureId) {
+        // The live instance may be ahead of (or behind) the log: rebuild from the record.
+        self.forget_instance(id);
+        self.sync_from_state();
+        self.schedule(id);
     }
 }
 

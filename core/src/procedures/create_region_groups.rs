@@ -1,16 +1,25 @@
 //! [`CreateRegionGroupsProcedure`]: create a database's region groups.
 //!
-//! Ids are reserved and replicas placed first (persisted), then every replica is created by a
-//! synchronous, idempotent `create_region`. Per group: every replica created → serving; a
-//! quorum → serving, plus one durable create task per missing replica in the region-maintain
-//! queue (the leader's region cleaner retries it until the replica exists); no quorum → one
-//! child [`RemoveRegionGroupProcedure`] tears down every intended replica (a create that
-//! timed out may still have happened) and the group is never published.
+//! Ids are reserved and replicas placed first (persisted); every group's footprint is
+//! recorded before any create leaves; then every replica is created by a synchronous,
+//! idempotent `create_region`, a transient failure retried within
+//! [`LifecycleConfig::create_retry_window`](super::LifecycleConfig). Per group: every replica
+//! created → serving; a quorum → serving, plus one durable create task per missing replica in
+//! the region-maintain queue (the leader's region cleaner retries it until the replica
+//! exists); no quorum → one child [`RemoveRegionGroupProcedure`] deletes the group's whole
+//! footprint (a create that timed out may still have happened) and the group is never
+//! published. A group once published is never torn down by its creation: a re-run Publish
+//! finds it published (and maybe completed by the cleaner since) and leaves it alone.
+//!
+//! A creation that fails before publishing anything leaves nothing behind: the groups are
+//! torn down and a database it created is dropped, under its exclusive database lock.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::api::CreateRegionRequest;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::api::{ApiError, CreateRegionRequest};
 use crate::coded_enum;
 use crate::model::{
     DataNodeId, DatabaseName, DatabaseSchema, RegionId, RegionKind, RegionReplicaSet,
@@ -18,18 +27,16 @@ use crate::model::{
 use crate::placement::place_groups;
 use crate::plan::{
     ConfigPlan, CreateDatabase, CreateRegionGroups, DeleteDatabase, NewRegionMaintainTask,
-    OfferRegionMaintainTasks, PreDeleteDatabase, ReserveRegionIds,
+    OfferRegionMaintainTasks, PreDeleteDatabase, RecordReplicaFootprints, ReserveRegionIds,
 };
 use crate::procedure::{
     Procedure, ProcedureContext, ProcedureError, ProcedureType, StateId, Step, decode_data,
     encode_data,
 };
 use crate::runtime::BoxFuture;
-use crate::state::{
-    Applied, LockKey, LockMode, LockResource, ProcedureStatus, RegionMaintainKind, Rejection,
-};
+use crate::state::{Applied, LockKey, LockMode, LockResource, RegionMaintainKind, Rejection};
 
-use super::env::RegionEnv;
+use super::env::{RegionEnv, first_failed_child};
 use super::{CREATE_REGION_GROUPS, RemoveRegionGroupProcedure};
 
 coded_enum! {
@@ -79,6 +86,10 @@ pub struct CreateRegionGroupsData {
     /// The schema of a database this procedure creates first, if any.
     #[serde(default)]
     pub new_database: Option<DatabaseSchema>,
+    /// Why the creation failed before publishing, if it did (`Finish` reports it, after the
+    /// clean-up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// What a finished creation reports.
@@ -91,7 +102,7 @@ pub struct CreateRegionGroupsOutput {
 }
 
 /// One replica create's result: group index, DataNode, outcome.
-type CreateCall = (usize, DataNodeId, Result<(), String>);
+type CreateCall = (usize, DataNodeId, Result<(), ApiError>);
 
 /// Creates region groups for a database. See the module docs.
 #[derive(Debug, Clone)]
@@ -111,6 +122,7 @@ impl CreateRegionGroupsProcedure {
                 groups: Vec::new(),
                 torn_down: Vec::new(),
                 new_database: None,
+                failure: None,
             },
         }
     }
@@ -121,6 +133,18 @@ impl CreateRegionGroupsProcedure {
         procedure.data.state = CreateRegionGroupsState::CreateDatabase;
         procedure.data.new_database = Some(schema);
         procedure
+    }
+
+    /// The persistent data.
+    pub fn data(&self) -> &CreateRegionGroupsData {
+        &self.data
+    }
+
+    /// Ends the creation with `reason` after `Finish` has cleaned up.
+    fn fail(&mut self, reason: String) -> Step {
+        self.data.failure = Some(reason);
+        self.data.state = CreateRegionGroupsState::Finish;
+        Step::Continue
     }
 
     /// Abort: a database of that name exists (created by someone else).
@@ -140,13 +164,17 @@ impl CreateRegionGroupsProcedure {
         Ok(Step::Continue)
     }
 
-    /// The persistent data.
-    pub fn data(&self) -> &CreateRegionGroupsData {
-        &self.data
+    /// Retry: commit failures. Fail (to `Finish`, which cleans up): database missing or
+    /// being deleted, not enough running DataNodes, ids refused.
+    async fn prepare(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
+        match self.place_and_reserve(ctx).await {
+            Ok(step) => Ok(step),
+            Err(e) if e.is_retryable() || e.is_stop() => Err(e),
+            Err(e) => Ok(self.fail(e.to_string())),
+        }
     }
 
-    /// Abort: database missing or being deleted, not enough running DataNodes.
-    async fn prepare(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
+    async fn place_and_reserve(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
         let database = self.data.database.clone();
         let (schema, deleting) = ctx
             .state()
@@ -213,42 +241,61 @@ impl CreateRegionGroupsProcedure {
         Ok(Step::Continue)
     }
 
-    /// Never fails: a replica that could not be created is simply not counted.
+    /// Retry: commit failures. Stop: a DataNode has seen a newer epoch. Never fails
+    /// otherwise: a replica that could not be created within the retry window is simply
+    /// not counted.
     async fn create_replicas(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
         let env = RegionEnv::of(ctx)?;
-        let epoch = ctx.epoch();
+        // Record the footprint before any create leaves: a create whose reply is lost still
+        // made a replica, and every removal deletes on the whole footprint.
+        let footprints = RecordReplicaFootprints {
+            database: self.data.database.clone(),
+            groups: self
+                .data
+                .groups
+                .iter()
+                .map(|g| RegionReplicaSet::new(g.region, g.replicas.clone()))
+                .collect(),
+        };
+        if let Err(rejection) = ctx
+            .propose(ConfigPlan::RecordReplicaFootprints(footprints))
+            .await?
+        {
+            // Nothing was sent: the database went away or is being deleted.
+            return Ok(self.fail(format!("no replica can be created: {rejection}")));
+        }
         let mut calls: Vec<BoxFuture<CreateCall>> = Vec::new();
         for (index, group) in self.data.groups.iter().enumerate() {
             for node in &group.replicas {
                 if group.created.contains(node) {
                     continue;
                 }
-                let location = ctx
-                    .state()
-                    .read(|s| s.data_nodes.get(node).map(|n| n.location.clone()));
-                let Some(location) = location else { continue };
-                let client = env.clients.client(&location);
                 let request = CreateRegionRequest {
                     region: group.region,
                     database: self.data.database.clone(),
                     peers: group.replicas.clone(),
                 };
-                let node = *node;
-                calls.push(Box::pin(async move {
-                    let result = client.create_region(epoch, request).await;
-                    (index, node, result.map_err(|e| e.to_string()))
-                }));
+                calls.push(Box::pin(create_with_retry(ctx, env, *node, request, index)));
             }
         }
+        let mut stale = None;
         for (index, node, result) in crate::util::join_all(calls, 64).await {
             let group = &mut self.data.groups[index];
             match result {
                 Ok(()) => group.created.push(node),
-                Err(e) => tracing::warn!(
-                    procedure = %ctx.procedure_id(), region = %group.region, data_node = %node,
-                    "replica create failed: {e}"
-                ),
+                Err(e) => {
+                    if let Some(stop) = env.stale_leader(node, &e) {
+                        stale = Some(stop);
+                    }
+                    tracing::warn!(
+                        procedure = %ctx.procedure_id(), region = %group.region, data_node = %node,
+                        "replica create failed: {e}"
+                    );
+                }
             }
+        }
+        if let Some(stop) = stale {
+            return Err(stop);
         }
         for group in &mut self.data.groups {
             group.created.sort();
@@ -267,42 +314,65 @@ impl CreateRegionGroupsProcedure {
         }
     }
 
-    /// Retry: commit failures. Abort: none (a refused publish tears the groups down).
+    /// This database's published groups among ours, with their replica sets as they are.
+    fn published(&self, ctx: &ProcedureContext) -> BTreeMap<RegionId, Vec<DataNodeId>> {
+        let database = &self.data.database;
+        let ours: BTreeSet<RegionId> = self.data.groups.iter().map(|g| g.region).collect();
+        ctx.state().read(|s| {
+            s.partition_tables
+                .get(database)
+                .into_iter()
+                .flat_map(|t| t.groups.values())
+                .filter(|g| ours.contains(&g.region))
+                .map(|g| (g.region, g.replicas.clone()))
+                .collect()
+        })
+    }
+
+    /// Retry: commit failures. Abort: none (a refused publish tears down the groups that
+    /// were not published; a published group is never torn down).
     async fn publish(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
         let env = RegionEnv::of(ctx)?;
-        let (serving, failed): (Vec<&PlannedGroup>, Vec<&PlannedGroup>) = self
+        let published = self.published(ctx);
+        let serving: Vec<&PlannedGroup> = self
             .data
             .groups
             .iter()
-            .partition(|g| g.created.len() >= self.quorum(env, g));
-        let mut torn_down: Vec<RegionId> = failed.iter().map(|g| g.region).collect();
-        if !serving.is_empty() {
-            let groups = serving
-                .iter()
-                .map(|g| RegionReplicaSet::new(g.region, g.created.clone()))
-                .collect();
+            .filter(|g| g.created.len() >= self.quorum(env, g))
+            .collect();
+        let to_publish: Vec<RegionReplicaSet> = serving
+            .iter()
+            .filter(|g| !published.contains_key(&g.region))
+            .map(|g| RegionReplicaSet::new(g.region, g.created.clone()))
+            .collect();
+        let mut refused = false;
+        if !to_publish.is_empty() {
             let publish = CreateRegionGroups {
                 database: self.data.database.clone(),
-                groups,
+                groups: to_publish,
             };
-            match ctx.propose(ConfigPlan::CreateRegionGroups(publish)).await? {
-                Ok(_) => {
-                    let tasks = self.missing_replica_tasks(ctx, &serving);
-                    if !tasks.is_empty() {
-                        let offer = OfferRegionMaintainTasks { tasks };
-                        ctx.propose(ConfigPlan::OfferRegionMaintainTasks(offer))
-                            .await??;
-                    }
-                }
-                Err(rejection) => {
-                    // The database went away or is being deleted: publish nothing and tear
-                    // every created replica down.
-                    tracing::warn!(procedure = %ctx.procedure_id(), "publish refused: {rejection}");
-                    torn_down = self.data.groups.iter().map(|g| g.region).collect();
-                }
+            if let Err(rejection) = ctx.propose(ConfigPlan::CreateRegionGroups(publish)).await? {
+                // The database is being deleted (or is gone): publish nothing more.
+                tracing::warn!(procedure = %ctx.procedure_id(), "publish refused: {rejection}");
+                refused = true;
             }
         }
-        self.data.torn_down = torn_down;
+        let published = self.published(ctx);
+        let tasks = self.missing_replica_tasks(ctx, &published);
+        if !tasks.is_empty() {
+            let offer = OfferRegionMaintainTasks { tasks };
+            ctx.propose(ConfigPlan::OfferRegionMaintainTasks(offer))
+                .await??;
+        }
+        // Teardown is only for groups never published.
+        self.data.torn_down = self
+            .data
+            .groups
+            .iter()
+            .filter(|g| !published.contains_key(&g.region))
+            .filter(|g| refused || g.created.len() < self.quorum(env, g))
+            .map(|g| g.region)
+            .collect();
         self.data.state = if self.data.torn_down.is_empty() {
             CreateRegionGroupsState::Finish
         } else {
@@ -311,15 +381,19 @@ impl CreateRegionGroupsProcedure {
         Ok(Step::Continue)
     }
 
+    /// One durable create task per planned replica a published group lacks.
     fn missing_replica_tasks(
         &self,
         ctx: &ProcedureContext,
-        serving: &[&PlannedGroup],
+        published: &BTreeMap<RegionId, Vec<DataNodeId>>,
     ) -> Vec<NewRegionMaintainTask> {
         let mut tasks = Vec::new();
         ctx.state().read(|s| {
-            for group in serving {
-                for node in group.replicas.iter().filter(|n| !group.created.contains(n)) {
+            for group in &self.data.groups {
+                let Some(present) = published.get(&group.region) else {
+                    continue;
+                };
+                for node in group.replicas.iter().filter(|n| !present.contains(n)) {
                     if let Some(info) = s.data_nodes.get(node) {
                         tasks.push(NewRegionMaintainTask {
                             kind: RegionMaintainKind::Create,
@@ -337,14 +411,12 @@ impl CreateRegionGroupsProcedure {
     fn tear_down(&mut self) -> Step {
         let children = self
             .data
-            .groups
+            .torn_down
             .iter()
-            .filter(|g| self.data.torn_down.contains(&g.region))
-            .map(|g| {
+            .map(|region| {
                 Box::new(RemoveRegionGroupProcedure::group(
                     self.data.database.clone(),
-                    g.region,
-                    g.replicas.clone(),
+                    *region,
                 )) as Box<dyn Procedure>
             })
             .collect();
@@ -352,35 +424,29 @@ impl CreateRegionGroupsProcedure {
         Step::SpawnChildren(children)
     }
 
-    /// Abort: some groups could not reach a quorum (after they were torn down).
-    /// Abort: a tear-down failed, or some groups could not reach a quorum (after they were
-    /// torn down; a database this procedure created and left without any group is dropped
-    /// too, so a failed creation leaves nothing behind).
+    /// Abort: a tear-down failed; the creation failed before publishing (its database, if
+    /// it created one, is dropped first); some groups could not reach a quorum (after they
+    /// were torn down; likewise).
     async fn finish(&self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
-        if let Some(child) = ctx
-            .children()
-            .iter()
-            .find(|c| c.status != ProcedureStatus::Succeeded)
-        {
-            return Err(ProcedureError::Abort(format!(
-                "tear-down {} ended {}: {}",
-                child.id,
-                child.status,
-                child.error.clone().unwrap_or_default()
-            )));
+        if let Some(failed) = first_failed_child(ctx, "tear-down") {
+            return Err(failed);
         }
-        if !self.data.torn_down.is_empty() {
-            let nothing_published = self.data.torn_down.len() == self.data.groups.len();
+        let reason = match &self.data.failure {
+            Some(failure) => Some(failure.clone()),
+            None if !self.data.torn_down.is_empty() => Some(format!(
+                "{} of {} region groups could not reach a quorum and were torn down",
+                self.data.torn_down.len(),
+                self.data.groups.len()
+            )),
+            None => None,
+        };
+        if let Some(reason) = reason {
             let mut dropped = "";
-            if nothing_published && self.data.new_database.is_some() {
+            if self.published(ctx).is_empty() && self.data.new_database.is_some() {
                 self.drop_new_database(ctx).await?;
                 dropped = "; the database was not created";
             }
-            return Err(ProcedureError::Abort(format!(
-                "{} of {} region groups could not reach a quorum and were torn down{dropped}",
-                self.data.torn_down.len(),
-                self.data.groups.len()
-            )));
+            return Err(ProcedureError::Abort(format!("{reason}{dropped}")));
         }
         let (complete, degraded): (Vec<&PlannedGroup>, Vec<&PlannedGroup>) = self
             .data
@@ -393,9 +459,7 @@ impl CreateRegionGroupsProcedure {
         };
         Ok(Step::Done(encode_data(&output)?))
     }
-}
 
-impl CreateRegionGroupsProcedure {
     /// Drops the database this procedure created (idempotent: gone already is fine).
     async fn drop_new_database(&self, ctx: &ProcedureContext) -> Result<(), ProcedureError> {
         let name = self.data.database.clone();
@@ -410,6 +474,49 @@ impl CreateRegionGroupsProcedure {
         ctx.propose(ConfigPlan::DeleteDatabase(DeleteDatabase { name }))
             .await??;
         Ok(())
+    }
+}
+
+/// Creates one replica, retrying transient failures (unreachable, timeout) with backoff
+/// within the create retry window: a DataNode that is restarting gets its replica now rather
+/// than through the repair queue. The address is resolved at every attempt.
+fn create_with_retry(
+    ctx: &ProcedureContext,
+    env: &RegionEnv,
+    node: DataNodeId,
+    request: CreateRegionRequest,
+    index: usize,
+) -> impl std::future::Future<Output = CreateCall> + Send + 'static {
+    let epoch = ctx.epoch();
+    let runtime = ctx.runtime().clone();
+    let state = ctx.state();
+    let clients = env.clients.clone();
+    let retry = env.config.retry.clone();
+    let deadline = runtime
+        .clock
+        .now_ms()
+        .saturating_add(env.config.create_retry_window.as_millis() as u64);
+    async move {
+        let mut attempt = 0u32;
+        loop {
+            let location = state.read(|s| s.data_nodes.get(&node).map(|n| n.location.clone()));
+            let Some(location) = location else {
+                let unknown = ApiError::Unreachable(format!("DataNode {node} is not registered"));
+                return (index, node, Err(unknown));
+            };
+            let result = clients
+                .client(&location)
+                .create_region(epoch, request.clone())
+                .await;
+            match result {
+                Err(e) if e.is_retryable() && runtime.clock.now_ms() < deadline => {
+                    attempt += 1;
+                    let delay = retry.delay(attempt, runtime.rng.as_ref());
+                    runtime.clock.sleep(delay).await;
+                }
+                other => return (index, node, other),
+            }
+        }
     }
 }
 
@@ -436,10 +543,16 @@ impl Procedure for CreateRegionGroupsProcedure {
 
     fn lock_keys(&self) -> Vec<LockKey> {
         // Shared: creations in one database may run together; a deletion (exclusive) waits
-        // for them, and they wait for it.
+        // for them, and they wait for it. Exclusive when creating the database itself: a
+        // failed creation drops it, and nothing else may be working in it then.
+        let mode = if self.data.new_database.is_some() {
+            LockMode::Exclusive
+        } else {
+            LockMode::Shared
+        };
         vec![LockKey {
             resource: LockResource::Database(self.data.database.clone()),
-            mode: LockMode::Shared,
+            mode,
         }]
     }
 

@@ -1,9 +1,13 @@
 //! [`DeleteDatabaseProcedure`]: delete a database and every region it owns.
 //!
-//! Mark it deleting (new region groups and writes are refused from then on) → drop its queued
-//! create tasks → one child [`RemoveRegionGroupProcedure`] per region group → drop the
-//! partition table and schema, only once every group is gone. The database lock is exclusive,
-//! so creations of region groups in the same database run strictly before or after.
+//! Mark it deleting (new region groups, footprints and writes are refused from then on) →
+//! drop its queued create tasks → one child [`RemoveRegionGroupProcedure`] per region group
+//! it owns, published or not (a failed creation's group exists only as a footprint) → drop
+//! the partition table and schema, which the state machine allows only once no group and no
+//! footprint of the database remains. The database lock is exclusive, so creations of
+//! region groups in the same database run strictly before or after.
+
+use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -15,9 +19,13 @@ use crate::procedure::{
     Procedure, ProcedureContext, ProcedureError, ProcedureType, StateId, Step, decode_data,
     encode_data,
 };
-use crate::state::{LockKey, LockMode, LockResource, ProcedureStatus, Rejection};
+use crate::state::{LockKey, LockMode, LockResource, Rejection};
 
+use super::env::first_failed_child;
 use super::{DELETE_DATABASE, RemoveRegionGroupProcedure};
+
+/// Rounds of child removals after which a deletion gives up (groups keep reappearing).
+const MAX_ROUNDS: u32 = 5;
 
 coded_enum! {
     /// States of [`DeleteDatabaseProcedure`].
@@ -42,7 +50,8 @@ pub struct DeleteDatabaseData {
     pub name: DatabaseName,
     /// Groups handed to child removals (for status and the final check).
     pub groups: Vec<RegionId>,
-    /// Rounds of child removals spawned (more than one only if groups reappeared).
+    /// Rounds of child removals spawned (more than one only if groups reappeared; at most
+    /// `MAX_ROUNDS`).
     pub rounds: u32,
 }
 
@@ -111,54 +120,51 @@ impl DeleteDatabaseProcedure {
         Ok(Step::Continue)
     }
 
-    fn remove_region_groups(&mut self, ctx: &ProcedureContext) -> Step {
+    fn remove_region_groups(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
         let name = self.data.name.clone();
         let groups: Vec<RegionId> = ctx.state().read(|s| {
-            s.partition_tables
+            let published = s
+                .partition_tables
                 .get(&name)
-                .map(|t| t.groups.keys().copied().collect())
-                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|t| t.groups.keys().copied());
+            let footprints = s.footprints_of(&name).map(|(region, _)| region);
+            let all: BTreeSet<RegionId> = published.chain(footprints).collect();
+            all.into_iter().collect()
         });
         self.data.state = DeleteDatabaseState::DropDatabase;
         if groups.is_empty() {
-            return Step::Continue;
+            return Ok(Step::Continue);
+        }
+        if self.data.rounds >= MAX_ROUNDS {
+            return Err(ProcedureError::Abort(format!(
+                "region groups {groups:?} remain after {MAX_ROUNDS} rounds of removals"
+            )));
         }
         self.data.groups = groups.clone();
         self.data.rounds += 1;
-        Step::SpawnChildren(
+        Ok(Step::SpawnChildren(
             groups
                 .into_iter()
                 .map(|region| {
-                    Box::new(RemoveRegionGroupProcedure::group(
-                        name.clone(),
-                        region,
-                        Vec::new(),
-                    )) as Box<dyn Procedure>
+                    Box::new(RemoveRegionGroupProcedure::group(name.clone(), region))
+                        as Box<dyn Procedure>
                 })
                 .collect(),
-        )
+        ))
     }
 
     /// Abort: a child removal failed (the database stays marked deleting, visibly).
     async fn drop_database(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
-        if let Some(child) = ctx
-            .children()
-            .iter()
-            .find(|c| c.status != ProcedureStatus::Succeeded)
-        {
-            return Err(ProcedureError::Abort(format!(
-                "region group removal {} ended {}: {}",
-                child.id,
-                child.status,
-                child.error.clone().unwrap_or_default()
-            )));
+        if let Some(failed) = first_failed_child(ctx, "region group removal") {
+            return Err(failed);
         }
         let plan = DeleteDatabase {
             name: self.data.name.clone(),
         };
         match ctx.propose(ConfigPlan::DeleteDatabase(plan)).await? {
             Ok(_) => {}
-            Err(Rejection::RegionGroupsRemain { .. }) => {
+            Err(Rejection::RegionGroupsRemain { .. } | Rejection::ReplicasRemain { .. }) => {
                 // Cannot happen while the lock and the deleting mark hold; converge anyway.
                 self.data.state = DeleteDatabaseState::RemoveRegionGroups;
                 return Ok(Step::Continue);
@@ -205,7 +211,7 @@ impl Procedure for DeleteDatabaseProcedure {
         match self.data.state {
             DeleteDatabaseState::MarkDeleting => self.mark_deleting(ctx).await,
             DeleteDatabaseState::DropQueuedCreates => self.drop_queued_creates(ctx).await,
-            DeleteDatabaseState::RemoveRegionGroups => Ok(self.remove_region_groups(ctx)),
+            DeleteDatabaseState::RemoveRegionGroups => self.remove_region_groups(ctx),
             DeleteDatabaseState::DropDatabase => self.drop_database(ctx).await,
         }
     }

@@ -1,12 +1,16 @@
-//! What the region procedures reach besides their persistent data (volatile).
+//! What the region procedures reach besides their persistent data (volatile), and the
+//! helpers they share.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::ApiError;
 use crate::confignode::clients::DataNodeClients;
+use crate::confignode::fence::EpochHealer;
 use crate::confignode::inflight::InflightCreates;
-use crate::model::{ProcedureId, TaskId};
-use crate::procedure::{BackoffPolicy, ProcedureContext, ProcedureError};
+use crate::model::{DataNodeId, DataNodeLocation, ProcedureId, TaskId};
+use crate::procedure::{BackoffPolicy, ChildOutcome, ProcedureContext, ProcedureError};
+use crate::state::ProcedureStatus;
 
 /// Tunables of the region procedures.
 #[derive(Debug, Clone)]
@@ -15,6 +19,9 @@ pub struct LifecycleConfig {
     pub poll_wait: Duration,
     /// Backoff after a failed deletion and while a DataNode is unreachable.
     pub retry: BackoffPolicy,
+    /// How long a replica create that finds its DataNode unreachable (or times out) is
+    /// retried within the creating step before that replica counts as failed.
+    pub create_retry_window: Duration,
     /// Data region groups may serve with one replica when a majority is not reached.
     pub data_quorum_at_least_one: bool,
 }
@@ -28,6 +35,7 @@ impl Default for LifecycleConfig {
                 max: Duration::from_secs(10),
                 max_attempts: None,
             },
+            create_retry_window: Duration::from_secs(10),
             data_quorum_at_least_one: false,
         }
     }
@@ -40,6 +48,8 @@ pub struct RegionEnv {
     pub clients: Arc<dyn DataNodeClients>,
     /// Creates in flight from the region cleaner (removals wait them out).
     pub inflight: Arc<InflightCreates>,
+    /// Where a DataNode's `StaleLeader` answer is reported, so the leader heals the fence.
+    pub healer: Arc<EpochHealer>,
     /// Tunables.
     pub config: LifecycleConfig,
 }
@@ -57,10 +67,102 @@ impl RegionEnv {
     pub fn of(ctx: &ProcedureContext) -> Result<&RegionEnv, ProcedureError> {
         ctx.env::<RegionEnv>()
     }
+
+    /// Where `node` is registered now (addresses are resolved at dial time).
+    pub(crate) fn location(ctx: &ProcedureContext, node: DataNodeId) -> Option<DataNodeLocation> {
+        ctx.state()
+            .read(|s| s.data_nodes.get(&node).map(|n| n.location.clone()))
+    }
+
+    /// Turns a `StaleLeader` answer into the error that stops this leader's session, after
+    /// reporting it so the leader claims a higher epoch (or steps down if deposed).
+    pub(crate) fn stale_leader(
+        &self,
+        node: DataNodeId,
+        error: &ApiError,
+    ) -> Option<ProcedureError> {
+        match error {
+            ApiError::StaleLeader { request, seen } => {
+                self.healer.report(node, *request, *seen);
+                Some(ProcedureError::StaleLeader {
+                    peer: node.to_string(),
+                    seen: *seen,
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
-/// The `seq`-th task id of procedure `id`. Unique across the cluster because procedure ids
-/// are; persisted by the procedure before the task is submitted.
-pub fn task_id_for(id: ProcedureId, seq: u32) -> TaskId {
-    TaskId((id.0 << 20) | u64::from(seq & 0xF_FFFF))
+/// How one DataNode call's failure decides a step: stop, wait and retry, or abort.
+pub(crate) enum CallFailure {
+    /// The leader is fenced or deposed: the step ends with this error (the session stops).
+    Stop(ProcedureError),
+    /// Transient (timeout, unreachable, a retryable remote failure): wait and retry.
+    Retry(ApiError),
+    /// No retry can change the answer (refused, malformed): abort with the reason.
+    Abort(ProcedureError),
+}
+
+impl CallFailure {
+    /// Classifies `error` from `node`; `what` names the call for the abort reason.
+    pub(crate) fn of(env: &RegionEnv, node: DataNodeId, what: &str, error: ApiError) -> Self {
+        if let Some(stop) = env.stale_leader(node, &error) {
+            return CallFailure::Stop(stop);
+        }
+        if error.is_retryable() {
+            return CallFailure::Retry(error);
+        }
+        CallFailure::Abort(ProcedureError::Abort(format!(
+            "{node} answered {what} with: {error}"
+        )))
+    }
+}
+
+/// Largest sequence number [`task_id_for`] takes: 20 bits beside the procedure id.
+pub const MAX_TASK_SEQ: u32 = (1 << 20) - 1;
+
+/// The `seq`-th task id of procedure `id`: `id << 20 | seq`. Unique across the cluster
+/// because procedure ids are; persisted by the procedure before the task is submitted.
+/// Fails (never wraps) once `seq` or `id` no longer fit: a wrapped id would name an earlier
+/// task of the same procedure, which the DataNode would answer from its old result.
+pub fn task_id_for(id: ProcedureId, seq: u32) -> Result<TaskId, ProcedureError> {
+    if seq > MAX_TASK_SEQ || id.0 >= 1 << 44 {
+        return Err(ProcedureError::Abort(format!(
+            "{id} ran out of task ids after {seq} tasks"
+        )));
+    }
+    Ok(TaskId((id.0 << 20) | u64::from(seq)))
+}
+
+/// The first child that did not succeed, as the abort reason of its parent.
+pub(crate) fn first_failed_child(ctx: &ProcedureContext, what: &str) -> Option<ProcedureError> {
+    ctx.children()
+        .iter()
+        .find(|c| c.status != ProcedureStatus::Succeeded)
+        .map(|child: &ChildOutcome| {
+            ProcedureError::Abort(format!(
+                "{what} {} ended {}: {}",
+                child.id,
+                child.status,
+                child.error.clone().unwrap_or_default()
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_never_wrap() {
+        let id = ProcedureId(3);
+        assert_eq!(task_id_for(id, 0).unwrap(), TaskId(3 << 20));
+        assert_eq!(
+            task_id_for(id, MAX_TASK_SEQ).unwrap(),
+            TaskId((3 << 20) | u64::from(MAX_TASK_SEQ))
+        );
+        assert!(task_id_for(id, MAX_TASK_SEQ + 1).is_err());
+        assert!(task_id_for(ProcedureId(1 << 44), 0).is_err());
+    }
 }

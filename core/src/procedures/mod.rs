@@ -16,10 +16,11 @@ mod env;
 mod remove_region_group;
 
 pub use create_region_groups::{
-    CreateRegionGroupsData, CreateRegionGroupsProcedure, CreateRegionGroupsState, PlannedGroup,
+    CreateRegionGroupsData, CreateRegionGroupsOutput, CreateRegionGroupsProcedure,
+    CreateRegionGroupsState, PlannedGroup,
 };
 pub use delete_database::{DeleteDatabaseData, DeleteDatabaseProcedure, DeleteDatabaseState};
-pub use env::{LifecycleConfig, RegionEnv, task_id_for};
+pub use env::{LifecycleConfig, MAX_TASK_SEQ, RegionEnv, task_id_for};
 pub use remove_region_group::{
     RemovalScope, RemoveRegionGroupData, RemoveRegionGroupProcedure, RemoveRegionGroupState,
 };

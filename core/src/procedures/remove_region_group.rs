@@ -1,21 +1,29 @@
 //! [`RemoveRegionGroupProcedure`]: delete every replica of a region group through DataNode
 //! tasks followed to a terminal status, then drop the group from the partition table.
 //!
-//! Per replica: persist a task id, submit it, long-poll its result. `Success` moves on;
-//! `NotExist` resubmits the *same* id (the DataNode dedups it); `Fail` backs off, persists a
-//! *new* id and resubmits (the failed task is terminal, so two deletions of one replica never
-//! run at once); an unreachable DataNode keeps the step waiting, visibly. No quorum is needed:
-//! every replica is deleted, whatever the others do.
+//! What is deleted is the group's **footprint** — every DataNode a create was ever sent to,
+//! recorded before the create left (see [`crate::state::RegionFootprint`]) — not its
+//! published replica set: a create whose reply was lost still made a replica. The footprint
+//! is re-read at every step, so nothing that may hold a replica is missed. In `Replicas`
+//! scope (a legacy per-replica deletion) only the named DataNodes are deleted on.
+//!
+//! Per DataNode: persist a task id, submit it, follow its result. `Success` records
+//! `ReplicaDeleted` (the node leaves the footprint, the published set and the queue) and then
+//! persists the node as deleted; only after that is the task acked, so a crash can never
+//! make the DataNode forget a result the procedure still needs (which would run the task id
+//! twice). `NotExist` resubmits the *same* id; `Fail` backs off and persists a *new* id;
+//! transient errors keep the step waiting, visibly; `StaleLeader` stops this leader's
+//! session; any other error aborts with the DataNode's answer. No quorum is needed.
+
+use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{ApiError, MaintainTask, MaintainTaskKind, SubmitOutcome, TaskStatus};
+use crate::api::{MaintainTask, MaintainTaskKind, SubmitOutcome, TaskStatus};
 use crate::coded_enum;
 use crate::model::{DataNodeId, DatabaseName, RegionId, TaskId};
-use crate::plan::{
-    ConfigPlan, PollSpecificRegionMaintainTask, RemoveRegionGroup, RemoveRegionLocation,
-};
+use crate::plan::{ConfigPlan, DropRegionGroup, PollSpecificRegionMaintainTask, ReplicaDeleted};
 use crate::procedure::{
     Procedure, ProcedureContext, ProcedureError, ProcedureType, StateId, Step, decode_data,
     encode_data,
@@ -23,18 +31,19 @@ use crate::procedure::{
 use crate::state::{LockKey, LockMode, LockResource, Rejection};
 
 use super::REMOVE_REGION_GROUP;
-use super::env::{RegionEnv, task_id_for};
+use super::env::{CallFailure, RegionEnv, task_id_for};
 
 coded_enum! {
     /// States of [`RemoveRegionGroupProcedure`].
     pub enum RemoveRegionGroupState {
-        /// Fix the replica set: published replicas, queued create targets and extra replicas.
+        /// Retired first state of records written before the footprint; runs as
+        /// `DropQueuedCreates`.
         CollectReplicas = 1,
         /// Drop the group's queued creates and wait out creates in flight.
         DropQueuedCreates = 2,
-        /// Delete replicas one by one through DataNode tasks.
+        /// Delete replicas one DataNode at a time through DataNode tasks.
         DeleteReplicas = 3,
-        /// Drop the group (or the deleted locations) from the partition table.
+        /// Drop the group from the partition table (refused while a replica may remain).
         DropMetadata = 4,
     }
 }
@@ -42,12 +51,16 @@ coded_enum! {
 coded_enum! {
     /// What a removal removes.
     pub enum RemovalScope {
-        /// The whole group: every replica, then the group itself.
+        /// The whole group: every DataNode of its footprint, then the group itself.
         Group = 1,
-        /// Only the `extra` replicas (a legacy per-replica deletion); the group's metadata
-        /// loses just those locations.
+        /// Only the `targets` replicas (a legacy per-replica deletion); the group loses just
+        /// those locations.
         Replicas = 2,
     }
+}
+
+fn is_zero(value: &usize) -> bool {
+    *value == 0
 }
 
 /// Persistent data of [`RemoveRegionGroupProcedure`].
@@ -61,25 +74,37 @@ pub struct RemoveRegionGroupData {
     pub region: RegionId,
     /// What to remove.
     pub scope: RemovalScope,
-    /// Replicas to delete besides the published ones (e.g. of a group never published).
-    pub extra: Vec<DataNodeId>,
-    /// Replicas to delete, fixed by `CollectReplicas`, in order.
-    pub replicas: Vec<DataNodeId>,
-    /// Index into `replicas` of the replica being deleted.
-    pub next: usize,
-    /// The current replica's task id, persisted before it is submitted.
+    /// DataNodes to delete on besides the footprint (`Group` scope), or instead of it
+    /// (`Replicas` scope).
+    #[serde(alias = "extra")]
+    pub targets: Vec<DataNodeId>,
+    /// DataNodes whose deletion reached `Success` and was recorded (`ReplicaDeleted`).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub deleted: BTreeSet<DataNodeId>,
+    /// The DataNode the current task deletes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_node: Option<DataNodeId>,
+    /// The current task's id, persisted before it is submitted. Once `task_node` is in
+    /// `deleted`, it is the task still to be acked.
     pub task: Option<TaskId>,
     /// Task ids handed out so far (the next id's sequence number).
     pub task_seq: u32,
-    /// Failed deletions of the current replica (backoff).
+    /// Failed deletions on the current DataNode (backoff).
     pub failures: u32,
-    /// Consecutive unreachable attempts of the current replica (backoff).
+    /// Consecutive transient failures reaching the current DataNode (backoff).
     #[serde(default)]
     pub unreachable: u32,
     /// When the current task id was assigned, on the leader's clock (for the completion log;
     /// approximate after a leader change, whose clock has another origin).
     #[serde(default)]
     pub task_since_ms: u64,
+    /// Records written before the footprint: the replica set fixed up front. Read by
+    /// `decode` (into `targets`/`deleted`), never written.
+    #[serde(default, rename = "replicas", skip_serializing_if = "Vec::is_empty")]
+    pub legacy_replicas: Vec<DataNodeId>,
+    /// Records written before the footprint: the index in `legacy_replicas` being deleted.
+    #[serde(default, rename = "next", skip_serializing_if = "is_zero")]
+    pub legacy_next: usize,
 }
 
 /// Removes one region group's replicas and metadata. See the module docs.
@@ -89,37 +114,40 @@ pub struct RemoveRegionGroupProcedure {
 }
 
 impl RemoveRegionGroupProcedure {
-    /// Removes the whole group `region` of `database`; `extra` names replicas that may exist
-    /// without being published (a group torn down before publication).
-    pub fn group(database: DatabaseName, region: RegionId, extra: Vec<DataNodeId>) -> Self {
-        Self::new(database, region, RemovalScope::Group, extra)
+    /// Removes the whole group `region` of `database`: every DataNode of its footprint.
+    pub fn group(database: DatabaseName, region: RegionId) -> Self {
+        Self::new(database, region, RemovalScope::Group, Vec::new())
     }
 
-    /// Deletes only the `replicas` of `region` (legacy per-replica deletions).
-    pub fn replicas(database: DatabaseName, region: RegionId, replicas: Vec<DataNodeId>) -> Self {
-        Self::new(database, region, RemovalScope::Replicas, replicas)
+    /// Deletes only the replicas of `region` on `targets` (legacy per-replica deletions).
+    pub fn replicas(database: DatabaseName, region: RegionId, targets: Vec<DataNodeId>) -> Self {
+        Self::new(database, region, RemovalScope::Replicas, targets)
     }
 
     fn new(
         database: DatabaseName,
         region: RegionId,
         scope: RemovalScope,
-        extra: Vec<DataNodeId>,
+        mut targets: Vec<DataNodeId>,
     ) -> Self {
+        targets.sort();
+        targets.dedup();
         Self {
             data: RemoveRegionGroupData {
-                state: RemoveRegionGroupState::CollectReplicas,
+                state: RemoveRegionGroupState::DropQueuedCreates,
                 database,
                 region,
                 scope,
-                extra,
-                replicas: Vec::new(),
-                next: 0,
+                targets,
+                deleted: BTreeSet::new(),
+                task_node: None,
                 task: None,
                 task_seq: 0,
                 failures: 0,
                 unreachable: 0,
                 task_since_ms: 0,
+                legacy_replicas: Vec::new(),
+                legacy_next: 0,
             },
         }
     }
@@ -129,26 +157,22 @@ impl RemoveRegionGroupProcedure {
         &self.data
     }
 
-    fn collect_replicas(&mut self, ctx: &ProcedureContext) {
-        let region = self.data.region;
-        let mut replicas = self.data.extra.clone();
+    /// DataNodes that may still hold a replica this removal must delete: targets not yet
+    /// deleted and, for a whole group, its footprint as it is now. (`ReplicaDeleted` takes
+    /// a node out of the footprint before the node is persisted as deleted, so a footprint
+    /// node already in `deleted` was added again since, and is deleted again.)
+    fn remaining(&self, ctx: &ProcedureContext) -> BTreeSet<DataNodeId> {
+        let mut nodes: BTreeSet<DataNodeId> = self
+            .data
+            .targets
+            .iter()
+            .copied()
+            .filter(|n| !self.data.deleted.contains(n))
+            .collect();
         if self.data.scope == RemovalScope::Group {
-            ctx.state().read(|s| {
-                if let Some(group) = s.region_group(region) {
-                    replicas.extend(group.replicas.iter().copied());
-                }
-                for task in s.region_maintain_queue.values() {
-                    if task.region.region == region {
-                        replicas.extend(task.region.replicas.iter().copied());
-                        replicas.push(task.target.id);
-                    }
-                }
-            });
+            nodes.extend(ctx.state().read(|s| s.footprint(self.data.region)));
         }
-        replicas.sort();
-        replicas.dedup();
-        self.data.replicas = replicas;
-        self.data.state = RemoveRegionGroupState::DropQueuedCreates;
+        nodes
     }
 
     /// Retry: commit failures. Abort: none.
@@ -156,11 +180,14 @@ impl RemoveRegionGroupProcedure {
         &mut self,
         ctx: &ProcedureContext,
     ) -> Result<Step, ProcedureError> {
-        let region = self.data.region;
+        let (region, scope) = (self.data.region, self.data.scope);
+        let targets = &self.data.targets;
         let queued: Vec<TaskId> = ctx.state().read(|s| {
             s.region_maintain_queue
                 .iter()
                 .filter(|(_, t)| t.region.region == region)
+                // A per-replica removal leaves the group's other missing replicas queued.
+                .filter(|(_, t)| scope == RemovalScope::Group || targets.contains(&t.target))
                 .map(|(id, _)| *id)
                 .collect()
         });
@@ -177,88 +204,56 @@ impl RemoveRegionGroupProcedure {
         Ok(Step::Continue)
     }
 
-    /// Retry: DataNode unreachable, timeout, failed deletion (new task id). Abort: the
-    /// DataNode refuses the task id (it names another task).
+    /// Retry: DataNode unreachable, timeout, failed deletion (new task id). Stop: the
+    /// DataNode has seen a newer epoch. Abort: the DataNode refuses the task or answers
+    /// something no retry can change.
     async fn delete_replicas(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
-        let Some(node) = self.data.replicas.get(self.data.next).copied() else {
-            self.data.state = RemoveRegionGroupState::DropMetadata;
+        let env = RegionEnv::of(ctx)?;
+        if let (Some(node), Some(task)) = (self.data.task_node, self.data.task)
+            && self.data.deleted.contains(&node)
+        {
+            // Ack after persist: the deletion is durably recorded, so the DataNode may now
+            // forget the result.
+            self.ack(ctx, env, node, task).await?;
+            self.data.task = None;
+            self.data.task_node = None;
             return Ok(Step::Continue);
+        }
+        let node = match self.data.task_node {
+            Some(node) => node,
+            None => match self.remaining(ctx).into_iter().next() {
+                Some(node) => node,
+                None => {
+                    self.data.state = RemoveRegionGroupState::DropMetadata;
+                    return Ok(Step::Continue);
+                }
+            },
         };
         let Some(task_id) = self.data.task else {
             // Persist the task id before submitting: a crash in between must resubmit the
             // same id, never start a second deletion under a new one.
-            self.data.task = Some(task_id_for(ctx.procedure_id(), self.data.task_seq));
+            self.data.task = Some(task_id_for(ctx.procedure_id(), self.data.task_seq)?);
+            self.data.task_node = Some(node);
+            // Deleting on it (again, if it was added back to the footprint).
+            self.data.deleted.remove(&node);
             self.data.task_seq += 1;
             self.data.task_since_ms = ctx.runtime().clock.now_ms();
             return Ok(Step::Continue);
         };
-        let env = RegionEnv::of(ctx)?;
-        let Some(location) = ctx
-            .state()
-            .read(|s| s.data_nodes.get(&node).map(|n| n.location.clone()))
-        else {
+        let Some(location) = RegionEnv::location(ctx, node) else {
             return Ok(Step::Wait {
                 after: env.config.retry.max,
                 waiting_for: format!("DataNode {node} is not registered"),
             });
         };
         let client = env.clients.client(&location);
-        let clock = ctx.runtime().clock.clone();
-        // While the task runs, the step awaits a long-poll without a worker (`Step::Await`)
-        // and re-runs when it returns: completion is seen within the poll's round trip.
-        let follow = |what: String| {
-            let client = client.clone();
-            let wait = env.config.poll_wait;
-            Step::Await {
-                until: Box::pin(async move {
-                    let _ = client.task_result(task_id, Some(wait)).await;
-                }),
-                waiting_for: what,
-            }
-        };
         let running = format!(
             "deletion of {} on {node} (task {task_id})",
             self.data.region
         );
         match client.task_result(task_id, None).await {
-            Ok(TaskStatus::Success) => {
-                tracing::info!(
-                    procedure = %ctx.procedure_id(), region = %self.data.region,
-                    data_node = %node, task = %task_id, outcome = "success",
-                    duration_ms = clock.now_ms().saturating_sub(self.data.task_since_ms),
-                    "replica deleted"
-                );
-                // Best effort: an unacked result is bounded and expires on the DataNode.
-                let _ = client.ack_task(ctx.epoch(), task_id).await;
-                self.data.next += 1;
-                self.data.task = None;
-                self.data.failures = 0;
-                self.data.unreachable = 0;
-                Ok(Step::Continue)
-            }
-            Ok(TaskStatus::Fail(reason)) => {
-                tracing::warn!(
-                    procedure = %ctx.procedure_id(), region = %self.data.region,
-                    data_node = %node, task = %task_id, outcome = "fail",
-                    duration_ms = clock.now_ms().saturating_sub(self.data.task_since_ms),
-                    "replica deletion failed: {reason}"
-                );
-                let _ = client.ack_task(ctx.epoch(), task_id).await;
-                self.data.failures += 1;
-                // A deliberate re-run uses a new id, persisted by the next step first.
-                self.data.task = None;
-                let after = env
-                    .config
-                    .retry
-                    .delay(self.data.failures, ctx.runtime().rng.as_ref());
-                Ok(Step::Wait {
-                    after,
-                    waiting_for: format!(
-                        "retry of failed deletion of {} on {node}: {reason}",
-                        self.data.region
-                    ),
-                })
-            }
+            Ok(TaskStatus::Success) => self.succeeded(ctx, node, task_id).await,
+            Ok(TaskStatus::Fail(reason)) => Ok(self.failed(ctx, env, node, task_id, reason)),
             Ok(TaskStatus::NotExist) => {
                 let task = MaintainTask {
                     task_id,
@@ -267,64 +262,169 @@ impl RemoveRegionGroupProcedure {
                     },
                 };
                 match client.submit_task(ctx.epoch(), task).await {
-                    Ok(SubmitOutcome::Accepted) => Ok(follow(running)),
+                    Ok(SubmitOutcome::Accepted) => {
+                        Ok(self.follow(env, &location, task_id, running))
+                    }
                     Ok(SubmitOutcome::Rejected(reason)) => Err(ProcedureError::Abort(format!(
                         "{node} refused deletion task {task_id}: {reason}"
                     ))),
-                    Err(e) => Ok(self.unreachable(ctx, env, node, e)),
+                    Err(e) => self.call_failed(ctx, env, node, "a task submission", e),
                 }
             }
-            Ok(TaskStatus::Processing) => Ok(follow(running)),
-            Err(e) => Ok(self.unreachable(ctx, env, node, e)),
+            Ok(TaskStatus::Processing) => Ok(self.follow(env, &location, task_id, running)),
+            Err(e) => self.call_failed(ctx, env, node, "a task poll", e),
         }
     }
 
-    fn unreachable(
+    /// While the task runs the step awaits a long-poll without a worker (`Step::Await`) and
+    /// re-runs when it returns: completion is seen within the poll's round trip.
+    fn follow(
+        &self,
+        env: &RegionEnv,
+        location: &crate::model::DataNodeLocation,
+        task_id: TaskId,
+        waiting_for: String,
+    ) -> Step {
+        let client = env.clients.client(location);
+        let wait = env.config.poll_wait;
+        Step::Await {
+            until: Box::pin(async move {
+                let _ = client.task_result(task_id, Some(wait)).await;
+            }),
+            waiting_for,
+        }
+    }
+
+    async fn succeeded(
+        &mut self,
+        ctx: &ProcedureContext,
+        node: DataNodeId,
+        task_id: TaskId,
+    ) -> Result<Step, ProcedureError> {
+        let deleted = ReplicaDeleted {
+            region: self.data.region,
+            data_node: node,
+        };
+        ctx.propose(ConfigPlan::ReplicaDeleted(deleted)).await??;
+        tracing::info!(
+            procedure = %ctx.procedure_id(), region = %self.data.region,
+            data_node = %node, task = %task_id, outcome = "success",
+            duration_ms = ctx.runtime().clock.now_ms().saturating_sub(self.data.task_since_ms),
+            "replica deleted"
+        );
+        // The task stays current until this is persisted; the next step acks it.
+        self.data.deleted.insert(node);
+        self.data.failures = 0;
+        self.data.unreachable = 0;
+        Ok(Step::Continue)
+    }
+
+    fn failed(
         &mut self,
         ctx: &ProcedureContext,
         env: &RegionEnv,
         node: DataNodeId,
-        error: ApiError,
+        task_id: TaskId,
+        reason: String,
     ) -> Step {
-        self.data.unreachable = self.data.unreachable.saturating_add(1);
+        tracing::warn!(
+            procedure = %ctx.procedure_id(), region = %self.data.region,
+            data_node = %node, task = %task_id, outcome = "fail",
+            duration_ms = ctx.runtime().clock.now_ms().saturating_sub(self.data.task_since_ms),
+            "replica deletion failed: {reason}"
+        );
+        self.data.failures += 1;
+        // A deliberate re-run uses a new id, persisted by the next step first. The failed
+        // task is terminal, so two deletions of one replica never run at once. Its result is
+        // left for the DataNode's retention bound: acking it now would be acking before the
+        // new id is persisted.
+        self.data.task = None;
+        self.data.task_node = None;
+        let after = env
+            .config
+            .retry
+            .delay(self.data.failures, ctx.runtime().rng.as_ref());
         Step::Wait {
-            after: env
-                .config
-                .retry
-                .delay(self.data.unreachable, ctx.runtime().rng.as_ref()),
+            after,
             waiting_for: format!(
-                "DataNode {node} for deletion of {}: {error}",
+                "retry of failed deletion of {} on {node}: {reason}",
                 self.data.region
             ),
+        }
+    }
+
+    fn call_failed(
+        &mut self,
+        ctx: &ProcedureContext,
+        env: &RegionEnv,
+        node: DataNodeId,
+        what: &str,
+        error: crate::api::ApiError,
+    ) -> Result<Step, ProcedureError> {
+        match CallFailure::of(env, node, what, error) {
+            CallFailure::Stop(e) | CallFailure::Abort(e) => Err(e),
+            CallFailure::Retry(error) => {
+                self.data.unreachable = self.data.unreachable.saturating_add(1);
+                Ok(Step::Wait {
+                    after: env
+                        .config
+                        .retry
+                        .delay(self.data.unreachable, ctx.runtime().rng.as_ref()),
+                    waiting_for: format!(
+                        "DataNode {node} for deletion of {}: {error}",
+                        self.data.region
+                    ),
+                })
+            }
+        }
+    }
+
+    /// Best effort: an unacked result is bounded and expires on the DataNode. Only a
+    /// `StaleLeader` answer matters (this leader is fenced).
+    async fn ack(
+        &self,
+        ctx: &ProcedureContext,
+        env: &RegionEnv,
+        node: DataNodeId,
+        task: TaskId,
+    ) -> Result<(), ProcedureError> {
+        let Some(location) = RegionEnv::location(ctx, node) else {
+            return Ok(());
+        };
+        match env
+            .clients
+            .client(&location)
+            .ack_task(ctx.epoch(), task)
+            .await
+        {
+            Err(e) => match env.stale_leader(node, &e) {
+                Some(stop) => Err(stop),
+                None => Ok(()),
+            },
+            Ok(()) => Ok(()),
         }
     }
 
     /// Retry: commit failures. Abort: none (missing metadata is already the goal).
     async fn drop_metadata(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
         let region = self.data.region;
-        match self.data.scope {
-            RemovalScope::Group => {
-                let plan = RemoveRegionGroup {
-                    database: self.data.database.clone(),
-                    region,
-                };
-                ctx.propose(ConfigPlan::RemoveRegionGroup(plan)).await??;
-            }
-            RemovalScope::Replicas => {
-                for node in self.data.replicas.clone() {
-                    let plan = RemoveRegionLocation {
-                        region,
-                        data_node: node,
-                    };
-                    match ctx.propose(ConfigPlan::RemoveRegionLocation(plan)).await? {
-                        Ok(_) | Err(Rejection::UnknownRegion(_)) => {}
-                        Err(rejection) => return Err(rejection.into()),
-                    }
+        if self.data.scope == RemovalScope::Group {
+            let plan = DropRegionGroup {
+                database: self.data.database.clone(),
+                region,
+            };
+            match ctx.propose(ConfigPlan::DropRegionGroup(plan)).await? {
+                Ok(_) => {}
+                Err(Rejection::ReplicasRemain { .. }) => {
+                    // Something may hold a replica that this removal has not deleted yet.
+                    self.data.state = RemoveRegionGroupState::DeleteReplicas;
+                    return Ok(Step::Continue);
                 }
+                Err(rejection) => return Err(rejection.into()),
             }
         }
         tracing::info!(
-            procedure = %ctx.procedure_id(), %region, replicas = self.data.replicas.len(),
+            procedure = %ctx.procedure_id(), %region, replicas = self.data.deleted.len(),
             "region group removed"
         );
         Ok(Step::Done(Vec::new()))
@@ -361,11 +461,9 @@ impl Procedure for RemoveRegionGroupProcedure {
 
     async fn step(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
         match self.data.state {
-            RemoveRegionGroupState::CollectReplicas => {
-                self.collect_replicas(ctx);
-                Ok(Step::Continue)
+            RemoveRegionGroupState::CollectReplicas | RemoveRegionGroupState::DropQueuedCreates => {
+                self.drop_queued_creates(ctx).await
             }
-            RemoveRegionGroupState::DropQueuedCreates => self.drop_queued_creates(ctx).await,
             RemoveRegionGroupState::DeleteReplicas => self.delete_replicas(ctx).await,
             RemoveRegionGroupState::DropMetadata => self.drop_metadata(ctx).await,
         }
@@ -377,8 +475,21 @@ impl ProcedureType for RemoveRegionGroupProcedure {
     const TYPE_NAME: &'static str = "RemoveRegionGroup";
 
     fn decode(data: &[u8]) -> Result<Self, ProcedureError> {
-        Ok(Self {
-            data: decode_data(data)?,
-        })
+        let mut data: RemoveRegionGroupData = decode_data(data)?;
+        // A record from before the footprint: its fixed replica set becomes explicit
+        // targets; those before `next` were deleted; the task in flight is `next`'s.
+        if !data.legacy_replicas.is_empty() {
+            let next = data.legacy_next.min(data.legacy_replicas.len());
+            data.deleted
+                .extend(data.legacy_replicas[..next].iter().copied());
+            if data.task.is_some() && data.task_node.is_none() {
+                data.task_node = data.legacy_replicas.get(next).copied();
+            }
+            data.targets.append(&mut data.legacy_replicas);
+            data.targets.sort();
+            data.targets.dedup();
+            data.legacy_next = 0;
+        }
+        Ok(Self { data })
     }
 }

@@ -6,10 +6,13 @@
 //! magic "SHOALSNP" (8) | version u16 | body_len u64 | crc32c(version ‖ body_len ‖ body) u32 | body
 //! ```
 //!
-//! The body is CBOR of the version's body struct. Version 2 is current. Every older version
-//! stays readable forever; committed fixtures of each are loaded by tests.
+//! The body is CBOR of the version's body struct. Version 3 is current (v3 added the
+//! replica footprints and names queued tasks' DataNodes by id). Every older version stays
+//! readable forever, upgraded step by step (v1 → v2 → v3); committed fixtures of each are
+//! loaded by tests.
 
 mod v1;
+mod v2;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +21,7 @@ use crate::state::ClusterState;
 /// First bytes of every snapshot.
 pub const MAGIC: &[u8; 8] = b"SHOALSNP";
 /// The format version [`encode`] writes.
-pub const CURRENT_VERSION: u16 = 2;
+pub const CURRENT_VERSION: u16 = 3;
 /// Bytes before the body.
 pub const HEADER_LEN: usize = 8 + 2 + 8 + 4;
 
@@ -88,9 +91,13 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     match version {
         1 => {
             let legacy: v1::SnapshotV1 = decode_exact(body).map_err(malformed)?;
+            Ok(legacy.upgrade().upgrade())
+        }
+        2 => {
+            let legacy: v2::SnapshotV2 = decode_exact(body).map_err(malformed)?;
             Ok(legacy.upgrade())
         }
-        2 => decode_exact(body).map_err(malformed),
+        3 => decode_exact(body).map_err(malformed),
         other => Err(SnapshotError::UnsupportedVersion(other)),
     }
 }
@@ -162,6 +169,8 @@ fn decode_exact<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String
 
 #[cfg(any(test, feature = "testing"))]
 pub use v1::{ClusterStateV1, SnapshotV1};
+#[cfg(any(test, feature = "testing"))]
+pub use v2::{ClusterStateV2, RegionMaintainTaskV2, SnapshotV2};
 
 /// Encodes a legacy v1 snapshot (fixture generation and upgrade tests only).
 #[cfg(any(test, feature = "testing"))]
@@ -169,6 +178,14 @@ pub fn encode_v1(snapshot: &SnapshotV1) -> Result<Vec<u8>, SnapshotError> {
     let mut body = Vec::new();
     ciborium::into_writer(snapshot, &mut body).map_err(|e| SnapshotError::Encode(e.to_string()))?;
     Ok(frame(1, &body))
+}
+
+/// Encodes a legacy v2 snapshot (fixture generation and upgrade tests only).
+#[cfg(any(test, feature = "testing"))]
+pub fn encode_v2(snapshot: &SnapshotV2) -> Result<Vec<u8>, SnapshotError> {
+    let mut body = Vec::new();
+    ciborium::into_writer(snapshot, &mut body).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+    Ok(frame(2, &body))
 }
 
 #[cfg(test)]

@@ -62,8 +62,8 @@ fn future_version_is_refused_by_number() {
 #[test]
 fn v1_legacy_delete_tasks_become_pending_legacy_deletions() {
     use crate::model::*;
-    use crate::state::{RegionMaintainKind, RegionMaintainTask};
-    let task = |kind| RegionMaintainTask {
+    use crate::state::RegionMaintainKind;
+    let task = |kind| RegionMaintainTaskV2 {
         kind,
         database: DatabaseName::new("db").unwrap(),
         region: RegionReplicaSet::new(RegionId::new(RegionKind::Data, 1), vec![DataNodeId(0)]),
@@ -98,4 +98,64 @@ fn v1_legacy_delete_tasks_become_pending_legacy_deletions() {
             .collect::<Vec<_>>(),
         [&TaskId(2)]
     );
+}
+
+#[test]
+fn v2_upgrade_derives_footprints_from_what_could_hold_a_replica() {
+    use crate::model::*;
+    use crate::state::{PartitionTable, RegionMaintainKind};
+    let db = DatabaseName::new("db").unwrap();
+    let region = |id| RegionId::new(RegionKind::Data, id);
+    let location = |n| DataNodeLocation::new(DataNodeId(n), format!("127.0.0.1:{n}")).unwrap();
+    let task = |kind, r, n| RegionMaintainTaskV2 {
+        kind,
+        database: db.clone(),
+        region: RegionReplicaSet::new(region(r), vec![DataNodeId(0), DataNodeId(1)]),
+        target: location(n),
+    };
+    let mut v2 = ClusterStateV2::default();
+    let mut table = PartitionTable::default();
+    table.groups.insert(
+        region(1),
+        RegionReplicaSet::new(region(1), vec![DataNodeId(0), DataNodeId(1)]),
+    );
+    v2.partition_tables.insert(db.clone(), table);
+    v2.region_maintain_queue
+        .insert(TaskId(4), task(RegionMaintainKind::Create, 1, 2));
+    v2.pending_legacy_deletions
+        .insert(TaskId(3), task(RegionMaintainKind::LegacyDelete, 7, 5));
+    let bytes = encode_v2(&SnapshotV2 {
+        last_index: 9,
+        last_term: 2,
+        state: v2,
+    })
+    .unwrap();
+    let state = decode(&bytes).unwrap().state;
+    assert_eq!(
+        state.footprint(region(1)),
+        vec![DataNodeId(0), DataNodeId(1), DataNodeId(2)],
+        "published replicas and the queued create's target"
+    );
+    assert_eq!(
+        state.footprint(region(7)),
+        vec![DataNodeId(5)],
+        "legacy deletion"
+    );
+    assert_eq!(
+        state.region_maintain_queue[&TaskId(4)].target,
+        DataNodeId(2)
+    );
+    assert_eq!(
+        state.pending_legacy_deletions[&TaskId(3)].target,
+        DataNodeId(5)
+    );
+    // Re-encoded as the current version, it reads back the same.
+    let again = encode(&Snapshot {
+        last_index: 9,
+        last_term: 2,
+        state: state.clone(),
+    })
+    .unwrap();
+    assert_eq!(u16::from_be_bytes([again[8], again[9]]), CURRENT_VERSION);
+    assert_eq!(decode(&again).unwrap().state, state);
 }

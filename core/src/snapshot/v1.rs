@@ -1,6 +1,7 @@
 //! Snapshot format v1: before region deletion moved to procedures, the region-maintain queue
 //! also held *delete* tasks, executed by synchronous RPC (the ghost-task hazard). Loading v1
 //! keeps every such task as a pending legacy deletion so a procedure finishes it.
+//! Its tasks have v2's shape (target by location).
 
 use std::collections::BTreeMap;
 
@@ -8,11 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{DataNodeId, DatabaseName, ProcedureId, TaskId};
 use crate::state::{
-    ClusterState, DataNodeInfo, DatabaseEntry, PartitionTable, ProcedureRecord, RegionMaintainKind,
-    RegionMaintainTask,
+    DataNodeInfo, DatabaseEntry, PartitionTable, ProcedureRecord, RegionMaintainKind,
 };
 
-use super::Snapshot;
+use super::v2::{ClusterStateV2, RegionMaintainTaskV2 as RegionMaintainTask, SnapshotV2};
 
 /// The v1 snapshot body. Frozen: never change these fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,8 +51,9 @@ pub struct ClusterStateV1 {
 }
 
 impl SnapshotV1 {
-    /// Converts to the current shape, moving legacy delete tasks to pending legacy deletions.
-    pub fn upgrade(self) -> Snapshot {
+    /// Converts to the v2 shape, moving legacy delete tasks to pending legacy deletions
+    /// (then [`SnapshotV2::upgrade`] brings it to the current shape).
+    pub fn upgrade(self) -> SnapshotV2 {
         let v1 = self.state;
         let mut queue = BTreeMap::new();
         let mut pending = BTreeMap::new();
@@ -70,10 +71,10 @@ impl SnapshotV1 {
                 }
             }
         }
-        Snapshot {
+        SnapshotV2 {
             last_index: self.last_index,
             last_term: self.last_term,
-            state: ClusterState {
+            state: ClusterStateV2 {
                 next_data_node_id: v1.next_data_node_id,
                 next_region_id: v1.next_region_id,
                 next_procedure_id: v1.next_procedure_id,

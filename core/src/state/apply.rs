@@ -5,7 +5,7 @@ use crate::plan::{self, ConfigPlan};
 
 use super::{
     ClusterState, DataNodeInfo, DataNodeStatus, DatabaseEntry, MAX_RESERVE, PartitionTable,
-    ProcedureRecord, RegionMaintainKind, RegionMaintainTask,
+    ProcedureRecord, RegionFootprint, RegionMaintainKind, RegionMaintainTask,
 };
 
 /// What applying an accepted plan produced.
@@ -88,6 +88,19 @@ pub enum Rejection {
     /// Only finished procedures may be deleted.
     #[error("procedure {0} has not finished")]
     ProcedureNotFinished(ProcedureId),
+    /// A finished procedure's record never changes again (a commit of unknown outcome
+    /// must not revive it).
+    #[error("procedure {0} has finished; its record is immutable")]
+    ProcedureFinished(ProcedureId),
+    /// Region groups' metadata (or their database) cannot be dropped while a DataNode may
+    /// still hold one of their replicas.
+    #[error("replicas of {region} may remain on {data_nodes:?}")]
+    ReplicasRemain {
+        /// A region group with a non-empty footprint.
+        region: RegionId,
+        /// The DataNodes that may still hold its replica.
+        data_nodes: Vec<DataNodeId>,
+    },
     /// The plan's arguments are out of range.
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -102,176 +115,30 @@ impl ClusterState {
     pub fn apply(&mut self, plan: &ConfigPlan) -> ApplyResult {
         match plan {
             ConfigPlan::RegisterDataNode(p) => self.register_data_node(p),
-            ConfigPlan::UpdateDataNodeStatus(p) => {
-                let node = self
-                    .data_nodes
-                    .get_mut(&p.id)
-                    .ok_or(Rejection::UnknownDataNode(p.id))?;
-                node.status = p.status;
-                Ok(Applied::Done)
-            }
-            ConfigPlan::CreateDatabase(p) => {
-                let name = &p.schema.name;
-                if let Some(entry) = self.databases.get(name) {
-                    if p.created_by.is_some() && entry.created_by == p.created_by {
-                        return Ok(Applied::Unchanged);
-                    }
-                    return Err(if entry.deleting {
-                        Rejection::DatabaseDeleting(name.clone())
-                    } else {
-                        Rejection::DatabaseExists(name.clone())
-                    });
-                }
-                self.databases.insert(
-                    name.clone(),
-                    DatabaseEntry {
-                        schema: p.schema.clone(),
-                        deleting: false,
-                        created_by: p.created_by,
-                    },
-                );
-                self.partition_tables
-                    .insert(name.clone(), PartitionTable::default());
-                Ok(Applied::Done)
-            }
-            ConfigPlan::PreDeleteDatabase(p) => {
-                let entry = self
-                    .databases
-                    .get_mut(&p.name)
-                    .ok_or_else(|| Rejection::DatabaseNotFound(p.name.clone()))?;
-                if entry.deleting == p.deleting {
-                    return Ok(Applied::Unchanged);
-                }
-                entry.deleting = p.deleting;
-                Ok(Applied::Done)
-            }
+            ConfigPlan::UpdateDataNodeStatus(p) => self.update_data_node_status(p),
+            ConfigPlan::CreateDatabase(p) => self.create_database(p),
+            ConfigPlan::PreDeleteDatabase(p) => self.mark_database_deleting(p),
             ConfigPlan::DeleteDatabase(p) => self.delete_database(&p.name),
             ConfigPlan::CreateRegionGroups(p) => self.create_region_groups(p),
-            ConfigPlan::RemoveRegionGroup(p) => {
-                let removed = self
-                    .partition_tables
-                    .get_mut(&p.database)
-                    .and_then(|table| table.groups.remove(&p.region));
-                // Queued creates for a dropped group would resurrect it.
-                self.region_maintain_queue
-                    .retain(|_, t| t.region.region != p.region);
-                Ok(if removed.is_some() {
-                    Applied::Done
-                } else {
-                    Applied::Unchanged
-                })
-            }
+            ConfigPlan::RemoveRegionGroup(p) => self.remove_region_group_unguarded(p),
             ConfigPlan::AddRegionLocation(p) => self.change_location(p.region, p.data_node, true),
+            ConfigPlan::RetiredRegionLeaderHint(_) => Ok(Applied::Unchanged),
             ConfigPlan::RemoveRegionLocation(p) => {
                 self.change_location(p.region, p.data_node, false)
             }
-            ConfigPlan::RetiredRegionLeaderHint(_) => Ok(Applied::Unchanged),
-            ConfigPlan::ReserveRegionIds(p) => {
-                if p.count == 0 || p.count > MAX_RESERVE {
-                    return Err(Rejection::Invalid(format!(
-                        "reserve count {} outside 1..={MAX_RESERVE}",
-                        p.count
-                    )));
-                }
-                if let Some(owner) = p.for_procedure
-                    && let Some((first, count)) = self.region_reservations.get(&(owner, p.kind))
-                {
-                    if *count != p.count {
-                        return Err(Rejection::Invalid(format!(
-                            "{owner} already reserved {count} {} region ids",
-                            p.kind
-                        )));
-                    }
-                    return Ok(Applied::RegionIdsReserved {
-                        first: *first,
-                        count: *count,
-                    });
-                }
-                let first = self.next_region_id;
-                let next = first
-                    .checked_add(p.count)
-                    .ok_or_else(|| Rejection::Invalid("region id space exhausted".into()))?;
-                self.next_region_id = next;
-                if let Some(owner) = p.for_procedure {
-                    self.region_reservations
-                        .insert((owner, p.kind), (first, p.count));
-                }
-                Ok(Applied::RegionIdsReserved {
-                    first,
-                    count: p.count,
-                })
-            }
+            ConfigPlan::ReserveRegionIds(p) => self.reserve_region_ids(p),
+            ConfigPlan::RecordReplicaFootprints(p) => self.record_footprints(p),
+            ConfigPlan::ReplicaDeleted(p) => self.replica_deleted(p),
+            ConfigPlan::DropRegionGroup(p) => self.drop_region_group(p),
             ConfigPlan::OfferRegionMaintainTasks(p) => self.offer_tasks(p),
-            ConfigPlan::PollRegionMaintainTask(_) => {
-                Ok(match self.region_maintain_queue.pop_first() {
-                    Some(_) => Applied::Done,
-                    None => Applied::Unchanged,
-                })
-            }
-            ConfigPlan::PollSpecificRegionMaintainTask(p) => {
-                let before = self.region_maintain_queue.len();
-                for id in &p.task_ids {
-                    self.region_maintain_queue.remove(id);
-                }
-                Ok(if before == self.region_maintain_queue.len() {
-                    Applied::Unchanged
-                } else {
-                    Applied::Done
-                })
-            }
-            ConfigPlan::ResolveLegacyDeletion(p) => {
-                Ok(match self.pending_legacy_deletions.remove(&p.task_id) {
-                    Some(_) => Applied::Done,
-                    None => Applied::Unchanged,
-                })
-            }
-            ConfigPlan::SubmitProcedure(p) => {
-                if let Some(key) = &p.request_key
-                    && let Some(id) = self.procedure_request_keys.get(key)
-                {
-                    return Ok(Applied::ProcedureSubmitted {
-                        id: *id,
-                        existing: true,
-                    });
-                }
-                let id = self.allocate_procedure_id();
-                let mut record = ProcedureRecord::from_new(id, p.procedure.clone(), None);
-                record.request_key = p.request_key.clone();
-                if let Some(key) = &p.request_key {
-                    self.procedure_request_keys.insert(key.clone(), id);
-                }
-                self.procedures.insert(id, record);
-                Ok(Applied::ProcedureSubmitted {
-                    id,
-                    existing: false,
-                })
-            }
+            ConfigPlan::PollRegionMaintainTask(_) => Ok(self.poll_oldest_task()),
+            ConfigPlan::PollSpecificRegionMaintainTask(p) => Ok(self.drop_queued_tasks(p)),
+            ConfigPlan::ResolveLegacyDeletion(p) => Ok(changed(
+                self.pending_legacy_deletions.remove(&p.task_id).is_some(),
+            )),
+            ConfigPlan::SubmitProcedure(p) => Ok(self.submit_procedure(p)),
             ConfigPlan::UpdateProcedure(p) => self.update_procedure(p),
-            ConfigPlan::DeleteProcedures(p) => {
-                // Validate all first so a refused plan changes nothing.
-                for id in &p.ids {
-                    if let Some(record) = self.procedures.get(id)
-                        && !record.status.is_finished()
-                    {
-                        return Err(Rejection::ProcedureNotFinished(*id));
-                    }
-                }
-                let mut changed = false;
-                for id in &p.ids {
-                    if let Some(record) = self.procedures.remove(id) {
-                        changed = true;
-                        self.region_reservations.retain(|(owner, _), _| owner != id);
-                        if let Some(key) = record.request_key {
-                            self.procedure_request_keys.remove(&key);
-                        }
-                    }
-                }
-                Ok(if changed {
-                    Applied::Done
-                } else {
-                    Applied::Unchanged
-                })
-            }
+            ConfigPlan::DeleteProcedures(p) => self.delete_procedures(p),
         }
     }
 
@@ -311,6 +178,52 @@ impl ClusterState {
         Ok(Applied::DataNodeRegistered(id))
     }
 
+    fn update_data_node_status(&mut self, p: &plan::UpdateDataNodeStatus) -> ApplyResult {
+        let node = self
+            .data_nodes
+            .get_mut(&p.id)
+            .ok_or(Rejection::UnknownDataNode(p.id))?;
+        node.status = p.status;
+        Ok(Applied::Done)
+    }
+
+    fn create_database(&mut self, p: &plan::CreateDatabase) -> ApplyResult {
+        let name = &p.schema.name;
+        if let Some(entry) = self.databases.get(name) {
+            if p.created_by.is_some() && entry.created_by == p.created_by {
+                return Ok(Applied::Unchanged);
+            }
+            return Err(if entry.deleting {
+                Rejection::DatabaseDeleting(name.clone())
+            } else {
+                Rejection::DatabaseExists(name.clone())
+            });
+        }
+        self.databases.insert(
+            name.clone(),
+            DatabaseEntry {
+                schema: p.schema.clone(),
+                deleting: false,
+                created_by: p.created_by,
+            },
+        );
+        self.partition_tables
+            .insert(name.clone(), PartitionTable::default());
+        Ok(Applied::Done)
+    }
+
+    fn mark_database_deleting(&mut self, p: &plan::PreDeleteDatabase) -> ApplyResult {
+        let entry = self
+            .databases
+            .get_mut(&p.name)
+            .ok_or_else(|| Rejection::DatabaseNotFound(p.name.clone()))?;
+        if entry.deleting == p.deleting {
+            return Ok(Applied::Unchanged);
+        }
+        entry.deleting = p.deleting;
+        Ok(Applied::Done)
+    }
+
     fn delete_database(&mut self, name: &DatabaseName) -> ApplyResult {
         let Some(entry) = self.databases.get(name) else {
             // Re-applied after a crash: already gone.
@@ -329,6 +242,13 @@ impl ClusterState {
                 groups,
             });
         }
+        // A group never published (a failed creation's) may still have replicas.
+        if let Some((region, footprint)) = self.footprints_of(name).next() {
+            return Err(Rejection::ReplicasRemain {
+                region,
+                data_nodes: footprint.data_nodes.iter().copied().collect(),
+            });
+        }
         self.databases.remove(name);
         self.partition_tables.remove(name);
         self.region_maintain_queue
@@ -344,7 +264,7 @@ impl ClusterState {
         if entry.deleting {
             return Err(Rejection::DatabaseDeleting(p.database.clone()));
         }
-        let mut changed = false;
+        let mut new = Vec::new();
         for group in &p.groups {
             if group.region.id >= self.next_region_id {
                 return Err(Rejection::RegionConflict(group.region));
@@ -356,34 +276,75 @@ impl ClusterState {
             {
                 return Err(Rejection::UnknownDataNode(*node));
             }
-            match (
-                self.database_of(group.region),
-                self.region_group(group.region),
-            ) {
-                (Some(db), Some(existing)) if db == &p.database && existing == group => {}
-                (Some(_), _) => return Err(Rejection::RegionConflict(group.region)),
-                (None, _) => changed = true,
+            match self.database_of(group.region) {
+                // Published before, in this database: a re-run of the same publish. The
+                // stored replica set stays (the region cleaner may have completed it since).
+                Some(db) if db == &p.database => {}
+                Some(_) => return Err(Rejection::RegionConflict(group.region)),
+                None => {
+                    if self
+                        .footprints
+                        .get(&group.region)
+                        .is_some_and(|f| f.database != p.database)
+                    {
+                        return Err(Rejection::RegionConflict(group.region));
+                    }
+                    new.push(group);
+                }
             }
         }
-        let table = self.partition_tables.entry(p.database.clone()).or_default();
-        for group in &p.groups {
-            table.groups.insert(group.region, group.clone());
+        if new.is_empty() {
+            return Ok(Applied::Unchanged);
         }
-        Ok(if changed {
-            Applied::Done
-        } else {
-            Applied::Unchanged
-        })
+        for group in new {
+            self.add_to_footprint(&p.database, group.region, group.replicas.iter().copied());
+            self.partition_tables
+                .entry(p.database.clone())
+                .or_default()
+                .groups
+                .insert(group.region, group.clone());
+        }
+        Ok(Applied::Done)
+    }
+
+    /// Old logs only (see [`ConfigPlan::RemoveRegionGroup`]): drops the group, its queued
+    /// creates and its footprint, whatever the footprint holds.
+    fn remove_region_group_unguarded(&mut self, p: &plan::RemoveRegionGroup) -> ApplyResult {
+        let removed = self
+            .partition_tables
+            .get_mut(&p.database)
+            .and_then(|table| table.groups.remove(&p.region));
+        // Queued creates for a dropped group would resurrect it.
+        self.region_maintain_queue
+            .retain(|_, t| t.region.region != p.region);
+        let forgot = self.footprints.remove(&p.region).is_some();
+        Ok(changed(removed.is_some() || forgot))
+    }
+
+    fn drop_region_group(&mut self, p: &plan::DropRegionGroup) -> ApplyResult {
+        if let Some(footprint) = self.footprints.get(&p.region) {
+            return Err(Rejection::ReplicasRemain {
+                region: p.region,
+                data_nodes: footprint.data_nodes.iter().copied().collect(),
+            });
+        }
+        let removed = self
+            .partition_tables
+            .get_mut(&p.database)
+            .and_then(|table| table.groups.remove(&p.region));
+        self.region_maintain_queue
+            .retain(|_, t| t.region.region != p.region);
+        Ok(changed(removed.is_some()))
     }
 
     fn change_location(&mut self, region: RegionId, node: DataNodeId, add: bool) -> ApplyResult {
         if add && !self.data_nodes.contains_key(&node) {
             return Err(Rejection::UnknownDataNode(node));
         }
-        let group = self
+        let (database, group) = self
             .partition_tables
-            .values_mut()
-            .find_map(|t| t.groups.get_mut(&region))
+            .iter_mut()
+            .find_map(|(db, t)| t.groups.get_mut(&region).map(|g| (db.clone(), g)))
             .ok_or(Rejection::UnknownRegion(region))?;
         let present = group.replicas.contains(&node);
         match (add, present) {
@@ -394,7 +355,135 @@ impl ClusterState {
             (false, true) => group.replicas.retain(|n| *n != node),
             _ => return Ok(Applied::Unchanged),
         }
+        if add {
+            // Normally recorded before the create; kept true for any writer.
+            self.add_to_footprint(&database, region, [node]);
+        }
         Ok(Applied::Done)
+    }
+
+    fn reserve_region_ids(&mut self, p: &plan::ReserveRegionIds) -> ApplyResult {
+        if p.count == 0 || p.count > MAX_RESERVE {
+            return Err(Rejection::Invalid(format!(
+                "reserve count {} outside 1..={MAX_RESERVE}",
+                p.count
+            )));
+        }
+        if let Some(owner) = p.for_procedure
+            && let Some((first, count)) = self.region_reservations.get(&(owner, p.kind))
+        {
+            if *count != p.count {
+                return Err(Rejection::Invalid(format!(
+                    "{owner} already reserved {count} {} region ids",
+                    p.kind
+                )));
+            }
+            return Ok(Applied::RegionIdsReserved {
+                first: *first,
+                count: *count,
+            });
+        }
+        let first = self.next_region_id;
+        let next = first
+            .checked_add(p.count)
+            .ok_or_else(|| Rejection::Invalid("region id space exhausted".into()))?;
+        self.next_region_id = next;
+        if let Some(owner) = p.for_procedure {
+            self.region_reservations
+                .insert((owner, p.kind), (first, p.count));
+        }
+        Ok(Applied::RegionIdsReserved {
+            first,
+            count: p.count,
+        })
+    }
+
+    fn record_footprints(&mut self, p: &plan::RecordReplicaFootprints) -> ApplyResult {
+        match self.databases.get(&p.database) {
+            None => return Err(Rejection::DatabaseNotFound(p.database.clone())),
+            // A deletion has started: no create may be sent into this database any more.
+            Some(entry) if entry.deleting => {
+                return Err(Rejection::DatabaseDeleting(p.database.clone()));
+            }
+            Some(_) => {}
+        }
+        for group in &p.groups {
+            if group.region.id >= self.next_region_id {
+                return Err(Rejection::RegionConflict(group.region));
+            }
+            if let Some(node) = group
+                .replicas
+                .iter()
+                .find(|n| !self.data_nodes.contains_key(n))
+            {
+                return Err(Rejection::UnknownDataNode(*node));
+            }
+            let other_database = self
+                .footprints
+                .get(&group.region)
+                .is_some_and(|f| f.database != p.database)
+                || self
+                    .database_of(group.region)
+                    .is_some_and(|db| db != &p.database);
+            if other_database {
+                return Err(Rejection::RegionConflict(group.region));
+            }
+        }
+        let mut added = false;
+        for group in &p.groups {
+            added |=
+                self.add_to_footprint(&p.database, group.region, group.replicas.iter().copied());
+        }
+        Ok(changed(added))
+    }
+
+    fn replica_deleted(&mut self, p: &plan::ReplicaDeleted) -> ApplyResult {
+        let mut done = false;
+        if let Some(footprint) = self.footprints.get_mut(&p.region) {
+            done |= footprint.data_nodes.remove(&p.data_node);
+            if footprint.data_nodes.is_empty() {
+                self.footprints.remove(&p.region);
+            }
+        }
+        if let Some(group) = self
+            .partition_tables
+            .values_mut()
+            .find_map(|t| t.groups.get_mut(&p.region))
+            && group.replicas.contains(&p.data_node)
+        {
+            group.replicas.retain(|n| *n != p.data_node);
+            done = true;
+        }
+        // A queued create of the deleted replica would bring it back.
+        let before = self.region_maintain_queue.len();
+        self.region_maintain_queue
+            .retain(|_, t| !(t.region.region == p.region && t.target == p.data_node));
+        done |= before != self.region_maintain_queue.len();
+        Ok(changed(done))
+    }
+
+    /// Adds `nodes` to `region`'s footprint; whether anything was new.
+    fn add_to_footprint(
+        &mut self,
+        database: &DatabaseName,
+        region: RegionId,
+        nodes: impl IntoIterator<Item = DataNodeId>,
+    ) -> bool {
+        let footprint = self
+            .footprints
+            .entry(region)
+            .or_insert_with(|| RegionFootprint {
+                database: database.clone(),
+                data_nodes: Default::default(),
+            });
+        let mut added = false;
+        for node in nodes {
+            added |= footprint.data_nodes.insert(node);
+        }
+        if footprint.data_nodes.is_empty() {
+            self.footprints.remove(&region);
+        }
+        added
     }
 
     fn offer_tasks(&mut self, p: &plan::OfferRegionMaintainTasks) -> ApplyResult {
@@ -414,13 +503,16 @@ impl ClusterState {
                 kind: task.kind,
                 database: task.database.clone(),
                 region: task.region.clone(),
-                target: task.target.clone(),
+                target: task.target.id,
             };
+            // A queued create is about to be sent; a legacy deletion names a replica that
+            // exists. Either way the DataNode may hold a replica.
+            self.add_to_footprint(&task.database, task.region.region, [task.target.id]);
             match task.kind {
                 RegionMaintainKind::Create => {
                     // A re-offered create (a step re-run after a crash) must not queue twice.
                     let queued = self.region_maintain_queue.iter().find(|(_, t)| {
-                        t.region.region == stored.region.region && t.target.id == stored.target.id
+                        t.region.region == stored.region.region && t.target == stored.target
                     });
                     match queued {
                         Some((existing, _)) => ids.push(*existing),
@@ -429,7 +521,6 @@ impl ClusterState {
                             self.region_maintain_queue.insert(id, stored);
                         }
                     }
-                    continue;
                 }
                 RegionMaintainKind::LegacyDelete => {
                     tracing::warn!(
@@ -444,12 +535,67 @@ impl ClusterState {
         Ok(Applied::TasksOffered(ids))
     }
 
+    /// The pre-procedure drainer's "poll the oldest task": its queue held creates and
+    /// legacy deletes alike, which now live in two maps sharing one id space.
+    fn poll_oldest_task(&mut self) -> Applied {
+        let oldest_create = self.region_maintain_queue.keys().next().copied();
+        let oldest_delete = self.pending_legacy_deletions.keys().next().copied();
+        match (oldest_create, oldest_delete) {
+            (Some(create), Some(delete)) if delete < create => {
+                self.pending_legacy_deletions.remove(&delete);
+            }
+            (Some(create), _) => {
+                self.region_maintain_queue.remove(&create);
+            }
+            (None, Some(delete)) => {
+                self.pending_legacy_deletions.remove(&delete);
+            }
+            (None, None) => return Applied::Unchanged,
+        }
+        Applied::Done
+    }
+
+    fn drop_queued_tasks(&mut self, p: &plan::PollSpecificRegionMaintainTask) -> Applied {
+        let before = self.region_maintain_queue.len();
+        for id in &p.task_ids {
+            self.region_maintain_queue.remove(id);
+        }
+        changed(before != self.region_maintain_queue.len())
+    }
+
+    fn submit_procedure(&mut self, p: &plan::SubmitProcedure) -> Applied {
+        if let Some(key) = &p.request_key
+            && let Some(id) = self.procedure_request_keys.get(key)
+        {
+            return Applied::ProcedureSubmitted {
+                id: *id,
+                existing: true,
+            };
+        }
+        let id = self.allocate_procedure_id();
+        let mut record = ProcedureRecord::from_new(id, p.procedure.clone(), None);
+        record.request_key = p.request_key.clone();
+        if let Some(key) = &p.request_key {
+            self.procedure_request_keys.insert(key.clone(), id);
+        }
+        self.procedures.insert(id, record);
+        Applied::ProcedureSubmitted {
+            id,
+            existing: false,
+        }
+    }
+
     fn update_procedure(&mut self, p: &plan::UpdateProcedure) -> ApplyResult {
         let id = p.record.id;
         let stored = self
             .procedures
             .get(&id)
             .ok_or(Rejection::UnknownProcedure(id))?;
+        // Checked before the version: under Raft a commit may land after its proposer saw
+        // an error, and nothing may bring a finished procedure back to life.
+        if stored.status.is_finished() {
+            return Err(Rejection::ProcedureFinished(id));
+        }
         if let Some(expected) = p.expect_version
             && expected != stored.version
         {
@@ -479,9 +625,40 @@ impl ClusterState {
         Ok(Applied::ProcedureUpdated { children })
     }
 
+    fn delete_procedures(&mut self, p: &plan::DeleteProcedures) -> ApplyResult {
+        // Validate all first so a refused plan changes nothing.
+        for id in &p.ids {
+            if let Some(record) = self.procedures.get(id)
+                && !record.status.is_finished()
+            {
+                return Err(Rejection::ProcedureNotFinished(*id));
+            }
+        }
+        let mut removed = false;
+        for id in &p.ids {
+            if let Some(record) = self.procedures.remove(id) {
+                removed = true;
+                self.region_reservations.retain(|(owner, _), _| owner != id);
+                if let Some(key) = record.request_key {
+                    self.procedure_request_keys.remove(&key);
+                }
+            }
+        }
+        Ok(changed(removed))
+    }
+
     fn allocate_procedure_id(&mut self) -> ProcedureId {
         // Ids start at 1 so 0 never names a real procedure.
         self.next_procedure_id += 1;
         ProcedureId(self.next_procedure_id)
+    }
+}
+
+/// `Done` if something changed, else `Unchanged`.
+fn changed(done: bool) -> Applied {
+    if done {
+        Applied::Done
+    } else {
+        Applied::Unchanged
     }
 }

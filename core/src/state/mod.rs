@@ -50,6 +50,10 @@ pub struct ClusterState {
     /// re-run reservation return the same ids; dropped with the procedure's record.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub region_reservations: BTreeMap<(ProcedureId, RegionKind), (u32, u32)>,
+    /// Per region group, every DataNode that may hold a replica (see [`RegionFootprint`]).
+    /// A group's metadata and its database are dropped only once its footprint is empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub footprints: BTreeMap<RegionId, RegionFootprint>,
 }
 
 impl ClusterState {
@@ -85,6 +89,25 @@ impl ClusterState {
             }
         }
         counts
+    }
+
+    /// The DataNodes that may hold a replica of `region` (empty when none may).
+    pub fn footprint(&self, region: RegionId) -> Vec<DataNodeId> {
+        self.footprints
+            .get(&region)
+            .map(|f| f.data_nodes.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Region groups of `database` some DataNode may still hold a replica of.
+    pub fn footprints_of<'a>(
+        &'a self,
+        database: &'a DatabaseName,
+    ) -> impl Iterator<Item = (RegionId, &'a RegionFootprint)> + 'a {
+        self.footprints
+            .iter()
+            .filter(move |(_, f)| &f.database == database)
+            .map(|(region, f)| (*region, f))
     }
 
     /// Procedures that have not finished, in id order.

@@ -68,8 +68,21 @@ pub struct RegionMaintainTask {
     pub database: DatabaseName,
     /// The region group, with its replica set at offer time.
     pub region: RegionReplicaSet,
-    /// The DataNode to act on.
-    pub target: DataNodeLocation,
+    /// The DataNode to act on, by id: its address is resolved when it is dialled, so a
+    /// DataNode that re-registered at a new address still gets its work.
+    pub target: DataNodeId,
+}
+
+/// Every DataNode that may hold a replica of one region group: each DataNode a create was
+/// ever sent to (recorded *before* the create leaves), kept until a deletion there reached
+/// `Success`. Removals delete on the whole footprint; "who may hold a replica" is never
+/// re-derived from queues or replica sets another step may have changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionFootprint {
+    /// The database the group belongs (or was to belong) to.
+    pub database: DatabaseName,
+    /// DataNodes that may hold a replica.
+    pub data_nodes: std::collections::BTreeSet<DataNodeId>,
 }
 
 coded_enum! {

@@ -215,17 +215,31 @@ impl RegionStore for FaultyRegionStore {
     }
 }
 
-/// Wraps a [`TaskJournal`] and fails its next appends or rewrites on demand.
+/// Wraps a [`TaskJournal`] and fails its appends or rewrites on demand, keeping the
+/// [`TaskJournal`] contract of the file journal: a failed append, or a rewrite that fails
+/// after replacing the contents, poisons this open journal (that call and every later append
+/// and rewrite fail with [`StorageError::Unavailable`]; `load` still reads) until
+/// [`FaultyTaskJournal::reopen`]. Clones share the armed faults and the poisoning.
 #[derive(Clone)]
 pub struct FaultyTaskJournal {
     inner: Arc<dyn TaskJournal>,
-    fail_appends: Arc<AtomicUsize>,
-    fail_rewrites: Arc<AtomicUsize>,
+    faults: Arc<JournalFaults>,
+    poisoned: Arc<Mutex<Option<StorageError>>>,
+}
+
+/// Faults armed on a journal; shared by every reopened handle.
+#[derive(Default)]
+struct JournalFaults {
+    appends: AtomicUsize,
+    rewrites: AtomicUsize,
+    rewrites_after_replace: AtomicUsize,
 }
 
 impl std::fmt::Debug for FaultyTaskJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FaultyTaskJournal").finish_non_exhaustive()
+        f.debug_struct("FaultyTaskJournal")
+            .field("poisoned", &self.is_poisoned())
+            .finish_non_exhaustive()
     }
 }
 
@@ -240,31 +254,73 @@ impl FaultyTaskJournal {
     pub fn new(inner: Arc<dyn TaskJournal>) -> Self {
         Self {
             inner,
-            fail_appends: Arc::default(),
-            fail_rewrites: Arc::default(),
+            faults: Arc::default(),
+            poisoned: Arc::default(),
         }
     }
 
-    /// Fails the next `count` appends with [`StorageError::Injected`].
-    pub fn fail_next_appends(&self, count: usize) {
-        self.fail_appends.store(count, Ordering::SeqCst);
+    /// The same journal opened again: the same records and armed faults, and no poisoning
+    /// (a handle poisoned before stays poisoned).
+    pub fn reopen(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            faults: self.faults.clone(),
+            poisoned: Arc::default(),
+        }
     }
 
-    /// Fails the next `count` rewrites with [`StorageError::Injected`].
+    /// Fails the next `count` appends without writing their records; each failure poisons
+    /// the handle it happened on.
+    pub fn fail_next_appends(&self, count: usize) {
+        self.faults.appends.store(count, Ordering::SeqCst);
+    }
+
+    /// Fails the next `count` rewrites before they replace anything, with the retryable
+    /// [`StorageError::Injected`]: the journal keeps its contents and stays usable.
     pub fn fail_next_rewrites(&self, count: usize) {
-        self.fail_rewrites.store(count, Ordering::SeqCst);
+        self.faults.rewrites.store(count, Ordering::SeqCst);
+    }
+
+    /// The next `count` rewrites replace the contents, then fail and poison the handle (as
+    /// the file journal does when the directory fsync after its rename fails).
+    pub fn fail_next_rewrites_after_replace(&self, count: usize) {
+        self.faults
+            .rewrites_after_replace
+            .store(count, Ordering::SeqCst);
+    }
+
+    /// Whether this handle is poisoned.
+    pub fn is_poisoned(&self) -> bool {
+        lock(&self.poisoned).is_some()
+    }
+
+    fn check_usable(&self) -> Result<(), StorageError> {
+        match &*lock(&self.poisoned) {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&self, cause: &str) -> StorageError {
+        let error = StorageError::Unavailable(format!(
+            "task journal (faulty) is poisoned until reopened: {cause}"
+        ));
+        *lock(&self.poisoned) = Some(error.clone());
+        error
     }
 }
 
 #[async_trait]
 impl TaskJournal for FaultyTaskJournal {
     async fn append(&self, record: Vec<u8>) -> Result<(), StorageError> {
-        if take(&self.fail_appends) {
-            return Err(StorageError::Injected(
-                "journal append failed by test".into(),
-            ));
+        self.check_usable()?;
+        if take(&self.faults.appends) {
+            return Err(self.poison("journal append failed by test"));
         }
-        self.inner.append(record).await
+        match self.inner.append(record).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.poison(&error.to_string())),
+        }
     }
 
     async fn load(&self) -> Result<Vec<Vec<u8>>, StorageError> {
@@ -272,11 +328,16 @@ impl TaskJournal for FaultyTaskJournal {
     }
 
     async fn rewrite(&self, records: Vec<Vec<u8>>) -> Result<(), StorageError> {
-        if take(&self.fail_rewrites) {
+        self.check_usable()?;
+        if take(&self.faults.rewrites) {
             return Err(StorageError::Injected(
                 "journal rewrite failed by test".into(),
             ));
         }
-        self.inner.rewrite(records).await
+        self.inner.rewrite(records).await?;
+        if take(&self.faults.rewrites_after_replace) {
+            return Err(self.poison("journal rewrite failed by test after replacing"));
+        }
+        Ok(())
     }
 }

@@ -14,7 +14,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// An in-memory [`TaskJournal`]. Clones share the records, so a test "restarts" a DataNode
-/// by opening a new one over a clone of the same journal.
+/// by opening a new one over a clone of the same journal. It never fails, so it is never
+/// poisoned; wrap it in `storage::faulty::FaultyTaskJournal` to inject failures.
 #[derive(Debug, Clone, Default)]
 pub struct MemTaskJournal {
     records: Arc<Mutex<Vec<Vec<u8>>>>,

@@ -176,12 +176,21 @@ pub trait RegionStore: Send + Sync + 'static {
 }
 
 /// The DataNode's durable journal of task records (opaque bytes owned by the DataNode).
+///
+/// Storage that failed once is poisoned until reopened: a failed `append`, or a `rewrite`
+/// that fails after it began replacing the contents, fails that call and every later
+/// `append` and `rewrite` with [`StorageError::Unavailable`] (never retryable), because what
+/// the failed call left behind is unknown. The failed call's own record may or may not be
+/// there after a reopen; every record acknowledged before it is. `load` still reads the
+/// acknowledged records. Only opening the journal again clears the poisoning.
 #[async_trait]
 pub trait TaskJournal: Send + Sync + 'static {
-    /// Durably appends one record.
+    /// Durably appends one record. Any failure poisons the journal.
     async fn append(&self, record: Vec<u8>) -> Result<(), StorageError>;
-    /// Every record, in append order.
+    /// Every acknowledged record, in append order.
     async fn load(&self) -> Result<Vec<Vec<u8>>, StorageError>;
-    /// Atomically replaces the journal's contents with `records` (compaction).
+    /// Atomically replaces the journal's contents with `records` (compaction). A failure
+    /// before anything was replaced is retryable and leaves the journal as it was; a failure
+    /// after that poisons it.
     async fn rewrite(&self, records: Vec<Vec<u8>>) -> Result<(), StorageError>;
 }

@@ -1,37 +1,57 @@
-//! The service over an in-process ConfigNode (in-memory log, no DataNodes): request keys
-//! make retried submits idempotent.
+//! The service over an in-process ConfigNode (in-memory log, one in-process DataNode called
+//! directly): request keys make retried submits idempotent.
 
 use std::sync::Arc;
 
-use shoal_core::api::{ApiError, ConfigNodeApi, CreateDatabaseRequest};
+use shoal_core::api::{ApiError, ConfigNodeApi, CreateDatabaseRequest, DataNodeApi};
+use shoal_core::confignode::clients::DataNodeClients;
 use shoal_core::confignode::{ConfigNode, ConfigNodeConfig};
 use shoal_core::consensus::{Consensus, LocalConsensus};
-use shoal_core::model::{DatabaseName, ReplicationFactor};
+use shoal_core::datanode::{DataNode, DataNodeConfig};
+use shoal_core::model::{DataNodeLocation, DatabaseName, ReplicationFactor};
 use shoal_core::storage::mem::{MemLogStore, MemSnapshotStore};
+use shoal_core::storage::{MemRegionStore, MemTaskJournal};
 use shoal_runtime_smol::smol_runtime;
-use shoal_transport_capnp::{ClientOptions, RpcRuntime};
 
 use super::ConfigNodeService;
-use crate::clients::CapnpDataNodeClients;
 
-/// A leading ConfigNode with no DataNodes (database-only requests need none).
+/// Every DataNode address reaches the one in-process DataNode.
+struct OneDataNode(DataNode);
+
+impl DataNodeClients for OneDataNode {
+    fn client(&self, _location: &DataNodeLocation) -> Arc<dyn DataNodeApi> {
+        Arc::new(self.0.clone())
+    }
+}
+
+/// A leading ConfigNode with one registered DataNode.
 async fn service() -> (ConfigNodeService, Arc<ConfigNode>) {
+    let runtime = smol_runtime();
     let consensus = Arc::new(LocalConsensus::new(
         Arc::new(MemLogStore::new()),
         Arc::new(MemSnapshotStore::new()),
     ));
-    let rpc = RpcRuntime::start("service-test").expect("rpc thread");
-    let clients = Arc::new(CapnpDataNodeClients::new(rpc, ClientOptions::new("unused")));
+    let data_node = DataNode::open(
+        runtime.clone(),
+        Arc::new(MemRegionStore::new(runtime.clock.clone())),
+        Arc::new(MemTaskJournal::new()),
+        DataNodeConfig::default(),
+    )
+    .await
+    .expect("DataNode opens");
     let node = ConfigNode::new(
         consensus.clone() as Arc<dyn Consensus>,
-        clients,
-        smol_runtime(),
+        Arc::new(OneDataNode(data_node)),
+        runtime,
         ConfigNodeConfig::default(),
     )
     .expect("ConfigNode builds");
     consensus.campaign().await.expect("campaign");
     node.start();
     node.executor().wait_running().await;
+    node.register_data_node(None, "127.0.0.1:1".into())
+        .await
+        .expect("registered");
     (ConfigNodeService::new(node.clone()), node)
 }
 
@@ -41,7 +61,7 @@ fn request(name: &str) -> CreateDatabaseRequest {
         name: DatabaseName::new(name).expect("name"),
         schema_replication_factor: rf,
         data_replication_factor: rf,
-        data_region_groups: 0,
+        data_region_groups: 1,
         schema_region_groups: 0,
     }
 }

@@ -1,0 +1,141 @@
+//! Snapshot format v2: procedures own deletion, but there is no replica footprint and queued
+//! tasks name their DataNode by location. Loading v2 converts task targets to ids and
+//! derives each group's footprint from what v2 knew could hold a replica: its published
+//! replicas, queued create targets and pending legacy deletions.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    DataNodeId, DataNodeLocation, DatabaseName, ProcedureId, RegionId, RegionKind,
+    RegionReplicaSet, TaskId,
+};
+use crate::state::{
+    ClusterState, DataNodeInfo, DatabaseEntry, PartitionTable, ProcedureRecord, RegionFootprint,
+    RegionMaintainKind, RegionMaintainTask,
+};
+
+use super::Snapshot;
+
+/// The v2 snapshot body. Frozen: never change these fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotV2 {
+    /// Index of the last log entry the state includes.
+    pub last_index: u64,
+    /// Term of that entry.
+    pub last_term: u64,
+    /// The v2 state.
+    pub state: ClusterStateV2,
+}
+
+/// A queued task as v2 stored it: the target by location.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionMaintainTaskV2 {
+    /// What to do.
+    pub kind: RegionMaintainKind,
+    /// The owning database.
+    pub database: DatabaseName,
+    /// The region group, with its replica set at offer time.
+    pub region: RegionReplicaSet,
+    /// The DataNode to act on, with the address it had at offer time.
+    pub target: DataNodeLocation,
+}
+
+/// The v2 state. Frozen: never change these fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStateV2 {
+    /// Next DataNode id.
+    pub next_data_node_id: u32,
+    /// Next region id.
+    pub next_region_id: u32,
+    /// Next procedure id.
+    pub next_procedure_id: u64,
+    /// Next task id.
+    pub next_task_id: u64,
+    /// Registered DataNodes.
+    pub data_nodes: BTreeMap<DataNodeId, DataNodeInfo>,
+    /// Databases.
+    pub databases: BTreeMap<DatabaseName, DatabaseEntry>,
+    /// Partition tables.
+    pub partition_tables: BTreeMap<DatabaseName, PartitionTable>,
+    /// Queued create tasks.
+    pub region_maintain_queue: BTreeMap<TaskId, RegionMaintainTaskV2>,
+    /// Deletions inherited from v1.
+    pub pending_legacy_deletions: BTreeMap<TaskId, RegionMaintainTaskV2>,
+    /// Procedure records.
+    pub procedures: BTreeMap<ProcedureId, ProcedureRecord>,
+    /// Request keys.
+    pub procedure_request_keys: BTreeMap<String, ProcedureId>,
+    /// Per-procedure region-id reservations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub region_reservations: BTreeMap<(ProcedureId, RegionKind), (u32, u32)>,
+}
+
+fn by_id(task: RegionMaintainTaskV2) -> RegionMaintainTask {
+    RegionMaintainTask {
+        kind: task.kind,
+        database: task.database,
+        region: task.region,
+        target: task.target.id,
+    }
+}
+
+impl SnapshotV2 {
+    /// Converts to the current shape (see the module docs).
+    pub fn upgrade(self) -> Snapshot {
+        let v2 = self.state;
+        let mut footprints: BTreeMap<RegionId, RegionFootprint> = BTreeMap::new();
+        let mut note = |database: &DatabaseName, region: RegionId, node: DataNodeId| {
+            footprints
+                .entry(region)
+                .or_insert_with(|| RegionFootprint {
+                    database: database.clone(),
+                    data_nodes: Default::default(),
+                })
+                .data_nodes
+                .insert(node);
+        };
+        for (database, table) in &v2.partition_tables {
+            for group in table.groups.values() {
+                for node in &group.replicas {
+                    note(database, group.region, *node);
+                }
+            }
+        }
+        for task in v2
+            .region_maintain_queue
+            .values()
+            .chain(v2.pending_legacy_deletions.values())
+        {
+            note(&task.database, task.region.region, task.target.id);
+        }
+        Snapshot {
+            last_index: self.last_index,
+            last_term: self.last_term,
+            state: ClusterState {
+                next_data_node_id: v2.next_data_node_id,
+                next_region_id: v2.next_region_id,
+                next_procedure_id: v2.next_procedure_id,
+                next_task_id: v2.next_task_id,
+                data_nodes: v2.data_nodes,
+                databases: v2.databases,
+                partition_tables: v2.partition_tables,
+                region_maintain_queue: v2
+                    .region_maintain_queue
+                    .into_iter()
+                    .map(|(id, t)| (id, by_id(t)))
+                    .collect(),
+                pending_legacy_deletions: v2
+                    .pending_legacy_deletions
+                    .into_iter()
+                    .map(|(id, t)| (id, by_id(t)))
+                    .collect(),
+                procedures: v2.procedures,
+                procedure_request_keys: v2.procedure_request_keys,
+                region_reservations: v2.region_reservations,
+                footprints,
+            },
+        }
+    }
+}
