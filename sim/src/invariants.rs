@@ -26,24 +26,20 @@ fn ready<T>(future: impl Future<Output = T>) -> Option<T> {
 
 /// Who may hold a replica, per the durable state: `(DataNode, region)` pairs.
 ///
-/// Until issue 10's replica footprint is on main this is published groups ∪ queued create
-/// targets ∪ pending legacy deletions ∪ replicas named by unfinished procedures (planned
-/// replicas of creations, extra and collected replicas of removals). Swap in the footprint
-/// here once it lands; nothing else depends on how the set is made.
+/// Issue 10's replica footprint (every DataNode a create was ever sent to, until a deletion
+/// there succeeded) ∪ pending legacy deletions (replicas a v1 cluster was deleting) ∪
+/// replicas named by unfinished procedures (planned replicas of creations, targets of
+/// removals). Published groups and queued creates are deliberately not added: both must lie
+/// in the footprint, and adding them would hide a footprint that missed one.
 pub fn known_replicas(seen: &mut Seen) -> BTreeSet<(DataNodeId, RegionId)> {
     let mut known = BTreeSet::new();
-    for (_, group) in seen.state.region_groups() {
-        for node in &group.replicas {
-            known.insert((*node, group.region));
+    for (region, footprint) in &seen.state.footprints {
+        for node in &footprint.data_nodes {
+            known.insert((*node, *region));
         }
     }
-    for task in seen
-        .state
-        .region_maintain_queue
-        .values()
-        .chain(seen.state.pending_legacy_deletions.values())
-    {
-        known.insert((task.target.id, task.region.region));
+    for task in seen.state.pending_legacy_deletions.values() {
+        known.insert((task.target, task.region.region));
     }
     let unfinished: Vec<_> = seen
         .state
@@ -67,9 +63,9 @@ pub fn known_replicas(seen: &mut Seen) -> BTreeSet<(DataNodeId, RegionId)> {
                 }
             }
             Some(Decoded::Remove {
-                region, replicas, ..
+                region, targets, ..
             }) => {
-                for node in replicas {
+                for node in targets {
                     known.insert((*node, *region));
                 }
             }
@@ -238,7 +234,7 @@ pub fn quiet_problems(world: &World) -> Vec<(Invariant, String)> {
                 Invariant::Liveness,
                 format!(
                     "queued create {id} of {} on DataNode {} never done",
-                    task.region.region, task.target.id
+                    task.region.region, task.target
                 ),
             ));
         }
@@ -247,7 +243,7 @@ pub fn quiet_problems(world: &World) -> Vec<(Invariant, String)> {
                 Invariant::Liveness,
                 format!(
                     "legacy deletion {id} of {} on DataNode {} never adopted",
-                    task.region.region, task.target.id
+                    task.region.region, task.target
                 ),
             ));
         }

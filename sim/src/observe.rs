@@ -145,8 +145,10 @@ pub enum Decoded {
         region: RegionId,
         /// Group or replicas scope.
         scope: RemovalScope,
-        /// Replicas named so far (`extra` and the collected list).
-        replicas: Vec<DataNodeId>,
+        /// DataNodes it deletes on besides the footprint (all of them in replicas scope).
+        targets: Vec<DataNodeId>,
+        /// DataNodes whose deletion it recorded as succeeded.
+        deleted: Vec<DataNodeId>,
     },
     /// A database deletion.
     DeleteDatabase(DatabaseName),
@@ -173,14 +175,11 @@ pub fn decode(record: &ProcedureRecord) -> Decoded {
             match RemoveRegionGroupProcedure::decode(&record.data) {
                 Ok(p) => {
                     let d = p.data();
-                    let mut replicas = d.extra.clone();
-                    replicas.extend(d.replicas.iter().copied());
-                    replicas.sort();
-                    replicas.dedup();
                     Decoded::Remove {
                         region: d.region,
                         scope: d.scope,
-                        replicas,
+                        targets: d.targets.clone(),
+                        deleted: d.deleted.iter().copied().collect(),
                     }
                 }
                 Err(_) => Decoded::Other,
@@ -438,12 +437,13 @@ impl Observer {
             Decoded::Remove {
                 region,
                 scope,
-                replicas,
+                targets,
+                deleted,
             } => {
-                let nodes = (scope == RemovalScope::Replicas).then(|| replicas.clone());
+                let nodes = (scope == RemovalScope::Replicas).then(|| targets.clone());
                 let missing: Vec<DataNodeId> = {
                     let seen = lock(&self.seen);
-                    replicas
+                    deleted
                         .iter()
                         .filter(|n| {
                             !seen

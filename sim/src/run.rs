@@ -8,16 +8,16 @@ use std::time::Duration;
 use shoal_core::api::DataNodeApi as _;
 use shoal_core::confignode::ConfigNodeError;
 use shoal_core::model::{
-    DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, ProcedureId, RegionId, RegionKind,
-    RegionReplicaSet, ReplicationFactor, TaskId,
+    DataNodeId, DatabaseName, DatabaseSchema, ProcedureId, RegionId, RegionKind, RegionReplicaSet,
+    ReplicationFactor, TaskId,
 };
 use shoal_core::mutations::{self, Mutation};
 use shoal_core::plan::{
     ConfigPlan, CreateDatabase, CreateRegionGroups, RegisterDataNode, ReserveRegionIds,
 };
 use shoal_core::runtime::{BoxFuture, Clock};
-use shoal_core::snapshot::{self, ClusterStateV1, SnapshotV1};
-use shoal_core::state::{ClusterState, RegionMaintainKind, RegionMaintainTask};
+use shoal_core::snapshot::{self, ClusterStateV1, RegionMaintainTaskV2, SnapshotV1};
+use shoal_core::state::{ClusterState, RegionMaintainKind};
 use shoal_core::storage::{RegionConfig, RegionStore};
 
 use crate::disk::{DiskFaults, Disks};
@@ -26,7 +26,7 @@ use crate::invariants::{check_safety, quiet_problems};
 use crate::net::{NetFaults, NetPolicy};
 use crate::observe::{Invariant, Observer, Violation};
 use crate::scenario::{Op, Scenario};
-use crate::world::{CLIENT, World, cn_tag};
+use crate::world::{CLIENT, NodeFailure, World, cn_tag};
 
 /// How to run a scenario.
 #[derive(Debug, Clone, Default)]
@@ -148,7 +148,7 @@ impl<'a> Runner<'a> {
         let clock = SimClock::new();
         let (initial, v1) = if scenario.legacy {
             let v1 = legacy_snapshot(scenario.data_nodes);
-            let state = v1.clone().upgrade().state;
+            let state = v1.clone().upgrade().upgrade().state;
             (state, Some(v1))
         } else {
             (ClusterState::default(), None)
@@ -238,6 +238,7 @@ impl<'a> Runner<'a> {
         self.schedule(base + 2_000, Action::AutoSnapshot);
         while !self.done {
             self.drain();
+            self.supervise();
             let timer = self.world.clock.next_deadline();
             let agenda = self.agenda.keys().next().map(|(t, _)| *t);
             let now = self.world.clock.now_ms();
@@ -461,6 +462,26 @@ impl<'a> Runner<'a> {
                         self.world.start_cn(0, true);
                     }
                     self.schedule(now + 1_000, Action::Check);
+                }
+            }
+        }
+    }
+
+    /// Restarts nodes that failed for good, as a process supervisor would (after 500 ms).
+    fn supervise(&mut self) {
+        let now = self.world.clock.now_ms();
+        while let Ok(failure) = self.world.failed.try_recv() {
+            match failure {
+                NodeFailure::DataNode(j) => {
+                    self.world.crash_dn(j);
+                    self.schedule(now + 500, Action::RestartDn(j));
+                }
+                NodeFailure::ConfigNode(i) => {
+                    if self.world.cn_up(i) {
+                        self.world.crash_cn(i);
+                        self.down_cns.insert(i);
+                        self.schedule(now + 500, Action::RestartCn(i));
+                    }
                 }
             }
         }
@@ -735,7 +756,7 @@ pub fn legacy_snapshot(data_nodes: usize) -> SnapshotV1 {
     for plan in &plans {
         let _ = state.apply(plan);
     }
-    let mut queue = state.region_maintain_queue.clone();
+    let mut queue: BTreeMap<TaskId, RegionMaintainTaskV2> = BTreeMap::new();
     let doomed = group(3, RegionKind::Data);
     let dropped = DatabaseName::new("dropped").unwrap_or_else(|_| unreachable_name());
     let mut next_task = state.next_task_id;
@@ -746,11 +767,11 @@ pub fn legacy_snapshot(data_nodes: usize) -> SnapshotV1 {
         };
         queue.insert(
             TaskId(next_task),
-            RegionMaintainTask {
+            RegionMaintainTaskV2 {
                 kind: RegionMaintainKind::LegacyDelete,
                 database: dropped.clone(),
                 region: doomed.clone(),
-                target: DataNodeLocation::clone(&info.location),
+                target: info.location.clone(),
             },
         );
     }

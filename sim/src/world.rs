@@ -73,6 +73,7 @@ pub fn confignode_config() -> ConfigNodeConfig {
                 max: Duration::from_millis(2_000),
                 max_attempts: None,
             },
+            create_retry_window: Duration::from_millis(5_000),
             data_quorum_at_least_one: false,
         },
         cleaner_interval: Duration::from_millis(500),
@@ -100,6 +101,15 @@ impl SnapshotStore for SimSnapshotStore {
         self.disks.fail_log("snapshot load")?;
         self.inner.load_latest().await
     }
+}
+
+/// A node whose process would exit for a supervisor to restart it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeFailure {
+    /// DataNode `j`.
+    DataNode(usize),
+    /// ConfigNode slot `i`.
+    ConfigNode(usize),
 }
 
 /// One DataNode: durable stores, and its incarnation while up.
@@ -161,6 +171,10 @@ pub struct World {
     pub dns: Vec<DnSlot>,
     /// ConfigNode slots 0 and 1 (`None`: down).
     pub cns: Arc<Mutex<Vec<Option<CnLive>>>>,
+    /// A node that failed for good (poisoned journal or log) asks its supervisor for a
+    /// restart here, as its process would exit non-zero.
+    pub failed: async_channel::Receiver<NodeFailure>,
+    failed_tx: async_channel::Sender<NodeFailure>,
     seed: u64,
     world_rng: Arc<SharedRng>,
 }
@@ -206,7 +220,10 @@ impl World {
                 }
             })
             .collect();
+        let (failed_tx, failed) = async_channel::unbounded();
         World {
+            failed,
+            failed_tx,
             exec,
             clock: clock.clone(),
             observer,
@@ -261,6 +278,7 @@ impl World {
         let network = self.network.clone();
         let observer = self.observer.clone();
         let clock = self.clock.clone();
+        let failed = self.failed_tx.clone();
         observer.trace(|| format!("start DataNode {id}"));
         self.exec.spawn(
             tag,
@@ -277,8 +295,11 @@ impl World {
                         Ok(node) => {
                             node.set_id(id);
                             *lock(&holder) = Some(node.clone());
-                            network.host_on(&address, Arc::new(node), rt.spawner.clone());
+                            network.host_on(&address, Arc::new(node.clone()), rt.spawner.clone());
                             observer.trace(|| format!("DataNode {id} serving"));
+                            let error = node.wait_failed().await;
+                            observer.trace(|| format!("DataNode {id} failed for good: {error}"));
+                            let _ = failed.send(NodeFailure::DataNode(j)).await;
                             return;
                         }
                         Err(e) => {
@@ -359,6 +380,17 @@ impl World {
             }
         };
         node.start();
+        let failed = self.failed_tx.clone();
+        let watched = node.clone();
+        let observer = self.observer.clone();
+        self.exec.spawn(
+            tag,
+            Box::pin(async move {
+                let error = watched.failed().await;
+                observer.trace(|| format!("ConfigNode {i} failed for good: {error}"));
+                let _ = failed.send(NodeFailure::ConfigNode(i)).await;
+            }),
+        );
         if let Some(slot) = lock(&self.cns).get_mut(i) {
             *slot = Some(CnLive { consensus, node });
         }
