@@ -289,11 +289,10 @@ impl Observer {
         lock(&self.seen).trace.is_some()
     }
 
-    /// Adds a line to the trace (built only when tracing). The hash takes only the time, so
-    /// it is the same with and without a readable trace.
+    /// Adds a line to the trace (built only when tracing). The hash never takes trace text,
+    /// so it is the same with and without a readable trace.
     pub fn trace(&self, line: impl FnOnce() -> String) {
         let now = self.now();
-        self.hash_u64(now);
         let mut seen = lock(&self.seen);
         if let Some(trace) = seen.trace.as_mut() {
             trace.push(format!("{now:>8} ms  {}", line()));

@@ -383,6 +383,10 @@ impl<'a> Runner<'a> {
 
     fn perform(&mut self, action: Action) {
         let now = self.world.clock.now_ms();
+        self.world.observer.hash_u64(now);
+        self.world
+            .observer
+            .hash_bytes(format!("{action:?}").as_bytes());
         match action {
             Action::Event(index) => {
                 if let Some(event) = self.scenario.events.get(index) {
