@@ -143,6 +143,9 @@ struct Runner<'a> {
 /// backoff and poll interval of the configuration.
 const STALL_MS: u64 = 30_000;
 
+/// Polls within one instant of virtual time beyond which the cluster is spinning.
+const RUNAWAY_POLLS: u64 = 200_000;
+
 impl<'a> Runner<'a> {
     fn new(scenario: &'a Scenario, options: &RunOptions) -> Self {
         let clock = SimClock::new();
@@ -199,9 +202,20 @@ impl<'a> Runner<'a> {
     /// instant of virtual time: every disk and network operation takes time, so a state
     /// that lasts no time at all is one nobody could observe either.
     fn drain(&mut self) {
+        let mut polls = 0u64;
         while let Some(key) = self.world.exec.step(&mut self.sched) {
             self.polls += 1;
+            polls += 1;
             self.world.observer.hash_u64(key);
+            if polls > RUNAWAY_POLLS {
+                self.world.observer.violate(
+                    Invariant::Liveness,
+                    format!("livelock: {polls} polls without virtual time passing"),
+                );
+                self.done = true;
+                self.deadline = 0;
+                break;
+            }
         }
         check_safety(&self.world);
     }

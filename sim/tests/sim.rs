@@ -85,13 +85,14 @@ fn a_duplicated_submit_after_its_ack_is_caught_running_a_task_twice() {
 
 #[cfg(feature = "sim-mutations")]
 #[test]
-fn every_wired_mutation_is_found() {
+fn every_mutation_is_found() {
     use shoal_core::mutations::Mutation;
-    // Wired so far: fail-as-success. orphan, ack-early and publish-teardown re-introduce
-    // bugs issue 10 just fixed; their switches are still to be placed in core.
+    // publish-teardown needs a ConfigNode lost right after Publish while the cleaner
+    // completes the group: not found within 300 seeds yet. orphan makes a removal spin
+    // without yielding (zero-latency commits inside one poll), which the runner cannot stop.
     for (name, mutation) in Mutation::ALL
         .into_iter()
-        .filter(|(_, m)| *m == Mutation::FailAsSuccess)
+        .filter(|(_, m)| matches!(m, Mutation::AckEarly | Mutation::FailAsSuccess))
     {
         let found = (0..200u64).find(|seed| {
             run(
