@@ -51,6 +51,7 @@ fn measure(procedures: usize, steps: u32) -> f64 {
         );
         executor.start();
         executor.wait_running().await;
+        #[allow(clippy::disallowed_methods, reason = "a benchmark measures wall time")]
         let started = Instant::now();
         let mut ids = Vec::with_capacity(procedures);
         for i in 0..procedures {

@@ -11,6 +11,7 @@ pub mod confignode;
 pub mod consensus;
 pub mod datanode;
 pub mod model;
+pub mod mutations;
 pub mod placement;
 pub mod plan;
 pub mod procedure;

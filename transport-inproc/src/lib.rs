@@ -12,4 +12,4 @@
 
 mod network;
 
-pub use network::{InprocClient, InprocNetwork, LinkFaults, LinkStats};
+pub use network::{InprocClient, InprocNetwork, LinkFaults, LinkStats, MessageFate, MessagePolicy};

@@ -11,7 +11,7 @@ use shoal_core::api::{
     TaskStatus,
 };
 use shoal_core::model::{Epoch, RegionId, TaskId};
-use shoal_core::runtime::{BoxFuture, Runtime};
+use shoal_core::runtime::{BoxFuture, Runtime, Spawner};
 
 /// Faults on one directed link. The default is a healthy link.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,6 +33,29 @@ pub struct LinkFaults {
     /// Calls of one method are answered at once with this error and never run (a peer that
     /// refuses, or answers garbage).
     pub answer_of: BTreeMap<&'static str, ApiError>,
+}
+
+/// What happens to one message, as a [`MessagePolicy`] decides it (on top of the link's
+/// [`LinkFaults`]). The default delivers at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageFate {
+    /// Time the request spends in flight. It travels on its own, so a request sent just
+    /// before its sender stops still arrives (and runs).
+    pub latency: Duration,
+    /// The request is lost: the call never runs, the caller times out.
+    pub lose_request: bool,
+    /// The reply is lost: the call runs, the caller times out.
+    pub lose_reply: bool,
+    /// A second copy of the request arrives this long after the first; its reply is dropped.
+    pub duplicate_after: Option<Duration>,
+    /// Time the reply spends in flight (a reply later than the caller's timeout is lost).
+    pub reply_latency: Duration,
+}
+
+/// Decides the fate of every message, e.g. from a seeded random generator (the simulator).
+pub trait MessagePolicy: Send + Sync + 'static {
+    /// The fate of one call of `method` from `from` to `to`.
+    fn fate(&self, from: &str, to: &str, method: &'static str) -> MessageFate;
 }
 
 /// Takes one from `counter` if it is positive.
@@ -72,6 +95,7 @@ struct Hosted<S: ?Sized> {
 
 struct NetState<S: ?Sized> {
     nodes: BTreeMap<String, Hosted<S>>,
+    policy: Option<Arc<dyn MessagePolicy>>,
     links: BTreeMap<(String, String), LinkFaults>,
     stats: BTreeMap<(String, String), LinkStats>,
 }
@@ -109,6 +133,7 @@ impl<S: ?Sized + Send + Sync + 'static> InprocNetwork<S> {
         Self {
             state: Arc::new(Mutex::new(NetState {
                 nodes: BTreeMap::new(),
+                policy: None,
                 links: BTreeMap::new(),
                 stats: BTreeMap::new(),
             })),
@@ -123,11 +148,16 @@ impl<S: ?Sized + Send + Sync + 'static> InprocNetwork<S> {
 
     /// Starts serving `service` at `address`, replacing (and stopping) any node there.
     pub fn host(&self, address: &str, service: Arc<S>) {
+        self.host_on(address, service, self.runtime.spawner.clone());
+    }
+
+    /// Like [`InprocNetwork::host`], running the serving loop and every call on `spawner`
+    /// (the hosted node's own), so whoever owns that spawner can stop them all at once.
+    pub fn host_on(&self, address: &str, service: Arc<S>, spawner: Arc<dyn Spawner>) {
         let (inbox, requests) = async_channel::unbounded::<Envelope<S>>();
         let (alive, alive_rx) = async_channel::bounded::<()>(1);
-        let spawner = self.runtime.spawner.clone();
         let name = format!("inproc-serve-{address}");
-        self.runtime.spawner.spawn(
+        spawner.clone().spawn(
             &name,
             Box::pin(async move {
                 while let Ok(envelope) = requests.recv().await {
@@ -160,6 +190,11 @@ impl<S: ?Sized + Send + Sync + 'static> InprocNetwork<S> {
     /// unreachable until it is hosted again. Returns whether a node was there.
     pub fn stop(&self, address: &str) -> bool {
         self.lock().nodes.remove(address).is_some()
+    }
+
+    /// Lets `policy` decide the fate of every message from now on (`None`: links only).
+    pub fn set_policy(&self, policy: Option<Arc<dyn MessagePolicy>>) {
+        self.lock().policy = policy;
     }
 
     /// Whether a node is hosted at `address`.
@@ -261,32 +296,66 @@ impl<S: ?Sized + Send + Sync + 'static> std::fmt::Debug for InprocClient<S> {
     }
 }
 
+/// One delivery of a request: runs `call` on the service and sends its reply (unless the
+/// reply is lost, or this is a duplicate nobody waits for) after `reply_latency`.
+fn envelope<S, R, F>(
+    call: Arc<F>,
+    reply: Option<async_channel::Sender<Result<R, ApiError>>>,
+    reply_latency: Duration,
+    runtime: Runtime,
+) -> Envelope<S>
+where
+    S: ?Sized + Send + Sync + 'static,
+    R: Send + 'static,
+    F: Fn(Arc<S>) -> BoxFuture<Result<R, ApiError>> + Send + Sync + 'static,
+{
+    Box::new(move |service| {
+        let fut = call(service);
+        Box::pin(async move {
+            let result = fut.await;
+            if let Some(reply) = reply {
+                if !reply_latency.is_zero() {
+                    runtime.clock.sleep(reply_latency).await;
+                }
+                let _ = reply.send(result).await;
+            }
+        })
+    })
+}
+
 impl<S: ?Sized + Send + Sync + 'static> InprocClient<S> {
     /// Runs `call` (the remote method `method`) on the remote service, subject to the
-    /// link's faults.
+    /// link's faults and the network's [`MessagePolicy`]. `call` may run twice when the
+    /// policy duplicates the request.
     pub async fn call<R: Send + 'static>(
         &self,
         method: &'static str,
-        call: impl FnOnce(Arc<S>) -> BoxFuture<Result<R, ApiError>> + Send + 'static,
+        call: impl Fn(Arc<S>) -> BoxFuture<Result<R, ApiError>> + Send + Sync + 'static,
     ) -> Result<R, ApiError> {
         let net = &self.network;
-        let faults = net
-            .lock()
-            .links
-            .get(&(self.from.clone(), self.to.clone()))
-            .cloned();
-        let faults = faults.unwrap_or_default();
+        let (faults, policy) = {
+            let state = net.lock();
+            let faults = state
+                .links
+                .get(&(self.from.clone(), self.to.clone()))
+                .cloned();
+            (faults.unwrap_or_default(), state.policy.clone())
+        };
+        let fate = policy
+            .map(|p| p.fate(&self.from, &self.to, method))
+            .unwrap_or_default();
         let timeout = faults.timeout.unwrap_or(net.default_timeout);
         net.record(&self.from, &self.to, |s| s.calls += 1);
         if !faults.latency.is_zero() {
             net.runtime.clock.sleep(faults.latency).await;
         }
-        let fate = {
+        let decided = {
             let mut state = net.lock();
             let key = (self.from.clone(), self.to.clone());
             let link = state.links.entry(key).or_default();
             let lose_request = take(&mut link.drop_requests)
-                || link.drop_requests_of.get_mut(method).is_some_and(take);
+                || link.drop_requests_of.get_mut(method).is_some_and(take)
+                || fate.lose_request;
             if link.partitioned {
                 Fate::Unreachable
             } else if let Some(error) = link.answer_of.get(method) {
@@ -295,7 +364,8 @@ impl<S: ?Sized + Send + Sync + 'static> InprocClient<S> {
                 Fate::Lose
             } else {
                 let drop_reply = take(&mut link.drop_replies)
-                    || link.drop_replies_of.get_mut(method).is_some_and(take);
+                    || link.drop_replies_of.get_mut(method).is_some_and(take)
+                    || fate.lose_reply;
                 match state.nodes.get(&self.to) {
                     Some(node) => Fate::Deliver {
                         inbox: node.inbox.clone(),
@@ -305,7 +375,7 @@ impl<S: ?Sized + Send + Sync + 'static> InprocClient<S> {
                 }
             }
         };
-        let (inbox, drop_reply) = match fate {
+        let (inbox, drop_reply) = match decided {
             Fate::Unreachable => {
                 net.record(&self.from, &self.to, |s| s.unreachable += 1);
                 return Err(ApiError::Unreachable(format!("{} is unreachable", self.to)));
@@ -321,19 +391,43 @@ impl<S: ?Sized + Send + Sync + 'static> InprocClient<S> {
             }
             Fate::Deliver { inbox, drop_reply } => (inbox, drop_reply),
         };
+        let call = Arc::new(call);
         let (reply_tx, reply_rx) = async_channel::bounded::<Result<R, ApiError>>(1);
-        let envelope: Envelope<S> = Box::new(move |service| {
-            let fut = call(service);
-            Box::pin(async move {
-                let result = fut.await;
-                if !drop_reply {
-                    let _ = reply_tx.send(result).await;
-                }
-            })
-        });
-        if inbox.send(envelope).await.is_err() {
-            net.record(&self.from, &self.to, |s| s.unreachable += 1);
-            return Err(ApiError::Unreachable(format!("{} stopped", self.to)));
+        let first = envelope(
+            call.clone(),
+            (!drop_reply).then_some(reply_tx),
+            fate.reply_latency,
+            net.runtime.clone(),
+        );
+        if let Some(after) = fate.duplicate_after {
+            let copy = envelope(call, None, Duration::ZERO, net.runtime.clone());
+            let inbox = inbox.clone();
+            let clock = net.runtime.clock.clone();
+            let delay = fate.latency + after;
+            net.runtime.spawner.spawn(
+                "inproc-duplicate",
+                Box::pin(async move {
+                    clock.sleep(delay).await;
+                    let _ = inbox.send(copy).await;
+                }),
+            );
+        }
+        if fate.latency.is_zero() {
+            if inbox.send(first).await.is_err() {
+                net.record(&self.from, &self.to, |s| s.unreachable += 1);
+                return Err(ApiError::Unreachable(format!("{} stopped", self.to)));
+            }
+        } else {
+            // In flight on its own: the request arrives even if the caller is gone by then.
+            let clock = net.runtime.clock.clone();
+            let latency = fate.latency;
+            net.runtime.spawner.spawn(
+                "inproc-in-flight",
+                Box::pin(async move {
+                    clock.sleep(latency).await;
+                    let _ = inbox.send(first).await;
+                }),
+            );
         }
         net.record(&self.from, &self.to, |s| {
             s.delivered += 1;
@@ -342,6 +436,12 @@ impl<S: ?Sized + Send + Sync + 'static> InprocClient<S> {
             }
         });
         let clock = net.runtime.clock.clone();
+        if drop_reply {
+            // The call runs; its reply never comes back.
+            clock.sleep(timeout).await;
+            net.record(&self.from, &self.to, |s| s.timeouts += 1);
+            return Err(ApiError::Timeout(timeout));
+        }
         let outcome = future::or(async { Some(reply_rx.recv().await) }, async move {
             clock.sleep(timeout).await;
             None
@@ -350,11 +450,11 @@ impl<S: ?Sized + Send + Sync + 'static> InprocClient<S> {
         match outcome {
             Some(Ok(result)) => result,
             // The node stopped while the call ran: the caller cannot know whether it ran.
-            Some(Err(_closed)) if !drop_reply => Err(ApiError::Unreachable(format!(
+            Some(Err(_closed)) => Err(ApiError::Unreachable(format!(
                 "{} stopped during the call",
                 self.to
             ))),
-            Some(Err(_)) | None => {
+            None => {
                 net.record(&self.from, &self.to, |s| s.timeouts += 1);
                 Err(ApiError::Timeout(timeout))
             }
@@ -370,6 +470,7 @@ impl DataNodeApi for InprocClient<dyn DataNodeApi> {
         request: CreateRegionRequest,
     ) -> Result<(), ApiError> {
         self.call("create_region", move |s| {
+            let request = request.clone();
             Box::pin(async move { s.create_region(epoch, request).await })
         })
         .await
@@ -384,6 +485,7 @@ impl DataNodeApi for InprocClient<dyn DataNodeApi> {
 
     async fn write_region(&self, region: RegionId, bytes: Vec<u8>) -> Result<u64, ApiError> {
         self.call("write_region", move |s| {
+            let bytes = bytes.clone();
             Box::pin(async move { s.write_region(region, bytes).await })
         })
         .await
@@ -395,6 +497,7 @@ impl DataNodeApi for InprocClient<dyn DataNodeApi> {
         task: MaintainTask,
     ) -> Result<SubmitOutcome, ApiError> {
         self.call("submit_task", move |s| {
+            let task = task.clone();
             Box::pin(async move { s.submit_task(epoch, task).await })
         })
         .await

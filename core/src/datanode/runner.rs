@@ -55,6 +55,9 @@ async fn execute(store: &dyn RegionStore, kind: &MaintainTaskKind) -> TaskStatus
             }
             match store.delete(*region).await {
                 Ok(_) => TaskStatus::Success,
+                Err(_) if crate::mutations::active(crate::mutations::Mutation::FailAsSuccess) => {
+                    TaskStatus::Success
+                }
                 Err(error) => TaskStatus::Fail(format!("deleting data of {region}: {error}")),
             }
         }

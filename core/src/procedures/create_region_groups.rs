@@ -365,12 +365,19 @@ impl CreateRegionGroupsProcedure {
                 .await??;
         }
         // Teardown is only for groups never published.
+        let mutated = crate::mutations::active(crate::mutations::Mutation::PublishTeardown);
         self.data.torn_down = self
             .data
             .groups
             .iter()
-            .filter(|g| !published.contains_key(&g.region))
-            .filter(|g| refused || g.created.len() < self.quorum(env, g))
+            .filter(|g| {
+                // Mutation: a re-run that finds its published group changed (the cleaner
+                // completed it) takes that as a refusal.
+                let changed = mutated && published.get(&g.region).is_some_and(|p| *p != g.created);
+                changed
+                    || (!published.contains_key(&g.region)
+                        && (refused || g.created.len() < self.quorum(env, g)))
+            })
             .map(|g| g.region)
             .collect();
         self.data.state = if self.data.torn_down.is_empty() {

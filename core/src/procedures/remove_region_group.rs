@@ -170,7 +170,23 @@ impl RemoveRegionGroupProcedure {
             .filter(|n| !self.data.deleted.contains(n))
             .collect();
         if self.data.scope == RemovalScope::Group {
-            nodes.extend(ctx.state().read(|s| s.footprint(self.data.region)));
+            if crate::mutations::active(crate::mutations::Mutation::Orphan) {
+                // Mutation: the replica set as published and queued, not the footprint.
+                let region = self.data.region;
+                ctx.state().read(|s| {
+                    if let Some(group) = s.region_group(region) {
+                        nodes.extend(group.replicas.iter().copied());
+                    }
+                    for task in s.region_maintain_queue.values() {
+                        if task.region.region == region {
+                            nodes.insert(task.target);
+                        }
+                    }
+                });
+                nodes.retain(|n| !self.data.deleted.contains(n));
+            } else {
+                nodes.extend(ctx.state().read(|s| s.footprint(self.data.region)));
+            }
         }
         nodes
     }
@@ -293,6 +309,11 @@ impl RemoveRegionGroupProcedure {
         node: DataNodeId,
         task_id: TaskId,
     ) -> Result<Step, ProcedureError> {
+        if crate::mutations::active(crate::mutations::Mutation::AckEarly) {
+            // Mutation: ack before the progress below is durable.
+            let env = RegionEnv::of(ctx)?;
+            self.ack(ctx, env, node, task_id).await?;
+        }
         let deleted = ReplicaDeleted {
             region: self.data.region,
             data_node: node,

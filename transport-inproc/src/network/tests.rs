@@ -278,3 +278,43 @@ fn a_link_timeout_overrides_the_network_default() {
         assert_eq!(net.stats("cn", "dn").timeouts, 1);
     });
 }
+
+/// Loses nothing, duplicates every `write_region` 5 ms later and delays it 20 ms.
+struct DuplicateWrites;
+
+impl MessagePolicy for DuplicateWrites {
+    fn fate(&self, _: &str, _: &str, method: &'static str) -> MessageFate {
+        if method == "write_region" {
+            MessageFate {
+                latency: Duration::from_millis(20),
+                duplicate_after: Some(Duration::from_millis(5)),
+                ..Default::default()
+            }
+        } else {
+            MessageFate::default()
+        }
+    }
+}
+
+#[test]
+fn a_policy_duplicates_and_delays_messages_that_outlive_their_sender() {
+    smol::block_on(async {
+        let node = Arc::new(CountingNode::default());
+        let net = network(node.clone());
+        net.set_policy(Some(Arc::new(DuplicateWrites)));
+        let client = net.client("cn", "dn");
+        let start = Instant::now();
+        assert_eq!(client.write_region(REGION, vec![1, 2]).await.unwrap(), 2);
+        assert!(start.elapsed() >= Duration::from_millis(20));
+        // A caller that gives up at once: its request is already in flight and still runs.
+        let abandoned = client.write_region(REGION, vec![1]);
+        drop(futures_lite::future::poll_once(Box::pin(abandoned)).await);
+        smol::Timer::after(Duration::from_millis(60)).await;
+        assert_eq!(
+            node.ran.load(Ordering::SeqCst),
+            4,
+            "two calls, each delivered twice"
+        );
+        assert_eq!(node.written.load(Ordering::SeqCst), 6);
+    });
+}

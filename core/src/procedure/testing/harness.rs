@@ -617,6 +617,12 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
                 progress = now_progress;
                 idle = 0;
             } else if idle > 0 {
+                // The harness is test support driving a test's own (threaded) spawner; it
+                // yields real time to those threads, not to any logic under test.
+                #[allow(
+                    clippy::disallowed_methods,
+                    reason = "yields to the test's spawner threads"
+                )]
                 std::thread::sleep(std::time::Duration::from_micros(200));
             }
             if idle > self.max_idle_rounds {

@@ -1,0 +1,349 @@
+//! Simulated disks: core's in-memory stores wrapped with seeded failures, latency and crash
+//! semantics, and observed by the checker.
+//!
+//! - [`SimLogStore`]: the ConfigNodes' shared consensus log. Appends stay in a volatile tail
+//!   until `sync` covers them; a crash of the appending ConfigNode loses that tail, and a new
+//!   leader's `claim_term` truncates it (as Raft overwrites an uncommitted suffix).
+//! - [`SimJournal`]: a DataNode's task journal (appends are durable when they return; a crash
+//!   mid-append writes nothing).
+//! - [`SimRegionStore`]: a DataNode's regions over [`MemRegionStore`] (create and append are
+//!   durable when they return; a crash mid-delete leaves the rest of the bytes in trash).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use shoal_core::model::{DataNodeId, RegionId};
+use shoal_core::runtime::Clock;
+use shoal_core::storage::{
+    CreateOutcome, DeleteOutcome, LogEntry, LogStore, MemRegionStore, MemTaskJournal, RegionConfig,
+    RegionStore, StorageError, TaskJournal,
+};
+
+use crate::executor::{SimClock, SimRng};
+use crate::observe::Observer;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Failure rates (per million operations) and latencies of the simulated disks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskFaults {
+    /// A log append, sync, term claim or compaction fails.
+    pub log: u32,
+    /// A journal append, load or rewrite fails.
+    pub journal: u32,
+    /// A region store operation fails.
+    pub store: u32,
+    /// Largest latency of one disk operation (ms); 0 makes operations instant.
+    pub max_latency_ms: u64,
+}
+
+/// The seeded source of disk faults, shared by every simulated disk of a run.
+#[derive(Clone)]
+pub struct Disks {
+    rng: Arc<Mutex<SimRng>>,
+    faults: Arc<Mutex<DiskFaults>>,
+    clock: SimClock,
+    observer: Observer,
+}
+
+impl Disks {
+    /// Disks failing as `faults` says, on `clock`, reporting to `observer`.
+    pub fn new(rng: SimRng, faults: DiskFaults, clock: SimClock, observer: Observer) -> Self {
+        Self {
+            rng: Arc::new(Mutex::new(rng)),
+            faults: Arc::new(Mutex::new(faults)),
+            clock,
+            observer,
+        }
+    }
+
+    /// Changes the fault rates (e.g. to none once the faults stop).
+    pub fn set_faults(&self, faults: DiskFaults) {
+        *lock(&self.faults) = faults;
+    }
+
+    fn fail(
+        &self,
+        rate: impl Fn(&DiskFaults) -> u32,
+        what: &'static str,
+    ) -> Result<(), StorageError> {
+        let rate = rate(&lock(&self.faults));
+        if lock(&self.rng).chance(rate) {
+            self.observer.count_fault(what);
+            return Err(StorageError::Injected(format!("{what} failed (simulated)")));
+        }
+        Ok(())
+    }
+
+    /// Fails with the log's rate (the snapshot store shares the log's disk).
+    pub fn fail_log(&self, what: &'static str) -> Result<(), StorageError> {
+        self.fail(|f| f.log, what)
+    }
+
+    async fn latency(&self) {
+        let max = lock(&self.faults).max_latency_ms;
+        if max == 0 {
+            return;
+        }
+        let ms = lock(&self.rng).below(max + 1);
+        if ms > 0 {
+            self.clock.sleep(Duration::from_millis(ms)).await;
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct LogInner {
+    term: u64,
+    first_index: u64,
+    durable: Vec<LogEntry>,
+    /// Appended, not yet synced: lost on a crash of the appender.
+    tail: Vec<LogEntry>,
+}
+
+impl LogInner {
+    fn last_index(&self) -> u64 {
+        self.first_index + (self.durable.len() + self.tail.len()) as u64 - 1
+    }
+}
+
+/// The ConfigNodes' consensus log. Clones share it.
+#[derive(Clone)]
+pub struct SimLogStore {
+    inner: Arc<Mutex<LogInner>>,
+    disks: Disks,
+}
+
+impl SimLogStore {
+    /// An empty log whose first entry will have index `first_index` (after a snapshot).
+    pub fn new(disks: Disks, first_index: u64) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(LogInner {
+                first_index: first_index.max(1),
+                ..Default::default()
+            })),
+            disks,
+        }
+    }
+
+    /// A crash of the ConfigNode leading at `term`: its unsynced appends are lost.
+    pub fn crash_appender(&self, term: u64) -> usize {
+        let mut inner = lock(&self.inner);
+        let before = inner.tail.len();
+        inner.tail.retain(|e| e.term != term);
+        before - inner.tail.len()
+    }
+}
+
+#[async_trait]
+impl LogStore for SimLogStore {
+    fn current_term(&self) -> u64 {
+        lock(&self.inner).term
+    }
+
+    async fn claim_term(&self, term: u64) -> Result<(), StorageError> {
+        self.disks.latency().await;
+        self.disks.fail(|f| f.log, "log claim_term")?;
+        let mut inner = lock(&self.inner);
+        if inner.term >= term {
+            return Err(StorageError::Fenced {
+                term,
+                current: inner.term,
+            });
+        }
+        inner.term = term;
+        // The new leader starts from what is durable: an uncommitted tail is overwritten.
+        inner.tail.clear();
+        Ok(())
+    }
+
+    fn append(&self, term: u64, payload: &[u8]) -> Result<u64, StorageError> {
+        self.disks.fail(|f| f.log, "log append")?;
+        let mut inner = lock(&self.inner);
+        if term < inner.term {
+            return Err(StorageError::Fenced {
+                term,
+                current: inner.term,
+            });
+        }
+        let index = inner.last_index() + 1;
+        inner.tail.push(LogEntry {
+            index,
+            term,
+            payload: payload.to_vec(),
+        });
+        Ok(index)
+    }
+
+    async fn sync(&self, index: u64) -> Result<(), StorageError> {
+        self.disks.latency().await;
+        self.disks.fail(|f| f.log, "log sync")?;
+        let synced: Vec<LogEntry> = {
+            let mut inner = lock(&self.inner);
+            let durable_last = inner.first_index + inner.durable.len() as u64 - 1;
+            if index <= durable_last {
+                return Ok(());
+            }
+            let covered = inner.tail.iter().take_while(|e| e.index <= index).count();
+            let last_covered = inner.tail.get(covered.wrapping_sub(1)).map(|e| e.index);
+            if last_covered != Some(index) {
+                // The entry was truncated by a newer leader's term claim.
+                return Err(StorageError::Fenced {
+                    term: 0,
+                    current: inner.term,
+                });
+            }
+            let moved: Vec<LogEntry> = inner.tail.drain(..covered).collect();
+            inner.durable.extend(moved.iter().cloned());
+            moved
+        };
+        for entry in &synced {
+            self.disks.observer.log_entry_durable(entry);
+        }
+        Ok(())
+    }
+
+    fn read(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, StorageError> {
+        // Reads see only what is durable (replay after a crash or a term claim).
+        let inner = lock(&self.inner);
+        let skip = from.saturating_sub(inner.first_index) as usize;
+        Ok(inner.durable.iter().skip(skip).take(max).cloned().collect())
+    }
+
+    fn first_index(&self) -> u64 {
+        lock(&self.inner).first_index
+    }
+
+    fn last_index(&self) -> u64 {
+        lock(&self.inner).last_index()
+    }
+
+    async fn compact(&self, index: u64) -> Result<(), StorageError> {
+        self.disks.latency().await;
+        self.disks.fail(|f| f.log, "log compact")?;
+        let mut inner = lock(&self.inner);
+        if index < inner.first_index {
+            return Ok(());
+        }
+        let drop = ((index - inner.first_index + 1) as usize).min(inner.durable.len());
+        inner.durable.drain(..drop);
+        inner.first_index += drop as u64;
+        Ok(())
+    }
+}
+
+/// A DataNode's task journal over a [`MemTaskJournal`] shared by its incarnations.
+#[derive(Clone)]
+pub struct SimJournal {
+    node: DataNodeId,
+    inner: MemTaskJournal,
+    disks: Disks,
+}
+
+impl SimJournal {
+    /// DataNode `node`'s journal.
+    pub fn new(node: DataNodeId, disks: Disks) -> Self {
+        Self {
+            node,
+            inner: MemTaskJournal::new(),
+            disks,
+        }
+    }
+}
+
+#[async_trait]
+impl TaskJournal for SimJournal {
+    async fn append(&self, record: Vec<u8>) -> Result<(), StorageError> {
+        self.disks.latency().await;
+        self.disks.fail(|f| f.journal, "journal append")?;
+        self.disks.observer.journal_append(self.node, &record);
+        self.inner.append(record).await
+    }
+
+    async fn load(&self) -> Result<Vec<Vec<u8>>, StorageError> {
+        self.disks.latency().await;
+        self.disks.fail(|f| f.journal, "journal load")?;
+        self.inner.load().await
+    }
+
+    async fn rewrite(&self, records: Vec<Vec<u8>>) -> Result<(), StorageError> {
+        self.disks.latency().await;
+        self.disks.fail(|f| f.journal, "journal rewrite")?;
+        self.inner.rewrite(records).await
+    }
+}
+
+/// A DataNode's regions over a [`MemRegionStore`] shared by its incarnations.
+#[derive(Clone)]
+pub struct SimRegionStore {
+    node: DataNodeId,
+    /// The durable replicas (what the checker inspects).
+    pub mem: MemRegionStore,
+    disks: Disks,
+}
+
+impl SimRegionStore {
+    /// DataNode `node`'s store, deleting `delete_rate` bytes/s (0: instantly).
+    pub fn new(node: DataNodeId, clock: Arc<dyn Clock>, delete_rate: u64, disks: Disks) -> Self {
+        Self {
+            node,
+            mem: MemRegionStore::new(clock)
+                .with_delete_rate(delete_rate)
+                .with_delete_chunk(16 * 1024),
+            disks,
+        }
+    }
+}
+
+#[async_trait]
+impl RegionStore for SimRegionStore {
+    async fn create(&self, config: &RegionConfig) -> Result<CreateOutcome, StorageError> {
+        self.disks.latency().await;
+        self.disks.fail(|f| f.store, "store create")?;
+        let outcome = self.mem.create(config).await?;
+        self.disks
+            .observer
+            .region_created(self.node, config, outcome);
+        Ok(outcome)
+    }
+
+    async fn append(&self, region: RegionId, bytes: &[u8]) -> Result<u64, StorageError> {
+        self.disks.latency().await;
+        self.disks.fail(|f| f.store, "store append")?;
+        self.mem.append(region, bytes).await
+    }
+
+    async fn set_peers(&self, region: RegionId, peers: &[DataNodeId]) -> Result<(), StorageError> {
+        self.disks.latency().await;
+        self.disks.fail(|f| f.store, "store set_peers")?;
+        self.mem.set_peers(region, peers).await
+    }
+
+    async fn delete(&self, region: RegionId) -> Result<DeleteOutcome, StorageError> {
+        self.disks.latency().await;
+        if let Err(e) = self.disks.fail(|f| f.store, "store delete") {
+            self.disks
+                .observer
+                .region_delete_result(self.node, region, None);
+            return Err(e);
+        }
+        let outcome = self.mem.delete(region).await;
+        self.disks
+            .observer
+            .region_delete_result(self.node, region, outcome.as_ref().ok().copied());
+        outcome
+    }
+
+    async fn list(&self) -> Result<Vec<RegionConfig>, StorageError> {
+        self.disks.fail(|f| f.store, "store list")?;
+        self.mem.list().await
+    }
+
+    async fn size(&self, region: RegionId) -> Result<Option<u64>, StorageError> {
+        self.disks.fail(|f| f.store, "store size")?;
+        self.mem.size(region).await
+    }
+}

@@ -1,0 +1,626 @@
+//! What the checker knows: the durable ConfigNode state (every synced log entry applied to a
+//! shadow [`ClusterState`], exactly what a replay yields), every journal record and region
+//! store outcome on every DataNode, the violations found so far, the trace and its hash.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use shoal_core::api::MaintainTaskKind;
+use shoal_core::datanode::journal::{JournalRecord, OutcomeCode};
+use shoal_core::model::{DataNodeId, DatabaseName, ProcedureId, RegionId, TaskId};
+use shoal_core::plan::ConfigPlan;
+use shoal_core::procedure::ProcedureType;
+use shoal_core::procedures::{
+    CreateRegionGroupsProcedure, DeleteDatabaseProcedure, RemovalScope, RemoveRegionGroupProcedure,
+};
+use shoal_core::runtime::{Clock, Millis};
+use shoal_core::state::{Applied, ClusterState, ProcedureRecord, ProcedureStatus};
+use shoal_core::storage::{CreateOutcome, DeleteOutcome, LogEntry, RegionConfig};
+
+use crate::executor::SimClock;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Which invariant a violation breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Invariant {
+    /// A replica outside every known footprint and unfinished procedure.
+    NoOrphan,
+    /// A deletion reported done while a deletion runs or bytes remain.
+    NoGhost,
+    /// A task id executed twice on one DataNode, or a replica deleted twice.
+    Once,
+    /// Something that failed was reported as success.
+    HonestOutcomes,
+    /// A published group torn down by a creation.
+    NoTeardownOfPublished,
+    /// Metadata lists a serving replica a DataNode lacks (once quiet).
+    MetadataMatchesReplicas,
+    /// Not terminal, not empty, or not converged within the bound after faults stopped.
+    Liveness,
+}
+
+impl Invariant {
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::NoOrphan => "no-orphan",
+            Invariant::NoGhost => "no-ghost",
+            Invariant::Once => "once",
+            Invariant::HonestOutcomes => "honest-outcomes",
+            Invariant::NoTeardownOfPublished => "no-teardown-of-published",
+            Invariant::MetadataMatchesReplicas => "metadata-matches-replicas",
+            Invariant::Liveness => "liveness",
+        }
+    }
+}
+
+/// One broken invariant, when and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant.
+    pub invariant: Invariant,
+    /// Virtual time (ms).
+    pub at_ms: Millis,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[{}] at {} ms: {}",
+            self.invariant.name(),
+            self.at_ms,
+            self.detail
+        )
+    }
+}
+
+/// A deletion reported done: from then on nothing of it may remain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GhostRule {
+    /// A removal of `region` succeeded on `nodes` (`None`: on every DataNode).
+    Region {
+        /// The procedure that reported it.
+        procedure: ProcedureId,
+        /// The region.
+        region: RegionId,
+        /// Where it was deleted.
+        nodes: Option<Vec<DataNodeId>>,
+    },
+    /// Database `name` was reported deleted; no region of it with an id below `bound` may
+    /// remain.
+    Database {
+        /// The procedure that reported it.
+        procedure: ProcedureId,
+        /// The database.
+        name: DatabaseName,
+        /// Region ids allocated before the report.
+        bound: u32,
+    },
+}
+
+/// A task as seen in one DataNode's journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSeen {
+    /// The region it deletes.
+    pub region: RegionId,
+    /// Its terminal outcome once journaled (`true`: success).
+    pub outcome: Option<bool>,
+}
+
+/// Everything observed about one DataNode.
+#[derive(Debug, Default, Clone)]
+pub struct NodeSeen {
+    /// Tasks by id, as accepted and finished in the journal (acked ones stay).
+    pub tasks: BTreeMap<TaskId, TaskSeen>,
+    /// Regions whose deletion task journaled Success here.
+    pub deleted_ok: BTreeSet<RegionId>,
+    /// Per region: the outcome of the last store deletion (`true`: no error).
+    pub last_delete_ok: BTreeMap<RegionId, bool>,
+    /// Per region: store deletions that removed a replica.
+    pub deletions: BTreeMap<RegionId, u32>,
+}
+
+impl NodeSeen {
+    /// Tasks accepted and not yet terminal (they run, or resume after a restart).
+    pub fn running(&self) -> impl Iterator<Item = (&TaskId, &TaskSeen)> {
+        self.tasks.iter().filter(|(_, t)| t.outcome.is_none())
+    }
+}
+
+/// Decoded persistent data of a procedure record, as the checker needs it.
+#[derive(Debug, Clone)]
+pub enum Decoded {
+    /// A creation: its planned groups (region, intended replicas).
+    Create(Vec<(RegionId, Vec<DataNodeId>)>),
+    /// A removal.
+    Remove {
+        /// The region.
+        region: RegionId,
+        /// Group or replicas scope.
+        scope: RemovalScope,
+        /// DataNodes it deletes on besides the footprint (all of them in replicas scope).
+        targets: Vec<DataNodeId>,
+        /// DataNodes whose deletion it recorded as succeeded.
+        deleted: Vec<DataNodeId>,
+    },
+    /// A database deletion.
+    DeleteDatabase(DatabaseName),
+    /// Something else (or undecodable).
+    Other,
+}
+
+/// Decodes a procedure record's data.
+pub fn decode(record: &ProcedureRecord) -> Decoded {
+    match record.type_code {
+        CreateRegionGroupsProcedure::TYPE_CODE => {
+            match CreateRegionGroupsProcedure::decode(&record.data) {
+                Ok(p) => Decoded::Create(
+                    p.data()
+                        .groups
+                        .iter()
+                        .map(|g| (g.region, g.replicas.clone()))
+                        .collect(),
+                ),
+                Err(_) => Decoded::Other,
+            }
+        }
+        RemoveRegionGroupProcedure::TYPE_CODE => {
+            match RemoveRegionGroupProcedure::decode(&record.data) {
+                Ok(p) => {
+                    let d = p.data();
+                    Decoded::Remove {
+                        region: d.region,
+                        scope: d.scope,
+                        targets: d.targets.clone(),
+                        deleted: d.deleted.iter().copied().collect(),
+                    }
+                }
+                Err(_) => Decoded::Other,
+            }
+        }
+        DeleteDatabaseProcedure::TYPE_CODE => match DeleteDatabaseProcedure::decode(&record.data) {
+            Ok(p) => Decoded::DeleteDatabase(p.data().name.clone()),
+            Err(_) => Decoded::Other,
+        },
+        _ => Decoded::Other,
+    }
+}
+
+/// The observed world; see the module docs.
+#[derive(Default)]
+pub struct Seen {
+    /// The durable ConfigNode state.
+    pub state: ClusterState,
+    /// Regions ever published.
+    pub published: BTreeSet<RegionId>,
+    /// The database of every region ever created on a DataNode.
+    pub region_db: BTreeMap<RegionId, DatabaseName>,
+    /// Per DataNode.
+    pub nodes: BTreeMap<DataNodeId, NodeSeen>,
+    /// Deletions reported done.
+    pub ghost_rules: Vec<GhostRule>,
+    /// Decoded data of unfinished procedures, by (id, version).
+    pub decoded: BTreeMap<ProcedureId, (u64, Decoded)>,
+    /// Violations so far (each detail once).
+    pub violations: Vec<Violation>,
+    reported: BTreeSet<String>,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Procedure states interrupted by a ConfigNode crash or leader change.
+    pub interrupted: BTreeMap<String, u64>,
+    /// [`crate::invariants::known_replicas`] as of `known_at` durable entries.
+    pub known: BTreeSet<(DataNodeId, RegionId)>,
+    /// How many durable entries `known` reflects.
+    pub known_at: Option<u64>,
+    /// Something changed since the last safety check.
+    pub dirty: bool,
+    /// Durable log entries seen.
+    pub entries: u64,
+    /// Journal records seen.
+    pub journal_records: u64,
+    trace: Option<Vec<String>>,
+    hash: u64,
+}
+
+const FNV_PRIME: u64 = 0x0000_0100_0000_01B3;
+
+/// Shared handle on [`Seen`]; clones share it.
+#[derive(Clone)]
+pub struct Observer {
+    seen: Arc<Mutex<Seen>>,
+    clock: SimClock,
+}
+
+impl Observer {
+    /// An observer starting from durable state `state`; `trace` keeps a readable trace.
+    pub fn new(clock: SimClock, state: ClusterState, trace: bool) -> Self {
+        let seen = Seen {
+            state,
+            trace: trace.then(Vec::new),
+            hash: 0xCBF2_9CE4_8422_2325,
+            ..Default::default()
+        };
+        Self {
+            seen: Arc::new(Mutex::new(seen)),
+            clock,
+        }
+    }
+
+    /// Runs `f` on what was seen.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Seen) -> R) -> R {
+        f(&mut lock(&self.seen))
+    }
+
+    /// Now, in virtual ms.
+    pub fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    /// Feeds `bytes` into the trace hash.
+    pub fn hash_bytes(&self, bytes: &[u8]) {
+        let mut seen = lock(&self.seen);
+        let mut h = seen.hash;
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(FNV_PRIME);
+        }
+        seen.hash = h;
+    }
+
+    /// Feeds one number into the trace hash.
+    pub fn hash_u64(&self, value: u64) {
+        self.hash_bytes(&value.to_le_bytes());
+    }
+
+    /// The trace hash so far.
+    pub fn trace_hash(&self) -> u64 {
+        lock(&self.seen).hash
+    }
+
+    /// Whether a readable trace is kept.
+    pub fn tracing(&self) -> bool {
+        lock(&self.seen).trace.is_some()
+    }
+
+    /// Adds a line to the trace (built only when tracing). The hash never takes trace text,
+    /// so it is the same with and without a readable trace.
+    pub fn trace(&self, line: impl FnOnce() -> String) {
+        let now = self.now();
+        let mut seen = lock(&self.seen);
+        if let Some(trace) = seen.trace.as_mut() {
+            trace.push(format!("{now:>8} ms  {}", line()));
+        }
+    }
+
+    /// The readable trace.
+    pub fn take_trace(&self) -> Vec<String> {
+        lock(&self.seen).trace.take().unwrap_or_default()
+    }
+
+    /// Records a violation (each distinct detail once).
+    pub fn violate(&self, invariant: Invariant, detail: String) {
+        let at_ms = self.now();
+        let mut seen = lock(&self.seen);
+        let key = format!("{}:{detail}", invariant.name());
+        if !seen.reported.insert(key) {
+            return;
+        }
+        let violation = Violation {
+            invariant,
+            at_ms,
+            detail,
+        };
+        if let Some(trace) = seen.trace.as_mut() {
+            trace.push(format!("{at_ms:>8} ms  VIOLATION {violation}"));
+        }
+        seen.violations.push(violation);
+    }
+
+    /// Counts one injected fault.
+    pub fn count_fault(&self, what: &'static str) {
+        *lock(&self.seen).faults.entry(what).or_default() += 1;
+        self.trace(|| format!("fault: {what}"));
+    }
+
+    /// Records the procedure states an interruption (crash, leader change) hit.
+    pub fn interrupted_now(&self) {
+        let mut seen = lock(&self.seen);
+        let states: Vec<String> = seen
+            .state
+            .unfinished_procedures()
+            .map(|r| format!("{}/{}", r.type_name, r.state_name))
+            .collect();
+        for state in states {
+            *seen.interrupted.entry(state).or_default() += 1;
+        }
+    }
+
+    /// A log entry became durable: apply it to the durable state and check what it reports.
+    pub fn log_entry_durable(&self, entry: &LogEntry) {
+        self.hash_bytes(&entry.index.to_le_bytes());
+        self.hash_bytes(&entry.payload);
+        let plan = match ConfigPlan::decode(&entry.payload) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.violate(
+                    Invariant::HonestOutcomes,
+                    format!("log entry {} does not decode: {e}", entry.index),
+                );
+                return;
+            }
+        };
+        let (result, finished, spawned) = {
+            let mut seen = lock(&self.seen);
+            seen.entries += 1;
+            seen.dirty = true;
+            let result = seen.state.apply(&plan);
+            let mut finished = None;
+            let mut spawned = Vec::new();
+            match (&plan, &result) {
+                (ConfigPlan::CreateRegionGroups(p), Ok(_)) => {
+                    for group in &p.groups {
+                        seen.published.insert(group.region);
+                    }
+                }
+                (ConfigPlan::AddRegionLocation(p), Ok(_)) => {
+                    seen.published.insert(p.region);
+                }
+                (ConfigPlan::UpdateProcedure(p), Ok(Applied::ProcedureUpdated { children })) => {
+                    if p.record.status == ProcedureStatus::Succeeded {
+                        finished = seen.state.procedures.get(&p.record.id).cloned();
+                    }
+                    spawned = children
+                        .iter()
+                        .filter_map(|c| seen.state.procedures.get(c).cloned())
+                        .collect();
+                }
+                _ => {}
+            }
+            (result, finished, spawned)
+        };
+        if self.tracing() {
+            let text = describe_plan(&plan);
+            let verdict = match &result {
+                Ok(_) => String::new(),
+                Err(r) => format!("  -> rejected: {r}"),
+            };
+            self.trace(|| {
+                format!(
+                    "commit #{} term {}: {text}{verdict}",
+                    entry.index, entry.term
+                )
+            });
+        }
+        for child in spawned {
+            self.child_spawned(&child);
+        }
+        if let Some(record) = finished {
+            self.procedure_succeeded(&record);
+        }
+    }
+
+    fn child_spawned(&self, child: &ProcedureRecord) {
+        let (parent_type, published) = {
+            let seen = lock(&self.seen);
+            let parent_type = child
+                .parent
+                .and_then(|p| seen.state.procedures.get(&p))
+                .map(|p| p.type_code);
+            (parent_type, seen.published.clone())
+        };
+        if parent_type != Some(CreateRegionGroupsProcedure::TYPE_CODE) {
+            return;
+        }
+        if let Decoded::Remove { region, .. } = decode(child) {
+            if published.contains(&region) {
+                self.violate(
+                    Invariant::NoTeardownOfPublished,
+                    format!(
+                        "creation {} tears down {region}, which was published",
+                        child.parent.map_or(0, |p| p.0)
+                    ),
+                );
+            }
+        }
+    }
+
+    fn procedure_succeeded(&self, record: &ProcedureRecord) {
+        match decode(record) {
+            Decoded::Remove {
+                region,
+                scope,
+                targets,
+                deleted,
+            } => {
+                let nodes = (scope == RemovalScope::Replicas).then(|| targets.clone());
+                let missing: Vec<DataNodeId> = {
+                    let seen = lock(&self.seen);
+                    deleted
+                        .iter()
+                        .filter(|n| {
+                            !seen
+                                .nodes
+                                .get(n)
+                                .is_some_and(|s| s.deleted_ok.contains(&region))
+                        })
+                        .copied()
+                        .collect()
+                };
+                if !missing.is_empty() {
+                    self.violate(
+                        Invariant::HonestOutcomes,
+                        format!(
+                            "removal {} of {region} succeeded, but no deletion reached Success on {missing:?}",
+                            record.id
+                        ),
+                    );
+                }
+                lock(&self.seen).ghost_rules.push(GhostRule::Region {
+                    procedure: record.id,
+                    region,
+                    nodes,
+                });
+            }
+            Decoded::DeleteDatabase(name) => {
+                let mut seen = lock(&self.seen);
+                let bound = seen.state.next_region_id;
+                seen.ghost_rules.push(GhostRule::Database {
+                    procedure: record.id,
+                    name,
+                    bound,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// A DataNode journaled `bytes`.
+    pub fn journal_append(&self, node: DataNodeId, bytes: &[u8]) {
+        self.hash_bytes(&node.0.to_le_bytes());
+        self.hash_bytes(bytes);
+        let Ok(record) = JournalRecord::decode(bytes) else {
+            self.violate(
+                Invariant::HonestOutcomes,
+                format!("DataNode {node} journaled an undecodable record"),
+            );
+            return;
+        };
+        let mut problems = Vec::new();
+        {
+            let mut seen = lock(&self.seen);
+            seen.dirty = true;
+            seen.journal_records += 1;
+            let state = seen.nodes.entry(node).or_default();
+            match &record {
+                JournalRecord::TaskAccepted { task_id, kind } => {
+                    let kind = MaintainTaskKind::from(kind);
+                    if let Some(prior) = state.tasks.get(task_id) {
+                        if prior.outcome.is_some() {
+                            problems.push((
+                                Invariant::Once,
+                                format!("DataNode {node} accepted {task_id} again after it finished: it runs twice"),
+                            ));
+                        }
+                    }
+                    state.tasks.insert(
+                        *task_id,
+                        TaskSeen {
+                            region: kind.region(),
+                            outcome: None,
+                        },
+                    );
+                }
+                JournalRecord::TaskFinished {
+                    task_id, outcome, ..
+                } => {
+                    let success = *outcome == OutcomeCode::Success;
+                    match state.tasks.get_mut(task_id) {
+                        Some(task) => {
+                            if task.outcome.is_some() {
+                                problems.push((
+                                    Invariant::Once,
+                                    format!("DataNode {node} finished {task_id} twice"),
+                                ));
+                            }
+                            task.outcome = Some(success);
+                            let region = task.region;
+                            if success {
+                                if state.last_delete_ok.get(&region) != Some(&true) {
+                                    problems.push((
+                                        Invariant::HonestOutcomes,
+                                        format!("DataNode {node} reported {task_id} (delete {region}) Success, but its last deletion of {region} failed"),
+                                    ));
+                                }
+                                state.deleted_ok.insert(region);
+                            }
+                        }
+                        None => problems.push((
+                            Invariant::HonestOutcomes,
+                            format!("DataNode {node} finished {task_id}, never accepted"),
+                        )),
+                    }
+                }
+                JournalRecord::TaskForgotten { .. } | JournalRecord::EpochSeen { .. } => {}
+            }
+        }
+        for (invariant, detail) in problems {
+            self.violate(invariant, detail);
+        }
+        self.trace(|| format!("journal {node}: {record:?}"));
+    }
+
+    /// DataNode `node` created (or found) a replica.
+    pub fn region_created(&self, node: DataNodeId, config: &RegionConfig, outcome: CreateOutcome) {
+        {
+            let mut seen = lock(&self.seen);
+            seen.dirty = true;
+            seen.region_db
+                .insert(config.region, config.database.clone());
+        }
+        self.trace(|| format!("store {node}: create {} -> {outcome:?}", config.region));
+    }
+
+    /// DataNode `node`'s store finished a deletion of `region` (`None`: it failed).
+    pub fn region_delete_result(
+        &self,
+        node: DataNodeId,
+        region: RegionId,
+        outcome: Option<DeleteOutcome>,
+    ) {
+        let twice = {
+            let mut seen = lock(&self.seen);
+            seen.dirty = true;
+            let state = seen.nodes.entry(node).or_default();
+            state.last_delete_ok.insert(region, outcome.is_some());
+            if matches!(outcome, Some(DeleteOutcome::Deleted { .. })) {
+                let count = state.deletions.entry(region).or_default();
+                *count += 1;
+                *count > 1
+            } else {
+                false
+            }
+        };
+        if twice {
+            self.violate(
+                Invariant::Once,
+                format!("a replica of {region} on DataNode {node} was deleted a second time"),
+            );
+        }
+        self.trace(|| format!("store {node}: delete {region} -> {outcome:?}"));
+    }
+}
+
+/// A one-line description of a plan for the trace.
+pub fn describe_plan(plan: &ConfigPlan) -> String {
+    let mut out = String::new();
+    match plan {
+        ConfigPlan::UpdateProcedure(p) => {
+            let _ = write!(
+                out,
+                "UpdateProcedure {} {} -> {:?}/{}",
+                p.record.id, p.record.type_name, p.record.status, p.record.state_name
+            );
+            if !p.spawn.is_empty() {
+                let _ = write!(out, " spawning {}", p.spawn.len());
+            }
+        }
+        ConfigPlan::SubmitProcedure(p) => {
+            let _ = write!(
+                out,
+                "SubmitProcedure {} key {:?}",
+                p.procedure.type_name, p.request_key
+            );
+        }
+        other => {
+            let _ = write!(out, "{other:?}");
+        }
+    }
+    out
+}

@@ -1,0 +1,812 @@
+//! One run: build the world from a [`Scenario`], play its events while the scheduler runs
+//! the cluster, stop the faults, and check liveness within the bound.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_core::api::DataNodeApi as _;
+use shoal_core::confignode::ConfigNodeError;
+use shoal_core::model::{
+    DataNodeId, DatabaseName, DatabaseSchema, ProcedureId, RegionId, RegionKind, RegionReplicaSet,
+    ReplicationFactor, TaskId,
+};
+use shoal_core::mutations::{self, Mutation};
+use shoal_core::plan::{
+    ConfigPlan, CreateDatabase, CreateRegionGroups, RegisterDataNode, ReserveRegionIds,
+};
+use shoal_core::runtime::{BoxFuture, Clock};
+use shoal_core::snapshot::{self, ClusterStateV1, RegionMaintainTaskV2, SnapshotV1};
+use shoal_core::state::{ClusterState, RegionMaintainKind};
+use shoal_core::storage::{RegionConfig, RegionStore};
+
+use crate::disk::{DiskFaults, Disks};
+use crate::executor::{SimClock, SimRng};
+use crate::invariants::{check_safety, quiet_problems};
+use crate::net::{NetFaults, NetPolicy};
+use crate::observe::{Invariant, Observer, Violation};
+use crate::scenario::{Op, Scenario};
+use crate::world::{CLIENT, NodeFailure, World, cn_tag};
+
+/// How to run a scenario.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Keep a readable trace.
+    pub trace: bool,
+    /// A re-introduced bug (feature `sim-mutations`).
+    pub mutation: Option<Mutation>,
+}
+
+/// What a run found.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// The seed.
+    pub seed: u64,
+    /// Every violation, in the order found.
+    pub violations: Vec<Violation>,
+    /// Hash of everything that happened (equal for equal runs).
+    pub trace_hash: u64,
+    /// Scenario events played.
+    pub events: usize,
+    /// Faults injected, by kind (events and per-message/per-operation faults).
+    pub faults: BTreeMap<String, u64>,
+    /// Procedure states interrupted by crashes and leader changes.
+    pub interrupted: BTreeMap<String, u64>,
+    /// Task polls.
+    pub polls: u64,
+    /// Durable log entries.
+    pub entries: u64,
+    /// Virtual time at the end (ms).
+    pub end_ms: u64,
+    /// When the cluster was quiet and converged, if it was.
+    pub converged_ms: Option<u64>,
+    /// The readable trace (with [`RunOptions::trace`]).
+    pub trace: Vec<String>,
+}
+
+impl Outcome {
+    /// Whether any invariant broke.
+    pub fn failed(&self) -> bool {
+        !self.violations.is_empty()
+    }
+
+    /// The invariants broken, once each.
+    pub fn broken(&self) -> BTreeSet<Invariant> {
+        self.violations.iter().map(|v| v.invariant).collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Event(usize),
+    RestartDn(usize),
+    RestartCn(usize),
+    Heal(usize, usize),
+    StopFaults,
+    Check,
+    AutoSnapshot,
+}
+
+/// The leader snapshots once this many entries were applied since its last snapshot (the
+/// `shoal confignode` process does the same every 10,000; fewer here keep replays short).
+const SNAPSHOT_EVERY: u64 = 200;
+
+/// Name of database `db` of the pool.
+fn db_name(db: u8) -> DatabaseName {
+    // Pool names are valid by construction.
+    DatabaseName::new(format!("db{db}")).unwrap_or_else(|_| unreachable_name())
+}
+
+#[allow(clippy::panic)]
+fn unreachable_name() -> DatabaseName {
+    panic!("pool database names are valid")
+}
+
+fn rf(n: u8) -> ReplicationFactor {
+    ReplicationFactor::new(n.clamp(1, 7)).unwrap_or_else(|_| unreachable_rf())
+}
+
+#[allow(clippy::panic)]
+fn unreachable_rf() -> ReplicationFactor {
+    panic!("1..=7 is a valid replication factor")
+}
+
+/// Runs `scenario`; a pure function of (scenario, options).
+pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
+    mutations::set(options.mutation);
+    let outcome = Runner::new(scenario, options).play();
+    mutations::set(None);
+    outcome
+}
+
+struct Runner<'a> {
+    scenario: &'a Scenario,
+    world: World,
+    sched: SimRng,
+    agenda: BTreeMap<(u64, u64), Action>,
+    seq: u64,
+    polls: u64,
+    events: usize,
+    partitions: BTreeSet<(usize, usize)>,
+    down_cns: BTreeSet<usize>,
+    settling: bool,
+    deadline: u64,
+    converged: Option<u64>,
+    done: bool,
+    /// Durable records seen, and when that count last changed.
+    last_progress: (u64, u64),
+    /// Applied index of the last automatic snapshot.
+    snapshotted: u64,
+}
+
+/// A settle phase without any durable change for this long is stuck (ms). Longer than every
+/// backoff and poll interval of the configuration.
+const STALL_MS: u64 = 30_000;
+
+/// Polls within one instant of virtual time beyond which the cluster is spinning.
+const RUNAWAY_POLLS: u64 = 200_000;
+
+impl<'a> Runner<'a> {
+    fn new(scenario: &'a Scenario, options: &RunOptions) -> Self {
+        let clock = SimClock::new();
+        let (initial, v1) = if scenario.legacy {
+            let v1 = legacy_snapshot(scenario.data_nodes);
+            let state = v1.clone().upgrade().upgrade().state;
+            (state, Some(v1))
+        } else {
+            (ClusterState::default(), None)
+        };
+        let observer = Observer::new(clock.clone(), initial, options.trace);
+        let disks = Disks::new(
+            SimRng::new(scenario.seed, 3),
+            DiskFaults::default(),
+            clock.clone(),
+            observer.clone(),
+        );
+        let policy = NetPolicy::new(
+            SimRng::new(scenario.seed, 4),
+            NetFaults::default(),
+            observer.clone(),
+        );
+        let first_index = v1.as_ref().map_or(1, |v| v.last_index + 1);
+        let world = World::new(scenario, first_index, observer, clock, disks, policy);
+        let mut runner = Runner {
+            scenario,
+            world,
+            sched: SimRng::new(scenario.seed, 5),
+            agenda: BTreeMap::new(),
+            seq: 0,
+            polls: 0,
+            events: 0,
+            partitions: BTreeSet::new(),
+            down_cns: BTreeSet::new(),
+            settling: false,
+            deadline: u64::MAX,
+            converged: None,
+            done: false,
+            last_progress: (0, 0),
+            snapshotted: 0,
+        };
+        if let Some(v1) = v1 {
+            runner.seed_legacy(&v1);
+        }
+        runner
+    }
+
+    fn schedule(&mut self, at: u64, action: Action) {
+        self.seq += 1;
+        self.agenda.insert((at, self.seq), action);
+    }
+
+    /// Runs every runnable task, then checks safety if anything changed. Checked once per
+    /// instant of virtual time: every disk and network operation takes time, so a state
+    /// that lasts no time at all is one nobody could observe either.
+    fn drain(&mut self) {
+        let mut polls = 0u64;
+        while let Some(key) = self.world.exec.step(&mut self.sched) {
+            self.polls += 1;
+            polls += 1;
+            self.world.observer.hash_u64(key);
+            if polls > RUNAWAY_POLLS {
+                self.world.observer.violate(
+                    Invariant::Liveness,
+                    format!("livelock: {polls} polls without virtual time passing"),
+                );
+                self.done = true;
+                self.deadline = 0;
+                break;
+            }
+        }
+        check_safety(&self.world);
+    }
+
+    /// Runs until `until` holds or virtual time passes `limit_ms`.
+    fn run_until(&mut self, limit_ms: u64, until: impl Fn(&Self) -> bool) -> bool {
+        loop {
+            self.drain();
+            if until(self) {
+                return true;
+            }
+            match self.world.clock.next_deadline() {
+                Some(d) if d <= limit_ms => self.world.clock.advance_to(d),
+                _ => return until(self),
+            }
+        }
+    }
+
+    fn play(mut self) -> Outcome {
+        for j in 0..self.scenario.data_nodes {
+            self.world.start_dn(j);
+        }
+        self.world.start_cn(0, true);
+        if !self.scenario.legacy {
+            self.register_data_nodes();
+        }
+        let base = self.world.clock.now_ms();
+        self.world.disks.set_faults(self.scenario.disk.clone());
+        self.world.policy.set_faults(self.scenario.net.clone());
+        for (index, event) in self.scenario.events.iter().enumerate() {
+            self.schedule(base + event.at_ms, Action::Event(index));
+        }
+        self.schedule(base + self.scenario.faults_end_ms, Action::StopFaults);
+        self.schedule(base + 2_000, Action::AutoSnapshot);
+        while !self.done {
+            self.drain();
+            self.supervise();
+            let timer = self.world.clock.next_deadline();
+            let agenda = self.agenda.keys().next().map(|(t, _)| *t);
+            let now = self.world.clock.now_ms();
+            match (agenda, timer) {
+                (Some(a), t) if t.is_none_or(|t| a <= t) => {
+                    self.world.clock.advance_to(a.max(now));
+                    if let Some((_, action)) = self.agenda.pop_first() {
+                        self.perform(action);
+                    }
+                }
+                (_, Some(t)) => self.world.clock.advance_to(t),
+                _ => break,
+            }
+            if self.world.clock.now_ms() > self.deadline.saturating_add(1_000) {
+                break;
+            }
+        }
+        let observer = self.world.observer.clone();
+        let end_ms = self.world.clock.now_ms();
+        let (violations, mut faults, interrupted, entries) = observer.with(|seen| {
+            (
+                seen.violations.clone(),
+                seen.faults
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), *v))
+                    .collect::<BTreeMap<_, _>>(),
+                seen.interrupted.clone(),
+                seen.entries,
+            )
+        });
+        for event in &self.scenario.events {
+            if Scenario::is_fault(&event.op) {
+                let name = match event.op {
+                    Op::CrashDataNode { .. } => "crash DataNode",
+                    Op::CrashConfigNode { .. } => "crash ConfigNode",
+                    Op::Campaign { .. } => "leader change",
+                    _ => "partition",
+                };
+                *faults.entry(name.to_string()).or_default() += 1;
+            }
+        }
+        // Drop every task before the world goes, so nothing outlives the run.
+        for tag in [0, 1, 10, 11] {
+            self.world.exec.cancel(tag);
+        }
+        for j in 0..self.scenario.data_nodes {
+            self.world.exec.cancel(crate::world::dn_tag(j));
+        }
+        Outcome {
+            seed: self.scenario.seed,
+            violations,
+            trace_hash: observer.trace_hash(),
+            events: self.events,
+            faults,
+            interrupted,
+            polls: self.polls,
+            entries,
+            end_ms,
+            converged_ms: self.converged,
+            trace: observer.take_trace(),
+        }
+    }
+
+    fn register_data_nodes(&mut self) {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let admin = self.world.admin();
+        let addresses: Vec<String> = self.world.dns.iter().map(|d| d.address.clone()).collect();
+        let clock = self.world.clock.clone();
+        let flag = done.clone();
+        self.world.exec.spawn(
+            CLIENT,
+            Box::pin(async move {
+                for address in addresses {
+                    loop {
+                        let address = address.clone();
+                        let answer = admin
+                            .call(move |node| {
+                                Box::pin(
+                                    async move { node.register_data_node(None, address).await },
+                                )
+                            })
+                            .await;
+                        if matches!(answer, Some(Ok(_))) {
+                            break;
+                        }
+                        clock.sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }),
+        );
+        let limit = self.world.clock.now_ms() + 60_000;
+        let registered = self.run_until(limit, |_| done.load(std::sync::atomic::Ordering::SeqCst));
+        if !registered {
+            self.world.observer.violate(
+                Invariant::Liveness,
+                "DataNodes could not register with a fault-free cluster".into(),
+            );
+            self.done = true;
+        }
+    }
+
+    fn seed_legacy(&mut self, v1: &SnapshotV1) {
+        let bytes = match snapshot::encode_v1(v1) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.world
+                    .observer
+                    .violate(Invariant::Liveness, format!("v1 snapshot: {e}"));
+                return;
+            }
+        };
+        let world = &self.world;
+        let save = world.save_snapshot(v1.last_index, bytes);
+        futures_lite::future::block_on(save);
+        // The replicas the v1 metadata names, with some bytes each.
+        let mut replicas: Vec<(DataNodeId, RegionConfig)> = Vec::new();
+        for (db, table) in &v1.state.partition_tables {
+            for group in table.groups.values() {
+                for node in &group.replicas {
+                    replicas.push((*node, config(group, db)));
+                }
+            }
+        }
+        for task in v1.state.region_maintain_queue.values() {
+            if task.kind == RegionMaintainKind::LegacyDelete {
+                replicas.push((task.target.id, config(&task.region, &task.database)));
+            }
+        }
+        for (node, config) in replicas {
+            if let Some(slot) = world.dns.get(node.0 as usize) {
+                let mem = &slot.store.mem;
+                let _ = futures_lite::future::block_on(mem.create(&config));
+                let _ = futures_lite::future::block_on(mem.append(config.region, &[7; 4096]));
+                world.observer.with(|seen| {
+                    seen.region_db
+                        .insert(config.region, config.database.clone());
+                });
+            }
+        }
+    }
+
+    fn perform(&mut self, action: Action) {
+        let now = self.world.clock.now_ms();
+        self.world.observer.hash_u64(now);
+        self.world
+            .observer
+            .hash_bytes(format!("{action:?}").as_bytes());
+        match action {
+            Action::Event(index) => {
+                if let Some(event) = self.scenario.events.get(index) {
+                    self.events += 1;
+                    let op = event.op.clone();
+                    self.world
+                        .observer
+                        .trace(|| format!("EVENT {index}: {op:?}"));
+                    self.play_op(index, op);
+                }
+            }
+            Action::RestartDn(j) => self.world.start_dn(j),
+            Action::AutoSnapshot => {
+                if !self.done {
+                    self.schedule(now + 2_000, Action::AutoSnapshot);
+                }
+                if let Some(slot) = self.world.real_leader()
+                    && let Some(live) = self.world.cns_live(slot)
+                    && live.consensus.applied_index() >= self.snapshotted + SNAPSHOT_EVERY
+                {
+                    self.snapshotted = live.consensus.applied_index();
+                    self.snapshot_on(slot, live);
+                }
+            }
+            Action::RestartCn(i) => {
+                if self.down_cns.remove(&i) {
+                    let campaign = self.world.real_leader().is_none();
+                    self.world.start_cn(i, campaign);
+                }
+            }
+            Action::Heal(cn, dn) => {
+                if self.partitions.remove(&(cn, dn)) {
+                    self.heal(cn, dn);
+                }
+            }
+            Action::StopFaults => {
+                self.world.observer.trace(|| "faults stop".into());
+                self.world.disks.set_faults(DiskFaults::default());
+                self.world.policy.set_faults(NetFaults::default());
+                for (cn, dn) in std::mem::take(&mut self.partitions) {
+                    self.heal(cn, dn);
+                }
+                for j in 0..self.world.dns.len() {
+                    self.world.start_dn(j);
+                }
+                for i in std::mem::take(&mut self.down_cns) {
+                    self.world.start_cn(i, false);
+                }
+                if self.world.real_leader().is_none() {
+                    let slot = usize::from(!self.world.cn_up(0));
+                    self.world.start_cn(slot, true);
+                }
+                self.settling = true;
+                self.deadline = now + self.scenario.settle_ms;
+                self.schedule(now + 1_000, Action::Check);
+            }
+            Action::Check => {
+                let problems = quiet_problems(&self.world);
+                if problems.is_empty() {
+                    self.converged = Some(now);
+                    self.world.observer.trace(|| "quiet and converged".into());
+                    self.done = true;
+                } else if now >= self.deadline || self.stalled(now) {
+                    for (invariant, detail) in problems {
+                        self.world.observer.violate(
+                            invariant,
+                            format!(
+                                "{} s after the faults stopped: {detail}",
+                                (now - (self.deadline - self.scenario.settle_ms)) / 1_000
+                            ),
+                        );
+                    }
+                    self.done = true;
+                } else {
+                    // The leader may have been lost to a deposed campaign; keep one.
+                    if self.world.real_leader().is_none() && !self.world.cn_up(0) {
+                        self.world.start_cn(0, true);
+                    }
+                    self.schedule(now + 1_000, Action::Check);
+                }
+            }
+        }
+    }
+
+    /// Restarts nodes that failed for good, as a process supervisor would (after 500 ms).
+    fn supervise(&mut self) {
+        let now = self.world.clock.now_ms();
+        while let Ok(failure) = self.world.failed.try_recv() {
+            match failure {
+                NodeFailure::DataNode(j) => {
+                    self.world.crash_dn(j);
+                    self.schedule(now + 500, Action::RestartDn(j));
+                }
+                NodeFailure::ConfigNode(i) => {
+                    if self.world.cn_up(i) {
+                        self.world.crash_cn(i);
+                        self.down_cns.insert(i);
+                        self.schedule(now + 500, Action::RestartCn(i));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether nothing durable happened for a long stretch of the settle phase: the cluster
+    /// is stuck, and waiting out the whole bound would show nothing new.
+    fn stalled(&mut self, now: u64) -> bool {
+        let progress = self
+            .world
+            .observer
+            .with(|seen| seen.entries + seen.journal_records);
+        if progress != self.last_progress.0 {
+            self.last_progress = (progress, now);
+            return false;
+        }
+        now.saturating_sub(self.last_progress.1) >= STALL_MS
+    }
+
+    fn heal(&self, cn: usize, dn: usize) {
+        if let Some(slot) = self.world.dns.get(dn) {
+            self.world.network.heal(&format!("cn{cn}"), &slot.address);
+            self.world
+                .observer
+                .trace(|| format!("heal cn{cn} <-> DataNode {dn}"));
+        }
+    }
+
+    fn play_op(&mut self, index: usize, op: Op) {
+        let now = self.world.clock.now_ms();
+        match op {
+            Op::CreateDatabase {
+                db,
+                schema_groups,
+                data_groups,
+                rf: factor,
+                keyed,
+            } => {
+                let schema = DatabaseSchema {
+                    name: db_name(db),
+                    schema_replication_factor: rf(factor),
+                    data_replication_factor: rf(factor),
+                };
+                let key = keyed.then(|| format!("request-{index}"));
+                let what = format!(
+                    "create {} ({schema_groups}+{data_groups} groups, RF {factor})",
+                    schema.name
+                );
+                let call = move |node: Arc<shoal_core::confignode::ConfigNode>| -> BoxFuture<Result<ProcedureId, ConfigNodeError>> {
+                    let schema = schema.clone();
+                    let key = key.clone();
+                    Box::pin(async move {
+                        node.create_database(schema, schema_groups, data_groups, key)
+                            .await
+                    })
+                };
+                self.client(what, if keyed { 6 } else { 2 }, call);
+            }
+            Op::DeleteDatabase { db, keyed } => {
+                let name = db_name(db);
+                let key = keyed.then(|| format!("request-{index}"));
+                let what = format!("delete {name}");
+                let call = move |node: Arc<shoal_core::confignode::ConfigNode>| -> BoxFuture<Result<ProcedureId, ConfigNodeError>> {
+                    let name = name.clone();
+                    let key = key.clone();
+                    Box::pin(async move { node.delete_database(name, key).await })
+                };
+                self.client(what, if keyed { 6 } else { 2 }, call);
+            }
+            Op::CreateRegionGroups {
+                db,
+                schema_groups,
+                data_groups,
+            } => {
+                let name = db_name(db);
+                let what = format!("add {schema_groups}+{data_groups} groups to {name}");
+                let call = move |node: Arc<shoal_core::confignode::ConfigNode>| -> BoxFuture<Result<ProcedureId, ConfigNodeError>> {
+                    let name = name.clone();
+                    Box::pin(async move {
+                        node.create_region_groups(name, schema_groups, data_groups)
+                            .await
+                    })
+                };
+                self.client(what, 2, call);
+            }
+            Op::Load { db, bytes } => self.load(db, bytes),
+            Op::CrashDataNode { dn, down_ms } => {
+                if self.world.dns.get(dn).is_some_and(|d| d.up) {
+                    self.world.crash_dn(dn);
+                    self.schedule(now + down_ms, Action::RestartDn(dn));
+                }
+            }
+            Op::CrashConfigNode { cn, down_ms } => {
+                if self.world.cn_up(cn) {
+                    self.world.crash_cn(cn);
+                    self.down_cns.insert(cn);
+                    self.schedule(now + down_ms, Action::RestartCn(cn));
+                }
+            }
+            Op::Campaign { cn } => {
+                self.down_cns.remove(&cn);
+                self.world.start_cn(cn, true);
+            }
+            Op::Partition { cn, dn, heal_ms } => {
+                if let Some(slot) = self.world.dns.get(dn) {
+                    self.world
+                        .network
+                        .partition(&format!("cn{cn}"), &slot.address);
+                    self.partitions.insert((cn, dn));
+                    self.schedule(now + heal_ms, Action::Heal(cn, dn));
+                }
+            }
+            Op::Snapshot => {
+                if let Some(slot) = self.world.real_leader()
+                    && let Some(live) = self.world.cns_live(slot)
+                {
+                    self.snapshot_on(slot, live);
+                }
+            }
+        }
+    }
+
+    fn snapshot_on(&self, slot: usize, live: crate::world::CnLive) {
+        let observer = self.world.observer.clone();
+        self.world.exec.spawn(
+            cn_tag(slot),
+            Box::pin(async move {
+                let result = live.consensus.take_snapshot().await;
+                observer.trace(|| format!("snapshot: {result:?}"));
+            }),
+        );
+    }
+
+    /// Sends an admin request, retrying retryable failures and missing answers up to
+    /// `attempts` times (with the same request key, if any).
+    fn client<F>(&self, what: String, attempts: u32, call: F)
+    where
+        F: Fn(
+                Arc<shoal_core::confignode::ConfigNode>,
+            ) -> BoxFuture<Result<ProcedureId, ConfigNodeError>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        let admin = self.world.admin();
+        let observer = self.world.observer.clone();
+        let clock = self.world.clock.clone();
+        self.world.exec.spawn(
+            CLIENT,
+            Box::pin(async move {
+                for attempt in 1..=attempts {
+                    match admin.call(call.clone()).await {
+                        Some(Ok(id)) => {
+                            observer.trace(|| format!("client: {what} -> procedure {id}"));
+                            return;
+                        }
+                        Some(Err(e)) if !e.is_retryable() => {
+                            observer.trace(|| format!("client: {what} refused: {e}"));
+                            return;
+                        }
+                        answer => {
+                            observer
+                                .trace(|| format!("client: {what} attempt {attempt}: {answer:?}"));
+                            clock.sleep(Duration::from_millis(700)).await;
+                        }
+                    }
+                }
+            }),
+        );
+    }
+
+    /// Writes `bytes` to every replica of every published data group of `db<db>`.
+    fn load(&self, db: u8, bytes: u32) {
+        let admin = self.world.admin();
+        let network = self.world.network.clone();
+        let observer = self.world.observer.clone();
+        let name = db_name(db);
+        self.world.exec.spawn(
+            CLIENT,
+            Box::pin(async move {
+                let targets = admin
+                    .call(move |node| {
+                        Box::pin(async move {
+                            let nodes: BTreeMap<DataNodeId, String> = node
+                                .list_data_nodes()
+                                .into_iter()
+                                .map(|n| (n.location.id, n.location.address))
+                                .collect();
+                            node.list_region_groups(Some(&name))
+                                .into_iter()
+                                .filter(|(_, g)| g.region.kind == RegionKind::Data)
+                                .flat_map(|(_, g)| {
+                                    g.replicas
+                                        .iter()
+                                        .filter_map(|n| nodes.get(n).cloned())
+                                        .map(|a| (g.region, a))
+                                        .collect::<Vec<_>>()
+                                })
+                                .collect::<Vec<(RegionId, String)>>()
+                        })
+                    })
+                    .await
+                    .unwrap_or_default();
+                for (region, address) in targets {
+                    let client = network.client("client", &address);
+                    let result = client
+                        .write_region(region, vec![0xAB; bytes as usize])
+                        .await;
+                    observer.trace(|| {
+                        format!("client: load {bytes} B into {region} at {address}: {result:?}")
+                    });
+                }
+            }),
+        );
+    }
+}
+
+fn config(group: &RegionReplicaSet, db: &DatabaseName) -> RegionConfig {
+    RegionConfig {
+        region: group.region,
+        database: db.clone(),
+        peers: group.replicas.clone(),
+    }
+}
+
+/// A v1 snapshot of a cluster upgraded from before procedures: `data_nodes` DataNodes, a
+/// database `legacy` with published groups, and two legacy deletions of a dropped database's
+/// group still queued (as a v1 ConfigNode left them).
+pub fn legacy_snapshot(data_nodes: usize) -> SnapshotV1 {
+    let mut state = ClusterState::default();
+    let mut plans: Vec<ConfigPlan> = (0..data_nodes)
+        .map(|j| {
+            ConfigPlan::RegisterDataNode(RegisterDataNode {
+                known_id: None,
+                address: format!("dn{j}:6000"),
+            })
+        })
+        .collect();
+    let name = DatabaseName::new("legacy").unwrap_or_else(|_| unreachable_name());
+    let factor = rf(data_nodes.min(3) as u8);
+    plans.push(ConfigPlan::CreateDatabase(CreateDatabase {
+        schema: DatabaseSchema {
+            name: name.clone(),
+            schema_replication_factor: factor,
+            data_replication_factor: factor,
+        },
+        created_by: None,
+    }));
+    plans.push(ConfigPlan::ReserveRegionIds(ReserveRegionIds {
+        kind: RegionKind::Data,
+        count: 4,
+        for_procedure: None,
+    }));
+    let n = factor.get() as u32;
+    let group = |id: u32, kind| {
+        RegionReplicaSet::new(
+            RegionId::new(kind, id),
+            (0..n)
+                .map(|k| DataNodeId((id + k) % data_nodes as u32))
+                .collect(),
+        )
+    };
+    plans.push(ConfigPlan::CreateRegionGroups(CreateRegionGroups {
+        database: name,
+        groups: vec![
+            group(0, RegionKind::Schema),
+            group(1, RegionKind::Data),
+            group(2, RegionKind::Data),
+        ],
+    }));
+    for plan in &plans {
+        let _ = state.apply(plan);
+    }
+    let mut queue: BTreeMap<TaskId, RegionMaintainTaskV2> = BTreeMap::new();
+    let doomed = group(3, RegionKind::Data);
+    let dropped = DatabaseName::new("dropped").unwrap_or_else(|_| unreachable_name());
+    let mut next_task = state.next_task_id;
+    for node in doomed.replicas.iter().take(2) {
+        next_task += 1;
+        let Some(info) = state.data_nodes.get(node) else {
+            continue;
+        };
+        queue.insert(
+            TaskId(next_task),
+            RegionMaintainTaskV2 {
+                kind: RegionMaintainKind::LegacyDelete,
+                database: dropped.clone(),
+                region: doomed.clone(),
+                target: info.location.clone(),
+            },
+        );
+    }
+    SnapshotV1 {
+        last_index: 10,
+        last_term: 1,
+        state: ClusterStateV1 {
+            next_data_node_id: state.next_data_node_id,
+            next_region_id: state.next_region_id,
+            next_procedure_id: state.next_procedure_id,
+            next_task_id: next_task,
+            data_nodes: state.data_nodes,
+            databases: state.databases,
+            partition_tables: state.partition_tables,
+            region_maintain_queue: queue,
+            procedures: state.procedures,
+            procedure_request_keys: state.procedure_request_keys,
+        },
+    }
+}

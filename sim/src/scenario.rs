@@ -1,0 +1,276 @@
+//! A run's script: the cluster's shape, the fault rates, and the timed workload and fault
+//! events, all drawn from the seed. A scenario can be cut down (shrinking) and replayed: the
+//! run's other random choices (scheduling, messages, disks) still come from the same seed.
+
+use crate::disk::DiskFaults;
+use crate::executor::SimRng;
+use crate::net::NetFaults;
+
+/// Knobs of generated scenarios (the same for every seed of a run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Workload and fault events per scenario.
+    pub events: usize,
+    /// Virtual time over which the events are spread (ms).
+    pub window_ms: u64,
+    /// Virtual time allowed to converge after the faults stop (ms): the liveness bound.
+    pub settle_ms: u64,
+    /// Inject network faults.
+    pub net_faults: bool,
+    /// Inject disk faults.
+    pub disk_faults: bool,
+    /// Crash nodes and change leaders.
+    pub process_faults: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            events: 100,
+            window_ms: 60_000,
+            settle_ms: 240_000,
+            net_faults: true,
+            disk_faults: true,
+            process_faults: true,
+        }
+    }
+}
+
+/// One workload request or fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create database `db<db>` with its groups.
+    CreateDatabase {
+        /// Which name of the small pool (names collide on purpose).
+        db: u8,
+        /// Schema region groups.
+        schema_groups: u32,
+        /// Data region groups.
+        data_groups: u32,
+        /// Replication factor of both kinds.
+        rf: u8,
+        /// Send a request key (retries return the same procedure).
+        keyed: bool,
+    },
+    /// Delete database `db<db>`.
+    DeleteDatabase {
+        /// Which name.
+        db: u8,
+        /// Send a request key.
+        keyed: bool,
+    },
+    /// Add region groups to a live database.
+    CreateRegionGroups {
+        /// Which name.
+        db: u8,
+        /// Schema region groups.
+        schema_groups: u32,
+        /// Data region groups.
+        data_groups: u32,
+    },
+    /// Write `bytes` to every replica of every data group of `db<db>`.
+    Load {
+        /// Which name.
+        db: u8,
+        /// Bytes per replica.
+        bytes: u32,
+    },
+    /// Crash DataNode `dn`; it restarts after `down_ms`.
+    CrashDataNode {
+        /// Which DataNode (index).
+        dn: usize,
+        /// How long it stays down.
+        down_ms: u64,
+    },
+    /// Crash ConfigNode `cn` (its unsynced log tail is lost); it restarts and campaigns
+    /// after `down_ms`.
+    CrashConfigNode {
+        /// Which slot (0 or 1).
+        cn: usize,
+        /// How long it stays down.
+        down_ms: u64,
+    },
+    /// ConfigNode `cn` campaigns over the shared log (started first if down); whoever led
+    /// is deposed and learns it on its next append.
+    Campaign {
+        /// Which slot.
+        cn: usize,
+    },
+    /// Cut ConfigNode `cn` from DataNode `dn` (both ways) for `heal_ms`.
+    Partition {
+        /// Which ConfigNode slot.
+        cn: usize,
+        /// Which DataNode.
+        dn: usize,
+        /// When it heals.
+        heal_ms: u64,
+    },
+    /// The leader snapshots its state and compacts the log.
+    Snapshot,
+}
+
+/// A timed event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// When (virtual ms).
+    pub at_ms: u64,
+    /// What.
+    pub op: Op,
+}
+
+/// Names of the database pool.
+pub const DATABASES: u8 = 4;
+
+/// One run's script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scenario {
+    /// The seed (scheduling, messages and disks draw from it too).
+    pub seed: u64,
+    /// DataNodes.
+    pub data_nodes: usize,
+    /// Delete rate of each DataNode's store (bytes/s; 0 deletes at once).
+    pub delete_rates: Vec<u64>,
+    /// Start from a v1 snapshot with published groups and legacy deletions pending.
+    pub legacy: bool,
+    /// Network fault rates while faults last.
+    pub net: NetFaults,
+    /// Disk fault rates while faults last.
+    pub disk: DiskFaults,
+    /// The events, by time.
+    pub events: Vec<Event>,
+    /// When the faults stop (ms).
+    pub faults_end_ms: u64,
+    /// The liveness bound after that (ms).
+    pub settle_ms: u64,
+}
+
+impl Scenario {
+    /// The scenario of `seed` under `config`.
+    pub fn generate(seed: u64, config: &Config) -> Scenario {
+        let mut rng = SimRng::new(seed, 1);
+        let data_nodes = rng.range(3, 5) as usize;
+        let delete_rates = (0..data_nodes)
+            .map(|_| match rng.below(3) {
+                0 => 0,
+                1 => 256 * 1024,
+                _ => 32 * 1024,
+            })
+            .collect();
+        let legacy = rng.below(4) == 0;
+        let net = if config.net_faults {
+            NetFaults {
+                lose_request: rng.range(0, 30_000) as u32,
+                lose_reply: rng.range(0, 30_000) as u32,
+                duplicate: rng.range(0, 20_000) as u32,
+                max_latency_ms: rng.range(0, 20),
+                spike: rng.range(0, 10_000) as u32,
+                spike_ms: 3_000,
+            }
+        } else {
+            NetFaults::default()
+        };
+        let disk = if config.disk_faults {
+            DiskFaults {
+                log: rng.range(0, 10_000) as u32,
+                journal: rng.range(0, 20_000) as u32,
+                store: rng.range(0, 20_000) as u32,
+                max_latency_ms: rng.range(0, 5),
+            }
+        } else {
+            DiskFaults::default()
+        };
+        let mut events = Vec::with_capacity(config.events);
+        while events.len() < config.events {
+            let at_ms = rng.range(500, config.window_ms);
+            let db = rng.below(u64::from(DATABASES)) as u8;
+            let roll = rng.below(100);
+            let process = config.process_faults;
+            let op = match roll {
+                0..=21 => Op::CreateDatabase {
+                    db,
+                    schema_groups: rng.range(0, 2) as u32,
+                    data_groups: rng.range(1, 3) as u32,
+                    rf: rng.range(1, 3) as u8,
+                    keyed: rng.below(2) == 0,
+                },
+                22..=35 => Op::DeleteDatabase {
+                    db,
+                    keyed: rng.below(2) == 0,
+                },
+                36..=45 => Op::CreateRegionGroups {
+                    db,
+                    schema_groups: rng.range(0, 1) as u32,
+                    data_groups: rng.range(1, 2) as u32,
+                },
+                46..=60 => Op::Load {
+                    db,
+                    bytes: rng.range(1, 128 * 1024) as u32,
+                },
+                61..=65 => {
+                    // Create and delete of one name at the same instant.
+                    events.push(Event {
+                        at_ms,
+                        op: Op::CreateDatabase {
+                            db,
+                            schema_groups: 1,
+                            data_groups: rng.range(1, 3) as u32,
+                            rf: rng.range(1, 3) as u8,
+                            keyed: true,
+                        },
+                    });
+                    Op::DeleteDatabase { db, keyed: true }
+                }
+                66..=75 if process => Op::CrashDataNode {
+                    dn: rng.below(data_nodes as u64) as usize,
+                    down_ms: if rng.below(4) == 0 {
+                        rng.range(10_000, 40_000)
+                    } else {
+                        rng.range(10, 3_000)
+                    },
+                },
+                76..=80 if process => Op::CrashConfigNode {
+                    cn: rng.below(2) as usize,
+                    down_ms: rng.range(10, 5_000),
+                },
+                81..=85 if process => Op::Campaign {
+                    cn: rng.below(2) as usize,
+                },
+                86..=96 if config.net_faults => Op::Partition {
+                    cn: rng.below(2) as usize,
+                    dn: rng.below(data_nodes as u64) as usize,
+                    heal_ms: rng.range(100, 15_000),
+                },
+                97..=99 => Op::Snapshot,
+                _ => Op::Load {
+                    db,
+                    bytes: rng.range(1, 64 * 1024) as u32,
+                },
+            };
+            events.push(Event { at_ms, op });
+        }
+        events.truncate(config.events);
+        events.sort_by_key(|e| e.at_ms);
+        Scenario {
+            seed,
+            data_nodes,
+            delete_rates,
+            legacy,
+            net,
+            disk,
+            events,
+            faults_end_ms: config.window_ms + 1_000,
+            settle_ms: config.settle_ms,
+        }
+    }
+
+    /// Whether `op` is a fault (the rest is workload).
+    pub fn is_fault(op: &Op) -> bool {
+        matches!(
+            op,
+            Op::CrashDataNode { .. }
+                | Op::CrashConfigNode { .. }
+                | Op::Campaign { .. }
+                | Op::Partition { .. }
+        )
+    }
+}
