@@ -38,8 +38,8 @@ pub fn known_replicas(seen: &mut Seen) -> BTreeSet<(DataNodeId, RegionId)> {
             known.insert((*node, *region));
         }
     }
-    for task in seen.state.pending_legacy_deletions.values() {
-        known.insert((task.target, task.region.region));
+    for deletion in seen.state.legacy_deletions.values() {
+        known.insert((deletion.target, deletion.group.region));
     }
     let unfinished: Vec<_> = seen
         .state
@@ -229,21 +229,21 @@ pub fn quiet_problems(world: &World) -> Vec<(Invariant, String)> {
                 ),
             ));
         }
-        for (id, task) in &state.region_maintain_queue {
+        for (id, create) in &state.create_queue {
             problems.push((
                 Invariant::Liveness,
                 format!(
                     "queued create {id} of {} on DataNode {} never done",
-                    task.region.region, task.target
+                    create.group.region, create.target
                 ),
             ));
         }
-        for (id, task) in &state.pending_legacy_deletions {
+        for (id, deletion) in &state.legacy_deletions {
             problems.push((
                 Invariant::Liveness,
                 format!(
                     "legacy deletion {id} of {} on DataNode {} never adopted",
-                    task.region.region, task.target
+                    deletion.group.region, deletion.target
                 ),
             ));
         }

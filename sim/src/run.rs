@@ -777,7 +777,7 @@ pub fn legacy_snapshot(data_nodes: usize) -> SnapshotV1 {
     let mut queue: BTreeMap<TaskId, RegionMaintainTaskV2> = BTreeMap::new();
     let doomed = group(3, RegionKind::Data);
     let dropped = DatabaseName::new("dropped").unwrap_or_else(|_| unreachable_name());
-    let mut next_task = state.next_task_id;
+    let mut next_task = state.next_queue_id;
     for node in doomed.replicas.iter().take(2) {
         next_task += 1;
         let Some(info) = state.data_nodes.get(node) else {

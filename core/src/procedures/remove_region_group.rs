@@ -177,9 +177,9 @@ impl RemoveRegionGroupProcedure {
                     if let Some(group) = s.region_group(region) {
                         nodes.extend(group.replicas.iter().copied());
                     }
-                    for task in s.region_maintain_queue.values() {
-                        if task.region.region == region {
-                            nodes.insert(task.target);
+                    for create in s.create_queue.values() {
+                        if create.group.region == region {
+                            nodes.insert(create.target);
                         }
                     }
                 });
