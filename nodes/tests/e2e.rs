@@ -7,10 +7,15 @@
 //! durable state, which the `storage-mem` build does not have.
 #![cfg(all(feature = "storage-fs", not(feature = "storage-mem")))]
 
+mod support;
+
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use support::task_log::{read_task_events, successful_deletions, tasks_run_twice};
 
 const EXE: &str = env!("CARGO_BIN_EXE_shoal");
 /// DataNodes delete at 64 KiB/s and every replica holds 64 KiB: ~1 s per replica.
@@ -58,6 +63,16 @@ struct Cluster {
     cn_addr: String,
     data_nodes: Vec<Option<Proc>>,
     dn_addrs: Vec<String>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // A failed test keeps its data directories and logs: they are the evidence.
+        if std::thread::panicking() {
+            self.root.disable_cleanup(true);
+            eprintln!("cluster files kept in {}", self.root.path().display());
+        }
+    }
 }
 
 impl Cluster {
@@ -194,7 +209,9 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("shoal {args:?}: bad JSON {e}: {text}"))
     }
 
-    fn create_and_load(&self, db: &str) {
+    /// Creates `db` (16 data + 1 schema groups, rf 3) and loads it; returns the region
+    /// replicas each DataNode holds (by region directory name).
+    fn create_and_load(&self, db: &str) -> Vec<BTreeSet<String>> {
         self.cli_ok(&[
             "database",
             "create",
@@ -213,13 +230,55 @@ impl Cluster {
             "16 data + 1 schema groups"
         );
         self.cli_ok(&["load", db, "--bytes", LOAD]);
-        for i in 0..3 {
-            assert_eq!(
-                region_dirs(&self.dn_dir(i)).len(),
-                17,
-                "dn-{i} holds every replica"
-            );
+        (0..3)
+            .map(|i| {
+                let held: BTreeSet<String> = region_dirs(&self.dn_dir(i)).into_iter().collect();
+                assert_eq!(held.len(), 17, "dn-{i} holds every replica");
+                held
+            })
+            .collect()
+    }
+
+    /// The promise, from the DataNodes' own logs: no DataNode ran one task id twice (accepted
+    /// it as new twice, or finished it twice), and every replica in `held[i]` was deleted
+    /// by exactly one successful task on DataNode `i` (and nothing else was).
+    fn assert_every_replica_deleted_once(&self, held: &[BTreeSet<String>]) {
+        let mut problems = Vec::new();
+        for (i, held) in held.iter().enumerate() {
+            let log = self.root.path().join(format!("dn-{i}.log"));
+            let events = read_task_events(&log);
+            for (task, lines) in tasks_run_twice(&events) {
+                problems.push(format!(
+                    "dn-{i} ran {task} twice:\n  {}",
+                    lines.join("\n  ")
+                ));
+            }
+            let deleted = successful_deletions(&events);
+            for region in held {
+                match deleted.get(region).map(Vec::len) {
+                    Some(1) => {}
+                    None => problems.push(format!("dn-{i}: no successful deletion of {region}")),
+                    Some(n) => problems.push(format!(
+                        "dn-{i} deleted {region} {n} times:\n  {}",
+                        deleted[region].join("\n  ")
+                    )),
+                }
+            }
+            for (region, lines) in &deleted {
+                if !held.contains(region) {
+                    problems.push(format!(
+                        "dn-{i} deleted {region}, which it did not hold:\n  {}",
+                        lines.join("\n  ")
+                    ));
+                }
+            }
         }
+        assert!(
+            problems.is_empty(),
+            "the promise was broken (logs in {}):\n{}",
+            self.root.path().display(),
+            problems.join("\n")
+        );
     }
 
     /// Starts `database delete DB --wait` in the background.
@@ -301,16 +360,23 @@ fn wait_success(proc: &mut Proc, what: &str) {
 #[test]
 fn delete_with_wait_removes_every_replica_on_every_datanode() {
     let cluster = Cluster::start();
-    cluster.create_and_load("plain");
+    let held = cluster.create_and_load("plain");
     let out = cluster.cli_ok(&["database", "delete", "plain", "--wait"]);
     assert!(out.contains("Succeeded"), "delete output: {out}");
     cluster.assert_gone("plain");
+    cluster.assert_every_replica_deleted_once(&held);
+    // Logs written to a file are plain text (colours are for terminals).
+    for name in ["cn", "dn-0", "dn-1", "dn-2"] {
+        let log = std::fs::read_to_string(cluster.root.path().join(format!("{name}.log")))
+            .expect("log file");
+        assert!(!log.contains('\u{1b}'), "{name}.log has colour codes");
+    }
 }
 
 #[test]
 fn datanode_killed_mid_delete_and_restarted_still_ends_with_everything_gone() {
     let mut cluster = Cluster::start();
-    cluster.create_and_load("dnkill");
+    let held = cluster.create_and_load("dnkill");
     let mut delete = cluster.delete_waiting("dnkill");
     cluster.wait_deleting();
     let victim = 1;
@@ -321,6 +387,7 @@ fn datanode_killed_mid_delete_and_restarted_still_ends_with_everything_gone() {
     cluster.start_data_node(victim, &listen);
     wait_success(&mut delete, "delete --wait across a DataNode crash");
     cluster.assert_gone("dnkill");
+    cluster.assert_every_replica_deleted_once(&held);
     let id = std::fs::read_to_string(cluster.dn_dir(victim).join("node.id")).expect("node id");
     let nodes = cluster.json(&["datanode", "list"]);
     assert_eq!(
@@ -334,7 +401,7 @@ fn datanode_killed_mid_delete_and_restarted_still_ends_with_everything_gone() {
 #[test]
 fn confignode_killed_mid_delete_and_restarted_resumes_to_the_end() {
     let mut cluster = Cluster::start();
-    cluster.create_and_load("cnkill");
+    let held = cluster.create_and_load("cnkill");
     let mut delete = cluster.delete_waiting("cnkill");
     cluster.wait_deleting();
     cluster.confignode.take().expect("running").kill();
@@ -344,6 +411,7 @@ fn confignode_killed_mid_delete_and_restarted_resumes_to_the_end() {
     // The CLI rides through the restart (it retries while the ConfigNode is unreachable).
     wait_success(&mut delete, "delete --wait across a ConfigNode crash");
     cluster.assert_gone("cnkill");
+    cluster.assert_every_replica_deleted_once(&held);
 }
 
 #[test]
@@ -396,3 +464,4 @@ fn wrong_secret_is_refused_and_garbage_does_not_crash_nodes() {
     let dbs = cluster.json(&["database", "list"]);
     assert_eq!(dbs.as_array().map(Vec::len), Some(1), "{dbs}");
 }
+
