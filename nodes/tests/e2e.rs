@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use support::task_log::{read_task_events, successful_deletions, tasks_run_twice};
 
 const EXE: &str = env!("CARGO_BIN_EXE_shoal");
@@ -155,6 +157,13 @@ impl Cluster {
         );
         self.data_nodes[i] = Some(proc);
         self.dn_addrs[i] = addr;
+    }
+
+    /// Sends `signal` to DataNode `i`.
+    fn signal(&self, i: usize, signal: Signal) {
+        let proc = self.data_nodes[i].as_ref().expect("running");
+        let pid = i32::try_from(proc.child.id()).expect("pid");
+        kill(Pid::from_raw(pid), signal).expect("signal");
     }
 
     /// 1 ConfigNode + 3 DataNodes on ephemeral ports, every DataNode registered.
@@ -465,3 +474,87 @@ fn wrong_secret_is_refused_and_garbage_does_not_crash_nodes() {
     assert_eq!(dbs.as_array().map(Vec::len), Some(1), "{dbs}");
 }
 
+#[test]
+fn datanode_restarted_at_a_new_address_gets_its_missing_replicas_there() {
+    let mut cluster = Cluster::start();
+    let victim = 2;
+    // Frozen, not dead: its heartbeats time out slowly, so the ConfigNode still counts it
+    // Running and places a replica of every group on it, and each create there times out.
+    // The groups reach a quorum on the other two and are published with the victim's
+    // replicas queued for the region cleaner.
+    cluster.signal(victim, Signal::SIGSTOP);
+    cluster.cli_ok(&[
+        "database",
+        "create",
+        "moved",
+        "--data-groups",
+        "2",
+        "--schema-groups",
+        "1",
+        "--rf",
+        "3",
+    ]);
+    let victim_id: u32 = std::fs::read_to_string(cluster.dn_dir(victim).join("node.id"))
+        .expect("node id")
+        .trim()
+        .parse()
+        .expect("a number");
+    let replica_counts = |cluster: &Cluster| -> Vec<(usize, bool)> {
+        let groups = cluster.json(&["region", "list", "--database", "moved"]);
+        groups
+            .as_array()
+            .expect("groups")
+            .iter()
+            .map(|g| {
+                let replicas = g["replica_set"]["replicas"].as_array().expect("replicas");
+                let on_victim = replicas
+                    .iter()
+                    .any(|r| r.as_u64() == Some(victim_id.into()));
+                (replicas.len(), on_victim)
+            })
+            .collect()
+    };
+    assert_eq!(
+        replica_counts(&cluster),
+        vec![(2, false); 3],
+        "published without the frozen DataNode's replicas"
+    );
+    assert!(region_dirs(&cluster.dn_dir(victim)).is_empty());
+
+    // Restarted on another port: it re-registers under its stored id at the new address.
+    let old_address = cluster.dn_addrs[victim].clone();
+    cluster.data_nodes[victim].take().expect("running").kill();
+    cluster.start_data_node(victim, "127.0.0.1:0");
+    let new_address = cluster.dn_addrs[victim].clone();
+    assert_ne!(old_address, new_address);
+    wait_until("the DataNode listed at its new address", BOUND, || {
+        let nodes = cluster.json(&["datanode", "list"]);
+        nodes
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .any(|n| {
+                n["location"]["id"].as_u64() == Some(victim_id.into())
+                    && n["location"]["address"] == new_address.as_str()
+            })
+            .then_some(())
+    });
+
+    // The region cleaner reaches it there: its missing replicas appear and are published.
+    wait_until(
+        "the missing replicas created on the DataNode at its new address",
+        BOUND,
+        || (region_dirs(&cluster.dn_dir(victim)).len() == 3).then_some(()),
+    );
+    wait_until("every group listing three replicas", BOUND, || {
+        (replica_counts(&cluster) == vec![(3, true); 3]).then_some(())
+    });
+
+    let held: Vec<BTreeSet<String>> = (0..3)
+        .map(|i| region_dirs(&cluster.dn_dir(i)).into_iter().collect())
+        .collect();
+    let out = cluster.cli_ok(&["database", "delete", "moved", "--wait"]);
+    assert!(out.contains("Succeeded"), "delete output: {out}");
+    cluster.assert_gone("moved");
+    cluster.assert_every_replica_deleted_once(&held);
+}
