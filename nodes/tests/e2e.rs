@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::task_log::{read_task_events, successful_deletions, tasks_run_twice};
+use support::task_log::{
+    read_replica_deletions, read_task_events, successful_deletions, tasks_run_twice,
+};
 
 const EXE: &str = env!("CARGO_BIN_EXE_shoal");
 /// DataNodes delete at 64 KiB/s and every replica holds 64 KiB: ~1 s per replica.
@@ -248,10 +250,12 @@ impl Cluster {
             .collect()
     }
 
-    /// The promise, from the DataNodes' own logs: no DataNode ran one task id twice (accepted
-    /// it as new twice, or finished it twice), and every replica in `held[i]` was deleted
-    /// by exactly one successful task on DataNode `i` (and nothing else was).
+    /// The promise, from the logs: no DataNode ran one task id twice (accepted it as new
+    /// twice, or finished it twice: its own log), and every replica in `held[i]` was deleted
+    /// by exactly one successful task on DataNode `i`, and nothing else was (its log, plus the
+    /// ConfigNode's `replica deleted` lines for a finish line lost to a SIGKILL).
     fn assert_every_replica_deleted_once(&self, held: &[BTreeSet<String>]) {
+        let confignode = read_replica_deletions(&self.root.path().join("cn.log"));
         let mut problems = Vec::new();
         for (i, held) in held.iter().enumerate() {
             let log = self.root.path().join(format!("dn-{i}.log"));
@@ -262,22 +266,29 @@ impl Cluster {
                     lines.join("\n  ")
                 ));
             }
-            let deleted = successful_deletions(&events);
+            let id = std::fs::read_to_string(self.dn_dir(i).join("node.id")).expect("node id");
+            let label = format!("dn-{}", id.trim());
+            let deleted = successful_deletions(&events, &confignode, &label);
+            let evidence = |tasks: &BTreeMap<String, Vec<String>>| -> String {
+                let lines: Vec<String> = tasks.values().flatten().cloned().collect();
+                lines.join("\n  ")
+            };
             for region in held {
-                match deleted.get(region).map(Vec::len) {
-                    Some(1) => {}
+                match deleted.get(region) {
+                    Some(tasks) if tasks.len() == 1 => {}
                     None => problems.push(format!("dn-{i}: no successful deletion of {region}")),
-                    Some(n) => problems.push(format!(
-                        "dn-{i} deleted {region} {n} times:\n  {}",
-                        deleted[region].join("\n  ")
+                    Some(tasks) => problems.push(format!(
+                        "dn-{i} deleted {region} by {} tasks:\n  {}",
+                        tasks.len(),
+                        evidence(tasks)
                     )),
                 }
             }
-            for (region, lines) in &deleted {
+            for (region, tasks) in &deleted {
                 if !held.contains(region) {
                     problems.push(format!(
                         "dn-{i} deleted {region}, which it did not hold:\n  {}",
-                        lines.join("\n  ")
+                        evidence(tasks)
                     ));
                 }
             }

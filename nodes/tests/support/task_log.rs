@@ -4,7 +4,13 @@
 //! resubmission of a known id logs nothing) and `maintain task finished` once the outcome is
 //! durable, each with `task_id`, `region` and (finished) `outcome` fields. A task resumed after
 //! a restart logs `resuming ...`, not `accepted`. So, per DataNode log: an id accepted twice or
-//! finished twice ran twice; a replica deleted once has exactly one successful finish.
+//! finished twice ran twice.
+//!
+//! A SIGKILL between journaling a result and writing its log line loses the `finished` line
+//! (the task still ran once; the restarted DataNode reports its journaled result). So the
+//! successful deletion of a replica is also read from the ConfigNode's `replica deleted`
+//! line (`data_node`, `region`, `task`), and a replica deleted once has exactly one task id
+//! with a successful finish in either log.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -154,15 +160,62 @@ pub fn tasks_run_twice(events: &[TaskEvent]) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
-/// Per region: the lines of the tasks that deleted it successfully on one DataNode.
-pub fn successful_deletions(events: &[TaskEvent]) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+/// A successful replica deletion as the ConfigNode logged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaDeleted {
+    /// The DataNode's label (`dn-<id>`).
+    pub data_node: String,
+    pub region: String,
+    pub task_id: String,
+    pub line: String,
+}
+
+/// Parses a ConfigNode `replica deleted` line.
+pub fn parse_replica_deleted(raw: &str) -> Option<ReplicaDeleted> {
+    let line = strip_ansi(raw);
+    let (_, after) = line.split_once("replica deleted ")?;
+    let fields = fields(after);
+    if fields.get("outcome").map(String::as_str) != Some("success") {
+        return None;
+    }
+    Some(ReplicaDeleted {
+        data_node: fields.get("data_node")?.clone(),
+        region: fields.get("region")?.clone(),
+        task_id: fields.get("task")?.clone(),
+        line: line.trim_end().to_string(),
+    })
+}
+
+/// Every `replica deleted` line in the ConfigNode log at `path`.
+pub fn read_replica_deletions(path: &Path) -> Vec<ReplicaDeleted> {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().filter_map(parse_replica_deleted).collect())
+        .unwrap_or_default()
+}
+
+/// Per region, per task id: the lines showing that task deleted the region successfully on
+/// the DataNode whose log gave `events` and whose label is `data_node` (ConfigNode lines).
+pub fn successful_deletions(
+    events: &[TaskEvent],
+    confignode: &[ReplicaDeleted],
+    data_node: &str,
+) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
     for event in events {
         if event.kind == (TaskEventKind::Finished { success: true }) {
             out.entry(event.region.clone())
                 .or_default()
+                .entry(event.task_id.clone())
+                .or_default()
                 .push(event.line.clone());
         }
+    }
+    for deleted in confignode.iter().filter(|d| d.data_node == data_node) {
+        out.entry(deleted.region.clone())
+            .or_default()
+            .entry(deleted.task_id.clone())
+            .or_default()
+            .push(deleted.line.clone());
     }
     out
 }
@@ -204,6 +257,26 @@ fn task_lines_parse_with_or_without_colour() {
 
     let twice = [accepted.clone(), finished.clone(), accepted, finished];
     assert_eq!(tasks_run_twice(&twice).len(), 1);
-    assert_eq!(successful_deletions(&twice)["data-3"].len(), 2);
     assert!(tasks_run_twice(&twice[..2]).is_empty());
+
+    let cn = "2026-11-28T19:13:19.121719Z  INFO procedure{id=proc-3 epoch=epoch-1}: \
+              shoal_core::procedures::remove_region_group: replica deleted procedure=proc-3 \
+              region=data-3 data_node=dn-2 task=task-1048577 outcome=\"success\" duration_ms=1085";
+    let cn = parse_replica_deleted(cn).expect("ConfigNode line");
+    assert_eq!(
+        (
+            cn.data_node.as_str(),
+            cn.region.as_str(),
+            cn.task_id.as_str()
+        ),
+        ("dn-2", "data-3", "task-1048577")
+    );
+    // The same task seen in both logs is one deletion; a finish line lost to SIGKILL is
+    // covered by the ConfigNode's line.
+    let both = successful_deletions(&twice, std::slice::from_ref(&cn), "dn-2");
+    assert_eq!(both["data-3"].len(), 1);
+    assert_eq!(both["data-3"]["task-1048577"].len(), 3);
+    let lost = successful_deletions(&[], std::slice::from_ref(&cn), "dn-2");
+    assert_eq!(lost["data-3"].len(), 1);
+    assert!(successful_deletions(&[], &[cn], "dn-1").is_empty());
 }
