@@ -569,3 +569,50 @@ fn datanode_restarted_at_a_new_address_gets_its_missing_replicas_there() {
     cluster.assert_gone("moved");
     cluster.assert_every_replica_deleted_once(&held);
 }
+
+#[test]
+fn a_create_right_after_every_datanode_restarted_reaches_every_one() {
+    let mut cluster = Cluster::start();
+    // Down long enough for the ConfigNode's heartbeats to fail repeatedly: its connections
+    // to them back off (up to 2 s between dials).
+    for i in 0..3 {
+        cluster.data_nodes[i].take().expect("running").kill();
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    for i in 0..3 {
+        let listen = cluster.dn_addrs[i].clone();
+        cluster.start_data_node(i, &listen);
+    }
+    wait_until("every DataNode registered again and Running", BOUND, || {
+        let nodes = cluster.json(&["datanode", "list"]);
+        let running = nodes
+            .as_array()
+            // The JSON carries the status code: Running = 1.
+            .map_or(0, |l| l.iter().filter(|n| n["status"] == 1).count());
+        (running == 3).then_some(())
+    });
+    // At once: inside the backoff windows. Each create gets a dial of its own (the nodes
+    // are back), never the refusal cached from before they restarted.
+    cluster.cli_ok(&[
+        "database",
+        "create",
+        "fresh",
+        "--data-groups",
+        "2",
+        "--schema-groups",
+        "1",
+        "--rf",
+        "3",
+    ]);
+    let groups = cluster.json(&["region", "list", "--database", "fresh"]);
+    let replicas: Vec<usize> = groups
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| g["replica_set"]["replicas"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(replicas, vec![3; 3], "{groups}");
+    for i in 0..3 {
+        assert_eq!(region_dirs(&cluster.dn_dir(i)).len(), 3, "dn-{i}");
+    }
+}
