@@ -110,7 +110,7 @@ fn a_server_that_goes_away_is_unreachable_and_the_client_reconnects_when_it_retu
 
         let error = client.heartbeat(Epoch(1)).await.expect_err("server gone");
         assert!(matches!(error, ApiError::Unreachable(_)), "{error:?}");
-        // Still down: each later call is Unreachable too (fast, during backoff or not).
+        // Still down: each later call is Unreachable too, from a dial made during it.
         let error = client.heartbeat(Epoch(1)).await.expect_err("server gone");
         assert!(matches!(error, ApiError::Unreachable(_)), "{error:?}");
 
