@@ -1,10 +1,12 @@
 //! Admin commands: talk to the ConfigNode over Cap'n Proto and print text or JSON.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_lite::FutureExt;
 use serde::Serialize;
 use shoal_core::api::{ApiError, ConfigNodeApi, CreateDatabaseRequest, ProcedureInfo};
 use shoal_core::model::{DatabaseName, ProcedureId, RegionKind, ReplicationFactor};
@@ -16,13 +18,22 @@ use crate::error::CliError;
 use crate::process::read_secret_file;
 use crate::size::format_size;
 
+/// After this long without an answer from the ConfigNode, a command says what it waits for.
+pub const WAITING_NOTICE_AFTER: Duration = Duration::from_secs(1);
+
 /// A connected admin session.
 pub struct Admin {
     client: CapnpConfigNodeClient,
     rpc: RpcRuntime,
     options: ClientOptions,
     json: bool,
+    address: String,
+    timeout: Duration,
     deadline: Instant,
+    /// Whether the "waiting for the ConfigNode" line was printed (once per command).
+    waiting_noted: Cell<bool>,
+    /// The progress bar on screen, if any (notices are printed around it).
+    bar: RefCell<Option<indicatif::ProgressBar>>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -34,7 +45,7 @@ impl std::fmt::Debug for Admin {
 }
 
 fn database_name(name: &str) -> Result<DatabaseName, CliError> {
-    DatabaseName::new(name).map_err(|e| CliError::Config(e.to_string()))
+    DatabaseName::new(name).map_err(|e| CliError::Invalid(e.to_string()))
 }
 
 /// A fresh request key: 128 random bits in hex. One per CLI invocation, reused by every
@@ -48,12 +59,17 @@ pub fn parse_procedure_id(text: &str) -> Result<ProcedureId, CliError> {
     text.trim_start_matches("proc-")
         .parse()
         .map(ProcedureId)
-        .map_err(|_| CliError::Config(format!("invalid procedure id {text:?}")))
+        .map_err(|_| CliError::Invalid(format!("invalid procedure id {text:?}")))
 }
 
 impl Admin {
-    /// Connects lazily to the ConfigNode named by `args` (defaults: `shoal up`'s).
-    pub fn new(args: &AdminArgs, file_confignode: Option<String>) -> Result<Self, CliError> {
+    /// Connects lazily to the ConfigNode named by `args` (defaults: `shoal up`'s); the
+    /// command gives up after `--timeout-secs`, or `default_timeout_secs` without it.
+    pub fn new(
+        args: &AdminArgs,
+        file_confignode: Option<String>,
+        default_timeout_secs: u64,
+    ) -> Result<Self, CliError> {
         let address = args
             .confignode
             .clone()
@@ -64,34 +80,90 @@ impl Admin {
         let rpc = RpcRuntime::start("cli")?;
         let options = ClientOptions::new(secret);
         let client = CapnpConfigNodeClient::new(&rpc, &address, options.clone())?;
+        let timeout = args.timeout(default_timeout_secs);
         Ok(Self {
             client,
             rpc,
             options,
             json: args.json,
-            deadline: Instant::now() + Duration::from_secs(args.timeout_secs),
+            address,
+            timeout,
+            deadline: Instant::now() + timeout,
+            waiting_noted: Cell::new(false),
+            bar: RefCell::new(None),
         })
     }
 
     /// Runs `call`, retrying retryable failures (node starting, leader not ready,
-    /// connection lost) until the deadline. Refusals fail at once.
+    /// connection lost) until the deadline. Refusals fail at once. If no answer came within
+    /// [`WAITING_NOTICE_AFTER`], says once (on stderr) what the command is waiting for.
     async fn retry<T, F, Fut>(&self, call: F) -> Result<T, CliError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match call().await {
-                Ok(value) => return Ok(value),
-                Err(e) if e.is_retryable() && Instant::now() + delay < self.deadline => {
-                    tracing::debug!(error = %e, "retrying");
-                    smol::Timer::after(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
+        let last_error: RefCell<Option<ApiError>> = RefCell::new(None);
+        let attempts = async {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                // An attempt still under way at the deadline is cut short; the error to
+                // report is then the last one an attempt actually returned.
+                let attempt = async { Some(call().await) }.or(async {
+                    smol::Timer::at(self.deadline).await;
+                    None
+                });
+                let Some(outcome) = attempt.await else {
+                    let last = last_error.borrow_mut().take();
+                    return Err(self.gave_up(&last.unwrap_or(ApiError::Timeout(self.timeout))));
+                };
+                match outcome {
+                    Ok(value) => return Ok(value),
+                    Err(e) if e.is_retryable() => {
+                        let left = self.deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Err(self.gave_up(&e));
+                        }
+                        tracing::debug!(error = %e, "retrying");
+                        *last_error.borrow_mut() = Some(e);
+                        smol::Timer::after(delay.min(left)).await;
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
             }
+        };
+        let notice = async {
+            smol::Timer::after(WAITING_NOTICE_AFTER).await;
+            self.note_waiting(last_error.borrow().as_ref());
+            std::future::pending().await
+        };
+        attempts.or(notice).await
+    }
+
+    /// Prints the "waiting for the ConfigNode" line, once per command.
+    fn note_waiting(&self, last_error: Option<&ApiError>) {
+        if self.waiting_noted.replace(true) {
+            return;
         }
+        let why = last_error.map(|e| format!(" ({e})")).unwrap_or_default();
+        let line = format!(
+            "waiting for the ConfigNode at {}{why}; giving up after {}s (--timeout-secs)",
+            self.address,
+            self.timeout.as_secs()
+        );
+        match self.bar.borrow().as_ref() {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// The error of a command that ran out of time while the ConfigNode did not answer.
+    fn gave_up(&self, last: &ApiError) -> CliError {
+        CliError::Failed(format!(
+            "no answer from the ConfigNode at {} within {}s (--timeout-secs): {last}",
+            self.address,
+            self.timeout.as_secs()
+        ))
     }
 
     fn print<T: Serialize>(
@@ -142,7 +214,7 @@ impl Admin {
         schema_groups: u32,
         rf: u8,
     ) -> Result<(), CliError> {
-        let rf = ReplicationFactor::new(rf).map_err(|e| CliError::Config(e.to_string()))?;
+        let rf = ReplicationFactor::new(rf).map_err(|e| CliError::Invalid(e.to_string()))?;
         let request = CreateDatabaseRequest {
             name: database_name(name)?,
             schema_replication_factor: rf,
@@ -199,6 +271,7 @@ impl Admin {
         );
         bar.set_message(format!("deleting {name}"));
         bar.enable_steady_tick(Duration::from_millis(200));
+        *self.bar.borrow_mut() = Some(bar.clone());
         let info = loop {
             let info = self
                 .retry(|| self.client.get_procedure(id))

@@ -137,9 +137,39 @@ pub struct AdminArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 600)]
-    pub timeout_secs: u64,
+    /// Give up after this many seconds [default: 30 for list and show commands, 600 for
+    /// database create/delete and load].
+    #[arg(long)]
+    pub timeout_secs: Option<u64>,
+}
+
+impl AdminArgs {
+    /// How long the command may take: `--timeout-secs`, or `default_secs` for its kind.
+    pub fn timeout(&self, default_secs: u64) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_secs.unwrap_or(default_secs))
+    }
+}
+
+/// Default `--timeout-secs` of commands that only read (list, show): long enough to ride
+/// through a ConfigNode restart, short enough that a wrong address is soon reported.
+pub const READ_TIMEOUT_SECS: u64 = 30;
+/// Default `--timeout-secs` of commands that change things and wait for them (database
+/// create, delete, load): a large deletion takes minutes.
+pub const CHANGE_TIMEOUT_SECS: u64 = 600;
+
+/// Parses `--rf`: a whole number in `MIN_REPLICATION_FACTOR..=MAX_REPLICATION_FACTOR`.
+fn parse_replication_factor(text: &str) -> Result<u8, String> {
+    use shoal_core::model::{MAX_REPLICATION_FACTOR, MIN_REPLICATION_FACTOR, ReplicationFactor};
+    let range = format!("{MIN_REPLICATION_FACTOR}..={MAX_REPLICATION_FACTOR}");
+    let factor: i128 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("replication factor {text:?} is not a whole number in {range}"))?;
+    u8::try_from(factor)
+        .ok()
+        .and_then(|f| ReplicationFactor::new(f).ok())
+        .map(ReplicationFactor::get)
+        .ok_or_else(|| format!("replication factor {factor} is outside {range}"))
 }
 
 /// `shoal database ...`.
@@ -155,8 +185,8 @@ pub enum DatabaseCommand {
         /// Schema region groups.
         #[arg(long, default_value_t = 1)]
         schema_groups: u32,
-        /// Replication factor of every group.
-        #[arg(long, default_value_t = 3)]
+        /// Replication factor of every group (1..=7).
+        #[arg(long, default_value_t = 3, value_parser = parse_replication_factor, allow_negative_numbers = true)]
         rf: u8,
         /// Connection flags.
         #[command(flatten)]
@@ -275,6 +305,39 @@ mod tests {
             run.command,
             Command::Datanode { action: None, .. }
         ));
+    }
+
+    #[test]
+    fn rf_outside_one_to_seven_names_the_range() {
+        for bad in ["0", "8", "300", "-1", "three"] {
+            let error = Cli::try_parse_from(["shoal", "database", "create", "x", "--rf", bad])
+                .expect_err(bad)
+                .to_string();
+            assert!(error.contains("1..=7"), "--rf {bad}: {error}");
+        }
+        let ok = Cli::try_parse_from(["shoal", "database", "create", "x", "--rf", "7"]);
+        assert!(matches!(
+            ok.map(|c| c.command),
+            Ok(Command::Database(DatabaseCommand::Create { rf: 7, .. }))
+        ));
+    }
+
+    #[test]
+    fn read_commands_give_up_sooner_than_changes_by_default() {
+        let list = Cli::try_parse_from(["shoal", "datanode", "list"]).expect("parse");
+        let Command::Datanode {
+            action: Some(DataNodeAction::List(args)),
+            ..
+        } = list.command
+        else {
+            panic!("not a list");
+        };
+        assert_eq!(args.timeout(READ_TIMEOUT_SECS).as_secs(), 30);
+        let explicit = AdminArgs {
+            timeout_secs: Some(2),
+            ..args
+        };
+        assert_eq!(explicit.timeout(CHANGE_TIMEOUT_SECS).as_secs(), 2);
     }
 
     #[test]

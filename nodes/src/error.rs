@@ -12,6 +12,10 @@ pub enum CliError {
     /// Bad flags or configuration.
     #[error("{0}")]
     Config(String),
+    /// The request is invalid (found before sending it; the ConfigNode refuses the same
+    /// requests with the same words).
+    #[error("invalid request: {0}")]
+    Invalid(String),
     /// A file could not be read or written.
     #[error("{context} {path}: {source}")]
     Io {
@@ -56,7 +60,7 @@ impl CliError {
             CliError::Transport(e) => e.is_retryable(),
             CliError::Storage(e) => e.is_retryable(),
             CliError::Io { .. } | CliError::Failed(_) => true,
-            CliError::Config(_) | CliError::Node(_) => false,
+            CliError::Config(_) | CliError::Invalid(_) | CliError::Node(_) => false,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What every long-running `shoal` process shares: logging, the shutdown signal, the
 //! listen-address file, the secret file.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -9,14 +10,25 @@ use crate::error::CliError;
 /// Name of the file a node writes its bound address to, inside its data directory.
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `default_filter`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `default_filter`). Colours only when
+/// stderr is a terminal and `NO_COLOR` is unset, so log files and pipes get plain text.
 pub fn init_tracing(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(log_colours(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .try_init();
+}
+
+/// Whether logs are coloured: on a terminal, unless `NO_COLOR` is set to anything non-empty
+/// (<https://no-color.org>).
+fn log_colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// A receiver that yields once SIGINT, SIGTERM or SIGHUP arrives. Call once per process.
@@ -67,4 +79,21 @@ pub fn read_secret_file(path: &Path) -> Result<String, CliError> {
 /// Creates `dir` (and parents).
 pub fn ensure_dir(dir: &Path) -> Result<(), CliError> {
     std::fs::create_dir_all(dir).map_err(|e| CliError::io("cannot create", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_colours;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(log_colours(true, None));
+        assert!(log_colours(true, Some(OsStr::new(""))));
+        assert!(!log_colours(true, Some(OsStr::new("1"))));
+        assert!(
+            !log_colours(false, None),
+            "a pipe or a log file gets plain text"
+        );
+    }
 }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use crate::admin::{Admin, parse_procedure_id};
 use crate::cli::{
-    AdminArgs, Cli, Command, DEFAULT_DATA_DIR, DataNodeAction, DatabaseCommand, FileConfig,
-    ProcedureCommand, RegionCommand,
+    AdminArgs, CHANGE_TIMEOUT_SECS, Cli, Command, DEFAULT_DATA_DIR, DataNodeAction,
+    DatabaseCommand, FileConfig, ProcedureCommand, READ_TIMEOUT_SECS, RegionCommand,
 };
 use crate::error::CliError;
 use crate::node::{ConfigNodeSettings, DataNodeSettings, run_confignode, run_datanode};
@@ -53,7 +53,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Datanode {
             action: Some(DataNodeAction::List(admin)),
             ..
-        } => with_admin(&admin, file, |a| Box::pin(a.list_data_nodes())),
+        } => with_admin(&admin, file, READ_TIMEOUT_SECS, |a| {
+            Box::pin(a.list_data_nodes())
+        }),
         Command::Datanode { action: None, args } => {
             init_tracing("info");
             let settings = DataNodeSettings {
@@ -72,29 +74,37 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             schema_groups,
             rf,
             admin,
-        }) => with_admin(&admin, file, |a| {
+        }) => with_admin(&admin, file, CHANGE_TIMEOUT_SECS, |a| {
             Box::pin(async move {
                 a.create_database(&name, data_groups, schema_groups, rf)
                     .await
             })
         }),
         Command::Database(DatabaseCommand::Delete { name, wait, admin }) => {
-            with_admin(&admin, file, |a| {
+            with_admin(&admin, file, CHANGE_TIMEOUT_SECS, |a| {
                 Box::pin(async move { a.delete_database(&name, wait).await })
             })
         }
         Command::Database(DatabaseCommand::List(admin)) => {
-            with_admin(&admin, file, |a| Box::pin(a.list_databases()))
+            with_admin(&admin, file, READ_TIMEOUT_SECS, |a| {
+                Box::pin(a.list_databases())
+            })
         }
-        Command::Region(RegionCommand::List { database, admin }) => with_admin(&admin, file, |a| {
-            Box::pin(async move { a.list_regions(database.as_deref()).await })
-        }),
+        Command::Region(RegionCommand::List { database, admin }) => {
+            with_admin(&admin, file, READ_TIMEOUT_SECS, |a| {
+                Box::pin(async move { a.list_regions(database.as_deref()).await })
+            })
+        }
         Command::Procedure(ProcedureCommand::List(admin)) => {
-            with_admin(&admin, file, |a| Box::pin(a.list_procedures()))
+            with_admin(&admin, file, READ_TIMEOUT_SECS, |a| {
+                Box::pin(a.list_procedures())
+            })
         }
         Command::Procedure(ProcedureCommand::Show { id, admin }) => {
             let id = parse_procedure_id(&id)?;
-            with_admin(&admin, file, |a| Box::pin(a.show_procedure(id)))
+            with_admin(&admin, file, READ_TIMEOUT_SECS, |a| {
+                Box::pin(a.show_procedure(id))
+            })
         }
         Command::Load {
             database,
@@ -104,7 +114,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => {
             let bytes = parse_size(&bytes).map_err(CliError::Config)?;
             let chunk = parse_size(&chunk).map_err(CliError::Config)?;
-            with_admin(&admin, file, |a| {
+            with_admin(&admin, file, CHANGE_TIMEOUT_SECS, |a| {
                 Box::pin(async move { a.load(&database, bytes, chunk).await.map(|_| ()) })
             })
         }
@@ -114,8 +124,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 type AdminFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CliError>> + 'a>>;
 
-/// Runs an admin command (quiet logs unless `RUST_LOG` says otherwise).
-fn with_admin<F>(args: &AdminArgs, file: FileConfig, f: F) -> Result<(), CliError>
+/// Runs an admin command (quiet logs unless `RUST_LOG` says otherwise), giving up after
+/// `--timeout-secs` or `default_timeout_secs`.
+fn with_admin<F>(
+    args: &AdminArgs,
+    file: FileConfig,
+    default_timeout_secs: u64,
+    f: F,
+) -> Result<(), CliError>
 where
     F: for<'a> FnOnce(&'a Admin) -> AdminFuture<'a>,
 {
@@ -124,6 +140,6 @@ where
     if args.secret_file.is_none() {
         args.secret_file = file.secret_file;
     }
-    let admin = Admin::new(&args, file.confignode)?;
+    let admin = Admin::new(&args, file.confignode, default_timeout_secs)?;
     smol::block_on(f(&admin))
 }

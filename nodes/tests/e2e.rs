@@ -7,10 +7,19 @@
 //! durable state, which the `storage-mem` build does not have.
 #![cfg(all(feature = "storage-fs", not(feature = "storage-mem")))]
 
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::task_log::{
+    read_replica_deletions, read_task_events, successful_deletions, tasks_run_twice,
+};
 
 const EXE: &str = env!("CARGO_BIN_EXE_shoal");
 /// DataNodes delete at 64 KiB/s and every replica holds 64 KiB: ~1 s per replica.
@@ -58,6 +67,16 @@ struct Cluster {
     cn_addr: String,
     data_nodes: Vec<Option<Proc>>,
     dn_addrs: Vec<String>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // A failed test keeps its data directories and logs: they are the evidence.
+        if std::thread::panicking() {
+            self.root.disable_cleanup(true);
+            eprintln!("cluster files kept in {}", self.root.path().display());
+        }
+    }
 }
 
 impl Cluster {
@@ -142,6 +161,13 @@ impl Cluster {
         self.dn_addrs[i] = addr;
     }
 
+    /// Sends `signal` to DataNode `i`.
+    fn signal(&self, i: usize, signal: Signal) {
+        let proc = self.data_nodes[i].as_ref().expect("running");
+        let pid = i32::try_from(proc.child.id()).expect("pid");
+        kill(Pid::from_raw(pid), signal).expect("signal");
+    }
+
     /// 1 ConfigNode + 3 DataNodes on ephemeral ports, every DataNode registered.
     fn start() -> Cluster {
         let mut cluster = Cluster {
@@ -194,7 +220,9 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("shoal {args:?}: bad JSON {e}: {text}"))
     }
 
-    fn create_and_load(&self, db: &str) {
+    /// Creates `db` (16 data + 1 schema groups, rf 3) and loads it; returns the region
+    /// replicas each DataNode holds (by region directory name).
+    fn create_and_load(&self, db: &str) -> Vec<BTreeSet<String>> {
         self.cli_ok(&[
             "database",
             "create",
@@ -213,13 +241,64 @@ impl Cluster {
             "16 data + 1 schema groups"
         );
         self.cli_ok(&["load", db, "--bytes", LOAD]);
-        for i in 0..3 {
-            assert_eq!(
-                region_dirs(&self.dn_dir(i)).len(),
-                17,
-                "dn-{i} holds every replica"
-            );
+        (0..3)
+            .map(|i| {
+                let held: BTreeSet<String> = region_dirs(&self.dn_dir(i)).into_iter().collect();
+                assert_eq!(held.len(), 17, "dn-{i} holds every replica");
+                held
+            })
+            .collect()
+    }
+
+    /// The promise, from the logs: no DataNode ran one task id twice (accepted it as new
+    /// twice, or finished it twice: its own log), and every replica in `held[i]` was deleted
+    /// by exactly one successful task on DataNode `i`, and nothing else was (its log, plus the
+    /// ConfigNode's `replica deleted` lines for a finish line lost to a SIGKILL).
+    fn assert_every_replica_deleted_once(&self, held: &[BTreeSet<String>]) {
+        let confignode = read_replica_deletions(&self.root.path().join("cn.log"));
+        let mut problems = Vec::new();
+        for (i, held) in held.iter().enumerate() {
+            let log = self.root.path().join(format!("dn-{i}.log"));
+            let events = read_task_events(&log);
+            for (task, lines) in tasks_run_twice(&events) {
+                problems.push(format!(
+                    "dn-{i} ran {task} twice:\n  {}",
+                    lines.join("\n  ")
+                ));
+            }
+            let id = std::fs::read_to_string(self.dn_dir(i).join("node.id")).expect("node id");
+            let label = format!("dn-{}", id.trim());
+            let deleted = successful_deletions(&events, &confignode, &label);
+            let evidence = |tasks: &BTreeMap<String, Vec<String>>| -> String {
+                let lines: Vec<String> = tasks.values().flatten().cloned().collect();
+                lines.join("\n  ")
+            };
+            for region in held {
+                match deleted.get(region) {
+                    Some(tasks) if tasks.len() == 1 => {}
+                    None => problems.push(format!("dn-{i}: no successful deletion of {region}")),
+                    Some(tasks) => problems.push(format!(
+                        "dn-{i} deleted {region} by {} tasks:\n  {}",
+                        tasks.len(),
+                        evidence(tasks)
+                    )),
+                }
+            }
+            for (region, tasks) in &deleted {
+                if !held.contains(region) {
+                    problems.push(format!(
+                        "dn-{i} deleted {region}, which it did not hold:\n  {}",
+                        evidence(tasks)
+                    ));
+                }
+            }
         }
+        assert!(
+            problems.is_empty(),
+            "the promise was broken (logs in {}):\n{}",
+            self.root.path().display(),
+            problems.join("\n")
+        );
     }
 
     /// Starts `database delete DB --wait` in the background.
@@ -301,16 +380,23 @@ fn wait_success(proc: &mut Proc, what: &str) {
 #[test]
 fn delete_with_wait_removes_every_replica_on_every_datanode() {
     let cluster = Cluster::start();
-    cluster.create_and_load("plain");
+    let held = cluster.create_and_load("plain");
     let out = cluster.cli_ok(&["database", "delete", "plain", "--wait"]);
     assert!(out.contains("Succeeded"), "delete output: {out}");
     cluster.assert_gone("plain");
+    cluster.assert_every_replica_deleted_once(&held);
+    // Logs written to a file are plain text (colours are for terminals).
+    for name in ["cn", "dn-0", "dn-1", "dn-2"] {
+        let log = std::fs::read_to_string(cluster.root.path().join(format!("{name}.log")))
+            .expect("log file");
+        assert!(!log.contains('\u{1b}'), "{name}.log has colour codes");
+    }
 }
 
 #[test]
 fn datanode_killed_mid_delete_and_restarted_still_ends_with_everything_gone() {
     let mut cluster = Cluster::start();
-    cluster.create_and_load("dnkill");
+    let held = cluster.create_and_load("dnkill");
     let mut delete = cluster.delete_waiting("dnkill");
     cluster.wait_deleting();
     let victim = 1;
@@ -321,6 +407,7 @@ fn datanode_killed_mid_delete_and_restarted_still_ends_with_everything_gone() {
     cluster.start_data_node(victim, &listen);
     wait_success(&mut delete, "delete --wait across a DataNode crash");
     cluster.assert_gone("dnkill");
+    cluster.assert_every_replica_deleted_once(&held);
     let id = std::fs::read_to_string(cluster.dn_dir(victim).join("node.id")).expect("node id");
     let nodes = cluster.json(&["datanode", "list"]);
     assert_eq!(
@@ -334,7 +421,7 @@ fn datanode_killed_mid_delete_and_restarted_still_ends_with_everything_gone() {
 #[test]
 fn confignode_killed_mid_delete_and_restarted_resumes_to_the_end() {
     let mut cluster = Cluster::start();
-    cluster.create_and_load("cnkill");
+    let held = cluster.create_and_load("cnkill");
     let mut delete = cluster.delete_waiting("cnkill");
     cluster.wait_deleting();
     cluster.confignode.take().expect("running").kill();
@@ -344,6 +431,7 @@ fn confignode_killed_mid_delete_and_restarted_resumes_to_the_end() {
     // The CLI rides through the restart (it retries while the ConfigNode is unreachable).
     wait_success(&mut delete, "delete --wait across a ConfigNode crash");
     cluster.assert_gone("cnkill");
+    cluster.assert_every_replica_deleted_once(&held);
 }
 
 #[test]
@@ -395,4 +483,136 @@ fn wrong_secret_is_refused_and_garbage_does_not_crash_nodes() {
     ]);
     let dbs = cluster.json(&["database", "list"]);
     assert_eq!(dbs.as_array().map(Vec::len), Some(1), "{dbs}");
+}
+
+#[test]
+fn datanode_restarted_at_a_new_address_gets_its_missing_replicas_there() {
+    let mut cluster = Cluster::start();
+    let victim = 2;
+    // Frozen, not dead: its heartbeats time out slowly, so the ConfigNode still counts it
+    // Running and places a replica of every group on it, and each create there times out.
+    // The groups reach a quorum on the other two and are published with the victim's
+    // replicas queued for the region cleaner.
+    cluster.signal(victim, Signal::SIGSTOP);
+    cluster.cli_ok(&[
+        "database",
+        "create",
+        "moved",
+        "--data-groups",
+        "2",
+        "--schema-groups",
+        "1",
+        "--rf",
+        "3",
+    ]);
+    let victim_id: u32 = std::fs::read_to_string(cluster.dn_dir(victim).join("node.id"))
+        .expect("node id")
+        .trim()
+        .parse()
+        .expect("a number");
+    let replica_counts = |cluster: &Cluster| -> Vec<(usize, bool)> {
+        let groups = cluster.json(&["region", "list", "--database", "moved"]);
+        groups
+            .as_array()
+            .expect("groups")
+            .iter()
+            .map(|g| {
+                let replicas = g["replica_set"]["replicas"].as_array().expect("replicas");
+                let on_victim = replicas
+                    .iter()
+                    .any(|r| r.as_u64() == Some(victim_id.into()));
+                (replicas.len(), on_victim)
+            })
+            .collect()
+    };
+    assert_eq!(
+        replica_counts(&cluster),
+        vec![(2, false); 3],
+        "published without the frozen DataNode's replicas"
+    );
+    assert!(region_dirs(&cluster.dn_dir(victim)).is_empty());
+
+    // Restarted on another port: it re-registers under its stored id at the new address.
+    let old_address = cluster.dn_addrs[victim].clone();
+    cluster.data_nodes[victim].take().expect("running").kill();
+    cluster.start_data_node(victim, "127.0.0.1:0");
+    let new_address = cluster.dn_addrs[victim].clone();
+    assert_ne!(old_address, new_address);
+    wait_until("the DataNode listed at its new address", BOUND, || {
+        let nodes = cluster.json(&["datanode", "list"]);
+        nodes
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .any(|n| {
+                n["location"]["id"].as_u64() == Some(victim_id.into())
+                    && n["location"]["address"] == new_address.as_str()
+            })
+            .then_some(())
+    });
+
+    // The region cleaner reaches it there: its missing replicas appear and are published.
+    wait_until(
+        "the missing replicas created on the DataNode at its new address",
+        BOUND,
+        || (region_dirs(&cluster.dn_dir(victim)).len() == 3).then_some(()),
+    );
+    wait_until("every group listing three replicas", BOUND, || {
+        (replica_counts(&cluster) == vec![(3, true); 3]).then_some(())
+    });
+
+    let held: Vec<BTreeSet<String>> = (0..3)
+        .map(|i| region_dirs(&cluster.dn_dir(i)).into_iter().collect())
+        .collect();
+    let out = cluster.cli_ok(&["database", "delete", "moved", "--wait"]);
+    assert!(out.contains("Succeeded"), "delete output: {out}");
+    cluster.assert_gone("moved");
+    cluster.assert_every_replica_deleted_once(&held);
+}
+
+#[test]
+fn a_create_right_after_every_datanode_restarted_reaches_every_one() {
+    let mut cluster = Cluster::start();
+    // Down long enough for the ConfigNode's heartbeats to fail repeatedly: its connections
+    // to them back off (up to 2 s between dials).
+    for i in 0..3 {
+        cluster.data_nodes[i].take().expect("running").kill();
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    for i in 0..3 {
+        let listen = cluster.dn_addrs[i].clone();
+        cluster.start_data_node(i, &listen);
+    }
+    wait_until("every DataNode registered again and Running", BOUND, || {
+        let nodes = cluster.json(&["datanode", "list"]);
+        let running = nodes
+            .as_array()
+            // The JSON carries the status code: Running = 1.
+            .map_or(0, |l| l.iter().filter(|n| n["status"] == 1).count());
+        (running == 3).then_some(())
+    });
+    // At once: inside the backoff windows. Each create gets a dial of its own (the nodes
+    // are back), never the refusal cached from before they restarted.
+    cluster.cli_ok(&[
+        "database",
+        "create",
+        "fresh",
+        "--data-groups",
+        "2",
+        "--schema-groups",
+        "1",
+        "--rf",
+        "3",
+    ]);
+    let groups = cluster.json(&["region", "list", "--database", "fresh"]);
+    let replicas: Vec<usize> = groups
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| g["replica_set"]["replicas"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(replicas, vec![3; 3], "{groups}");
+    for i in 0..3 {
+        assert_eq!(region_dirs(&cluster.dn_dir(i)).len(), 3, "dn-{i}");
+    }
 }

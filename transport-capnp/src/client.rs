@@ -1,30 +1,28 @@
-//! The calling side: one connection per client, owned by a task on the RPC thread, reached
-//! through an async channel of owned calls.
+//! The calling side: one connection per client, owned by the RPC thread, reached through
+//! an async channel of owned calls.
 //!
-//! The connection task connects lazily, logs in, reuses the connection for every call
-//! (calls pipeline: many may be in flight), notices when it breaks, and reconnects on a
-//! later call with exponential backoff; during a backoff window calls fail fast with the
-//! last connection error instead of piling up.
+//! A connection is dialled lazily, logs in, and is reused by every call (calls pipeline:
+//! many may be in flight). When it breaks, the next call dials again; dials are coalesced and
+//! paced by exponential backoff, and a call is only ever failed by an attempt made during it
+//! (see [`connection`]).
 
 use std::cell::Cell;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
-use futures_lite::FutureExt;
 use shoal_core::api::ApiError;
 
 use crate::codec;
-use crate::error::TransportError;
-use crate::runtime::{LocalEx, RpcRuntime, WireLimits};
+use crate::runtime::{LocalEx, WireLimits};
 use crate::shoal_capnp::{bootstrap, config_node, data_node, login_reply};
 
 mod config_node_client;
+mod connection;
 mod data_node_client;
 
 pub use config_node_client::CapnpConfigNodeClient;
+pub(crate) use connection::Connection;
 pub use data_node_client::CapnpDataNodeClient;
 
 /// How a client connects and calls.
@@ -37,7 +35,9 @@ pub struct ClientOptions {
     pub call_timeout: Duration,
     /// Deadline of connecting and logging in.
     pub connect_timeout: Duration,
-    /// First delay before reconnecting after a failed connection; doubles per failure.
+    /// First delay before reconnecting after a failed connection; doubles per failure. A
+    /// call never fails with an earlier attempt's error: it waits for the next dial, which
+    /// comes at the end of this window or halfway to the call's deadline, whichever is first.
     pub reconnect_min: Duration,
     /// Longest delay between reconnection attempts.
     pub reconnect_max: Duration,
@@ -67,190 +67,6 @@ pub(crate) struct Remote {
     broken: Rc<Cell<bool>>,
     // Dropping the last clone ends the connection's RPC system and closes the socket.
     _rpc: Rc<smol::Task<()>>,
-}
-
-type LocalBoxFuture = Pin<Box<dyn Future<Output = ()>>>;
-type CallFn = Box<dyn FnOnce(Result<Remote, ApiError>) -> LocalBoxFuture + Send>;
-
-/// A reusable connection to one node. Cheap to clone (clones share the connection).
-#[derive(Clone)]
-pub(crate) struct Connection {
-    address: String,
-    options: ClientOptions,
-    calls: async_channel::Sender<CallFn>,
-    // Keeps the RPC thread alive while the client is.
-    _runtime: RpcRuntime,
-}
-
-impl Connection {
-    /// A connection to `address`; nothing is dialled until the first call.
-    pub(crate) fn new(
-        runtime: &RpcRuntime,
-        address: &str,
-        options: ClientOptions,
-    ) -> Result<Self, TransportError> {
-        let (calls, incoming) = async_channel::unbounded::<CallFn>();
-        let actor_address = address.to_string();
-        let actor_options = options.clone();
-        runtime.run(move |ex| {
-            let ex2 = ex.clone();
-            ex.spawn(connection_task(actor_address, actor_options, incoming, ex2))
-                .detach();
-        })?;
-        Ok(Self {
-            address: address.to_string(),
-            options,
-            calls,
-            _runtime: runtime.clone(),
-        })
-    }
-
-    /// The address this connection dials.
-    pub(crate) fn address(&self) -> &str {
-        &self.address
-    }
-
-    /// The options it was made with.
-    pub(crate) fn options(&self) -> &ClientOptions {
-        &self.options
-    }
-
-    /// Runs `call` on the RPC thread against the connected capabilities, with `timeout`
-    /// covering connecting and the call; only the owned result crosses back.
-    pub(crate) async fn call<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, ApiError>
-    where
-        T: Send + 'static,
-        F: FnOnce(Remote) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, ApiError>> + 'static,
-    {
-        let (reply_tx, reply_rx) = async_channel::bounded(1);
-        let job: CallFn = Box::new(move |remote| {
-            Box::pin(async move {
-                let result = match remote {
-                    Err(e) => Err(e),
-                    Ok(remote) => {
-                        let broken = remote.broken.clone();
-                        // Dropping the call on timeout cancels it on the wire too.
-                        let result = call(remote)
-                            .or(async move {
-                                smol::Timer::after(timeout).await;
-                                Err(ApiError::Timeout(timeout))
-                            })
-                            .await;
-                        if matches!(result, Err(ApiError::Unreachable(_))) {
-                            broken.set(true);
-                        }
-                        result
-                    }
-                };
-                let _ = reply_tx.try_send(result);
-            })
-        });
-        if self.calls.try_send(job).is_err() {
-            return Err(ApiError::Unreachable("the RPC thread has stopped".into()));
-        }
-        async {
-            reply_rx.recv().await.unwrap_or_else(|_| {
-                Err(ApiError::Unreachable(
-                    "the RPC thread stopped before replying".into(),
-                ))
-            })
-        }
-        .or(async {
-            // Backstop in case the RPC thread itself is stuck.
-            smol::Timer::after(timeout).await;
-            Err(ApiError::Timeout(timeout))
-        })
-        .await
-    }
-}
-
-/// Reconnection pacing after failed connection attempts.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next_delay: Duration,
-    retry_at: Option<Instant>,
-    last_error: Option<ApiError>,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max,
-            next_delay: min,
-            retry_at: None,
-            last_error: None,
-        }
-    }
-
-    /// The error to fail a call with while still inside the backoff window.
-    fn blocked(&self) -> Option<ApiError> {
-        match (self.retry_at, &self.last_error) {
-            (Some(at), Some(error)) if Instant::now() < at => Some(error.clone()),
-            _ => None,
-        }
-    }
-
-    fn failed(&mut self, error: ApiError) {
-        self.retry_at = Some(Instant::now() + self.next_delay);
-        self.next_delay = (self.next_delay * 2).min(self.max);
-        self.last_error = Some(error);
-    }
-
-    fn succeeded(&mut self) {
-        self.next_delay = self.min;
-        self.retry_at = None;
-        self.last_error = None;
-    }
-}
-
-async fn connection_task(
-    address: String,
-    options: ClientOptions,
-    incoming: async_channel::Receiver<CallFn>,
-    ex: LocalEx,
-) {
-    let mut remote: Option<Remote> = None;
-    let mut backoff = Backoff::new(options.reconnect_min, options.reconnect_max);
-    while let Ok(call) = incoming.recv().await {
-        if remote.as_ref().is_some_and(|r| r.broken.get()) {
-            tracing::debug!(%address, "connection broken; will reconnect");
-            remote = None;
-        }
-        if remote.is_none() {
-            if let Some(error) = backoff.blocked() {
-                ex.spawn(call(Err(error))).detach();
-                continue;
-            }
-            let connected = connect(&address, &options, &ex)
-                .or(async {
-                    smol::Timer::after(options.connect_timeout).await;
-                    Err(ApiError::Unreachable(format!(
-                        "{address}: no connection within {:?}",
-                        options.connect_timeout
-                    )))
-                })
-                .await;
-            match connected {
-                Ok(r) => {
-                    tracing::debug!(%address, "connected");
-                    backoff.succeeded();
-                    remote = Some(r);
-                }
-                Err(error) => {
-                    tracing::debug!(%address, %error, "connection failed");
-                    backoff.failed(error.clone());
-                    ex.spawn(call(Err(error))).detach();
-                    continue;
-                }
-            }
-        }
-        if let Some(r) = &remote {
-            ex.spawn(call(Ok(r.clone()))).detach();
-        }
-    }
 }
 
 /// Dials `address`, starts the RPC system and logs in.

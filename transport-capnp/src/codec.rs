@@ -8,8 +8,8 @@ use shoal_core::api::{
     MaintainTaskKind, ProcedureInfo, RegionGroupInfo, RegionReport,
 };
 use shoal_core::model::{
-    DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, ProcedureId, RegionId, RegionKind,
-    RegionReplicaSet, ReplicationFactor, TaskId,
+    DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, ModelError, ProcedureId, RegionId,
+    RegionKind, RegionReplicaSet, ReplicationFactor, TaskId,
 };
 use shoal_core::state::{DataNodeInfo, DataNodeStatus};
 
@@ -36,7 +36,8 @@ pub(crate) fn read_text(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<Str
         .map_err(|e| ApiError::Malformed(format!("invalid UTF-8: {e}")))
 }
 
-/// Reads and validates a database name.
+/// Reads and validates a database name in a reply (an invalid one is malformed: the peer
+/// should never have sent it).
 pub(crate) fn read_database_name(
     r: capnp::Result<capnp::text::Reader<'_>>,
 ) -> Result<DatabaseName, ApiError> {
@@ -45,6 +46,25 @@ pub(crate) fn read_database_name(
 
 fn read_rf(factor: u8) -> Result<ReplicationFactor, ApiError> {
     ReplicationFactor::new(factor).map_err(|e| ApiError::Malformed(e.to_string()))
+}
+
+/// A request value that decodes but is not valid (a bad name, a replication factor out of
+/// range). Every invalid request is refused the same way, whether the wire layer, the
+/// ConfigNode's checks or its state machine finds it.
+pub(crate) fn invalid_request(e: ModelError) -> ApiError {
+    ApiError::Refused(format!("invalid request: {e}"))
+}
+
+/// Reads and validates a database name in a request: invalid is refused.
+pub(crate) fn read_request_database_name(
+    r: capnp::Result<capnp::text::Reader<'_>>,
+) -> Result<DatabaseName, ApiError> {
+    DatabaseName::new(read_text(r)?).map_err(invalid_request)
+}
+
+/// Reads and validates a replication factor in a request: out of range is refused.
+pub(crate) fn read_request_rf(factor: u8) -> Result<ReplicationFactor, ApiError> {
+    ReplicationFactor::new(factor).map_err(invalid_request)
 }
 
 /// Writes an error into a reply's error branch.
@@ -143,7 +163,7 @@ pub(crate) fn read_create_region(
     let r = r.map_err(malformed)?;
     Ok(CreateRegionRequest {
         region: read_region_id(r.get_region())?,
-        database: read_database_name(r.get_database())?,
+        database: read_request_database_name(r.get_database())?,
         peers: read_ids(r.get_peers())?,
     })
 }

@@ -128,3 +128,35 @@ fn delete_retried_with_the_same_request_key_returns_the_first_procedure_not_not_
         node.shutdown().await;
     });
 }
+
+#[test]
+fn every_invalid_request_reaches_the_wire_as_a_refusal() {
+    use shoal_core::confignode::ConfigNodeError;
+    use shoal_core::model::ProcedureId;
+    use shoal_core::state::Rejection;
+
+    let name = DatabaseName::new("metrics").expect("name");
+    for error in [
+        ConfigNodeError::Invalid("5000 data region groups requested, at most 4096".into()),
+        ConfigNodeError::Rejected(Rejection::DatabaseExists(name.clone())),
+        ConfigNodeError::Rejected(Rejection::DatabaseNotFound(name)),
+        ConfigNodeError::Rejected(Rejection::Invalid("bad address".into())),
+        ConfigNodeError::UnknownProcedure(ProcedureId(7)),
+    ] {
+        let text = error.to_string();
+        assert_eq!(super::api_error(error), ApiError::Refused(text));
+    }
+    smol::block_on(async {
+        let (service, node) = service().await;
+        let too_many = CreateDatabaseRequest {
+            data_region_groups: 5000,
+            ..request("big")
+        };
+        let refused = service.create_database(too_many, None).await;
+        assert!(
+            matches!(&refused, Err(ApiError::Refused(m)) if m.starts_with("invalid request: ")),
+            "{refused:?}"
+        );
+        node.shutdown().await;
+    });
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use capnp::capability::Rc as CapRc;
 use shoal_core::api::{ApiError, ConfigNodeApi, CreateDatabaseRequest};
-use shoal_core::model::{DataNodeId, ProcedureId, ReplicationFactor};
+use shoal_core::model::{DataNodeId, ProcedureId};
 use shoal_core::runtime::BoxFuture;
 
 use super::ServerShared;
@@ -41,10 +41,6 @@ impl ConfigNodeServer {
     }
 }
 
-fn rf(factor: u8) -> Result<ReplicationFactor, ApiError> {
-    ReplicationFactor::new(factor).map_err(|e| ApiError::Malformed(e.to_string()))
-}
-
 /// Decodes the parameters shared by `createDatabase` and `startCreateDatabase`.
 fn read_create_database(
     name: capnp::Result<capnp::text::Reader<'_>>,
@@ -54,9 +50,9 @@ fn read_create_database(
     schema_region_groups: u32,
 ) -> Result<CreateDatabaseRequest, ApiError> {
     Ok(CreateDatabaseRequest {
-        name: codec::read_database_name(name)?,
-        schema_replication_factor: rf(schema_rf)?,
-        data_replication_factor: rf(data_rf)?,
+        name: codec::read_request_database_name(name)?,
+        schema_replication_factor: codec::read_request_rf(schema_rf)?,
+        data_replication_factor: codec::read_request_rf(data_rf)?,
         data_region_groups,
         schema_region_groups,
     })
@@ -118,7 +114,7 @@ impl config_node::Server for ConfigNodeServer {
         mut results: config_node::DeleteDatabaseResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
-        let decoded = codec::read_database_name(p.get_name())
+        let decoded = codec::read_request_database_name(p.get_name())
             .and_then(|name| Ok((name, codec::read_opt_text(p.get_request_key())?)));
         let outcome = self
             .call(decoded, |api, (name, key)| {
@@ -165,7 +161,7 @@ impl config_node::Server for ConfigNodeServer {
         // An empty name means every database.
         let decoded = match p.get_database().map(|t| t.is_empty()) {
             Ok(true) => Ok(None),
-            _ => codec::read_database_name(p.get_database()).map(Some),
+            _ => codec::read_request_database_name(p.get_database()).map(Some),
         };
         let outcome = self
             .call(decoded, |api, database| {

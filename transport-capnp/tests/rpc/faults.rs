@@ -2,6 +2,8 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use shoal_core::api::{ApiError, DataNodeApi, MaintainTask, MaintainTaskKind, TaskStatus};
@@ -108,7 +110,7 @@ fn a_server_that_goes_away_is_unreachable_and_the_client_reconnects_when_it_retu
 
         let error = client.heartbeat(Epoch(1)).await.expect_err("server gone");
         assert!(matches!(error, ApiError::Unreachable(_)), "{error:?}");
-        // Still down: each later call is Unreachable too (fast, during backoff or not).
+        // Still down: each later call is Unreachable too, from a dial made during it.
         let error = client.heartbeat(Epoch(1)).await.expect_err("server gone");
         assert!(matches!(error, ApiError::Unreachable(_)), "{error:?}");
 
@@ -242,4 +244,109 @@ fn a_connection_that_never_logs_in_is_closed_but_a_logged_in_one_stays() {
         );
     });
     assert_eq!(data_node.calls(), ["submit_task", "task_result"]);
+}
+
+/// A listener that accepts and at once closes every connection (a node that is up but
+/// cannot log anyone in), counting the connection attempts it saw.
+fn counting_listener() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    // Left running: it blocks in accept until the test process exits.
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (address, accepted)
+}
+
+#[test]
+fn the_first_call_after_a_server_returns_succeeds_even_right_after_a_failed_call() {
+    let node = start_node(WireLimits::default());
+    let address = node.server.local_addr();
+    // A long backoff window: the server is back well inside it.
+    let opts = ClientOptions {
+        reconnect_min: Duration::from_secs(2),
+        reconnect_max: Duration::from_secs(2),
+        ..options(SECRET)
+    };
+    let client = data_client(&node, opts);
+    smol::block_on(async {
+        client.heartbeat(Epoch(1)).await.expect("first call");
+        node.server.shutdown().await;
+        // The connection is lost, then a dial is refused: the backoff window opens.
+        for _ in 0..2 {
+            let error = client.heartbeat(Epoch(1)).await.expect_err("server gone");
+            assert!(matches!(error, ApiError::Unreachable(_)), "{error:?}");
+        }
+
+        let back = start_node_at(&address.to_string(), WireLimits::default());
+        let started = Instant::now();
+        client
+            .heartbeat(Epoch(1))
+            .await
+            .expect("a call made after the server is back is not answered with an old error");
+        // It waited for the backoff window at most, not for the whole call timeout.
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(back.data_node.calls(), ["heartbeat"]);
+    });
+}
+
+#[test]
+fn a_call_during_the_backoff_window_is_answered_by_its_own_attempt() {
+    let (address, accepted) = counting_listener();
+    let runtime = RpcRuntime::start("fresh-errors").expect("rpc thread");
+    let opts = ClientOptions {
+        reconnect_min: Duration::from_secs(1),
+        reconnect_max: Duration::from_secs(1),
+        ..options(SECRET)
+    };
+    let client = CapnpDataNodeClient::new(&runtime, &address.to_string(), opts).expect("client");
+    smol::block_on(async {
+        let error = client.heartbeat(Epoch(1)).await.expect_err("cannot log in");
+        assert!(matches!(error, ApiError::Unreachable(_)), "{error:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // Inside the 1 s window: this call still gets a connection attempt of its own.
+        let error = client.heartbeat(Epoch(1)).await.expect_err("cannot log in");
+        assert!(matches!(error, ApiError::Unreachable(_)), "{error:?}");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the second call was answered without dialling"
+        );
+    });
+}
+
+#[test]
+fn concurrent_calls_to_a_down_node_share_dials_paced_by_backoff() {
+    let (address, accepted) = counting_listener();
+    let runtime = RpcRuntime::start("coalesced").expect("rpc thread");
+    let opts = ClientOptions {
+        reconnect_min: Duration::from_secs(1),
+        reconnect_max: Duration::from_secs(1),
+        ..options(SECRET)
+    };
+    let client = CapnpDataNodeClient::new(&runtime, &address.to_string(), opts).expect("client");
+    smol::block_on(async {
+        let calls: Vec<_> = (0..32)
+            .map(|_| {
+                let client = client.clone();
+                smol::spawn(async move { client.heartbeat(Epoch(1)).await })
+            })
+            .collect();
+        for call in calls {
+            let error = call.await.expect_err("cannot log in");
+            assert!(matches!(error, ApiError::Unreachable(_)), "{error:?}");
+        }
+    });
+    // The first dial, and one more for the calls that arrived after it started.
+    let dials = accepted.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&dials), "32 calls made {dials} dials");
 }

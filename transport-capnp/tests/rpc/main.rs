@@ -4,6 +4,7 @@
 
 mod fake;
 mod faults;
+mod invalid;
 
 use std::sync::Arc;
 use std::time::Duration;

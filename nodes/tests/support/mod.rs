@@ -1,0 +1,3 @@
+//! Helpers shared by the process-level tests.
+
+pub mod task_log;
