@@ -95,6 +95,7 @@ struct CreateRegionRequest {
   region @0 :RegionId;
   database @1 :Text;
   peers @2 :List(UInt32);        # DataNode ids.
+  generation @3 :UInt64;         # Creation generation; 0 (older senders): none.
 }
 
 struct WriteRegionReply {
@@ -112,6 +113,9 @@ struct MaintainTask {
     unset @1 :Void;
     deleteRegionPeer @2 :RegionId;
   }
+  # For deleteRegionPeer: the highest creation generation the deletion covers (creates of
+  # the region at or below it are refused from its acceptance on). 0 (older senders): none.
+  generation @3 :UInt64;
 }
 
 struct SubmitTaskReply {

@@ -70,6 +70,12 @@ pub struct CreateRegionRequest {
     pub database: DatabaseName,
     /// Every replica's DataNode (the group's consensus peers).
     pub peers: Vec<DataNodeId>,
+    /// The creation generation the target DataNode joined the group's footprint under. A
+    /// DataNode refuses a create at or below the generation a deletion of the region there
+    /// covered: the create was sent before that deletion and arrived after it. 0: none
+    /// (callers that predate generations; refused once any deletion fenced the region).
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// A long DataNode operation, run as a task keyed by [`TaskId`].
@@ -80,6 +86,9 @@ pub enum MaintainTaskKind {
     DeleteRegionPeer {
         /// The region.
         region: RegionId,
+        /// The highest creation generation this deletion covers: from its acceptance on,
+        /// the DataNode refuses creates of `region` at or below it.
+        generation: u64,
     },
 }
 
@@ -87,7 +96,7 @@ impl MaintainTaskKind {
     /// The region the task operates on (one maintain operation per region at a time).
     pub fn region(&self) -> RegionId {
         match self {
-            MaintainTaskKind::DeleteRegionPeer { region } => *region,
+            MaintainTaskKind::DeleteRegionPeer { region, .. } => *region,
         }
     }
 

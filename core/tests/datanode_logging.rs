@@ -102,6 +102,7 @@ fn delete(task: u64, region: u32) -> MaintainTask {
         task_id: TaskId(task),
         kind: MaintainTaskKind::DeleteRegionPeer {
             region: RegionId::new(RegionKind::Data, region),
+            generation: 0,
         },
     }
 }
@@ -132,6 +133,7 @@ fn every_finished_task_is_logged_at_info_with_id_region_kind_outcome_and_duratio
                 region: RegionId::new(RegionKind::Data, 1),
                 database: DatabaseName::new("db").expect("name"),
                 peers: vec![DataNodeId(1)],
+                generation: 0,
             };
             node.create_region(Epoch(1), request).await.expect("create");
             node.write_region(RegionId::new(RegionKind::Data, 1), vec![0; 2000])

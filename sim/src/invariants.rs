@@ -34,7 +34,7 @@ fn ready<T>(future: impl Future<Output = T>) -> Option<T> {
 pub fn known_replicas(seen: &mut Seen) -> BTreeSet<(DataNodeId, RegionId)> {
     let mut known = BTreeSet::new();
     for (region, footprint) in &seen.state.footprints {
-        for node in &footprint.data_nodes {
+        for node in footprint.data_nodes.keys() {
             known.insert((*node, *region));
         }
     }

@@ -547,7 +547,9 @@ impl Observer {
                         )),
                     }
                 }
-                JournalRecord::TaskForgotten { .. } | JournalRecord::EpochSeen { .. } => {}
+                JournalRecord::TaskForgotten { .. }
+                | JournalRecord::EpochSeen { .. }
+                | JournalRecord::RegionFenced { .. } => {}
             }
         }
         for (invariant, detail) in problems {

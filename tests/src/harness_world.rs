@@ -157,6 +157,7 @@ pub fn region_env(options: WorldOptions) -> RegionEnv {
                     region,
                     database: db("db"),
                     peers: (0..NODES).map(DataNodeId).collect(),
+                    generation: 0,
                 };
                 futures_lite::future::block_on(async {
                     node.create_region(Epoch(0), request)

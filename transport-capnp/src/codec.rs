@@ -153,6 +153,7 @@ pub(crate) fn write_create_region(
 ) {
     write_region_id(b.reborrow().init_region(), request.region);
     b.set_database(request.database.as_str());
+    b.set_generation(request.generation);
     write_ids(b.init_peers(len32(request.peers.len())), &request.peers);
 }
 
@@ -165,6 +166,7 @@ pub(crate) fn read_create_region(
         region: read_region_id(r.get_region())?,
         database: read_request_database_name(r.get_database())?,
         peers: read_ids(r.get_peers())?,
+        generation: r.get_generation(),
     })
 }
 
@@ -172,7 +174,8 @@ pub(crate) fn read_create_region(
 pub(crate) fn write_maintain_task(mut b: maintain_task::Builder<'_>, task: &MaintainTask) {
     b.set_task_id(task.task_id.0);
     match &task.kind {
-        MaintainTaskKind::DeleteRegionPeer { region } => {
+        MaintainTaskKind::DeleteRegionPeer { region, generation } => {
+            b.set_generation(*generation);
             write_region_id(b.init_kind().init_delete_region_peer(), *region);
         }
     }
@@ -189,6 +192,7 @@ pub(crate) fn read_maintain_task(
         }
         maintain_task::kind::DeleteRegionPeer(region) => MaintainTaskKind::DeleteRegionPeer {
             region: read_region_id(region)?,
+            generation: r.get_generation(),
         },
     };
     Ok(MaintainTask {

@@ -153,7 +153,7 @@ impl RegionCleaner {
                 s.data_nodes.get(&task.target).map(|n| n.location.clone()),
                 s.footprints
                     .get(&region)
-                    .is_some_and(|f| f.data_nodes.contains(&task.target)),
+                    .is_some_and(|f| f.data_nodes.contains_key(&task.target)),
             )
         });
         let location =
@@ -171,11 +171,17 @@ impl RegionCleaner {
                 Err(e) => return Err(e.to_string()),
             }
         }
+        let generation = self
+            .consensus
+            .state()
+            .read(|s| s.creation_generation(region, task.target))
+            .ok_or_else(|| format!("{} left the footprint of {region}", task.target))?;
         let started = self.runtime.clock.now_ms();
         let request = CreateRegionRequest {
             region,
             database: task.database.clone(),
             peers: task.group.replicas.clone(),
+            generation,
         };
         if let Err(e) = self
             .clients

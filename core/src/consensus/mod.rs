@@ -99,6 +99,10 @@ impl ConsensusError {
 #[derive(Debug, Default)]
 pub struct StateCell {
     state: RwLock<ClusterState>,
+    /// Bumped after every write, whoever proposed it: a record that landed through a commit
+    /// its proposer saw fail is noticed too.
+    version: std::sync::atomic::AtomicU64,
+    changed: event_listener::Event,
 }
 
 impl StateCell {
@@ -114,8 +118,33 @@ impl StateCell {
     }
 
     pub(crate) fn write<R>(&self, f: impl FnOnce(&mut ClusterState) -> R) -> R {
-        let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
+        let result = {
+            let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        };
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify(usize::MAX);
+        result
+    }
+
+    /// How many writes the state has seen (compare with [`StateCell::changed_since`]).
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once the state has been written since `version` was read.
+    pub async fn changed_since(&self, version: u64) {
+        loop {
+            if self.version() != version {
+                return;
+            }
+            let listener = self.changed.listen();
+            if self.version() != version {
+                return;
+            }
+            listener.await;
+        }
     }
 }
 

@@ -30,6 +30,9 @@ coded_enum! {
         TaskFinished = 3,
         /// A terminal result was forgotten (acked, or evicted by the retention bound).
         TaskForgotten = 4,
+        /// A region is fenced against creates up to a generation (kept through compaction
+        /// after the deletion that fenced it was forgotten).
+        RegionFenced = 5,
     }
 }
 
@@ -68,14 +71,22 @@ pub struct StoredTaskKind {
     pub code: MaintainKindCode,
     /// The region it operates on.
     pub region: RegionId,
+    /// The creation generation a deletion covers (0 in records written before generations).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl From<&MaintainTaskKind> for StoredTaskKind {
     fn from(kind: &MaintainTaskKind) -> Self {
         match kind {
-            MaintainTaskKind::DeleteRegionPeer { region } => StoredTaskKind {
+            MaintainTaskKind::DeleteRegionPeer { region, generation } => StoredTaskKind {
                 code: MaintainKindCode::DeleteRegionPeer,
                 region: *region,
+                generation: *generation,
             },
         }
     }
@@ -86,6 +97,7 @@ impl From<&StoredTaskKind> for MaintainTaskKind {
         match stored.code {
             MaintainKindCode::DeleteRegionPeer => MaintainTaskKind::DeleteRegionPeer {
                 region: stored.region,
+                generation: stored.generation,
             },
         }
     }
@@ -124,6 +136,13 @@ pub enum JournalRecord {
         /// Why.
         reason: ForgetReason,
     },
+    /// Creates of `region` at or below `generation` are refused.
+    RegionFenced {
+        /// The region.
+        region: RegionId,
+        /// The highest creation generation a deletion of it covered.
+        generation: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -151,6 +170,12 @@ struct FinishedBody {
 struct ForgottenBody {
     task_id: TaskId,
     reason: ForgetReason,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FencedBody {
+    region: RegionId,
+    generation: u64,
 }
 
 /// Why journal bytes could not be decoded. Never retryable: the bytes are wrong.
@@ -217,6 +242,7 @@ impl JournalRecord {
             JournalRecord::TaskAccepted { .. } => RecordCode::TaskAccepted,
             JournalRecord::TaskFinished { .. } => RecordCode::TaskFinished,
             JournalRecord::TaskForgotten { .. } => RecordCode::TaskForgotten,
+            JournalRecord::RegionFenced { .. } => RecordCode::RegionFenced,
         }
     }
 
@@ -242,6 +268,10 @@ impl JournalRecord {
             JournalRecord::TaskForgotten { task_id, reason } => encode_body(&ForgottenBody {
                 task_id: *task_id,
                 reason: *reason,
+            }),
+            JournalRecord::RegionFenced { region, generation } => encode_body(&FencedBody {
+                region: *region,
+                generation: *generation,
             }),
         };
         let code = u16::from(self.code().code());
@@ -294,6 +324,13 @@ impl JournalRecord {
                 JournalRecord::TaskForgotten {
                     task_id: b.task_id,
                     reason: b.reason,
+                }
+            }
+            RecordCode::RegionFenced => {
+                let b: FencedBody = decode_exact(code, body)?;
+                JournalRecord::RegionFenced {
+                    region: b.region,
+                    generation: b.generation,
                 }
             }
         })
@@ -357,6 +394,9 @@ pub(crate) fn replay(records: &[Vec<u8>], now: Millis) -> Result<Replayed, Repla
                 out.table
                     .insert_running(task_id, MaintainTaskKind::from(&kind), now);
             }
+            JournalRecord::RegionFenced { region, generation } => {
+                out.table.fence(region, generation, now);
+            }
             JournalRecord::TaskFinished {
                 task_id,
                 outcome,
@@ -374,8 +414,11 @@ pub(crate) fn replay(records: &[Vec<u8>], now: Millis) -> Result<Replayed, Repla
                     });
                 }
             }
-            JournalRecord::TaskForgotten { task_id, .. } => {
+            JournalRecord::TaskForgotten { task_id, reason } => {
                 out.table.remove(task_id);
+                if reason == ForgetReason::Acked {
+                    out.table.remember_acked(task_id, now);
+                }
             }
         }
     }

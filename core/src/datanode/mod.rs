@@ -50,6 +50,11 @@ pub struct DataNodeConfig {
     /// coordinator polling an evicted id sees `NotExist` and resubmits (under the same id,
     /// which then runs again; every maintain kind is idempotent).
     pub max_retained_results: usize,
+    /// Acked task ids remembered (a late duplicate submission is refused, never run) and
+    /// region fences kept (a create sent before a deletion and delivered after it is
+    /// refused), at most each; the oldest go first. Both also expire with
+    /// `result_retention`.
+    pub max_markers: usize,
     /// Unacked terminal results older than this are evicted (`None`: no age limit). Ages of
     /// results restored at start-up count from the start-up.
     pub result_retention: Option<Duration>,
@@ -62,6 +67,7 @@ impl Default for DataNodeConfig {
     fn default() -> Self {
         Self {
             max_retained_results: 10_000,
+            max_markers: 100_000,
             result_retention: Some(Duration::from_secs(24 * 60 * 60)),
             compact_threshold: 1024,
         }
@@ -375,8 +381,13 @@ impl Inner {
             tracing::info!(task_id = %task_id, "evicted unacked task result (retention bound)");
         }
         let live = {
-            let table = self.table();
-            1 + table.len() + table.terminal_len()
+            let mut table = self.table();
+            table.prune_markers(
+                self.rt.clock.now_ms(),
+                self.config.max_markers,
+                self.config.result_retention,
+            );
+            1 + table.len() + table.terminal_len() + table.markers_len()
         };
         if !self.is_halted() && writer.wants_compaction(live, self.config.compact_threshold) {
             let records = self.table().compacted_records(self.fence.highest());

@@ -43,7 +43,7 @@ async fn run_task(inner: &Inner, task_id: TaskId, kind: MaintainTaskKind, ticket
 /// Executes one task. Every failure is a `Fail` and stops the task; nothing falls through.
 async fn execute(store: &dyn RegionStore, kind: &MaintainTaskKind) -> TaskStatus {
     match kind {
-        MaintainTaskKind::DeleteRegionPeer { region } => {
+        MaintainTaskKind::DeleteRegionPeer { region, .. } => {
             // Remove the local consensus peer first (the replica leaves its group: its stored
             // membership becomes empty), so the group stops counting on it before its data
             // goes. A missing region has no peer to remove: carry on to the (no-op) delete.

@@ -49,6 +49,20 @@ impl DataNodeApi for DataNode {
             peers: request.peers,
         };
         let _turn = inner.guards.lock(config.region).await;
+        // Checked in the region's turn: a deletion accepted before this create, even one
+        // still queued, fences it.
+        if let Some(fenced) = inner.table().fenced(config.region)
+            && request.generation <= fenced
+        {
+            tracing::warn!(data_node = %inner.id_label(), region = %config.region,
+                generation = request.generation, fenced,
+                "stale create refused: a later deletion covered it");
+            return Err(ApiError::Refused(format!(
+                "create of {} (generation {}) was sent before a deletion that covers \
+                 generation {fenced}",
+                config.region, request.generation
+            )));
+        }
         let outcome = inner.store.create(&config).await.map_err(storage_error)?;
         tracing::info!(region = %config.region, ?outcome, "create region");
         Ok(())
@@ -106,6 +120,12 @@ impl DataNodeApi for DataNode {
         let admission = inner.table().admission(task.task_id, &task.kind);
         match admission {
             Admission::Duplicate => return Ok(SubmitOutcome::Accepted),
+            Admission::Acked => {
+                return Ok(SubmitOutcome::Rejected(format!(
+                    "{} finished and was acknowledged; a task id never runs twice",
+                    task.task_id
+                )));
+            }
             Admission::Conflict(existing) => {
                 return Ok(SubmitOutcome::Rejected(format!(
                     "{} was already used for {} of {}",
@@ -180,7 +200,12 @@ impl DataNodeApi for DataNode {
                     reason: ForgetReason::Acked,
                 };
                 inner.journal(&mut writer, &forgotten).await?;
-                inner.table().remove(task_id);
+                {
+                    let mut table = inner.table();
+                    table.remove(task_id);
+                    // A duplicate of its submission arriving late must not run it again.
+                    table.remember_acked(task_id, inner.rt.clock.now_ms());
+                }
                 inner.enforce_retention(&mut writer).await;
                 Ok(())
             }

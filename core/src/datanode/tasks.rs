@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::journal::{JournalRecord, StoredTaskKind};
+use super::journal::{ForgetReason, JournalRecord, StoredTaskKind};
 use crate::api::{MaintainTaskKind, TaskStatus};
-use crate::model::{Epoch, TaskId};
+use crate::model::{Epoch, RegionId, TaskId};
 use crate::runtime::Millis;
 
 /// Where a task is in its life.
@@ -41,6 +41,8 @@ pub(crate) enum Admission {
     Duplicate,
     /// The same id was used for a different task.
     Conflict(MaintainTaskKind),
+    /// The id finished and was acked: a late duplicate submission, never run again.
+    Acked,
 }
 
 /// What an ack found.
@@ -60,6 +62,12 @@ pub(crate) struct TaskTable {
     tasks: BTreeMap<TaskId, TaskEntry>,
     /// Terminal results by finish order, oldest first.
     finished: BTreeMap<u64, TaskId>,
+    /// Ids acked and forgotten, with when: a duplicate submission that arrives late (after
+    /// the ack) is refused, so a task id never runs twice. Bounded like results.
+    acked: BTreeMap<TaskId, Millis>,
+    /// Per region, the highest creation generation a deletion covered, and when: creates at
+    /// or below it were sent before that deletion and are refused. Bounded like results.
+    fences: BTreeMap<RegionId, (u64, Millis)>,
     next_seq: u64,
 }
 
@@ -72,6 +80,7 @@ impl TaskTable {
     /// How a submission of `id` for `kind` relates to the map.
     pub(crate) fn admission(&self, id: TaskId, kind: &MaintainTaskKind) -> Admission {
         match self.tasks.get(&id) {
+            None if self.acked.contains_key(&id) => Admission::Acked,
             None => Admission::New,
             Some(entry) if entry.kind == *kind => Admission::Duplicate,
             Some(entry) => Admission::Conflict(entry.kind.clone()),
@@ -79,7 +88,11 @@ impl TaskTable {
     }
 
     /// Records `id` as accepted and running.
-    pub(crate) fn insert_running(&mut self, id: TaskId, kind: MaintainTaskKind, _now: Millis) {
+    pub(crate) fn insert_running(&mut self, id: TaskId, kind: MaintainTaskKind, now: Millis) {
+        // A deletion fences its region from the moment it is accepted: a create of an
+        // older generation still in flight must not land after it.
+        let MaintainTaskKind::DeleteRegionPeer { region, generation } = &kind;
+        self.fence(*region, *generation, now);
         let accept_seq = self.seq();
         if let Some(TaskEntry {
             state: TaskState::Finished { seq, .. },
@@ -114,6 +127,60 @@ impl TaskTable {
         };
         self.finished.insert(seq, id);
         true
+    }
+
+    /// Fences `region` against creates at or below `generation` (never lowers a fence).
+    pub(crate) fn fence(&mut self, region: RegionId, generation: u64, now: Millis) {
+        let entry = self.fences.entry(region).or_insert((generation, now));
+        if generation >= entry.0 {
+            *entry = (generation, now);
+        }
+    }
+
+    /// The highest creation generation a deletion of `region` covered, if any.
+    pub(crate) fn fenced(&self, region: RegionId) -> Option<u64> {
+        self.fences.get(&region).map(|(generation, _)| *generation)
+    }
+
+    /// Remembers that `id` was acked (see `acked`).
+    pub(crate) fn remember_acked(&mut self, id: TaskId, now: Millis) {
+        self.acked.insert(id, now);
+    }
+
+    /// Forgets acked ids and region fences beyond `max_each` (oldest first) or older than
+    /// `max_age`. A create or duplicate submission delayed longer than that is not credible
+    /// (connections time out in seconds).
+    pub(crate) fn prune_markers(
+        &mut self,
+        now: Millis,
+        max_each: usize,
+        max_age: Option<Duration>,
+    ) {
+        let max_age_ms = max_age.map(|age| age.as_millis() as Millis);
+        let expired = |at: Millis| max_age_ms.is_some_and(|age| now.saturating_sub(at) > age);
+        self.acked.retain(|_, at| !expired(*at));
+        if self.acked.len() > max_each {
+            let mut by_age: Vec<(Millis, TaskId)> =
+                self.acked.iter().map(|(id, at)| (*at, *id)).collect();
+            by_age.sort();
+            for (_, id) in by_age.into_iter().take(self.acked.len() - max_each) {
+                self.acked.remove(&id);
+            }
+        }
+        self.fences.retain(|_, (_, at)| !expired(*at));
+        if self.fences.len() > max_each {
+            let mut by_age: Vec<(Millis, RegionId)> =
+                self.fences.iter().map(|(r, (_, at))| (*at, *r)).collect();
+            by_age.sort();
+            for (_, region) in by_age.into_iter().take(self.fences.len() - max_each) {
+                self.fences.remove(&region);
+            }
+        }
+    }
+
+    /// Acked ids and region fences kept (they count as live records for compaction).
+    pub(crate) fn markers_len(&self) -> usize {
+        self.acked.len() + self.fences.len()
     }
 
     /// Forgets `id` whatever its state.
@@ -210,6 +277,18 @@ impl TaskTable {
             if let TaskState::Finished { status, .. } = &entry.state {
                 records.push(JournalRecord::finished(*id, status, 0));
             }
+        }
+        for (region, (generation, _)) in &self.fences {
+            records.push(JournalRecord::RegionFenced {
+                region: *region,
+                generation: *generation,
+            });
+        }
+        for id in self.acked.keys() {
+            records.push(JournalRecord::TaskForgotten {
+                task_id: *id,
+                reason: ForgetReason::Acked,
+            });
         }
         records
     }

@@ -126,6 +126,8 @@ fn create_request(id: u32, peers: &[u32]) -> CreateRegionRequest {
         region: region(id),
         database: DatabaseName::new("db1").expect("valid name"),
         peers: peers.iter().map(|p| DataNodeId(*p)).collect(),
+        // Above every deletion `delete_task` makes: these creates are never stale.
+        generation: 2,
     }
 }
 
@@ -134,6 +136,7 @@ fn delete_task(task: u64, region_id: u32) -> MaintainTask {
         task_id: TaskId(task),
         kind: MaintainTaskKind::DeleteRegionPeer {
             region: region(region_id),
+            generation: 1,
         },
     }
 }
@@ -571,6 +574,8 @@ fn compaction_failing_before_replacing_the_journal_is_retried_later() {
     h.run(async {
         let config = DataNodeConfig {
             compact_threshold: 8,
+            // Acked ids and region fences are kept through compaction; few here.
+            max_markers: 2,
             ..DataNodeConfig::default()
         };
         let node = h.open_with(config).await;
@@ -607,6 +612,8 @@ fn compaction_failing_after_replacing_the_journal_halts_the_node() {
     h.run(async {
         let config = DataNodeConfig {
             compact_threshold: 8,
+            // Acked ids and region fences are kept through compaction; few here.
+            max_markers: 2,
             ..DataNodeConfig::default()
         };
         let node = h.open_with(config.clone()).await;
@@ -881,6 +888,8 @@ fn journal_is_compacted_and_still_restores_every_live_task() {
     h.run(async {
         let config = DataNodeConfig {
             compact_threshold: 8,
+            // Acked ids and region fences are kept through compaction; few here.
+            max_markers: 2,
             ..DataNodeConfig::default()
         };
         let node = h.open_with(config.clone()).await;
@@ -965,16 +974,24 @@ fn journal_records_round_trip_under_their_stable_codes() {
         JournalRecord::EpochSeen { epoch: Epoch(9) },
         JournalRecord::TaskAccepted {
             task_id: TaskId(3),
-            kind: (&MaintainTaskKind::DeleteRegionPeer { region: region(4) }).into(),
+            kind: (&MaintainTaskKind::DeleteRegionPeer {
+                region: region(4),
+                generation: 0,
+            })
+                .into(),
         },
         JournalRecord::finished(TaskId(3), &TaskStatus::Fail("disk".into()), 12),
         JournalRecord::TaskForgotten {
             task_id: TaskId(3),
             reason: super::journal::ForgetReason::Acked,
         },
+        JournalRecord::RegionFenced {
+            region: region(4),
+            generation: 7,
+        },
     ];
     let codes: Vec<u8> = RecordCode::ALL.iter().map(|code| code.code()).collect();
-    assert_eq!(codes, vec![1, 2, 3, 4]);
+    assert_eq!(codes, vec![1, 2, 3, 4, 5]);
     for record in records {
         let bytes = record.encode();
         assert_eq!(
@@ -1103,4 +1120,71 @@ fn concurrent_resubmits_from_many_threads_run_the_task_once() {
     assert_eq!(status, TaskStatus::Success);
     assert_eq!(h.store.delete_calls(region(1)), 1);
     assert_eq!(h.store.deletions_executed(region(1)), 1);
+}
+
+#[test]
+fn a_create_sent_before_a_deletion_and_arriving_after_it_is_refused() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        let stale = CreateRegionRequest {
+            generation: 1,
+            ..create_request(5, &[1])
+        };
+        node.create_region(E1, stale.clone())
+            .await
+            .expect("created");
+        submit(&node, delete_task(50, 5)).await;
+        assert_eq!(finished(&node, 50).await, TaskStatus::Success);
+        // The same create, delivered late (a duplicate, or a slow one): refused, nothing made.
+        let late = node.create_region(E1, stale.clone()).await;
+        assert!(matches!(late, Err(ApiError::Refused(_))), "{late:?}");
+        assert_eq!(
+            h.mem.size(region(5)).await.unwrap(),
+            None,
+            "no replica came back"
+        );
+        // A later creation (a new generation: the node joined the footprint again) is fine.
+        node.create_region(E1, create_request(5, &[1]))
+            .await
+            .expect("a newer generation creates");
+        // The fence survives an ack, a compaction and a restart.
+        node.ack_task(E1, TaskId(50)).await.expect("acked");
+        node.halt();
+        let restarted = h
+            .open_with(DataNodeConfig {
+                compact_threshold: 0,
+                ..DataNodeConfig::default()
+            })
+            .await;
+        restarted
+            .ack_task(E1, TaskId(999))
+            .await
+            .expect("ack of an unknown id compacts nothing away");
+        let late = restarted.create_region(E1, stale).await;
+        assert!(matches!(late, Err(ApiError::Refused(_))), "{late:?}");
+    });
+}
+
+#[test]
+fn a_duplicate_submission_arriving_after_the_ack_is_refused_and_never_runs() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        create_with_data(&node, 6, 100).await;
+        submit(&node, delete_task(60, 6)).await;
+        assert_eq!(finished(&node, 60).await, TaskStatus::Success);
+        node.ack_task(E1, TaskId(60)).await.expect("acked");
+        let again = node.submit_task(E1, delete_task(60, 6)).await;
+        assert!(
+            matches!(&again, Ok(SubmitOutcome::Rejected(reason)) if reason.contains("acknowledged")),
+            "{again:?}"
+        );
+        // Still refused after a restart (the ack is journaled).
+        node.halt();
+        let restarted = h.open().await;
+        let again = restarted.submit_task(E1, delete_task(60, 6)).await;
+        assert!(matches!(again, Ok(SubmitOutcome::Rejected(_))), "{again:?}");
+        assert_eq!(h.store.deletions_executed(region(6)), 1, "the task ran once");
+    });
 }

@@ -131,6 +131,23 @@ impl SessionCore {
             "procedure-retention-initial",
             Box::pin(async move { session.prune().await }),
         );
+        let session = self.clone();
+        self.shared.runtime.spawner.spawn(
+            "procedure-follow-state",
+            Box::pin(async move { session.follow_state().await }),
+        );
+    }
+
+    /// Loads every procedure record that appears in the state, however it got there: a
+    /// submission whose commit the proposer saw fail may still land (and a client retrying
+    /// with its request key then finds it), and must run like any other.
+    async fn follow_state(self: Arc<Self>) {
+        let state = self.shared.consensus.state();
+        while !self.is_stopped() {
+            let seen = state.version();
+            self.sync_from_state();
+            future::or(state.changed_since(seen), self.wait_stopped()).await;
+        }
     }
 
     pub fn is_stopped(&self) -> bool {

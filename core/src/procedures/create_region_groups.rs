@@ -270,10 +270,17 @@ impl CreateRegionGroupsProcedure {
                 if group.created.contains(node) {
                     continue;
                 }
+                // The generation the footprint just recorded: a deletion covering it fences
+                // this create should it arrive late.
+                let generation = ctx
+                    .state()
+                    .read(|s| s.creation_generation(group.region, *node))
+                    .unwrap_or(0);
                 let request = CreateRegionRequest {
                     region: group.region,
                     database: self.data.database.clone(),
                     peers: group.replicas.clone(),
+                    generation,
                 };
                 calls.push(Box::pin(create_with_retry(ctx, env, *node, request, index)));
             }

@@ -63,6 +63,10 @@ fn is_zero(value: &usize) -> bool {
     *value == 0
 }
 
+fn is_zero_u64(value: &u64) -> bool {
+    *value == 0
+}
+
 /// Persistent data of [`RemoveRegionGroupProcedure`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveRegionGroupData {
@@ -87,6 +91,10 @@ pub struct RemoveRegionGroupData {
     /// The current task's id, persisted before it is submitted. Once `task_node` is in
     /// `deleted`, it is the task still to be acked.
     pub task: Option<TaskId>,
+    /// The creation generation the current task's deletion covers (the node's footprint
+    /// generation when the task id was persisted; resubmissions send the same).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub task_generation: u64,
     /// Task ids handed out so far (the next id's sequence number).
     pub task_seq: u32,
     /// Failed deletions on the current DataNode (backoff).
@@ -142,6 +150,7 @@ impl RemoveRegionGroupProcedure {
                 deleted: BTreeSet::new(),
                 task_node: None,
                 task: None,
+                task_generation: 0,
                 task_seq: 0,
                 failures: 0,
                 unreachable: 0,
@@ -242,6 +251,12 @@ impl RemoveRegionGroupProcedure {
             // same id, never start a second deletion under a new one.
             self.data.task = Some(task_id_for(ctx.procedure_id(), self.data.task_seq)?);
             self.data.task_node = Some(node);
+            // Every create ever sent to this node for this group carries at most the
+            // generation it holds in the footprint now.
+            self.data.task_generation = ctx
+                .state()
+                .read(|s| s.creation_generation(self.data.region, node))
+                .unwrap_or(0);
             // Deleting on it (again, if it was added back to the footprint).
             self.data.deleted.remove(&node);
             self.data.task_seq += 1;
@@ -267,6 +282,7 @@ impl RemoveRegionGroupProcedure {
                     task_id,
                     kind: MaintainTaskKind::DeleteRegionPeer {
                         region: self.data.region,
+                        generation: self.data.task_generation,
                     },
                 };
                 match client.submit_task(ctx.epoch(), task).await {

@@ -97,15 +97,16 @@ impl SnapshotV2 {
     pub fn upgrade(self) -> Snapshot {
         let v2 = self.state;
         let mut footprints: BTreeMap<RegionId, RegionFootprint> = BTreeMap::new();
+        let mut last_generation = 0;
         let mut note = |database: &DatabaseName, region: RegionId, node: DataNodeId| {
-            footprints
-                .entry(region)
-                .or_insert_with(|| RegionFootprint {
-                    database: database.clone(),
-                    data_nodes: Default::default(),
-                })
-                .data_nodes
-                .insert(node);
+            let footprint = footprints.entry(region).or_insert_with(|| RegionFootprint {
+                database: database.clone(),
+                data_nodes: Default::default(),
+            });
+            footprint.data_nodes.entry(node).or_insert_with(|| {
+                last_generation += 1;
+                last_generation
+            });
         };
         for (database, table) in &v2.partition_tables {
             for group in table.groups.values() {
@@ -146,6 +147,7 @@ impl SnapshotV2 {
                 procedure_request_keys: v2.procedure_request_keys,
                 region_reservations: v2.region_reservations,
                 footprints,
+                last_generation,
             },
         }
     }

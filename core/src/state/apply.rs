@@ -248,7 +248,7 @@ impl ClusterState {
         if let Some((region, footprint)) = self.footprints_of(name).next() {
             return Err(Rejection::ReplicasRemain {
                 region,
-                data_nodes: footprint.data_nodes.iter().copied().collect(),
+                data_nodes: footprint.data_nodes.keys().copied().collect(),
             });
         }
         self.databases.remove(name);
@@ -325,7 +325,7 @@ impl ClusterState {
         if let Some(footprint) = self.footprints.get(&p.region) {
             return Err(Rejection::ReplicasRemain {
                 region: p.region,
-                data_nodes: footprint.data_nodes.iter().copied().collect(),
+                data_nodes: footprint.data_nodes.keys().copied().collect(),
             });
         }
         let removed = self
@@ -439,7 +439,7 @@ impl ClusterState {
     fn replica_deleted(&mut self, p: &plan::ReplicaDeleted) -> ApplyResult {
         let mut done = false;
         if let Some(footprint) = self.footprints.get_mut(&p.region) {
-            done |= footprint.data_nodes.remove(&p.data_node);
+            done |= footprint.data_nodes.remove(&p.data_node).is_some();
             if footprint.data_nodes.is_empty() {
                 self.footprints.remove(&p.region);
             }
@@ -461,13 +461,15 @@ impl ClusterState {
         Ok(changed(done))
     }
 
-    /// Adds `nodes` to `region`'s footprint; whether anything was new.
+    /// Adds `nodes` to `region`'s footprint, each new one under the next creation
+    /// generation; whether anything was new.
     fn add_to_footprint(
         &mut self,
         database: &DatabaseName,
         region: RegionId,
         nodes: impl IntoIterator<Item = DataNodeId>,
     ) -> bool {
+        let mut last = self.last_generation;
         let footprint = self
             .footprints
             .entry(region)
@@ -477,11 +479,18 @@ impl ClusterState {
             });
         let mut added = false;
         for node in nodes {
-            added |= footprint.data_nodes.insert(node);
+            if let std::collections::btree_map::Entry::Vacant(entry) =
+                footprint.data_nodes.entry(node)
+            {
+                last += 1;
+                entry.insert(last);
+                added = true;
+            }
         }
         if footprint.data_nodes.is_empty() {
             self.footprints.remove(&region);
         }
+        self.last_generation = last;
         added
     }
 

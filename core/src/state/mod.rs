@@ -55,6 +55,10 @@ pub struct ClusterState {
     /// A group's metadata and its database are dropped only once its footprint is empty.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub footprints: BTreeMap<RegionId, RegionFootprint>,
+    /// The last creation generation handed out (a DataNode joining a footprint gets the
+    /// next one; 0 is never handed out, it stands for "no generation" on the wire).
+    #[serde(default)]
+    pub last_generation: u64,
 }
 
 impl ClusterState {
@@ -96,8 +100,15 @@ impl ClusterState {
     pub fn footprint(&self, region: RegionId) -> Vec<DataNodeId> {
         self.footprints
             .get(&region)
-            .map(|f| f.data_nodes.iter().copied().collect())
+            .map(|f| f.data_nodes.keys().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// The creation generation `node` joined `region`'s footprint under, if it is in it.
+    pub fn creation_generation(&self, region: RegionId, node: DataNodeId) -> Option<u64> {
+        self.footprints
+            .get(&region)
+            .and_then(|f| f.data_nodes.get(&node).copied())
     }
 
     /// Region groups of `database` some DataNode may still hold a replica of.

@@ -93,8 +93,11 @@ pub struct LegacyDeletion {
 pub struct RegionFootprint {
     /// The database the group belongs (or was to belong) to.
     pub database: DatabaseName,
-    /// DataNodes that may hold a replica.
-    pub data_nodes: std::collections::BTreeSet<DataNodeId>,
+    /// DataNodes that may hold a replica, each with the creation generation it joined the
+    /// footprint under. Creates sent to it carry that generation; the deletion that takes it
+    /// out fences the region on that DataNode up to it, so a create delivered late (after the
+    /// deletion) is refused instead of bringing the replica back.
+    pub data_nodes: std::collections::BTreeMap<DataNodeId, u64>,
 }
 
 coded_enum! {

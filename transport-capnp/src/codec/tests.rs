@@ -30,6 +30,7 @@ fn maintain_task_round_trips() {
         task_id: TaskId(12),
         kind: MaintainTaskKind::DeleteRegionPeer {
             region: RegionId::new(RegionKind::Schema, 4),
+            generation: 0,
         },
     };
     let mut message = capnp::message::Builder::new_default();

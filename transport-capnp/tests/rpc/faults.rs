@@ -59,6 +59,7 @@ fn garbage_and_oversized_messages_do_not_take_the_server_down() {
                     region: data_region(1),
                     database: super::db("big"),
                     peers: vec![],
+                    generation: 0,
                 },
             )
             .await
@@ -153,6 +154,7 @@ fn long_poll_answers_as_soon_as_the_task_finishes() {
             task_id: TaskId(77),
             kind: MaintainTaskKind::DeleteRegionPeer {
                 region: data_region(1),
+                generation: 0,
             },
         };
         client.submit_task(Epoch(1), task).await.expect("submit");
@@ -232,6 +234,7 @@ fn a_connection_that_never_logs_in_is_closed_but_a_logged_in_one_stays() {
             task_id: TaskId(1),
             kind: MaintainTaskKind::DeleteRegionPeer {
                 region: data_region(1),
+                generation: 0,
             },
         };
         client.submit_task(Epoch(1), task).await.expect("logged in");

@@ -106,6 +106,7 @@ fn every_data_node_call_round_trips_with_values_intact() {
             region: data_region(7),
             database: db("root_sg1"),
             peers: vec![DataNodeId(1), DataNodeId(2), DataNodeId(u32::MAX)],
+            generation: 0,
         };
         client
             .create_region(Epoch(3), request.clone())
@@ -132,6 +133,7 @@ fn every_data_node_call_round_trips_with_values_intact() {
             task_id: TaskId(u64::MAX - 1),
             kind: MaintainTaskKind::DeleteRegionPeer {
                 region: RegionId::new(RegionKind::Schema, 9),
+                generation: 0,
             },
         };
         assert_eq!(
@@ -142,6 +144,7 @@ fn every_data_node_call_round_trips_with_values_intact() {
             task_id: task.task_id,
             kind: MaintainTaskKind::DeleteRegionPeer {
                 region: data_region(8),
+                generation: 0,
             },
         };
         assert!(matches!(
@@ -466,6 +469,7 @@ fn calls_in_flight_together_each_get_their_own_reply() {
                 task_id: TaskId(i),
                 kind: MaintainTaskKind::DeleteRegionPeer {
                     region: data_region(i as u32),
+                    generation: 0,
                 },
             };
             client.submit_task(Epoch(1), task).await.expect("submit");

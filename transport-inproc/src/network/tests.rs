@@ -82,7 +82,10 @@ fn calls_round_trip_with_values_and_errors_intact() {
         );
         let task = MaintainTask {
             task_id: TaskId(9),
-            kind: MaintainTaskKind::DeleteRegionPeer { region: REGION },
+            kind: MaintainTaskKind::DeleteRegionPeer {
+                region: REGION,
+                generation: 0,
+            },
         };
         assert_eq!(
             client.submit_task(Epoch(1), task).await,
@@ -92,6 +95,7 @@ fn calls_round_trip_with_values_and_errors_intact() {
             region: REGION,
             database: shoal_core::model::DatabaseName::new("db").unwrap(),
             peers: vec![],
+            generation: 0,
         };
         assert_eq!(
             client.create_region(Epoch(1), request).await,
