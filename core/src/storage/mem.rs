@@ -103,6 +103,19 @@ impl LogStore for MemLogStore {
         inner.first_index += drop as u64;
         Ok(())
     }
+
+    async fn truncate_after(&self, index: u64) -> Result<(), StorageError> {
+        let mut inner = lock(&self.inner);
+        if index + 1 < inner.first_index {
+            return Err(StorageError::Unavailable(format!(
+                "cannot truncate after {index}: entries before {} are compacted",
+                inner.first_index
+            )));
+        }
+        let keep = (index + 1 - inner.first_index) as usize;
+        inner.entries.truncate(keep);
+        Ok(())
+    }
 }
 
 /// The newest snapshot: its last index and bytes.

@@ -284,6 +284,10 @@ fn a_deposed_leader_never_claims_an_epoch_back() {
         let err = old.claim_epoch_above(Epoch(100)).await.unwrap_err();
         assert!(err.is_leadership_loss(), "{err:?}");
         assert!(!old.leadership().get().is_leader);
-        assert_eq!(log.current_term(), current.0, "the new leader keeps its term");
+        assert_eq!(
+            log.current_term(),
+            current.0,
+            "the new leader keeps its term"
+        );
     });
 }
