@@ -98,6 +98,11 @@ impl LogStore for MemLogStore {
         if index < inner.first_index {
             return Ok(());
         }
+        if index >= inner.first_index + inner.entries.len() as u64 {
+            inner.entries.clear();
+            inner.first_index = index + 1;
+            return Ok(());
+        }
         let drop = ((index - inner.first_index + 1) as usize).min(inner.entries.len());
         inner.entries.drain(..drop);
         inner.first_index += drop as u64;

@@ -446,6 +446,9 @@ impl LogStore for FsLogStore {
     }
 
     async fn compact(&self, index: u64) -> Result<(), StorageError> {
+        if index > self.last_index() {
+            return self.reset_after(index).await;
+        }
         let removed: Vec<SegmentMeta> = {
             let mut st = self.shared.lock();
             st.check_usable()?;
@@ -594,6 +597,77 @@ impl DiskCut {
 }
 
 impl FsLogStore {
+    /// Compaction past the last entry (a Raft follower that installed a newer snapshot):
+    /// every segment goes and a new empty one starts at `index + 1`. Old segments are removed
+    /// oldest first before the new one exists, so a crash leaves a suffix of the old log or
+    /// nothing, never a hole; the caller (who knows it compacted) repeats the call on restart.
+    async fn reset_after(&self, index: u64) -> Result<(), StorageError> {
+        let (segment, removed, waiters) = loop {
+            let listener = {
+                let mut st = self.shared.lock();
+                st.check_usable()?;
+                if index <= st.last_index() {
+                    // Entries were appended since the caller looked: compact normally.
+                    None
+                } else {
+                    match st.segment.take() {
+                        Some(segment) => {
+                            st.entries.clear();
+                            st.pending.clear();
+                            st.pending_bounds.clear();
+                            st.first_index = index + 1;
+                            st.durable = index;
+                            st.sync_requested = st.sync_requested.min(index);
+                            let removed: Vec<SegmentMeta> = st.segments.drain(..).collect();
+                            let waiters: Vec<std::task::Waker> =
+                                st.waiters.drain(..).map(|(_, waker)| waker).collect();
+                            break (segment, removed, waiters);
+                        }
+                        None => Some(self.shared.synced.listen()),
+                    }
+                }
+            };
+            match listener {
+                Some(listener) => listener.await,
+                None => return self.compact(index).await,
+            }
+        };
+        for waker in waiters {
+            waker.wake();
+        }
+        let shared = self.shared.clone();
+        unblock(move || {
+            drop(segment);
+            let result = (|| {
+                for seg in &removed {
+                    std::fs::remove_file(&seg.path)
+                        .map_err(|e| io_err("remove segment", &seg.path, e))?;
+                }
+                fsync_dir(&shared.dir)?;
+                flusher::create_segment(&shared.dir, index + 1, shared.options.segment_size)
+            })();
+            match result {
+                Ok(active) => {
+                    shared.lock().segments.push(SegmentMeta {
+                        first_index: index + 1,
+                        path: active.path.clone(),
+                    });
+                    flusher::hand_back(&shared, active, true);
+                    Ok(())
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "log reset failed; the log is poisoned");
+                    let mut st = shared.lock();
+                    st.poisoned = Some(err.to_string());
+                    drop(st);
+                    shared.synced.notify(usize::MAX);
+                    Err(err)
+                }
+            }
+        })
+        .await
+    }
+
     /// Cuts the in-memory log after `index` (which is below the last index and not before
     /// the first retained entry minus one) and says what must change on disk, if anything.
     fn cut_locked(st: &mut LogState, index: u64) -> Option<DiskCut> {

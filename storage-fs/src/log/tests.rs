@@ -470,3 +470,23 @@ fn truncation_within_the_active_segment_leaves_no_stale_records() {
     );
     assert_eq!(log.read(11, 1).expect("read")[0].payload, b"x".to_vec());
 }
+
+#[test]
+fn compaction_past_the_end_restarts_the_log_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FsLogStore::open(dir.path(), small()).expect("open");
+        append_synced(&log, 1, 300);
+        smol::block_on(log.compact(1000)).expect("compact past the end");
+        assert_eq!((log.first_index(), log.last_index()), (1001, 1000));
+        let index = log.append(2, b"after").expect("append");
+        assert_eq!(index, 1001);
+        smol::block_on(log.sync(index)).expect("sync");
+    }
+    let log = FsLogStore::open(dir.path(), small()).expect("reopen");
+    assert_eq!((log.first_index(), log.last_index()), (1001, 1001));
+    assert_eq!(
+        log.read(1001, 1).expect("read")[0].payload,
+        b"after".to_vec()
+    );
+}
