@@ -181,6 +181,7 @@ impl RaftConsensus {
         let failure = FailureCell::default();
         let state = Arc::new(StateCell::default());
         let log = RaftLog::open(stores.log.clone(), stores.meta.clone(), failure.clone()).await?;
+        let recovered_vote = log.stored_vote();
         let stored_snapshot = stores.snapshots.load_latest().await?;
         let sm = StateMachine::new(
             state.clone(),
@@ -206,7 +207,11 @@ impl RaftConsensus {
             failure,
             config,
         });
-        let publisher = smol::spawn(publish_leadership(node.clone()));
+        // A term this node voted for itself in before a restart may have been led by it.
+        let stale_term = recovered_vote
+            .filter(|v| v.leader_id.voted_for == id)
+            .map(|v| v.leader_id.term);
+        let publisher = smol::spawn(publish_leadership(node.clone(), stale_term));
         Ok(Self {
             node,
             state,
@@ -620,11 +625,13 @@ impl Consensus for RaftConsensus {
 
 /// Follows openraft's metrics (and the failure cell, and time for the lease) and publishes
 /// this node's leadership under the rules in the module docs.
-async fn publish_leadership(node: Arc<Node>) {
+async fn publish_leadership(node: Arc<Node>, stale_term: Option<u64>) {
     let mut metrics = node.raft.metrics();
-    // The last epoch published as leading, and whether it was withdrawn within its term.
-    let mut published: Option<u64> = None;
-    let mut withdrawn: Option<u64> = None;
+    // Epochs this node must not publish (again): `(term, None)` is every epoch of `term` (a
+    // term this node may have led before a restart), `(term, Some(e))` every epoch up to `e`
+    // (an epoch whose leadership was withdrawn). Leading at such an epoch first raises the
+    // floor above it, so one epoch never names two leadership sessions.
+    let mut stale: Option<(u64, Option<u64>)> = stale_term.map(|term| (term, None));
     let mut raising = false;
     let (raised_tx, raised_rx) = async_channel::unbounded::<()>();
     loop {
@@ -648,11 +655,16 @@ async fn publish_leadership(node: Arc<Node>) {
             && m.last_applied.is_some_and(|id| id.leader_id.term == term)
             && lease_held;
         let epoch = epoch_of(term, node.sm.floor());
+        let is_stale = match stale {
+            Some((t, None)) => t == term,
+            Some((t, Some(e))) => t == term && epoch <= e,
+            None => false,
+        };
         let prev = node.watch.get();
-        if leading && withdrawn == Some(epoch) {
-            // Leading again in a term whose epoch was withdrawn: take a new epoch first.
+        if leading && is_stale {
             if !raising {
                 raising = true;
+                stale = Some((term, Some(epoch)));
                 let raft = node.raft.clone();
                 let done = raised_tx.clone();
                 smol::spawn(async move {
@@ -667,16 +679,13 @@ async fn publish_leadership(node: Arc<Node>) {
                 .detach();
             }
         } else if leading {
-            published = Some(epoch);
             node.watch.set(Leadership {
                 is_leader: true,
                 epoch: Epoch(epoch),
             });
         } else {
             if prev.is_leader {
-                if published.is_some_and(|p| epoch_of(term, node.sm.floor()) == p) {
-                    withdrawn = published;
-                }
+                stale = Some((term, Some(prev.epoch.0.max(epoch))));
                 tracing::info!(epoch = %prev.epoch, "raft leadership withdrawn");
             }
             node.watch.set(Leadership {

@@ -152,6 +152,13 @@ async fn run_flusher(shared: Arc<Shared>, requests: async_channel::Receiver<Flus
     }
 }
 
+impl RaftLog {
+    /// The vote stored when the log was opened (before openraft takes the log over).
+    pub fn stored_vote(&self) -> Option<Vote> {
+        self.shared.meta().vote()
+    }
+}
+
 /// Reads entries and the vote for replication; clones share the log.
 #[derive(Clone)]
 pub struct RaftLogReaderHandle {
