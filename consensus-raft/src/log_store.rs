@@ -55,7 +55,12 @@ impl Shared {
 
     fn read(&self, from: u64, to_exclusive: u64) -> Result<Vec<Entry>, io::Error> {
         let mut out = Vec::new();
-        let mut next = from.max(self.log.first_index().saturating_sub(1));
+        // Purged entries may still sit in a segment that is not wholly purged; never return
+        // them.
+        let purged_next = self.meta().purged.map_or(0, |p| p.index + 1);
+        let mut next = from
+            .max(self.log.first_index().saturating_sub(1))
+            .max(purged_next);
         while next < to_exclusive {
             let want = ((to_exclusive - next) as usize).min(READ_BATCH);
             let batch = self.log.read(next + 1, want).map_err(|e| self.fail(e))?;
