@@ -413,3 +413,6 @@ impl RaftStateMachine<ShoalRaft> for StateMachine {
             .map(|(meta, snapshot)| RaftSnapshot { meta, snapshot }))
     }
 }
+
+#[cfg(test)]
+mod tests;
