@@ -329,7 +329,7 @@ impl RaftConsensus {
                     || heartbeats
                         .get(id)
                         .and_then(|t| t.as_ref())
-                        .is_some_and(|t| now.saturating_duration_since(*t.clone()) <= lease)
+                        .is_some_and(|t| now.saturating_duration_since(**t) <= lease)
             })
             .count();
         let needed = new_voters.len() / 2 + 1;
