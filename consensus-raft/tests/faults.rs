@@ -100,11 +100,15 @@ fn follower_down_for_a_while_catches_up_from_a_snapshot() {
             group.data_nodes(lagging) == 20
         })
         .await;
-        let installed = group.node(lagging).metrics().snapshot;
-        assert!(
-            installed.is_some_and(|s| s.index >= 20),
-            "caught up through a snapshot: {installed:?}"
-        );
+        // It caught up through a snapshot: the log it missed is gone everywhere.
+        wait_for("the installed snapshot in the follower's metrics", || {
+            group
+                .node(lagging)
+                .metrics()
+                .snapshot
+                .is_some_and(|s| s.index >= 20)
+        })
+        .await;
         let r = group
             .node(leader)
             .propose(epoch, register("after:7000"))
