@@ -16,7 +16,6 @@
 //!   is `OutcomeUnknown` or a leadership-loss error, never a success.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,126 +23,29 @@ use async_trait::async_trait;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::metrics::RaftMetrics;
-use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, Raft};
 use shoal_core::consensus::{Consensus, ConsensusError, Leadership, LeadershipWatch, StateCell};
 use shoal_core::model::Epoch;
 use shoal_core::plan::ConfigPlan;
 use shoal_core::state::ApplyResult;
-use shoal_core::storage::mem::{MemLogStore, MemSnapshotStore};
-use shoal_core::storage::{LogStore, SnapshotStore, StorageError};
-use shoal_storage_fs::{FsLogStore, FsSnapshotStore, FsStateFile, LogOptions};
+use shoal_core::storage::StorageError;
 
+use crate::config::{RaftConfig, RaftStores};
 use crate::error::{LeaderHint, RaftConsensusError};
 use crate::failure::FailureCell;
 use crate::log_store::RaftLog;
-use crate::meta::{MemMetaStore, MetaStore};
 use crate::network::{RaftNetwork, RaftServer, RaftTransport};
-use crate::state_machine::{SmShared, StateMachine, snapshot_store_index};
-use crate::types::{NodeId, RaftRequest, RaftResponse, ShoalRaft, epoch_of};
-
-/// Timing and snapshot knobs of a node.
-#[derive(Debug, Clone)]
-pub struct RaftConfig {
-    /// Leader heartbeat period.
-    pub heartbeat_interval: Duration,
-    /// A follower that hears no leader for a random time in this range campaigns.
-    pub election_timeout: (Duration, Duration),
-    /// How long `propose` waits for its plan to commit and apply before answering
-    /// `OutcomeUnknown`.
-    pub propose_timeout: Duration,
-    /// openraft builds a snapshot after this many applied entries.
-    pub snapshot_every: u64,
-    /// Entries kept in the log behind a snapshot (so a slightly lagging follower needs no
-    /// snapshot).
-    pub keep_after_snapshot: u64,
-}
-
-impl Default for RaftConfig {
-    fn default() -> Self {
-        Self {
-            heartbeat_interval: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
-            propose_timeout: Duration::from_secs(10),
-            snapshot_every: 10_000,
-            keep_after_snapshot: 1_000,
-        }
-    }
-}
-
-impl RaftConfig {
-    /// Short timeouts for in-process tests.
-    pub fn for_tests() -> Self {
-        Self {
-            heartbeat_interval: Duration::from_millis(30),
-            election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
-            propose_timeout: Duration::from_secs(5),
-            snapshot_every: 100_000,
-            keep_after_snapshot: 0,
-        }
-    }
-
-    fn openraft(&self) -> Result<Config, RaftConsensusError> {
-        let config = Config {
-            cluster_name: "shoal-confignodes".into(),
-            heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
-            election_timeout_min: self.election_timeout.0.as_millis() as u64,
-            election_timeout_max: self.election_timeout.1.as_millis() as u64,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
-            max_in_snapshot_log_to_keep: self.keep_after_snapshot,
-            ..Config::default()
-        };
-        config
-            .validate()
-            .map_err(|e| RaftConsensusError::Invalid(e.to_string()))
-    }
-}
-
-/// A node's durable stores: the Raft log, its meta record (vote) and snapshots.
-#[derive(Clone)]
-pub struct RaftStores {
-    /// The Raft log (entries, term-fenced appends, truncation, compaction).
-    pub log: Arc<dyn LogStore>,
-    /// Vote, purge point, committed id.
-    pub meta: Arc<dyn MetaStore>,
-    /// Raft snapshots.
-    pub snapshots: Arc<dyn SnapshotStore>,
-}
-
-impl RaftStores {
-    /// In-memory stores; clones of the returned value share contents (a "restart" reopens
-    /// them).
-    pub fn memory() -> Self {
-        Self {
-            log: Arc::new(MemLogStore::new()),
-            meta: Arc::new(MemMetaStore::new()),
-            snapshots: Arc::new(MemSnapshotStore::new()),
-        }
-    }
-
-    /// The stores in `dir` on disk: `log/` (segment log), `vote` (meta record) and
-    /// `snapshots/` (the newest 3 kept). Blocking.
-    pub fn open_fs(dir: impl AsRef<Path>, options: LogOptions) -> Result<Self, StorageError> {
-        let dir = dir.as_ref();
-        Ok(Self {
-            log: Arc::new(FsLogStore::open(dir.join("log"), options)?),
-            meta: Arc::new(FsStateFile::open(dir, "vote", *b"SHOALVOT")?),
-            snapshots: Arc::new(FsSnapshotStore::open_with_format(
-                dir.join("snapshots"),
-                3,
-                snapshot_store_index,
-            )?),
-        })
-    }
-}
+use crate::state_machine::{SmShared, StateMachine};
+use crate::types::{NodeId, RaftRequest, RaftResponse, ShoalRaft};
 
 /// Shared by the node and its leadership publisher.
-struct Node {
-    id: NodeId,
-    raft: Raft<ShoalRaft, StateMachine>,
-    sm: Arc<SmShared>,
-    watch: LeadershipWatch,
-    failure: FailureCell,
-    config: RaftConfig,
+pub(crate) struct Node {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft<ShoalRaft, StateMachine>,
+    pub(crate) sm: Arc<SmShared>,
+    pub(crate) watch: LeadershipWatch,
+    pub(crate) failure: FailureCell,
+    pub(crate) config: RaftConfig,
 }
 
 /// core's [`Consensus`] on an openraft group; see the module docs for the rules it keeps.
@@ -163,7 +65,7 @@ impl std::fmt::Debug for RaftConsensus {
     }
 }
 
-fn fatal_error(message: impl std::fmt::Display) -> ConsensusError {
+pub(crate) fn fatal_error(message: impl std::fmt::Display) -> ConsensusError {
     ConsensusError::Storage(StorageError::Unavailable(format!(
         "raft stopped: {message}"
     )))
@@ -211,7 +113,10 @@ impl RaftConsensus {
         let stale_term = recovered_vote
             .filter(|v| v.leader_id.voted_for == id)
             .map(|v| v.leader_id.term);
-        let publisher = smol::spawn(publish_leadership(node.clone(), stale_term));
+        let publisher = smol::spawn(crate::publisher::publish_leadership(
+            node.clone(),
+            stale_term,
+        ));
         Ok(Self {
             node,
             state,
@@ -620,112 +525,5 @@ impl Consensus for RaftConsensus {
 
     async fn failed(&self) -> ConsensusError {
         self.node.failure.wait().await
-    }
-}
-
-/// Follows openraft's metrics (and the failure cell, and time for the lease) and publishes
-/// this node's leadership under the rules in the module docs.
-async fn publish_leadership(node: Arc<Node>, stale_term: Option<u64>) {
-    let mut metrics = node.raft.metrics();
-    // Epochs this node must not publish (again): `(term, None)` is every epoch of `term` (a
-    // term this node may have led before a restart), `(term, Some(e))` every epoch up to `e`
-    // (an epoch whose leadership was withdrawn). Leading at such an epoch first raises the
-    // floor above it, so one epoch never names two leadership sessions.
-    let mut stale: Option<(u64, Option<u64>)> = stale_term.map(|term| (term, None));
-    let mut raising = false;
-    let (raised_tx, raised_rx) = async_channel::unbounded::<()>();
-    loop {
-        let m = metrics.borrow_watched().clone();
-        let stopped = m.running_state.is_err() || node.failure.get().is_some();
-        if let Err(fatal) = &m.running_state {
-            node.failure.record(fatal_error(fatal));
-        }
-        let term = m.current_term;
-        let lease = node.config.election_timeout.1;
-        let lease_held = m
-            .last_quorum_acked
-            .as_ref()
-            .is_some_and(|t| Instant::now().saturating_duration_since(**t) <= lease)
-            // A single voter is its own quorum.
-            || m.membership_config.membership().voter_ids().count() == 1;
-        let leading = !stopped
-            && m.state == ServerState::Leader
-            && m.current_leader == Some(node.id)
-            && m.vote.committed
-            && m.last_applied.is_some_and(|id| id.leader_id.term == term)
-            && lease_held;
-        let epoch = epoch_of(term, node.sm.floor());
-        let is_stale = match stale {
-            Some((t, None)) => t == term,
-            Some((t, Some(e))) => t == term && epoch <= e,
-            None => false,
-        };
-        let prev = node.watch.get();
-        if leading && is_stale {
-            if !raising {
-                raising = true;
-                stale = Some((term, Some(epoch)));
-                let raft = node.raft.clone();
-                let done = raised_tx.clone();
-                smol::spawn(async move {
-                    let _ = raft
-                        .client_write(RaftRequest::RaiseEpochFloor {
-                            epoch,
-                            above: epoch,
-                        })
-                        .await;
-                    let _ = done.send(()).await;
-                })
-                .detach();
-            }
-        } else if leading {
-            node.watch.set(Leadership {
-                is_leader: true,
-                epoch: Epoch(epoch),
-            });
-        } else {
-            if prev.is_leader {
-                stale = Some((term, Some(prev.epoch.0.max(epoch))));
-                tracing::info!(epoch = %prev.epoch, "raft leadership withdrawn");
-            }
-            node.watch.set(Leadership {
-                is_leader: false,
-                epoch: prev.epoch,
-            });
-        }
-        if stopped {
-            return;
-        }
-        // Wake on a metrics change, a failure, a finished floor raise, or a heartbeat period
-        // (the lease can lapse without any metrics change).
-        let changed = futures_lite::future::or(
-            async { metrics.changed().await.is_ok() },
-            futures_lite::future::or(
-                async {
-                    node.failure.wait().await;
-                    true
-                },
-                futures_lite::future::or(
-                    async {
-                        let _ = raised_rx.recv().await;
-                        raising = false;
-                        true
-                    },
-                    async {
-                        smol::Timer::after(node.config.heartbeat_interval).await;
-                        true
-                    },
-                ),
-            ),
-        )
-        .await;
-        if !changed {
-            let prev = node.watch.get();
-            node.watch.set(Leadership {
-                is_leader: false,
-                epoch: prev.epoch,
-            });
-            return;
-        }
     }
 }

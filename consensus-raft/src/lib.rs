@@ -9,6 +9,7 @@
 //! - [`network`], [`inproc`]: the transport seam and the in-process transport for tests.
 //! - [`RaftConsensus`]: the `Consensus` implementation, bootstrap and membership.
 
+pub mod config;
 pub mod consensus;
 pub mod error;
 pub mod failure;
@@ -16,11 +17,13 @@ pub mod inproc;
 pub mod log_store;
 pub mod meta;
 pub mod network;
+mod publisher;
 pub mod rt;
 pub mod state_machine;
 pub mod types;
 
-pub use consensus::{RaftConfig, RaftConsensus, RaftStores};
+pub use config::{RaftConfig, RaftStores};
+pub use consensus::RaftConsensus;
 pub use error::{LeaderHint, RaftConsensusError};
 pub use inproc::InprocRaftNetwork;
 pub use network::{RaftServer, RaftTransport, TransportError};

@@ -200,3 +200,30 @@ fn membership_changes_while_proposals_run_and_a_quorum_losing_change_is_refused(
         assert!(matches!(r, Ok(Ok(_))), "the group still commits: {r:?}");
     });
 }
+
+#[test]
+fn lost_replies_and_slow_links_still_commit_each_plan_once() {
+    smol::block_on(async {
+        let group = Group::memory(&[1, 2, 3]).await;
+        let (leader, epoch) = group.leader().await;
+        group.net.set_delay(Duration::from_millis(3));
+        for follower in [1, 2, 3].into_iter().filter(|id| *id != leader) {
+            group.net.drop_replies(leader, follower, 5);
+        }
+        for i in 0..10 {
+            let r = group
+                .node(leader)
+                .propose(epoch, register(&format!("dn{i}:7000")))
+                .await;
+            assert!(matches!(r, Ok(Ok(_))), "{r:?}");
+        }
+        group.net.set_delay(Duration::ZERO);
+        group.converged_on(leader).await;
+        assert_eq!(
+            group.data_nodes(leader),
+            10,
+            "each plan applied exactly once"
+        );
+        assert!(group.node(leader).leadership().get().is_leader);
+    });
+}
