@@ -12,11 +12,23 @@ use shoal_core::storage::{SnapshotStore, StorageError};
 
 use crate::fsutil::{atomic_write, create_dir_durable, fsync_dir, io_err, unblock};
 
+/// Reads the last log index a snapshot's bytes cover, or says why they are not a whole
+/// snapshot. Loading checks every file with it before trusting it.
+pub type SnapshotIndexFn = fn(&[u8]) -> Result<u64, String>;
+
+/// The format [`FsSnapshotStore::open`] stores: core's snapshot codec.
+fn core_snapshot_index(bytes: &[u8]) -> Result<u64, String> {
+    shoal_core::snapshot::decode(bytes)
+        .map(|snap| snap.last_index)
+        .map_err(|e| e.to_string())
+}
+
 /// File-backed [`SnapshotStore`].
 #[derive(Debug, Clone)]
 pub struct FsSnapshotStore {
     dir: PathBuf,
     keep: usize,
+    index_of: SnapshotIndexFn,
 }
 
 fn snapshot_name(last_index: u64) -> String {
@@ -35,6 +47,17 @@ impl FsSnapshotStore {
     /// Opens (or creates) the store in `dir`, keeping the newest `keep` snapshots (at least
     /// one). Removes temp files left by an interrupted save. Blocking.
     pub fn open(dir: impl AsRef<Path>, keep: usize) -> Result<Self, StorageError> {
+        Self::open_with_format(dir, keep, core_snapshot_index)
+    }
+
+    /// [`FsSnapshotStore::open`] for snapshots in another self-checking format (a Raft
+    /// snapshot wraps core's codec with Raft metadata): `index_of` validates a file's bytes
+    /// and reads the last index they cover. Same files, same fsync rules. Blocking.
+    pub fn open_with_format(
+        dir: impl AsRef<Path>,
+        keep: usize,
+        index_of: SnapshotIndexFn,
+    ) -> Result<Self, StorageError> {
         let dir = dir.as_ref().to_path_buf();
         create_dir_durable(&dir)?;
         let listing = std::fs::read_dir(&dir).map_err(|e| io_err("list snapshots", &dir, e))?;
@@ -53,6 +76,7 @@ impl FsSnapshotStore {
         Ok(Self {
             dir,
             keep: keep.max(1),
+            index_of,
         })
     }
 
@@ -99,20 +123,21 @@ impl SnapshotStore for FsSnapshotStore {
 
     async fn load_latest(&self) -> Result<Option<Vec<u8>>, StorageError> {
         let dir = self.dir.clone();
+        let index_of = self.index_of;
         unblock(move || {
             let all = list_snapshots(&dir)?;
             let mut first_error = None;
             for (index, path) in &all {
                 let bytes = std::fs::read(path).map_err(|e| io_err("read snapshot", path, e))?;
-                match shoal_core::snapshot::decode(&bytes) {
-                    Ok(snap) if snap.last_index == *index => return Ok(Some(bytes)),
-                    Ok(snap) => {
-                        tracing::warn!(file = %path.display(), named = index, holds = snap.last_index,
+                match index_of(&bytes) {
+                    Ok(holds) if holds == *index => return Ok(Some(bytes)),
+                    Ok(holds) => {
+                        tracing::warn!(file = %path.display(), named = index, holds,
                             "snapshot name and contents disagree; trying an older one");
                         first_error.get_or_insert_with(|| StorageError::Corrupt {
                             file: path.display().to_string(),
                             offset: 0,
-                            reason: format!("holds index {}, named {index}", snap.last_index),
+                            reason: format!("holds index {holds}, named {index}"),
                         });
                     }
                     Err(e) => {
@@ -121,7 +146,7 @@ impl SnapshotStore for FsSnapshotStore {
                         first_error.get_or_insert_with(|| StorageError::Corrupt {
                             file: path.display().to_string(),
                             offset: 0,
-                            reason: e.to_string(),
+                            reason: e,
                         });
                     }
                 }

@@ -117,7 +117,10 @@ impl StateCell {
         self.read(ClusterState::clone)
     }
 
-    pub(crate) fn write<R>(&self, f: impl FnOnce(&mut ClusterState) -> R) -> R {
+    /// Runs `f` with the applied state for writing. Only a [`Consensus`] implementation
+    /// calls this, and only to apply committed entries in log order (or to install a
+    /// snapshot): every other reader goes through [`StateCell::read`].
+    pub fn write<R>(&self, f: impl FnOnce(&mut ClusterState) -> R) -> R {
         let result = {
             let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
             f(&mut guard)

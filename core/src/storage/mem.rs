@@ -98,9 +98,27 @@ impl LogStore for MemLogStore {
         if index < inner.first_index {
             return Ok(());
         }
+        if index >= inner.first_index + inner.entries.len() as u64 {
+            inner.entries.clear();
+            inner.first_index = index + 1;
+            return Ok(());
+        }
         let drop = ((index - inner.first_index + 1) as usize).min(inner.entries.len());
         inner.entries.drain(..drop);
         inner.first_index += drop as u64;
+        Ok(())
+    }
+
+    async fn truncate_after(&self, index: u64) -> Result<(), StorageError> {
+        let mut inner = lock(&self.inner);
+        if index + 1 < inner.first_index {
+            return Err(StorageError::Unavailable(format!(
+                "cannot truncate after {index}: entries before {} are compacted",
+                inner.first_index
+            )));
+        }
+        let keep = (index + 1 - inner.first_index) as usize;
+        inner.entries.truncate(keep);
         Ok(())
     }
 }

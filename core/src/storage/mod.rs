@@ -111,8 +111,21 @@ pub trait LogStore: Send + Sync + 'static {
     fn first_index(&self) -> u64;
     /// Index of the last appended entry (0 when empty).
     fn last_index(&self) -> u64;
-    /// Discards entries up to and including `index` (they are covered by a snapshot).
+    /// Discards entries up to and including `index` (they are covered by a snapshot). An
+    /// `index` past the last entry (a replica that installed a newer snapshot) empties the log
+    /// and the next append gets `index + 1`.
     async fn compact(&self, index: u64) -> Result<(), StorageError>;
+    /// Discards every entry after `index` (a replicated log's conflicting suffix), durably:
+    /// once this returns, no discarded entry reappears after a restart, and the next append
+    /// gets index `index + 1`. Buffered entries up to `index` stay buffered. Only a claimed
+    /// term fences appends afterwards: the discarded entries' terms no longer do, so a Raft
+    /// follower can replace them with a leader's entries of a lower term. `index` below the first retained entry minus one is refused. A log that cannot
+    /// truncate (the single-node logs never need to) answers [`StorageError::Unavailable`].
+    async fn truncate_after(&self, index: u64) -> Result<(), StorageError> {
+        Err(StorageError::Unavailable(format!(
+            "this log cannot truncate after {index}"
+        )))
+    }
 }
 
 /// Durable snapshots of the ConfigNode state.

@@ -208,8 +208,9 @@ fn linger(shared: &Shared, pooled: bool, crowd: bool) -> Option<Batch> {
 }
 
 /// Gives the segment back: the next sync caller leads the next flush. A request that slipped
-/// in after the last look is flushed here rather than left waiting for a leader.
-fn hand_back(shared: &Arc<Shared>, segment: ActiveSegment, pooled: bool) {
+/// in after the last look is flushed here rather than left waiting for a leader. Whoever waits
+/// for the segment itself (a truncation) is woken.
+pub(super) fn hand_back(shared: &Arc<Shared>, segment: ActiveSegment, pooled: bool) {
     let mut st = shared.lock();
     if st.sync_requested > st.durable && !st.pending_bounds.is_empty() {
         let batch = st.take_batch();
@@ -223,6 +224,8 @@ fn hand_back(shared: &Arc<Shared>, segment: ActiveSegment, pooled: bool) {
         .run();
     }
     st.segment = Some(segment);
+    drop(st);
+    shared.synced.notify(usize::MAX);
 }
 
 fn write_batch(

@@ -64,6 +64,9 @@ pub(crate) struct SegmentMeta {
 #[derive(Debug)]
 pub(crate) struct LogState {
     term: u64,
+    /// The highest term claimed through [`LogStore::claim_term`] (the term file). `term` is
+    /// this or the last entry's term; truncation falls back to it.
+    claimed: u64,
     first_index: u64,
     /// Every retained entry, from `first_index` (the read cache; bounded by compaction).
     entries: VecDeque<(u64, Arc<[u8]>)>,
@@ -242,6 +245,7 @@ impl FsLogStore {
             options,
             state: Mutex::new(LogState {
                 term: stored_term.max(last_term),
+                claimed: stored_term,
                 first_index: recovered.first_index,
                 entries: recovered.entries,
                 pending: Vec::new(),
@@ -360,6 +364,7 @@ impl LogStore for FsLogStore {
         unblock(move || atomic_write(&path, &bytes)).await?;
         let mut st = self.shared.lock();
         st.term = st.term.max(term);
+        st.claimed = st.claimed.max(term);
         Ok(())
     }
 
@@ -441,6 +446,9 @@ impl LogStore for FsLogStore {
     }
 
     async fn compact(&self, index: u64) -> Result<(), StorageError> {
+        if index > self.last_index() {
+            return self.reset_after(index).await;
+        }
         let removed: Vec<SegmentMeta> = {
             let mut st = self.shared.lock();
             st.check_usable()?;
@@ -474,6 +482,239 @@ impl LogStore for FsLogStore {
             fsync_dir(&dir)
         })
         .await
+    }
+
+    async fn truncate_after(&self, index: u64) -> Result<(), StorageError> {
+        // Take the active segment: no flush runs while it is held, so the buffer holds every
+        // entry that is not durable, and nothing writes where the cut goes.
+        let (segment, cut, waiters) = loop {
+            let listener = {
+                let mut st = self.shared.lock();
+                st.check_usable()?;
+                if index >= st.last_index() {
+                    return Ok(());
+                }
+                if index + 1 < st.first_index {
+                    return Err(StorageError::Unavailable(format!(
+                        "cannot truncate after {index}: entries before {} are compacted",
+                        st.first_index
+                    )));
+                }
+                match st.segment.take() {
+                    Some(segment) => {
+                        let cut = Self::cut_locked(&mut st, index);
+                        // Waiters re-check: one waiting for a discarded entry now waits for
+                        // nothing past the new last index.
+                        let waiters: Vec<std::task::Waker> =
+                            st.waiters.drain(..).map(|(_, waker)| waker).collect();
+                        break (segment, cut, waiters);
+                    }
+                    None => self.shared.synced.listen(),
+                }
+            };
+            listener.await;
+        };
+        for waker in waiters {
+            waker.wake();
+        }
+        self.shared.synced.notify(usize::MAX);
+        let Some(cut) = cut else {
+            // Only buffered entries were cut: nothing on disk changes.
+            flusher::hand_back(&self.shared, segment, true);
+            return Ok(());
+        };
+        let shared = self.shared.clone();
+        unblock(move || {
+            let mut segment = segment;
+            match cut.apply(&shared.dir, &mut segment) {
+                Ok(()) => {
+                    flusher::hand_back(&shared, segment, true);
+                    Ok(())
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "log truncation failed; the log is poisoned");
+                    let mut st = shared.lock();
+                    st.poisoned = Some(err.to_string());
+                    let ready = st.ready_waiters();
+                    drop(st);
+                    for waker in ready {
+                        waker.wake();
+                    }
+                    shared.synced.notify(usize::MAX);
+                    Err(err)
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// What [`FsLogStore`]'s truncation must change on disk: the segments after the one holding
+/// the cut are removed, and that segment is zeroed from the cut's offset.
+struct DiskCut {
+    /// Segments wholly after the cut, oldest first.
+    removed: Vec<SegmentMeta>,
+    /// The segment that becomes the active one.
+    keep: PathBuf,
+    /// Offset in `keep` of the first discarded record (its new logical end).
+    offset: u64,
+}
+
+impl DiskCut {
+    fn apply(self, dir: &Path, active: &mut flusher::ActiveSegment) -> Result<(), StorageError> {
+        // Newest first: a crash part-way leaves a prefix of the old log, never a hole.
+        for seg in self.removed.iter().rev() {
+            std::fs::remove_file(&seg.path).map_err(|e| io_err("remove segment", &seg.path, e))?;
+        }
+        if !self.removed.is_empty() {
+            fsync_dir(dir)?;
+        }
+        // Zero the tail durably before anything is written there again: stale records past a
+        // later, shorter batch must never read back as entries.
+        recovery::zero_tail(&self.keep, self.offset, self.segment_len()?)?;
+        if active.path != self.keep {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.keep)
+                .map_err(|e| io_err("open segment", &self.keep, e))?;
+            *active = flusher::ActiveSegment {
+                file,
+                path: self.keep.clone(),
+                offset: self.offset,
+            };
+        } else {
+            active.offset = self.offset;
+        }
+        Ok(())
+    }
+
+    fn segment_len(&self) -> Result<u64, StorageError> {
+        std::fs::metadata(&self.keep)
+            .map(|m| m.len())
+            .map_err(|e| io_err("stat segment", &self.keep, e))
+    }
+}
+
+impl FsLogStore {
+    /// Compaction past the last entry (a Raft follower that installed a newer snapshot):
+    /// every segment goes and a new empty one starts at `index + 1`. Old segments are removed
+    /// oldest first before the new one exists, so a crash leaves a suffix of the old log or
+    /// nothing, never a hole; the caller (who knows it compacted) repeats the call on restart.
+    async fn reset_after(&self, index: u64) -> Result<(), StorageError> {
+        let (segment, removed, waiters) = loop {
+            let listener = {
+                let mut st = self.shared.lock();
+                st.check_usable()?;
+                if index <= st.last_index() {
+                    // Entries were appended since the caller looked: compact normally.
+                    None
+                } else {
+                    match st.segment.take() {
+                        Some(segment) => {
+                            st.entries.clear();
+                            st.pending.clear();
+                            st.pending_bounds.clear();
+                            st.first_index = index + 1;
+                            st.durable = index;
+                            st.sync_requested = st.sync_requested.min(index);
+                            let removed: Vec<SegmentMeta> = st.segments.drain(..).collect();
+                            let waiters: Vec<std::task::Waker> =
+                                st.waiters.drain(..).map(|(_, waker)| waker).collect();
+                            break (segment, removed, waiters);
+                        }
+                        None => Some(self.shared.synced.listen()),
+                    }
+                }
+            };
+            match listener {
+                Some(listener) => listener.await,
+                None => return self.compact(index).await,
+            }
+        };
+        for waker in waiters {
+            waker.wake();
+        }
+        let shared = self.shared.clone();
+        unblock(move || {
+            drop(segment);
+            let result = (|| {
+                for seg in &removed {
+                    std::fs::remove_file(&seg.path)
+                        .map_err(|e| io_err("remove segment", &seg.path, e))?;
+                }
+                fsync_dir(&shared.dir)?;
+                flusher::create_segment(&shared.dir, index + 1, shared.options.segment_size)
+            })();
+            match result {
+                Ok(active) => {
+                    shared.lock().segments.push(SegmentMeta {
+                        first_index: index + 1,
+                        path: active.path.clone(),
+                    });
+                    flusher::hand_back(&shared, active, true);
+                    Ok(())
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "log reset failed; the log is poisoned");
+                    let mut st = shared.lock();
+                    st.poisoned = Some(err.to_string());
+                    drop(st);
+                    shared.synced.notify(usize::MAX);
+                    Err(err)
+                }
+            }
+        })
+        .await
+    }
+
+    /// Cuts the in-memory log after `index` (which is below the last index and not before
+    /// the first retained entry minus one) and says what must change on disk, if anything.
+    fn cut_locked(st: &mut LogState, index: u64) -> Option<DiskCut> {
+        let keep_entries = (index + 1 - st.first_index) as usize;
+        // Buffered records past the cut are dropped from the buffer.
+        let kept_bounds = st
+            .pending_bounds
+            .iter()
+            .take_while(|(i, _)| *i <= index)
+            .count();
+        let buffer_end = kept_bounds
+            .checked_sub(1)
+            .map_or(0, |last| st.pending_bounds[last].1);
+        st.pending_bounds.truncate(kept_bounds);
+        st.pending.truncate(buffer_end);
+        let on_disk = st.durable > index;
+        let cut = on_disk.then(|| {
+            // The segment holding index + 1: the last one starting at or before it.
+            let pos = st
+                .segments
+                .iter()
+                .rposition(|s| s.first_index <= index + 1)
+                .unwrap_or(0);
+            let keep = st.segments[pos].clone();
+            let removed: Vec<SegmentMeta> = st.segments.drain(pos + 1..).collect();
+            let skip = keep.first_index.saturating_sub(st.first_index) as usize;
+            let offset = st
+                .entries
+                .iter()
+                .skip(skip)
+                .take((index + 1).saturating_sub(keep.first_index) as usize)
+                .map(|(_, payload)| (format::RECORD_HEADER_LEN + payload.len()) as u64)
+                .sum::<u64>()
+                + format::SEGMENT_HEADER_LEN as u64;
+            DiskCut {
+                removed,
+                keep: keep.path,
+                offset,
+            }
+        });
+        st.entries.truncate(keep_entries);
+        st.durable = st.durable.min(index);
+        st.sync_requested = st.sync_requested.min(index);
+        st.term = st
+            .claimed
+            .max(st.entries.back().map_or(0, |(term, _)| *term));
+        cut
     }
 }
 

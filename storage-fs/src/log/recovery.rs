@@ -177,7 +177,7 @@ pub(super) fn recover(dir: &Path, options: &LogOptions) -> Result<Recovered, Sto
 /// Replaces everything from `offset` with zeroes (truncate, then extend back to the
 /// preallocated length) and makes it durable, so stale bytes can never be mistaken for
 /// records written later at the same place.
-fn zero_tail(path: &Path, offset: u64, len: u64) -> Result<(), StorageError> {
+pub(super) fn zero_tail(path: &Path, offset: u64, len: u64) -> Result<(), StorageError> {
     let file = OpenOptions::new()
         .write(true)
         .open(path)

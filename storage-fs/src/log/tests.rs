@@ -393,3 +393,100 @@ fn dropping_the_log_writes_entries_that_were_never_synced() {
     let log = FsLogStore::open(dir.path(), small()).expect("reopen");
     assert_entries(&log, 1, 4);
 }
+
+#[test]
+fn truncation_across_segments_is_durable_and_takes_lower_term_entries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FsLogStore::open(dir.path(), small()).expect("open");
+        append_synced(&log, 2, 100);
+        append_synced(&log, 5, 400);
+        let segments_before = log.shared.lock().segments.len();
+        smol::block_on(log.truncate_after(100)).expect("truncate");
+        assert_eq!(log.last_index(), 100);
+        assert!(log.shared.lock().segments.len() < segments_before);
+        // A leader of a lower term replaces the discarded suffix (Raft's conflicting entries).
+        let index = log
+            .append(3, b"replacement")
+            .expect("lower term after truncation");
+        assert_eq!(index, 101);
+        smol::block_on(log.sync(index)).expect("sync");
+    }
+    let log = FsLogStore::open(dir.path(), small()).expect("reopen");
+    assert_eq!(log.recovery_report().torn_tail, None);
+    assert_eq!(log.last_index(), 101);
+    let kept = log.read(1, 100).expect("read");
+    assert!(
+        kept.iter()
+            .zip(1..)
+            .all(|(e, i)| e.index == i && e.payload == payload(i))
+    );
+    let last = log.read(101, 1).expect("read");
+    assert_eq!(
+        (last[0].term, last[0].payload.as_slice()),
+        (3, &b"replacement"[..])
+    );
+}
+
+#[test]
+fn truncation_of_buffered_entries_never_reaches_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FsLogStore::open(dir.path(), small()).expect("open");
+        append_synced(&log, 1, 10);
+        for index in 11..=20 {
+            log.append(1, &payload(index)).expect("append");
+        }
+        smol::block_on(log.truncate_after(15)).expect("truncate");
+        assert_eq!(log.last_index(), 15);
+        smol::block_on(log.sync(15)).expect("sync");
+        // A sync for a discarded index does not wait for it.
+        smol::block_on(log.sync(20)).expect("sync past the end");
+    }
+    let log = FsLogStore::open(dir.path(), small()).expect("reopen");
+    assert_eq!(log.last_index(), 15);
+    assert_entries(&log, 1, 15);
+}
+
+#[test]
+fn truncation_within_the_active_segment_leaves_no_stale_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FsLogStore::open(dir.path(), small()).expect("open");
+        append_synced(&log, 2, 30);
+        smol::block_on(log.truncate_after(10)).expect("truncate");
+        // A shorter replacement: stale records after it must not read back after a restart.
+        let index = log.append(2, b"x").expect("append");
+        smol::block_on(log.sync(index)).expect("sync");
+    }
+    let log = FsLogStore::open(dir.path(), small()).expect("reopen");
+    assert_eq!(log.recovery_report().torn_tail, None);
+    assert_eq!(log.last_index(), 11);
+    let kept = log.read(1, 10).expect("read");
+    assert!(
+        kept.iter()
+            .zip(1..)
+            .all(|(e, i)| e.index == i && e.payload == payload(i))
+    );
+    assert_eq!(log.read(11, 1).expect("read")[0].payload, b"x".to_vec());
+}
+
+#[test]
+fn compaction_past_the_end_restarts_the_log_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FsLogStore::open(dir.path(), small()).expect("open");
+        append_synced(&log, 1, 300);
+        smol::block_on(log.compact(1000)).expect("compact past the end");
+        assert_eq!((log.first_index(), log.last_index()), (1001, 1000));
+        let index = log.append(2, b"after").expect("append");
+        assert_eq!(index, 1001);
+        smol::block_on(log.sync(index)).expect("sync");
+    }
+    let log = FsLogStore::open(dir.path(), small()).expect("reopen");
+    assert_eq!((log.first_index(), log.last_index()), (1001, 1001));
+    assert_eq!(
+        log.read(1001, 1).expect("read")[0].payload,
+        b"after".to_vec()
+    );
+}
