@@ -108,3 +108,31 @@ impl ProcedureContext {
         self.session.wait_stopped().await;
     }
 }
+
+/// Builds contexts for driving one procedure's steps by hand in tests (per-step tests):
+/// the steps run against `consensus` at `epoch`, outside any executor.
+#[cfg(test)]
+pub(crate) fn step_context(
+    consensus: Arc<dyn Consensus>,
+    runtime: Runtime,
+    env: Environment,
+    epoch: Epoch,
+    id: ProcedureId,
+    children: Vec<ChildOutcome>,
+) -> ProcedureContext {
+    let shared = Arc::new(super::session::Shared {
+        consensus,
+        registry: Arc::new(super::ProcedureRegistry::new()),
+        runtime,
+        env,
+        config: super::ExecutorConfig::default(),
+        changed: event_listener::Event::new(),
+        hooks: None,
+    });
+    ProcedureContext {
+        id,
+        session: SessionCore::new(epoch, shared),
+        children,
+        attempts: 0,
+    }
+}

@@ -81,6 +81,8 @@ pub mod examples;
 pub mod testing;
 
 pub use backoff::BackoffPolicy;
+#[cfg(test)]
+pub(crate) use context::step_context;
 pub use context::{ChildOutcome, Environment, ProcedureContext};
 pub use executor::{ExecutorConfig, ProcedureExecutor, RetentionPolicy};
 pub use locks::LockTable;

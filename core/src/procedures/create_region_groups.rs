@@ -592,3 +592,6 @@ impl ProcedureType for CreateRegionGroupsProcedure {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

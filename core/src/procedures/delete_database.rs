@@ -255,3 +255,6 @@ impl ProcedureType for DeleteDatabaseProcedure {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -522,3 +522,6 @@ impl ProcedureType for RemoveRegionGroupProcedure {
         Ok(Self { data })
     }
 }
+
+#[cfg(test)]
+mod tests;
