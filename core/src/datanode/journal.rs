@@ -1,5 +1,6 @@
 //! The DataNode's task journal: record types with explicit numeric codes, their encoding,
-//! replay at start-up, and the writer that appends and compacts.
+//! the typed replay error, and the writer that appends and compacts. (Replaying records into
+//! the task table lives with the table, in `tasks.rs`.)
 //!
 //! Encoding of one record: `code: u16 BE | crc32c(code ‖ body): u32 BE | body: CBOR`. Codes
 //! are assigned in [`RecordCode`] and never change meaning; an unknown code, a bad checksum
@@ -9,7 +10,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::tasks::TaskTable;
 use crate::api::{MaintainTaskKind, TaskStatus};
 use crate::coded_enum;
 use crate::model::{Epoch, RegionId, TaskId};
@@ -370,59 +370,6 @@ pub enum ReplayError {
         /// What is wrong.
         reason: String,
     },
-}
-
-/// What a replay restores.
-#[derive(Debug, Default)]
-pub(crate) struct Replayed {
-    pub highest_epoch: Epoch,
-    pub table: TaskTable,
-}
-
-/// Rebuilds the highest epoch and the task table from `records`. Restored terminal results
-/// count their retention age from `now` (clock origins differ across restarts).
-pub(crate) fn replay(records: &[Vec<u8>], now: Millis) -> Result<Replayed, ReplayError> {
-    let mut out = Replayed::default();
-    for (index, bytes) in records.iter().enumerate() {
-        let record = JournalRecord::decode(bytes)
-            .map_err(|source| ReplayError::Undecodable { index, source })?;
-        match record {
-            JournalRecord::EpochSeen { epoch } => {
-                out.highest_epoch = out.highest_epoch.max(epoch);
-            }
-            JournalRecord::TaskAccepted { task_id, kind } => {
-                out.table
-                    .insert_running(task_id, MaintainTaskKind::from(&kind), now);
-            }
-            JournalRecord::RegionFenced { region, generation } => {
-                out.table.fence(region, generation, now);
-            }
-            JournalRecord::TaskFinished {
-                task_id,
-                outcome,
-                reason,
-                ..
-            } => {
-                let status = match outcome {
-                    OutcomeCode::Success => TaskStatus::Success,
-                    OutcomeCode::Fail => TaskStatus::Fail(reason.unwrap_or_default()),
-                };
-                if !out.table.finish(task_id, status, now) {
-                    return Err(ReplayError::Inconsistent {
-                        index,
-                        reason: format!("{task_id} finished but was never accepted"),
-                    });
-                }
-            }
-            JournalRecord::TaskForgotten { task_id, reason } => {
-                out.table.remove(task_id);
-                if reason == ForgetReason::Acked {
-                    out.table.remember_acked(task_id, now);
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Appends records and compacts the journal; callers serialise through one async mutex so
