@@ -40,20 +40,21 @@ use super::env::{RegionEnv, first_failed_child};
 use super::{CREATE_REGION_GROUPS, RemoveRegionGroupProcedure};
 
 coded_enum! {
-    /// States of [`CreateRegionGroupsProcedure`].
+    /// States of [`CreateRegionGroupsProcedure`], in the order they run. Codes are stable
+    /// (`CreateDatabase` came last, so it keeps 6).
     pub enum CreateRegionGroupsState {
+        /// Create the database itself (only when the procedure creates a new database).
+        CreateDatabase = 6,
         /// Reserve region ids and choose DataNodes.
         Prepare = 1,
-        /// Create every replica (synchronous RPCs).
+        /// Record the footprints, then create every replica (synchronous RPCs).
         CreateReplicas = 2,
         /// Publish groups with a quorum; queue creates for their missing replicas.
         Publish = 3,
-        /// Spawn one removal per group without a quorum.
+        /// Spawn one removal per group never published.
         TearDown = 4,
-        /// Report the outcome.
+        /// Report the outcome (dropping a database the creation made and left empty).
         Finish = 5,
-        /// Create the database itself (when the procedure creates a new database).
-        CreateDatabase = 6,
     }
 }
 
