@@ -66,8 +66,8 @@ coded_enum! {
 
 /// A maintain task's kind in its stored form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct StoredTaskKind {
-    /// Which kind.
     pub code: MaintainKindCode,
     /// The region it operates on.
     pub region: RegionId,
@@ -105,6 +105,7 @@ impl From<&StoredTaskKind> for MaintainTaskKind {
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub enum JournalRecord {
     /// The highest epoch seen is now `epoch`.
     EpochSeen {
@@ -113,16 +114,12 @@ pub enum JournalRecord {
     },
     /// A task was accepted.
     TaskAccepted {
-        /// The task.
         task_id: TaskId,
-        /// What it does.
         kind: StoredTaskKind,
     },
     /// A task finished.
     TaskFinished {
-        /// The task.
         task_id: TaskId,
-        /// Its terminal outcome.
         outcome: OutcomeCode,
         /// The failure reason (for [`OutcomeCode::Fail`]).
         reason: Option<String>,
@@ -131,14 +128,11 @@ pub enum JournalRecord {
     },
     /// A terminal result was forgotten.
     TaskForgotten {
-        /// The task.
         task_id: TaskId,
-        /// Why.
         reason: ForgetReason,
     },
     /// Creates of `region` at or below `generation` are refused.
     RegionFenced {
-        /// The region.
         region: RegionId,
         /// The highest creation generation a deletion of it covered.
         generation: u64,
@@ -180,13 +174,11 @@ struct FencedBody {
 
 /// Why journal bytes could not be decoded. Never retryable: the bytes are wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub enum JournalDecodeError {
     /// Fewer bytes than the header.
     #[error("record truncated: {len} bytes, header needs {RECORD_HEADER_LEN}")]
-    Truncated {
-        /// Bytes available.
-        len: usize,
-    },
+    Truncated { len: usize },
     /// The checksum does not match.
     #[error("record checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum {
@@ -200,12 +192,7 @@ pub enum JournalDecodeError {
     UnknownCode(u16),
     /// The body does not decode as the code's body type.
     #[error("journal record code {code} has a malformed body: {message}")]
-    MalformedBody {
-        /// The record code.
-        code: u16,
-        /// The decoder's message.
-        message: String,
-    },
+    MalformedBody { code: u16, message: String },
 }
 
 fn checksum(code: u16, body: &[u8]) -> u32 {
@@ -353,13 +340,13 @@ impl JournalRecord {
 
 /// Why a journal could not be replayed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub enum ReplayError {
     /// Record `index` (0-based, in load order) does not decode.
     #[error("journal record {index} is undecodable: {source}")]
     Undecodable {
         /// Position of the record.
         index: usize,
-        /// Why.
         source: JournalDecodeError,
     },
     /// Record `index` contradicts the records before it.
@@ -367,7 +354,6 @@ pub enum ReplayError {
     Inconsistent {
         /// Position of the record.
         index: usize,
-        /// What is wrong.
         reason: String,
     },
 }

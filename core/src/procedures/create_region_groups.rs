@@ -60,8 +60,8 @@ coded_enum! {
 
 /// One group to create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct PlannedGroup {
-    /// Its reserved id.
     pub region: RegionId,
     /// Where its replicas go.
     pub replicas: Vec<DataNodeId>,
@@ -71,10 +71,9 @@ pub struct PlannedGroup {
 
 /// Persistent data of [`CreateRegionGroupsProcedure`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct CreateRegionGroupsData {
-    /// Current state.
     pub state: CreateRegionGroupsState,
-    /// The owning database.
     pub database: DatabaseName,
     /// Schema region groups requested.
     pub schema_groups: u32,
