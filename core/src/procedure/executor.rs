@@ -199,7 +199,8 @@ impl ProcedureExecutor {
         if !self.shared.registry.contains(procedure.type_code()) {
             return Err(ProcedureError::UnknownType(procedure.type_code()));
         }
-        let new = new_procedure(procedure.as_ref(), self.shared.runtime.clock.now_ms())?;
+        let clock = &self.shared.runtime.clock;
+        let new = new_procedure(procedure.as_ref(), clock.now_ms(), clock.unix_ms())?;
         let plan = ConfigPlan::SubmitProcedure(SubmitProcedure {
             procedure: new,
             request_key,

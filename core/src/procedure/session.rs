@@ -227,7 +227,12 @@ impl SessionCore {
             self.stop_now();
             return Err(ProcedureError::Stopped);
         }
+        let started = self.now();
         let result = self.shared.consensus.propose(self.epoch, plan).await;
+        crate::metrics::record(crate::metrics::MetricEvent::Commit {
+            ok: matches!(result, Ok(Ok(_))),
+            duration: Duration::from_millis(self.now().saturating_sub(started)),
+        });
         #[cfg(any(test, feature = "testing"))]
         if result.is_ok()
             && let Some(hooks) = &self.shared.hooks
@@ -568,6 +573,7 @@ impl SessionCore {
             slot.release();
             self.after_rollback(record, instance, outcome).await;
         } else {
+            let started = self.now();
             let outcome = future::or(
                 async {
                     self.wait_stopped().await;
@@ -578,6 +584,11 @@ impl SessionCore {
             .await
             .filter(|_| !self.is_stopped());
             let Some(outcome) = outcome else { return };
+            record_step(
+                instance.type_name(),
+                &outcome,
+                self.now().saturating_sub(started),
+            );
             #[cfg(any(test, feature = "testing"))]
             let outcome = match self.shared.hooks.as_ref().and_then(|h| h.after_step(id)) {
                 Some(injected) => Err(injected),
@@ -638,6 +649,25 @@ impl Drop for CommitSettled {
     fn drop(&mut self) {
         self.hooks.commit_settled(&self.point);
     }
+}
+
+/// Reports one forward step's duration and how it ended.
+fn record_step(procedure: &'static str, outcome: &Result<super::Step, ProcedureError>, ms: u64) {
+    use crate::metrics::{MetricEvent, Outcome};
+    if !crate::metrics::enabled() {
+        return;
+    }
+    let outcome = match outcome {
+        Ok(super::Step::Wait { .. }) => Outcome::Retry,
+        Ok(_) => Outcome::Success,
+        Err(e) if e.is_retryable() => Outcome::Retry,
+        Err(_) => Outcome::Failure,
+    };
+    crate::metrics::record(MetricEvent::Step {
+        procedure,
+        outcome,
+        duration: Duration::from_millis(ms),
+    });
 }
 
 /// The ancestors of `id` (parent, grandparent, ...).

@@ -47,6 +47,10 @@ pub struct ProcedureInfo {
     pub submitted_at_ms: u64,
     /// Last transition time (ms, that leader's clock).
     pub updated_at_ms: u64,
+    /// Submission time, wall clock (Unix ms; 0 when unknown).
+    pub submitted_unix_ms: u64,
+    /// Last transition time, wall clock (Unix ms; 0 when unknown).
+    pub updated_unix_ms: u64,
     /// Failed attempts of the current step.
     pub attempts: u32,
     pub last_error: Option<String>,
@@ -96,6 +100,8 @@ pub fn procedure_info(record: &ProcedureRecord, registry: &ProcedureRegistry) ->
         children: record.children.clone(),
         submitted_at_ms: record.submitted_at_ms,
         updated_at_ms: record.updated_at_ms,
+        submitted_unix_ms: record.submitted_unix_ms,
+        updated_unix_ms: record.updated_unix_ms,
         attempts: record.attempts,
         last_error: record.last_error.clone(),
         waiting_for,

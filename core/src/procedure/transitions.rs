@@ -54,6 +54,7 @@ impl SessionCore {
         next.data = instance.encode()?;
         next.status = status;
         next.updated_at_ms = self.shared.runtime.clock.now_ms();
+        next.updated_unix_ms = self.shared.runtime.clock.unix_ms();
         next.attempts = 0;
         next.wake_at_ms = None;
         next.waiting_for = None;
@@ -101,7 +102,9 @@ impl SessionCore {
                 match self.next_record(&record, instance.as_ref(), ProcedureStatus::Suspended) {
                     Ok(r) => children
                         .iter()
-                        .map(|child| new_procedure(child.as_ref(), now))
+                        .map(|child| {
+                            new_procedure(child.as_ref(), now, self.shared.runtime.clock.unix_ms())
+                        })
                         .collect::<Result<Vec<_>, _>>()
                         .map(|spawn| (r, spawn, Then::Suspend)),
                     Err(e) => Err(e),
@@ -179,6 +182,7 @@ impl SessionCore {
         let policy = &self.shared.config.backoff;
         let mut next = record.clone();
         next.updated_at_ms = now;
+        next.updated_unix_ms = self.shared.runtime.clock.unix_ms();
         if error.is_retryable() && policy.may_retry(attempts) {
             let delay = policy.delay(attempts, self.shared.runtime.rng.as_ref());
             tracing::warn!(procedure = %id, attempts, error = %error, ?delay, "step failed; retrying");
@@ -312,10 +316,11 @@ impl SessionCore {
     }
 }
 
-/// The record a spawned child starts from.
+/// The record a procedure starts from, submitted at `now` (monotonic) / `unix_ms` (wall).
 pub(crate) fn new_procedure(
     procedure: &dyn Procedure,
     now: u64,
+    unix_ms: u64,
 ) -> Result<NewProcedure, ProcedureError> {
     let state = procedure.state();
     Ok(NewProcedure {
@@ -326,5 +331,6 @@ pub(crate) fn new_procedure(
         data: procedure.encode()?,
         lock_keys: normalize_lock_keys(procedure.lock_keys()),
         submitted_at_ms: now,
+        submitted_unix_ms: unix_ms,
     })
 }

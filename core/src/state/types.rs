@@ -178,6 +178,9 @@ pub struct NewProcedure {
     pub lock_keys: Vec<LockKey>,
     /// Submission time, milliseconds on the proposer's clock.
     pub submitted_at_ms: u64,
+    /// Submission time, wall clock (Unix ms), for people; 0 when unknown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub submitted_unix_ms: u64,
 }
 
 /// A procedure's durable record.
@@ -204,7 +207,7 @@ pub struct ProcedureRecord {
     pub lock_keys: Vec<LockKey>,
     /// The client request key it was submitted with.
     pub request_key: Option<String>,
-    /// Submission time (ms).
+    /// Submission time (ms, the submitting leader's monotonic clock).
     pub submitted_at_ms: u64,
     /// Time of the last recorded transition (ms).
     pub updated_at_ms: u64,
@@ -218,6 +221,12 @@ pub struct ProcedureRecord {
     pub waiting_for: Option<String>,
     /// Output of a succeeded procedure (CBOR, owned by the procedure type).
     pub output: Option<serde_bytes::ByteBuf>,
+    /// Submission time, wall clock (Unix ms), for people; 0 when unknown (older records).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub submitted_unix_ms: u64,
+    /// Time of the last recorded transition, wall clock (Unix ms); 0 when unknown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub updated_unix_ms: u64,
     /// How many updates have been applied to this record (set by apply, starting at 0);
     /// [`crate::plan::UpdateProcedure::expect_version`] compares against it.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -246,6 +255,8 @@ impl ProcedureRecord {
             request_key: None,
             submitted_at_ms: new.submitted_at_ms,
             updated_at_ms: new.submitted_at_ms,
+            submitted_unix_ms: new.submitted_unix_ms,
+            updated_unix_ms: new.submitted_unix_ms,
             wake_at_ms: None,
             attempts: 0,
             last_error: None,
