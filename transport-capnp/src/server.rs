@@ -444,7 +444,7 @@ impl ServerShared {
             Ok(())
         } else {
             Err(ApiError::Refused(format!(
-                "a {role} login may not call {method}"
+                "a login as {role} may not call {method}"
             )))
         }
     }

@@ -5,6 +5,7 @@
 mod fake;
 mod faults;
 mod invalid;
+mod security;
 
 use std::sync::Arc;
 use std::time::Duration;
