@@ -18,8 +18,8 @@ use crate::plan::ConfigPlan;
 use crate::runtime::{Millis, Runtime};
 use crate::state::{ApplyResult, ClusterState, ProcedureStatus};
 
+use super::config::ExecutorConfig;
 use super::context::{ChildOutcome, Environment, ProcedureContext};
-use super::executor::ExecutorConfig;
 use super::locks::LockTable;
 use super::{Procedure, ProcedureError, ProcedureRegistry, normalize_lock_keys};
 
@@ -355,29 +355,10 @@ impl SessionCore {
         let _ = self.ready_tx.try_send(id);
     }
 
+    /// Makes `id` ready after `delay` (a requested wait or a retry backoff).
     pub(crate) fn sleep_then_ready(self: &Arc<Self>, id: ProcedureId, delay: Duration) {
-        self.set_phase(id, Phase::Sleeping);
-        let session = self.clone();
         let sleep = self.shared.runtime.clock.sleep(delay);
-        self.shared.runtime.spawner.spawn(
-            "procedure-timer",
-            Box::pin(async move {
-                let woke = future::or(
-                    async {
-                        sleep.await;
-                        true
-                    },
-                    async {
-                        session.wait_stopped().await;
-                        false
-                    },
-                )
-                .await;
-                if woke && !session.is_stopped() {
-                    session.make_ready(id);
-                }
-            }),
-        );
+        self.ready_when(id, Phase::Sleeping, "procedure-timer", sleep);
     }
 
     /// Makes `id` ready once `until` resolves (a step's [`super::Step::Await`]).
@@ -387,14 +368,26 @@ impl SessionCore {
         until: crate::runtime::BoxFuture<()>,
         waiting_for: String,
     ) {
-        self.set_phase(id, Phase::Awaiting(waiting_for));
+        self.ready_when(id, Phase::Awaiting(waiting_for), "procedure-await", until);
+    }
+
+    /// Puts `id` in `phase` and makes it ready once `wake` resolves, unless the session
+    /// stops first (then nothing happens: the next leader reschedules it).
+    fn ready_when(
+        self: &Arc<Self>,
+        id: ProcedureId,
+        phase: Phase,
+        name: &str,
+        wake: crate::runtime::BoxFuture<()>,
+    ) {
+        self.set_phase(id, phase);
         let session = self.clone();
         self.shared.runtime.spawner.spawn(
-            "procedure-await",
+            name,
             Box::pin(async move {
                 let woke = future::or(
                     async {
-                        until.await;
+                        wake.await;
                         true
                     },
                     async {
@@ -503,7 +496,7 @@ impl SessionCore {
         };
         let ctx = ProcedureContext {
             id,
-            session: self.clone(),
+            host: self.clone(),
             children,
             attempts: record.attempts,
         };

@@ -43,10 +43,9 @@ coded_enum! {
 
 /// Persistent data of [`DeleteDatabaseProcedure`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct DeleteDatabaseData {
-    /// Current state.
     pub state: DeleteDatabaseState,
-    /// The database.
     pub name: DatabaseName,
     /// Groups handed to child removals (for status and the final check).
     pub groups: Vec<RegionId>,
@@ -255,3 +254,6 @@ impl ProcedureType for DeleteDatabaseProcedure {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,6 +14,8 @@ mod create_region_groups;
 mod delete_database;
 mod env;
 mod remove_region_group;
+#[cfg(test)]
+mod testing;
 
 pub use create_region_groups::{
     CreateRegionGroupsData, CreateRegionGroupsOutput, CreateRegionGroupsProcedure,
