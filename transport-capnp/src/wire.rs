@@ -14,7 +14,7 @@ use std::rc::Rc;
 use capnp::capability::Promise;
 use capnp::message::{Builder, HeapAllocator, ReaderOptions};
 use capnp_rpc::rpc_twoparty_capnp::Side;
-use futures_lite::{AsyncRead, AsyncWrite};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use crate::runtime::WireLimits;
 
@@ -148,18 +148,36 @@ impl capnp_rpc::Connection<Side> for Connection {
         &mut self,
     ) -> Promise<Option<Box<dyn capnp_rpc::IncomingMessage>>, capnp::Error> {
         let inner = self.inner.borrow();
-        let options = match inner.limits.next_message() {
-            Ok(options) => options,
-            Err(e) => return Promise::err(e),
-        };
         let Some(mut input) = inner.input.borrow_mut().take() else {
             return Promise::err(capnp::Error::failed(
                 "a message is already being read".into(),
             ));
         };
         let give_back = inner.input.clone();
+        let limits = inner.limits.clone();
         Promise::from_future(async move {
-            let message = capnp_futures::serialize::try_read_message(&mut input, options).await?;
+            // The limits are those in force when the frame's first word arrives, not when
+            // the read began: capnp-rpc starts reading the next message before the login
+            // call it just received has run.
+            let mut first = [0u8; 8];
+            let mut got = 0;
+            while got < first.len() {
+                let n = input.read(&mut first[got..]).await?;
+                if n == 0 {
+                    if got == 0 {
+                        return Ok(None);
+                    }
+                    return Err(capnp::Error::from_kind(
+                        capnp::ErrorKind::PrematureEndOfFile,
+                    ));
+                }
+                got += n;
+            }
+            let options = limits.next_message()?;
+            let message = {
+                let mut framed = futures_lite::io::AsyncReadExt::chain(&first[..], &mut input);
+                capnp_futures::serialize::try_read_message(&mut framed, options).await?
+            };
             *give_back.borrow_mut() = Some(input);
             Ok(message.map(|message| {
                 Box::new(Incoming { message }) as Box<dyn capnp_rpc::IncomingMessage>

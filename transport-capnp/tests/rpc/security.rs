@@ -136,6 +136,12 @@ fn a_frame_header_announcing_a_big_message_before_login_closes_the_connection_at
             client.write_region(region, vec![7u8; 4 << 20]).await,
             Ok(4 << 20)
         );
+        // Also when it is the very first call after login (the server's read of it began
+        // before the login ran).
+        for _ in 0..5 {
+            let fresh = data_client(&served, role_options(Role::ConfigNode, INTERNAL));
+            assert!(fresh.write_region(region, vec![8u8; 2 << 20]).await.is_ok());
+        }
     });
 }
 
