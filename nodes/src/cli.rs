@@ -26,6 +26,8 @@ pub struct Cli {
 }
 
 /// Every `shoal` command.
+// Parsed once per process: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs a local cluster: 1 ConfigNode + 3 DataNodes on 127.0.0.1 (Ctrl-C stops it).
