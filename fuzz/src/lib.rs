@@ -32,6 +32,8 @@ pub struct Target {
     pub seeds: Vec<Vec<u8>>,
     /// Runs one input.
     pub run: RunFn,
+    /// Counters the target keeps (e.g. inputs that reached the server), for the report.
+    pub counters: Vec<(&'static str, Arc<AtomicU64>)>,
 }
 
 /// Largest input generated.
@@ -160,6 +162,8 @@ pub struct Report {
     pub peak_bytes: u64,
     /// What went wrong.
     pub findings: Vec<Finding>,
+    /// The target's own counters at the end.
+    pub counters: Vec<(&'static str, u64)>,
 }
 
 impl Report {
@@ -171,9 +175,14 @@ impl Report {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let counters: String = self
+            .counters
+            .iter()
+            .map(|(name, n)| format!("  {name} {n}"))
+            .collect();
         write!(
             f,
-            "{:<18} {:>9} cases {:>10.0} cases/s  slowest {:>8.2?}  peak alloc {:>7} KiB  {}",
+            "{:<18} {:>9} cases {:>10.0} cases/s  slowest {:>8.2?}  peak alloc {:>7} KiB  {}{counters}",
             self.name,
             self.cases,
             self.cases_per_sec(),
@@ -323,6 +332,7 @@ pub fn run_target(
         slowest: Duration::ZERO,
         peak_bytes: 0,
         findings: Vec::new(),
+        counters: Vec::new(),
     };
     // Seeds run as they are first: they must pass too.
     let mut pending: Vec<Vec<u8>> = target.seeds.iter().rev().cloned().collect();
@@ -376,5 +386,10 @@ pub fn run_target(
         }
     }
     report.elapsed = started.elapsed();
+    report.counters = target
+        .counters
+        .iter()
+        .map(|(name, n)| (*name, n.load(Ordering::Relaxed)))
+        .collect();
     report
 }

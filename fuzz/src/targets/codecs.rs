@@ -75,6 +75,7 @@ pub fn plan() -> Target {
             }
             Ok(())
         }),
+        counters: Vec::new(),
     }
 }
 
@@ -101,6 +102,7 @@ pub fn snapshot() -> Target {
             }
             Ok(())
         }),
+        counters: Vec::new(),
     }
 }
 
@@ -140,6 +142,7 @@ pub fn procedure() -> Target {
             let _ = registry.decode(code, data);
             Ok(())
         }),
+        counters: Vec::new(),
     }
 }
 
@@ -183,6 +186,7 @@ pub fn journal_record() -> Target {
             }
             Ok(())
         }),
+        counters: Vec::new(),
     }
 }
 
@@ -221,6 +225,7 @@ pub fn raft_entry() -> Target {
             let _ = decode_entry(bytes);
             Ok(())
         }),
+        counters: Vec::new(),
     }
 }
 
@@ -256,6 +261,7 @@ pub fn raft_meta() -> Target {
             let _ = RaftMeta::decode(bytes);
             Ok(())
         }),
+        counters: Vec::new(),
     }
 }
 
@@ -280,5 +286,6 @@ pub fn raft_snapshot() -> Target {
             }
             Ok(())
         }),
+        counters: Vec::new(),
     }
 }

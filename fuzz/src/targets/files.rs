@@ -86,6 +86,7 @@ pub fn journal_file() -> Target {
             }
             Ok(())
         }),
+        counters: Vec::new(),
     }
 }
 
@@ -159,6 +160,7 @@ pub fn log_recovery() -> Target {
             }
             Ok(())
         }),
+        counters: Vec::new(),
     }
 }
 
@@ -194,5 +196,6 @@ pub fn snapshot_file() -> Target {
             }
             Ok(())
         }),
+        counters: Vec::new(),
     }
 }

@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use capnp::message::{Builder, ReaderOptions};
@@ -263,9 +264,10 @@ fn seed_params(m: usize) -> Vec<u8> {
 }
 
 /// Calls method `input[0]` with `input[1..]` as its parameter struct (one segment).
-fn call(client: &Client, input: &[u8]) -> Result<(), String> {
+/// Returns whether a request was sent (a struct that cannot be read is not).
+fn call(client: &Client, input: &[u8]) -> Result<bool, String> {
     let Some((&m, words)) = input.split_first() else {
-        return Ok(());
+        return Ok(false);
     };
     let m = usize::from(m) % METHODS;
     // An aligned copy of the segment (partial trailing words are dropped).
@@ -284,17 +286,17 @@ fn call(client: &Client, input: &[u8]) -> Result<(), String> {
     macro_rules! send {
         ($client:expr, $request:ident, $m:ident :: $params:ident $(, |$p:ident| $fix:expr)?) => {{
             let Ok(root) = message.get_root::<$m::$params::Reader<'_>>() else {
-                return Ok(());
+                return Ok(false);
             };
             let mut request = $client.$request();
             if request.set(root).is_err() {
-                return Ok(());
+                return Ok(false);
             }
             $( { let mut $p = request.get(); $fix; } )?
             client.block_on(async move {
                 // An error reply or a refused call is fine; only no answer is not.
                 let _ = request.send().promise.await;
-                Ok(())
+                Ok(true)
             })
         }};
     }
@@ -392,9 +394,12 @@ pub fn capnp_request() -> Target {
     let seeds = (0..METHODS).map(seed_params).collect();
     let mut state: Option<Result<(Node, Client), String>> = None;
     let mut cases = 0u64;
+    let sent = Arc::new(AtomicU64::new(0));
+    let counted = sent.clone();
     Target {
         name: "capnp_request",
         seeds,
+        counters: vec![("sent", sent)],
         run: Box::new(move |input| {
             let (_, client) = state
                 .get_or_insert_with(|| {
@@ -404,7 +409,9 @@ pub fn capnp_request() -> Target {
                 })
                 .as_ref()
                 .map_err(Clone::clone)?;
-            call(client, input)?;
+            if call(client, input)? {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
             cases += 1;
             if cases % 64 == 0 {
                 client.health()?;
@@ -516,6 +523,7 @@ pub fn capnp_frames() -> Target {
     Target {
         name: "capnp_frames",
         seeds,
+        counters: Vec::new(),
         run: Box::new(move |input| {
             let (node, client) = state
                 .get_or_insert_with(|| {
