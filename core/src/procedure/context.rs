@@ -52,10 +52,52 @@ pub struct ChildOutcome {
     pub error: Option<String>,
 }
 
+/// One of the executor's worker slots, held by a running step: held while the step
+/// computes or calls peers, given back while it waits for a commit, so that commits of many
+/// procedures share one flush (group commit) whatever the number of workers.
+pub(crate) struct WorkerSlot {
+    permits: Arc<async_lock::Semaphore>,
+    held: std::sync::Mutex<Option<async_lock::SemaphoreGuardArc>>,
+}
+
+impl WorkerSlot {
+    /// A slot holding `guard`, one of `permits`.
+    pub(crate) fn new(
+        permits: Arc<async_lock::Semaphore>,
+        guard: async_lock::SemaphoreGuardArc,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            permits,
+            held: std::sync::Mutex::new(Some(guard)),
+        })
+    }
+
+    /// Gives the slot back (idempotent).
+    pub(crate) fn release(&self) {
+        let guard = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(guard);
+    }
+
+    /// Takes a slot again (after a commit), waiting for one to be free.
+    pub(crate) async fn reacquire(&self) {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if !held {
+            let guard = self.permits.acquire_arc().await;
+            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+        }
+    }
+}
+
 /// Volatile context of one step: rebuilt for every step, never persisted.
 pub struct ProcedureContext {
     pub(crate) id: ProcedureId,
     pub(crate) host: Arc<dyn StepHost>,
+    /// The worker slot the step holds (none when a test drives a step by hand).
+    pub(crate) slot: Option<Arc<WorkerSlot>>,
     pub(crate) children: Vec<ChildOutcome>,
     pub(crate) attempts: u32,
 }
@@ -110,7 +152,16 @@ impl ProcedureContext {
     /// hooks) as the framework's own transitions: after the executor stops, it fails with
     /// [`ProcedureError::Stopped`]. The inner result is the state machine's verdict.
     pub async fn propose(&self, plan: ConfigPlan) -> Result<ApplyResult, ProcedureError> {
-        self.host.commit(plan, Some(self.id)).await
+        // The slot is free while the commit waits for durability: other procedures' steps
+        // run meanwhile, and their commits join the same flush.
+        if let Some(slot) = &self.slot {
+            slot.release();
+        }
+        let result = self.host.commit(plan, Some(self.id)).await;
+        if let Some(slot) = &self.slot {
+            slot.reacquire().await;
+        }
+        result
     }
 
     /// Outcomes of the children this procedure spawned, in spawn order.

@@ -73,6 +73,7 @@ pub(crate) fn step_context(
     ProcedureContext {
         id,
         host: SessionCore::new(epoch, shared),
+        slot: None,
         children,
         attempts: 0,
     }

@@ -240,7 +240,7 @@ impl SessionCore {
                     self.put_instance(id, instance);
                 }
                 match then {
-                    Then::Ready => self.make_ready(id),
+                    Then::Ready => self.make_ready_first(id),
                     Then::Sleep(delay) => self.sleep_then_ready(id, delay),
                     Then::Suspend => {
                         self.set_phase(id, Phase::Suspended);

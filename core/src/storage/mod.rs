@@ -101,6 +101,15 @@ pub trait LogStore: Send + Sync + 'static {
     async fn sync(&self, index: u64) -> Result<(), StorageError>;
     /// Entries from `from` (inclusive), at most `max` of them.
     fn read(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, StorageError>;
+    /// The term of the entry at `index`, if the log holds it.
+    fn term_at(&self, index: u64) -> Option<u64> {
+        self.read(index, 1)
+            .ok()?
+            .into_iter()
+            .next()
+            .filter(|entry| entry.index == index)
+            .map(|entry| entry.term)
+    }
     /// Index of the first retained entry (1 when nothing was compacted).
     fn first_index(&self) -> u64;
     /// Index of the last appended entry (0 when empty).

@@ -16,31 +16,9 @@ const ID: ProcedureId = ProcedureId(4);
 fn a_deletion_whose_database_is_gone_already_succeeds() {
     smol::block_on(async {
         let env = StepEnv::new(3).await;
-        let mut deletion = DeleteDatabaseProcedure::of_incarnation(db(), None);
+        let mut deletion = DeleteDatabaseProcedure::new(db());
         let step = env.step(&mut deletion, ID, Vec::new()).await;
         assert!(matches!(step, Ok(Step::Done(_))), "{step:?}");
-    });
-}
-
-#[test]
-fn a_database_of_the_same_name_created_since_is_left_alone() {
-    smol::block_on(async {
-        let env = StepEnv::new(3).await;
-        env.commit(ConfigPlan::CreateDatabase(CreateDatabase {
-            schema: schema(),
-            created_by: Some(ProcedureId(99)),
-        }))
-        .await
-        .expect("created");
-        // Asked to delete the incarnation created by proc-12, long gone.
-        let mut deletion = DeleteDatabaseProcedure::of_incarnation(db(), Some(ProcedureId(12)));
-        let step = env.step(&mut deletion, ID, Vec::new()).await;
-        assert!(matches!(step, Ok(Step::Done(_))), "{step:?}");
-        let state = env.state();
-        assert!(
-            !state.databases[&db()].deleting,
-            "the newer database is untouched"
-        );
     });
 }
 
