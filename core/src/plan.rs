@@ -167,6 +167,9 @@ config_plans! {
     UpdateProcedure = 401 => UpdateProcedure,
     /// Delete finished procedure records (retention).
     DeleteProcedures = 402 => DeleteProcedures,
+    /// Record a procedure's transition together with one metadata change of its step: both
+    /// apply or neither does.
+    TransitionWithEffect = 403 => TransitionWithEffect,
 }
 
 /// Body of [`ConfigPlan::RegisterDataNode`].
@@ -359,6 +362,55 @@ pub struct UpdateProcedure {
     /// applied twice (and never spawns its children twice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_version: Option<u64>,
+}
+
+/// Body of [`ConfigPlan::TransitionWithEffect`]: a step's metadata change committed in the
+/// same entry as the step's transition, so no crash, leader change or unknown commit outcome
+/// can separate them (and a step needs one commit, not two).
+///
+/// Applied as: the update's checks (the record exists, is not finished, has the expected
+/// version), then the effect (a rejected effect rejects the whole entry; a rejected plan
+/// changes nothing), then the update. The effect may not be a procedure plan or a retired
+/// one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionWithEffect {
+    /// The procedure's transition.
+    pub update: UpdateProcedure,
+    /// The metadata change its step made, in [`ConfigPlan::encode`] form on the wire.
+    #[serde(with = "nested_plan")]
+    pub effect: Box<ConfigPlan>,
+}
+
+/// A plan nested in another plan's body: its own `code | crc32c | CBOR` bytes.
+mod nested_plan {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::ConfigPlan;
+
+    pub fn serialize<S: Serializer>(plan: &ConfigPlan, s: S) -> Result<S::Ok, S::Error> {
+        let bytes = plan.encode().map_err(serde::ser::Error::custom)?;
+        serde_bytes::serialize(&bytes, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Box<ConfigPlan>, D::Error> {
+        let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
+        ConfigPlan::decode(&bytes)
+            .map(Box::new)
+            .map_err(|e| serde::de::Error::custom(format!("nested plan: {e}")))
+    }
+}
+
+impl ConfigPlan {
+    /// Whether this plan records or deletes procedures (never a transition's effect).
+    pub fn is_procedure_plan(&self) -> bool {
+        matches!(
+            self,
+            ConfigPlan::SubmitProcedure(_)
+                | ConfigPlan::UpdateProcedure(_)
+                | ConfigPlan::DeleteProcedures(_)
+                | ConfigPlan::TransitionWithEffect(_)
+        )
+    }
 }
 
 /// Body of [`ConfigPlan::DeleteProcedures`].

@@ -245,6 +245,26 @@ pub fn plan_for(code: PlanCode) -> BoxedStrategy<ConfigPlan> {
                 })
             })
             .boxed(),
+        PlanCode::TransitionWithEffect => (
+            procedure_record(),
+            prop::option::of(0u64..4),
+            region_id(),
+            data_node_id(),
+        )
+            .prop_map(|(record, expect_version, region, data_node)| {
+                ConfigPlan::TransitionWithEffect(TransitionWithEffect {
+                    update: UpdateProcedure {
+                        record,
+                        spawn: Vec::new(),
+                        expect_version,
+                    },
+                    effect: Box::new(ConfigPlan::ReplicaDeleted(ReplicaDeleted {
+                        region,
+                        data_node,
+                    })),
+                })
+            })
+            .boxed(),
         PlanCode::DeleteProcedures => prop::collection::vec(1u64..20, 0..3)
             .prop_map(|ids| {
                 ConfigPlan::DeleteProcedures(DeleteProcedures {

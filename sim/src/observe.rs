@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use shoal_core::api::MaintainTaskKind;
 use shoal_core::datanode::journal::{JournalRecord, OutcomeCode};
 use shoal_core::model::{DataNodeId, DatabaseName, ProcedureId, RegionId, TaskId};
-use shoal_core::plan::ConfigPlan;
+use shoal_core::plan::{ConfigPlan, TransitionWithEffect};
 use shoal_core::procedure::ProcedureType;
 use shoal_core::procedures::{
     CreateRegionGroupsProcedure, DeleteDatabaseProcedure, RemovalScope, RemoveRegionGroupProcedure,
@@ -372,7 +372,11 @@ impl Observer {
                 (ConfigPlan::AddRegionLocation(p), Ok(_)) => {
                     seen.published.insert(p.region);
                 }
-                (ConfigPlan::UpdateProcedure(p), Ok(Applied::ProcedureUpdated { children })) => {
+                (
+                    ConfigPlan::UpdateProcedure(p)
+                    | ConfigPlan::TransitionWithEffect(TransitionWithEffect { update: p, .. }),
+                    Ok(Applied::ProcedureUpdated { children }),
+                ) => {
                     if p.record.status == ProcedureStatus::Succeeded {
                         finished = seen.state.procedures.get(&p.record.id).cloned();
                     }
@@ -612,6 +616,18 @@ pub fn describe_plan(plan: &ConfigPlan) -> String {
             if !p.spawn.is_empty() {
                 let _ = write!(out, " spawning {}", p.spawn.len());
             }
+        }
+        ConfigPlan::TransitionWithEffect(p) => {
+            let u = &p.update;
+            let _ = write!(
+                out,
+                "TransitionWithEffect {} {} -> {:?}/{} with {}",
+                u.record.id,
+                u.record.type_name,
+                u.record.status,
+                u.record.state_name,
+                describe_plan(&p.effect)
+            );
         }
         ConfigPlan::SubmitProcedure(p) => {
             let _ = write!(

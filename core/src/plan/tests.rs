@@ -111,6 +111,7 @@ fn released_codes_never_change_meaning() {
         (400, PlanCode::SubmitProcedure),
         (401, PlanCode::UpdateProcedure),
         (402, PlanCode::DeleteProcedures),
+        (403, PlanCode::TransitionWithEffect),
     ];
     for (value, code) in released {
         assert_eq!(PlanCode::from_u16(*value), Some(*code));

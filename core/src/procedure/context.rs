@@ -100,6 +100,8 @@ pub struct ProcedureContext {
     pub(crate) slot: Option<Arc<WorkerSlot>>,
     pub(crate) children: Vec<ChildOutcome>,
     pub(crate) attempts: u32,
+    /// The metadata change staged to commit with the step's transition.
+    pub(crate) effect: std::sync::Mutex<Option<ConfigPlan>>,
 }
 
 impl std::fmt::Debug for ProcedureContext {
@@ -162,6 +164,39 @@ impl ProcedureContext {
             slot.reacquire().await;
         }
         result
+    }
+
+    /// Stages `plan` to commit **in the same log entry** as this step's transition
+    /// ([`ConfigPlan::TransitionWithEffect`]): both apply or neither does, and the step
+    /// costs one commit instead of two. Use it for a change the step's new state records
+    /// having made (a replica deleted, queued creates dropped); use
+    /// [`ProcedureContext::propose`] when the step must see the verdict before it decides.
+    ///
+    /// A step stages at most one plan, and not a procedure plan. If the step fails, or
+    /// returns [`super::Step::Await`] (which commits nothing), the staged plan is dropped and
+    /// the step is an error. If the state machine refuses the plan, the step failed with that
+    /// rejection and is retried (or aborts) from the committed record.
+    pub fn stage(&self, plan: ConfigPlan) -> Result<(), ProcedureError> {
+        if plan.is_procedure_plan() {
+            return Err(ProcedureError::Data(format!(
+                "a step may not stage a procedure plan ({:?})",
+                plan.code()
+            )));
+        }
+        let mut effect = self.effect.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(staged) = effect.as_ref() {
+            return Err(ProcedureError::Data(format!(
+                "a step stages at most one plan; {:?} is staged already",
+                staged.code()
+            )));
+        }
+        *effect = Some(plan);
+        Ok(())
+    }
+
+    /// The plan staged by this step, taken (the executor commits it with the transition).
+    pub(crate) fn take_effect(&self) -> Option<ConfigPlan> {
+        self.effect.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Outcomes of the children this procedure spawned, in spawn order.

@@ -547,6 +547,90 @@ impl ProcedureType for AwaitGateProcedure {
     }
 }
 
+/// How [`StagingProcedure`]'s one step ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StagingMode {
+    /// Stage one plan and finish: one entry carries both.
+    StageAndFinish,
+    /// Stage a plan and then await (a misuse: an await commits nothing).
+    StageAndAwait,
+    /// Stage a plan that the state machine refuses (a `DropRegionGroup` of a group whose
+    /// replicas remain), then finish.
+    StageRefused,
+}
+
+/// Persistent data of [`StagingProcedure`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagingData {
+    /// What the step does.
+    pub mode: StagingMode,
+    /// The plan it stages, encoded.
+    pub plan: Vec<u8>,
+}
+
+/// One step that stages a metadata plan with [`ProcedureContext::stage`].
+#[derive(Debug, Clone)]
+pub struct StagingProcedure {
+    /// Its persistent data.
+    pub data: StagingData,
+}
+
+impl StagingProcedure {
+    /// A procedure whose step stages `plan` and ends as `mode` says.
+    pub fn new(mode: StagingMode, plan: &crate::plan::ConfigPlan) -> Self {
+        Self {
+            data: StagingData {
+                mode,
+                plan: plan.encode().expect("encodes"),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl Procedure for StagingProcedure {
+    fn type_code(&self) -> u32 {
+        Self::TYPE_CODE
+    }
+    fn type_name(&self) -> &'static str {
+        Self::TYPE_NAME
+    }
+    fn state(&self) -> StateId {
+        StateId {
+            code: 1,
+            name: "Stage",
+        }
+    }
+    fn encode(&self) -> Result<Vec<u8>, ProcedureError> {
+        encode_data(&self.data)
+    }
+    fn lock_keys(&self) -> Vec<LockKey> {
+        Vec::new()
+    }
+    async fn step(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
+        let plan = crate::plan::ConfigPlan::decode(&self.data.plan)
+            .map_err(|e| ProcedureError::Data(e.to_string()))?;
+        ctx.stage(plan)?;
+        match self.data.mode {
+            StagingMode::StageAndFinish | StagingMode::StageRefused => Ok(Step::Done(Vec::new())),
+            StagingMode::StageAndAwait => Ok(Step::Await {
+                until: Box::pin(std::future::pending()),
+                waiting_for: "nothing".into(),
+            }),
+        }
+    }
+}
+
+impl ProcedureType for StagingProcedure {
+    const TYPE_CODE: u32 = 9005;
+    const TYPE_NAME: &'static str = "ExampleStaging";
+    fn decode(data: &[u8]) -> Result<Self, ProcedureError> {
+        Ok(Self {
+            data: decode_data(data)?,
+        })
+    }
+}
+
 /// A registry holding every example procedure type.
 pub fn example_registry() -> Result<ProcedureRegistry, ProcedureError> {
     let mut registry = ProcedureRegistry::new();
@@ -554,6 +638,7 @@ pub fn example_registry() -> Result<ProcedureRegistry, ProcedureError> {
         .register::<CounterProcedure>()?
         .register::<ParentProcedure>()?
         .register::<GateProcedure>()?
-        .register::<AwaitGateProcedure>()?;
+        .register::<AwaitGateProcedure>()?
+        .register::<StagingProcedure>()?;
     Ok(registry)
 }

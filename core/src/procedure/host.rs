@@ -76,5 +76,6 @@ pub(crate) fn step_context(
         slot: None,
         children,
         attempts: 0,
+        effect: Default::default(),
     }
 }

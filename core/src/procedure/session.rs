@@ -556,6 +556,7 @@ impl SessionCore {
             slot: Some(slot.clone()),
             children,
             attempts: record.attempts,
+            effect: Default::default(),
         };
         let rolling_back = record.status == ProcedureStatus::RollingBack;
         tracing::debug!(procedure = %id, state = record.state_name, rolling_back = record.status == ProcedureStatus::RollingBack, "step");
@@ -574,7 +575,8 @@ impl SessionCore {
             let Some(outcome) = outcome else { return };
             // The transition's commit holds no worker slot.
             slot.release();
-            self.after_rollback(record, instance, outcome).await;
+            self.after_rollback(record, instance, outcome, ctx.take_effect())
+                .await;
         } else {
             let started = self.now();
             let outcome = future::or(
@@ -599,7 +601,8 @@ impl SessionCore {
             };
             // The transition's commit holds no worker slot.
             slot.release();
-            self.after_step(record, instance, outcome).await;
+            self.after_step(record, instance, outcome, ctx.take_effect())
+                .await;
         }
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::examples::{
     AwaitGateProcedure, CounterProcedure, ExampleWorld, GateProcedure, ParentProcedure,
-    example_registry,
+    StagingMode, StagingProcedure, example_registry,
 };
 use super::testing::{CrashHarness, RunOutcome};
 use super::*;
@@ -1175,4 +1175,84 @@ fn a_finished_record_is_immutable() {
         );
     }
     assert_eq!(state, before, "nothing changed");
+}
+
+fn register_plan(known_id: Option<u32>) -> ConfigPlan {
+    ConfigPlan::RegisterDataNode(plan::RegisterDataNode {
+        known_id: known_id.map(crate::model::DataNodeId),
+        address: "127.0.0.1:9999".into(),
+    })
+}
+
+#[test]
+fn a_staged_plan_commits_in_the_same_entry_as_the_steps_transition() {
+    run(|rig| async move {
+        let (c, executor) = rig.node(config(2)).await;
+        let procedure = StagingProcedure::new(StagingMode::StageAndFinish, &register_plan(None));
+        let id = executor
+            .submit(Box::new(procedure), None)
+            .await
+            .expect("submitted");
+        let info = executor.wait_finished(id).await.expect("finished");
+        assert_eq!(info.status, ProcedureView::Succeeded, "{info:?}");
+        assert_eq!(
+            c.state().read(|s| s.data_nodes.len()),
+            1,
+            "the effect applied"
+        );
+        let plans = rig.committed_plans();
+        let together: Vec<_> = plans
+            .iter()
+            .filter_map(|p| match p {
+                ConfigPlan::TransitionWithEffect(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(together.len(), 1, "{plans:?}");
+        assert_eq!(*together[0].effect, register_plan(None));
+        assert_eq!(together[0].update.record.status, ProcedureStatus::Succeeded);
+        assert!(
+            !plans
+                .iter()
+                .any(|p| matches!(p, ConfigPlan::RegisterDataNode(_))),
+            "the effect is not committed on its own: {plans:?}"
+        );
+    });
+}
+
+#[test]
+fn a_refused_staged_plan_fails_the_step_and_applies_nothing() {
+    run(|rig| async move {
+        let (c, executor) = rig.node(config(2)).await;
+        // Re-registering a DataNode that was never registered is refused.
+        let procedure = StagingProcedure::new(StagingMode::StageRefused, &register_plan(Some(42)));
+        let id = executor
+            .submit(Box::new(procedure), None)
+            .await
+            .expect("submitted");
+        let info = executor.wait_finished(id).await.expect("finished");
+        assert_eq!(info.status, ProcedureView::Failed, "{info:?}");
+        let error = info.last_error.unwrap_or_default();
+        assert!(error.contains("dn-42") || error.contains("42"), "{error}");
+        assert!(c.state().read(|s| s.data_nodes.is_empty()));
+    });
+}
+
+#[test]
+fn a_step_that_stages_and_then_awaits_fails_instead_of_losing_the_plan() {
+    run(|rig| async move {
+        let (c, executor) = rig.node(config(2)).await;
+        let procedure = StagingProcedure::new(StagingMode::StageAndAwait, &register_plan(None));
+        let id = executor
+            .submit(Box::new(procedure), None)
+            .await
+            .expect("submitted");
+        let info = executor.wait_finished(id).await.expect("finished");
+        assert_eq!(info.status, ProcedureView::Failed, "{info:?}");
+        assert!(
+            info.last_error.unwrap_or_default().contains("awaited"),
+            "the failure says why"
+        );
+        assert!(c.state().read(|s| s.data_nodes.is_empty()));
+    });
 }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::plan::{ConfigPlan, UpdateProcedure};
+use crate::plan::{ConfigPlan, TransitionWithEffect, UpdateProcedure};
 use crate::state::{Applied, NewProcedure, ProcedureRecord, ProcedureStatus, Rejection};
 
 use super::session::{Phase, SessionCore};
@@ -65,17 +65,27 @@ impl SessionCore {
         Ok(next)
     }
 
+    /// `effect`: the plan the step staged, committed in the transition's entry.
     pub(crate) async fn after_step(
         self: &Arc<Self>,
         record: ProcedureRecord,
         instance: Box<dyn Procedure>,
         outcome: Result<Step, ProcedureError>,
+        effect: Option<ConfigPlan>,
     ) {
         let now = self.shared.runtime.clock.now_ms();
         let built = match outcome {
             Err(e) => {
                 return self
                     .handle_error(record, instance, e, Direction::Forward)
+                    .await;
+            }
+            Ok(Step::Await { .. }) if effect.is_some() => {
+                let error = ProcedureError::Data(
+                    "a step staged a plan and then awaited, which commits nothing".into(),
+                );
+                return self
+                    .handle_error(record, instance, error, Direction::Forward)
                     .await;
             }
             Ok(Step::Await { until, waiting_for }) => {
@@ -119,7 +129,12 @@ impl SessionCore {
         };
         match built {
             Ok((next, spawn, then)) => {
-                self.commit_transition(record, next, spawn, then, Some(instance))
+                let transition = Transition {
+                    next,
+                    spawn,
+                    effect,
+                };
+                self.commit_transition(record, transition, then, Some(instance))
                     .await
             }
             Err(e) => {
@@ -134,6 +149,7 @@ impl SessionCore {
         record: ProcedureRecord,
         instance: Box<dyn Procedure>,
         outcome: Result<RollbackStep, ProcedureError>,
+        effect: Option<ConfigPlan>,
     ) {
         let built = match outcome {
             Err(e) => {
@@ -150,7 +166,12 @@ impl SessionCore {
         };
         match built {
             Ok((next, then)) => {
-                self.commit_transition(record, next, Vec::new(), then, Some(instance))
+                let transition = Transition {
+                    next,
+                    spawn: Vec::new(),
+                    effect,
+                };
+                self.commit_transition(record, transition, then, Some(instance))
                     .await
             }
             Err(e) => {
@@ -196,7 +217,7 @@ impl SessionCore {
             next.wake_at_ms = Some(now + delay.as_millis() as u64);
             next.waiting_for = Some(format!("retry {attempts} after: {error}"));
             return self
-                .commit_transition(record, next, Vec::new(), Then::Sleep(delay), None)
+                .commit_transition(record, Transition::record(next), Then::Sleep(delay), None)
                 .await;
         }
         next.attempts = 0;
@@ -206,7 +227,7 @@ impl SessionCore {
             tracing::warn!(procedure = %id, error = %error, "step failed; rolling back");
             next.status = ProcedureStatus::RollingBack;
             next.last_error = Some(error.to_string());
-            self.commit_transition(record, next, Vec::new(), Then::Ready, None)
+            self.commit_transition(record, Transition::record(next), Then::Ready, None)
                 .await
         } else {
             tracing::error!(procedure = %id, error = %error, rolling_back, "procedure failed");
@@ -216,28 +237,24 @@ impl SessionCore {
             } else {
                 error.to_string()
             });
-            self.commit_transition(record, next, Vec::new(), Then::Finish, None)
+            self.commit_transition(record, Transition::record(next), Then::Finish, None)
                 .await
         }
     }
 
-    /// Commits `next` (compare-and-set on `record.version`), then acts.
+    /// Commits `transition` (compare-and-set on `record.version`), then acts.
     async fn commit_transition(
         self: &Arc<Self>,
         record: ProcedureRecord,
-        next: ProcedureRecord,
-        spawn: Vec<NewProcedure>,
+        transition: Transition,
         then: Then,
         instance: Option<Box<dyn Procedure>>,
     ) {
         let id = record.id;
         let parent = record.parent;
         let is_failure_record = instance.is_none() && matches!(then, Then::Sleep(_));
-        let plan = ConfigPlan::UpdateProcedure(UpdateProcedure {
-            record: next,
-            spawn,
-            expect_version: Some(record.version),
-        });
+        let has_effect = transition.effect.is_some();
+        let plan = transition.into_plan(record.version);
         match self.commit(plan, Some(id)).await {
             Ok(Ok(applied)) => {
                 if let Some(instance) = instance {
@@ -266,6 +283,12 @@ impl SessionCore {
                 tracing::warn!(procedure = %id, "record moved on; resuming from the log");
                 self.resume_from_committed(id);
             }
+            Ok(Err(rejection)) if has_effect => {
+                // The step's staged plan was refused (nothing applied): the step failed with
+                // that verdict, and is retried or aborts from the committed record.
+                tracing::warn!(procedure = %id, error = %rejection, "a step's staged plan was refused");
+                self.retry_from_committed(&record, rejection.into()).await;
+            }
             Ok(Err(rejection)) => {
                 tracing::error!(procedure = %id, error = %rejection, "transition refused");
                 self.set_phase(id, Phase::Unreadable(rejection.to_string()));
@@ -291,16 +314,61 @@ impl SessionCore {
                         return self.resume_from_committed(id);
                     }
                     // A failed commit is an error of the step: retried from the log.
-                    let record = committed;
-                    match self.shared.registry.decode(record.type_code, &record.data) {
-                        Ok(fresh) => {
-                            let direction = Direction::of(record.status);
-                            Box::pin(self.handle_error(record, fresh, e, direction)).await
-                        }
-                        Err(decode) => self.set_phase(id, Phase::Unreadable(decode.to_string())),
-                    }
+                    self.retry_from_committed(&committed, e).await;
                 }
             }
+        }
+    }
+
+    /// Handles `error` as the failure of the step that started from `record` (the committed
+    /// one), with an instance rebuilt from it.
+    async fn retry_from_committed(
+        self: &Arc<Self>,
+        record: &ProcedureRecord,
+        error: ProcedureError,
+    ) {
+        let record = record.clone();
+        match self.shared.registry.decode(record.type_code, &record.data) {
+            Ok(fresh) => {
+                let direction = Direction::of(record.status);
+                Box::pin(self.handle_error(record, fresh, error, direction)).await
+            }
+            Err(decode) => self.set_phase(record.id, Phase::Unreadable(decode.to_string())),
+        }
+    }
+}
+
+/// What one step commits: the procedure's next record, the children it spawns and the plan
+/// it staged, all in one log entry.
+struct Transition {
+    next: ProcedureRecord,
+    spawn: Vec<NewProcedure>,
+    effect: Option<ConfigPlan>,
+}
+
+impl Transition {
+    /// Just a new record (bookkeeping of a failed attempt, a rollback's start, a failure).
+    fn record(next: ProcedureRecord) -> Self {
+        Self {
+            next,
+            spawn: Vec::new(),
+            effect: None,
+        }
+    }
+
+    /// The plan, applied only while the stored record is at `version`.
+    fn into_plan(self, version: u64) -> ConfigPlan {
+        let update = UpdateProcedure {
+            record: self.next,
+            spawn: self.spawn,
+            expect_version: Some(version),
+        };
+        match self.effect {
+            None => ConfigPlan::UpdateProcedure(update),
+            Some(effect) => ConfigPlan::TransitionWithEffect(TransitionWithEffect {
+                update,
+                effect: Box::new(effect),
+            }),
         }
     }
 }

@@ -7,11 +7,13 @@
 //! is re-read at every step, so nothing that may hold a replica is missed. In `Replicas`
 //! scope (a legacy per-replica deletion) only the named DataNodes are deleted on.
 //!
-//! Per DataNode: persist a task id, submit it, follow its result. `Success` records
-//! `ReplicaDeleted` (the node leaves the footprint, the published set and the queue) and then
-//! persists the node as deleted; only after that is the task acked, so a crash can never
-//! make the DataNode forget a result the procedure still needs (which would run the task id
-//! twice). `NotExist` resubmits the *same* id; `Fail` backs off and persists a *new* id;
+//! Per DataNode: persist a task id, submit it, follow its result. `Success` commits
+//! `ReplicaDeleted` (the node leaves the footprint, the published set and the queue) in the
+//! same entry as the node recorded deleted ([`ProcedureContext::stage`]); only after that is
+//! the task acked, so a crash can never make the DataNode forget a result the procedure still
+//! needs (which would run the task id twice). The step that acks goes straight on: it
+//! persists the next DataNode's task id, or drops the metadata, in its own transition — two
+//! commits per replica. `NotExist` resubmits the *same* id; `Fail` backs off and persists a *new* id;
 //! transient errors keep the step waiting, visibly; `StaleLeader` stops this leader's
 //! session; any other error aborts with the DataNode's answer. No quorum is needed.
 
@@ -214,8 +216,9 @@ impl RemoveRegionGroupProcedure {
         // the ones already in flight so none lands after the deletions below.
         let env = RegionEnv::of(ctx)?;
         futures_lite::future::or(env.inflight.wait_idle(region), ctx.stopped()).await;
+        // Straight on: the first task id is persisted with this state change.
         self.data.state = RemoveRegionGroupState::DeleteReplicas;
-        Ok(Step::Continue)
+        self.delete_replicas(ctx).await
     }
 
     /// Retry: DataNode unreachable, timeout, failed deletion (new task id). Stop: the
@@ -227,11 +230,11 @@ impl RemoveRegionGroupProcedure {
             && self.data.deleted.contains(&node)
         {
             // Ack after persist: the deletion is durably recorded, so the DataNode may now
-            // forget the result.
+            // forget the result. Then straight on to the next DataNode (its task id is
+            // persisted with this), or to dropping the metadata.
             self.ack(ctx, env, node, task).await?;
             self.data.task = None;
             self.data.task_node = None;
-            return Ok(Step::Continue);
         }
         let node = match self.data.task_node {
             Some(node) => node,
@@ -239,7 +242,7 @@ impl RemoveRegionGroupProcedure {
                 Some(node) => node,
                 None => {
                     self.data.state = RemoveRegionGroupState::DropMetadata;
-                    return Ok(Step::Continue);
+                    return self.drop_metadata(ctx).await;
                 }
             },
         };
@@ -327,18 +330,20 @@ impl RemoveRegionGroupProcedure {
             let env = RegionEnv::of(ctx)?;
             self.ack(ctx, env, node, task_id).await?;
         }
+        // Recorded in the same entry as `deleted` below: the node leaves the footprint
+        // exactly when the procedure records it as deleted.
         let deleted = ReplicaDeleted {
             region: self.data.region,
             data_node: node,
         };
-        ctx.propose(ConfigPlan::ReplicaDeleted(deleted)).await??;
+        ctx.stage(ConfigPlan::ReplicaDeleted(deleted))?;
         tracing::info!(
             procedure = %ctx.procedure_id(), region = %self.data.region,
             data_node = %node, task = %task_id, outcome = "success",
             duration_ms = ctx.runtime().clock.now_ms().saturating_sub(self.data.task_since_ms),
             "replica deleted"
         );
-        // The task stays current until this is persisted; the next step acks it.
+        // The task stays current until this is committed; the next step acks it.
         self.data.deleted.insert(node);
         self.data.failures = 0;
         self.data.unreachable = 0;

@@ -360,7 +360,19 @@ impl StepEnv {
                 clock.advance_to_next_deadline();
             }
         };
-        futures_lite::future::or(step, ticker).await
+        let outcome = futures_lite::future::or(step, ticker).await;
+        // As the executor does: a staged plan commits with the step's transition (here on
+        // its own, as the step tests keep the procedure's record themselves).
+        match (outcome, ctx.take_effect()) {
+            (Ok(Step::Await { .. }), Some(_)) => Err(ProcedureError::Data(
+                "a step staged a plan and then awaited, which commits nothing".into(),
+            )),
+            (Ok(step), Some(effect)) => match self.commit(effect).await {
+                Ok(_) => Ok(step),
+                Err(rejection) => Err(rejection.into()),
+            },
+            (outcome, _) => outcome,
+        }
     }
 }
 

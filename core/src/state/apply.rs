@@ -134,6 +134,7 @@ impl ClusterState {
             ConfigPlan::SubmitProcedure(p) => Ok(self.submit_procedure(p)),
             ConfigPlan::UpdateProcedure(p) => self.update_procedure(p),
             ConfigPlan::DeleteProcedures(p) => self.delete_procedures(p),
+            ConfigPlan::TransitionWithEffect(p) => self.transition_with_effect(p),
         }
     }
 
@@ -593,7 +594,8 @@ impl ClusterState {
         }
     }
 
-    fn update_procedure(&mut self, p: &plan::UpdateProcedure) -> ApplyResult {
+    /// Why `p` would be refused, if it would (changes nothing).
+    fn check_update(&self, p: &plan::UpdateProcedure) -> Result<(), Rejection> {
         let id = p.record.id;
         let stored = self
             .procedures
@@ -613,6 +615,15 @@ impl ClusterState {
                 current: stored.version,
             });
         }
+        Ok(())
+    }
+
+    fn update_procedure(&mut self, p: &plan::UpdateProcedure) -> ApplyResult {
+        self.check_update(p)?;
+        let id = p.record.id;
+        let Some(stored) = self.procedures.get(&id) else {
+            return Err(Rejection::UnknownProcedure(id));
+        };
         let mut record = p.record.clone();
         record.version = stored.version + 1;
         // Identity and bookkeeping fields are owned by the state, not by the proposer.
@@ -631,6 +642,21 @@ impl ClusterState {
         record.children.extend(children.iter().copied());
         self.procedures.insert(id, record);
         Ok(Applied::ProcedureUpdated { children })
+    }
+
+    /// The update's checks, then the effect, then the update: a refusal of either leaves
+    /// the state untouched (the effect is checked by applying it, and a rejected plan
+    /// changes nothing).
+    fn transition_with_effect(&mut self, p: &plan::TransitionWithEffect) -> ApplyResult {
+        if p.effect.is_procedure_plan() || p.effect.is_retired() {
+            return Err(Rejection::Invalid(format!(
+                "a transition's effect must be a current metadata plan, not {:?}",
+                p.effect.code()
+            )));
+        }
+        self.check_update(&p.update)?;
+        self.apply(&p.effect)?;
+        self.update_procedure(&p.update)
     }
 
     fn delete_procedures(&mut self, p: &plan::DeleteProcedures) -> ApplyResult {

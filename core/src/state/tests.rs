@@ -432,3 +432,116 @@ fn a_procedures_reservation_is_returned_again_on_re_run() {
         Applied::RegionIdsReserved { first: 6, count: 3 }
     );
 }
+
+/// A state with one published group on three DataNodes and one running procedure.
+fn with_group_and_procedure() -> (ClusterState, RegionId, ProcedureId) {
+    let (mut state, nodes) = cluster_with_db();
+    let region = RegionId::new(RegionKind::Data, reserve(&mut state, 1));
+    state
+        .apply(&ConfigPlan::CreateRegionGroups(CreateRegionGroups {
+            database: name("db"),
+            groups: vec![RegionReplicaSet::new(region, nodes)],
+        }))
+        .unwrap();
+    let Ok(Applied::ProcedureSubmitted { id, .. }) =
+        state.apply(&ConfigPlan::SubmitProcedure(SubmitProcedure {
+            procedure: NewProcedure {
+                type_code: 1,
+                type_name: "T".into(),
+                state_code: 1,
+                state_name: "S".into(),
+                data: vec![],
+                lock_keys: vec![],
+                submitted_at_ms: 0,
+                submitted_unix_ms: 0,
+            },
+            request_key: None,
+        }))
+    else {
+        panic!()
+    };
+    (state, region, id)
+}
+
+fn transition(
+    state: &ClusterState,
+    id: ProcedureId,
+    expect_version: u64,
+    effect: ConfigPlan,
+) -> ConfigPlan {
+    let mut record = state.procedures[&id].clone();
+    record.state_code = 2;
+    record.state_name = "Next".into();
+    ConfigPlan::TransitionWithEffect(TransitionWithEffect {
+        update: UpdateProcedure {
+            record,
+            spawn: Vec::new(),
+            expect_version: Some(expect_version),
+        },
+        effect: Box::new(effect),
+    })
+}
+
+#[test]
+fn a_transition_and_its_effect_apply_together_or_not_at_all() {
+    let (mut state, region, id) = with_group_and_procedure();
+    let version = state.procedures[&id].version;
+    let node = state.footprint(region)[0];
+    let deleted = ConfigPlan::ReplicaDeleted(ReplicaDeleted {
+        region,
+        data_node: node,
+    });
+
+    // A stale version (an earlier attempt's commit landed): neither applies.
+    let before = state.clone();
+    let stale = transition(&state, id, version + 1, deleted.clone());
+    assert!(matches!(
+        state.apply(&stale),
+        Err(Rejection::ProcedureVersionMismatch { .. })
+    ));
+    assert_eq!(
+        state, before,
+        "the effect must not apply without its transition"
+    );
+
+    // A refused effect: the transition does not apply either.
+    let drop = ConfigPlan::DropRegionGroup(DropRegionGroup {
+        database: name("db"),
+        region,
+    });
+    assert!(matches!(
+        state.apply(&transition(&state, id, version, drop)),
+        Err(Rejection::ReplicasRemain { .. })
+    ));
+    assert_eq!(
+        state, before,
+        "the transition must not apply without its effect"
+    );
+
+    // Both apply.
+    let both = transition(&state, id, version, deleted);
+    assert!(matches!(
+        state.apply(&both),
+        Ok(Applied::ProcedureUpdated { .. })
+    ));
+    assert!(!state.footprint(region).contains(&node));
+    assert_eq!(state.procedures[&id].state_name, "Next");
+    assert_eq!(state.procedures[&id].version, version + 1);
+    // Re-applied (a retry after an unknown outcome): refused, the effect not doubled.
+    let after = state.clone();
+    assert!(state.apply(&both).is_err());
+    assert_eq!(state, after);
+}
+
+#[test]
+fn a_procedure_plan_is_never_a_transitions_effect() {
+    let (mut state, _, id) = with_group_and_procedure();
+    let version = state.procedures[&id].version;
+    let before = state.clone();
+    let nested = ConfigPlan::DeleteProcedures(DeleteProcedures { ids: vec![id] });
+    assert!(matches!(
+        state.apply(&transition(&state, id, version, nested)),
+        Err(Rejection::Invalid(_))
+    ));
+    assert_eq!(state, before);
+}

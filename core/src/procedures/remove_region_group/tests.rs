@@ -21,11 +21,11 @@ async fn deleting() -> (StepEnv, RegionId, RemoveRegionGroupProcedure) {
     (env, region, removal)
 }
 
-/// Like [`deleting`], with the first task id persisted for dn-0.
+/// Like [`deleting`], checking that the first task id (for dn-0) was persisted with it: the
+/// step that drops queued creates goes straight on to assign it.
 async fn with_task() -> (StepEnv, RegionId, RemoveRegionGroupProcedure) {
-    let (env, region, mut removal) = deleting().await;
-    let step = env.step(&mut removal, ID, Vec::new()).await;
-    assert!(matches!(step, Ok(Step::Continue)), "{step:?}");
+    let (env, region, removal) = deleting().await;
+    assert_eq!(removal.data.task_node, Some(DataNodeId(0)));
     (env, region, removal)
 }
 
@@ -107,11 +107,17 @@ fn success_is_recorded_before_the_task_is_acked() {
             !env.nodes.calls_to(0).contains(&Call::Ack(first_task())),
             "no ack before the step's progress is persisted"
         );
-        // The next step (after the transition above is committed) acks, then moves on.
+        // The next step (after the transition above is committed) acks, then moves on: the
+        // next DataNode's task id is persisted by that same step's transition.
         let step = env.step(&mut removal, ID, Vec::new()).await;
         assert!(matches!(step, Ok(Step::Continue)), "{step:?}");
         assert!(env.nodes.calls_to(0).contains(&Call::Ack(first_task())));
-        assert_eq!(removal.data.task, None);
+        assert_eq!(removal.data.task_node, Some(DataNodeId(1)));
+        assert_eq!(removal.data.task, Some(task_id_for(ID, 1).expect("fits")));
+        assert!(
+            env.nodes.calls_to(1).is_empty(),
+            "nothing sent to the next DataNode before its id is durable"
+        );
     });
 }
 
@@ -290,12 +296,12 @@ fn a_lost_ack_is_harmless_but_a_stale_leader_ack_stops_the_session() {
         let step = env.step(&mut removal, ID, Vec::new()).await;
         assert!(matches!(step, Ok(Step::Continue)), "{step:?}");
         assert_eq!(
-            removal.data.task, None,
+            removal.data.task_node,
+            Some(DataNodeId(1)),
             "moved on: the result expires on the DataNode"
         );
 
         // The next replica's ack meets a fence above this leader.
-        let _ = env.step(&mut removal, ID, Vec::new()).await; // persist dn-1's task id
         env.nodes.answer_polls(1, vec![Ok(TaskStatus::Success)]);
         let _ = env.step(&mut removal, ID, Vec::new()).await;
         env.nodes.answer_acks(
