@@ -29,9 +29,11 @@ async fn scenario(label: &str, groups: u32, bytes: usize, rate: Option<u64>) {
         ..ClusterOptions::default()
     })
     .await;
+    let entries_before_create = cluster.log.appends().len();
     let started = Instant::now();
     let info = cluster.create_database("bench", 3, 0, groups).await;
     let create = started.elapsed();
+    let create_entries = cluster.log.appends().len() - entries_before_create;
     assert_eq!(info.status, ProcedureView::Succeeded, "{info:?}");
     if bytes > 0 {
         cluster.load("bench", bytes).await;
@@ -89,9 +91,10 @@ async fn scenario(label: &str, groups: u32, bytes: usize, rate: Option<u64>) {
     let replicas = groups as usize * 3;
     println!("{label}: {groups} groups x RF 3, 3 in-process DataNodes");
     println!(
-        "  create: {:>8.1} ms  ({:.0} groups/s)",
+        "  create: {:>8.1} ms  ({:.0} groups/s, {} log entries)",
         create.as_secs_f64() * 1e3,
-        f64::from(groups) / create.as_secs_f64()
+        f64::from(groups) / create.as_secs_f64(),
+        create_entries
     );
     println!(
         "  delete: {:>8.1} ms  ({:.0} groups/s, {:.0} replica deletions/s)",
