@@ -65,6 +65,7 @@ pub fn procedure_info(info: &procedure::ProcedureInfo) -> ProcedureInfo {
         attempts: info.attempts,
         last_error: info.last_error.clone(),
         waiting_for: info.waiting_for.clone(),
+        notes: Vec::new(),
     }
 }
 

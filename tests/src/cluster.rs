@@ -144,6 +144,25 @@ impl RegionStore for TimedRegionStore {
     async fn size(&self, region: RegionId) -> Result<Option<u64>, StorageError> {
         self.inner.size(region).await
     }
+    async fn read_at(
+        &self,
+        region: RegionId,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<Vec<u8>, StorageError> {
+        self.inner.read_at(region, offset, max_len).await
+    }
+    async fn write_at(
+        &self,
+        region: RegionId,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<u64, StorageError> {
+        self.inner.write_at(region, offset, bytes).await
+    }
+    async fn sync(&self, region: RegionId) -> Result<(), StorageError> {
+        self.inner.sync(region).await
+    }
 }
 
 /// How a test cluster is built.

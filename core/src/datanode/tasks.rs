@@ -91,8 +91,9 @@ impl TaskTable {
     pub(crate) fn insert_running(&mut self, id: TaskId, kind: MaintainTaskKind, now: Millis) {
         // A deletion fences its region from the moment it is accepted: a create of an
         // older generation still in flight must not land after it.
-        let MaintainTaskKind::DeleteRegionPeer { region, generation } = &kind;
-        self.fence(*region, *generation, now);
+        if let MaintainTaskKind::DeleteRegionPeer { region, generation } = &kind {
+            self.fence(*region, *generation, now);
+        }
         let accept_seq = self.seq();
         if let Some(TaskEntry {
             state: TaskState::Finished { seq, .. },
