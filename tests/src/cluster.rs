@@ -212,6 +212,7 @@ pub fn fast_config() -> ConfigNodeConfig {
         cleaner_backoff: backoff,
         heartbeat_interval: Duration::from_millis(100),
         misses_before_unknown: 3,
+        orphans: shoal_core::confignode::orphans::OrphanPolicy::default(),
     }
 }
 
