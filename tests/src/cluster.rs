@@ -373,6 +373,11 @@ impl TestCluster {
         .expect("DataNode opens");
         // Ids are assigned in registration order, which is slot order.
         node.set_id(DataNodeId(i as u32));
+        // Copy tasks pull from other DataNodes over the same network.
+        node.set_peer_clients(Arc::new(NetClients {
+            network: self.network.clone(),
+            from: slot.current_address(),
+        }));
         *slot.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
         self.network.host(&slot.current_address(), Arc::new(node));
     }
