@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures_lite::FutureExt;
 use shoal_core::api::ConfigNodeApi;
+use shoal_core::confignode::orphans::OrphanPolicy;
 use shoal_core::confignode::{ConfigNode, ConfigNodeConfig};
 use shoal_core::consensus::{Consensus, LocalConsensus};
 use shoal_core::datanode::{DataNode, DataNodeConfig};
@@ -34,6 +35,8 @@ pub struct ConfigNodeSettings {
     pub listen: String,
     /// Secret file (`None`: DATA_DIR/cluster.secret, generated if absent).
     pub secret_file: Option<PathBuf>,
+    /// Orphan reconciliation: grace period and whether orphans are deleted.
+    pub orphans: OrphanPolicy,
 }
 
 /// Runs a ConfigNode until `stop` yields.
@@ -62,7 +65,10 @@ pub fn run_confignode(
         consensus.clone() as Arc<dyn Consensus>,
         clients,
         runtime,
-        ConfigNodeConfig::default(),
+        ConfigNodeConfig {
+            orphans: settings.orphans.clone(),
+            ..ConfigNodeConfig::default()
+        },
     )
     .map_err(|e| CliError::Node(format!("ConfigNode: {e}")))?;
     smol::block_on(async {
@@ -175,6 +181,11 @@ pub fn run_datanode(
         )
         .await
         .map_err(|e| CliError::Node(format!("DataNode cannot open: {e}")))?;
+        // Copy tasks pull regions from other DataNodes over the same transport.
+        node.set_peer_clients(Arc::new(CapnpDataNodeClients::new(
+            rpc.clone(),
+            ClientOptions::new(secret.clone()),
+        )));
         let server = rpc.serve(
             &settings.listen,
             &secret,
