@@ -108,3 +108,34 @@ impl ProcedureContext {
         self.session.wait_stopped().await;
     }
 }
+
+#[cfg(test)]
+impl ProcedureContext {
+    /// A context outside any executor, for per-step tests (`procedures::testing`): commits go
+    /// straight to `consensus` under `epoch`; `children` are the finished children the step
+    /// sees.
+    pub(crate) fn for_step_test(
+        id: ProcedureId,
+        epoch: Epoch,
+        consensus: Arc<dyn Consensus>,
+        runtime: Runtime,
+        env: Environment,
+        children: Vec<ChildOutcome>,
+    ) -> Self {
+        let shared = Arc::new(super::session::Shared {
+            consensus,
+            registry: Arc::new(super::ProcedureRegistry::new()),
+            runtime,
+            env,
+            config: super::ExecutorConfig::default(),
+            changed: event_listener::Event::new(),
+            hooks: None,
+        });
+        Self {
+            id,
+            session: SessionCore::new(epoch, shared),
+            children,
+            attempts: 0,
+        }
+    }
+}

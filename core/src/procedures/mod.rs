@@ -23,6 +23,8 @@ mod migrate_region;
 mod remove_data_node;
 mod remove_orphan_region;
 mod remove_region_group;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use create_region_groups::{
     CreateRegionGroupsData, CreateRegionGroupsOutput, CreateRegionGroupsProcedure,
