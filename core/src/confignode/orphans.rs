@@ -197,3 +197,79 @@ impl OrphanTracker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DatabaseName, RegionKind, RegionReplicaSet};
+    use crate::plan::{ConfigPlan, CreateDatabase, RecordReplicaFootprints, RegisterDataNode};
+
+    fn report(region: RegionId) -> RegionReport {
+        RegionReport { region, bytes: 10 }
+    }
+
+    fn state_with_footprint(region: RegionId) -> ClusterState {
+        let mut state = ClusterState::default();
+        for port in [1, 2] {
+            state
+                .apply(&ConfigPlan::RegisterDataNode(RegisterDataNode {
+                    known_id: None,
+                    address: format!("127.0.0.1:{port}"),
+                }))
+                .expect("register");
+        }
+        let name = DatabaseName::new("db").expect("name");
+        state
+            .apply(&ConfigPlan::CreateDatabase(CreateDatabase {
+                schema: crate::model::DatabaseSchema {
+                    name: name.clone(),
+                    schema_replication_factor: crate::model::ReplicationFactor::new(1).expect("rf"),
+                    data_replication_factor: crate::model::ReplicationFactor::new(1).expect("rf"),
+                },
+                created_by: None,
+            }))
+            .expect("db");
+        state.next_region_id = region.id + 1;
+        state
+            .apply(&ConfigPlan::RecordReplicaFootprints(
+                RecordReplicaFootprints {
+                    database: name,
+                    groups: vec![RegionReplicaSet::new(region, vec![DataNodeId(0)])],
+                },
+            ))
+            .expect("footprint");
+        state
+    }
+
+    #[test]
+    fn a_replica_in_the_footprint_is_never_a_candidate_and_others_are_timed_from_first_sight() {
+        let ours = RegionId::new(RegionKind::Data, 1);
+        let planted = RegionId::new(RegionKind::Data, 50);
+        let state = state_with_footprint(ours);
+        let tracker = OrphanTracker::default();
+        tracker.observe(
+            &state,
+            DataNodeId(0),
+            &[report(ours), report(planted)],
+            1_000,
+        );
+        tracker.observe(
+            &state,
+            DataNodeId(0),
+            &[report(ours), report(planted)],
+            5_000,
+        );
+        let listed = tracker.list(6_000);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].region, listed[0].orphan_for_ms),
+            (planted, 5_000)
+        );
+        // Gone from a report: forgotten (a later sighting starts the grace period over).
+        tracker.observe(&state, DataNodeId(0), &[report(ours)], 7_000);
+        assert!(tracker.list(8_000).is_empty());
+        // On another node, the same region is an orphan: it is not in the footprint there.
+        tracker.observe(&state, DataNodeId(1), &[report(ours)], 9_000);
+        assert_eq!(tracker.list(9_000).len(), 1);
+    }
+}

@@ -445,3 +445,7 @@ impl ProcedureType for RemoveDataNodeProcedure {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "remove_data_node/tests.rs"]
+mod tests;

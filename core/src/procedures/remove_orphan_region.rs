@@ -289,3 +289,7 @@ impl ProcedureType for RemoveOrphanRegionProcedure {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "remove_orphan_region/tests.rs"]
+mod tests;
