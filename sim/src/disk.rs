@@ -361,7 +361,7 @@ impl RegionStore for SimRegionStore {
         &self,
         region: RegionId,
         offset: u64,
-        bytes: &[u8],
+        bytes: Vec<u8>,
     ) -> Result<u64, StorageError> {
         self.disks.latency().await;
         self.disks.fail(|f| f.store, "store write")?;

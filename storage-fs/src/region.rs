@@ -510,7 +510,6 @@ impl RegionStore for FsRegionStore {
     ) -> Result<Vec<u8>, StorageError> {
         let dir = self.region_dir(region);
         unblock(move || {
-            use std::os::unix::fs::FileExt;
             let path = dir.join(DATA_FILE);
             let file = match std::fs::File::open(&path) {
                 Ok(file) => file,
@@ -529,7 +528,11 @@ impl RegionStore for FsRegionStore {
             let mut buf = vec![0u8; want];
             let mut filled = 0;
             while filled < want {
-                match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                match std::os::unix::fs::FileExt::read_at(
+                    &file,
+                    &mut buf[filled..],
+                    offset + filled as u64,
+                ) {
                     Ok(0) => break,
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -546,12 +549,11 @@ impl RegionStore for FsRegionStore {
         &self,
         region: RegionId,
         offset: u64,
-        bytes: &[u8],
+        bytes: Vec<u8>,
     ) -> Result<u64, StorageError> {
         let lock = self.region_lock(region);
         let _guard = lock.lock().await;
         let dir = self.region_dir(region);
-        let bytes = bytes.to_vec();
         unblock(move || {
             use std::os::unix::fs::FileExt;
             if !dir.join(CONFIG_FILE).exists() {

@@ -156,7 +156,7 @@ impl RegionStore for TimedRegionStore {
         &self,
         region: RegionId,
         offset: u64,
-        bytes: &[u8],
+        bytes: Vec<u8>,
     ) -> Result<u64, StorageError> {
         self.inner.write_at(region, offset, bytes).await
     }

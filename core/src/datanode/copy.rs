@@ -8,8 +8,9 @@
 //!    Equal: the copy carries on at `n`. Different (a torn write, or a source that was not
 //!    the one copied from): the local data is discarded and the copy starts over.
 //! 3. Stream: `read_region(offset, chunk)` until a chunk comes back empty at the source's
-//!    end; each chunk's crc32c is checked before it is written at its offset. The next read
-//!    is in flight while a chunk is written. Local writes are made durable every
+//!    end; each chunk's crc32c is checked before it is written at its offset. Reads go out
+//!    `copy_window` chunks at a time, and the next window is in flight while one is
+//!    written. Local writes are made durable every
 //!    `copy_checkpoint_bytes` and at the end.
 //! 4. A source that fails to answer (unreachable, timeout, a retryable error, a chunk whose
 //!    checksum does not match) is retried from the same offset with backoff; a copy that
@@ -111,43 +112,69 @@ async fn run(
             tracing::warn!(data_node = %inner.id_label(), %region, source = %source.id,
                 local = local.len, "local bytes differ from the source's; copy starts over");
             store
-                .write_at(region, 0, &[])
+                .write_at(region, 0, Vec::new())
                 .await
                 .map_err(|e| CopyFailed(format!("discarding local data of {region}: {e}")))?;
             offset = 0;
         }
     }
     let chunk = inner.config.copy_chunk_bytes.max(1);
+    let window = inner.config.copy_window.max(1);
     let checkpoint = inner.config.copy_checkpoint_bytes.max(1);
     let mut unsynced = 0u64;
-    let read = |at: u64| {
+    // `window` consecutive chunks are read at once; the next window travels while this one
+    // is written. A window ends at the first chunk short of `chunk` bytes (the source's end
+    // when it was read).
+    let read_window = |at: u64| {
         let peer = peer.clone();
         async move {
-            with_retry(inner, source, "a chunk read", || {
-                let peer = peer.clone();
-                async move {
-                    let chunk = peer.read_region(region, at, chunk).await?;
-                    check_chunk(&chunk, at)?;
-                    Ok(chunk)
+            let reads: Vec<_> = (0..window as u64)
+                .map(|i| {
+                    let peer = peer.clone();
+                    let at = at + i * u64::from(chunk);
+                    Box::pin(with_retry(inner, source, "a chunk read", move || {
+                        let peer = peer.clone();
+                        async move {
+                            let read = peer.read_region(region, at, chunk).await?;
+                            check_chunk(&read, at)?;
+                            Ok(read)
+                        }
+                    }))
+                })
+                .collect();
+            let mut chunks = Vec::with_capacity(window);
+            for read in crate::util::join_all(reads, window).await {
+                let read = read?;
+                let short = read.data.len() < chunk as usize;
+                chunks.push(read);
+                if short {
+                    break;
                 }
-            })
-            .await
+            }
+            Ok::<_, CopyFailed>(chunks)
         }
     };
-    let mut next = read(offset).await?;
+    let mut next = read_window(offset).await?;
     loop {
-        if next.data.is_empty() {
+        let len: u64 = next.iter().map(|c| c.data.len() as u64).sum();
+        if len == 0 {
             break;
         }
-        let len = next.data.len() as u64;
-        // The next read travels while this chunk is written.
-        let write = async {
-            store
-                .write_at(region, offset, &next.data)
-                .await
-                .map_err(|e| CopyFailed(format!("writing {region} at {offset}: {e}")))
+        let (at, chunks) = (offset, std::mem::take(&mut next));
+        let write = async move {
+            let mut at = at;
+            for read in chunks {
+                let len = read.data.len() as u64;
+                store
+                    .write_at(region, at, read.data)
+                    .await
+                    .map_err(|e| CopyFailed(format!("writing {region} at {at}: {e}")))?;
+                at += len;
+            }
+            Ok::<(), CopyFailed>(())
         };
-        let (written, following) = futures_lite::future::zip(write, read(offset + len)).await;
+        let (written, following) =
+            futures_lite::future::zip(write, read_window(offset + len)).await;
         written?;
         offset += len;
         unsynced += len;

@@ -128,6 +128,8 @@ fn source_location() -> DataNodeLocation {
 fn config() -> DataNodeConfig {
     DataNodeConfig {
         copy_chunk_bytes: 1000,
+        // One read at a time, so tests can count reads exactly.
+        copy_window: 1,
         copy_checkpoint_bytes: 3000,
         copy_stall_timeout: Duration::from_secs(5),
         ..DataNodeConfig::default()
@@ -201,11 +203,15 @@ impl Rig {
     }
 
     async fn open_target(&self) -> DataNode {
+        self.open_target_with(config()).await
+    }
+
+    async fn open_target_with(&self, config: DataNodeConfig) -> DataNode {
         let node = DataNode::open(
             runtime(&self.ex, &self.clock),
             Arc::new(self.target_store.clone()),
             Arc::new(self.target_journal.clone()),
-            config(),
+            config,
         )
         .await
         .expect("target opens");
@@ -268,6 +274,25 @@ fn a_copy_makes_the_target_byte_identical_in_checksummed_chunks() {
 }
 
 #[test]
+fn a_windowed_copy_with_reads_lost_in_flight_is_byte_identical() {
+    let ex = Arc::new(Executor::new());
+    smol::block_on(ex.clone().run(async move {
+        let rig = Rig::new(&ex, 9_999).await;
+        let target = rig
+            .open_target_with(DataNodeConfig {
+                copy_window: 3,
+                ..config()
+            })
+            .await;
+        target.create_region(E1, create()).await.expect("create");
+        rig.source.failing.store(4, Ordering::SeqCst);
+        target.submit_task(E1, copy(1)).await.expect("submit");
+        assert_eq!(rig.finish(&target, 1).await, TaskStatus::Success);
+        assert!(rig.digests_equal().await);
+    }));
+}
+
+#[test]
 fn a_lost_connection_mid_copy_resumes_at_the_same_offset() {
     let ex = Arc::new(Executor::new());
     smol::block_on(ex.clone().run(async move {
@@ -293,7 +318,7 @@ fn a_source_gone_longer_than_the_stall_timeout_fails_the_copy_and_a_new_task_res
         target.create_region(E1, create()).await.expect("create");
         // Let two chunks through, then the source goes away for good.
         rig.target_store
-            .write_at(region(), 0, &data(2_000))
+            .write_at(region(), 0, data(2_000))
             .await
             .expect("pretend two chunks were copied");
         rig.source.failing.store(u32::MAX, Ordering::SeqCst);
@@ -321,7 +346,7 @@ fn local_bytes_that_differ_from_the_source_are_discarded_and_the_copy_starts_ove
         let target = rig.open_target().await;
         target.create_region(E1, create()).await.expect("create");
         rig.target_store
-            .write_at(region(), 0, &[9; 1_500])
+            .write_at(region(), 0, vec![9; 1_500])
             .await
             .expect("garbage");
         target.submit_task(E1, copy(1)).await.expect("submit");

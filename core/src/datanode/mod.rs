@@ -65,6 +65,8 @@ pub struct DataNodeConfig {
     pub compact_threshold: usize,
     /// Bytes a `CopyRegion` task asks its source for per read.
     pub copy_chunk_bytes: u32,
+    /// Chunk reads a `CopyRegion` task keeps in flight.
+    pub copy_window: usize,
     /// A copy made durable at least every this many bytes (and at its end).
     pub copy_checkpoint_bytes: u64,
     /// How long a `CopyRegion` task keeps retrying a source that does not answer (or the
@@ -81,7 +83,8 @@ impl Default for DataNodeConfig {
             result_retention: Some(Duration::from_secs(24 * 60 * 60)),
             compact_threshold: 1024,
             copy_chunk_bytes: 1 << 20,
-            copy_checkpoint_bytes: 64 << 20,
+            copy_window: 16,
+            copy_checkpoint_bytes: 1 << 30,
             copy_stall_timeout: Duration::from_secs(60),
         }
     }

@@ -230,7 +230,7 @@ impl RegionStore for FaultyRegionStore {
         &self,
         region: RegionId,
         offset: u64,
-        bytes: &[u8],
+        bytes: Vec<u8>,
     ) -> Result<u64, StorageError> {
         self.take_fault(StoreOp::Append)?;
         self.inner.write_at(region, offset, bytes).await

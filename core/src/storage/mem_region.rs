@@ -328,7 +328,7 @@ impl RegionStore for MemRegionStore {
         &self,
         region: RegionId,
         offset: u64,
-        bytes: &[u8],
+        bytes: Vec<u8>,
     ) -> Result<u64, StorageError> {
         let mut inner = lock(&self.inner);
         let replica = inner
@@ -343,7 +343,7 @@ impl RegionStore for MemRegionStore {
             )));
         }
         replica.data.truncate(at);
-        replica.data.extend_from_slice(bytes);
+        replica.data.extend_from_slice(&bytes);
         Ok(replica.data.len() as u64)
     }
 }

@@ -201,14 +201,15 @@ pub trait RegionStore: Send + Sync + 'static {
         )))
     }
     /// Writes `bytes` at `offset` of a replica's data, discarding whatever lay at or past
-    /// `offset` first (a copy resumes or restarts there); returns the new size. Not durable
+    /// `offset` first (a copy resumes or restarts there); returns the new size. Takes the
+    /// bytes by value: a copy hands over each chunk it received without another copy. Not durable
     /// until [`RegionStore::sync`]. `offset` past the end is refused. Missing region:
     /// [`StorageError::RegionNotFound`].
     async fn write_at(
         &self,
         region: RegionId,
         offset: u64,
-        bytes: &[u8],
+        bytes: Vec<u8>,
     ) -> Result<u64, StorageError> {
         let _ = (offset, bytes);
         Err(StorageError::Unavailable(format!(
