@@ -151,12 +151,12 @@ fn address(id: u32) -> String {
     format!("fake-{id}:1")
 }
 
-struct Inline;
+/// Steps never spawn work they wait for; anything spawned is dropped unrun.
+struct NoSpawn;
 
-impl Spawner for Inline {
+impl Spawner for NoSpawn {
     fn spawn(&self, _name: &str, future: BoxFuture<()>) {
-        // Nothing a step test runs spawns work it waits for; detach it on a thread.
-        std::thread::spawn(move || futures_lite::future::block_on(future));
+        drop(future);
     }
 }
 
@@ -178,7 +178,7 @@ impl StepEnv {
         let clock = ManualClock::new();
         let runtime = Runtime {
             clock: Arc::new(clock.clone()),
-            spawner: Arc::new(Inline),
+            spawner: Arc::new(NoSpawn),
             rng: Arc::new(SeededRng::new(11)),
         };
         let consensus = Arc::new(LocalConsensus::new(
