@@ -24,7 +24,9 @@ use shoal_core::model::{
 use shoal_nodes::clients::CapnpDataNodeClients;
 use shoal_nodes::storage::{StoreOptions, open_datanode_stores};
 use shoal_runtime_smol::smol_runtime;
-use shoal_transport_capnp::{ClientOptions, RpcRuntime, ServedApis, ServerOptions};
+use shoal_transport_capnp::{
+    ClientOptions, Role, RpcRuntime, ServedApis, ServerOptions, ServerSecrets,
+};
 
 const SECRET: &str = "bench-secret";
 const E: Epoch = Epoch(1);
@@ -86,11 +88,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
             node.set_peer_clients(Arc::new(CapnpDataNodeClients::new(
                 rpc.clone(),
-                ClientOptions::new(SECRET),
+                ClientOptions::new(Role::DataNode, SECRET),
             )));
             let server = rpc.serve(
                 "127.0.0.1:0",
-                SECRET,
+                ServerSecrets::new(SECRET, "bench-admin"),
                 ServedApis::data_node(Arc::new(node.clone())),
                 ServerOptions::default(),
             )?;

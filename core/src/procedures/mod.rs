@@ -24,15 +24,13 @@ mod remove_data_node;
 mod remove_orphan_region;
 mod remove_region_group;
 #[cfg(test)]
-pub(crate) mod testing;
+mod testing;
 
 pub use create_region_groups::{
     CreateRegionGroupsData, CreateRegionGroupsOutput, CreateRegionGroupsProcedure,
     CreateRegionGroupsState, PlannedGroup,
 };
-pub use delete_database::{
-    DatabaseIncarnation, DeleteDatabaseData, DeleteDatabaseProcedure, DeleteDatabaseState,
-};
+pub use delete_database::{DeleteDatabaseData, DeleteDatabaseProcedure, DeleteDatabaseState};
 pub use env::{LifecycleConfig, MAX_TASK_SEQ, RegionEnv, task_id_for};
 pub use migrate_region::{
     MAX_COPY_FAILURES, MigrateRegionData, MigrateRegionOutput, MigrateRegionProcedure,

@@ -1,8 +1,11 @@
-//! A small environment for per-step tests of the region procedures (test builds only): a
-//! real state machine over an in-memory log, a [`ManualClock`], and a fake
-//! [`DataNodeClients`] whose DataNodes (at `fake-<id>:1`) answer from scripts, one answer per call, recording
-//! every call. A test builds the state with plans, runs one `step` of a procedure on a
-//! [`StepEnv::ctx`], and checks the step's result, the procedure's data and the calls made.
+//! A test env for driving one region-procedure step at a time (per-step tests, one test per
+//! answer a DataNode can give). GreptimeDB's region-migration states test themselves the same
+//! way: a real state machine, a fake peer, a manual clock.
+//!
+//! [`StepEnv`] holds a leading [`LocalConsensus`] over an in-memory log (setup plans are
+//! committed through it), a [`ManualClock`], and [`FakeDataNodes`]: every DataNode address
+//! answers from a script (per method, a queue of answers, then a default) and records every
+//! call. A step runs with [`StepEnv::step`] against a context built for one procedure id.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,87 +28,185 @@ use crate::model::{
 use crate::plan::{
     ConfigPlan, CreateDatabase, CreateRegionGroups, RegisterDataNode, ReserveRegionIds,
 };
-use crate::procedure::{ChildOutcome, ProcedureContext};
+use crate::procedure::{ChildOutcome, Procedure, ProcedureError, Step, step_context};
 use crate::runtime::{BoxFuture, ManualClock, Runtime, SeededRng, Spawner};
-use crate::state::{Applied, ClusterState};
+use crate::state::{ApplyResult, ClusterState};
 use crate::storage::mem::{MemLogStore, MemSnapshotStore};
 
-use super::{LifecycleConfig, RegionEnv};
+use super::env::{LifecycleConfig, RegionEnv};
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One call a fake DataNode received, in words (`"submit_task task-5 CopyRegion"`).
-pub(crate) type Call = String;
+/// One call a fake DataNode received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// `create_region` of a region with a generation.
+    Create(RegionId, u64),
+    /// `submit_task`.
+    Submit(MaintainTask),
+    /// `task_result` of a task id (long-poll or not).
+    Poll(TaskId),
+    /// `ack_task`.
+    Ack(TaskId),
+    /// `region_digest` of a region, of a prefix (`None`: all of it).
+    Digest(RegionId, Option<u64>),
+}
 
-/// A DataNode answering from scripts. An empty script answers the method's default:
-/// `task_result` → `NotExist`, `submit_task` → `Accepted`, `create_region` / `ack_task` →
-/// `Ok`, `region_digest` → `Refused`.
+/// Scripted answers of one DataNode.
 #[derive(Default)]
-pub(crate) struct FakeDataNode {
-    pub task_results: Mutex<VecDeque<Result<TaskStatus, ApiError>>>,
-    pub submits: Mutex<VecDeque<Result<SubmitOutcome, ApiError>>>,
-    pub creates: Mutex<VecDeque<Result<(), ApiError>>>,
-    pub acks: Mutex<VecDeque<Result<(), ApiError>>>,
-    pub digests: Mutex<VecDeque<Result<RegionDigest, ApiError>>>,
-    pub calls: Mutex<Vec<Call>>,
-    /// Submitted tasks, in order.
-    pub submitted: Mutex<Vec<MaintainTask>>,
+struct Script {
+    creates: VecDeque<Result<(), ApiError>>,
+    polls: VecDeque<Result<TaskStatus, ApiError>>,
+    submits: VecDeque<Result<SubmitOutcome, ApiError>>,
+    acks: VecDeque<Result<(), ApiError>>,
+    digests: VecDeque<Result<RegionDigest, ApiError>>,
 }
 
-impl FakeDataNode {
-    fn record(&self, call: String) {
-        lock(&self.calls).push(call);
+/// Every DataNode of a step test: scripted answers, recorded calls (per DataNode id).
+#[derive(Default)]
+pub struct FakeDataNodes {
+    scripts: Mutex<BTreeMap<DataNodeId, Script>>,
+    calls: Mutex<Vec<(DataNodeId, Call)>>,
+}
+
+/// The DataNode id of an address made by [`address`].
+fn id_of(location: &DataNodeLocation) -> DataNodeId {
+    location.id
+}
+
+impl FakeDataNodes {
+    fn script(&self) -> MutexGuard<'_, BTreeMap<DataNodeId, Script>> {
+        lock(&self.scripts)
     }
 
-    /// Calls received so far.
-    pub fn calls(&self) -> Vec<Call> {
+    /// `node`'s next `create_region` answers.
+    pub fn answer_creates(&self, node: u32, answers: Vec<Result<(), ApiError>>) {
+        self.script()
+            .entry(DataNodeId(node))
+            .or_default()
+            .creates
+            .extend(answers);
+    }
+
+    /// `node`'s next `task_result` answers (then: `NotExist`).
+    pub fn answer_polls(&self, node: u32, answers: Vec<Result<TaskStatus, ApiError>>) {
+        self.script()
+            .entry(DataNodeId(node))
+            .or_default()
+            .polls
+            .extend(answers);
+    }
+
+    /// `node`'s next `submit_task` answers (then: `Accepted`).
+    pub fn answer_submits(&self, node: u32, answers: Vec<Result<SubmitOutcome, ApiError>>) {
+        self.script()
+            .entry(DataNodeId(node))
+            .or_default()
+            .submits
+            .extend(answers);
+    }
+
+    /// `node`'s next `ack_task` answers (then: `Ok`).
+    pub fn answer_acks(&self, node: u32, answers: Vec<Result<(), ApiError>>) {
+        self.script()
+            .entry(DataNodeId(node))
+            .or_default()
+            .acks
+            .extend(answers);
+    }
+
+    /// `node`'s next `region_digest` answers (then: `Refused`).
+    pub fn answer_digests(&self, node: u32, answers: Vec<Result<RegionDigest, ApiError>>) {
+        self.script()
+            .entry(DataNodeId(node))
+            .or_default()
+            .digests
+            .extend(answers);
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<(DataNodeId, Call)> {
         lock(&self.calls).clone()
     }
+
+    /// Calls to `node` so far.
+    pub fn calls_to(&self, node: u32) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|(n, _)| *n == DataNodeId(node))
+            .map(|(_, c)| c)
+            .collect()
+    }
+
+    fn record(&self, node: DataNodeId, call: Call) {
+        lock(&self.calls).push((node, call));
+    }
+}
+
+/// One fake DataNode: answers from its script.
+struct FakeDataNode {
+    id: DataNodeId,
+    all: Arc<FakeDataNodes>,
 }
 
 #[async_trait]
 impl DataNodeApi for FakeDataNode {
     async fn create_region(&self, _: Epoch, request: CreateRegionRequest) -> Result<(), ApiError> {
-        self.record(format!(
-            "create_region {} gen {}",
-            request.region, request.generation
-        ));
-        lock(&self.creates).pop_front().unwrap_or(Ok(()))
+        self.all
+            .record(self.id, Call::Create(request.region, request.generation));
+        let next = self
+            .all
+            .script()
+            .entry(self.id)
+            .or_default()
+            .creates
+            .pop_front();
+        next.unwrap_or(Ok(()))
     }
-    async fn delete_region(&self, _: Epoch, region: RegionId) -> Result<(), ApiError> {
-        self.record(format!("delete_region {region}"));
-        Ok(())
+    async fn delete_region(&self, _: Epoch, _: RegionId) -> Result<(), ApiError> {
+        Err(ApiError::Refused("the legacy delete is never used".into()))
     }
-    async fn write_region(&self, region: RegionId, _: Vec<u8>) -> Result<u64, ApiError> {
-        self.record(format!("write_region {region}"));
+    async fn write_region(&self, _: RegionId, _: Vec<u8>) -> Result<u64, ApiError> {
         Ok(0)
     }
     async fn submit_task(&self, _: Epoch, task: MaintainTask) -> Result<SubmitOutcome, ApiError> {
-        self.record(format!("submit_task {} {}", task.task_id, task.kind.name()));
-        lock(&self.submitted).push(task);
-        lock(&self.submits)
-            .pop_front()
-            .unwrap_or(Ok(SubmitOutcome::Accepted))
+        self.all.record(self.id, Call::Submit(task));
+        let next = self
+            .all
+            .script()
+            .entry(self.id)
+            .or_default()
+            .submits
+            .pop_front();
+        next.unwrap_or(Ok(SubmitOutcome::Accepted))
     }
     async fn task_result(
         &self,
-        id: TaskId,
-        wait: Option<Duration>,
+        task_id: TaskId,
+        _: Option<Duration>,
     ) -> Result<TaskStatus, ApiError> {
-        if wait.is_some() {
-            // A long-poll of a followed task (`Step::Await`): not part of a step's answers.
-            return Ok(TaskStatus::Processing);
-        }
-        self.record(format!("task_result {id}"));
-        lock(&self.task_results)
-            .pop_front()
-            .unwrap_or(Ok(TaskStatus::NotExist))
+        self.all.record(self.id, Call::Poll(task_id));
+        let next = self
+            .all
+            .script()
+            .entry(self.id)
+            .or_default()
+            .polls
+            .pop_front();
+        next.unwrap_or(Ok(TaskStatus::NotExist))
     }
-    async fn ack_task(&self, _: Epoch, id: TaskId) -> Result<(), ApiError> {
-        self.record(format!("ack_task {id}"));
-        lock(&self.acks).pop_front().unwrap_or(Ok(()))
+    async fn ack_task(&self, _: Epoch, task_id: TaskId) -> Result<(), ApiError> {
+        self.all.record(self.id, Call::Ack(task_id));
+        let next = self
+            .all
+            .script()
+            .entry(self.id)
+            .or_default()
+            .acks
+            .pop_front();
+        next.unwrap_or(Ok(()))
     }
     async fn heartbeat(&self, _: Epoch) -> Result<HeartbeatReport, ApiError> {
         Ok(HeartbeatReport {
@@ -118,109 +219,152 @@ impl DataNodeApi for FakeDataNode {
         region: RegionId,
         len: Option<u64>,
     ) -> Result<RegionDigest, ApiError> {
-        self.record(format!("region_digest {region} {len:?}"));
-        lock(&self.digests)
-            .pop_front()
-            .unwrap_or_else(|| Err(ApiError::Refused("no digest scripted".into())))
-    }
-}
-
-/// Fake DataNodes by id (their address is `fake-<id>:1`).
-#[derive(Default)]
-pub(crate) struct FakeClients {
-    nodes: Mutex<BTreeMap<String, Arc<FakeDataNode>>>,
-}
-
-impl FakeClients {
-    /// The fake DataNode registered as `id`.
-    pub fn node(&self, id: u32) -> Arc<FakeDataNode> {
-        lock(&self.nodes).entry(address(id)).or_default().clone()
-    }
-}
-
-impl DataNodeClients for FakeClients {
-    fn client(&self, location: &DataNodeLocation) -> Arc<dyn DataNodeApi> {
-        lock(&self.nodes)
-            .entry(location.address.clone())
+        self.all.record(self.id, Call::Digest(region, len));
+        let next = self
+            .all
+            .script()
+            .entry(self.id)
             .or_default()
-            .clone()
+            .digests
+            .pop_front();
+        next.unwrap_or_else(|| Err(ApiError::Refused("no digest scripted".into())))
     }
 }
 
-fn address(id: u32) -> String {
-    format!("fake-{id}:1")
+struct Clients(Arc<FakeDataNodes>);
+
+impl DataNodeClients for Clients {
+    fn client(&self, location: &DataNodeLocation) -> Arc<dyn DataNodeApi> {
+        Arc::new(FakeDataNode {
+            id: id_of(location),
+            all: self.0.clone(),
+        })
+    }
 }
 
-/// Steps never spawn work they wait for; anything spawned is dropped unrun.
-struct NoSpawn;
+/// Steps under test spawn nothing they wait for; anything spawned is dropped unrun.
+struct NoSpawner;
 
-impl Spawner for NoSpawn {
+impl Spawner for NoSpawner {
     fn spawn(&self, _name: &str, future: BoxFuture<()>) {
         drop(future);
     }
 }
 
-/// A state machine, a manual clock and fake DataNodes for one step test.
-pub(crate) struct StepEnv {
-    /// The clock steps read (advance it to test backoff or deadlines).
-    #[allow(dead_code)]
-    pub clock: ManualClock,
+/// The address of DataNode `i` in a step test.
+pub fn address(i: u32) -> String {
+    format!("127.0.0.1:{}", 19000 + i)
+}
+
+/// A step test's world. See the module docs.
+pub struct StepEnv {
+    /// The leading consensus the steps commit through.
     pub consensus: Arc<LocalConsensus>,
+    /// Its epoch.
     pub epoch: Epoch,
-    pub clients: Arc<FakeClients>,
+    /// The manual clock steps sleep on.
+    pub clock: ManualClock,
+    /// The DataNodes.
+    pub nodes: Arc<FakeDataNodes>,
+    /// Where `StaleLeader` answers are reported.
     pub healer: Arc<EpochHealer>,
+    env: Arc<RegionEnv>,
     runtime: Runtime,
 }
 
 impl StepEnv {
-    /// `data_nodes` registered DataNodes (`dn-0`..), all running.
-    pub async fn new(data_nodes: u32) -> Self {
+    /// A leading ConfigNode state with `data_nodes` registered DataNodes (ids 0..n).
+    pub async fn new(data_nodes: u32) -> StepEnv {
         let clock = ManualClock::new();
         let runtime = Runtime {
             clock: Arc::new(clock.clone()),
-            spawner: Arc::new(NoSpawn),
-            rng: Arc::new(SeededRng::new(11)),
+            spawner: Arc::new(NoSpawner),
+            rng: Arc::new(SeededRng::new(5)),
         };
         let consensus = Arc::new(LocalConsensus::new(
             Arc::new(MemLogStore::new()),
             Arc::new(MemSnapshotStore::new()),
         ));
         let epoch = consensus.campaign().await.expect("campaign");
-        let env = Self {
-            clock,
+        let nodes = Arc::new(FakeDataNodes::default());
+        let healer = Arc::new(EpochHealer::new());
+        let env = Arc::new(RegionEnv {
+            clients: Arc::new(Clients(nodes.clone())),
+            inflight: Arc::new(InflightCreates::default()),
+            healer: healer.clone(),
+            config: LifecycleConfig {
+                create_retry_window: Duration::from_secs(1),
+                ..LifecycleConfig::default()
+            },
+        });
+        let step_env = StepEnv {
             consensus,
             epoch,
-            clients: Arc::new(FakeClients::default()),
-            healer: Arc::new(EpochHealer::new()),
+            clock,
+            nodes,
+            healer,
+            env,
             runtime,
         };
-        for id in 0..data_nodes {
-            env.apply(ConfigPlan::RegisterDataNode(RegisterDataNode {
-                known_id: None,
-                address: address(id),
-            }))
-            .await;
+        for i in 0..data_nodes {
+            step_env
+                .commit(ConfigPlan::RegisterDataNode(RegisterDataNode {
+                    known_id: None,
+                    address: address(i),
+                }))
+                .await
+                .expect("registered");
         }
-        env
+        step_env
     }
 
-    /// Commits `plan`; panics if it is refused.
-    pub async fn apply(&self, plan: ConfigPlan) -> Applied {
+    /// Commits a setup plan.
+    pub async fn commit(&self, plan: ConfigPlan) -> ApplyResult {
         self.consensus
             .propose(self.epoch, plan)
             .await
             .expect("committed")
-            .expect("applied")
     }
 
-    /// Creates database `name` (RF `rf` for both kinds) and publishes one data group on
-    /// `replicas`; returns its id.
+    /// Database `db` (RF 3) with `groups` data groups published on `replicas`, their ids
+    /// reserved from 0.
+    pub async fn published(&self, groups: u32, replicas: &[u32]) -> Vec<RegionId> {
+        self.commit(ConfigPlan::CreateDatabase(CreateDatabase {
+            schema: schema(),
+            created_by: None,
+        }))
+        .await
+        .expect("database");
+        self.commit(ConfigPlan::ReserveRegionIds(ReserveRegionIds {
+            kind: RegionKind::Data,
+            count: groups,
+            for_procedure: None,
+        }))
+        .await
+        .expect("reserved");
+        let regions: Vec<RegionId> = (0..groups)
+            .map(|i| RegionId::new(RegionKind::Data, i))
+            .collect();
+        let nodes: Vec<DataNodeId> = replicas.iter().map(|n| DataNodeId(*n)).collect();
+        self.commit(ConfigPlan::CreateRegionGroups(CreateRegionGroups {
+            database: db(),
+            groups: regions
+                .iter()
+                .map(|r| RegionReplicaSet::new(*r, nodes.clone()))
+                .collect(),
+        }))
+        .await
+        .expect("published");
+        regions
+    }
+
+    /// Database `name` at replication factor `rf` (created on first use) with one more data
+    /// group published on `replicas`, its id reserved next; returns the group.
     pub async fn group(&self, name: &str, rf: u8, replicas: &[u32]) -> RegionId {
-        let name = DatabaseName::new(name).expect("name");
-        let exists = self.state(|s| s.databases.contains_key(&name));
-        if !exists {
+        let name = DatabaseName::new(name).expect("valid name");
+        if !self.state().databases.contains_key(&name) {
             let factor = ReplicationFactor::new(rf).expect("rf");
-            self.apply(ConfigPlan::CreateDatabase(CreateDatabase {
+            self.commit(ConfigPlan::CreateDatabase(CreateDatabase {
                 schema: DatabaseSchema {
                     name: name.clone(),
                     schema_replication_factor: factor,
@@ -228,58 +372,75 @@ impl StepEnv {
                 },
                 created_by: None,
             }))
-            .await;
+            .await
+            .expect("database");
         }
-        let Applied::RegionIdsReserved { first, .. } = self
-            .apply(ConfigPlan::ReserveRegionIds(ReserveRegionIds {
+        let reserved = self
+            .commit(ConfigPlan::ReserveRegionIds(ReserveRegionIds {
                 kind: RegionKind::Data,
                 count: 1,
                 for_procedure: None,
             }))
-            .await
-        else {
-            panic!("no ids reserved");
+            .await;
+        let Ok(crate::state::Applied::RegionIdsReserved { first, .. }) = reserved else {
+            panic!("no id reserved: {reserved:?}");
         };
         let region = RegionId::new(RegionKind::Data, first);
-        let replicas = replicas.iter().map(|r| DataNodeId(*r)).collect();
-        self.apply(ConfigPlan::CreateRegionGroups(CreateRegionGroups {
+        self.commit(ConfigPlan::CreateRegionGroups(CreateRegionGroups {
             database: name,
-            groups: vec![RegionReplicaSet::new(region, replicas)],
+            groups: vec![RegionReplicaSet::new(
+                region,
+                replicas.iter().map(|n| DataNodeId(*n)).collect(),
+            )],
         }))
-        .await;
+        .await
+        .expect("published");
         region
     }
 
-    /// Reads the applied state.
-    pub fn state<T>(&self, read: impl FnOnce(&ClusterState) -> T) -> T {
-        self.consensus.state().read(read)
+    /// The committed state.
+    pub fn state(&self) -> ClusterState {
+        self.consensus.state().snapshot()
     }
 
-    /// The fake DataNode `dn-<id>`.
-    pub fn node(&self, id: u32) -> Arc<FakeDataNode> {
-        self.clients.node(id)
-    }
-
-    /// A step context for procedure `id` whose finished children are `children`.
-    pub fn ctx_with_children(&self, id: u64, children: Vec<ChildOutcome>) -> ProcedureContext {
-        let env = RegionEnv {
-            clients: self.clients.clone(),
-            inflight: Arc::new(InflightCreates::default()),
-            healer: self.healer.clone(),
-            config: LifecycleConfig::default(),
-        };
-        ProcedureContext::for_step_test(
-            ProcedureId(id),
-            self.epoch,
-            self.consensus.clone() as Arc<dyn Consensus>,
+    /// Runs one step of `procedure` (as procedure `id`, with `children` finished) to its
+    /// end, moving the manual clock whenever the step sleeps on it.
+    pub async fn step(
+        &self,
+        procedure: &mut dyn Procedure,
+        id: ProcedureId,
+        children: Vec<ChildOutcome>,
+    ) -> Result<Step, ProcedureError> {
+        let ctx = step_context(
+            self.consensus.clone(),
             self.runtime.clone(),
-            Arc::new(env),
+            self.env.clone(),
+            self.epoch,
+            id,
             children,
-        )
+        );
+        let clock = self.clock.clone();
+        let step = procedure.step(&ctx);
+        let ticker = async move {
+            loop {
+                futures_lite::future::yield_now().await;
+                clock.advance_to_next_deadline();
+            }
+        };
+        futures_lite::future::or(step, ticker).await
     }
+}
 
-    /// A step context for procedure `id`.
-    pub fn ctx(&self, id: u64) -> ProcedureContext {
-        self.ctx_with_children(id, Vec::new())
+/// The step tests' database name.
+pub fn db() -> DatabaseName {
+    DatabaseName::new("db").expect("valid name")
+}
+
+/// The step tests' database schema (RF 3).
+pub fn schema() -> DatabaseSchema {
+    DatabaseSchema {
+        name: db(),
+        schema_replication_factor: ReplicationFactor::new(3).expect("rf"),
+        data_replication_factor: ReplicationFactor::new(3).expect("rf"),
     }
 }

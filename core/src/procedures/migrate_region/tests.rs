@@ -3,19 +3,35 @@
 
 use super::*;
 use crate::api::{ApiError, RegionDigest, SubmitOutcome, TaskStatus};
-use crate::model::{DataNodeId, DatabaseName, Epoch, RegionId};
+use crate::model::{DataNodeId, DatabaseName, Epoch, ProcedureId, RegionId};
 use crate::procedure::{ChildOutcome, Step};
-use crate::procedures::testing::StepEnv;
+use crate::procedures::testing::{Call, StepEnv};
 use crate::state::ProcedureStatus;
 
-const ID: u64 = 9;
+const ID: ProcedureId = ProcedureId(9);
 
 fn db() -> DatabaseName {
     DatabaseName::new("db").expect("name")
 }
 
-fn push<T>(queue: &std::sync::Mutex<std::collections::VecDeque<T>>, value: T) {
-    queue.lock().expect("script").push_back(value);
+/// One step of `procedure` with no children.
+async fn step(
+    env: &StepEnv,
+    procedure: &mut MigrateRegionProcedure,
+) -> Result<Step, ProcedureError> {
+    env.step(procedure, ID, Vec::new()).await
+}
+
+/// The tasks submitted to `node`, in order.
+fn submitted(env: &StepEnv, node: u32) -> Vec<crate::api::MaintainTask> {
+    env.nodes
+        .calls_to(node)
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Submit(task) => Some(task),
+            _ => None,
+        })
+        .collect()
 }
 
 /// 4 DataNodes; one data group on dn-0, dn-1, dn-2 (RF 3); a move of dn-0's replica to
@@ -25,19 +41,18 @@ async fn setup(until: MigrateRegionState) -> (StepEnv, RegionId, MigrateRegionPr
     let region = env.group("db", 3, &[0, 1, 2]).await;
     let mut procedure =
         MigrateRegionProcedure::new(db(), region, DataNodeId(0), Some(DataNodeId(3)));
-    let ctx = env.ctx(ID);
     while procedure.data().state != until {
         match procedure.data().state {
             MigrateRegionState::CopyData if procedure.data().task.is_some() => {
-                push(&env.node(3).task_results, Ok(TaskStatus::Success));
+                env.nodes.answer_polls(3, vec![Ok(TaskStatus::Success)]);
             }
             MigrateRegionState::Verify => {
-                push(&env.node(3).digests, Ok(digest(100, 7)));
-                push(&env.node(0).digests, Ok(digest(100, 7)));
+                env.nodes.answer_digests(3, vec![Ok(digest(100, 7))]);
+                env.nodes.answer_digests(0, vec![Ok(digest(100, 7))]);
             }
             _ => {}
         }
-        let step = procedure.step(&ctx).await.expect("step");
+        let step = step(&env, &mut procedure).await.expect("step");
         assert!(matches!(step, Step::Continue), "{step:?}");
     }
     (env, region, procedure)
@@ -66,7 +81,7 @@ fn prepare_without_a_target_lets_placement_pick_a_running_node_outside_the_group
         let env = StepEnv::new(4).await;
         let region = env.group("db", 3, &[0, 1, 2]).await;
         let mut procedure = MigrateRegionProcedure::new(db(), region, DataNodeId(1), None);
-        procedure.step(&env.ctx(ID)).await.expect("step");
+        step(&env, &mut procedure).await.expect("step");
         assert_eq!(procedure.data().target, Some(DataNodeId(3)));
     });
 }
@@ -78,10 +93,9 @@ fn prepare_with_nothing_to_move_finishes_as_skipped() {
         let region = env.group("db", 3, &[0, 1, 2]).await;
         let mut procedure =
             MigrateRegionProcedure::new(db(), region, DataNodeId(3), Some(DataNodeId(3)));
-        let ctx = env.ctx(ID);
-        procedure.step(&ctx).await.expect("prepare");
+        step(&env, &mut procedure).await.expect("prepare");
         assert_eq!(procedure.data().state, MigrateRegionState::Finish);
-        let Step::Done(output) = procedure.step(&ctx).await.expect("finish") else {
+        let Step::Done(output) = step(&env, &mut procedure).await.expect("finish") else {
             panic!("not done");
         };
         let output: MigrateRegionOutput = decode_data(&output).expect("output");
@@ -99,15 +113,14 @@ fn prepare_refuses_a_target_that_already_may_hold_a_replica() {
         let region = env.group("db", 3, &[0, 1, 2]).await;
         let mut procedure =
             MigrateRegionProcedure::new(db(), region, DataNodeId(0), Some(DataNodeId(1)));
-        let ctx = env.ctx(ID);
-        procedure.step(&ctx).await.expect("prepare");
+        step(&env, &mut procedure).await.expect("prepare");
         assert_eq!(procedure.data().state, MigrateRegionState::Finish);
-        let failed = procedure.step(&ctx).await;
+        let failed = step(&env, &mut procedure).await;
         assert!(
             matches!(&failed, Err(ProcedureError::Abort(m)) if m.contains("already holds")),
             "{failed:?}"
         );
-        assert!(env.node(1).calls().is_empty(), "nothing was sent");
+        assert!(env.nodes.calls_to(1).is_empty(), "nothing was sent");
     });
 }
 
@@ -115,21 +128,16 @@ fn prepare_refuses_a_target_that_already_may_hold_a_replica() {
 fn the_target_joins_the_footprint_before_its_create_leaves() {
     smol::block_on(async {
         let (env, region, mut procedure) = setup(MigrateRegionState::CreateTarget).await;
-        push(
-            &env.node(3).creates,
-            Err(ApiError::Unreachable("refused".into())),
-        );
-        let step = procedure.step(&env.ctx(ID)).await.expect("step");
+        env.nodes
+            .answer_creates(3, vec![Err(ApiError::Unreachable("refused".into()))]);
+        let step = step(&env, &mut procedure).await.expect("step");
         // The create never made it, yet the footprint names the target: a create whose
         // reply is lost still made a replica.
-        let generation = env.state(|s| s.creation_generation(region, DataNodeId(3)));
+        let generation = env.state().creation_generation(region, DataNodeId(3));
         assert!(generation.is_some());
         assert_eq!(
-            env.node(3).calls(),
-            vec![format!(
-                "create_region {region} gen {}",
-                generation.unwrap_or(0)
-            )]
+            env.nodes.calls_to(3),
+            vec![Call::Create(region, generation.unwrap_or(0))]
         );
         assert!(
             matches!(&step, Step::Wait { waiting_for, .. } if waiting_for.contains("dn-3")),
@@ -143,11 +151,9 @@ fn the_target_joins_the_footprint_before_its_create_leaves() {
 fn a_refused_create_undoes_the_migration() {
     smol::block_on(async {
         let (env, _, mut procedure) = setup(MigrateRegionState::CreateTarget).await;
-        push(
-            &env.node(3).creates,
-            Err(ApiError::Refused("conflict".into())),
-        );
-        procedure.step(&env.ctx(ID)).await.expect("step");
+        env.nodes
+            .answer_creates(3, vec![Err(ApiError::Refused("conflict".into()))]);
+        step(&env, &mut procedure).await.expect("step");
         assert_eq!(procedure.data().state, MigrateRegionState::Undo);
         assert!(
             procedure
@@ -163,14 +169,14 @@ fn a_refused_create_undoes_the_migration() {
 fn a_create_answered_stale_leader_stops_the_session() {
     smol::block_on(async {
         let (env, _, mut procedure) = setup(MigrateRegionState::CreateTarget).await;
-        push(
-            &env.node(3).creates,
-            Err(ApiError::StaleLeader {
+        env.nodes.answer_creates(
+            3,
+            vec![Err(ApiError::StaleLeader {
                 request: env.epoch,
                 seen: Epoch(env.epoch.0 + 5),
-            }),
+            })],
         );
-        let stopped = procedure.step(&env.ctx(ID)).await;
+        let stopped = step(&env, &mut procedure).await;
         assert!(
             matches!(stopped, Err(ProcedureError::StaleLeader { .. })),
             "{stopped:?}"
@@ -182,14 +188,14 @@ fn a_create_answered_stale_leader_stops_the_session() {
 fn the_copy_task_id_is_persisted_before_anything_is_submitted() {
     smol::block_on(async {
         let (env, _, mut procedure) = setup(MigrateRegionState::CopyData).await;
-        let step = procedure.step(&env.ctx(ID)).await.expect("step");
+        let step = step(&env, &mut procedure).await.expect("step");
         assert!(matches!(step, Step::Continue));
         assert!(procedure.data().task.is_some());
         assert_eq!(
             procedure.data().task_source.as_ref().map(|l| l.id),
             Some(DataNodeId(0))
         );
-        assert!(env.node(3).calls().iter().all(|c| !c.starts_with("submit")));
+        assert!(submitted(&env, 3).is_empty());
     });
 }
 
@@ -198,10 +204,9 @@ async fn copy_step(
     answer: Result<TaskStatus, ApiError>,
 ) -> (StepEnv, MigrateRegionProcedure, Step) {
     let (env, _, mut procedure) = setup(MigrateRegionState::CopyData).await;
-    let ctx = env.ctx(ID);
-    procedure.step(&ctx).await.expect("persist the id");
-    push(&env.node(3).task_results, answer);
-    let step = procedure.step(&ctx).await.expect("step");
+    step(&env, &mut procedure).await.expect("persist the id");
+    env.nodes.answer_polls(3, vec![answer]);
+    let step = step(&env, &mut procedure).await.expect("step");
     (env, procedure, step)
 }
 
@@ -210,7 +215,7 @@ fn a_copy_task_the_target_does_not_know_is_submitted_under_the_persisted_id() {
     smol::block_on(async {
         let (env, procedure, step) = copy_step(Ok(TaskStatus::NotExist)).await;
         assert!(matches!(step, Step::Await { .. }), "{step:?}");
-        let submitted = env.node(3).submitted.lock().expect("log").clone();
+        let submitted = submitted(&env, 3);
         assert_eq!(submitted.len(), 1);
         assert_eq!(Some(submitted[0].task_id), procedure.data().task);
         assert!(matches!(
@@ -226,7 +231,7 @@ fn a_running_copy_is_followed_without_a_commit() {
         let (env, procedure, step) = copy_step(Ok(TaskStatus::Processing)).await;
         assert!(matches!(step, Step::Await { .. }), "{step:?}");
         assert_eq!(procedure.data().state, MigrateRegionState::CopyData);
-        assert!(env.node(3).submitted.lock().expect("log").is_empty());
+        assert!(submitted(&env, 3).is_empty());
     });
 }
 
@@ -238,10 +243,10 @@ fn a_finished_copy_moves_to_verify_and_is_acked_only_after_that_is_persisted() {
         assert_eq!(procedure.data().state, MigrateRegionState::Verify);
         assert!(procedure.data().ack.is_some());
         assert!(
-            env.node(3)
-                .calls()
+            env.nodes
+                .calls_to(3)
                 .iter()
-                .all(|c| !c.starts_with("ack_task"))
+                .all(|c| !matches!(c, Call::Ack(_)))
         );
     });
 }
@@ -261,17 +266,14 @@ fn a_failed_copy_waits_and_takes_a_new_id() {
 fn too_many_failed_copies_undo_the_migration() {
     smol::block_on(async {
         let (env, _, mut procedure) = setup(MigrateRegionState::CopyData).await;
-        let ctx = env.ctx(ID);
         for _ in 0..MAX_COPY_FAILURES {
-            procedure.step(&ctx).await.expect("persist the id");
-            push(
-                &env.node(3).task_results,
-                Ok(TaskStatus::Fail("disk".into())),
-            );
-            procedure.step(&ctx).await.expect("step");
+            step(&env, &mut procedure).await.expect("persist the id");
+            env.nodes
+                .answer_polls(3, vec![Ok(TaskStatus::Fail("disk".into()))]);
+            step(&env, &mut procedure).await.expect("step");
         }
         assert_eq!(procedure.data().state, MigrateRegionState::Undo);
-        let Step::SpawnChildren(children) = procedure.step(&ctx).await.expect("undo") else {
+        let Step::SpawnChildren(children) = step(&env, &mut procedure).await.expect("undo") else {
             panic!("the target replica is not deleted");
         };
         assert_eq!(children.len(), 1);
@@ -297,16 +299,15 @@ fn an_unreachable_target_keeps_the_copy_waiting_visibly() {
 fn a_copy_answered_stale_leader_stops_the_session() {
     smol::block_on(async {
         let (env, _, mut procedure) = setup(MigrateRegionState::CopyData).await;
-        let ctx = env.ctx(ID);
-        procedure.step(&ctx).await.expect("persist the id");
-        push(
-            &env.node(3).task_results,
-            Err(ApiError::StaleLeader {
+        step(&env, &mut procedure).await.expect("persist the id");
+        env.nodes.answer_polls(
+            3,
+            vec![Err(ApiError::StaleLeader {
                 request: env.epoch,
                 seen: Epoch(env.epoch.0 + 1),
-            }),
+            })],
         );
-        let stopped = procedure.step(&ctx).await;
+        let stopped = step(&env, &mut procedure).await;
         assert!(matches!(stopped, Err(ProcedureError::StaleLeader { .. })));
     });
 }
@@ -315,13 +316,10 @@ fn a_copy_answered_stale_leader_stops_the_session() {
 fn a_rejected_copy_task_undoes_the_migration() {
     smol::block_on(async {
         let (env, _, mut procedure) = setup(MigrateRegionState::CopyData).await;
-        let ctx = env.ctx(ID);
-        procedure.step(&ctx).await.expect("persist the id");
-        push(
-            &env.node(3).submits,
-            Ok(SubmitOutcome::Rejected("id reused".into())),
-        );
-        procedure.step(&ctx).await.expect("step");
+        step(&env, &mut procedure).await.expect("persist the id");
+        env.nodes
+            .answer_submits(3, vec![Ok(SubmitOutcome::Rejected("id reused".into()))]);
+        step(&env, &mut procedure).await.expect("step");
         assert_eq!(procedure.data().state, MigrateRegionState::Undo);
     });
 }
@@ -330,22 +328,19 @@ fn a_rejected_copy_task_undoes_the_migration() {
 fn verify_acks_the_copy_then_publishes_equal_digests() {
     smol::block_on(async {
         let (env, _, mut procedure) = setup(MigrateRegionState::Verify).await;
-        push(&env.node(3).digests, Ok(digest(4096, 0xabc)));
-        push(&env.node(0).digests, Ok(digest(4096, 0xabc)));
-        procedure.step(&env.ctx(ID)).await.expect("step");
+        env.nodes.answer_digests(3, vec![Ok(digest(4096, 0xabc))]);
+        env.nodes.answer_digests(0, vec![Ok(digest(4096, 0xabc))]);
+        step(&env, &mut procedure).await.expect("step");
         assert_eq!(procedure.data().state, MigrateRegionState::Publish);
         assert_eq!(procedure.data().copied, Some(digest(4096, 0xabc)));
         assert_eq!(procedure.data().ack, None);
-        let calls = env.node(3).calls();
-        let ack = calls.iter().position(|c| c.starts_with("ack_task"));
-        let digest_call = calls.iter().position(|c| c.starts_with("region_digest"));
+        let calls = env.nodes.calls_to(3);
+        let ack = calls.iter().position(|c| matches!(c, Call::Ack(_)));
+        let digest_call = calls.iter().position(|c| matches!(c, Call::Digest(..)));
         assert!(ack.is_some() && ack < digest_call, "{calls:?}");
         assert_eq!(
-            env.node(0).calls(),
-            vec![format!(
-                "region_digest {} Some(4096)",
-                procedure.data().region
-            )]
+            env.nodes.calls_to(0),
+            vec![Call::Digest(procedure.data().region, Some(4096))]
         );
     });
 }
@@ -354,9 +349,9 @@ fn verify_acks_the_copy_then_publishes_equal_digests() {
 fn verify_sends_a_mismatch_back_to_copying_under_a_new_id() {
     smol::block_on(async {
         let (env, _, mut procedure) = setup(MigrateRegionState::Verify).await;
-        push(&env.node(3).digests, Ok(digest(4096, 1)));
-        push(&env.node(0).digests, Ok(digest(4096, 2)));
-        let step = procedure.step(&env.ctx(ID)).await.expect("step");
+        env.nodes.answer_digests(3, vec![Ok(digest(4096, 1))]);
+        env.nodes.answer_digests(0, vec![Ok(digest(4096, 2))]);
+        let step = step(&env, &mut procedure).await.expect("step");
         assert!(matches!(step, Step::Wait { .. }));
         assert_eq!(procedure.data().state, MigrateRegionState::CopyData);
         assert_eq!(
@@ -370,16 +365,16 @@ fn verify_sends_a_mismatch_back_to_copying_under_a_new_id() {
 fn verify_copies_on_when_the_source_grew() {
     smol::block_on(async {
         let (env, _, mut procedure) = setup(MigrateRegionState::Verify).await;
-        push(&env.node(3).digests, Ok(digest(4096, 1)));
-        push(
-            &env.node(0).digests,
-            Ok(RegionDigest {
+        env.nodes.answer_digests(3, vec![Ok(digest(4096, 1))]);
+        env.nodes.answer_digests(
+            0,
+            vec![Ok(RegionDigest {
                 len: 4096,
                 crc32c: 1,
                 region_len: 8192,
-            }),
+            })],
         );
-        procedure.step(&env.ctx(ID)).await.expect("step");
+        step(&env, &mut procedure).await.expect("step");
         assert_eq!(procedure.data().state, MigrateRegionState::CopyData);
         assert_eq!(procedure.data().failures, 0);
     });
@@ -389,8 +384,8 @@ fn verify_copies_on_when_the_source_grew() {
 fn publish_adds_the_target_so_the_group_is_never_below_its_rf() {
     smol::block_on(async {
         let (env, region, mut procedure) = setup(MigrateRegionState::Publish).await;
-        procedure.step(&env.ctx(ID)).await.expect("step");
-        let replicas = env.state(|s| s.region_group(region).map(|g| g.replicas.clone()));
+        step(&env, &mut procedure).await.expect("step");
+        let replicas = env.state().region_group(region).map(|g| g.replicas.clone());
         assert_eq!(
             replicas,
             Some(vec![
@@ -401,8 +396,7 @@ fn publish_adds_the_target_so_the_group_is_never_below_its_rf() {
             ])
         );
         assert_eq!(procedure.data().state, MigrateRegionState::RemoveSource);
-        let Step::SpawnChildren(children) = procedure.step(&env.ctx(ID)).await.expect("step")
-        else {
+        let Step::SpawnChildren(children) = step(&env, &mut procedure).await.expect("step") else {
             panic!("the source is not removed by a child");
         };
         assert_eq!(children.len(), 1);
@@ -414,9 +408,8 @@ fn publish_adds_the_target_so_the_group_is_never_below_its_rf() {
 fn finish_reports_the_verified_copy_or_a_failed_source_removal() {
     smol::block_on(async {
         let (env, _, mut procedure) = setup(MigrateRegionState::Publish).await;
-        let ctx = env.ctx(ID);
-        procedure.step(&ctx).await.expect("publish");
-        procedure.step(&ctx).await.expect("spawn");
+        step(&env, &mut procedure).await.expect("publish");
+        step(&env, &mut procedure).await.expect("spawn");
         let failed_child = ChildOutcome {
             id: crate::model::ProcedureId(10),
             type_code: crate::procedures::REMOVE_REGION_GROUP,
@@ -424,9 +417,8 @@ fn finish_reports_the_verified_copy_or_a_failed_source_removal() {
             output: None,
             error: Some("dn-0 refused".into()),
         };
-        let failed = procedure
-            .clone()
-            .step(&env.ctx_with_children(ID, vec![failed_child.clone()]))
+        let failed = env
+            .step(&mut procedure.clone(), ID, vec![failed_child.clone()])
             .await;
         assert!(matches!(&failed, Err(ProcedureError::Abort(m)) if m.contains("refused")));
         let ok_child = ChildOutcome {
@@ -434,8 +426,8 @@ fn finish_reports_the_verified_copy_or_a_failed_source_removal() {
             error: None,
             ..failed_child
         };
-        let Step::Done(output) = procedure
-            .step(&env.ctx_with_children(ID, vec![ok_child]))
+        let Step::Done(output) = env
+            .step(&mut procedure, ID, vec![ok_child])
             .await
             .expect("done")
         else {

@@ -1,54 +1,77 @@
 //! Per-step tests of [`RemoveOrphanRegionProcedure`]: one test per DataNode answer.
 
+use std::time::Duration;
+
 use super::*;
 use crate::api::{ApiError, SubmitOutcome, TaskStatus};
-use crate::model::{DataNodeId, Epoch, RegionId, RegionKind, RegionReplicaSet};
+use crate::model::{
+    DataNodeId, DatabaseName, Epoch, ProcedureId, RegionId, RegionKind, RegionReplicaSet,
+};
 use crate::plan::{ConfigPlan, RecordReplicaFootprints};
 use crate::procedure::Step;
-use crate::procedures::testing::StepEnv;
+use crate::procedures::testing::{Call, StepEnv};
 
-const ID: u64 = 4;
+const ID: ProcedureId = ProcedureId(4);
 
 fn planted() -> RegionId {
     RegionId::new(RegionKind::Data, 77)
 }
 
-fn push<T>(queue: &std::sync::Mutex<std::collections::VecDeque<T>>, value: T) {
-    queue.lock().expect("script").push_back(value);
+async fn step(
+    env: &StepEnv,
+    procedure: &mut RemoveOrphanRegionProcedure,
+) -> Result<Step, ProcedureError> {
+    env.step(procedure, ID, Vec::new()).await
 }
 
-/// An orphan of region 77 on dn-1, checked and its task id persisted.
-async fn deleting(
-    answer: Result<TaskStatus, ApiError>,
-) -> (StepEnv, RemoveOrphanRegionProcedure, Step) {
+/// An orphan of region 77 on dn-1, checked, its task id persisted.
+async fn persisted() -> (StepEnv, RemoveOrphanRegionProcedure) {
     let env = StepEnv::new(2).await;
     let mut procedure = RemoveOrphanRegionProcedure::new(DataNodeId(1), planted(), 4096);
-    let ctx = env.ctx(ID);
     assert!(matches!(
-        procedure.step(&ctx).await.expect("check"),
+        step(&env, &mut procedure).await.expect("check"),
         Step::Continue
     ));
     assert!(matches!(
-        procedure.step(&ctx).await.expect("persist"),
+        step(&env, &mut procedure).await.expect("persist"),
         Step::Continue
     ));
     assert!(procedure.data().task.is_some());
-    push(&env.node(1).task_results, answer);
-    let step = procedure.step(&ctx).await.expect("step");
+    (env, procedure)
+}
+
+/// [`persisted`], then one step whose task poll gets `answer`.
+async fn deleting(
+    answer: Result<TaskStatus, ApiError>,
+) -> (StepEnv, RemoveOrphanRegionProcedure, Step) {
+    let (env, mut procedure) = persisted().await;
+    env.nodes.answer_polls(1, vec![answer]);
+    let step = step(&env, &mut procedure).await.expect("step");
     (env, procedure, step)
+}
+
+fn submits(env: &StepEnv, node: u32) -> Vec<crate::api::MaintainTask> {
+    env.nodes
+        .calls_to(node)
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Submit(task) => Some(task),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
 fn the_deletion_fences_every_generation_handed_out_so_far() {
     smol::block_on(async {
         let env = StepEnv::new(2).await;
-        let region = env.group("db", 2, &[0, 1]).await;
-        let last = env.state(|s| s.last_generation);
+        env.group("db", 2, &[0, 1]).await;
+        let last = env.state().last_generation;
         let mut procedure = RemoveOrphanRegionProcedure::new(DataNodeId(1), planted(), 1);
-        let ctx = env.ctx(ID);
-        procedure.step(&ctx).await.expect("check");
-        procedure.step(&ctx).await.expect("persist");
-        assert!(last > 0 && procedure.data().generation == last, "{region}");
+        step(&env, &mut procedure).await.expect("check");
+        step(&env, &mut procedure).await.expect("persist");
+        assert!(last > 0);
+        assert_eq!(procedure.data().generation, last);
     });
 }
 
@@ -57,17 +80,18 @@ fn a_replica_back_in_the_footprint_is_left_alone() {
     smol::block_on(async {
         let env = StepEnv::new(2).await;
         let region = env.group("db", 1, &[0]).await;
-        env.apply(ConfigPlan::RecordReplicaFootprints(
+        env.commit(ConfigPlan::RecordReplicaFootprints(
             RecordReplicaFootprints {
-                database: crate::model::DatabaseName::new("db").expect("name"),
+                database: DatabaseName::new("db").expect("name"),
                 groups: vec![RegionReplicaSet::new(region, vec![DataNodeId(1)])],
             },
         ))
-        .await;
+        .await
+        .expect("footprint");
         let mut procedure = RemoveOrphanRegionProcedure::new(DataNodeId(1), region, 1);
-        let step = procedure.step(&env.ctx(ID)).await.expect("check");
-        assert!(matches!(step, Step::Done(_)));
-        assert!(env.node(1).calls().is_empty());
+        let done = step(&env, &mut procedure).await.expect("check");
+        assert!(matches!(done, Step::Done(_)));
+        assert!(env.nodes.calls_to(1).is_empty());
     });
 }
 
@@ -76,7 +100,7 @@ fn not_exist_submits_a_deletion_under_the_persisted_id() {
     smol::block_on(async {
         let (env, procedure, step) = deleting(Ok(TaskStatus::NotExist)).await;
         assert!(matches!(step, Step::Await { .. }), "{step:?}");
-        let submitted = env.node(1).submitted.lock().expect("log").clone();
+        let submitted = submits(&env, 1);
         assert_eq!(submitted.len(), 1);
         assert_eq!(Some(submitted[0].task_id), procedure.data().task);
     });
@@ -85,32 +109,29 @@ fn not_exist_submits_a_deletion_under_the_persisted_id() {
 #[test]
 fn processing_is_followed_without_a_commit() {
     smol::block_on(async {
-        let (_, procedure, step) = deleting(Ok(TaskStatus::Processing)).await;
+        let (env, procedure, step) = deleting(Ok(TaskStatus::Processing)).await;
         assert!(matches!(step, Step::Await { .. }));
         assert!(!procedure.data().deleted);
+        assert!(submits(&env, 1).is_empty());
     });
 }
 
 #[test]
 fn success_is_persisted_before_the_task_is_acked() {
     smol::block_on(async {
-        let (env, mut procedure, step) = deleting(Ok(TaskStatus::Success)).await;
-        assert!(matches!(step, Step::Continue));
+        let (env, mut procedure, first) = deleting(Ok(TaskStatus::Success)).await;
+        assert!(matches!(first, Step::Continue));
         assert!(procedure.data().deleted);
-        assert!(
-            env.node(1)
-                .calls()
+        let acked = |env: &StepEnv| {
+            env.nodes
+                .calls_to(1)
                 .iter()
-                .all(|c| !c.starts_with("ack_task"))
-        );
-        let done = procedure.step(&env.ctx(ID)).await.expect("ack");
+                .any(|c| matches!(c, Call::Ack(_)))
+        };
+        assert!(!acked(&env));
+        let done = step(&env, &mut procedure).await.expect("ack");
         assert!(matches!(done, Step::Done(_)));
-        assert!(
-            env.node(1)
-                .calls()
-                .iter()
-                .any(|c| c.starts_with("ack_task"))
-        );
+        assert!(acked(&env));
     });
 }
 
@@ -138,16 +159,10 @@ fn an_unreachable_datanode_keeps_the_step_waiting_visibly() {
 #[test]
 fn a_rejected_task_aborts_with_the_reason() {
     smol::block_on(async {
-        let env = StepEnv::new(2).await;
-        let mut procedure = RemoveOrphanRegionProcedure::new(DataNodeId(1), planted(), 1);
-        let ctx = env.ctx(ID);
-        procedure.step(&ctx).await.expect("check");
-        procedure.step(&ctx).await.expect("persist");
-        push(
-            &env.node(1).submits,
-            Ok(SubmitOutcome::Rejected("reused".into())),
-        );
-        let aborted = procedure.step(&ctx).await;
+        let (env, mut procedure) = persisted().await;
+        env.nodes
+            .answer_submits(1, vec![Ok(SubmitOutcome::Rejected("reused".into()))]);
+        let aborted = step(&env, &mut procedure).await;
         assert!(matches!(&aborted, Err(ProcedureError::Abort(m)) if m.contains("reused")));
     });
 }
@@ -155,21 +170,15 @@ fn a_rejected_task_aborts_with_the_reason() {
 #[test]
 fn stale_leader_stops_the_session() {
     smol::block_on(async {
-        let env = StepEnv::new(2).await;
-        let mut procedure = RemoveOrphanRegionProcedure::new(DataNodeId(1), planted(), 1);
-        let ctx = env.ctx(ID);
-        procedure.step(&ctx).await.expect("check");
-        procedure.step(&ctx).await.expect("persist");
-        push(
-            &env.node(1).task_results,
-            Err(ApiError::StaleLeader {
+        let (env, mut procedure) = persisted().await;
+        env.nodes.answer_polls(
+            1,
+            vec![Err(ApiError::StaleLeader {
                 request: env.epoch,
                 seen: Epoch(env.epoch.0 + 3),
-            }),
+            })],
         );
-        let stopped = procedure.step(&ctx).await;
+        let stopped = step(&env, &mut procedure).await;
         assert!(matches!(stopped, Err(ProcedureError::StaleLeader { .. })));
     });
 }
-
-use std::time::Duration;
