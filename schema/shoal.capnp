@@ -95,6 +95,46 @@ interface DataNode {
   taskResult @4 (taskId :UInt64, waitMs :UInt64) -> (reply :TaskResultReply);
   ackTask @5 (epoch :UInt64, taskId :UInt64) -> (reply :UnitReply);
   heartbeat @6 (epoch :UInt64) -> (reply :HeartbeatReply);
+  # Read-only and idempotent (not fenced by epoch): another DataNode's copy task pulls a
+  # region through these. `maxLen` is capped by the server.
+  readRegion @7 (region :RegionId, offset :UInt64, maxLen :UInt32) -> (reply :ReadRegionReply);
+  # crc32c of the first `len` bytes (`none`: all of them).
+  regionDigest @8 (region :RegionId, len :OptionalUInt64) -> (reply :RegionDigestReply);
+}
+
+struct RegionChunk {
+  offset @0 :UInt64;
+  data @1 :Data;
+  crc32c @2 :UInt32;             # crc32c of `data`, computed by the sender.
+  regionLen @3 :UInt64;          # The replica's whole length when read.
+}
+
+struct ReadRegionReply {
+  union {
+    chunk @0 :RegionChunk;
+    error @1 :Error;
+  }
+}
+
+struct RegionDigest {
+  len @0 :UInt64;                # Bytes covered.
+  crc32c @1 :UInt32;
+  regionLen @2 :UInt64;
+}
+
+struct RegionDigestReply {
+  union {
+    digest @0 :RegionDigest;
+    error @1 :Error;
+  }
+}
+
+# A copy task's source: the DataNode to pull from, at the address it had when the task id
+# was persisted.
+struct CopyRegionTask {
+  region @0 :RegionId;
+  sourceId @1 :UInt32;
+  sourceAddress @2 :Text;
 }
 
 struct CreateRegionRequest {
@@ -118,6 +158,7 @@ struct MaintainTask {
   kind :union {
     unset @1 :Void;
     deleteRegionPeer @2 :RegionId;
+    copyRegion @4 :CopyRegionTask;
   }
   # For deleteRegionPeer: the highest creation generation the deletion covers (creates of
   # the region at or below it are refused from its acceptance on). 0 (older senders): none.
@@ -187,6 +228,36 @@ interface ConfigNode {
                           dataRegionGroups :UInt32, schemaRegionGroups :UInt32,
                           requestKey :OptionalText)
       -> (reply :CreateDatabaseReply);
+  # Region migration and DataNode removal answer the procedure's id; `requestKey` as for
+  # `deleteDatabase`. `to` none: placement chooses the target.
+  migrateRegion @10 (region :RegionId, from :UInt32, to :OptionalUInt32,
+                     requestKey :OptionalText) -> (reply :ProcedureIdReply);
+  removeDataNode @11 (id :UInt32, force :Bool, requestKey :OptionalText)
+      -> (reply :ProcedureIdReply);
+  # Replicas DataNodes report that no footprint and no unfinished procedure accounts for.
+  listOrphans @12 () -> (reply :ListOrphansReply);
+}
+
+struct ProcedureIdReply {
+  union {
+    procedureId @0 :UInt64;
+    error @1 :Error;
+  }
+}
+
+struct OrphanInfo {
+  dataNode @0 :UInt32;
+  region @1 :RegionId;
+  bytes @2 :UInt64;
+  orphanForMs @3 :UInt64;        # How long it has been seen as an orphan (this leader's clock).
+  removal @4 :OptionalUInt64;    # The RemoveOrphanRegion procedure deleting it, if any.
+}
+
+struct ListOrphansReply {
+  union {
+    orphans @0 :List(OrphanInfo);
+    error @1 :Error;
+  }
 }
 
 struct CreateDatabaseReply {
@@ -279,6 +350,9 @@ struct ProcedureInfo {
   attempts @9 :UInt32;
   lastError @10 :OptionalText;
   waitingFor @11 :OptionalText;
+  # What the procedure wants an operator to know beyond its status (e.g. replicas whose
+  # deletion was abandoned on a DataNode removed for good).
+  notes @12 :List(Text);
 }
 
 struct ListProceduresReply {

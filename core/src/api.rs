@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    DataNodeId, DatabaseName, DatabaseSchema, Epoch, ProcedureId, RegionId, RegionReplicaSet,
-    ReplicationFactor, TaskId,
+    DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, Epoch, ProcedureId, RegionId,
+    RegionReplicaSet, ReplicationFactor, TaskId,
 };
 use crate::state::{DataNodeInfo, ProcedureRecord};
 
@@ -89,13 +89,26 @@ pub enum MaintainTaskKind {
         /// the DataNode refuses creates of `region` at or below it.
         generation: u64,
     },
+    /// Copy `region`'s data from the replica on `source` into the local replica (which must
+    /// exist), pulled in checksummed chunks ([`DataNodeApi::read_region`]). Resumable: a
+    /// copy that finds bytes already copied checks them against the source's digest of the
+    /// same prefix and carries on after them (or starts over if they differ). The local data
+    /// is made durable before `Success`. The ConfigNode verifies the whole copy by digest
+    /// before publishing it.
+    CopyRegion {
+        /// The region.
+        region: RegionId,
+        /// The DataNode to copy from, at the address it had when the task id was persisted.
+        source: DataNodeLocation,
+    },
 }
 
 impl MaintainTaskKind {
     /// The region the task operates on (one maintain operation per region at a time).
     pub fn region(&self) -> RegionId {
         match self {
-            MaintainTaskKind::DeleteRegionPeer { region, .. } => *region,
+            MaintainTaskKind::DeleteRegionPeer { region, .. }
+            | MaintainTaskKind::CopyRegion { region, .. } => *region,
         }
     }
 
@@ -103,8 +116,35 @@ impl MaintainTaskKind {
     pub fn name(&self) -> &'static str {
         match self {
             MaintainTaskKind::DeleteRegionPeer { .. } => "DeleteRegionPeer",
+            MaintainTaskKind::CopyRegion { .. } => "CopyRegion",
         }
     }
+}
+
+/// A chunk of a replica's data, as [`DataNodeApi::read_region`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionChunk {
+    /// Where the chunk starts in the replica's data.
+    pub offset: u64,
+    /// The bytes (empty at or past the end).
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    /// crc32c of `data`, computed by the sender: the receiver checks it before writing.
+    pub crc32c: u32,
+    /// The replica's whole length when the chunk was read.
+    pub region_len: u64,
+}
+
+/// A checksum over a prefix of a replica's data ([`DataNodeApi::region_digest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionDigest {
+    /// How many bytes the checksum covers (the prefix asked for, or less if the replica is
+    /// shorter).
+    pub len: u64,
+    /// crc32c of those bytes.
+    pub crc32c: u32,
+    /// The replica's whole length.
+    pub region_len: u64,
 }
 
 /// A task submission.
@@ -195,6 +235,32 @@ pub trait DataNodeApi: Send + Sync + 'static {
     async fn ack_task(&self, epoch: Epoch, task_id: TaskId) -> Result<(), ApiError>;
     /// Liveness and a region report.
     async fn heartbeat(&self, epoch: Epoch) -> Result<HeartbeatReport, ApiError>;
+    /// Up to `max_len` bytes of a replica's data from `offset`, with their checksum
+    /// (read-only, idempotent: a retry of a lost call is harmless). Another DataNode's copy
+    /// task pulls a region through it. `Refused`: the region does not exist here.
+    async fn read_region(
+        &self,
+        region: RegionId,
+        offset: u64,
+        max_len: u32,
+    ) -> Result<RegionChunk, ApiError> {
+        let _ = (offset, max_len);
+        Err(ApiError::Refused(format!(
+            "this peer cannot read region {region}"
+        )))
+    }
+    /// crc32c of the first `len` bytes of a replica's data (all of it with `None`);
+    /// read-only and idempotent. `Refused`: the region does not exist here.
+    async fn region_digest(
+        &self,
+        region: RegionId,
+        len: Option<u64>,
+    ) -> Result<RegionDigest, ApiError> {
+        let _ = len;
+        Err(ApiError::Refused(format!(
+            "this peer cannot checksum region {region}"
+        )))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -265,6 +331,10 @@ pub struct ProcedureInfo {
     pub last_error: Option<String>,
     /// What it is waiting for, in words.
     pub waiting_for: Option<String>,
+    /// What an operator should know beyond the status (e.g. replicas whose deletion was
+    /// abandoned on a DataNode removed for good).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl ProcedureInfo {
@@ -283,8 +353,24 @@ impl ProcedureInfo {
             attempts: record.attempts,
             last_error: record.last_error.clone(),
             waiting_for: record.waiting_for.clone(),
+            notes: Vec::new(),
         }
     }
+}
+
+/// A replica a DataNode reports that no footprint and no unfinished procedure accounts for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrphanInfo {
+    /// The DataNode holding it.
+    pub data_node: DataNodeId,
+    /// The region.
+    pub region: RegionId,
+    /// Bytes it holds.
+    pub bytes: u64,
+    /// How long this leader has seen it as an orphan (ms, on its clock).
+    pub orphan_for_ms: u64,
+    /// The `RemoveOrphanRegion` procedure deleting it, once the grace period passed.
+    pub removal: Option<ProcedureId>,
 }
 
 /// A DataNode's periodic report to the ConfigNode.
@@ -340,4 +426,40 @@ pub trait ConfigNodeApi: Send + Sync + 'static {
     ) -> Result<DataNodeId, ApiError>;
     /// A DataNode's heartbeat; returns the leader's current epoch.
     async fn data_node_heartbeat(&self, heartbeat: DataNodeHeartbeat) -> Result<Epoch, ApiError>;
+    /// Starts moving the replica of `region` on `from` to `to` (`None`: placement chooses);
+    /// returns the migration procedure's id. `request_key` as for
+    /// [`ConfigNodeApi::create_database`].
+    async fn migrate_region(
+        &self,
+        region: RegionId,
+        from: DataNodeId,
+        to: Option<DataNodeId>,
+        request_key: Option<String>,
+    ) -> Result<ProcedureId, ApiError> {
+        let _ = (region, from, to, request_key);
+        Err(ApiError::Refused(
+            "region migration is not supported here".into(),
+        ))
+    }
+    /// Starts removing DataNode `id` (migrating its replicas away; with `force`, for a node
+    /// gone for good: its replicas are abandoned and re-replicated elsewhere); returns the
+    /// removal procedure's id.
+    async fn remove_data_node(
+        &self,
+        id: DataNodeId,
+        force: bool,
+        request_key: Option<String>,
+    ) -> Result<ProcedureId, ApiError> {
+        let _ = (id, force, request_key);
+        Err(ApiError::Refused(
+            "DataNode removal is not supported here".into(),
+        ))
+    }
+    /// Replicas reported by DataNodes that no footprint and no unfinished procedure
+    /// accounts for.
+    async fn list_orphans(&self) -> Result<Vec<OrphanInfo>, ApiError> {
+        Err(ApiError::Refused(
+            "orphan listing is not supported here".into(),
+        ))
+    }
 }

@@ -64,6 +64,54 @@ pub fn place_groups(
     Ok(placements)
 }
 
+/// Chooses the DataNode that takes a new replica of `region` (a migration's target): the
+/// least-loaded running DataNode outside the group's footprint and `exclude`, ties by id.
+/// `None` when no DataNode qualifies.
+pub fn place_replacement(
+    state: &ClusterState,
+    region: crate::model::RegionId,
+    exclude: &[DataNodeId],
+) -> Option<DataNodeId> {
+    place_replacements(state, &[(region, exclude.to_vec())])
+        .into_iter()
+        .next()
+        .flatten()
+}
+
+/// [`place_replacement`] for many groups at once: each choice counts toward the load of the
+/// next, so a batch of migrations spreads over the running DataNodes.
+pub fn place_replacements(
+    state: &ClusterState,
+    requests: &[(crate::model::RegionId, Vec<DataNodeId>)],
+) -> Vec<Option<DataNodeId>> {
+    let mut load: BTreeMap<DataNodeId, usize> = state
+        .replica_counts()
+        .into_iter()
+        .filter(|(id, _)| {
+            state
+                .data_nodes
+                .get(id)
+                .is_some_and(|n| n.status == DataNodeStatus::Running)
+        })
+        .collect();
+    requests
+        .iter()
+        .map(|(region, exclude)| {
+            let taken = state.footprint(*region);
+            let chosen = load
+                .iter()
+                .filter(|(id, _)| !taken.contains(id) && !exclude.contains(id))
+                .map(|(id, count)| (*count, *id))
+                .min()
+                .map(|(_, id)| id);
+            if let Some(id) = chosen {
+                *load.entry(id).or_default() += 1;
+            }
+            chosen
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,6 +114,9 @@ config_plans! {
     RegisterDataNode = 100 => RegisterDataNode,
     /// Change a DataNode's status (running, unreachable, removing).
     UpdateDataNodeStatus = 101 => UpdateDataNodeStatus,
+    /// Unregister a DataNode; refused while it may still hold a replica (footprint, queued
+    /// create, pending legacy deletion).
+    UnregisterDataNode = 102 => UnregisterDataNode,
 
     // ---- 2xx: databases ----
     /// Create a database.
@@ -147,6 +150,10 @@ config_plans! {
     /// Drop a region group from its database's partition table; refused while its
     /// footprint is not empty.
     DropRegionGroup = 308 => DropRegionGroup,
+    /// A DataNode gone for good: its replica of a group leaves the footprint, the published
+    /// replica set and the queued creates *without* a deletion, and is recorded as
+    /// abandoned (never as deleted).
+    AbandonReplica = 309 => AbandonReplica,
     /// Queue creates of missing replicas for the region cleaner (legacy logs also hold
     /// deletes, which become pending legacy deletions).
     OfferRegionMaintainTasks = 310 => OfferRegionMaintainTasks,
@@ -187,6 +194,27 @@ pub struct RegisterDataNode {
 pub struct UpdateDataNodeStatus {
     pub id: DataNodeId,
     pub status: DataNodeStatus,
+}
+
+/// Body of [`ConfigPlan::UnregisterDataNode`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnregisterDataNode {
+    /// The node.
+    pub id: DataNodeId,
+}
+
+/// Body of [`ConfigPlan::AbandonReplica`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbandonReplica {
+    /// The group.
+    pub region: RegionId,
+    /// The DataNode gone for good.
+    pub data_node: DataNodeId,
+    /// The forced removal abandoning it.
+    pub by: ProcedureId,
+    /// Unfinished deletions that targeted the replica (they stop waiting for it and report
+    /// it abandoned).
+    pub deletions: Vec<ProcedureId>,
 }
 
 /// Body of [`ConfigPlan::CreateDatabase`].

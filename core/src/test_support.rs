@@ -168,6 +168,24 @@ pub fn plan_for(code: PlanCode) -> BoxedStrategy<ConfigPlan> {
                 })
                 .boxed()
         }
+        PlanCode::UnregisterDataNode => data_node_id()
+            .prop_map(|id| ConfigPlan::UnregisterDataNode(UnregisterDataNode { id }))
+            .boxed(),
+        PlanCode::AbandonReplica => (
+            region_id(),
+            data_node_id(),
+            1u64..5,
+            prop::collection::vec(1u64..9, 0..3),
+        )
+            .prop_map(|(region, data_node, by, deletions)| {
+                ConfigPlan::AbandonReplica(AbandonReplica {
+                    region,
+                    data_node,
+                    by: ProcedureId(by),
+                    deletions: deletions.into_iter().map(ProcedureId).collect(),
+                })
+            })
+            .boxed(),
         PlanCode::ReplicaDeleted => (region_id(), data_node_id())
             .prop_map(|(region, data_node)| {
                 ConfigPlan::ReplicaDeleted(ReplicaDeleted { region, data_node })

@@ -392,6 +392,9 @@ impl Admin {
             if let Some(error) = &info.last_error {
                 out += &format!("  last error ({} attempts): {error}\n", info.attempts);
             }
+            for note in &info.notes {
+                out += &format!("  note: {note}\n");
+            }
             out
         })
     }
@@ -506,3 +509,6 @@ mod tests {
         assert_ne!(a, b);
     }
 }
+
+mod migration;
+pub use migration::{parse_data_node_id, parse_region_id};

@@ -100,6 +100,12 @@ pub struct ConfigNodeArgs {
     /// Secrets, TLS and connection limits.
     #[command(flatten)]
     pub security: NodeSecurityArgs,
+    /// List orphan replicas but never delete them (forensics).
+    #[arg(long)]
+    pub keep_orphans: bool,
+    /// How long a replica must be seen outside every footprint before it is an orphan.
+    #[arg(long, default_value_t = 600)]
+    pub orphan_grace_secs: u64,
 }
 
 /// `shoal datanode`.
@@ -125,11 +131,27 @@ pub struct DataNodeArgs {
     pub delete_rate: Option<String>,
 }
 
-/// `shoal datanode list`.
+/// `shoal datanode list` / `remove`.
 #[derive(Debug, Subcommand)]
 pub enum DataNodeAction {
     /// Lists registered DataNodes.
     List(AdminArgs),
+    /// Removes a DataNode: marks it removing, migrates each of its replicas to a running
+    /// DataNode, then unregisters it.
+    Remove {
+        /// The DataNode (`dn-2` or `2`).
+        id: String,
+        /// Wait until it is removed, showing replicas left.
+        #[arg(long)]
+        wait: bool,
+        /// The DataNode is gone for good: abandon its replicas (recorded, never reported
+        /// deleted) and re-replicate each group from a surviving replica.
+        #[arg(long)]
+        force: bool,
+        /// Connection flags.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// How admin commands reach the ConfigNode.
@@ -217,6 +239,23 @@ pub enum DatabaseCommand {
 /// `shoal region ...`.
 #[derive(Debug, Subcommand)]
 pub enum RegionCommand {
+    /// Moves one replica of a region group to another DataNode (copy, verify by checksum,
+    /// publish, then delete the old replica) and waits for it.
+    Migrate {
+        /// The region group (e.g. `data-3`).
+        region: String,
+        /// The DataNode whose replica moves (`dn-1` or `1`).
+        #[arg(long)]
+        from: String,
+        /// The DataNode it moves to (default: chosen by placement).
+        #[arg(long)]
+        to: Option<String>,
+        /// Connection flags.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Lists replicas DataNodes hold that nothing accounts for (orphans), and their removal.
+    Orphans(AdminArgs),
     /// Lists published region groups.
     List {
         /// Only this database's.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures_lite::FutureExt;
 use shoal_core::api::ConfigNodeApi;
+use shoal_core::confignode::orphans::OrphanPolicy;
 use shoal_core::confignode::{ConfigNode, ConfigNodeConfig};
 use shoal_core::consensus::{Consensus, LocalConsensus};
 use shoal_core::datanode::{DataNode, DataNodeConfig};
@@ -35,6 +36,8 @@ pub struct ConfigNodeSettings {
     /// Secrets (default: DATA_DIR/internal.secret and admin.secret, generated if absent),
     /// TLS and connection limits.
     pub security: NodeSecurityArgs,
+    /// Orphan reconciliation: grace period and whether orphans are deleted.
+    pub orphans: OrphanPolicy,
 }
 
 /// Runs a ConfigNode until `stop` yields.
@@ -58,7 +61,10 @@ pub fn run_confignode(
         consensus.clone() as Arc<dyn Consensus>,
         clients,
         runtime,
-        ConfigNodeConfig::default(),
+        ConfigNodeConfig {
+            orphans: settings.orphans.clone(),
+            ..ConfigNodeConfig::default()
+        },
     )
     .map_err(|e| CliError::Node(format!("ConfigNode: {e}")))?;
     smol::block_on(async {
@@ -181,6 +187,12 @@ pub fn run_datanode(
         )
         .await
         .map_err(|e| CliError::Node(format!("DataNode cannot open: {e}")))?;
+        // Copy tasks pull regions from other DataNodes over the same transport.
+        node.set_peer_clients(Arc::new(CapnpDataNodeClients::new(
+            rpc.clone(),
+            ClientOptions::new(Role::DataNode, secrets.internal.clone())
+                .with_tls(tls.as_ref().map(|t| t.client.clone())),
+        )));
         let server = rpc.serve(
             &settings.listen,
             &secrets.server,

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::admin::{Admin, parse_procedure_id};
+use shoal_core::confignode::orphans::OrphanPolicy;
+
+use crate::admin::{Admin, parse_data_node_id, parse_procedure_id, parse_region_id};
 use crate::cli::{
     AdminArgs, CHANGE_TIMEOUT_SECS, Cli, Command, DEFAULT_DATA_DIR, DataNodeAction,
     DatabaseCommand, FileConfig, ProcedureCommand, READ_TIMEOUT_SECS, RegionCommand,
@@ -49,6 +51,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 data_dir: required(args.data_dir.or(file.data_dir), "data-dir")?,
                 listen: required(args.listen.or(file.listen), "listen")?,
                 security,
+                orphans: OrphanPolicy {
+                    grace: std::time::Duration::from_secs(args.orphan_grace_secs),
+                    remove: !args.keep_orphans,
+                },
             };
             run_confignode(settings, shutdown_signal()?)
         }
@@ -58,6 +64,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => with_admin(&admin, file, READ_TIMEOUT_SECS, |a| {
             Box::pin(a.list_data_nodes())
         }),
+        Command::Datanode {
+            action:
+                Some(DataNodeAction::Remove {
+                    id,
+                    wait,
+                    force,
+                    admin,
+                }),
+            ..
+        } => {
+            let id = parse_data_node_id(&id)?;
+            with_admin(&admin, file, CHANGE_TIMEOUT_SECS, |a| {
+                Box::pin(async move { a.remove_data_node(id, force, wait).await })
+            })
+        }
         Command::Datanode { action: None, args } => {
             init_tracing("info");
             let security = args.security.or(&file.node_security());
@@ -91,6 +112,24 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Database(DatabaseCommand::List(admin)) => {
             with_admin(&admin, file, READ_TIMEOUT_SECS, |a| {
                 Box::pin(a.list_databases())
+            })
+        }
+        Command::Region(RegionCommand::Migrate {
+            region,
+            from,
+            to,
+            admin,
+        }) => {
+            let region = parse_region_id(&region)?;
+            let from = parse_data_node_id(&from)?;
+            let to = to.as_deref().map(parse_data_node_id).transpose()?;
+            with_admin(&admin, file, CHANGE_TIMEOUT_SECS, |a| {
+                Box::pin(async move { a.migrate_region(region, from, to).await })
+            })
+        }
+        Command::Region(RegionCommand::Orphans(admin)) => {
+            with_admin(&admin, file, READ_TIMEOUT_SECS, |a| {
+                Box::pin(a.list_orphans())
             })
         }
         Command::Region(RegionCommand::List { database, admin }) => {

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use shoal_core::api::{
-    ApiError, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo, ProcedureInfo,
-    RegionGroupInfo,
+    ApiError, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo, OrphanInfo,
+    ProcedureInfo, RegionGroupInfo,
 };
 use shoal_core::confignode::{ConfigNode, ConfigNodeError};
-use shoal_core::model::{DataNodeId, DatabaseName, DatabaseSchema, Epoch, ProcedureId};
+use shoal_core::model::{DataNodeId, DatabaseName, DatabaseSchema, Epoch, ProcedureId, RegionId};
 use shoal_core::procedure::{self, ProcedureView};
 use shoal_core::state::DataNodeInfo;
 
@@ -26,6 +26,11 @@ impl ConfigNodeService {
     /// Serves `node`.
     pub fn new(node: Arc<ConfigNode>) -> Self {
         Self { node }
+    }
+
+    fn with_notes(&self, mut info: ProcedureInfo) -> ProcedureInfo {
+        info.notes = self.node.procedure_notes(info.id);
+        info
     }
 }
 
@@ -65,6 +70,7 @@ pub fn procedure_info(info: &procedure::ProcedureInfo) -> ProcedureInfo {
         attempts: info.attempts,
         last_error: info.last_error.clone(),
         waiting_for: info.waiting_for.clone(),
+        notes: Vec::new(),
     }
 }
 
@@ -140,12 +146,45 @@ impl ConfigNodeApi for ConfigNodeService {
             .node
             .list_procedures()
             .iter()
-            .map(procedure_info)
+            .map(|p| self.with_notes(procedure_info(p)))
             .collect())
     }
 
     async fn get_procedure(&self, id: ProcedureId) -> Result<Option<ProcedureInfo>, ApiError> {
-        Ok(self.node.get_procedure(id).as_ref().map(procedure_info))
+        Ok(self
+            .node
+            .get_procedure(id)
+            .as_ref()
+            .map(|p| self.with_notes(procedure_info(p))))
+    }
+
+    async fn migrate_region(
+        &self,
+        region: RegionId,
+        from: DataNodeId,
+        to: Option<DataNodeId>,
+        request_key: Option<String>,
+    ) -> Result<ProcedureId, ApiError> {
+        self.node
+            .migrate_region(region, from, to, request_key)
+            .await
+            .map_err(api_error)
+    }
+
+    async fn remove_data_node(
+        &self,
+        id: DataNodeId,
+        force: bool,
+        request_key: Option<String>,
+    ) -> Result<ProcedureId, ApiError> {
+        self.node
+            .remove_data_node(id, force, request_key)
+            .await
+            .map_err(api_error)
+    }
+
+    async fn list_orphans(&self) -> Result<Vec<OrphanInfo>, ApiError> {
+        self.node.list_orphans().map_err(api_error)
     }
 
     async fn register_data_node(

@@ -626,3 +626,181 @@ fn a_create_right_after_every_datanode_restarted_reaches_every_one() {
         assert_eq!(region_dirs(&cluster.dn_dir(i)).len(), 3, "dn-{i}");
     }
 }
+
+/// Every published group's replica DataNode ids, by region, from `region list`.
+fn group_replicas(cluster: &Cluster, db: &str) -> BTreeMap<String, Vec<u64>> {
+    let groups = cluster.json(&["region", "list", "--database", db]);
+    groups
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| {
+            let region = &g["replica_set"]["region"];
+            let kind = match region["kind"].as_str() {
+                Some("Schema") => "schema",
+                _ => "data",
+            };
+            let name = format!("{kind}-{}", region["id"]);
+            let replicas = g["replica_set"]["replicas"]
+                .as_array()
+                .expect("replicas")
+                .iter()
+                .filter_map(serde_json::Value::as_u64)
+                .collect();
+            (name, replicas)
+        })
+        .collect()
+}
+
+/// crc32c of a replica's data file on DataNode `i`.
+fn data_checksum(cluster: &Cluster, i: usize, region: &str) -> (u64, u32) {
+    let bytes = std::fs::read(
+        cluster
+            .dn_dir(i)
+            .join("datanode/regions")
+            .join(region)
+            .join("data"),
+    )
+    .unwrap_or_else(|e| panic!("dn-{i} {region}: {e}"));
+    (bytes.len() as u64, crc32c::crc32c(&bytes))
+}
+
+impl Cluster {
+    /// Starts one more DataNode (index = the current count) and waits until it is listed.
+    fn add_data_node(&mut self) -> usize {
+        let i = self.data_nodes.len();
+        self.data_nodes.push(None);
+        self.dn_addrs.push(String::new());
+        self.start_data_node(i, "127.0.0.1:0");
+        wait_until("the new DataNode registered", BOUND, || {
+            let nodes = self.json(&["datanode", "list"]);
+            (nodes.as_array().map_or(0, Vec::len) == i + 1).then_some(())
+        });
+        i
+    }
+
+    fn node_id(&self, i: usize) -> u64 {
+        std::fs::read_to_string(self.dn_dir(i).join("node.id"))
+            .expect("node id")
+            .trim()
+            .parse()
+            .expect("a number")
+    }
+}
+
+#[test]
+fn removing_a_live_datanode_moves_every_replica_byte_identical_and_never_below_rf() {
+    let mut cluster = Cluster::start();
+    let held = cluster.create_and_load("moving");
+    let fresh = cluster.add_data_node();
+    let (leaving, leaving_id) = (1, cluster.node_id(1));
+    let before: BTreeMap<String, (u64, u32)> = held[leaving]
+        .iter()
+        .map(|r| (r.clone(), data_checksum(&cluster, 0, r)))
+        .collect();
+    let mut removal = Proc {
+        child: cluster
+            .cli_command(&["datanode", "remove", &format!("dn-{leaving_id}"), "--wait"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn removal"),
+    };
+    // From the outside, every group keeps its three serving replicas throughout the move.
+    let mut polls = 0;
+    while removal.child.try_wait().expect("poll").is_none() {
+        for (region, replicas) in group_replicas(&cluster, "moving") {
+            assert!(replicas.len() >= 3, "{region} below RF: {replicas:?}");
+        }
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_success(&mut removal, "datanode remove --wait");
+    assert!(polls > 0);
+    let nodes = cluster.json(&["datanode", "list"]);
+    assert!(
+        nodes
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .all(|n| n["location"]["id"].as_u64() != Some(leaving_id)),
+        "{nodes}"
+    );
+    for (region, replicas) in group_replicas(&cluster, "moving") {
+        assert_eq!(replicas.len(), 3, "{region}: {replicas:?}");
+        assert!(!replicas.contains(&leaving_id));
+    }
+    // Old directories and trash are empty; the new node's copies equal the originals.
+    assert!(region_dirs(&cluster.dn_dir(leaving)).is_empty());
+    assert!(entries(&cluster.dn_dir(leaving).join("datanode/trash")).is_empty());
+    for (region, checksum) in &before {
+        assert_eq!(
+            data_checksum(&cluster, fresh, region),
+            *checksum,
+            "{region}"
+        );
+    }
+    let events = read_task_events(&cluster.root.path().join(format!("dn-{fresh}.log")));
+    assert!(tasks_run_twice(&events).is_empty());
+}
+
+#[test]
+fn a_datanode_reregistered_at_a_new_address_gets_a_migration_there_over_capnp() {
+    let mut cluster = Cluster::start();
+    cluster.cli_ok(&[
+        "database",
+        "create",
+        "hop",
+        "--data-groups",
+        "1",
+        "--schema-groups",
+        "0",
+        "--rf",
+        "2",
+    ]);
+    cluster.cli_ok(&["load", "hop", "--bytes", "256KiB", "--chunk", "64KiB"]);
+    let groups = group_replicas(&cluster, "hop");
+    let (region, replicas) = groups.iter().next().expect("one group");
+    let ids: Vec<u64> = (0..3).map(|i| cluster.node_id(i)).collect();
+    let target = (0..3).find(|i| !replicas.contains(&ids[*i])).expect("free");
+    let source = (0..3)
+        .find(|i| replicas.contains(&ids[*i]))
+        .expect("holder");
+    // The target restarts on another port and re-registers under its id there.
+    cluster.data_nodes[target].take().expect("running").kill();
+    cluster.start_data_node(target, "127.0.0.1:0");
+    let address = cluster.dn_addrs[target].clone();
+    wait_until("the DataNode listed at its new address", BOUND, || {
+        let nodes = cluster.json(&["datanode", "list"]);
+        nodes
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .any(|n| n["location"]["address"] == address.as_str())
+            .then_some(())
+    });
+    let out = cluster.cli_ok(&[
+        "region",
+        "migrate",
+        region,
+        "--from",
+        &format!("dn-{}", ids[source]),
+        "--to",
+        &format!("dn-{}", ids[target]),
+    ]);
+    assert!(out.contains("Succeeded"), "{out}");
+    let now = &group_replicas(&cluster, "hop")[region];
+    assert!(
+        now.contains(&ids[target]) && !now.contains(&ids[source]),
+        "{now:?}"
+    );
+    let other = (0..3)
+        .find(|i| *i != target && now.contains(&ids[*i]))
+        .expect("the replica that stayed");
+    assert_eq!(
+        data_checksum(&cluster, target, region),
+        data_checksum(&cluster, other, region)
+    );
+    assert_eq!(data_checksum(&cluster, target, region).0, 256 * 1024);
+    assert!(region_dirs(&cluster.dn_dir(source)).is_empty());
+}

@@ -346,4 +346,25 @@ impl RegionStore for SimRegionStore {
         self.disks.fail(|f| f.store, "store size")?;
         self.mem.size(region).await
     }
+
+    async fn read_at(
+        &self,
+        region: RegionId,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<Vec<u8>, StorageError> {
+        self.disks.fail(|f| f.store, "store read")?;
+        self.mem.read_at(region, offset, max_len).await
+    }
+
+    async fn write_at(
+        &self,
+        region: RegionId,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<u64, StorageError> {
+        self.disks.latency().await;
+        self.disks.fail(|f| f.store, "store write")?;
+        self.mem.write_at(region, offset, bytes).await
+    }
 }

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use shoal_core::api::MaintainTaskKind;
 use shoal_core::datanode::journal::{JournalRecord, OutcomeCode};
 use shoal_core::model::{DataNodeId, DatabaseName, ProcedureId, RegionId, TaskId};
 use shoal_core::plan::{ConfigPlan, TransitionWithEffect};
@@ -504,7 +503,7 @@ impl Observer {
             let state = seen.nodes.entry(node).or_default();
             match &record {
                 JournalRecord::TaskAccepted { task_id, kind } => {
-                    let kind = MaintainTaskKind::from(kind);
+                    let region = kind.region;
                     if let Some(prior) = state.tasks.get(task_id) {
                         if prior.outcome.is_some() {
                             problems.push((
@@ -516,7 +515,7 @@ impl Observer {
                     state.tasks.insert(
                         *task_id,
                         TaskSeen {
-                            region: kind.region(),
+                            region,
                             outcome: None,
                         },
                     );

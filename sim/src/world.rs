@@ -80,6 +80,12 @@ pub fn confignode_config() -> ConfigNodeConfig {
         cleaner_backoff: backoff,
         heartbeat_interval: Duration::from_millis(1_000),
         misses_before_unknown: 3,
+        orphans: shoal_core::confignode::orphans::OrphanPolicy {
+            // The simulator's "no orphan" invariant judges what the cluster leaves; the
+            // reconciler is not part of its workload yet.
+            remove: false,
+            ..Default::default()
+        },
     }
 }
 

@@ -501,6 +501,109 @@ impl RegionStore for FsRegionStore {
         let dir = self.region_dir(region);
         unblock(move || data_bytes(&dir)).await
     }
+
+    async fn read_at(
+        &self,
+        region: RegionId,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<Vec<u8>, StorageError> {
+        let dir = self.region_dir(region);
+        unblock(move || {
+            let path = dir.join(DATA_FILE);
+            let file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StorageError::RegionNotFound(region));
+                }
+                Err(e) => return Err(io_err("open data", &path, e)),
+            };
+            let len = file
+                .metadata()
+                .map_err(|e| io_err("stat data", &path, e))?
+                .len();
+            let want = usize::try_from(len.saturating_sub(offset))
+                .unwrap_or(usize::MAX)
+                .min(max_len);
+            let mut buf = vec![0u8; want];
+            let mut filled = 0;
+            while filled < want {
+                match std::os::unix::fs::FileExt::read_at(
+                    &file,
+                    &mut buf[filled..],
+                    offset + filled as u64,
+                ) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io_err("read data", &path, e)),
+                }
+            }
+            buf.truncate(filled);
+            Ok(buf)
+        })
+        .await
+    }
+
+    async fn write_at(
+        &self,
+        region: RegionId,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<u64, StorageError> {
+        let lock = self.region_lock(region);
+        let _guard = lock.lock().await;
+        let dir = self.region_dir(region);
+        unblock(move || {
+            use std::os::unix::fs::FileExt;
+            if !dir.join(CONFIG_FILE).exists() {
+                return Err(StorageError::RegionNotFound(region));
+            }
+            let path = dir.join(DATA_FILE);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| io_err("open data", &path, e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| io_err("stat data", &path, e))?
+                .len();
+            if offset > len {
+                return Err(StorageError::Unavailable(format!(
+                    "write of {region} at {offset} is past its end ({len})"
+                )));
+            }
+            if offset < len {
+                file.set_len(offset)
+                    .map_err(|e| io_err("truncate data", &path, e))?;
+            }
+            file.write_all_at(&bytes, offset)
+                .map_err(|e| io_err("write data", &path, e))?;
+            Ok(offset + bytes.len() as u64)
+        })
+        .await
+    }
+
+    async fn sync(&self, region: RegionId) -> Result<(), StorageError> {
+        let lock = self.region_lock(region);
+        let _guard = lock.lock().await;
+        let dir = self.region_dir(region);
+        unblock(move || {
+            let path = dir.join(DATA_FILE);
+            match std::fs::OpenOptions::new().write(true).open(&path) {
+                Ok(file) => file
+                    .sync_data()
+                    .map_err(|e| io_err("fdatasync data", &path, e)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(StorageError::RegionNotFound(region))
+                }
+                Err(e) => Err(io_err("open data", &path, e)),
+            }
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -144,6 +144,25 @@ impl RegionStore for TimedRegionStore {
     async fn size(&self, region: RegionId) -> Result<Option<u64>, StorageError> {
         self.inner.size(region).await
     }
+    async fn read_at(
+        &self,
+        region: RegionId,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<Vec<u8>, StorageError> {
+        self.inner.read_at(region, offset, max_len).await
+    }
+    async fn write_at(
+        &self,
+        region: RegionId,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<u64, StorageError> {
+        self.inner.write_at(region, offset, bytes).await
+    }
+    async fn sync(&self, region: RegionId) -> Result<(), StorageError> {
+        self.inner.sync(region).await
+    }
 }
 
 /// How a test cluster is built.
@@ -193,6 +212,7 @@ pub fn fast_config() -> ConfigNodeConfig {
         cleaner_backoff: backoff,
         heartbeat_interval: Duration::from_millis(100),
         misses_before_unknown: 3,
+        orphans: shoal_core::confignode::orphans::OrphanPolicy::default(),
     }
 }
 
@@ -353,6 +373,11 @@ impl TestCluster {
         .expect("DataNode opens");
         // Ids are assigned in registration order, which is slot order.
         node.set_id(DataNodeId(i as u32));
+        // Copy tasks pull from other DataNodes over the same network.
+        node.set_peer_clients(Arc::new(NetClients {
+            network: self.network.clone(),
+            from: slot.current_address(),
+        }));
         *slot.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
         self.network.host(&slot.current_address(), Arc::new(node));
     }

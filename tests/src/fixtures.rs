@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use shoal_core::model::{
-    DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, MaintainQueueId, RegionId,
-    RegionKind, RegionReplicaSet, ReplicationFactor, TaskId,
+    DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, MaintainQueueId, ProcedureId,
+    RegionId, RegionKind, RegionReplicaSet, ReplicationFactor, TaskId,
 };
 use shoal_core::plan::{
-    ConfigPlan, CreateDatabase, CreateRegionGroups, NewRegionMaintainTask,
+    AbandonReplica, ConfigPlan, CreateDatabase, CreateRegionGroups, NewRegionMaintainTask,
     OfferRegionMaintainTasks, PollRegionMaintainTask, RegisterDataNode, ReserveRegionIds,
     SubmitProcedure,
 };
@@ -120,12 +120,21 @@ fn location(id: u32) -> DataNodeLocation {
         .expect("fixture address is valid")
 }
 
-/// The v3 fixture: [`base_state`] at log index 12, term 3.
+/// The v3 fixture: [`base_state`] plus a replica abandoned on a DataNode removed for good,
+/// at log index 13, term 3.
 pub fn snapshot_v3() -> Snapshot {
+    let mut state = base_state();
+    let abandon = ConfigPlan::AbandonReplica(AbandonReplica {
+        region: RegionId::new(RegionKind::Data, 2),
+        data_node: DataNodeId(2),
+        by: ProcedureId(1),
+        deletions: vec![ProcedureId(1)],
+    });
+    state.apply(&abandon).expect("fixture abandonment applies");
     Snapshot {
-        last_index: 12,
+        last_index: 13,
         last_term: 3,
-        state: base_state(),
+        state,
     }
 }
 

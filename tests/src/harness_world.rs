@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use shoal_core::api::{
-    ApiError, CreateRegionRequest, DataNodeApi, HeartbeatReport, MaintainTask, SubmitOutcome,
-    TaskStatus,
+    ApiError, CreateRegionRequest, DataNodeApi, HeartbeatReport, MaintainTask, RegionChunk,
+    RegionDigest, SubmitOutcome, TaskStatus,
 };
 use shoal_core::confignode::cleaner::RegionCleaner;
 use shoal_core::confignode::clients::DataNodeClients;
@@ -134,6 +134,21 @@ impl DataNodeApi for LosesCreateReplies {
     }
     async fn heartbeat(&self, epoch: Epoch) -> Result<HeartbeatReport, ApiError> {
         self.node.heartbeat(epoch).await
+    }
+    async fn read_region(
+        &self,
+        region: RegionId,
+        offset: u64,
+        max_len: u32,
+    ) -> Result<RegionChunk, ApiError> {
+        self.node.read_region(region, offset, max_len).await
+    }
+    async fn region_digest(
+        &self,
+        region: RegionId,
+        len: Option<u64>,
+    ) -> Result<RegionDigest, ApiError> {
+        self.node.region_digest(region, len).await
     }
 }
 
@@ -343,4 +358,114 @@ pub fn observe(state: &ClusterState, env: &RegionEnv) -> Observed {
         ));
     }
     (metadata, replicas)
+}
+
+/// DataNodes in a migration world: one more than [`NODES`], so a replica has somewhere to go.
+pub const MIGRATION_NODES: u32 = NODES + 1;
+
+/// Bytes of the migrated group's replicas (distinct per offset, equal on every replica).
+pub const MIGRATION_BYTES: usize = 40 * 1024;
+
+/// The data every replica of the migrated group holds.
+pub fn migration_data() -> Vec<u8> {
+    (0..MIGRATION_BYTES).map(|i| (i % 251) as u8).collect()
+}
+
+/// The region procedures' environment over a migration world: [`MIGRATION_NODES`]
+/// DataNodes reaching each other directly (copy tasks pull from their source), with replicas
+/// of `group_ids()[0]` on the first [`NODES`] holding [`migration_data`]. Copies go in
+/// 4 KiB chunks, so a copy takes several reads. With `lossy`, creates to [`LOSSY`] run but
+/// lose their reply, as in [`region_env`].
+pub fn migration_env(lossy: bool) -> RegionEnv {
+    let runtime = smol_runtime();
+    let mut nodes = BTreeMap::new();
+    let mut opened = Vec::new();
+    for i in 0..MIGRATION_NODES {
+        let mem = MemRegionStore::new(runtime.clock.clone());
+        let journal = MemTaskJournal::new();
+        let node = futures_lite::future::block_on(DataNode::open(
+            runtime.clone(),
+            Arc::new(mem.clone()),
+            Arc::new(journal.clone()),
+            DataNodeConfig {
+                copy_chunk_bytes: 4096,
+                copy_stall_timeout: Duration::from_secs(2),
+                ..DataNodeConfig::default()
+            },
+        ))
+        .expect("DataNode opens");
+        if i < NODES {
+            let region = group_ids()[0];
+            let request = CreateRegionRequest {
+                region,
+                database: db("db"),
+                peers: (0..NODES).map(DataNodeId).collect(),
+                generation: 0,
+            };
+            futures_lite::future::block_on(async {
+                node.create_region(Epoch(0), request)
+                    .await
+                    .expect("replica");
+                mem.append(region, &migration_data()).await.expect("data");
+            });
+        }
+        let losing = (lossy && i == LOSSY).then(|| Arc::new(AtomicBool::new(true)));
+        opened.push(node.clone());
+        nodes.insert(
+            address(i),
+            WorldNode {
+                node,
+                journal,
+                losing,
+            },
+        );
+    }
+    let world = Arc::new(World { nodes });
+    for node in opened {
+        node.set_peer_clients(world.clone());
+    }
+    worlds().lock().unwrap_or_else(|p| p.into_inner()).insert(
+        world_key(&(world.clone() as Arc<dyn DataNodeClients>)),
+        world.clone(),
+    );
+    RegionEnv {
+        clients: world,
+        inflight: Arc::new(InflightCreates::default()),
+        healer: Arc::new(EpochHealer::new()),
+        config: LifecycleConfig {
+            create_retry_window: Duration::from_secs(1),
+            poll_wait: Duration::from_millis(200),
+            ..LifecycleConfig::default()
+        },
+    }
+}
+
+/// The metadata of a migration world: its DataNodes registered, database `db` with
+/// `group_ids()[0]` published on the first [`NODES`].
+pub fn migration_setup() -> Vec<ConfigPlan> {
+    let mut plans: Vec<ConfigPlan> = (0..MIGRATION_NODES)
+        .map(|i| {
+            ConfigPlan::RegisterDataNode(RegisterDataNode {
+                known_id: None,
+                address: address(i),
+            })
+        })
+        .collect();
+    plans.push(ConfigPlan::CreateDatabase(CreateDatabase {
+        schema: schema(),
+        created_by: None,
+    }));
+    plans.push(ConfigPlan::ReserveRegionIds(ReserveRegionIds {
+        kind: RegionKind::Data,
+        count: 1,
+        for_procedure: None,
+    }));
+    plans.push(ConfigPlan::CreateRegionGroups(CreateRegionGroups {
+        database: db("db"),
+        groups: vec![RegionReplicaSet::new(
+            group_ids()[0],
+            (0..NODES).map(DataNodeId).collect(),
+        )],
+    }));
+    plans
 }

@@ -6,17 +6,18 @@
 
 use std::sync::Arc;
 
+use shoal_core::model::DataNodeId;
 use shoal_core::procedure::ProcedureRegistry;
 use shoal_core::procedure::testing::{CrashHarness, UnknownOutcomes};
 use shoal_core::procedures::{
-    CreateRegionGroupsProcedure, DeleteDatabaseProcedure, RegionEnv, RemoveRegionGroupProcedure,
-    register_region_procedures,
+    CreateRegionGroupsProcedure, DeleteDatabaseProcedure, MigrateRegionProcedure, RegionEnv,
+    RemoveDataNodeProcedure, RemoveRegionGroupProcedure, register_region_procedures,
 };
 use shoal_runtime_smol::SmolSpawner;
 use shoal_tests::cluster::db;
 use shoal_tests::harness_world::{
-    WorldOptions, cleaner, group_ids, observe, published_groups, region_env, registered, schema,
-    settled,
+    WorldOptions, cleaner, group_ids, migration_env, migration_setup, observe, published_groups,
+    region_env, registered, schema, settled,
 };
 
 fn init_logs() {
@@ -214,5 +215,137 @@ fn delete_database_survives_every_crash_in_an_adversarial_world() {
             "no replica left, the queued ones included: {replicas:?}"
         );
         assert_every_step_survived(&harness).await;
+    });
+}
+
+/// A migration's end state, observed as the harness compares runs: metadata, every
+/// DataNode's replicas (`observe`), and the migrated group's digest on each node holding it.
+fn observe_migration(
+    state: &shoal_core::state::ClusterState,
+    env: &RegionEnv,
+) -> (shoal_tests::harness_world::Observed, Vec<(u32, u32)>) {
+    let region = group_ids()[0];
+    let mut digests = Vec::new();
+    for info in state.data_nodes.values() {
+        let client = env.clients.client(&info.location);
+        if let Ok(digest) = futures_lite::future::block_on(client.region_digest(region, None)) {
+            digests.push((info.location.id.0, digest.crc32c));
+        }
+    }
+    (observe(state, env), digests)
+}
+
+fn assert_migrated(state: &shoal_core::state::ClusterState, env: &RegionEnv, from: u32) {
+    let region = group_ids()[0];
+    let (_, digests) = observe_migration(state, env);
+    let expected = crc32c::crc32c(&shoal_tests::harness_world::migration_data());
+    assert_eq!(
+        digests.len(),
+        3,
+        "three replicas hold the data: {digests:?}"
+    );
+    assert!(
+        digests
+            .iter()
+            .all(|(node, crc)| *node != from && *crc == expected),
+        "{digests:?}"
+    );
+    let replicas = state.region_group(region).map(|g| g.replicas.clone());
+    assert_eq!(replicas.map(|r| r.len()), Some(3));
+    assert!(state.unfinished_procedures().next().is_none());
+}
+
+#[test]
+fn migrate_region_survives_restart_and_leader_change_at_every_step() {
+    init_logs();
+    smol::block_on(async {
+        let harness = CrashHarness::new(
+            Arc::new(SmolSpawner),
+            registry(),
+            || migration_env(false),
+            |_| {
+                Box::new(MigrateRegionProcedure::new(
+                    db("db"),
+                    group_ids()[0],
+                    DataNodeId(0),
+                    Some(DataNodeId(3)),
+                ))
+            },
+        )
+        .with_setup(|_| migration_setup());
+        let reference = harness.run_uninterrupted().await.expect("reference run");
+        assert_migrated(&reference.state, &reference.env, 0);
+        let restarts = harness
+            .run_with_restart_at_every_step(observe_migration)
+            .await
+            .expect("restarts");
+        let changes = harness
+            .run_with_leader_change_at_every_step(observe_migration)
+            .await
+            .expect("leader changes");
+        eprintln!("restarts: {restarts:?}; leader changes: {changes:?}");
+        assert!(
+            restarts.runs >= 10 && changes.runs >= 9,
+            "{restarts:?} {changes:?}"
+        );
+    });
+}
+
+#[test]
+fn migrate_region_survives_every_crash_in_an_adversarial_world() {
+    init_logs();
+    smol::block_on(async {
+        let harness = CrashHarness::new(
+            Arc::new(SmolSpawner),
+            registry(),
+            || migration_env(true),
+            |_| {
+                Box::new(MigrateRegionProcedure::new(
+                    db("db"),
+                    group_ids()[0],
+                    DataNodeId(1),
+                    Some(DataNodeId(3)),
+                ))
+            },
+        )
+        .with_setup(|_| migration_setup())
+        .with_companion(cleaner)
+        .with_settle(settled)
+        .with_unknown_outcomes(UnknownOutcomes { every: 5 });
+        let reference = harness.run_uninterrupted().await.expect("reference run");
+        assert_migrated(&reference.state, &reference.env, 1);
+        harness
+            .run_with_restart_at_every_step(observe_migration)
+            .await
+            .expect("restarts");
+        harness
+            .run_with_leader_change_at_every_step(observe_migration)
+            .await
+            .expect("leader changes");
+    });
+}
+
+#[test]
+fn remove_data_node_survives_restart_and_leader_change_at_every_step() {
+    init_logs();
+    smol::block_on(async {
+        let harness = CrashHarness::new(
+            Arc::new(SmolSpawner),
+            registry(),
+            || migration_env(false),
+            |_| Box::new(RemoveDataNodeProcedure::new(DataNodeId(2), false)),
+        )
+        .with_setup(|_| migration_setup());
+        let reference = harness.run_uninterrupted().await.expect("reference run");
+        assert_migrated(&reference.state, &reference.env, 2);
+        assert!(!reference.state.data_nodes.contains_key(&DataNodeId(2)));
+        harness
+            .run_with_restart_at_every_step(observe_migration)
+            .await
+            .expect("restarts");
+        harness
+            .run_with_leader_change_at_every_step(observe_migration)
+            .await
+            .expect("leader changes");
     });
 }

@@ -85,7 +85,7 @@ fn v2_fixture_loads_with_footprints_derived() {
     );
     assert_eq!(
         without_generations(state),
-        without_generations(fixtures::snapshot_v3().state)
+        without_generations(fixtures::base_state())
     );
 }
 
@@ -102,9 +102,13 @@ fn v2_shape_is_frozen() {
 fn v3_fixture_loads_and_reencodes_byte_identically() {
     let bytes = read(SNAPSHOT_V3);
     let loaded = snapshot::decode(&bytes).expect("v3 fixture decodes");
-    assert_eq!((loaded.last_index, loaded.last_term), (12, 3));
+    assert_eq!((loaded.last_index, loaded.last_term), (13, 3));
     assert_eq!(loaded.state.region_groups().count(), 4);
     assert!(!loaded.state.footprints.is_empty());
+    // A replica abandoned on a DataNode removed for good stays on record.
+    let region = shoal_core::model::RegionId::new(shoal_core::model::RegionKind::Data, 2);
+    assert!(loaded.state.is_abandoned(region, DataNodeId(2)));
+    assert!(!loaded.state.footprint(region).contains(&DataNodeId(2)));
     let reencoded = snapshot::encode(&loaded).expect("encodes");
     assert!(
         reencoded == bytes,

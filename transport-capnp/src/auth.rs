@@ -63,6 +63,9 @@ impl Role {
             Access::DataNodeControl => self == Role::ConfigNode,
             // The load generator writes synthetic data; the ConfigNode may too.
             Access::DataNodeWrite => matches!(self, Role::ConfigNode | Role::Admin),
+            // Reading a replica's data and digests: a DataNode copying it (a migration's
+            // target pulls from its source), and the ConfigNode verifying the copy.
+            Access::DataNodeRead => matches!(self, Role::ConfigNode | Role::DataNode),
             Access::Admin => self == Role::Admin,
             Access::Registration => self == Role::DataNode,
             Access::Peer => self == Role::ConfigNode,
@@ -83,6 +86,8 @@ pub enum Access {
     DataNodeControl,
     /// `DataNode.writeRegion` (data, no epoch, no task).
     DataNodeWrite,
+    /// `DataNode.readRegion` and `DataNode.regionDigest` (read-only, no epoch).
+    DataNodeRead,
     /// The ConfigNode's admin API (databases, procedures, listings).
     Admin,
     /// A DataNode registering with and reporting to the ConfigNode.
@@ -379,11 +384,21 @@ mod tests {
     fn roles_reach_only_their_own_calls() {
         use Access::*;
         for (role, allowed) in [
-            (Role::ConfigNode, vec![DataNodeControl, DataNodeWrite, Peer]),
-            (Role::DataNode, vec![Registration]),
+            (
+                Role::ConfigNode,
+                vec![DataNodeControl, DataNodeWrite, DataNodeRead, Peer],
+            ),
+            (Role::DataNode, vec![Registration, DataNodeRead]),
             (Role::Admin, vec![Admin, DataNodeWrite]),
         ] {
-            for access in [DataNodeControl, DataNodeWrite, Admin, Registration, Peer] {
+            for access in [
+                DataNodeControl,
+                DataNodeWrite,
+                DataNodeRead,
+                Admin,
+                Registration,
+                Peer,
+            ] {
                 assert_eq!(
                     role.may(access),
                     allowed.contains(&access),

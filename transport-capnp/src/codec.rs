@@ -5,7 +5,8 @@
 
 use shoal_core::api::{
     ApiError, CreateRegionRequest, DataNodeHeartbeat, DatabaseInfo, HeartbeatReport, MaintainTask,
-    MaintainTaskKind, ProcedureInfo, RegionGroupInfo, RegionReport,
+    MaintainTaskKind, OrphanInfo, ProcedureInfo, RegionChunk, RegionDigest, RegionGroupInfo,
+    RegionReport,
 };
 use shoal_core::model::{
     DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, ModelError, ProcedureId, RegionId,
@@ -15,8 +16,8 @@ use shoal_core::state::{DataNodeInfo, DataNodeStatus};
 
 use crate::shoal_capnp::{
     create_region_request, data_node_info, database_info, error, heartbeat_report, maintain_task,
-    optional_text, optional_u_int32, optional_u_int64, procedure_info, region_group_info,
-    region_id, region_report,
+    optional_text, optional_u_int32, optional_u_int64, orphan_info, procedure_info, region_chunk,
+    region_digest, region_group_info, region_id, region_report,
 };
 
 /// A capnp decoding failure as a typed error.
@@ -178,6 +179,12 @@ pub(crate) fn write_maintain_task(mut b: maintain_task::Builder<'_>, task: &Main
             b.set_generation(*generation);
             write_region_id(b.init_kind().init_delete_region_peer(), *region);
         }
+        MaintainTaskKind::CopyRegion { region, source } => {
+            let mut copy = b.init_kind().init_copy_region();
+            write_region_id(copy.reborrow().init_region(), *region);
+            copy.set_source_id(source.id.0);
+            copy.set_source_address(source.address.as_str());
+        }
     }
 }
 
@@ -194,6 +201,18 @@ pub(crate) fn read_maintain_task(
             region: read_region_id(region)?,
             generation: r.get_generation(),
         },
+        maintain_task::kind::CopyRegion(copy) => {
+            let copy = copy.map_err(malformed)?;
+            let source = DataNodeLocation::new(
+                DataNodeId(copy.get_source_id()),
+                read_text(copy.get_source_address())?,
+            )
+            .map_err(|e| ApiError::Malformed(e.to_string()))?;
+            MaintainTaskKind::CopyRegion {
+                region: read_region_id(copy.get_region())?,
+                source,
+            }
+        }
     };
     Ok(MaintainTask {
         task_id: TaskId(r.get_task_id()),
@@ -273,14 +292,16 @@ pub(crate) fn read_opt_u32(
     )
 }
 
-fn write_opt_u64(mut b: optional_u_int64::Builder<'_>, value: Option<u64>) {
+pub(crate) fn write_opt_u64(mut b: optional_u_int64::Builder<'_>, value: Option<u64>) {
     match value {
         Some(v) => b.set_some(v),
         None => b.set_none(()),
     }
 }
 
-fn read_opt_u64(r: capnp::Result<optional_u_int64::Reader<'_>>) -> Result<Option<u64>, ApiError> {
+pub(crate) fn read_opt_u64(
+    r: capnp::Result<optional_u_int64::Reader<'_>>,
+) -> Result<Option<u64>, ApiError> {
     Ok(
         match r.map_err(malformed)?.which().map_err(not_in_schema)? {
             optional_u_int64::None(()) => None,
@@ -387,7 +408,11 @@ pub(crate) fn write_procedure(mut b: procedure_info::Builder<'_>, info: &Procedu
     b.set_updated_at_ms(info.updated_at_ms);
     b.set_attempts(info.attempts);
     write_opt_text(b.reborrow().init_last_error(), info.last_error.as_deref());
-    write_opt_text(b.init_waiting_for(), info.waiting_for.as_deref());
+    write_opt_text(b.reborrow().init_waiting_for(), info.waiting_for.as_deref());
+    let mut notes = b.init_notes(len32(info.notes.len()));
+    for (i, note) in info.notes.iter().enumerate() {
+        notes.set(len32(i), note.as_str());
+    }
 }
 
 /// Reads a procedure's admin view.
@@ -410,6 +435,72 @@ pub(crate) fn read_procedure(r: procedure_info::Reader<'_>) -> Result<ProcedureI
         attempts: r.get_attempts(),
         last_error: read_opt_text(r.get_last_error())?,
         waiting_for: read_opt_text(r.get_waiting_for())?,
+        notes: r
+            .get_notes()
+            .map_err(malformed)?
+            .iter()
+            .map(read_text)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// Writes a chunk of region data.
+pub(crate) fn write_region_chunk(mut b: region_chunk::Builder<'_>, chunk: &RegionChunk) {
+    b.set_offset(chunk.offset);
+    b.set_data(&chunk.data);
+    b.set_crc32c(chunk.crc32c);
+    b.set_region_len(chunk.region_len);
+}
+
+/// Reads a chunk of region data (its checksum is checked by the receiver's copy task).
+pub(crate) fn read_region_chunk(
+    r: capnp::Result<region_chunk::Reader<'_>>,
+) -> Result<RegionChunk, ApiError> {
+    let r = r.map_err(malformed)?;
+    Ok(RegionChunk {
+        offset: r.get_offset(),
+        data: r.get_data().map_err(malformed)?.to_vec(),
+        crc32c: r.get_crc32c(),
+        region_len: r.get_region_len(),
+    })
+}
+
+/// Writes a region digest.
+pub(crate) fn write_region_digest(mut b: region_digest::Builder<'_>, digest: &RegionDigest) {
+    b.set_len(digest.len);
+    b.set_crc32c(digest.crc32c);
+    b.set_region_len(digest.region_len);
+}
+
+/// Reads a region digest.
+pub(crate) fn read_region_digest(
+    r: capnp::Result<region_digest::Reader<'_>>,
+) -> Result<RegionDigest, ApiError> {
+    let r = r.map_err(malformed)?;
+    Ok(RegionDigest {
+        len: r.get_len(),
+        crc32c: r.get_crc32c(),
+        region_len: r.get_region_len(),
+    })
+}
+
+/// Writes an orphan replica's admin view.
+pub(crate) fn write_orphan(mut b: orphan_info::Builder<'_>, orphan: &OrphanInfo) {
+    b.set_data_node(orphan.data_node.0);
+    write_region_id(b.reborrow().init_region(), orphan.region);
+    b.set_bytes(orphan.bytes);
+    b.set_orphan_for_ms(orphan.orphan_for_ms);
+    write_opt_u64(b.init_removal(), orphan.removal.map(|p| p.0));
+}
+
+/// Reads an orphan replica's admin view.
+pub(crate) fn read_orphan(r: orphan_info::Reader<'_>) -> Result<OrphanInfo, ApiError> {
+    Ok(OrphanInfo {
+        data_node: DataNodeId(r.get_data_node()),
+        region: read_region_id(r.get_region())?,
+        bytes: r.get_bytes(),
+        orphan_for_ms: r.get_orphan_for_ms(),
+        removal: read_opt_u64(r.get_removal())?.map(ProcedureId),
     })
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_lite::future;
 use shoal_core::api::{
-    ApiError, CreateRegionRequest, DataNodeApi, HeartbeatReport, MaintainTask, SubmitOutcome,
-    TaskStatus,
+    ApiError, CreateRegionRequest, DataNodeApi, HeartbeatReport, MaintainTask, RegionChunk,
+    RegionDigest, SubmitOutcome, TaskStatus,
 };
 use shoal_core::model::{Epoch, RegionId, TaskId};
 use shoal_core::runtime::{BoxFuture, Runtime, Spawner};
@@ -524,6 +524,29 @@ impl DataNodeApi for InprocClient<dyn DataNodeApi> {
     async fn heartbeat(&self, epoch: Epoch) -> Result<HeartbeatReport, ApiError> {
         self.call("heartbeat", move |s| {
             Box::pin(async move { s.heartbeat(epoch).await })
+        })
+        .await
+    }
+
+    async fn read_region(
+        &self,
+        region: RegionId,
+        offset: u64,
+        max_len: u32,
+    ) -> Result<RegionChunk, ApiError> {
+        self.call("read_region", move |s| {
+            Box::pin(async move { s.read_region(region, offset, max_len).await })
+        })
+        .await
+    }
+
+    async fn region_digest(
+        &self,
+        region: RegionId,
+        len: Option<u64>,
+    ) -> Result<RegionDigest, ApiError> {
+        self.call("region_digest", move |s| {
+            Box::pin(async move { s.region_digest(region, len).await })
         })
         .await
     }

@@ -27,6 +27,8 @@ pub struct HeartbeatMonitor {
     healer: Arc<EpochHealer>,
     misses_before_unknown: u32,
     misses: Mutex<BTreeMap<DataNodeId, u32>>,
+    /// Where region reports go (orphan reconciliation), once set.
+    reports: std::sync::OnceLock<Arc<super::orphans::OrphanTracker>>,
 }
 
 impl HeartbeatMonitor {
@@ -45,7 +47,13 @@ impl HeartbeatMonitor {
             healer,
             misses_before_unknown: misses_before_unknown.max(1),
             misses: Mutex::new(BTreeMap::new()),
+            reports: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands every answered heartbeat's region report to `tracker` from now on.
+    pub fn report_regions_to(&self, tracker: Arc<super::orphans::OrphanTracker>) {
+        let _ = self.reports.set(tracker);
     }
 
     /// Runs rounds every `interval` until leadership at `epoch` is lost.
@@ -71,6 +79,12 @@ impl HeartbeatMonitor {
             if let Err(crate::api::ApiError::StaleLeader { request, seen }) = &answer {
                 // Fenced by an epoch above ours: heal it (or learn that we are deposed).
                 self.healer.report(location.id, *request, *seen);
+            }
+            if let (Ok(report), Some(tracker)) = (&answer, self.reports.get()) {
+                let now = self.runtime.clock.now_ms();
+                self.consensus
+                    .state()
+                    .read(|s| tracker.observe(s, location.id, &report.regions, now));
             }
             let ok = answer.is_ok();
             let target = {

@@ -6,6 +6,7 @@ pub mod clients;
 pub mod fence;
 pub mod heartbeat;
 pub mod inflight;
+pub mod orphans;
 mod service;
 #[cfg(test)]
 mod tests;

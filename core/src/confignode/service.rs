@@ -47,6 +47,8 @@ pub struct ConfigNodeConfig {
     pub heartbeat_interval: Duration,
     /// Failed heartbeats in a row before a DataNode is marked unknown.
     pub misses_before_unknown: u32,
+    /// Orphan reconciliation: grace period, and whether orphans are deleted.
+    pub orphans: super::orphans::OrphanPolicy,
 }
 
 impl Default for ConfigNodeConfig {
@@ -62,6 +64,7 @@ impl Default for ConfigNodeConfig {
             },
             heartbeat_interval: Duration::from_secs(1),
             misses_before_unknown: 3,
+            orphans: super::orphans::OrphanPolicy::default(),
         }
     }
 }
@@ -130,6 +133,7 @@ pub struct ConfigNode {
     cleaner: Arc<RegionCleaner>,
     heartbeat: Arc<HeartbeatMonitor>,
     healer: Arc<EpochHealer>,
+    orphans: Arc<super::orphans::OrphanTracker>,
     config: ConfigNodeConfig,
     started: AtomicBool,
     stopped: AtomicBool,
@@ -184,6 +188,8 @@ impl ConfigNode {
             healer.clone(),
             config.misses_before_unknown,
         ));
+        let orphans = Arc::new(super::orphans::OrphanTracker::default());
+        heartbeat.report_regions_to(orphans.clone());
         Ok(Arc::new(Self {
             consensus,
             runtime,
@@ -191,6 +197,7 @@ impl ConfigNode {
             cleaner,
             heartbeat,
             healer,
+            orphans,
             config,
             started: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -254,8 +261,11 @@ impl ConfigNode {
                 future::zip(
                     future::zip(adopt, self.healer.run(self.consensus.as_ref(), epoch)),
                     future::zip(
-                        self.cleaner.run(epoch, self.config.cleaner_interval),
-                        self.heartbeat.run(epoch, self.config.heartbeat_interval),
+                        future::zip(
+                            self.cleaner.run(epoch, self.config.cleaner_interval),
+                            self.heartbeat.run(epoch, self.config.heartbeat_interval),
+                        ),
+                        self.reconcile_orphans(epoch),
                     ),
                 )
                 .await;
@@ -567,3 +577,5 @@ impl ConfigNode {
         self.consensus.failed().await
     }
 }
+
+mod migration;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{MaintainTaskKind, TaskStatus};
 use crate::coded_enum;
-use crate::model::{Epoch, RegionId, TaskId};
+use crate::model::{DataNodeLocation, Epoch, RegionId, TaskId};
 use crate::runtime::Millis;
 use crate::storage::{StorageError, TaskJournal};
 
@@ -41,6 +41,8 @@ coded_enum! {
     pub enum MaintainKindCode {
         /// [`MaintainTaskKind::DeleteRegionPeer`].
         DeleteRegionPeer = 1,
+        /// [`MaintainTaskKind::CopyRegion`].
+        CopyRegion = 2,
     }
 }
 
@@ -74,6 +76,9 @@ pub struct StoredTaskKind {
     /// The creation generation a deletion covers (0 in records written before generations).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub generation: u64,
+    /// The DataNode a copy pulls from (`CopyRegion` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<DataNodeLocation>,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -87,19 +92,35 @@ impl From<&MaintainTaskKind> for StoredTaskKind {
                 code: MaintainKindCode::DeleteRegionPeer,
                 region: *region,
                 generation: *generation,
+                source: None,
+            },
+            MaintainTaskKind::CopyRegion { region, source } => StoredTaskKind {
+                code: MaintainKindCode::CopyRegion,
+                region: *region,
+                generation: 0,
+                source: Some(source.clone()),
             },
         }
     }
 }
 
-impl From<&StoredTaskKind> for MaintainTaskKind {
-    fn from(stored: &StoredTaskKind) -> Self {
-        match stored.code {
+impl TryFrom<&StoredTaskKind> for MaintainTaskKind {
+    type Error = String;
+
+    fn try_from(stored: &StoredTaskKind) -> Result<Self, String> {
+        Ok(match stored.code {
             MaintainKindCode::DeleteRegionPeer => MaintainTaskKind::DeleteRegionPeer {
                 region: stored.region,
                 generation: stored.generation,
             },
-        }
+            MaintainKindCode::CopyRegion => MaintainTaskKind::CopyRegion {
+                region: stored.region,
+                source: stored
+                    .source
+                    .clone()
+                    .ok_or_else(|| format!("copy of {} names no source", stored.region))?,
+            },
+        })
     }
 }
 

@@ -18,6 +18,7 @@
 //! supervisor restarts it. The restart reopens the journal and resumes every task journaled
 //! as accepted but not finished.
 
+mod copy;
 mod fencing;
 mod guard;
 pub mod journal;
@@ -39,6 +40,7 @@ use self::guard::RegionGuards;
 use self::journal::{ForgetReason, JournalRecord, JournalWriter, ReplayError};
 use self::tasks::TaskTable;
 use crate::api::ApiError;
+use crate::confignode::clients::DataNodeClients;
 use crate::model::Epoch;
 use crate::runtime::Runtime;
 use crate::storage::{RegionStore, StorageError, TaskJournal};
@@ -61,6 +63,16 @@ pub struct DataNodeConfig {
     /// The journal is compacted once it holds more than this many records and at least
     /// twice as many as the live tasks need.
     pub compact_threshold: usize,
+    /// Bytes a `CopyRegion` task asks its source for per read.
+    pub copy_chunk_bytes: u32,
+    /// Chunk reads a `CopyRegion` task keeps in flight.
+    pub copy_window: usize,
+    /// A copy made durable at least every this many bytes (and at its end).
+    pub copy_checkpoint_bytes: u64,
+    /// How long a `CopyRegion` task keeps retrying a source that does not answer (or the
+    /// peer transport to appear at start-up) before it fails; the ConfigNode then resubmits
+    /// under a new id and the copy resumes where it stopped.
+    pub copy_stall_timeout: Duration,
 }
 
 impl Default for DataNodeConfig {
@@ -70,6 +82,10 @@ impl Default for DataNodeConfig {
             max_markers: 100_000,
             result_retention: Some(Duration::from_secs(24 * 60 * 60)),
             compact_threshold: 1024,
+            copy_chunk_bytes: 1 << 20,
+            copy_window: 16,
+            copy_checkpoint_bytes: 1 << 30,
+            copy_stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -146,6 +162,10 @@ pub(crate) struct Inner {
     failure: OnceLock<StorageError>,
     /// This node's id once the ConfigNode assigned it (for log lines).
     id: std::sync::OnceLock<crate::model::DataNodeId>,
+    /// How this node reaches other DataNodes (a copy pulls from its source through it).
+    peers: OnceLock<Arc<dyn DataNodeClients>>,
+    /// Notified when `peers` is set.
+    peers_set: Event,
 }
 
 impl DataNode {
@@ -173,6 +193,8 @@ impl DataNode {
             halt: Event::new(),
             failure: OnceLock::new(),
             id: OnceLock::new(),
+            peers: OnceLock::new(),
+            peers_set: Event::new(),
         });
         {
             let mut writer = inner.writer.lock().await;
@@ -219,6 +241,14 @@ impl DataNode {
     /// from then on. Later calls are ignored (an id never changes).
     pub fn set_id(&self, id: crate::model::DataNodeId) {
         let _ = self.inner.id.set(id);
+    }
+
+    /// Gives this node its transport to other DataNodes (copy tasks pull their source
+    /// through it; a copy resumed at start-up waits for it). Later calls are ignored.
+    pub fn set_peer_clients(&self, peers: Arc<dyn DataNodeClients>) {
+        if self.inner.peers.set(peers).is_ok() {
+            self.inner.peers_set.notify(usize::MAX);
+        }
     }
 
     /// The id set by [`DataNode::set_id`], if any.

@@ -34,7 +34,7 @@ pub(crate) fn spawn_task(
 async fn run_task(inner: &Inner, task_id: TaskId, kind: MaintainTaskKind, ticket: RegionTicket) {
     ticket.turn().await;
     let started = inner.rt.clock.now_ms();
-    let status = execute(inner.store.as_ref(), &kind).await;
+    let status = execute(inner, &kind).await;
     let duration_ms = inner.rt.clock.now_ms().saturating_sub(started);
     record_finish(inner, task_id, &kind, status, duration_ms).await;
     // The region is released only after the outcome is durable and visible.
@@ -42,8 +42,12 @@ async fn run_task(inner: &Inner, task_id: TaskId, kind: MaintainTaskKind, ticket
 }
 
 /// Executes one task. Every failure is a `Fail` and stops the task; nothing falls through.
-async fn execute(store: &dyn RegionStore, kind: &MaintainTaskKind) -> TaskStatus {
+async fn execute(inner: &Inner, kind: &MaintainTaskKind) -> TaskStatus {
+    let store: &dyn RegionStore = inner.store.as_ref();
     match kind {
+        MaintainTaskKind::CopyRegion { region, source } => {
+            super::copy::copy_region(inner, *region, source).await
+        }
         MaintainTaskKind::DeleteRegionPeer { region, .. } => {
             // Remove the local consensus peer first (the replica leaves its group: its stored
             // membership becomes empty), so the group stops counting on it before its data

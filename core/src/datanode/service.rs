@@ -9,8 +9,8 @@ use super::journal::{ForgetReason, JournalRecord, StoredTaskKind};
 use super::tasks::{AckFound, Admission};
 use super::{DataNode, runner};
 use crate::api::{
-    ApiError, CreateRegionRequest, DataNodeApi, HeartbeatReport, MaintainTask, RegionReport,
-    SubmitOutcome, TaskStatus,
+    ApiError, CreateRegionRequest, DataNodeApi, HeartbeatReport, MaintainTask, RegionChunk,
+    RegionDigest, RegionReport, SubmitOutcome, TaskStatus,
 };
 use crate::model::{Epoch, RegionId, TaskId};
 use crate::storage::{RegionConfig, StorageError};
@@ -244,4 +244,49 @@ impl DataNodeApi for DataNode {
             running_tasks,
         })
     }
+
+    /// Read-only: answers from whatever the replica holds now. Abort (`Refused`): no such
+    /// region here. Reads are not fenced by epoch: they change nothing.
+    async fn read_region(
+        &self,
+        region: RegionId,
+        offset: u64,
+        max_len: u32,
+    ) -> Result<RegionChunk, ApiError> {
+        let inner = &self.inner;
+        inner.ensure_running()?;
+        let max_len = (max_len as usize).min(MAX_READ_BYTES);
+        let region_len = inner
+            .store
+            .size(region)
+            .await
+            .map_err(storage_error)?
+            .ok_or_else(|| storage_error(StorageError::RegionNotFound(region)))?;
+        let data = inner
+            .store
+            .read_at(region, offset, max_len)
+            .await
+            .map_err(storage_error)?;
+        Ok(RegionChunk {
+            offset,
+            crc32c: crc32c::crc32c(&data),
+            region_len: region_len.max(offset + data.len() as u64),
+            data,
+        })
+    }
+
+    /// Read-only. Abort (`Refused`): no such region here.
+    async fn region_digest(
+        &self,
+        region: RegionId,
+        len: Option<u64>,
+    ) -> Result<RegionDigest, ApiError> {
+        self.inner.ensure_running()?;
+        super::copy::local_digest(self.inner.store.as_ref(), region, len)
+            .await
+            .map_err(storage_error)
+    }
 }
+
+/// Largest chunk one `read_region` answers (a larger request gets this much).
+pub const MAX_READ_BYTES: usize = 8 << 20;

@@ -91,8 +91,9 @@ impl TaskTable {
     pub(crate) fn insert_running(&mut self, id: TaskId, kind: MaintainTaskKind, now: Millis) {
         // A deletion fences its region from the moment it is accepted: a create of an
         // older generation still in flight must not land after it.
-        let MaintainTaskKind::DeleteRegionPeer { region, generation } = &kind;
-        self.fence(*region, *generation, now);
+        if let MaintainTaskKind::DeleteRegionPeer { region, generation } = &kind {
+            self.fence(*region, *generation, now);
+        }
         let accept_seq = self.seq();
         if let Some(TaskEntry {
             state: TaskState::Finished { seq, .. },
@@ -313,8 +314,9 @@ pub(crate) fn replay(records: &[Vec<u8>], now: Millis) -> Result<Replayed, Repla
                 out.highest_epoch = out.highest_epoch.max(epoch);
             }
             JournalRecord::TaskAccepted { task_id, kind } => {
-                out.table
-                    .insert_running(task_id, MaintainTaskKind::from(&kind), now);
+                let kind = MaintainTaskKind::try_from(&kind)
+                    .map_err(|reason| ReplayError::Inconsistent { index, reason })?;
+                out.table.insert_running(task_id, kind, now);
             }
             JournalRecord::RegionFenced { region, generation } => {
                 out.table.fence(region, generation, now);

@@ -92,6 +92,7 @@ fn released_codes_never_change_meaning() {
     let released: &[(u16, PlanCode)] = &[
         (100, PlanCode::RegisterDataNode),
         (101, PlanCode::UpdateDataNodeStatus),
+        (102, PlanCode::UnregisterDataNode),
         (200, PlanCode::CreateDatabase),
         (201, PlanCode::SetDatabaseDeleting),
         (202, PlanCode::DeleteDatabase),
@@ -104,6 +105,7 @@ fn released_codes_never_change_meaning() {
         (306, PlanCode::RecordReplicaFootprints),
         (307, PlanCode::ReplicaDeleted),
         (308, PlanCode::DropRegionGroup),
+        (309, PlanCode::AbandonReplica),
         (310, PlanCode::OfferRegionMaintainTasks),
         (311, PlanCode::PollRegionMaintainTask),
         (312, PlanCode::DropQueuedCreates),

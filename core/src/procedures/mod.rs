@@ -8,11 +8,20 @@
 //! - [`DeleteDatabaseProcedure`]: mark deleting, drop queued creates, remove every group
 //!   through children, then drop the database.
 //!
+//! - [`MigrateRegionProcedure`]: move a replica to another DataNode (or repair a group that
+//!   lost one), copying its data DataNode-to-DataNode, verified by digest before publishing.
+//! - [`RemoveDataNodeProcedure`]: decommission a DataNode (migrate its replicas away), or
+//!   with `force` abandon them on a node gone for good and re-replicate.
+//! - [`RemoveOrphanRegionProcedure`]: delete a replica no footprint accounts for.
+//!
 //! Type codes are stable and listed here, in one place.
 
 mod create_region_groups;
 mod delete_database;
 mod env;
+mod migrate_region;
+mod remove_data_node;
+mod remove_orphan_region;
 mod remove_region_group;
 #[cfg(test)]
 mod testing;
@@ -23,6 +32,17 @@ pub use create_region_groups::{
 };
 pub use delete_database::{DeleteDatabaseData, DeleteDatabaseProcedure, DeleteDatabaseState};
 pub use env::{LifecycleConfig, MAX_TASK_SEQ, RegionEnv, task_id_for};
+pub use migrate_region::{
+    MAX_COPY_FAILURES, MigrateRegionData, MigrateRegionOutput, MigrateRegionProcedure,
+    MigrateRegionState, MigrationMode,
+};
+pub use remove_data_node::{
+    MIGRATION_BATCH, RemoveDataNodeData, RemoveDataNodeOutput, RemoveDataNodeProcedure,
+    RemoveDataNodeState, removal_refusal,
+};
+pub use remove_orphan_region::{
+    RemoveOrphanRegionData, RemoveOrphanRegionProcedure, RemoveOrphanRegionState,
+};
 pub use remove_region_group::{
     RemovalScope, RemoveRegionGroupData, RemoveRegionGroupProcedure, RemoveRegionGroupState,
 };
@@ -35,12 +55,21 @@ pub const CREATE_REGION_GROUPS: u32 = 100;
 pub const REMOVE_REGION_GROUP: u32 = 101;
 /// Type code of [`DeleteDatabaseProcedure`].
 pub const DELETE_DATABASE: u32 = 102;
+/// Type code of [`MigrateRegionProcedure`].
+pub const MIGRATE_REGION: u32 = 103;
+/// Type code of [`RemoveDataNodeProcedure`].
+pub const REMOVE_DATA_NODE: u32 = 104;
+/// Type code of [`RemoveOrphanRegionProcedure`].
+pub const REMOVE_ORPHAN_REGION: u32 = 105;
 
 /// Registers the three region-lifecycle procedure types.
 pub fn register_region_procedures(registry: &mut ProcedureRegistry) -> Result<(), ProcedureError> {
     registry
         .register::<CreateRegionGroupsProcedure>()?
         .register::<RemoveRegionGroupProcedure>()?
-        .register::<DeleteDatabaseProcedure>()?;
+        .register::<DeleteDatabaseProcedure>()?
+        .register::<MigrateRegionProcedure>()?
+        .register::<RemoveDataNodeProcedure>()?
+        .register::<RemoveOrphanRegionProcedure>()?;
     Ok(())
 }

@@ -84,6 +84,10 @@ pub struct RemoveRegionGroupData {
     /// DataNodes whose deletion reached `Success` and was recorded (`ReplicaDeleted`).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub deleted: BTreeSet<DataNodeId>,
+    /// DataNodes removed for good while this removal had to delete there: their replicas
+    /// were abandoned (see [`crate::state::AbandonedReplica`]), never reported deleted.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub abandoned: BTreeSet<DataNodeId>,
     /// The DataNode the current task deletes on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_node: Option<DataNodeId>,
@@ -147,6 +151,7 @@ impl RemoveRegionGroupProcedure {
                 scope,
                 targets,
                 deleted: BTreeSet::new(),
+                abandoned: BTreeSet::new(),
                 task_node: None,
                 task: None,
                 task_generation: 0,
@@ -170,13 +175,18 @@ impl RemoveRegionGroupProcedure {
     /// a node out of the footprint before the node is persisted as deleted, so a footprint
     /// node already in `deleted` was added again since, and is deleted again.)
     fn remaining(&self, ctx: &ProcedureContext) -> BTreeSet<DataNodeId> {
-        let mut nodes: BTreeSet<DataNodeId> = self
-            .data
-            .targets
-            .iter()
-            .copied()
-            .filter(|n| !self.data.deleted.contains(n))
-            .collect();
+        let region = self.data.region;
+        let mut nodes: BTreeSet<DataNodeId> = ctx.state().read(|s| {
+            self.data
+                .targets
+                .iter()
+                .copied()
+                .filter(|n| !self.data.deleted.contains(n))
+                // A target abandoned since (its DataNode removed for good) and not back in
+                // the footprint has nothing this removal can delete.
+                .filter(|n| !s.is_abandoned(region, *n) || s.footprint(region).contains(n))
+                .collect()
+        });
         if self.data.scope == RemovalScope::Group {
             if crate::mutations::active(crate::mutations::Mutation::Orphan) {
                 // Mutation: the replica set as published and queued, not the footprint.
@@ -235,6 +245,25 @@ impl RemoveRegionGroupProcedure {
             self.ack(ctx, env, node, task).await?;
             self.data.task = None;
             self.data.task_node = None;
+        }
+        if let Some(node) = self.data.task_node
+            && ctx.state().read(|s| {
+                s.is_abandoned(self.data.region, node)
+                    && !s.footprint(self.data.region).contains(&node)
+            })
+        {
+            // The DataNode was removed for good while this deletion waited for it: nothing
+            // can delete there any more. Recorded as abandoned, never as deleted.
+            tracing::warn!(
+                procedure = %ctx.procedure_id(), region = %self.data.region, data_node = %node,
+                task = ?self.data.task, outcome = "abandoned",
+                "replica deletion abandoned: the DataNode was removed for good"
+            );
+            self.data.abandoned.insert(node);
+            self.data.task = None;
+            self.data.task_node = None;
+            self.data.unreachable = 0;
+            return Ok(Step::Continue);
         }
         let node = match self.data.task_node {
             Some(node) => node,

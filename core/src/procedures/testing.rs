@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::api::{
-    ApiError, CreateRegionRequest, DataNodeApi, HeartbeatReport, MaintainTask, SubmitOutcome,
-    TaskStatus,
+    ApiError, CreateRegionRequest, DataNodeApi, HeartbeatReport, MaintainTask, RegionDigest,
+    SubmitOutcome, TaskStatus,
 };
 use crate::confignode::clients::DataNodeClients;
 use crate::confignode::fence::EpochHealer;
@@ -50,6 +50,8 @@ pub enum Call {
     Poll(TaskId),
     /// `ack_task`.
     Ack(TaskId),
+    /// `region_digest` of a region, of a prefix (`None`: all of it).
+    Digest(RegionId, Option<u64>),
 }
 
 /// Scripted answers of one DataNode.
@@ -59,6 +61,7 @@ struct Script {
     polls: VecDeque<Result<TaskStatus, ApiError>>,
     submits: VecDeque<Result<SubmitOutcome, ApiError>>,
     acks: VecDeque<Result<(), ApiError>>,
+    digests: VecDeque<Result<RegionDigest, ApiError>>,
 }
 
 /// Every DataNode of a step test: scripted answers, recorded calls (per DataNode id).
@@ -111,6 +114,15 @@ impl FakeDataNodes {
             .entry(DataNodeId(node))
             .or_default()
             .acks
+            .extend(answers);
+    }
+
+    /// `node`'s next `region_digest` answers (then: `Refused`).
+    pub fn answer_digests(&self, node: u32, answers: Vec<Result<RegionDigest, ApiError>>) {
+        self.script()
+            .entry(DataNodeId(node))
+            .or_default()
+            .digests
             .extend(answers);
     }
 
@@ -201,6 +213,21 @@ impl DataNodeApi for FakeDataNode {
             regions: Vec::new(),
             running_tasks: Vec::new(),
         })
+    }
+    async fn region_digest(
+        &self,
+        region: RegionId,
+        len: Option<u64>,
+    ) -> Result<RegionDigest, ApiError> {
+        self.all.record(self.id, Call::Digest(region, len));
+        let next = self
+            .all
+            .script()
+            .entry(self.id)
+            .or_default()
+            .digests
+            .pop_front();
+        next.unwrap_or_else(|| Err(ApiError::Refused("no digest scripted".into())))
     }
 }
 
@@ -329,6 +356,46 @@ impl StepEnv {
         .await
         .expect("published");
         regions
+    }
+
+    /// Database `name` at replication factor `rf` (created on first use) with one more data
+    /// group published on `replicas`, its id reserved next; returns the group.
+    pub async fn group(&self, name: &str, rf: u8, replicas: &[u32]) -> RegionId {
+        let name = DatabaseName::new(name).expect("valid name");
+        if !self.state().databases.contains_key(&name) {
+            let factor = ReplicationFactor::new(rf).expect("rf");
+            self.commit(ConfigPlan::CreateDatabase(CreateDatabase {
+                schema: DatabaseSchema {
+                    name: name.clone(),
+                    schema_replication_factor: factor,
+                    data_replication_factor: factor,
+                },
+                created_by: None,
+            }))
+            .await
+            .expect("database");
+        }
+        let reserved = self
+            .commit(ConfigPlan::ReserveRegionIds(ReserveRegionIds {
+                kind: RegionKind::Data,
+                count: 1,
+                for_procedure: None,
+            }))
+            .await;
+        let Ok(crate::state::Applied::RegionIdsReserved { first, .. }) = reserved else {
+            panic!("no id reserved: {reserved:?}");
+        };
+        let region = RegionId::new(RegionKind::Data, first);
+        self.commit(ConfigPlan::CreateRegionGroups(CreateRegionGroups {
+            database: name,
+            groups: vec![RegionReplicaSet::new(
+                region,
+                replicas.iter().map(|n| DataNodeId(*n)).collect(),
+            )],
+        }))
+        .await
+        .expect("published");
+        region
     }
 
     /// The committed state.

@@ -138,6 +138,7 @@ impl SnapshotV2 {
                 region_reservations: v2.region_reservations,
                 footprints,
                 last_generation,
+                abandoned_replicas: Default::default(),
             },
         }
     }

@@ -6,8 +6,9 @@ use crate::model::{
 use crate::plan::{self, ConfigPlan};
 
 use super::{
-    ClusterState, DataNodeInfo, DataNodeStatus, DatabaseEntry, LegacyDeletion, MAX_RESERVE,
-    PartitionTable, ProcedureRecord, QueuedCreate, RegionFootprint, RegionMaintainKind,
+    AbandonedReplica, ClusterState, DataNodeInfo, DataNodeStatus, DatabaseEntry, LegacyDeletion,
+    MAX_RESERVE, PartitionTable, ProcedureRecord, QueuedCreate, RegionFootprint,
+    RegionMaintainKind,
 };
 
 /// What applying an accepted plan produced.
@@ -96,6 +97,17 @@ pub enum Rejection {
         /// The DataNodes that may still hold its replica.
         data_nodes: Vec<DataNodeId>,
     },
+    /// Abandoning this replica would leave a serving group with none, and its database is
+    /// not being deleted.
+    #[error(
+        "{region} would lose its last replica (on {data_node}); only a group being deleted may"
+    )]
+    LastReplica {
+        /// The group.
+        region: RegionId,
+        /// The DataNode holding its last replica.
+        data_node: DataNodeId,
+    },
     /// The plan's arguments are out of range.
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -111,6 +123,8 @@ impl ClusterState {
         match plan {
             ConfigPlan::RegisterDataNode(p) => self.register_data_node(p),
             ConfigPlan::UpdateDataNodeStatus(p) => self.update_data_node_status(p),
+            ConfigPlan::UnregisterDataNode(p) => self.unregister_data_node(p),
+            ConfigPlan::AbandonReplica(p) => self.abandon_replica(p),
             ConfigPlan::CreateDatabase(p) => self.create_database(p),
             ConfigPlan::SetDatabaseDeleting(p) => self.mark_database_deleting(p),
             ConfigPlan::DeleteDatabase(p) => self.delete_database(&p.name),
@@ -180,6 +194,89 @@ impl ClusterState {
             .get_mut(&p.id)
             .ok_or(Rejection::UnknownDataNode(p.id))?;
         node.status = p.status;
+        Ok(Applied::Done)
+    }
+
+    fn unregister_data_node(&mut self, p: &plan::UnregisterDataNode) -> ApplyResult {
+        let Some(node) = self.data_nodes.get(&p.id) else {
+            return Ok(Applied::Unchanged);
+        };
+        if node.status != DataNodeStatus::Removing {
+            return Err(Rejection::Invalid(format!(
+                "{} is {}, not being removed",
+                p.id, node.status
+            )));
+        }
+        // Nothing that may still hold (or be about to hold) a replica there may remain.
+        let remaining = self
+            .footprints
+            .iter()
+            .find(|(_, f)| f.data_nodes.contains_key(&p.id))
+            .map(|(region, _)| *region)
+            .or_else(|| {
+                self.create_queue
+                    .values()
+                    .find(|c| c.target == p.id)
+                    .map(|c| c.group.region)
+            })
+            .or_else(|| {
+                self.legacy_deletions
+                    .values()
+                    .find(|d| d.target == p.id)
+                    .map(|d| d.group.region)
+            });
+        if let Some(region) = remaining {
+            return Err(Rejection::ReplicasRemain {
+                region,
+                data_nodes: vec![p.id],
+            });
+        }
+        self.data_nodes.remove(&p.id);
+        Ok(Applied::Done)
+    }
+
+    fn abandon_replica(&mut self, p: &plan::AbandonReplica) -> ApplyResult {
+        let Some(footprint) = self.footprints.get(&p.region) else {
+            return Ok(Applied::Unchanged);
+        };
+        let Some(generation) = footprint.data_nodes.get(&p.data_node).copied() else {
+            return Ok(Applied::Unchanged);
+        };
+        let database = footprint.database.clone();
+        let deleting = self.databases.get(&database).is_none_or(|d| d.deleting);
+        if let Some(group) = self.region_group(p.region)
+            && group.replicas == [p.data_node]
+            && !deleting
+        {
+            return Err(Rejection::LastReplica {
+                region: p.region,
+                data_node: p.data_node,
+            });
+        }
+        if let Some(footprint) = self.footprints.get_mut(&p.region) {
+            footprint.data_nodes.remove(&p.data_node);
+            if footprint.data_nodes.is_empty() {
+                self.footprints.remove(&p.region);
+            }
+        }
+        if let Some(group) = self
+            .partition_tables
+            .values_mut()
+            .find_map(|t| t.groups.get_mut(&p.region))
+        {
+            group.replicas.retain(|n| *n != p.data_node);
+        }
+        self.create_queue
+            .retain(|_, t| !(t.group.region == p.region && t.target == p.data_node));
+        self.abandoned_replicas.entry(p.region).or_default().insert(
+            p.data_node,
+            AbandonedReplica {
+                database,
+                generation,
+                by: p.by,
+                deletions: p.deletions.clone(),
+            },
+        );
         Ok(Applied::Done)
     }
 

@@ -59,6 +59,10 @@ pub struct ClusterState {
     /// next one; 0 is never handed out, it stands for "no generation" on the wire).
     #[serde(default)]
     pub last_generation: u64,
+    /// Replicas abandoned on DataNodes removed for good, per group and node (see
+    /// [`AbandonedReplica`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub abandoned_replicas: BTreeMap<RegionId, BTreeMap<DataNodeId, AbandonedReplica>>,
 }
 
 impl ClusterState {
@@ -120,6 +124,14 @@ impl ClusterState {
             .iter()
             .filter(move |(_, f)| &f.database == database)
             .map(|(region, f)| (*region, f))
+    }
+
+    /// Whether the replica of `region` on `node` was abandoned (its DataNode removed for
+    /// good).
+    pub fn is_abandoned(&self, region: RegionId, node: DataNodeId) -> bool {
+        self.abandoned_replicas
+            .get(&region)
+            .is_some_and(|nodes| nodes.contains_key(&node))
     }
 
     /// Procedures that have not finished, in id order.

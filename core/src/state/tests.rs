@@ -545,3 +545,110 @@ fn a_procedure_plan_is_never_a_transitions_effect() {
     ));
     assert_eq!(state, before);
 }
+
+fn publish_one(state: &mut ClusterState, replicas: &[DataNodeId]) -> RegionId {
+    let first = reserve(state, 1);
+    let region = RegionId::new(RegionKind::Data, first);
+    state
+        .apply(&ConfigPlan::CreateRegionGroups(CreateRegionGroups {
+            database: name("db"),
+            groups: vec![RegionReplicaSet::new(region, replicas.to_vec())],
+        }))
+        .unwrap();
+    region
+}
+
+fn mark(state: &mut ClusterState, id: DataNodeId, status: DataNodeStatus) {
+    state
+        .apply(&ConfigPlan::UpdateDataNodeStatus(UpdateDataNodeStatus {
+            id,
+            status,
+        }))
+        .unwrap();
+}
+
+#[test]
+fn a_datanode_is_unregistered_only_once_it_may_hold_no_replica() {
+    let (mut state, nodes) = cluster_with_db();
+    let region = publish_one(&mut state, &nodes[..2]);
+    let unregister = ConfigPlan::UnregisterDataNode(UnregisterDataNode { id: nodes[1] });
+    assert!(matches!(
+        state.apply(&unregister),
+        Err(Rejection::Invalid(_))
+    ));
+    mark(&mut state, nodes[1], DataNodeStatus::Removing);
+    assert_eq!(
+        state.apply(&unregister),
+        Err(Rejection::ReplicasRemain {
+            region,
+            data_nodes: vec![nodes[1]]
+        })
+    );
+    state
+        .apply(&ConfigPlan::ReplicaDeleted(ReplicaDeleted {
+            region,
+            data_node: nodes[1],
+        }))
+        .unwrap();
+    assert_eq!(state.apply(&unregister), Ok(Applied::Done));
+    assert!(!state.data_nodes.contains_key(&nodes[1]));
+    assert_eq!(state.apply(&unregister), Ok(Applied::Unchanged));
+}
+
+#[test]
+fn an_abandoned_replica_leaves_the_footprint_on_record_never_as_deleted() {
+    let (mut state, nodes) = cluster_with_db();
+    let region = publish_one(&mut state, &nodes);
+    let generation = state.creation_generation(region, nodes[2]).unwrap();
+    let abandon = ConfigPlan::AbandonReplica(AbandonReplica {
+        region,
+        data_node: nodes[2],
+        by: ProcedureId(7),
+        deletions: vec![ProcedureId(5)],
+    });
+    assert_eq!(state.apply(&abandon), Ok(Applied::Done));
+    assert!(!state.footprint(region).contains(&nodes[2]));
+    assert_eq!(state.region_group(region).unwrap().replicas, nodes[..2]);
+    let record = &state.abandoned_replicas[&region][&nodes[2]];
+    assert_eq!(
+        (record.generation, record.by, record.deletions.clone()),
+        (generation, ProcedureId(7), vec![ProcedureId(5)])
+    );
+    // A re-run changes nothing.
+    assert_eq!(state.apply(&abandon), Ok(Applied::Unchanged));
+}
+
+#[test]
+fn abandoning_the_last_replica_is_refused_unless_the_database_is_being_deleted() {
+    let (mut state, nodes) = cluster_with_db();
+    let region = publish_one(&mut state, &nodes[..1]);
+    let abandon = ConfigPlan::AbandonReplica(AbandonReplica {
+        region,
+        data_node: nodes[0],
+        by: ProcedureId(7),
+        deletions: vec![],
+    });
+    assert_eq!(
+        state.apply(&abandon),
+        Err(Rejection::LastReplica {
+            region,
+            data_node: nodes[0]
+        })
+    );
+    state
+        .apply(&ConfigPlan::SetDatabaseDeleting(SetDatabaseDeleting {
+            name: name("db"),
+            deleting: true,
+        }))
+        .unwrap();
+    assert_eq!(state.apply(&abandon), Ok(Applied::Done));
+    assert!(state.footprint(region).is_empty());
+    // Nothing may hold a replica any more: the group can be dropped.
+    assert_eq!(
+        state.apply(&ConfigPlan::DropRegionGroup(DropRegionGroup {
+            database: name("db"),
+            region,
+        })),
+        Ok(Applied::Done)
+    );
+}

@@ -99,6 +99,23 @@ pub struct RegionFootprint {
     pub data_nodes: std::collections::BTreeMap<DataNodeId, u64>,
 }
 
+/// A replica left on a DataNode that was removed for good: it was taken out of its group's
+/// footprint without a deletion reaching `Success` there. Kept as a record (never dropped):
+/// "who may hold a replica" never loses a node silently, and the procedures that abandoned
+/// it or whose deletion it ended show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbandonedReplica {
+    /// The database the group belonged to.
+    pub database: DatabaseName,
+    /// The creation generation the node held in the footprint.
+    pub generation: u64,
+    /// The forced removal that abandoned it.
+    pub by: ProcedureId,
+    /// Deletions that were targeting it when it was abandoned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletions: Vec<ProcedureId>,
+}
+
 coded_enum! {
     /// Shared or exclusive hold of a lock key.
     pub enum LockMode {

@@ -27,7 +27,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub enum StoreOp {
     /// [`RegionStore::create`].
     Create,
-    /// [`RegionStore::append`].
+    /// [`RegionStore::append`] and [`RegionStore::write_at`].
     Append,
     /// [`RegionStore::set_peers`].
     SetPeers,
@@ -37,6 +37,8 @@ pub enum StoreOp {
     List,
     /// [`RegionStore::size`].
     Size,
+    /// [`RegionStore::read_at`].
+    Read,
 }
 
 #[derive(Default)]
@@ -212,6 +214,30 @@ impl RegionStore for FaultyRegionStore {
     async fn size(&self, region: RegionId) -> Result<Option<u64>, StorageError> {
         self.take_fault(StoreOp::Size)?;
         self.inner.size(region).await
+    }
+
+    async fn read_at(
+        &self,
+        region: RegionId,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<Vec<u8>, StorageError> {
+        self.take_fault(StoreOp::Read)?;
+        self.inner.read_at(region, offset, max_len).await
+    }
+
+    async fn write_at(
+        &self,
+        region: RegionId,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<u64, StorageError> {
+        self.take_fault(StoreOp::Append)?;
+        self.inner.write_at(region, offset, bytes).await
+    }
+
+    async fn sync(&self, region: RegionId) -> Result<(), StorageError> {
+        self.inner.sync(region).await
     }
 }
 

@@ -16,9 +16,8 @@ pub const DEFAULT_DELETE_CHUNK_BYTES: u64 = 64 * 1024;
 #[derive(Debug)]
 struct Replica {
     config: RegionConfig,
-    /// Bytes still held. Only the length matters to the control plane, so the content is
-    /// not kept; `append` and `delete` account for it byte by byte.
-    bytes: u64,
+    /// The replica's data (kept so that copies between DataNodes can be checksummed).
+    data: Vec<u8>,
 }
 
 /// A replica detached from the namespace whose bytes are being removed.
@@ -135,7 +134,11 @@ impl MemRegionStore {
     /// test asserts is zero once "no region data remains".
     pub fn total_bytes(&self) -> u64 {
         let inner = lock(&self.inner);
-        inner.regions.values().map(|r| r.bytes).sum::<u64>()
+        inner
+            .regions
+            .values()
+            .map(|r| r.data.len() as u64)
+            .sum::<u64>()
             + inner.trash.values().map(|t| t.bytes).sum::<u64>()
     }
 
@@ -185,7 +188,7 @@ impl RegionStore for MemRegionStore {
                     config.region,
                     Replica {
                         config: config.clone(),
-                        bytes: 0,
+                        data: Vec::new(),
                     },
                 );
                 Ok(CreateOutcome::Created)
@@ -199,8 +202,8 @@ impl RegionStore for MemRegionStore {
             .regions
             .get_mut(&region)
             .ok_or(StorageError::RegionNotFound(region))?;
-        replica.bytes += bytes.len() as u64;
-        Ok(replica.bytes)
+        replica.data.extend_from_slice(bytes);
+        Ok(replica.data.len() as u64)
     }
 
     async fn set_peers(&self, region: RegionId, peers: &[DataNodeId]) -> Result<(), StorageError> {
@@ -224,7 +227,7 @@ impl RegionStore for MemRegionStore {
                     generation,
                     Trashed {
                         region,
-                        bytes: replica.bytes,
+                        bytes: replica.data.len() as u64,
                         active: true,
                     },
                 );
@@ -300,6 +303,47 @@ impl RegionStore for MemRegionStore {
         Ok(lock(&self.inner)
             .regions
             .get(&region)
-            .map(|replica| replica.bytes))
+            .map(|replica| replica.data.len() as u64))
+    }
+
+    async fn read_at(
+        &self,
+        region: RegionId,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<Vec<u8>, StorageError> {
+        let inner = lock(&self.inner);
+        let replica = inner
+            .regions
+            .get(&region)
+            .ok_or(StorageError::RegionNotFound(region))?;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(replica.data.len());
+        let end = start.saturating_add(max_len).min(replica.data.len());
+        Ok(replica.data[start..end].to_vec())
+    }
+
+    async fn write_at(
+        &self,
+        region: RegionId,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<u64, StorageError> {
+        let mut inner = lock(&self.inner);
+        let replica = inner
+            .regions
+            .get_mut(&region)
+            .ok_or(StorageError::RegionNotFound(region))?;
+        let at = usize::try_from(offset).unwrap_or(usize::MAX);
+        if at > replica.data.len() {
+            return Err(StorageError::Unavailable(format!(
+                "write of {region} at {offset} is past its end ({})",
+                replica.data.len()
+            )));
+        }
+        replica.data.truncate(at);
+        replica.data.extend_from_slice(&bytes);
+        Ok(replica.data.len() as u64)
     }
 }

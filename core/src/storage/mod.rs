@@ -186,6 +186,41 @@ pub trait RegionStore: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<RegionConfig>, StorageError>;
     /// Bytes of data a replica holds, or `None` if it does not exist.
     async fn size(&self, region: RegionId) -> Result<Option<u64>, StorageError>;
+    /// Up to `max_len` bytes of a replica's data from `offset` (fewer at the end; none at or
+    /// past it). Missing region: [`StorageError::RegionNotFound`]. Used to copy a replica to
+    /// another DataNode and to checksum it; stores that cannot read data refuse.
+    async fn read_at(
+        &self,
+        region: RegionId,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<Vec<u8>, StorageError> {
+        let _ = (offset, max_len);
+        Err(StorageError::Unavailable(format!(
+            "this region store cannot read data of {region}"
+        )))
+    }
+    /// Writes `bytes` at `offset` of a replica's data, discarding whatever lay at or past
+    /// `offset` first (a copy resumes or restarts there); returns the new size. Takes the
+    /// bytes by value: a copy hands over each chunk it received without another copy. Not durable
+    /// until [`RegionStore::sync`]. `offset` past the end is refused. Missing region:
+    /// [`StorageError::RegionNotFound`].
+    async fn write_at(
+        &self,
+        region: RegionId,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<u64, StorageError> {
+        let _ = (offset, bytes);
+        Err(StorageError::Unavailable(format!(
+            "this region store cannot write data of {region} at an offset"
+        )))
+    }
+    /// Makes every byte written to a replica's data durable.
+    async fn sync(&self, region: RegionId) -> Result<(), StorageError> {
+        let _ = region;
+        Ok(())
+    }
 }
 
 /// The DataNode's durable journal of task records (opaque bytes owned by the DataNode).

@@ -2,10 +2,10 @@
 
 use async_trait::async_trait;
 use shoal_core::api::{
-    ApiError, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo, ProcedureInfo,
-    RegionGroupInfo,
+    ApiError, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo, OrphanInfo,
+    ProcedureInfo, RegionGroupInfo,
 };
-use shoal_core::model::{DataNodeId, DatabaseName, Epoch, ProcedureId};
+use shoal_core::model::{DataNodeId, DatabaseName, Epoch, ProcedureId, RegionId};
 use shoal_core::state::DataNodeInfo;
 
 use super::{ClientOptions, Connection, call_error};
@@ -14,8 +14,8 @@ use crate::error::TransportError;
 use crate::runtime::RpcRuntime;
 use crate::shoal_capnp::{
     create_database_reply, data_node_heartbeat_reply, delete_database_reply, get_procedure_reply,
-    list_data_nodes_reply, list_databases_reply, list_procedures_reply, list_region_groups_reply,
-    register_data_node_reply,
+    list_data_nodes_reply, list_databases_reply, list_orphans_reply, list_procedures_reply,
+    list_region_groups_reply, procedure_id_reply, register_data_node_reply,
 };
 
 /// A remote ConfigNode (admin clients and DataNodes use it). Cheap to clone; clones share
@@ -94,6 +94,72 @@ impl ConfigNodeApi for CapnpConfigNodeClient {
                 match reply.which().map_err(not_in_schema)? {
                     delete_database_reply::ProcedureId(id) => Ok(ProcedureId(id)),
                     delete_database_reply::Error(e) => Err(read_error(e)),
+                }
+            })
+            .await
+    }
+
+    async fn migrate_region(
+        &self,
+        region: RegionId,
+        from: DataNodeId,
+        to: Option<DataNodeId>,
+        request_key: Option<String>,
+    ) -> Result<ProcedureId, ApiError> {
+        self.conn
+            .call(self.timeout(), move |remote| async move {
+                let mut req = remote.config_node.migrate_region_request();
+                let mut p = req.get();
+                codec::write_region_id(p.reborrow().init_region(), region);
+                p.set_from(from.0);
+                codec::write_opt_u32(p.reborrow().init_to(), to.map(|t| t.0));
+                codec::write_opt_text(p.init_request_key(), request_key.as_deref());
+                let resp = req.send().promise.await.map_err(call_error)?;
+                let reply = resp.get().and_then(|r| r.get_reply()).map_err(malformed)?;
+                match reply.which().map_err(not_in_schema)? {
+                    procedure_id_reply::ProcedureId(id) => Ok(ProcedureId(id)),
+                    procedure_id_reply::Error(e) => Err(read_error(e)),
+                }
+            })
+            .await
+    }
+
+    async fn remove_data_node(
+        &self,
+        id: DataNodeId,
+        force: bool,
+        request_key: Option<String>,
+    ) -> Result<ProcedureId, ApiError> {
+        self.conn
+            .call(self.timeout(), move |remote| async move {
+                let mut req = remote.config_node.remove_data_node_request();
+                let mut p = req.get();
+                p.set_id(id.0);
+                p.set_force(force);
+                codec::write_opt_text(p.init_request_key(), request_key.as_deref());
+                let resp = req.send().promise.await.map_err(call_error)?;
+                let reply = resp.get().and_then(|r| r.get_reply()).map_err(malformed)?;
+                match reply.which().map_err(not_in_schema)? {
+                    procedure_id_reply::ProcedureId(id) => Ok(ProcedureId(id)),
+                    procedure_id_reply::Error(e) => Err(read_error(e)),
+                }
+            })
+            .await
+    }
+
+    async fn list_orphans(&self) -> Result<Vec<OrphanInfo>, ApiError> {
+        self.conn
+            .call(self.timeout(), move |remote| async move {
+                let req = remote.config_node.list_orphans_request();
+                let resp = req.send().promise.await.map_err(call_error)?;
+                let reply = resp.get().and_then(|r| r.get_reply()).map_err(malformed)?;
+                match reply.which().map_err(not_in_schema)? {
+                    list_orphans_reply::Orphans(list) => list
+                        .map_err(malformed)?
+                        .iter()
+                        .map(codec::read_orphan)
+                        .collect(),
+                    list_orphans_reply::Error(e) => Err(read_error(e)),
                 }
             })
             .await

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use shoal_core::api::{
-    ApiError, CreateRegionRequest, DataNodeApi, HeartbeatReport, MaintainTask, SubmitOutcome,
-    TaskStatus,
+    ApiError, CreateRegionRequest, DataNodeApi, HeartbeatReport, MaintainTask, RegionChunk,
+    RegionDigest, SubmitOutcome, TaskStatus,
 };
 use shoal_core::model::{Epoch, RegionId, TaskId};
 
@@ -14,7 +14,8 @@ use crate::codec::{self, malformed, not_in_schema, read_error};
 use crate::error::TransportError;
 use crate::runtime::RpcRuntime;
 use crate::shoal_capnp::{
-    heartbeat_reply, submit_task_reply, task_result_reply, unit_reply, write_region_reply,
+    heartbeat_reply, read_region_reply, region_digest_reply, submit_task_reply, task_result_reply,
+    unit_reply, write_region_reply,
 };
 
 /// A remote DataNode. Cheap to clone; clones share one connection.
@@ -178,6 +179,48 @@ impl DataNodeApi for CapnpDataNodeClient {
                 match reply.which().map_err(not_in_schema)? {
                     heartbeat_reply::Report(report) => codec::read_heartbeat_report(report),
                     heartbeat_reply::Error(e) => Err(read_error(e)),
+                }
+            })
+            .await
+    }
+
+    async fn read_region(
+        &self,
+        region: RegionId,
+        offset: u64,
+        max_len: u32,
+    ) -> Result<RegionChunk, ApiError> {
+        self.conn
+            .call(self.timeout(), move |remote| async move {
+                let mut req = remote.data_node.read_region_request();
+                codec::write_region_id(req.get().init_region(), region);
+                req.get().set_offset(offset);
+                req.get().set_max_len(max_len);
+                let resp = req.send().promise.await.map_err(call_error)?;
+                let reply = resp.get().and_then(|r| r.get_reply()).map_err(malformed)?;
+                match reply.which().map_err(not_in_schema)? {
+                    read_region_reply::Chunk(chunk) => codec::read_region_chunk(chunk),
+                    read_region_reply::Error(e) => Err(read_error(e)),
+                }
+            })
+            .await
+    }
+
+    async fn region_digest(
+        &self,
+        region: RegionId,
+        len: Option<u64>,
+    ) -> Result<RegionDigest, ApiError> {
+        self.conn
+            .call(self.timeout(), move |remote| async move {
+                let mut req = remote.data_node.region_digest_request();
+                codec::write_region_id(req.get().init_region(), region);
+                codec::write_opt_u64(req.get().init_len(), len);
+                let resp = req.send().promise.await.map_err(call_error)?;
+                let reply = resp.get().and_then(|r| r.get_reply()).map_err(malformed)?;
+                match reply.which().map_err(not_in_schema)? {
+                    region_digest_reply::Digest(digest) => codec::read_region_digest(digest),
+                    region_digest_reply::Error(e) => Err(read_error(e)),
                 }
             })
             .await

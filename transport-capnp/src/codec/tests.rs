@@ -40,6 +40,56 @@ fn maintain_task_round_trips() {
 }
 
 #[test]
+fn copy_task_chunk_and_digest_round_trip() {
+    let task = MaintainTask {
+        task_id: TaskId(13),
+        kind: MaintainTaskKind::CopyRegion {
+            region: RegionId::new(RegionKind::Data, 5),
+            source: shoal_core::model::DataNodeLocation::new(
+                shoal_core::model::DataNodeId(2),
+                "127.0.0.1:7000",
+            )
+            .expect("location"),
+        },
+    };
+    let mut message = capnp::message::Builder::new_default();
+    write_maintain_task(message.init_root::<maintain_task::Builder<'_>>(), &task);
+    let read = read_maintain_task(message.get_root_as_reader::<maintain_task::Reader<'_>>());
+    assert_eq!(read, Ok(task));
+
+    let chunk = shoal_core::api::RegionChunk {
+        offset: 4096,
+        data: vec![1, 2, 3],
+        crc32c: 0x1234_5678,
+        region_len: 9000,
+    };
+    let mut message = capnp::message::Builder::new_default();
+    write_region_chunk(
+        message.init_root::<crate::shoal_capnp::region_chunk::Builder<'_>>(),
+        &chunk,
+    );
+    let read = read_region_chunk(
+        message.get_root_as_reader::<crate::shoal_capnp::region_chunk::Reader<'_>>(),
+    );
+    assert_eq!(read, Ok(chunk));
+
+    let digest = shoal_core::api::RegionDigest {
+        len: 10,
+        crc32c: 77,
+        region_len: 12,
+    };
+    let mut message = capnp::message::Builder::new_default();
+    write_region_digest(
+        message.init_root::<crate::shoal_capnp::region_digest::Builder<'_>>(),
+        &digest,
+    );
+    let read = read_region_digest(
+        message.get_root_as_reader::<crate::shoal_capnp::region_digest::Reader<'_>>(),
+    );
+    assert_eq!(read, Ok(digest));
+}
+
+#[test]
 fn caller_side_errors_travel_as_retryable_remote_failures() {
     for (error, expected_retryable) in [
         (ApiError::Timeout(std::time::Duration::from_secs(2)), true),

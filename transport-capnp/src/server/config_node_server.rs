@@ -334,4 +334,88 @@ impl config_node::Server for ConfigNodeServer {
         }
         Ok(())
     }
+
+    async fn migrate_region(
+        self: CapRc<Self>,
+        params: config_node::MigrateRegionParams,
+        mut results: config_node::MigrateRegionResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let decoded = codec::read_region_id(p.get_region()).and_then(|region| {
+            Ok((
+                region,
+                DataNodeId(p.get_from()),
+                codec::read_opt_u32(p.get_to())?.map(DataNodeId),
+                codec::read_opt_text(p.get_request_key())?,
+            ))
+        });
+        let outcome = self
+            .call(
+                Access::Admin,
+                "ConfigNode.migrateRegion",
+                decoded,
+                |api, (region, from, to, key)| {
+                    Box::pin(async move { api.migrate_region(region, from, to, key).await })
+                },
+            )
+            .await;
+        let mut reply = results.get().init_reply();
+        match outcome {
+            Ok(id) => reply.set_procedure_id(id.0),
+            Err(e) => write_error(reply.init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn remove_data_node(
+        self: CapRc<Self>,
+        params: config_node::RemoveDataNodeParams,
+        mut results: config_node::RemoveDataNodeResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let decoded = codec::read_opt_text(p.get_request_key())
+            .map(|key| (DataNodeId(p.get_id()), p.get_force(), key));
+        let outcome = self
+            .call(
+                Access::Admin,
+                "ConfigNode.removeDataNode",
+                decoded,
+                |api, (id, force, key)| {
+                    Box::pin(async move { api.remove_data_node(id, force, key).await })
+                },
+            )
+            .await;
+        let mut reply = results.get().init_reply();
+        match outcome {
+            Ok(id) => reply.set_procedure_id(id.0),
+            Err(e) => write_error(reply.init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn list_orphans(
+        self: CapRc<Self>,
+        _params: config_node::ListOrphansParams,
+        mut results: config_node::ListOrphansResults,
+    ) -> Result<(), capnp::Error> {
+        let outcome = self
+            .call(
+                Access::Admin,
+                "ConfigNode.listOrphans",
+                Ok(()),
+                |api, ()| Box::pin(async move { api.list_orphans().await }),
+            )
+            .await;
+        let reply = results.get().init_reply();
+        match outcome {
+            Ok(orphans) => {
+                let mut list = reply.init_orphans(len32(orphans.len()));
+                for (i, orphan) in orphans.iter().enumerate() {
+                    codec::write_orphan(list.reborrow().get(len32(i)), orphan);
+                }
+            }
+            Err(e) => write_error(reply.init_error(), &e),
+        }
+        Ok(())
+    }
 }

@@ -228,4 +228,54 @@ impl data_node::Server for DataNodeServer {
         }
         Ok(())
     }
+
+    async fn read_region(
+        self: CapRc<Self>,
+        params: data_node::ReadRegionParams,
+        mut results: data_node::ReadRegionResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let decoded = codec::read_region_id(p.get_region())
+            .map(|region| (region, p.get_offset(), p.get_max_len()));
+        let outcome = self
+            .call(
+                Access::DataNodeRead,
+                "DataNode.readRegion",
+                decoded,
+                |api, (region, offset, max_len)| {
+                    Box::pin(async move { api.read_region(region, offset, max_len).await })
+                },
+            )
+            .await;
+        let reply = results.get().init_reply();
+        match outcome {
+            Ok(chunk) => codec::write_region_chunk(reply.init_chunk(), &chunk),
+            Err(e) => write_error(reply.init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn region_digest(
+        self: CapRc<Self>,
+        params: data_node::RegionDigestParams,
+        mut results: data_node::RegionDigestResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let decoded = codec::read_region_id(p.get_region())
+            .and_then(|region| Ok((region, codec::read_opt_u64(p.get_len())?)));
+        let outcome = self
+            .call(
+                Access::DataNodeRead,
+                "DataNode.regionDigest",
+                decoded,
+                |api, (region, len)| Box::pin(async move { api.region_digest(region, len).await }),
+            )
+            .await;
+        let reply = results.get().init_reply();
+        match outcome {
+            Ok(digest) => codec::write_region_digest(reply.init_digest(), &digest),
+            Err(e) => write_error(reply.init_error(), &e),
+        }
+        Ok(())
+    }
 }

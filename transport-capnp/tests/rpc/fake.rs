@@ -305,6 +305,7 @@ impl ConfigNodeApi for FakeConfigNode {
                     attempts: 3,
                     last_error: Some("dn-2 unreachable".into()),
                     waiting_for: Some(format!("{} region groups", s.groups.len())),
+                    notes: vec!["replica of data-3 on dn-2 abandoned".into()],
                 },
             );
             Ok(id)
