@@ -4,6 +4,8 @@
 //! - [`SimLogStore`]: the ConfigNodes' shared consensus log. Appends stay in a volatile tail
 //!   until `sync` covers them; a crash of the appending ConfigNode loses that tail, and a new
 //!   leader's `claim_term` truncates it (as Raft overwrites an uncommitted suffix).
+//! - [`SimConsensus`]: a ConfigNode's [`LocalConsensus`], which hands the log the plan it is
+//!   about to append, so the checker applies durable entries without decoding each one.
 //! - [`SimJournal`]: a DataNode's task journal (appends are durable when they return; a crash
 //!   mid-append writes nothing).
 //! - [`SimRegionStore`]: a DataNode's regions over [`MemRegionStore`] (create and append are
@@ -13,8 +15,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use shoal_core::model::{DataNodeId, RegionId};
+use shoal_core::consensus::{
+    Consensus, ConsensusError, LeadershipWatch, LocalConsensus, StateCell,
+};
+use shoal_core::model::{DataNodeId, Epoch, RegionId};
+use shoal_core::plan::ConfigPlan;
 use shoal_core::runtime::Clock;
+use shoal_core::state::ApplyResult;
 use shoal_core::storage::{
     CreateOutcome, DeleteOutcome, LogEntry, LogStore, MemRegionStore, MemTaskJournal, RegionConfig,
     RegionStore, StorageError, TaskJournal,
@@ -95,13 +102,23 @@ impl Disks {
     }
 }
 
+/// An appended entry not yet synced, with the plan its proposer encoded into it (if the
+/// proposer said; see [`SimConsensus`]).
+#[derive(Debug)]
+struct TailEntry {
+    entry: LogEntry,
+    plan: Option<ConfigPlan>,
+}
+
 #[derive(Debug, Default)]
 struct LogInner {
     term: u64,
     first_index: u64,
     durable: Vec<LogEntry>,
     /// Appended, not yet synced: lost on a crash of the appender.
-    tail: Vec<LogEntry>,
+    tail: Vec<TailEntry>,
+    /// The plan the next `append` encodes, handed over by [`SimConsensus::propose`].
+    proposing: Option<(u64, ConfigPlan)>,
 }
 
 impl LogInner {
@@ -133,8 +150,13 @@ impl SimLogStore {
     pub fn crash_appender(&self, term: u64) -> usize {
         let mut inner = lock(&self.inner);
         let before = inner.tail.len();
-        inner.tail.retain(|e| e.term != term);
+        inner.tail.retain(|e| e.entry.term != term);
         before - inner.tail.len()
+    }
+
+    /// The plan the next append at `term` encodes (replacing any left over).
+    fn propose_next(&self, term: u64, plan: Option<ConfigPlan>) {
+        lock(&self.inner).proposing = plan.map(|p| (term, p));
     }
 }
 
@@ -161,6 +183,11 @@ impl LogStore for SimLogStore {
     }
 
     fn append(&self, term: u64, payload: &[u8]) -> Result<u64, StorageError> {
+        // Taken first: whatever happens to this append, the plan belongs to it alone.
+        let plan = lock(&self.inner)
+            .proposing
+            .take()
+            .and_then(|(t, plan)| (t == term).then_some(plan));
         self.disks.fail(|f| f.log, "log append")?;
         let mut inner = lock(&self.inner);
         if term < inner.term {
@@ -170,10 +197,13 @@ impl LogStore for SimLogStore {
             });
         }
         let index = inner.last_index() + 1;
-        inner.tail.push(LogEntry {
-            index,
-            term,
-            payload: payload.to_vec(),
+        inner.tail.push(TailEntry {
+            entry: LogEntry {
+                index,
+                term,
+                payload: payload.to_vec(),
+            },
+            plan,
         });
         Ok(index)
     }
@@ -181,14 +211,21 @@ impl LogStore for SimLogStore {
     async fn sync(&self, index: u64) -> Result<(), StorageError> {
         self.disks.latency().await;
         self.disks.fail(|f| f.log, "log sync")?;
-        let synced: Vec<LogEntry> = {
+        let synced: Vec<TailEntry> = {
             let mut inner = lock(&self.inner);
             let durable_last = inner.first_index + inner.durable.len() as u64 - 1;
             if index <= durable_last {
                 return Ok(());
             }
-            let covered = inner.tail.iter().take_while(|e| e.index <= index).count();
-            let last_covered = inner.tail.get(covered.wrapping_sub(1)).map(|e| e.index);
+            let covered = inner
+                .tail
+                .iter()
+                .take_while(|e| e.entry.index <= index)
+                .count();
+            let last_covered = inner
+                .tail
+                .get(covered.wrapping_sub(1))
+                .map(|e| e.entry.index);
             if last_covered != Some(index) {
                 // The entry was truncated by a newer leader's term claim.
                 return Err(StorageError::Fenced {
@@ -196,12 +233,14 @@ impl LogStore for SimLogStore {
                     current: inner.term,
                 });
             }
-            let moved: Vec<LogEntry> = inner.tail.drain(..covered).collect();
-            inner.durable.extend(moved.iter().cloned());
+            let moved: Vec<TailEntry> = inner.tail.drain(..covered).collect();
+            inner.durable.extend(moved.iter().map(|e| e.entry.clone()));
             moved
         };
-        for entry in &synced {
-            self.disks.observer.log_entry_durable(entry);
+        for synced in synced {
+            self.disks
+                .observer
+                .log_entry_durable(&synced.entry, synced.plan);
         }
         Ok(())
     }
@@ -232,6 +271,51 @@ impl LogStore for SimLogStore {
         inner.durable.drain(..drop);
         inner.first_index += drop as u64;
         Ok(())
+    }
+}
+
+/// A ConfigNode's consensus: [`LocalConsensus`] over the shared [`SimLogStore`], telling the
+/// log which plan each proposal appends. The checker then applies that plan when the entry
+/// becomes durable instead of decoding its bytes (it still decodes one entry of every shape
+/// per run and compares, so the codec stays checked; see [`crate::observe`]).
+pub struct SimConsensus {
+    inner: Arc<LocalConsensus>,
+    log: SimLogStore,
+}
+
+impl SimConsensus {
+    /// `inner`, which appends to `log`.
+    pub fn new(inner: Arc<LocalConsensus>, log: SimLogStore) -> Self {
+        Self { inner, log }
+    }
+}
+
+#[async_trait]
+impl Consensus for SimConsensus {
+    async fn propose(&self, epoch: Epoch, plan: ConfigPlan) -> Result<ApplyResult, ConsensusError> {
+        // `LocalConsensus::propose` appends in its first poll, before it awaits anything, and
+        // one thread runs the world: no other append can come in between.
+        self.log.propose_next(epoch.0, Some(plan.clone()));
+        let result = self.inner.propose(epoch, plan).await;
+        // Nothing left over if the proposal ended before appending.
+        self.log.propose_next(epoch.0, None);
+        result
+    }
+
+    fn state(&self) -> Arc<StateCell> {
+        self.inner.state()
+    }
+
+    fn leadership(&self) -> LeadershipWatch {
+        self.inner.leadership()
+    }
+
+    async fn claim_epoch_above(&self, seen: Epoch) -> Result<Epoch, ConsensusError> {
+        self.inner.claim_epoch_above(seen).await
+    }
+
+    async fn failed(&self) -> ConsensusError {
+        self.inner.failed().await
     }
 }
 

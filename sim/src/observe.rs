@@ -225,6 +225,9 @@ pub struct Seen {
     pub entries: u64,
     /// Journal records seen.
     pub journal_records: u64,
+    /// Shapes of log entries decoded and compared with their proposed plan (see
+    /// [`Observer::log_entry_durable`]).
+    codec_checked: BTreeSet<(u16, u32, u32, u8, bool)>,
     trace: Option<Vec<String>>,
     hash: u64,
 }
@@ -343,18 +346,38 @@ impl Observer {
     }
 
     /// A log entry became durable: apply it to the durable state and check what it reports.
-    pub fn log_entry_durable(&self, entry: &LogEntry) {
+    ///
+    /// `proposed` is the plan its proposer encoded into it (see [`crate::disk::SimConsensus`]);
+    /// applying it saves decoding every entry. What a replay yields is what decodes from the
+    /// bytes, so the first entry of every shape (plan code; procedure type, state and status)
+    /// in a run is decoded anyway and must equal the proposed plan.
+    pub fn log_entry_durable(&self, entry: &LogEntry, proposed: Option<ConfigPlan>) {
         self.hash_bytes(&entry.index.to_le_bytes());
         self.hash_bytes(&entry.payload);
-        let plan = match ConfigPlan::decode(&entry.payload) {
-            Ok(plan) => plan,
-            Err(e) => {
-                self.violate(
-                    Invariant::HonestOutcomes,
-                    format!("log entry {} does not decode: {e}", entry.index),
-                );
-                return;
-            }
+        let plan = match proposed {
+            Some(plan) if !self.first_of_its_shape(&plan) => plan,
+            proposed => match ConfigPlan::decode(&entry.payload) {
+                Ok(plan) => {
+                    if proposed.as_ref().is_some_and(|p| *p != plan) {
+                        self.violate(
+                            Invariant::HonestOutcomes,
+                            format!(
+                                "log entry {} decodes to another plan than was proposed: {}",
+                                entry.index,
+                                describe_plan(&plan)
+                            ),
+                        );
+                    }
+                    plan
+                }
+                Err(e) => {
+                    self.violate(
+                        Invariant::HonestOutcomes,
+                        format!("log entry {} does not decode: {e}", entry.index),
+                    );
+                    return;
+                }
+            },
         };
         let (result, finished, spawned) = {
             let mut seen = lock(&self.seen);
@@ -404,6 +427,22 @@ impl Observer {
         if let Some(record) = finished {
             self.procedure_succeeded(&record);
         }
+    }
+
+    /// Whether no entry of `plan`'s shape was seen yet in this run (and records it).
+    fn first_of_its_shape(&self, plan: &ConfigPlan) -> bool {
+        let code = plan.code() as u16;
+        let shape = match plan {
+            ConfigPlan::UpdateProcedure(p) => (
+                code,
+                p.record.type_code,
+                p.record.state_code,
+                p.record.status.code(),
+                !p.spawn.is_empty(),
+            ),
+            _ => (code, 0, 0, 0, false),
+        };
+        lock(&self.seen).codec_checked.insert(shape)
     }
 
     fn child_spawned(&self, child: &ProcedureRecord) {

@@ -23,7 +23,7 @@ use shoal_core::storage::mem::MemSnapshotStore;
 use shoal_core::storage::{LogStore, SnapshotStore, StorageError};
 use shoal_transport_inproc::InprocNetwork;
 
-use crate::disk::{Disks, SimJournal, SimLogStore, SimRegionStore};
+use crate::disk::{Disks, SimConsensus, SimJournal, SimLogStore, SimRegionStore};
 use crate::executor::{Executor, SharedRng, SimClock, SimRng, Tag};
 use crate::net::NetPolicy;
 use crate::observe::Observer;
@@ -367,7 +367,7 @@ impl World {
             from: format!("cn{i}"),
         });
         let node = match ConfigNode::new(
-            consensus.clone() as Arc<dyn Consensus>,
+            Arc::new(SimConsensus::new(consensus.clone(), self.log.clone())) as Arc<dyn Consensus>,
             clients,
             self.runtime(tag, rng),
             confignode_config(),
