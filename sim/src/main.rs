@@ -55,6 +55,10 @@ struct Args {
     /// Print every seed's trace hash (to compare two builds seed by seed).
     #[arg(long)]
     hashes: bool,
+    /// Re-check every safety invariant against everything after each change (slow; the
+    /// reference for the incremental checks).
+    #[arg(long)]
+    full_checks: bool,
 }
 
 fn parse_seeds(spec: &str) -> Result<std::ops::Range<u64>, String> {
@@ -102,6 +106,7 @@ fn real_main(args: &Args) -> Result<ExitCode, String> {
     let options = RunOptions {
         trace: args.trace,
         mutation,
+        full_checks: args.full_checks,
     };
     if let Some(seed) = args.seed {
         if args.logs {

@@ -134,6 +134,45 @@ impl NodeSeen {
     }
 }
 
+/// What changed since the last incremental safety check: only these can have broken a
+/// safety invariant that held at the last check (see [`crate::invariants::check_safety`]).
+#[derive(Debug, Default)]
+pub struct PendingChecks {
+    /// A durable log entry was applied: the replicas the ConfigNode knows of may have shrunk.
+    pub known_changed: bool,
+    /// A replica was created, or a deletion accepted, on these (DataNode, region) pairs.
+    pub touched: BTreeSet<(DataNodeId, RegionId)>,
+    /// Ghost rules from this index on were added since.
+    pub rules_from: usize,
+}
+
+impl Seen {
+    /// Adds a ghost rule (checked in full at the next check, then on every change it names).
+    pub fn add_ghost_rule(&mut self, rule: GhostRule) {
+        let index = self.ghost_rules.len();
+        match &rule {
+            GhostRule::Region { region, .. } => {
+                self.rules_by_region.entry(*region).or_default().push(index);
+            }
+            GhostRule::Database { name, .. } => {
+                self.rules_by_database
+                    .entry(name.clone())
+                    .or_default()
+                    .push(index);
+            }
+        }
+        self.ghost_rules.push(rule);
+    }
+
+    /// A replica of `region` was created on `node` (or found there at the start).
+    pub fn replica_created(&mut self, node: DataNodeId, region: RegionId, database: DatabaseName) {
+        self.dirty = true;
+        self.region_db.insert(region, database);
+        self.held.insert((node, region));
+        self.pending.touched.insert((node, region));
+    }
+}
+
 /// Decoded persistent data of a procedure record, as the checker needs it.
 #[derive(Debug, Clone)]
 pub enum Decoded {
@@ -219,8 +258,17 @@ pub struct Seen {
     pub known: BTreeSet<(DataNodeId, RegionId)>,
     /// How many durable entries `known` reflects.
     pub known_at: Option<u64>,
-    /// Something changed since the last safety check.
+    /// Something changed since the last safety check (for the full checks).
     pub dirty: bool,
+    /// What changed since the last incremental safety check.
+    pub pending: PendingChecks,
+    /// Every (DataNode, region) that may hold a live replica: each replica ever created,
+    /// until a check finds it gone. The incremental checks look up the stores only here.
+    pub held: BTreeSet<(DataNodeId, RegionId)>,
+    /// Indices into `ghost_rules` by region (region rules) and database (database rules).
+    pub rules_by_region: BTreeMap<RegionId, Vec<usize>>,
+    /// See `rules_by_region`.
+    pub rules_by_database: BTreeMap<DatabaseName, Vec<usize>>,
     /// Durable log entries seen.
     pub entries: u64,
     /// Journal records seen.
@@ -248,6 +296,10 @@ impl Observer {
             state,
             trace: trace.then(Vec::new),
             hash: 0xCBF2_9CE4_8422_2325,
+            pending: PendingChecks {
+                known_changed: true,
+                ..Default::default()
+            },
             ..Default::default()
         };
         Self {
@@ -383,6 +435,7 @@ impl Observer {
             let mut seen = lock(&self.seen);
             seen.entries += 1;
             seen.dirty = true;
+            seen.pending.known_changed = true;
             let result = seen.state.apply(&plan);
             let mut finished = None;
             let mut spawned = Vec::new();
@@ -501,7 +554,7 @@ impl Observer {
                         ),
                     );
                 }
-                lock(&self.seen).ghost_rules.push(GhostRule::Region {
+                lock(&self.seen).add_ghost_rule(GhostRule::Region {
                     procedure: record.id,
                     region,
                     nodes,
@@ -510,7 +563,7 @@ impl Observer {
             Decoded::DeleteDatabase(name) => {
                 let mut seen = lock(&self.seen);
                 let bound = seen.state.next_region_id;
-                seen.ghost_rules.push(GhostRule::Database {
+                seen.add_ghost_rule(GhostRule::Database {
                     procedure: record.id,
                     name,
                     bound,
@@ -533,7 +586,8 @@ impl Observer {
         };
         let mut problems = Vec::new();
         {
-            let mut seen = lock(&self.seen);
+            let mut guard = lock(&self.seen);
+            let seen = &mut *guard;
             seen.dirty = true;
             seen.journal_records += 1;
             let state = seen.nodes.entry(node).or_default();
@@ -555,6 +609,7 @@ impl Observer {
                             outcome: None,
                         },
                     );
+                    seen.pending.touched.insert((node, kind.region()));
                 }
                 JournalRecord::TaskFinished {
                     task_id, outcome, ..
@@ -599,12 +654,7 @@ impl Observer {
 
     /// DataNode `node` created (or found) a replica.
     pub fn region_created(&self, node: DataNodeId, config: &RegionConfig, outcome: CreateOutcome) {
-        {
-            let mut seen = lock(&self.seen);
-            seen.dirty = true;
-            seen.region_db
-                .insert(config.region, config.database.clone());
-        }
+        lock(&self.seen).replica_created(node, config.region, config.database.clone());
         self.trace(|| format!("store {node}: create {} -> {outcome:?}", config.region));
     }
 

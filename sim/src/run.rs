@@ -22,7 +22,7 @@ use shoal_core::storage::{RegionConfig, RegionStore};
 
 use crate::disk::{DiskFaults, Disks};
 use crate::executor::{SimClock, SimRng};
-use crate::invariants::{check_safety, quiet_problems};
+use crate::invariants::{check_safety, check_safety_fully, quiet_problems};
 use crate::net::{NetFaults, NetPolicy};
 use crate::observe::{Invariant, Observer, Violation};
 use crate::scenario::{Op, Scenario};
@@ -35,6 +35,10 @@ pub struct RunOptions {
     pub trace: bool,
     /// A re-introduced bug (feature `sim-mutations`).
     pub mutation: Option<Mutation>,
+    /// Re-check every safety invariant against everything after each change, instead of
+    /// only what the change could break (slow; the reference the incremental checks are
+    /// tested against).
+    pub full_checks: bool,
 }
 
 /// What a run found.
@@ -137,6 +141,8 @@ struct Runner<'a> {
     last_progress: (u64, u64),
     /// Applied index of the last automatic snapshot.
     snapshotted: u64,
+    /// See [`RunOptions::full_checks`].
+    full_checks: bool,
 }
 
 /// A settle phase without any durable change for this long is stuck (ms). Longer than every
@@ -186,6 +192,7 @@ impl<'a> Runner<'a> {
             done: false,
             last_progress: (0, 0),
             snapshotted: 0,
+            full_checks: options.full_checks,
         };
         if let Some(v1) = v1 {
             runner.seed_legacy(&v1);
@@ -217,7 +224,11 @@ impl<'a> Runner<'a> {
                 break;
             }
         }
-        check_safety(&self.world);
+        if self.full_checks {
+            check_safety_fully(&self.world);
+        } else {
+            check_safety(&self.world);
+        }
     }
 
     /// Runs until `until` holds or virtual time passes `limit_ms`.
@@ -388,8 +399,7 @@ impl<'a> Runner<'a> {
                 let _ = futures_lite::future::block_on(mem.create(&config));
                 let _ = futures_lite::future::block_on(mem.append(config.region, &[7; 4096]));
                 world.observer.with(|seen| {
-                    seen.region_db
-                        .insert(config.region, config.database.clone());
+                    seen.replica_created(node, config.region, config.database.clone());
                 });
             }
         }
