@@ -19,7 +19,7 @@ use shoal_core::consensus::{
     Consensus, ConsensusError, LeadershipWatch, LocalConsensus, StateCell,
 };
 use shoal_core::model::{DataNodeId, Epoch, RegionId};
-use shoal_core::plan::ConfigPlan;
+use shoal_core::plan::{ConfigPlan, PlanCode};
 use shoal_core::runtime::Clock;
 use shoal_core::state::ApplyResult;
 use shoal_core::storage::{
@@ -47,11 +47,24 @@ pub struct DiskFaults {
     pub max_latency_ms: u64,
 }
 
+/// Faults aimed at a point of the log's history rather than drawn per operation.
+#[derive(Debug, Default)]
+struct Armed {
+    /// The next sync that would make an entry of this kind durable fails instead (the
+    /// entry stays appended: a commit of unknown outcome).
+    fail_commit: Option<PlanCode>,
+    /// Once an entry of this kind is durable, its proposer crashes (down for the ms given).
+    crash_after: Option<(PlanCode, u64)>,
+    /// A crash due now: (the term of the ConfigNode to crash, ms it stays down).
+    crash_due: Option<(u64, u64)>,
+}
+
 /// The seeded source of disk faults, shared by every simulated disk of a run.
 #[derive(Clone)]
 pub struct Disks {
     rng: Arc<Mutex<SimRng>>,
     faults: Arc<Mutex<DiskFaults>>,
+    armed: Arc<Mutex<Armed>>,
     clock: SimClock,
     observer: Observer,
 }
@@ -62,9 +75,33 @@ impl Disks {
         Self {
             rng: Arc::new(Mutex::new(rng)),
             faults: Arc::new(Mutex::new(faults)),
+            armed: Arc::default(),
             clock,
             observer,
         }
+    }
+
+    /// Makes the next commit of `kind` fail (its sync errs; the entry stays appended, so
+    /// it may still become durable: its outcome is unknown to the proposer).
+    pub fn fail_next_commit(&self, kind: PlanCode) {
+        lock(&self.armed).fail_commit = Some(kind);
+    }
+
+    /// Crashes the proposer of the next durable entry of `kind`, right after it is durable,
+    /// for `down_ms`.
+    pub fn crash_after_commit(&self, kind: PlanCode, down_ms: u64) {
+        lock(&self.armed).crash_after = Some((kind, down_ms));
+    }
+
+    /// Disarms every targeted fault (the faults stop).
+    pub fn disarm(&self) {
+        *lock(&self.armed) = Armed::default();
+    }
+
+    /// A crash [`Disks::crash_after_commit`] made due: (the term of the ConfigNode to crash,
+    /// ms it stays down).
+    pub fn take_crash_due(&self) -> Option<(u64, u64)> {
+        lock(&self.armed).crash_due.take()
     }
 
     /// Changes the fault rates (e.g. to none once the faults stop).
@@ -222,6 +259,22 @@ impl LogStore for SimLogStore {
                 .iter()
                 .take_while(|e| e.entry.index <= index)
                 .count();
+            let aimed = lock(&self.disks.armed).fail_commit;
+            if let Some(kind) = aimed
+                && inner.tail[..covered]
+                    .iter()
+                    .any(|e| plan_code(&e.entry) == Some(kind))
+            {
+                lock(&self.disks.armed).fail_commit = None;
+                drop(inner);
+                self.disks.observer.count_fault("log sync (aimed)");
+                self.disks
+                    .observer
+                    .trace(|| format!("aimed: the sync of a {kind:?} entry fails"));
+                return Err(StorageError::Injected(format!(
+                    "sync of a {kind:?} entry failed (simulated)"
+                )));
+            }
             let last_covered = inner
                 .tail
                 .get(covered.wrapping_sub(1))
@@ -238,6 +291,16 @@ impl LogStore for SimLogStore {
             moved
         };
         for synced in synced {
+            let code = plan_code(&synced.entry);
+            {
+                let mut armed = lock(&self.disks.armed);
+                if let Some((kind, down_ms)) = armed.crash_after
+                    && code == Some(kind)
+                {
+                    armed.crash_after = None;
+                    armed.crash_due = Some((synced.entry.term, down_ms));
+                }
+            }
             self.disks
                 .observer
                 .log_entry_durable(&synced.entry, synced.plan);
@@ -274,6 +337,12 @@ impl LogStore for SimLogStore {
     }
 }
 
+/// The kind of plan a log entry holds, from its header (no decoding).
+fn plan_code(entry: &LogEntry) -> Option<PlanCode> {
+    let code = entry.payload.get(..2)?;
+    PlanCode::from_u16(u16::from_be_bytes([code[0], code[1]]))
+}
+
 /// A ConfigNode's consensus: [`LocalConsensus`] over the shared [`SimLogStore`], telling the
 /// log which plan each proposal appends. The checker then applies that plan when the entry
 /// becomes durable instead of decoding its bytes (it still decodes one entry of every shape
@@ -299,6 +368,10 @@ impl Consensus for SimConsensus {
         let result = self.inner.propose(epoch, plan).await;
         // Nothing left over if the proposal ended before appending.
         self.log.propose_next(epoch.0, None);
+        // Every commit is a scheduling point, even on an instant disk: other tasks (and a
+        // crash aimed right after this commit) may come before the proposer acts on it, and
+        // a loop of commits can never keep one poll from returning.
+        futures_lite::future::yield_now().await;
         result
     }
 
