@@ -442,14 +442,20 @@ pub struct SimRegionStore {
     disks: Disks,
 }
 
+/// Bytes of the workload per byte the simulated stores hold: a load of `n` bytes writes
+/// `n / BYTE_UNIT` (rounded up), and stores delete at `1 / BYTE_UNIT` of the scenario's rate
+/// in chunks of `1 / BYTE_UNIT` of 16 KiB, so a deletion takes the same virtual time and the
+/// same steps as with every byte while the run copies sixteen times fewer.
+pub const BYTE_UNIT: u64 = 16;
+
 impl SimRegionStore {
-    /// DataNode `node`'s store, deleting `delete_rate` bytes/s (0: instantly).
+    /// DataNode `node`'s store, deleting `delete_rate` workload bytes/s (0: instantly).
     pub fn new(node: DataNodeId, clock: Arc<dyn Clock>, delete_rate: u64, disks: Disks) -> Self {
         Self {
             node,
             mem: MemRegionStore::new(clock)
-                .with_delete_rate(delete_rate)
-                .with_delete_chunk(16 * 1024),
+                .with_delete_rate(delete_rate.div_ceil(BYTE_UNIT))
+                .with_delete_chunk(16 * 1024 / BYTE_UNIT),
             disks,
         }
     }

@@ -282,6 +282,12 @@ pub struct Seen {
 
 const FNV_PRIME: u64 = 0x0000_0100_0000_01B3;
 
+/// Folds `value` into hash `h` (one multiply-xorshift round).
+fn mix(h: u64, value: u64) -> u64 {
+    let x = (h ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^ (x >> 29)
+}
+
 /// Shared handle on [`Seen`]; clones share it.
 #[derive(Clone)]
 pub struct Observer {
@@ -331,7 +337,22 @@ impl Observer {
 
     /// Feeds one number into the trace hash.
     pub fn hash_u64(&self, value: u64) {
-        self.hash_bytes(&value.to_le_bytes());
+        let mut seen = lock(&self.seen);
+        seen.hash = mix(seen.hash, value);
+    }
+
+    /// Feeds an encoded log entry or journal record into the trace hash: its length and its
+    /// header, which holds its kind and a checksum of its body (so equal hashes still mean
+    /// equal records, without hashing every byte).
+    fn hash_record(&self, bytes: &[u8]) {
+        let mut header = [0u8; 8];
+        let n = bytes.len().min(6);
+        header[..n].copy_from_slice(&bytes[..n]);
+        let mut seen = lock(&self.seen);
+        seen.hash = mix(
+            mix(seen.hash, bytes.len() as u64),
+            u64::from_le_bytes(header),
+        );
     }
 
     /// The trace hash so far.
@@ -404,8 +425,8 @@ impl Observer {
     /// bytes, so the first entry of every shape (plan code; procedure type, state and status)
     /// in a run is decoded anyway and must equal the proposed plan.
     pub fn log_entry_durable(&self, entry: &LogEntry, proposed: Option<ConfigPlan>) {
-        self.hash_bytes(&entry.index.to_le_bytes());
-        self.hash_bytes(&entry.payload);
+        self.hash_u64(entry.index);
+        self.hash_record(&entry.payload);
         let plan = match proposed {
             Some(plan) if !self.first_of_its_shape(&plan) => plan,
             proposed => match ConfigPlan::decode(&entry.payload) {
@@ -575,8 +596,8 @@ impl Observer {
 
     /// A DataNode journaled `bytes`.
     pub fn journal_append(&self, node: DataNodeId, bytes: &[u8]) {
-        self.hash_bytes(&node.0.to_le_bytes());
-        self.hash_bytes(bytes);
+        self.hash_u64(u64::from(node.0));
+        self.hash_record(bytes);
         let Ok(record) = JournalRecord::decode(bytes) else {
             self.violate(
                 Invariant::HonestOutcomes,

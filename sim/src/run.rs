@@ -20,7 +20,7 @@ use shoal_core::snapshot::{self, ClusterStateV1, RegionMaintainTaskV2, SnapshotV
 use shoal_core::state::{ClusterState, RegionMaintainKind};
 use shoal_core::storage::{RegionConfig, RegionStore};
 
-use crate::disk::{DiskFaults, Disks};
+use crate::disk::{BYTE_UNIT, DiskFaults, Disks};
 use crate::executor::{SimClock, SimRng};
 use crate::invariants::{check_safety, check_safety_fully, quiet_problems};
 use crate::net::{NetFaults, NetPolicy};
@@ -93,7 +93,7 @@ enum Action {
 
 /// The leader snapshots once this many entries were applied since its last snapshot (the
 /// `shoal confignode` process does the same every 10,000; fewer here keep replays short).
-const SNAPSHOT_EVERY: u64 = 200;
+const SNAPSHOT_EVERY: u64 = 50;
 
 /// Name of database `db` of the pool.
 fn db_name(db: u8) -> DatabaseName {
@@ -439,7 +439,9 @@ impl<'a> Runner<'a> {
             if let Some(slot) = world.dns.get(node.0 as usize) {
                 let mem = &slot.store.mem;
                 let _ = futures_lite::future::block_on(mem.create(&config));
-                let _ = futures_lite::future::block_on(mem.append(config.region, &[7; 4096]));
+                let _ = futures_lite::future::block_on(
+                    mem.append(config.region, &[7; 4096 / BYTE_UNIT as usize]),
+                );
                 world.observer.with(|seen| {
                     seen.replica_created(node, config.region, config.database.clone());
                 });
@@ -790,7 +792,10 @@ impl<'a> Runner<'a> {
                 for (region, address) in targets {
                     let client = network.client("client", &address);
                     let result = client
-                        .write_region(region, vec![0xAB; bytes as usize])
+                        .write_region(
+                            region,
+                            vec![0xAB; u64::from(bytes).div_ceil(BYTE_UNIT) as usize],
+                        )
                         .await;
                     observer.trace(|| {
                         format!("client: load {bytes} B into {region} at {address}: {result:?}")
