@@ -12,8 +12,10 @@
 #   `transport-capnp/src/shoal_capnp.rs`; CI (`schema/check-generated.sh`) diffs the two.
 #
 # Connection flow: a client bootstraps a `Bootstrap` capability, which offers only
-# `login(secret)`. A correct secret returns the `Services` the node serves; a wrong one is
-# refused with a typed error. No other capability is reachable without logging in.
+# `login(secret, role)`. A correct secret for the role returns the `Services` the node
+# serves, each call checked against the role; a wrong one is refused with a typed error. No
+# other capability is reachable without logging in. Until login a connection may send only
+# small messages (64 KiB by default), a few of them, within the login deadline.
 
 @0xe99fd65e8d7112ff;
 
@@ -58,13 +60,17 @@ struct UnitReply {
 
 # The only capability a fresh connection can reach.
 interface Bootstrap {
-  login @0 (secret :Text) -> (reply :LoginReply);
+  # `role` (added later, field 1): who logs in, as a code — 1 ConfigNode, 2 DataNode,
+  # 3 admin. ConfigNodes and DataNodes present the internal secret, admins the admin secret.
+  # Older clients send none (0), which is refused: a login without a role gets nothing.
+  login @0 (secret :Text, role :UInt8) -> (reply :LoginReply);
 }
 
 struct LoginReply {
   union {
     services @0 :Services;
-    error @1 :Error;             # `refused` for a wrong secret.
+    error @1 :Error;             # `refused` for a wrong secret or role; `remote` with
+                                 # `retryable` while the address made too many failures.
   }
 }
 

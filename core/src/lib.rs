@@ -10,6 +10,7 @@ pub mod codes;
 pub mod confignode;
 pub mod consensus;
 pub mod datanode;
+pub mod metrics;
 pub mod model;
 pub mod mutations;
 pub mod placement;

@@ -16,10 +16,20 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// Milliseconds on a [`Clock`]; only differences between two readings mean anything.
 pub type Millis = u64;
 
+/// The wall-clock time (2026-01-01T00:00:00Z, in Unix milliseconds) at which clocks without
+/// a calendar ([`ManualClock`], simulated clocks) start, so their timestamps read as dates.
+pub const TEST_EPOCH_MS: u64 = 1_767_225_600_000;
+
 /// Time as the logic sees it.
 pub trait Clock: Send + Sync + 'static {
-    /// Milliseconds since an arbitrary, fixed origin.
+    /// Milliseconds since an arbitrary, fixed origin (monotonic: measure durations with it).
     fn now_ms(&self) -> Millis;
+    /// Wall-clock milliseconds since the Unix epoch, for timestamps people read (never for
+    /// durations: wall clocks jump). Clocks without a calendar report `now_ms` after
+    /// [`TEST_EPOCH_MS`].
+    fn unix_ms(&self) -> u64 {
+        TEST_EPOCH_MS + self.now_ms()
+    }
     /// Resolves once `duration` has passed on this clock.
     fn sleep(&self, duration: Duration) -> BoxFuture<()>;
 }

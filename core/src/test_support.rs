@@ -68,6 +68,7 @@ pub fn new_procedure() -> impl Strategy<Value = NewProcedure> {
                 data,
                 lock_keys,
                 submitted_at_ms: at,
+                submitted_unix_ms: 0,
             },
         )
 }

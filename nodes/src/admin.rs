@@ -10,12 +10,11 @@ use futures_lite::FutureExt;
 use serde::Serialize;
 use shoal_core::api::{ApiError, ConfigNodeApi, CreateDatabaseRequest, ProcedureInfo};
 use shoal_core::model::{DatabaseName, ProcedureId, RegionKind, ReplicationFactor};
-use shoal_transport_capnp::{CapnpConfigNodeClient, ClientOptions, RpcRuntime};
+use shoal_transport_capnp::{CapnpConfigNodeClient, ClientOptions, Role, RpcRuntime};
 
-use crate::cli::{AdminArgs, default_confignode_addr, default_secret_file};
+use crate::cli::{AdminArgs, default_confignode_addr};
 use crate::clients::CapnpDataNodeClients;
 use crate::error::CliError;
-use crate::process::read_secret_file;
 use crate::size::format_size;
 
 /// After this long without an answer from the ConfigNode, a command says what it waits for.
@@ -75,10 +74,10 @@ impl Admin {
             .clone()
             .or(file_confignode)
             .unwrap_or_else(default_confignode_addr);
-        let secret_file = args.secret_file.clone().unwrap_or_else(default_secret_file);
-        let secret = read_secret_file(&secret_file)?;
+        let secret = args.security.secret(None)?;
+        let tls = args.security.tls()?;
         let rpc = RpcRuntime::start("cli")?;
-        let options = ClientOptions::new(secret);
+        let options = ClientOptions::new(Role::Admin, secret).with_tls(tls);
         let client = CapnpConfigNodeClient::new(&rpc, &address, options.clone())?;
         let timeout = args.timeout(default_timeout_secs);
         Ok(Self {

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::error::CliError;
+use crate::security::{AdminSecurityArgs, NodeSecurityArgs};
 
 /// Port the local cluster's ConfigNode listens on (`shoal up`), and the admin default.
 pub const DEFAULT_CONFIGNODE_PORT: u16 = 7070;
@@ -25,6 +26,8 @@ pub struct Cli {
 }
 
 /// Every `shoal` command.
+// Parsed once per process: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs a local cluster: 1 ConfigNode + 3 DataNodes on 127.0.0.1 (Ctrl-C stops it).
@@ -79,6 +82,10 @@ pub struct UpArgs {
     /// DataNodes' deletion rate limit in bytes/s (e.g. 8MiB); unlimited by default.
     #[arg(long)]
     pub delete_rate: Option<String>,
+    /// TLS everywhere: make a local CA and certificates under DATA_DIR/tls (kept for later
+    /// runs; a data directory that has them always runs with TLS), mutual TLS between all.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// `shoal confignode`.
@@ -90,9 +97,9 @@ pub struct ConfigNodeArgs {
     /// Address to listen on (port 0: any; the bound address goes to DATA_DIR/listen.addr).
     #[arg(long)]
     pub listen: Option<String>,
-    /// Cluster secret file (default: DATA_DIR/cluster.secret, generated if absent).
-    #[arg(long)]
-    pub secret_file: Option<PathBuf>,
+    /// Secrets, TLS and connection limits.
+    #[command(flatten)]
+    pub security: NodeSecurityArgs,
 }
 
 /// `shoal datanode`.
@@ -110,9 +117,9 @@ pub struct DataNodeArgs {
     /// The ConfigNode to register with.
     #[arg(long)]
     pub confignode: Option<String>,
-    /// Cluster secret file (the ConfigNode's).
-    #[arg(long)]
-    pub secret_file: Option<PathBuf>,
+    /// Secrets, TLS and connection limits.
+    #[command(flatten)]
+    pub security: NodeSecurityArgs,
     /// Deletion rate limit in bytes/s (e.g. 8MiB); unlimited by default.
     #[arg(long)]
     pub delete_rate: Option<String>,
@@ -131,9 +138,9 @@ pub struct AdminArgs {
     /// The ConfigNode's address.
     #[arg(long)]
     pub confignode: Option<String>,
-    /// Cluster secret file (default: ./shoal-data/confignode/cluster.secret).
-    #[arg(long)]
-    pub secret_file: Option<PathBuf>,
+    /// The admin secret and TLS.
+    #[command(flatten)]
+    pub security: AdminSecurityArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -248,13 +255,64 @@ pub struct FileConfig {
     pub advertise: Option<String>,
     /// ConfigNode address (DataNodes, admin commands).
     pub confignode: Option<String>,
-    /// Cluster secret file.
+    /// One secret for every role (older releases'); admin commands: the admin secret.
     pub secret_file: Option<PathBuf>,
     /// DataNode deletion rate limit (e.g. "8MiB").
     pub delete_rate: Option<String>,
+    /// Node-to-node secret file.
+    pub internal_secret_file: Option<PathBuf>,
+    /// Admin secret file.
+    pub admin_secret_file: Option<PathBuf>,
+    /// Accept secret files that group or others may read.
+    #[serde(default)]
+    pub allow_open_secret_files: bool,
+    /// TLS certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The cluster's CA (PEM).
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS (nodes).
+    #[serde(default)]
+    pub tls_require_client_cert: bool,
+    /// Cap on open connections (nodes).
+    pub max_connections: Option<usize>,
+    /// Cap on connections waiting for login (nodes).
+    pub max_unauthenticated_connections: Option<usize>,
 }
 
 impl FileConfig {
+    /// A node's security settings from this file (flags override them).
+    pub fn node_security(&self) -> NodeSecurityArgs {
+        NodeSecurityArgs {
+            internal_secret_file: self.internal_secret_file.clone(),
+            admin_secret_file: self.admin_secret_file.clone(),
+            secret_file: self.secret_file.clone(),
+            allow_open_secret_files: self.allow_open_secret_files,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_require_client_cert: self.tls_require_client_cert,
+            max_connections: self.max_connections,
+            max_unauthenticated_connections: self.max_unauthenticated_connections,
+        }
+    }
+
+    /// The CLI's security settings: flags, then this file.
+    pub fn admin_security(&self, flags: &AdminSecurityArgs) -> AdminSecurityArgs {
+        AdminSecurityArgs {
+            secret_file: flags
+                .secret_file
+                .clone()
+                .or_else(|| self.admin_secret_file.clone())
+                .or_else(|| self.secret_file.clone()),
+            allow_open_secret_files: flags.allow_open_secret_files || self.allow_open_secret_files,
+            tls_ca: flags.tls_ca.clone().or_else(|| self.tls_ca.clone()),
+            tls_cert: flags.tls_cert.clone().or_else(|| self.tls_cert.clone()),
+            tls_key: flags.tls_key.clone().or_else(|| self.tls_key.clone()),
+        }
+    }
+
     /// Reads `path` (no file given: all defaults).
     pub fn load(path: Option<&Path>) -> Result<Self, CliError> {
         let Some(path) = path else {
@@ -270,13 +328,6 @@ impl FileConfig {
 /// The ConfigNode address admin commands use by default.
 pub fn default_confignode_addr() -> String {
     format!("127.0.0.1:{DEFAULT_CONFIGNODE_PORT}")
-}
-
-/// The secret file admin commands use by default (the one `shoal up` generates).
-pub fn default_secret_file() -> PathBuf {
-    Path::new(DEFAULT_DATA_DIR)
-        .join("confignode")
-        .join(shoal_transport_capnp::SECRET_FILE_NAME)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod error;
 pub mod node;
 pub mod process;
 pub mod run;
+pub mod security;
 pub mod service;
 pub mod size;
 pub mod storage;

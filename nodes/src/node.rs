@@ -12,13 +12,13 @@ use shoal_core::datanode::{DataNode, DataNodeConfig};
 use shoal_core::model::DataNodeId;
 use shoal_runtime_smol::smol_runtime;
 use shoal_transport_capnp::{
-    CapnpConfigNodeClient, ClientOptions, RpcRuntime, ServedApis, ServerOptions,
-    load_or_create_secret,
+    CapnpConfigNodeClient, ClientOptions, Role, RpcRuntime, ServedApis, ServerOptions,
 };
 
 use crate::clients::CapnpDataNodeClients;
 use crate::error::CliError;
-use crate::process::{ensure_dir, read_secret_file, write_atomically, write_listen_addr};
+use crate::process::{ensure_dir, write_atomically, write_listen_addr};
+use crate::security::{NodeSecurityArgs, NodeTls};
 use crate::service::ConfigNodeService;
 use crate::storage::{StoreOptions, open_confignode_stores, open_datanode_stores};
 
@@ -32,8 +32,9 @@ pub struct ConfigNodeSettings {
     pub data_dir: PathBuf,
     /// Listen address.
     pub listen: String,
-    /// Secret file (`None`: DATA_DIR/cluster.secret, generated if absent).
-    pub secret_file: Option<PathBuf>,
+    /// Secrets (default: DATA_DIR/internal.secret and admin.secret, generated if absent),
+    /// TLS and connection limits.
+    pub security: NodeSecurityArgs,
 }
 
 /// Runs a ConfigNode until `stop` yields.
@@ -42,21 +43,16 @@ pub fn run_confignode(
     stop: async_channel::Receiver<()>,
 ) -> Result<(), CliError> {
     ensure_dir(&settings.data_dir)?;
-    let secret = match &settings.secret_file {
-        Some(path) => read_secret_file(path)?,
-        None => {
-            let (secret, path) = load_or_create_secret(&settings.data_dir)?;
-            tracing::info!(path = %path.display(), "cluster secret");
-            secret
-        }
-    };
+    let secrets = settings.security.confignode_secrets(&settings.data_dir)?;
+    let tls = settings.security.node_tls()?;
     let stores = open_confignode_stores(&settings.data_dir, &StoreOptions::default())?;
     let runtime = smol_runtime();
     let rpc = RpcRuntime::start("confignode")?;
     let consensus = Arc::new(LocalConsensus::new(stores.log, stores.snapshots));
     let clients = Arc::new(CapnpDataNodeClients::new(
         rpc.clone(),
-        ClientOptions::new(secret.clone()),
+        ClientOptions::new(Role::ConfigNode, secrets.internal.clone())
+            .with_tls(tls.as_ref().map(|t| t.client.clone())),
     ));
     let node = ConfigNode::new(
         consensus.clone() as Arc<dyn Consensus>,
@@ -75,9 +71,9 @@ pub fn run_confignode(
         let api: Arc<dyn ConfigNodeApi> = Arc::new(ConfigNodeService::new(node.clone()));
         let server = rpc.serve(
             &settings.listen,
-            &secret,
+            &secrets.server,
             ServedApis::config_node(api),
-            ServerOptions::default(),
+            server_options(&settings.security, tls.as_ref()),
         )?;
         let addr = server.local_addr();
         write_listen_addr(&settings.data_dir, addr)?;
@@ -102,6 +98,15 @@ pub fn run_confignode(
             None => Ok(()),
         }
     })
+}
+
+/// A node's server options: its connection limits and TLS.
+fn server_options(security: &NodeSecurityArgs, tls: Option<&NodeTls>) -> ServerOptions {
+    ServerOptions {
+        connections: security.connection_limits(),
+        tls: tls.map(|t| t.server.clone()),
+        ..ServerOptions::default()
+    }
 }
 
 /// Log entries applied since the last snapshot that trigger a new one.
@@ -140,8 +145,8 @@ pub struct DataNodeSettings {
     pub advertise: Option<String>,
     /// The ConfigNode's address.
     pub confignode: String,
-    /// Secret file.
-    pub secret_file: PathBuf,
+    /// Secrets (the internal one required), TLS and connection limits.
+    pub security: NodeSecurityArgs,
     /// Deletion rate limit, bytes/s.
     pub delete_rate: Option<u64>,
 }
@@ -155,7 +160,8 @@ pub fn run_datanode(
     stop: async_channel::Receiver<()>,
 ) -> Result<(), CliError> {
     ensure_dir(&settings.data_dir)?;
-    let secret = read_secret_file(&settings.secret_file)?;
+    let secrets = settings.security.datanode_secrets()?;
+    let tls = settings.security.node_tls()?;
     let runtime = smol_runtime();
     let stores = open_datanode_stores(
         &settings.data_dir,
@@ -177,9 +183,9 @@ pub fn run_datanode(
         .map_err(|e| CliError::Node(format!("DataNode cannot open: {e}")))?;
         let server = rpc.serve(
             &settings.listen,
-            &secret,
+            &secrets.server,
             ServedApis::data_node(Arc::new(node.clone())),
-            ServerOptions::default(),
+            server_options(&settings.security, tls.as_ref()),
         )?;
         let addr = server.local_addr();
         write_listen_addr(&settings.data_dir, addr)?;
@@ -191,7 +197,8 @@ pub fn run_datanode(
         let confignode = CapnpConfigNodeClient::new(
             &rpc,
             &settings.confignode,
-            ClientOptions::new(secret.clone()),
+            ClientOptions::new(Role::DataNode, secrets.internal.clone())
+                .with_tls(tls.as_ref().map(|t| t.client.clone())),
         )?;
         let serve = async {
             let registered = register(&confignode, &settings.data_dir, advertise)

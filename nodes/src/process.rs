@@ -1,5 +1,5 @@
 //! What every long-running `shoal` process shares: logging, the shutdown signal, the
-//! listen-address file, the secret file.
+//! listen-address file.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -60,20 +60,6 @@ pub fn write_listen_addr(data_dir: &Path, addr: SocketAddr) -> Result<PathBuf, C
     let path = data_dir.join(LISTEN_ADDR_FILE);
     write_atomically(&path, &format!("{addr}\n"))?;
     Ok(path)
-}
-
-/// Reads a secret file (trimmed; empty is an error).
-pub fn read_secret_file(path: &Path) -> Result<String, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::io("cannot read the secret file", path, e))?;
-    let secret = text.trim();
-    if secret.is_empty() {
-        return Err(CliError::Config(format!(
-            "secret file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(secret.to_string())
 }
 
 /// Creates `dir` (and parents).

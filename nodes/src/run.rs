@@ -35,6 +35,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
                 port: args.port,
                 delete_rate: args.delete_rate.or(file.delete_rate),
+                tls: args.tls,
             };
             if let Some(rate) = &settings.delete_rate {
                 parse_size(rate).map_err(CliError::Config)?;
@@ -43,10 +44,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Confignode(args) => {
             init_tracing("info");
+            let security = args.security.or(&file.node_security());
             let settings = ConfigNodeSettings {
                 data_dir: required(args.data_dir.or(file.data_dir), "data-dir")?,
                 listen: required(args.listen.or(file.listen), "listen")?,
-                secret_file: args.secret_file.or(file.secret_file),
+                security,
             };
             run_confignode(settings, shutdown_signal()?)
         }
@@ -58,12 +60,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }),
         Command::Datanode { action: None, args } => {
             init_tracing("info");
+            let security = args.security.or(&file.node_security());
             let settings = DataNodeSettings {
                 data_dir: required(args.data_dir.or(file.data_dir), "data-dir")?,
                 listen: required(args.listen.or(file.listen), "listen")?,
                 advertise: args.advertise.or(file.advertise),
                 confignode: required(args.confignode.or(file.confignode), "confignode")?,
-                secret_file: required(args.secret_file.or(file.secret_file), "secret-file")?,
+                security,
                 delete_rate: rate(args.delete_rate.or(file.delete_rate))?,
             };
             run_datanode(settings, shutdown_signal()?)
@@ -137,9 +140,7 @@ where
 {
     init_tracing("warn");
     let mut args = args.clone();
-    if args.secret_file.is_none() {
-        args.secret_file = file.secret_file;
-    }
+    args.security = file.admin_security(&args.security);
     let admin = Admin::new(&args, file.confignode, default_timeout_secs)?;
     smol::block_on(f(&admin))
 }

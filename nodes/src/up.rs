@@ -10,6 +10,7 @@ use nix::unistd::Pid;
 
 use crate::error::CliError;
 use crate::process::{LISTEN_ADDR_FILE, ensure_dir};
+use crate::security::{LOCAL_TLS_DIR, LocalTls, generate_local_tls};
 
 /// DataNodes `shoal up` starts.
 pub const UP_DATA_NODES: usize = 3;
@@ -104,6 +105,37 @@ pub struct UpSettings {
     pub port: u16,
     /// DataNodes' deletion rate limit (as given on the command line).
     pub delete_rate: Option<String>,
+    /// TLS everywhere (also when DATA_DIR/tls already exists).
+    pub tls: bool,
+}
+
+/// The local CA and certificates, when the cluster runs with TLS: asked for, or made by an
+/// earlier `--tls` run in this data directory (a cluster never silently drops TLS).
+fn local_tls(settings: &UpSettings) -> Result<Option<LocalTls>, CliError> {
+    let dir = settings.data_dir.join(LOCAL_TLS_DIR);
+    if !settings.tls && !LocalTls::at(&dir).ca_cert.exists() {
+        return Ok(None);
+    }
+    let mut names = vec!["confignode".to_string(), "admin".to_string()];
+    names.extend((1..=UP_DATA_NODES).map(|i| format!("datanode-{i}")));
+    generate_local_tls(&dir, &names).map(Some)
+}
+
+/// A node's TLS flags under the local CA.
+fn tls_args(tls: Option<&LocalTls>, name: &str) -> Vec<String> {
+    let Some(local) = tls else {
+        return Vec::new();
+    };
+    let (cert, key) = local.identity(name);
+    vec![
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+        "--tls-ca".into(),
+        local.ca_cert.display().to_string(),
+        "--tls-require-client-cert".into(),
+    ]
 }
 
 /// Runs the local cluster until `stop` yields or a node exits.
@@ -114,21 +146,39 @@ pub fn run_up(settings: UpSettings, stop: async_channel::Receiver<()>) -> Result
     // A stale address from an earlier run must not be mistaken for this one's.
     let _ = std::fs::remove_file(cn_dir.join(LISTEN_ADDR_FILE));
     let cn_listen = format!("127.0.0.1:{}", settings.port);
+    let tls = local_tls(&settings)?;
     let mut nodes = Vec::new();
-    let mut confignode = ChildNode::spawn(
-        "confignode",
-        &exe,
-        &[
-            "confignode".into(),
-            "--data-dir".into(),
-            cn_dir.display().to_string(),
-            "--listen".into(),
-            cn_listen,
-        ],
-    )?;
+    let mut cn_args = vec![
+        "confignode".into(),
+        "--data-dir".into(),
+        cn_dir.display().to_string(),
+        "--listen".into(),
+        cn_listen,
+    ];
+    cn_args.extend(tls_args(tls.as_ref(), "confignode"));
+    let mut confignode = ChildNode::spawn("confignode", &exe, &cn_args)?;
     let cn_addr = wait_listen_addr(&cn_dir, &mut confignode, Duration::from_secs(30))?;
     nodes.push(confignode);
-    let secret_file = cn_dir.join(shoal_transport_capnp::SECRET_FILE_NAME);
+    // The ConfigNode generated both secrets before it listened.
+    let internal_secret = cn_dir.join(shoal_transport_capnp::INTERNAL_SECRET_FILE_NAME);
+    let admin_secret = cn_dir.join(shoal_transport_capnp::ADMIN_SECRET_FILE_NAME);
+    let legacy_secret = cn_dir.join(shoal_transport_capnp::SECRET_FILE_NAME);
+    // A data directory of an older release keeps its one secret (the ConfigNode does too).
+    let secret_args: Vec<String> = if !internal_secret.exists() && legacy_secret.exists() {
+        vec!["--secret-file".into(), legacy_secret.display().to_string()]
+    } else {
+        vec![
+            "--internal-secret-file".into(),
+            internal_secret.display().to_string(),
+            "--admin-secret-file".into(),
+            admin_secret.display().to_string(),
+        ]
+    };
+    let secret_file = if internal_secret.exists() {
+        admin_secret.clone()
+    } else {
+        legacy_secret.clone()
+    };
     for i in 1..=UP_DATA_NODES {
         let dir = settings.data_dir.join(format!("datanode-{i}"));
         ensure_dir(&dir)?;
@@ -142,9 +192,9 @@ pub fn run_up(settings: UpSettings, stop: async_channel::Receiver<()>) -> Result
             format!("127.0.0.1:{port}"),
             "--confignode".into(),
             cn_addr.clone(),
-            "--secret-file".into(),
-            secret_file.display().to_string(),
         ];
+        args.extend(secret_args.iter().cloned());
+        args.extend(tls_args(tls.as_ref(), &format!("datanode-{i}")));
         if let Some(rate) = &settings.delete_rate {
             args.extend(["--delete-rate".to_string(), rate.clone()]);
         }
@@ -153,9 +203,28 @@ pub fn run_up(settings: UpSettings, stop: async_channel::Receiver<()>) -> Result
         nodes.push(node);
     }
     let secret = secret_file.display();
+    let tls_note = match &tls {
+        Some(local) => format!(
+            "TLS: on (mutual), CA and certificates in {}\n",
+            local.dir.display()
+        ),
+        None => String::new(),
+    };
+    let tls_flags = match &tls {
+        Some(local) => {
+            let (cert, key) = local.identity("admin");
+            format!(
+                " --tls-ca {} --tls-cert {} --tls-key {}",
+                local.ca_cert.display(),
+                cert.display(),
+                key.display()
+            )
+        }
+        None => String::new(),
+    };
     println!(
         "\nshoal: local cluster up: ConfigNode {cn_addr}, {UP_DATA_NODES} DataNodes, data in {}\n\
-         secret file: {secret}\n\n\
+         admin secret file: {secret}\n{tls_note}\n\
          try (from this directory):\n  \
          shoal datanode list\n  \
          shoal database create metrics --data-groups 16 --rf 3\n  \
@@ -163,7 +232,7 @@ pub fn run_up(settings: UpSettings, stop: async_channel::Receiver<()>) -> Result
          shoal region list --database metrics\n  \
          shoal database delete metrics --wait\n  \
          shoal procedure list\n\
-         (elsewhere: add --confignode {cn_addr} --secret-file {secret})\n\nCtrl-C stops the cluster.\n",
+         (elsewhere: add --confignode {cn_addr} --admin-secret-file {secret}{tls_flags})\n\nCtrl-C stops the cluster.\n",
         settings.data_dir.display()
     );
     let outcome = loop {

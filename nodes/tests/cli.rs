@@ -29,8 +29,11 @@ fn dead_address() -> String {
 }
 
 fn secret_file(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("cluster.secret");
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("admin.secret");
     std::fs::write(&path, "some-secret\n").expect("write secret");
+    // Nodes and the CLI refuse secret files others can read.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     path
 }
 
@@ -197,8 +200,8 @@ fn a_request_the_confignode_finds_invalid_is_refused_with_one_error_line() {
             "--data-groups",
             "5000",
         ])
-        .args(["--confignode", &address, "--secret-file"])
-        .arg(data_dir.join("cluster.secret"))
+        .args(["--confignode", &address, "--admin-secret-file"])
+        .arg(data_dir.join("admin.secret"))
         .args(["--timeout-secs", "60"])
         .output()
         .expect("run shoal");

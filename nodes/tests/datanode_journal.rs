@@ -40,14 +40,16 @@ fn datanode_refuses_a_journal_with_damage_before_whole_records_in_one_line() {
     let damage = 16 + 8 + records[0].len();
     bytes[damage..damage + 4].copy_from_slice(&0xdead_beef_u32.to_le_bytes());
     std::fs::write(&journal, &bytes).expect("damage");
-    let secret = root.path().join("cluster.secret");
+    let secret = root.path().join("internal.secret");
     std::fs::write(&secret, "secret\n").expect("secret");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
 
     let mut child = Command::new(EXE)
         .args(["datanode", "--data-dir"])
         .arg(&data_dir)
         .args(["--listen", "127.0.0.1:0", "--confignode", "127.0.0.1:9"])
-        .arg("--secret-file")
+        .arg("--internal-secret-file")
         .arg(&secret)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())

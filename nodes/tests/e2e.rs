@@ -88,8 +88,14 @@ impl Cluster {
         self.root.path().join(format!("dn-{i}"))
     }
 
+    /// The admin secret the ConfigNode generated (the CLI's).
     fn secret_file(&self) -> PathBuf {
-        self.cn_dir().join("cluster.secret")
+        self.cn_dir().join("admin.secret")
+    }
+
+    /// The node-to-node secret the ConfigNode generated.
+    fn internal_secret_file(&self) -> PathBuf {
+        self.cn_dir().join("internal.secret")
     }
 
     /// Spawns `shoal args` with logs in `log` and waits for `dir/listen.addr`.
@@ -151,7 +157,9 @@ impl Cluster {
                 listen,
                 "--confignode",
                 &self.cn_addr.clone(),
-                "--secret-file",
+                "--internal-secret-file",
+                &self.internal_secret_file().display().to_string(),
+                "--admin-secret-file",
                 &self.secret_file().display().to_string(),
                 "--delete-rate",
                 DELETE_RATE,
@@ -192,7 +200,7 @@ impl Cluster {
         let mut command = Command::new(EXE);
         command
             .args(args)
-            .args(["--confignode", &self.cn_addr, "--secret-file"])
+            .args(["--confignode", &self.cn_addr, "--admin-secret-file"])
             .arg(self.secret_file())
             .args(["--timeout-secs", "80"]);
         command
@@ -439,6 +447,8 @@ fn wrong_secret_is_refused_and_garbage_does_not_crash_nodes() {
     let cluster = Cluster::start();
     let wrong = cluster.root.path().join("wrong.secret");
     std::fs::write(&wrong, "not-the-secret\n").expect("write");
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
     let out = Command::new(EXE)
         .args([
             "database",
@@ -453,7 +463,7 @@ fn wrong_secret_is_refused_and_garbage_does_not_crash_nodes() {
     assert!(!out.status.success(), "a wrong secret was accepted");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("wrong cluster secret"),
+        stderr.contains("refused: wrong admin secret"),
         "unclear refusal: {stderr}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");

@@ -25,6 +25,12 @@ impl Clock for SmolClock {
         self.origin.elapsed().as_millis() as Millis
     }
 
+    fn unix_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
     fn sleep(&self, duration: Duration) -> BoxFuture<()> {
         Box::pin(async move {
             smol::Timer::after(duration).await;

@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use shoal_core::metrics::{self, MetricEvent, SyncedFile};
 use shoal_core::storage::{StorageError, TaskJournal};
 
 use crate::fsutil::{create_dir_durable, fsync_dir, io_err, temp_path, unblock};
@@ -339,9 +340,15 @@ impl JournalFile {
         self.file
             .write_all_at(bytes, self.end)
             .map_err(|e| io_err("append journal", path, e))?;
+        let started = std::time::Instant::now();
         self.file
             .sync_data()
-            .map_err(|e| io_err("fdatasync journal", path, e))
+            .map_err(|e| io_err("fdatasync journal", path, e))?;
+        metrics::record(MetricEvent::Fsync {
+            file: SyncedFile::Journal,
+            duration: started.elapsed(),
+        });
+        Ok(())
     }
 
     fn rewrite(&mut self, path: &Path, records: &[Vec<u8>]) -> Result<(), StorageError> {

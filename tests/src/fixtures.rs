@@ -108,6 +108,7 @@ pub fn base_state() -> ClusterState {
                 mode: LockMode::Exclusive,
             }],
             submitted_at_ms: 1_700_000_000_000,
+            submitted_unix_ms: 0,
         },
         request_key: Some("fixture-request".into()),
     }));

@@ -98,7 +98,7 @@ fn main() {
     let client = CapnpDataNodeClient::new(
         &client_rt,
         &server.local_addr().to_string(),
-        ClientOptions::new("bench"),
+        ClientOptions::new(shoal_transport_capnp::Role::ConfigNode, "bench"),
     )
     .expect("client");
 

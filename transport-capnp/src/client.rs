@@ -13,9 +13,11 @@ use std::time::Duration;
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
 use shoal_core::api::ApiError;
 
+use crate::auth::{Role, Secret};
 use crate::codec;
 use crate::runtime::{LocalEx, WireLimits};
 use crate::shoal_capnp::{bootstrap, config_node, data_node, login_reply};
+use crate::tls::{BoxRead, BoxWrite, ClientTls};
 
 mod config_node_client;
 mod connection;
@@ -28,8 +30,12 @@ pub use data_node_client::CapnpDataNodeClient;
 /// How a client connects and calls.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// The cluster secret presented at login.
-    pub secret: String,
+    /// Who the client logs in as.
+    pub role: Role,
+    /// The secret of that role, presented at login.
+    pub secret: Secret,
+    /// TLS (`None`: plaintext).
+    pub tls: Option<ClientTls>,
     /// Deadline of one call, including connecting if needed. A long-poll call gets its
     /// wait on top of this.
     pub call_timeout: Duration,
@@ -46,10 +52,19 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    /// Default timeouts and limits with `secret`.
-    pub fn new(secret: impl Into<String>) -> Self {
+    /// The same, over TLS.
+    pub fn with_tls(self, tls: Option<ClientTls>) -> Self {
+        Self { tls, ..self }
+    }
+}
+
+impl ClientOptions {
+    /// Default timeouts and limits, logging in as `role` with `secret`, in plaintext.
+    pub fn new(role: Role, secret: impl Into<Secret>) -> Self {
         Self {
+            role,
             secret: secret.into(),
+            tls: None,
             call_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             reconnect_min: Duration::from_millis(50),
@@ -75,8 +90,17 @@ async fn connect(address: &str, options: &ClientOptions, ex: &LocalEx) -> Result
         .await
         .map_err(|e| ApiError::Unreachable(format!("{address}: {e}")))?;
     let _ = stream.set_nodelay(true);
-    let reader = futures_lite::io::BufReader::new(stream.clone());
-    let writer = futures_lite::io::BufWriter::new(stream);
+    let (reader, writer, tap): (BoxRead, BoxWrite, _) = match &options.tls {
+        Some(tls) => {
+            let (r, w, tap) = tls.connect(address, stream).await?;
+            (r, w, Some(tap))
+        }
+        None => (
+            Box::new(futures_lite::io::BufReader::new(stream.clone())),
+            Box::new(futures_lite::io::BufWriter::new(stream)),
+            None,
+        ),
+    };
     let network = twoparty::VatNetwork::new(
         reader,
         writer,
@@ -95,8 +119,18 @@ async fn connect(address: &str, options: &ClientOptions, ex: &LocalEx) -> Result
         rpc_broken.set(true);
     });
     let mut request = bootstrap.login_request();
-    request.get().set_secret(options.secret.as_str());
-    let response = request.send().promise.await.map_err(call_error)?;
+    request.get().set_secret(options.secret.expose());
+    request.get().set_role(options.role.code());
+    let response = match request.send().promise.await {
+        Ok(response) => response,
+        // With TLS 1.3 a server refuses a client certificate after the client's side of the
+        // handshake is done: the refusal arrives as the connection's end.
+        Err(e) => {
+            return Err(tap
+                .and_then(|tap| tap.explain(address))
+                .unwrap_or_else(|| call_error(e)));
+        }
+    };
     let reply = response
         .get()
         .and_then(|r| r.get_reply())

@@ -26,6 +26,20 @@ pub enum TransportError {
         /// The I/O failure.
         source: std::io::Error,
     },
+    /// A secret file group or others may read (refused unless explicitly allowed).
+    #[error(
+        "secret file {path} is readable by group or others (mode {mode:o}): chmod 600 it, or \
+         pass --allow-open-secret-files"
+    )]
+    SecretPermissions {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// TLS could not be set up from the given files.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl TransportError {
@@ -34,7 +48,10 @@ impl TransportError {
     pub fn is_retryable(&self) -> bool {
         match self {
             TransportError::Thread(_) | TransportError::Bind { .. } => true,
-            TransportError::Secret { .. } | TransportError::RuntimeStopped => false,
+            TransportError::Secret { .. }
+            | TransportError::SecretPermissions { .. }
+            | TransportError::Tls(_)
+            | TransportError::RuntimeStopped => false,
         }
     }
 }

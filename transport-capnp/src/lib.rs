@@ -15,17 +15,26 @@
 //!   incoming call is handed to the node's [`Spawner`](shoal_core::runtime::Spawner) and its
 //!   reply comes back over a channel, so node logic never runs on the RPC thread.
 //!
-//! A connection first sees only a bootstrap capability offering `login(secret)`; a wrong
-//! secret is refused with a typed error ([`load_or_create_secret`] manages the secret file).
-//! Incoming messages are bounded by [`WireLimits`], so a malformed or oversized message
-//! closes that one connection and never the node.
+//! A connection first sees only a bootstrap capability offering `login(secret, role)`; a
+//! wrong secret is refused with a typed error, and every call is checked against the
+//! [`Role`] the connection logged in as ([`ServerSecrets`] holds the internal and admin
+//! secrets). Until login a connection is cheap: small messages, a few of them, within the
+//! login deadline; connections waiting for login and connections overall are capped
+//! ([`ConnectionLimits`]), and failed logins are rate-limited per address
+//! ([`LoginRateLimit`]). After login, messages are bounded by [`WireLimits`], so a malformed
+//! or oversized message closes that one connection and never the node. TLS is optional
+//! ([`ServerTls`], [`ClientTls`]).
 
+mod auth;
 mod client;
 mod codec;
 mod error;
+mod limits;
 mod runtime;
 mod secret;
 mod server;
+mod tls;
+mod wire;
 
 /// Code generated from `schema/shoal.capnp` by `capnpc-rust` (do not edit; regenerate).
 #[allow(
@@ -42,8 +51,14 @@ mod server;
 #[rustfmt::skip]
 pub mod shoal_capnp;
 
+pub use auth::{Access, LoginRateLimit, Role, Secret, SecretKind, ServerSecrets};
 pub use client::{CapnpConfigNodeClient, CapnpDataNodeClient, ClientOptions};
 pub use error::TransportError;
+pub use limits::{ConnectionLimits, ConnectionStats, PRE_LOGIN_MAX_MESSAGE_BYTES};
 pub use runtime::{RpcRuntime, WireLimits};
-pub use secret::{SECRET_FILE_NAME, load_or_create_secret};
+pub use secret::{
+    ADMIN_SECRET_FILE_NAME, INTERNAL_SECRET_FILE_NAME, SECRET_FILE_NAME, SecretFileMode,
+    load_or_create_secret, load_or_create_secret_file, read_secret_file,
+};
 pub use server::{ServedApis, ServerHandle, ServerOptions};
+pub use tls::{ClientTls, ServerTls, TlsError};

@@ -7,6 +7,7 @@ use super::Inner;
 use super::guard::RegionTicket;
 use super::journal::JournalRecord;
 use crate::api::{MaintainTaskKind, TaskStatus};
+use crate::metrics::{self, MetricEvent, Outcome};
 use crate::model::TaskId;
 use crate::storage::{RegionStore, StorageError};
 
@@ -88,6 +89,15 @@ async fn record_finish(
         TaskStatus::Fail(reason) => ("fail", reason.as_str()),
         _ => ("success", ""),
     };
+    metrics::record(MetricEvent::Task {
+        kind: kind.name(),
+        outcome: if matches!(status, TaskStatus::Fail(_)) {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        },
+        duration: std::time::Duration::from_millis(duration_ms),
+    });
     tracing::info!(
         data_node = %inner.id_label(),
         task_id = %task_id,

@@ -31,18 +31,13 @@ coded_enum! {
 
 /// One procedure as the status API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct ProcedureInfo {
-    /// Its id.
     pub id: ProcedureId,
-    /// Type code.
     pub type_code: u32,
-    /// Type name.
     pub type_name: String,
-    /// Current state's code.
     pub state_code: u32,
-    /// Current state's name.
     pub state_name: String,
-    /// Status.
     pub status: ProcedureView,
     /// Parent, if a child.
     pub parent: Option<ProcedureId>,
@@ -52,9 +47,12 @@ pub struct ProcedureInfo {
     pub submitted_at_ms: u64,
     /// Last transition time (ms, that leader's clock).
     pub updated_at_ms: u64,
+    /// Submission time, wall clock (Unix ms; 0 when unknown).
+    pub submitted_unix_ms: u64,
+    /// Last transition time, wall clock (Unix ms; 0 when unknown).
+    pub updated_unix_ms: u64,
     /// Failed attempts of the current step.
     pub attempts: u32,
-    /// Last error.
     pub last_error: Option<String>,
     /// What it waits for, in words.
     pub waiting_for: Option<String>,
@@ -102,6 +100,8 @@ pub fn procedure_info(record: &ProcedureRecord, registry: &ProcedureRegistry) ->
         children: record.children.clone(),
         submitted_at_ms: record.submitted_at_ms,
         updated_at_ms: record.updated_at_ms,
+        submitted_unix_ms: record.submitted_unix_ms,
+        updated_unix_ms: record.updated_unix_ms,
         attempts: record.attempts,
         last_error: record.last_error.clone(),
         waiting_for,

@@ -586,6 +586,7 @@ fn unknown_procedure() -> ConfigPlan {
             data: vec![1, 2, 3],
             lock_keys: vec![],
             submitted_at_ms: 0,
+            submitted_unix_ms: 0,
         },
         request_key: None,
     })
@@ -810,6 +811,7 @@ fn transitions_new(name: &str) -> NewProcedure {
         data: p.encode().expect("encodes"),
         lock_keys: p.lock_keys(),
         submitted_at_ms: 0,
+        submitted_unix_ms: 0,
     }
 }
 

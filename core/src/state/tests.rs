@@ -242,6 +242,7 @@ fn request_key_returns_the_first_procedure_id() {
         data: vec![],
         lock_keys: vec![],
         submitted_at_ms: 0,
+        submitted_unix_ms: 0,
     };
     let submit = ConfigPlan::SubmitProcedure(SubmitProcedure {
         procedure: new,
@@ -271,6 +272,7 @@ fn unfinished_procedure_cannot_be_deleted() {
         data: vec![],
         lock_keys: vec![],
         submitted_at_ms: 0,
+        submitted_unix_ms: 0,
     };
     let Ok(Applied::ProcedureSubmitted { id, .. }) =
         state.apply(&ConfigPlan::SubmitProcedure(SubmitProcedure {
@@ -299,6 +301,7 @@ fn children_are_allocated_in_the_same_entry_as_the_parent_transition() {
         data: vec![],
         lock_keys: vec![],
         submitted_at_ms: 0,
+        submitted_unix_ms: 0,
     };
     let Ok(Applied::ProcedureSubmitted { id, .. }) =
         state.apply(&ConfigPlan::SubmitProcedure(SubmitProcedure {

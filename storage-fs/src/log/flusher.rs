@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use shoal_core::metrics::{self, MetricEvent, SyncedFile};
 use shoal_core::storage::StorageError;
 
 use super::format::{SEGMENT_HEADER_LEN, encode_segment_header, segment_path};
@@ -266,10 +267,15 @@ fn write_batch(
             active.path.display()
         )));
     }
+    let started = std::time::Instant::now();
     active
         .file
         .sync_data()
         .map_err(|e| io_err("fdatasync", &active.path, e))?;
+    metrics::record(MetricEvent::Fsync {
+        file: SyncedFile::Log,
+        duration: started.elapsed(),
+    });
     Ok(last_index)
 }
 

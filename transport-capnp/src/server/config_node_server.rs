@@ -11,25 +11,36 @@ use shoal_core::runtime::BoxFuture;
 
 use super::ServerShared;
 use super::data_node_server::write_unit;
+use crate::auth::{Access, Role};
 use crate::codec::{self, len32, write_error};
 use crate::shoal_capnp::config_node;
 
 /// Serves one connection's ConfigNode capability.
 pub(crate) struct ConfigNodeServer {
     shared: Rc<ServerShared>,
+    /// The role the connection logged in with; every call is checked against it.
+    role: Role,
 }
 
 impl ConfigNodeServer {
-    pub(crate) fn new(shared: Rc<ServerShared>) -> Self {
-        Self { shared }
+    pub(crate) fn new(shared: Rc<ServerShared>, role: Role) -> Self {
+        Self { shared, role }
     }
 
-    /// Hands a decoded request to the node; decode errors and a missing API short-circuit.
-    async fn call<D, T, F>(&self, decoded: Result<D, ApiError>, f: F) -> Result<T, ApiError>
+    /// Hands a decoded request to the node. A role without `access`, a decode error and a
+    /// missing API short-circuit, in that order: a refused role learns nothing more.
+    async fn call<D, T, F>(
+        &self,
+        access: Access,
+        method: &str,
+        decoded: Result<D, ApiError>,
+        f: F,
+    ) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(Arc<dyn ConfigNodeApi>, D) -> BoxFuture<Result<T, ApiError>>,
     {
+        self.shared.authorize(self.role, access, method)?;
         let api = self
             .shared
             .apis
@@ -73,9 +84,14 @@ impl config_node::Server for ConfigNodeServer {
             p.get_schema_region_groups(),
         );
         let outcome = self
-            .call(decoded, |api, request| {
-                Box::pin(async move { api.create_database(request, None).await.map(|_| ()) })
-            })
+            .call(
+                Access::Admin,
+                "ConfigNode.createDatabase",
+                decoded,
+                |api, request| {
+                    Box::pin(async move { api.create_database(request, None).await.map(|_| ()) })
+                },
+            )
             .await;
         write_unit(results.get().init_reply(), outcome);
         Ok(())
@@ -96,9 +112,14 @@ impl config_node::Server for ConfigNodeServer {
         )
         .and_then(|request| Ok((request, codec::read_opt_text(p.get_request_key())?)));
         let outcome = self
-            .call(decoded, |api, (request, key)| {
-                Box::pin(async move { api.create_database(request, key).await })
-            })
+            .call(
+                Access::Admin,
+                "ConfigNode.startCreateDatabase",
+                decoded,
+                |api, (request, key)| {
+                    Box::pin(async move { api.create_database(request, key).await })
+                },
+            )
             .await;
         let mut reply = results.get().init_reply();
         match outcome {
@@ -117,9 +138,12 @@ impl config_node::Server for ConfigNodeServer {
         let decoded = codec::read_request_database_name(p.get_name())
             .and_then(|name| Ok((name, codec::read_opt_text(p.get_request_key())?)));
         let outcome = self
-            .call(decoded, |api, (name, key)| {
-                Box::pin(async move { api.delete_database(name, key).await })
-            })
+            .call(
+                Access::Admin,
+                "ConfigNode.deleteDatabase",
+                decoded,
+                |api, (name, key)| Box::pin(async move { api.delete_database(name, key).await }),
+            )
             .await;
         let mut reply = results.get().init_reply();
         match outcome {
@@ -135,9 +159,12 @@ impl config_node::Server for ConfigNodeServer {
         mut results: config_node::ListDatabasesResults,
     ) -> Result<(), capnp::Error> {
         let outcome = self
-            .call(Ok(()), |api, ()| {
-                Box::pin(async move { api.list_databases().await })
-            })
+            .call(
+                Access::Admin,
+                "ConfigNode.listDatabases",
+                Ok(()),
+                |api, ()| Box::pin(async move { api.list_databases().await }),
+            )
             .await;
         let reply = results.get().init_reply();
         match outcome {
@@ -164,9 +191,12 @@ impl config_node::Server for ConfigNodeServer {
             _ => codec::read_request_database_name(p.get_database()).map(Some),
         };
         let outcome = self
-            .call(decoded, |api, database| {
-                Box::pin(async move { api.list_region_groups(database).await })
-            })
+            .call(
+                Access::Admin,
+                "ConfigNode.listRegionGroups",
+                decoded,
+                |api, database| Box::pin(async move { api.list_region_groups(database).await }),
+            )
             .await;
         let reply = results.get().init_reply();
         match outcome {
@@ -187,9 +217,12 @@ impl config_node::Server for ConfigNodeServer {
         mut results: config_node::ListDataNodesResults,
     ) -> Result<(), capnp::Error> {
         let outcome = self
-            .call(Ok(()), |api, ()| {
-                Box::pin(async move { api.list_data_nodes().await })
-            })
+            .call(
+                Access::Admin,
+                "ConfigNode.listDataNodes",
+                Ok(()),
+                |api, ()| Box::pin(async move { api.list_data_nodes().await }),
+            )
             .await;
         let reply = results.get().init_reply();
         match outcome {
@@ -210,9 +243,12 @@ impl config_node::Server for ConfigNodeServer {
         mut results: config_node::ListProceduresResults,
     ) -> Result<(), capnp::Error> {
         let outcome = self
-            .call(Ok(()), |api, ()| {
-                Box::pin(async move { api.list_procedures().await })
-            })
+            .call(
+                Access::Admin,
+                "ConfigNode.listProcedures",
+                Ok(()),
+                |api, ()| Box::pin(async move { api.list_procedures().await }),
+            )
             .await;
         let reply = results.get().init_reply();
         match outcome {
@@ -234,9 +270,12 @@ impl config_node::Server for ConfigNodeServer {
     ) -> Result<(), capnp::Error> {
         let id = ProcedureId(params.get()?.get_id());
         let outcome = self
-            .call(Ok(id), |api, id| {
-                Box::pin(async move { api.get_procedure(id).await })
-            })
+            .call(
+                Access::Admin,
+                "ConfigNode.getProcedure",
+                Ok(id),
+                |api, id| Box::pin(async move { api.get_procedure(id).await }),
+            )
             .await;
         let mut reply = results.get().init_reply();
         match outcome {
@@ -256,9 +295,14 @@ impl config_node::Server for ConfigNodeServer {
         let decoded = codec::read_opt_u32(p.get_known_id())
             .and_then(|known| Ok((known.map(DataNodeId), codec::read_text(p.get_address())?)));
         let outcome = self
-            .call(decoded, |api, (known, address)| {
-                Box::pin(async move { api.register_data_node(known, address).await })
-            })
+            .call(
+                Access::Registration,
+                "ConfigNode.registerDataNode",
+                decoded,
+                |api, (known, address)| {
+                    Box::pin(async move { api.register_data_node(known, address).await })
+                },
+            )
             .await;
         let mut reply = results.get().init_reply();
         match outcome {
@@ -276,9 +320,12 @@ impl config_node::Server for ConfigNodeServer {
         let p = params.get()?;
         let decoded = codec::read_data_node_heartbeat(p.get_id(), p.get_report());
         let outcome = self
-            .call(decoded, |api, heartbeat| {
-                Box::pin(async move { api.data_node_heartbeat(heartbeat).await })
-            })
+            .call(
+                Access::Registration,
+                "ConfigNode.dataNodeHeartbeat",
+                decoded,
+                |api, heartbeat| Box::pin(async move { api.data_node_heartbeat(heartbeat).await }),
+            )
             .await;
         let mut reply = results.get().init_reply();
         match outcome {

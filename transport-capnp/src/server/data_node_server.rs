@@ -10,6 +10,7 @@ use shoal_core::model::{Epoch, TaskId};
 use shoal_core::runtime::BoxFuture;
 
 use super::ServerShared;
+use crate::auth::{Access, Role};
 use crate::codec::{self, write_error};
 use crate::shoal_capnp::{data_node, unit_reply};
 
@@ -19,19 +20,29 @@ pub(crate) const MAX_LONG_POLL: Duration = Duration::from_secs(300);
 /// Serves one connection's DataNode capability.
 pub(crate) struct DataNodeServer {
     shared: Rc<ServerShared>,
+    /// The role the connection logged in with; every call is checked against it.
+    role: Role,
 }
 
 impl DataNodeServer {
-    pub(crate) fn new(shared: Rc<ServerShared>) -> Self {
-        Self { shared }
+    pub(crate) fn new(shared: Rc<ServerShared>, role: Role) -> Self {
+        Self { shared, role }
     }
 
-    /// Hands a decoded request to the node; decode errors and a missing API short-circuit.
-    async fn call<D, T, F>(&self, decoded: Result<D, ApiError>, f: F) -> Result<T, ApiError>
+    /// Hands a decoded request to the node. A role without `access`, a decode error and a
+    /// missing API short-circuit, in that order: a refused role learns nothing more.
+    async fn call<D, T, F>(
+        &self,
+        access: Access,
+        method: &str,
+        decoded: Result<D, ApiError>,
+        f: F,
+    ) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(Arc<dyn DataNodeApi>, D) -> BoxFuture<Result<T, ApiError>>,
     {
+        self.shared.authorize(self.role, access, method)?;
         let api = self
             .shared
             .apis
@@ -59,9 +70,14 @@ impl data_node::Server for DataNodeServer {
         let p = params.get()?;
         let decoded = codec::read_create_region(p.get_request()).map(|r| (Epoch(p.get_epoch()), r));
         let outcome = self
-            .call(decoded, |api, (epoch, request)| {
-                Box::pin(async move { api.create_region(epoch, request).await })
-            })
+            .call(
+                Access::DataNodeControl,
+                "DataNode.createRegion",
+                decoded,
+                |api, (epoch, request)| {
+                    Box::pin(async move { api.create_region(epoch, request).await })
+                },
+            )
             .await;
         write_unit(results.get().init_reply(), outcome);
         Ok(())
@@ -75,9 +91,14 @@ impl data_node::Server for DataNodeServer {
         let p = params.get()?;
         let decoded = codec::read_region_id(p.get_region()).map(|r| (Epoch(p.get_epoch()), r));
         let outcome = self
-            .call(decoded, |api, (epoch, region)| {
-                Box::pin(async move { api.delete_region(epoch, region).await })
-            })
+            .call(
+                Access::DataNodeControl,
+                "DataNode.deleteRegion",
+                decoded,
+                |api, (epoch, region)| {
+                    Box::pin(async move { api.delete_region(epoch, region).await })
+                },
+            )
             .await;
         write_unit(results.get().init_reply(), outcome);
         Ok(())
@@ -94,9 +115,14 @@ impl data_node::Server for DataNodeServer {
             Ok((region, bytes))
         });
         let outcome = self
-            .call(decoded, |api, (region, bytes)| {
-                Box::pin(async move { api.write_region(region, bytes).await })
-            })
+            .call(
+                Access::DataNodeWrite,
+                "DataNode.writeRegion",
+                decoded,
+                |api, (region, bytes)| {
+                    Box::pin(async move { api.write_region(region, bytes).await })
+                },
+            )
             .await;
         let mut reply = results.get().init_reply();
         match outcome {
@@ -114,9 +140,12 @@ impl data_node::Server for DataNodeServer {
         let p = params.get()?;
         let decoded = codec::read_maintain_task(p.get_task()).map(|t| (Epoch(p.get_epoch()), t));
         let outcome = self
-            .call(decoded, |api, (epoch, task)| {
-                Box::pin(async move { api.submit_task(epoch, task).await })
-            })
+            .call(
+                Access::DataNodeControl,
+                "DataNode.submitTask",
+                decoded,
+                |api, (epoch, task)| Box::pin(async move { api.submit_task(epoch, task).await }),
+            )
             .await;
         let mut reply = results.get().init_reply();
         match outcome {
@@ -139,9 +168,14 @@ impl data_node::Server for DataNodeServer {
             ms => Some(Duration::from_millis(ms).min(MAX_LONG_POLL)),
         };
         let outcome = self
-            .call(Ok((task_id, wait)), |api, (task_id, wait)| {
-                Box::pin(async move { api.task_result(task_id, wait).await })
-            })
+            .call(
+                Access::DataNodeControl,
+                "DataNode.taskResult",
+                Ok((task_id, wait)),
+                |api, (task_id, wait)| {
+                    Box::pin(async move { api.task_result(task_id, wait).await })
+                },
+            )
             .await;
         let mut reply = results.get().init_reply();
         match outcome {
@@ -162,9 +196,12 @@ impl data_node::Server for DataNodeServer {
         let p = params.get()?;
         let decoded = Ok((Epoch(p.get_epoch()), TaskId(p.get_task_id())));
         let outcome = self
-            .call(decoded, |api, (epoch, task_id)| {
-                Box::pin(async move { api.ack_task(epoch, task_id).await })
-            })
+            .call(
+                Access::DataNodeControl,
+                "DataNode.ackTask",
+                decoded,
+                |api, (epoch, task_id)| Box::pin(async move { api.ack_task(epoch, task_id).await }),
+            )
             .await;
         write_unit(results.get().init_reply(), outcome);
         Ok(())
@@ -177,9 +214,12 @@ impl data_node::Server for DataNodeServer {
     ) -> Result<(), capnp::Error> {
         let epoch = Epoch(params.get()?.get_epoch());
         let outcome = self
-            .call(Ok(epoch), |api, epoch| {
-                Box::pin(async move { api.heartbeat(epoch).await })
-            })
+            .call(
+                Access::DataNodeControl,
+                "DataNode.heartbeat",
+                Ok(epoch),
+                |api, epoch| Box::pin(async move { api.heartbeat(epoch).await }),
+            )
             .await;
         let reply = results.get().init_reply();
         match outcome {

@@ -2,11 +2,11 @@
 //! them: every one is refused (not "malformed") and reaches no API.
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
-use shoal_transport_capnp::WireLimits;
 use shoal_transport_capnp::shoal_capnp::{
     bootstrap, config_node, create_database_reply, data_node, delete_database_reply, error,
     list_region_groups_reply, login_reply, unit_reply,
 };
+use shoal_transport_capnp::{Role, WireLimits};
 
 use super::{SECRET, start_node};
 
@@ -40,20 +40,31 @@ fn invalid_values_in_requests_are_refused_not_malformed() {
         let mut rpc = RpcSystem::new(Box::new(network), None);
         let boot: bootstrap::Client = rpc.bootstrap(Side::Server);
         let session = async {
-            let mut login = boot.login_request();
-            login.get().set_secret(SECRET);
-            let reply = login.send().promise.await.expect("login");
-            let services = match reply
-                .get()
-                .and_then(|r| r.get_reply())
-                .expect("reply")
-                .which()
-            {
-                Ok(login_reply::Services(s)) => s.expect("services"),
-                _ => panic!("login refused"),
-            };
-            let config: config_node::Client = services.get_config_node().expect("ConfigNode");
-            let data: data_node::Client = services.get_data_node().expect("DataNode");
+            // One login per role, on the same connection: admin for the ConfigNode's admin
+            // API, ConfigNode for the DataNode API.
+            let mut replies = Vec::new();
+            for role in [Role::Admin, Role::ConfigNode] {
+                let mut login = boot.login_request();
+                login.get().set_secret(SECRET);
+                login.get().set_role(role.code());
+                replies.push(login.send().promise.await.expect("login"));
+            }
+            let services: Vec<_> = replies
+                .iter()
+                .map(|reply| {
+                    match reply
+                        .get()
+                        .and_then(|r| r.get_reply())
+                        .expect("reply")
+                        .which()
+                    {
+                        Ok(login_reply::Services(s)) => s.expect("services"),
+                        _ => panic!("login refused"),
+                    }
+                })
+                .collect();
+            let config: config_node::Client = services[0].get_config_node().expect("ConfigNode");
+            let data: data_node::Client = services[1].get_data_node().expect("DataNode");
 
             for (name, schema_rf, data_rf, expected) in [
                 ("9digit", 1, 1, "invalid database name \"9digit\""),

@@ -5,6 +5,7 @@
 mod fake;
 mod faults;
 mod invalid;
+mod security;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use shoal_core::model::{
 };
 use shoal_core::state::DataNodeStatus;
 use shoal_transport_capnp::{
-    CapnpConfigNodeClient, CapnpDataNodeClient, ClientOptions, RpcRuntime, ServedApis,
+    CapnpConfigNodeClient, CapnpDataNodeClient, ClientOptions, Role, RpcRuntime, ServedApis,
     ServerHandle, ServerOptions, WireLimits,
 };
 
@@ -63,14 +64,25 @@ fn start_node_at(address: &str, limits: WireLimits) -> Node {
     }
 }
 
+/// Options of a client logging in as a ConfigNode (what calls DataNodes).
 fn options(secret: &str) -> ClientOptions {
+    role_options(Role::ConfigNode, secret)
+}
+
+/// Options of a client logging in as `role`.
+fn role_options(role: Role, secret: &str) -> ClientOptions {
     ClientOptions {
         // Generous: the machine may be loaded; the timeout tests set their own.
         call_timeout: Duration::from_secs(20),
         reconnect_min: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(200),
-        ..ClientOptions::new(secret)
+        ..ClientOptions::new(role, secret)
     }
+}
+
+/// Options of an admin client (the ConfigNode's admin API).
+fn admin(secret: &str) -> ClientOptions {
+    role_options(Role::Admin, secret)
 }
 
 fn data_client(node: &Node, opts: ClientOptions) -> CapnpDataNodeClient {
@@ -220,7 +232,8 @@ fn every_data_node_call_round_trips_with_values_intact() {
 #[test]
 fn every_config_node_call_round_trips_with_values_intact() {
     let node = start_node(WireLimits::default());
-    let client = config_client(&node, options(SECRET));
+    let client = config_client(&node, admin(SECRET));
+    let data_node = config_client(&node, role_options(Role::DataNode, SECRET));
     smol::block_on(async {
         let request = CreateDatabaseRequest {
             name: db("metrics"),
@@ -253,11 +266,11 @@ fn every_config_node_call_round_trips_with_values_intact() {
         );
         assert!(!dbs[0].deleting);
 
-        let first = client
+        let first = data_node
             .register_data_node(None, "10.0.0.1:6667".into())
             .await
             .expect("register");
-        let again = client
+        let again = data_node
             .register_data_node(Some(DataNodeId(42)), "10.0.0.2:6667".into())
             .await
             .expect("re-register");
@@ -280,7 +293,7 @@ fn every_config_node_call_round_trips_with_values_intact() {
             },
         };
         assert_eq!(
-            client.data_node_heartbeat(heartbeat.clone()).await,
+            data_node.data_node_heartbeat(heartbeat.clone()).await,
             Ok(Epoch(9))
         );
         assert_eq!(node.config_node.heartbeats(), vec![heartbeat]);
@@ -329,7 +342,7 @@ fn every_config_node_call_round_trips_with_values_intact() {
 #[test]
 fn request_keys_of_create_and_delete_cross_the_wire_intact() {
     let node = start_node(WireLimits::default());
-    let client = config_client(&node, options(SECRET));
+    let client = config_client(&node, admin(SECRET));
     let key = "9f0c2a7e5b1d4c3a8e6f0b2d4a6c8e0f".to_string();
     smol::block_on(async {
         let request = CreateDatabaseRequest {
@@ -417,7 +430,7 @@ fn api_errors_keep_their_kind_across_the_wire() {
 fn wrong_secret_is_refused_and_reaches_no_api() {
     let node = start_node(WireLimits::default());
     let client = data_client(&node, options("guess"));
-    let config = config_client(&node, options(""));
+    let config = config_client(&node, admin(""));
     smol::block_on(async {
         let error = client.heartbeat(Epoch(1)).await.expect_err("refused");
         assert!(
@@ -449,7 +462,7 @@ fn a_node_without_a_config_node_api_refuses_its_calls() {
         )
         .expect("serve");
     let client =
-        CapnpConfigNodeClient::new(&runtime, &server.local_addr().to_string(), options(SECRET))
+        CapnpConfigNodeClient::new(&runtime, &server.local_addr().to_string(), admin(SECRET))
             .expect("client");
     smol::block_on(async {
         assert!(matches!(
