@@ -2,6 +2,11 @@
 //! per thread. Only with the `sim-mutations` feature, which no release build enables; without
 //! it [`active`] is a constant `false` and every mutated branch compiles away.
 
+/// Whether this build of shoal-core carries the mutations (feature `sim-mutations`). The
+/// `shoal` binary refuses to build in release when it does (a workspace build with
+/// `--all-features` would otherwise switch the feature on for it too).
+pub const ENABLED: bool = cfg!(feature = "sim-mutations");
+
 /// A bug that can be re-introduced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mutation {
