@@ -200,6 +200,12 @@ pub fn check_safety(world: &World) {
     observer.with(|seen| {
         let pending = std::mem::take(&mut seen.pending);
         seen.pending.rules_from = seen.ghost_rules.len();
+        if !pending.known_changed
+            && pending.touched.is_empty()
+            && pending.rules_from == seen.ghost_rules.len()
+        {
+            return;
+        }
         // No orphan.
         let pairs: Vec<(DataNodeId, RegionId)> = if pending.known_changed {
             seen.held.iter().copied().collect()

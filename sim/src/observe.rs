@@ -520,19 +520,18 @@ impl Observer {
     }
 
     fn child_spawned(&self, child: &ProcedureRecord) {
-        let (parent_type, published) = {
+        let parent_type = {
             let seen = lock(&self.seen);
-            let parent_type = child
+            child
                 .parent
                 .and_then(|p| seen.state.procedures.get(&p))
-                .map(|p| p.type_code);
-            (parent_type, seen.published.clone())
+                .map(|p| p.type_code)
         };
         if parent_type != Some(CreateRegionGroupsProcedure::TYPE_CODE) {
             return;
         }
         if let Decoded::Remove { region, .. } = decode(child) {
-            if published.contains(&region) {
+            if lock(&self.seen).published.contains(&region) {
                 self.violate(
                     Invariant::NoTeardownOfPublished,
                     format!(
