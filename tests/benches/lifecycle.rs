@@ -37,7 +37,8 @@ async fn scenario(label: &str, groups: u32, bytes: usize, rate: Option<u64>) {
         cluster.load("bench", bytes).await;
     }
 
-    let started = Instant::now();
+    let delete_started = Instant::now();
+    let started = delete_started;
     let id = cluster
         .leader()
         .delete_database(db("bench"), None)
@@ -48,9 +49,13 @@ async fn scenario(label: &str, groups: u32, bytes: usize, rate: Option<u64>) {
     assert_eq!(info.status, ProcedureView::Succeeded, "{info:?}");
     assert_eq!(cluster.region_bytes(), 0);
 
-    // Commits of removal procedures, by region, in log order.
+    // Commits of removal procedures, by region, in log order; every entry of the delete.
     let mut commits: BTreeMap<RegionId, Vec<Instant>> = BTreeMap::new();
+    let mut delete_entries = 0usize;
     for (at, payload) in cluster.log.appends() {
+        if at >= delete_started {
+            delete_entries += 1;
+        }
         if let Ok(ConfigPlan::UpdateProcedure(update)) = ConfigPlan::decode(&payload)
             && update.record.type_code == REMOVE_REGION_GROUP
             && let Ok(data) = decode_data::<RemoveRegionGroupData>(&update.record.data)
@@ -70,6 +75,17 @@ async fn scenario(label: &str, groups: u32, bytes: usize, rate: Option<u64>) {
         }
     }
     delays.sort();
+    // Progress: when each group's removal made its last commit, as a share of the delete.
+    let mut done: Vec<f64> = commits
+        .values()
+        .filter_map(|at| at.last())
+        .map(|last| (*last - delete_started).as_secs_f64() / delete.as_secs_f64())
+        .collect();
+    done.sort_by(f64::total_cmp);
+    let tenth_done = done
+        .get((done.len() / 10).saturating_sub(1))
+        .copied()
+        .unwrap_or(0.0);
     let replicas = groups as usize * 3;
     println!("{label}: {groups} groups x RF 3, 3 in-process DataNodes");
     println!(
@@ -89,6 +105,12 @@ async fn scenario(label: &str, groups: u32, bytes: usize, rate: Option<u64>) {
         percentile(&delays, 0.50),
         percentile(&delays, 0.99),
         delays.last().copied().unwrap_or_default()
+    );
+    println!(
+        "  progress: the first tenth of the groups was removed at {:.0}% of the delete's time; \
+         {:.1} log entries per group",
+        tenth_done * 100.0,
+        delete_entries as f64 / f64::from(groups)
     );
     cluster.shutdown().await;
 }

@@ -239,6 +239,29 @@ impl DataNode {
             terminal: table.terminal_len(),
         }
     }
+
+    /// The replicas this DataNode holds and their bytes, read from its store (metrics).
+    pub async fn region_usage(&self) -> Result<RegionUsage, StorageError> {
+        let configs = self.inner.store.list().await?;
+        let mut usage = RegionUsage::default();
+        for config in configs {
+            // A region deleted between list and size is simply not counted.
+            if let Some(bytes) = self.inner.store.size(config.region).await? {
+                usage.regions += 1;
+                usage.bytes += bytes;
+            }
+        }
+        Ok(usage)
+    }
+}
+
+/// What [`DataNode::region_usage`] counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegionUsage {
+    /// Replicas held.
+    pub regions: u64,
+    /// Their data, in bytes.
+    pub bytes: u64,
 }
 
 impl Inner {

@@ -394,8 +394,9 @@ impl SessionCore {
         self.ready_when(id, Phase::Awaiting(waiting_for), "procedure-await", until);
     }
 
-    /// Puts `id` in `phase` and makes it ready once `wake` resolves, unless the session
-    /// stops first (then nothing happens: the next leader reschedules it).
+    /// Puts `id` in `phase` and makes it ready, ahead of procedures not started, once `wake`
+    /// resolves, unless the session stops first (then nothing happens: the next leader
+    /// reschedules it).
     fn ready_when(
         self: &Arc<Self>,
         id: ProcedureId,
@@ -420,7 +421,9 @@ impl SessionCore {
                 )
                 .await;
                 if woke && !session.is_stopped() {
-                    session.make_ready(id);
+                    // Work in progress (an awaited task, a wait, a backoff) goes ahead of
+                    // procedures that have not started: completions are acted on first.
+                    session.make_ready_first(id);
                 }
             }),
         );

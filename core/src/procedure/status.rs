@@ -29,6 +29,16 @@ coded_enum! {
     }
 }
 
+impl ProcedureView {
+    /// Whether a procedure in this status will never run again.
+    pub const fn is_finished(self) -> bool {
+        matches!(
+            self,
+            ProcedureView::Succeeded | ProcedureView::Failed | ProcedureView::RolledBack
+        )
+    }
+}
+
 /// One procedure as the status API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)] // Plain data: fields are named for what they hold.
