@@ -2,16 +2,25 @@
 //! per thread. Only with the `sim-mutations` feature, which no release build enables; without
 //! it [`active`] is a constant `false` and every mutated branch compiles away.
 
+/// Whether this build of shoal-core carries the mutations (feature `sim-mutations`). The
+/// `shoal` binary refuses to build in release when it does (a workspace build with
+/// `--all-features` would otherwise switch the feature on for it too).
+pub const ENABLED: bool = cfg!(feature = "sim-mutations");
+
 /// A bug that can be re-introduced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mutation {
-    /// DeleteDatabase drops queued creates before its children collect the replicas.
+    /// Removals delete on the published replicas and the queued creates only, ignoring
+    /// replicas only the footprint knows of (a create whose reply was lost) — the hole that
+    /// DeleteDatabase dropping queued creates first used to open.
     Orphan,
-    /// A removal acks a DataNode task before its progress is durable.
+    /// A removal acks a DataNode task before the deletion is durably recorded
+    /// (`ReplicaDeleted`), so a crash in between resubmits an id the DataNode forgot.
     AckEarly,
-    /// A re-run Publish tears down groups it already published.
+    /// A re-run Publish takes a published group that the cleaner has completed since (its
+    /// replicas differ from the ones this creation made) as refused, and tears it down.
     PublishTeardown,
-    /// A DataNode reports a failed task as Success.
+    /// A DataNode reports a deletion whose store operation failed as Success.
     FailAsSuccess,
 }
 

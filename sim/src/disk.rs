@@ -4,6 +4,8 @@
 //! - [`SimLogStore`]: the ConfigNodes' shared consensus log. Appends stay in a volatile tail
 //!   until `sync` covers them; a crash of the appending ConfigNode loses that tail, and a new
 //!   leader's `claim_term` truncates it (as Raft overwrites an uncommitted suffix).
+//! - [`SimConsensus`]: a ConfigNode's [`LocalConsensus`], which hands the log the plan it is
+//!   about to append, so the checker applies durable entries without decoding each one.
 //! - [`SimJournal`]: a DataNode's task journal (appends are durable when they return; a crash
 //!   mid-append writes nothing).
 //! - [`SimRegionStore`]: a DataNode's regions over [`MemRegionStore`] (create and append are
@@ -13,8 +15,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use shoal_core::model::{DataNodeId, RegionId};
+use shoal_core::consensus::{
+    Consensus, ConsensusError, LeadershipWatch, LocalConsensus, StateCell,
+};
+use shoal_core::model::{DataNodeId, Epoch, RegionId};
+use shoal_core::plan::{ConfigPlan, PlanCode};
 use shoal_core::runtime::Clock;
+use shoal_core::state::ApplyResult;
 use shoal_core::storage::{
     CreateOutcome, DeleteOutcome, LogEntry, LogStore, MemRegionStore, MemTaskJournal, RegionConfig,
     RegionStore, StorageError, TaskJournal,
@@ -40,11 +47,24 @@ pub struct DiskFaults {
     pub max_latency_ms: u64,
 }
 
+/// Faults aimed at a point of the log's history rather than drawn per operation.
+#[derive(Debug, Default)]
+struct Armed {
+    /// The next sync that would make an entry of this kind durable fails instead (the
+    /// entry stays appended: a commit of unknown outcome).
+    fail_commit: Option<PlanCode>,
+    /// Once an entry of this kind is durable, its proposer crashes (down for the ms given).
+    crash_after: Option<(PlanCode, u64)>,
+    /// A crash due now: (the term of the ConfigNode to crash, ms it stays down).
+    crash_due: Option<(u64, u64)>,
+}
+
 /// The seeded source of disk faults, shared by every simulated disk of a run.
 #[derive(Clone)]
 pub struct Disks {
     rng: Arc<Mutex<SimRng>>,
     faults: Arc<Mutex<DiskFaults>>,
+    armed: Arc<Mutex<Armed>>,
     clock: SimClock,
     observer: Observer,
 }
@@ -55,9 +75,33 @@ impl Disks {
         Self {
             rng: Arc::new(Mutex::new(rng)),
             faults: Arc::new(Mutex::new(faults)),
+            armed: Arc::default(),
             clock,
             observer,
         }
+    }
+
+    /// Makes the next commit of `kind` fail (its sync errs; the entry stays appended, so
+    /// it may still become durable: its outcome is unknown to the proposer).
+    pub fn fail_next_commit(&self, kind: PlanCode) {
+        lock(&self.armed).fail_commit = Some(kind);
+    }
+
+    /// Crashes the proposer of the next durable entry of `kind`, right after it is durable,
+    /// for `down_ms`.
+    pub fn crash_after_commit(&self, kind: PlanCode, down_ms: u64) {
+        lock(&self.armed).crash_after = Some((kind, down_ms));
+    }
+
+    /// Disarms every targeted fault (the faults stop).
+    pub fn disarm(&self) {
+        *lock(&self.armed) = Armed::default();
+    }
+
+    /// A crash [`Disks::crash_after_commit`] made due: (the term of the ConfigNode to crash,
+    /// ms it stays down).
+    pub fn take_crash_due(&self) -> Option<(u64, u64)> {
+        lock(&self.armed).crash_due.take()
     }
 
     /// Changes the fault rates (e.g. to none once the faults stop).
@@ -95,13 +139,23 @@ impl Disks {
     }
 }
 
+/// An appended entry not yet synced, with the plan its proposer encoded into it (if the
+/// proposer said; see [`SimConsensus`]).
+#[derive(Debug)]
+struct TailEntry {
+    entry: LogEntry,
+    plan: Option<ConfigPlan>,
+}
+
 #[derive(Debug, Default)]
 struct LogInner {
     term: u64,
     first_index: u64,
     durable: Vec<LogEntry>,
     /// Appended, not yet synced: lost on a crash of the appender.
-    tail: Vec<LogEntry>,
+    tail: Vec<TailEntry>,
+    /// The plan the next `append` encodes, handed over by [`SimConsensus::propose`].
+    proposing: Option<(u64, ConfigPlan)>,
 }
 
 impl LogInner {
@@ -133,8 +187,13 @@ impl SimLogStore {
     pub fn crash_appender(&self, term: u64) -> usize {
         let mut inner = lock(&self.inner);
         let before = inner.tail.len();
-        inner.tail.retain(|e| e.term != term);
+        inner.tail.retain(|e| e.entry.term != term);
         before - inner.tail.len()
+    }
+
+    /// The plan the next append at `term` encodes (replacing any left over).
+    fn propose_next(&self, term: u64, plan: Option<ConfigPlan>) {
+        lock(&self.inner).proposing = plan.map(|p| (term, p));
     }
 }
 
@@ -161,6 +220,11 @@ impl LogStore for SimLogStore {
     }
 
     fn append(&self, term: u64, payload: &[u8]) -> Result<u64, StorageError> {
+        // Taken first: whatever happens to this append, the plan belongs to it alone.
+        let plan = lock(&self.inner)
+            .proposing
+            .take()
+            .and_then(|(t, plan)| (t == term).then_some(plan));
         self.disks.fail(|f| f.log, "log append")?;
         let mut inner = lock(&self.inner);
         if term < inner.term {
@@ -170,10 +234,13 @@ impl LogStore for SimLogStore {
             });
         }
         let index = inner.last_index() + 1;
-        inner.tail.push(LogEntry {
-            index,
-            term,
-            payload: payload.to_vec(),
+        inner.tail.push(TailEntry {
+            entry: LogEntry {
+                index,
+                term,
+                payload: payload.to_vec(),
+            },
+            plan,
         });
         Ok(index)
     }
@@ -181,14 +248,37 @@ impl LogStore for SimLogStore {
     async fn sync(&self, index: u64) -> Result<(), StorageError> {
         self.disks.latency().await;
         self.disks.fail(|f| f.log, "log sync")?;
-        let synced: Vec<LogEntry> = {
+        let synced: Vec<TailEntry> = {
             let mut inner = lock(&self.inner);
             let durable_last = inner.first_index + inner.durable.len() as u64 - 1;
             if index <= durable_last {
                 return Ok(());
             }
-            let covered = inner.tail.iter().take_while(|e| e.index <= index).count();
-            let last_covered = inner.tail.get(covered.wrapping_sub(1)).map(|e| e.index);
+            let covered = inner
+                .tail
+                .iter()
+                .take_while(|e| e.entry.index <= index)
+                .count();
+            let aimed = lock(&self.disks.armed).fail_commit;
+            if let Some(kind) = aimed
+                && inner.tail[..covered]
+                    .iter()
+                    .any(|e| plan_code(&e.entry) == Some(kind))
+            {
+                lock(&self.disks.armed).fail_commit = None;
+                drop(inner);
+                self.disks.observer.count_fault("log sync (aimed)");
+                self.disks
+                    .observer
+                    .trace(|| format!("aimed: the sync of a {kind:?} entry fails"));
+                return Err(StorageError::Injected(format!(
+                    "sync of a {kind:?} entry failed (simulated)"
+                )));
+            }
+            let last_covered = inner
+                .tail
+                .get(covered.wrapping_sub(1))
+                .map(|e| e.entry.index);
             if last_covered != Some(index) {
                 // The entry was truncated by a newer leader's term claim.
                 return Err(StorageError::Fenced {
@@ -196,12 +286,24 @@ impl LogStore for SimLogStore {
                     current: inner.term,
                 });
             }
-            let moved: Vec<LogEntry> = inner.tail.drain(..covered).collect();
-            inner.durable.extend(moved.iter().cloned());
+            let moved: Vec<TailEntry> = inner.tail.drain(..covered).collect();
+            inner.durable.extend(moved.iter().map(|e| e.entry.clone()));
             moved
         };
-        for entry in &synced {
-            self.disks.observer.log_entry_durable(entry);
+        for synced in synced {
+            let code = plan_code(&synced.entry);
+            {
+                let mut armed = lock(&self.disks.armed);
+                if let Some((kind, down_ms)) = armed.crash_after
+                    && code == Some(kind)
+                {
+                    armed.crash_after = None;
+                    armed.crash_due = Some((synced.entry.term, down_ms));
+                }
+            }
+            self.disks
+                .observer
+                .log_entry_durable(&synced.entry, synced.plan);
         }
         Ok(())
     }
@@ -232,6 +334,61 @@ impl LogStore for SimLogStore {
         inner.durable.drain(..drop);
         inner.first_index += drop as u64;
         Ok(())
+    }
+}
+
+/// The kind of plan a log entry holds, from its header (no decoding).
+fn plan_code(entry: &LogEntry) -> Option<PlanCode> {
+    let code = entry.payload.get(..2)?;
+    PlanCode::from_u16(u16::from_be_bytes([code[0], code[1]]))
+}
+
+/// A ConfigNode's consensus: [`LocalConsensus`] over the shared [`SimLogStore`], telling the
+/// log which plan each proposal appends. The checker then applies that plan when the entry
+/// becomes durable instead of decoding its bytes (it still decodes one entry of every shape
+/// per run and compares, so the codec stays checked; see [`crate::observe`]).
+pub struct SimConsensus {
+    inner: Arc<LocalConsensus>,
+    log: SimLogStore,
+}
+
+impl SimConsensus {
+    /// `inner`, which appends to `log`.
+    pub fn new(inner: Arc<LocalConsensus>, log: SimLogStore) -> Self {
+        Self { inner, log }
+    }
+}
+
+#[async_trait]
+impl Consensus for SimConsensus {
+    async fn propose(&self, epoch: Epoch, plan: ConfigPlan) -> Result<ApplyResult, ConsensusError> {
+        // `LocalConsensus::propose` appends in its first poll, before it awaits anything, and
+        // one thread runs the world: no other append can come in between.
+        self.log.propose_next(epoch.0, Some(plan.clone()));
+        let result = self.inner.propose(epoch, plan).await;
+        // Nothing left over if the proposal ended before appending.
+        self.log.propose_next(epoch.0, None);
+        // Every commit is a scheduling point, even on an instant disk: other tasks (and a
+        // crash aimed right after this commit) may come before the proposer acts on it, and
+        // a loop of commits can never keep one poll from returning.
+        futures_lite::future::yield_now().await;
+        result
+    }
+
+    fn state(&self) -> Arc<StateCell> {
+        self.inner.state()
+    }
+
+    fn leadership(&self) -> LeadershipWatch {
+        self.inner.leadership()
+    }
+
+    async fn claim_epoch_above(&self, seen: Epoch) -> Result<Epoch, ConsensusError> {
+        self.inner.claim_epoch_above(seen).await
+    }
+
+    async fn failed(&self) -> ConsensusError {
+        self.inner.failed().await
     }
 }
 
@@ -285,14 +442,20 @@ pub struct SimRegionStore {
     disks: Disks,
 }
 
+/// Bytes of the workload per byte the simulated stores hold: a load of `n` bytes writes
+/// `n / BYTE_UNIT` (rounded up), and stores delete at `1 / BYTE_UNIT` of the scenario's rate
+/// in chunks of `1 / BYTE_UNIT` of 16 KiB, so a deletion takes the same virtual time and the
+/// same steps as with every byte while the run copies sixteen times fewer.
+pub const BYTE_UNIT: u64 = 16;
+
 impl SimRegionStore {
-    /// DataNode `node`'s store, deleting `delete_rate` bytes/s (0: instantly).
+    /// DataNode `node`'s store, deleting `delete_rate` workload bytes/s (0: instantly).
     pub fn new(node: DataNodeId, clock: Arc<dyn Clock>, delete_rate: u64, disks: Disks) -> Self {
         Self {
             node,
             mem: MemRegionStore::new(clock)
-                .with_delete_rate(delete_rate)
-                .with_delete_chunk(16 * 1024),
+                .with_delete_rate(delete_rate.div_ceil(BYTE_UNIT))
+                .with_delete_chunk(16 * 1024 / BYTE_UNIT),
             disks,
         }
     }

@@ -272,14 +272,22 @@ impl SimClock {
     pub fn advance_to(&self, to: Millis) {
         let now = self.shared.now.load(Ordering::Relaxed).max(to);
         self.shared.now.store(now, Ordering::Relaxed);
-        let due: Vec<Waker> = {
-            let mut timers = lock(&self.shared.timers);
-            let later = timers.split_off(&(now + 1, 0));
-            let due = std::mem::replace(&mut *timers, later);
-            due.into_values().collect()
-        };
-        for waker in due {
-            waker.wake();
+        // One at a time, in deadline order: waking never touches the timers (a woken task
+        // runs only when the scheduler picks it).
+        loop {
+            let due = {
+                let mut timers = lock(&self.shared.timers);
+                match timers.first_key_value() {
+                    Some(((deadline, _), _)) if *deadline <= now => {
+                        timers.pop_first().map(|(_, waker)| waker)
+                    }
+                    _ => None,
+                }
+            };
+            match due {
+                Some(waker) => waker.wake(),
+                None => break,
+            }
         }
     }
 }

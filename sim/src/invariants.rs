@@ -1,5 +1,20 @@
 //! The invariants of issue 11, checked against the observed world: safety after every change
 //! (a durable log entry, a journal record, a store operation), liveness once quiet.
+//!
+//! Safety is checked at the end of every instant of virtual time in which something changed,
+//! incrementally ([`check_safety`]): a safety invariant that held at the last check can only
+//! break through a change it depends on, so only those are re-checked —
+//! - *no orphan* (a live replica nobody knows of) breaks when a replica is created (that pair
+//!   is checked) or when the known replicas shrink, which only a durable log entry does (then
+//!   every replica that may be live is checked);
+//! - *no ghost* (something left of a deletion reported done) breaks when the report lands (the
+//!   new rule is checked against every DataNode), or when a replica is created or a deletion
+//!   accepted afterwards (the rules naming that region or its database are checked). Bytes in
+//!   trash only come from a live replica, which was caught as live first.
+//!
+//! The other safety invariants are checked where their evidence arrives ([`crate::observe`]).
+//! [`check_safety_fully`] re-checks everything instead; `RunOptions::full_checks` runs it, and
+//! a test compares both on seeds with and without mutations.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -105,8 +120,241 @@ fn holdings(world: &World) -> Vec<Holdings> {
         .collect()
 }
 
-/// Checks the safety invariants if anything changed since the last check.
+/// The DataNodes' stores as they are now, read as a check needs them.
+struct Ground<'w> {
+    world: &'w World,
+    /// Per DataNode, the regions whose bytes are being removed (read once per check).
+    trash: Option<Vec<(DataNodeId, Vec<RegionId>)>>,
+}
+
+impl<'w> Ground<'w> {
+    fn new(world: &'w World) -> Self {
+        Self { world, trash: None }
+    }
+
+    /// Whether `node`'s store holds a live replica of `region`.
+    fn live(&self, node: DataNodeId, region: RegionId) -> bool {
+        self.world
+            .dns
+            .iter()
+            .find(|slot| slot.id == node)
+            .and_then(|slot| ready(slot.store.mem.size(region)))
+            .and_then(Result::ok)
+            .flatten()
+            .is_some()
+    }
+
+    /// Per DataNode, the regions whose bytes it still removes (a running or abandoned
+    /// deletion).
+    fn trash(&mut self) -> &[(DataNodeId, Vec<RegionId>)] {
+        let world = self.world;
+        self.trash.get_or_insert_with(|| {
+            world
+                .dns
+                .iter()
+                .map(|slot| (slot.id, slot.store.mem.regions_being_deleted()))
+                .collect()
+        })
+    }
+
+    /// Whether `node`'s store still removes bytes of `region`.
+    fn in_trash(&mut self, node: DataNodeId, region: RegionId) -> bool {
+        self.trash()
+            .iter()
+            .any(|(n, regions)| *n == node && regions.binary_search(&region).is_ok())
+    }
+}
+
+/// Whether `node` is in `region`'s footprint or a pending legacy deletion of it: what answers
+/// almost every [`knows`] question without decoding any procedure.
+fn in_footprint(seen: &Seen, node: DataNodeId, region: RegionId) -> bool {
+    let state = &seen.state;
+    state
+        .footprints
+        .get(&region)
+        .is_some_and(|f| f.data_nodes.contains_key(&node))
+        || state
+            .legacy_deletions
+            .values()
+            .any(|d| d.target == node && d.group.region == region)
+}
+
+/// Whether the durable state knows that `node` may hold `region` (see [`known_replicas`]).
+fn knows(seen: &mut Seen, node: DataNodeId, region: RegionId) -> bool {
+    if in_footprint(seen, node, region) {
+        return true;
+    }
+    if seen.known_at != Some(seen.entries) {
+        seen.known = known_replicas(seen);
+        seen.known_at = Some(seen.entries);
+    }
+    seen.known.contains(&(node, region))
+}
+
+/// Checks the safety invariants that what changed since the last check could have broken
+/// (see the module docs).
 pub fn check_safety(world: &World) {
+    let observer = &world.observer;
+    let mut ground = Ground::new(world);
+    let mut problems: Vec<(Invariant, String)> = Vec::new();
+    observer.with(|seen| {
+        let pending = std::mem::take(&mut seen.pending);
+        seen.pending.rules_from = seen.ghost_rules.len();
+        if !pending.known_changed
+            && pending.touched.is_empty()
+            && pending.rules_from == seen.ghost_rules.len()
+        {
+            return;
+        }
+        // No orphan.
+        let pairs: Vec<(DataNodeId, RegionId)> = if pending.known_changed {
+            seen.held.iter().copied().collect()
+        } else {
+            pending.touched.iter().copied().collect()
+        };
+        for (node, region) in pairs {
+            if in_footprint(seen, node, region) {
+                continue;
+            }
+            if !ground.live(node, region) {
+                // Gone (region ids are never reused; a new create adds it back).
+                seen.held.remove(&(node, region));
+                continue;
+            }
+            if !knows(seen, node, region) {
+                let database = seen
+                    .region_db
+                    .get(&region)
+                    .map_or_else(|| "?".to_string(), ToString::to_string);
+                problems.push((
+                    Invariant::NoOrphan,
+                    format!(
+                        "DataNode {node} holds {region} of {database}, known to no group, queue or unfinished procedure"
+                    ),
+                ));
+            }
+        }
+        // No ghost: new rules against every DataNode.
+        for index in pending.rules_from..seen.ghost_rules.len() {
+            let pairs: Vec<(DataNodeId, RegionId)> = match &seen.ghost_rules[index] {
+                GhostRule::Region { region, .. } => world
+                    .dns
+                    .iter()
+                    .map(|slot| (slot.id, *region))
+                    .collect(),
+                // Every replica that may be live, and every region in trash.
+                GhostRule::Database { .. } => seen
+                    .held
+                    .iter()
+                    .copied()
+                    .chain(
+                        ground
+                            .trash()
+                            .iter()
+                            .flat_map(|(n, regions)| regions.iter().map(|r| (*n, *r))),
+                    )
+                    .collect(),
+            };
+            for (node, region) in pairs {
+                ghost_region(&mut ground, seen, index, node, region, &mut problems);
+                ghost_database(&mut ground, seen, index, node, region, &mut problems);
+            }
+        }
+        // No ghost: old rules against what changed.
+        for (node, region) in pending.touched {
+            let by_region = seen.rules_by_region.get(&region).cloned().unwrap_or_default();
+            for index in by_region.into_iter().filter(|i| *i < pending.rules_from) {
+                ghost_region(&mut ground, seen, index, node, region, &mut problems);
+            }
+            let by_database = seen
+                .region_db
+                .get(&region)
+                .and_then(|db| seen.rules_by_database.get(db))
+                .cloned()
+                .unwrap_or_default();
+            for index in by_database.into_iter().filter(|i| *i < pending.rules_from) {
+                ghost_database(&mut ground, seen, index, node, region, &mut problems);
+            }
+        }
+    });
+    for (invariant, detail) in problems {
+        observer.violate(invariant, detail);
+    }
+}
+
+/// Region rule `index` on (`node`, `region`): nothing of the replica may remain there.
+fn ghost_region(
+    ground: &mut Ground<'_>,
+    seen: &Seen,
+    index: usize,
+    node: DataNodeId,
+    region: RegionId,
+    problems: &mut Vec<(Invariant, String)>,
+) {
+    let Some(GhostRule::Region {
+        procedure,
+        region: ruled,
+        nodes,
+    }) = seen.ghost_rules.get(index)
+    else {
+        return;
+    };
+    if *ruled != region || nodes.as_ref().is_some_and(|n| !n.contains(&node)) {
+        return;
+    }
+    let running = seen
+        .nodes
+        .get(&node)
+        .is_some_and(|s| s.running().any(|(_, t)| t.region == region));
+    let what = if running {
+        "still runs a deletion of it"
+    } else if ground.live(node, region) {
+        "still holds it"
+    } else if ground.in_trash(node, region) {
+        "still holds bytes of it"
+    } else {
+        return;
+    };
+    problems.push((
+        Invariant::NoGhost,
+        format!("removal {procedure} of {region} reported Succeeded, but DataNode {node} {what}"),
+    ));
+}
+
+/// Database rule `index` on (`node`, `region`): no replica or byte of a region of the
+/// deleted database allocated before the report may remain.
+fn ghost_database(
+    ground: &mut Ground<'_>,
+    seen: &Seen,
+    index: usize,
+    node: DataNodeId,
+    region: RegionId,
+    problems: &mut Vec<(Invariant, String)>,
+) {
+    let Some(GhostRule::Database {
+        procedure,
+        name,
+        bound,
+    }) = seen.ghost_rules.get(index)
+    else {
+        return;
+    };
+    if region.id >= *bound || seen.region_db.get(&region) != Some(name) {
+        return;
+    }
+    if ground.live(node, region) || ground.in_trash(node, region) {
+        problems.push((
+            Invariant::NoGhost,
+            format!(
+                "deletion {procedure} of database {name} reported Succeeded, but DataNode {node} still holds {region}"
+            ),
+        ));
+    }
+}
+
+/// Checks every safety invariant against everything, if anything changed since the last
+/// check: the reference [`check_safety`] is compared with.
+pub fn check_safety_fully(world: &World) {
     let observer = &world.observer;
     let dirty = observer.with(|seen| std::mem::take(&mut seen.dirty));
     if !dirty {

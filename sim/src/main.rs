@@ -52,7 +52,20 @@ struct Args {
     /// Print core's log lines (to stderr) while replaying one seed.
     #[arg(long)]
     logs: bool,
+    /// Print every seed's trace hash (to compare two builds seed by seed).
+    #[arg(long)]
+    hashes: bool,
+    /// Re-check every safety invariant against everything after each change (slow; the
+    /// reference for the incremental checks).
+    #[arg(long)]
+    full_checks: bool,
 }
+
+// The simulator allocates and frees small objects at a high rate (every message, every
+// record, every task); glibc's allocator took a fifth of its instructions. Nothing depends on
+// addresses, so runs stay the same (`--hashes` shows it).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn parse_seeds(spec: &str) -> Result<std::ops::Range<u64>, String> {
     let (a, b) = spec
@@ -99,6 +112,7 @@ fn real_main(args: &Args) -> Result<ExitCode, String> {
     let options = RunOptions {
         trace: args.trace,
         mutation,
+        full_checks: args.full_checks,
     };
     if let Some(seed) = args.seed {
         if args.logs {
@@ -129,7 +143,7 @@ fn real_main(args: &Args) -> Result<ExitCode, String> {
         });
     }
     let seeds = parse_seeds(&args.seeds)?;
-    Ok(run_many(seeds, &config, &options, args.fail_fast))
+    Ok(run_many(seeds, &config, &options, args))
 }
 
 fn print_one(outcome: &Outcome) {
@@ -184,7 +198,7 @@ fn run_many(
     seeds: std::ops::Range<u64>,
     config: &Config,
     options: &RunOptions,
-    fail_fast: bool,
+    args: &Args,
 ) -> ExitCode {
     let total = seeds.end.saturating_sub(seeds.start);
     let bar = ProgressBar::new(total);
@@ -210,6 +224,9 @@ fn run_many(
             converged.1 += one.elapsed().as_secs_f64();
         }
         ran += 1;
+        if args.hashes {
+            bar.suspend(|| println!("{seed} {:016x}", outcome.trace_hash));
+        }
         events += outcome.events as u64;
         for (k, v) in &outcome.faults {
             *faults.entry(k.clone()).or_default() += v;
@@ -232,7 +249,7 @@ fn run_many(
             ));
             failing.push(outcome);
             bar.set_message(format!("{} failing", failing.len()));
-            if fail_fast {
+            if args.fail_fast {
                 break;
             }
         }

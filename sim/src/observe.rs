@@ -133,6 +133,45 @@ impl NodeSeen {
     }
 }
 
+/// What changed since the last incremental safety check: only these can have broken a
+/// safety invariant that held at the last check (see [`crate::invariants::check_safety`]).
+#[derive(Debug, Default)]
+pub struct PendingChecks {
+    /// A durable log entry was applied: the replicas the ConfigNode knows of may have shrunk.
+    pub known_changed: bool,
+    /// A replica was created, or a deletion accepted, on these (DataNode, region) pairs.
+    pub touched: BTreeSet<(DataNodeId, RegionId)>,
+    /// Ghost rules from this index on were added since.
+    pub rules_from: usize,
+}
+
+impl Seen {
+    /// Adds a ghost rule (checked in full at the next check, then on every change it names).
+    pub fn add_ghost_rule(&mut self, rule: GhostRule) {
+        let index = self.ghost_rules.len();
+        match &rule {
+            GhostRule::Region { region, .. } => {
+                self.rules_by_region.entry(*region).or_default().push(index);
+            }
+            GhostRule::Database { name, .. } => {
+                self.rules_by_database
+                    .entry(name.clone())
+                    .or_default()
+                    .push(index);
+            }
+        }
+        self.ghost_rules.push(rule);
+    }
+
+    /// A replica of `region` was created on `node` (or found there at the start).
+    pub fn replica_created(&mut self, node: DataNodeId, region: RegionId, database: DatabaseName) {
+        self.dirty = true;
+        self.region_db.insert(region, database);
+        self.held.insert((node, region));
+        self.pending.touched.insert((node, region));
+    }
+}
+
 /// Decoded persistent data of a procedure record, as the checker needs it.
 #[derive(Debug, Clone)]
 pub enum Decoded {
@@ -218,17 +257,35 @@ pub struct Seen {
     pub known: BTreeSet<(DataNodeId, RegionId)>,
     /// How many durable entries `known` reflects.
     pub known_at: Option<u64>,
-    /// Something changed since the last safety check.
+    /// Something changed since the last safety check (for the full checks).
     pub dirty: bool,
+    /// What changed since the last incremental safety check.
+    pub pending: PendingChecks,
+    /// Every (DataNode, region) that may hold a live replica: each replica ever created,
+    /// until a check finds it gone. The incremental checks look up the stores only here.
+    pub held: BTreeSet<(DataNodeId, RegionId)>,
+    /// Indices into `ghost_rules` by region (region rules) and database (database rules).
+    pub rules_by_region: BTreeMap<RegionId, Vec<usize>>,
+    /// See `rules_by_region`.
+    pub rules_by_database: BTreeMap<DatabaseName, Vec<usize>>,
     /// Durable log entries seen.
     pub entries: u64,
     /// Journal records seen.
     pub journal_records: u64,
+    /// Shapes of log entries decoded and compared with their proposed plan (see
+    /// [`Observer::log_entry_durable`]).
+    codec_checked: BTreeSet<(u16, u32, u32, u8, bool)>,
     trace: Option<Vec<String>>,
     hash: u64,
 }
 
 const FNV_PRIME: u64 = 0x0000_0100_0000_01B3;
+
+/// Folds `value` into hash `h` (one multiply-xorshift round).
+fn mix(h: u64, value: u64) -> u64 {
+    let x = (h ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^ (x >> 29)
+}
 
 /// Shared handle on [`Seen`]; clones share it.
 #[derive(Clone)]
@@ -244,6 +301,10 @@ impl Observer {
             state,
             trace: trace.then(Vec::new),
             hash: 0xCBF2_9CE4_8422_2325,
+            pending: PendingChecks {
+                known_changed: true,
+                ..Default::default()
+            },
             ..Default::default()
         };
         Self {
@@ -275,7 +336,22 @@ impl Observer {
 
     /// Feeds one number into the trace hash.
     pub fn hash_u64(&self, value: u64) {
-        self.hash_bytes(&value.to_le_bytes());
+        let mut seen = lock(&self.seen);
+        seen.hash = mix(seen.hash, value);
+    }
+
+    /// Feeds an encoded log entry or journal record into the trace hash: its length and its
+    /// header, which holds its kind and a checksum of its body (so equal hashes still mean
+    /// equal records, without hashing every byte).
+    fn hash_record(&self, bytes: &[u8]) {
+        let mut header = [0u8; 8];
+        let n = bytes.len().min(6);
+        header[..n].copy_from_slice(&bytes[..n]);
+        let mut seen = lock(&self.seen);
+        seen.hash = mix(
+            mix(seen.hash, bytes.len() as u64),
+            u64::from_le_bytes(header),
+        );
     }
 
     /// The trace hash so far.
@@ -342,23 +418,44 @@ impl Observer {
     }
 
     /// A log entry became durable: apply it to the durable state and check what it reports.
-    pub fn log_entry_durable(&self, entry: &LogEntry) {
-        self.hash_bytes(&entry.index.to_le_bytes());
-        self.hash_bytes(&entry.payload);
-        let plan = match ConfigPlan::decode(&entry.payload) {
-            Ok(plan) => plan,
-            Err(e) => {
-                self.violate(
-                    Invariant::HonestOutcomes,
-                    format!("log entry {} does not decode: {e}", entry.index),
-                );
-                return;
-            }
+    ///
+    /// `proposed` is the plan its proposer encoded into it (see [`crate::disk::SimConsensus`]);
+    /// applying it saves decoding every entry. What a replay yields is what decodes from the
+    /// bytes, so the first entry of every shape (plan code; procedure type, state and status)
+    /// in a run is decoded anyway and must equal the proposed plan.
+    pub fn log_entry_durable(&self, entry: &LogEntry, proposed: Option<ConfigPlan>) {
+        self.hash_u64(entry.index);
+        self.hash_record(&entry.payload);
+        let plan = match proposed {
+            Some(plan) if !self.first_of_its_shape(&plan) => plan,
+            proposed => match ConfigPlan::decode(&entry.payload) {
+                Ok(plan) => {
+                    if proposed.as_ref().is_some_and(|p| *p != plan) {
+                        self.violate(
+                            Invariant::HonestOutcomes,
+                            format!(
+                                "log entry {} decodes to another plan than was proposed: {}",
+                                entry.index,
+                                describe_plan(&plan)
+                            ),
+                        );
+                    }
+                    plan
+                }
+                Err(e) => {
+                    self.violate(
+                        Invariant::HonestOutcomes,
+                        format!("log entry {} does not decode: {e}", entry.index),
+                    );
+                    return;
+                }
+            },
         };
         let (result, finished, spawned) = {
             let mut seen = lock(&self.seen);
             seen.entries += 1;
             seen.dirty = true;
+            seen.pending.known_changed = true;
             let result = seen.state.apply(&plan);
             let mut finished = None;
             let mut spawned = Vec::new();
@@ -409,20 +506,35 @@ impl Observer {
         }
     }
 
+    /// Whether no entry of `plan`'s shape was seen yet in this run (and records it).
+    fn first_of_its_shape(&self, plan: &ConfigPlan) -> bool {
+        let code = plan.code() as u16;
+        let shape = match plan {
+            ConfigPlan::UpdateProcedure(p) => (
+                code,
+                p.record.type_code,
+                p.record.state_code,
+                p.record.status.code(),
+                !p.spawn.is_empty(),
+            ),
+            _ => (code, 0, 0, 0, false),
+        };
+        lock(&self.seen).codec_checked.insert(shape)
+    }
+
     fn child_spawned(&self, child: &ProcedureRecord) {
-        let (parent_type, published) = {
+        let parent_type = {
             let seen = lock(&self.seen);
-            let parent_type = child
+            child
                 .parent
                 .and_then(|p| seen.state.procedures.get(&p))
-                .map(|p| p.type_code);
-            (parent_type, seen.published.clone())
+                .map(|p| p.type_code)
         };
         if parent_type != Some(CreateRegionGroupsProcedure::TYPE_CODE) {
             return;
         }
         if let Decoded::Remove { region, .. } = decode(child) {
-            if published.contains(&region) {
+            if lock(&self.seen).published.contains(&region) {
                 self.violate(
                     Invariant::NoTeardownOfPublished,
                     format!(
@@ -465,7 +577,7 @@ impl Observer {
                         ),
                     );
                 }
-                lock(&self.seen).ghost_rules.push(GhostRule::Region {
+                lock(&self.seen).add_ghost_rule(GhostRule::Region {
                     procedure: record.id,
                     region,
                     nodes,
@@ -474,7 +586,7 @@ impl Observer {
             Decoded::DeleteDatabase(name) => {
                 let mut seen = lock(&self.seen);
                 let bound = seen.state.next_region_id;
-                seen.ghost_rules.push(GhostRule::Database {
+                seen.add_ghost_rule(GhostRule::Database {
                     procedure: record.id,
                     name,
                     bound,
@@ -486,8 +598,8 @@ impl Observer {
 
     /// A DataNode journaled `bytes`.
     pub fn journal_append(&self, node: DataNodeId, bytes: &[u8]) {
-        self.hash_bytes(&node.0.to_le_bytes());
-        self.hash_bytes(bytes);
+        self.hash_u64(u64::from(node.0));
+        self.hash_record(bytes);
         let Ok(record) = JournalRecord::decode(bytes) else {
             self.violate(
                 Invariant::HonestOutcomes,
@@ -497,7 +609,8 @@ impl Observer {
         };
         let mut problems = Vec::new();
         {
-            let mut seen = lock(&self.seen);
+            let mut guard = lock(&self.seen);
+            let seen = &mut *guard;
             seen.dirty = true;
             seen.journal_records += 1;
             let state = seen.nodes.entry(node).or_default();
@@ -519,6 +632,7 @@ impl Observer {
                             outcome: None,
                         },
                     );
+                    seen.pending.touched.insert((node, kind.region()));
                 }
                 JournalRecord::TaskFinished {
                     task_id, outcome, ..
@@ -563,12 +677,7 @@ impl Observer {
 
     /// DataNode `node` created (or found) a replica.
     pub fn region_created(&self, node: DataNodeId, config: &RegionConfig, outcome: CreateOutcome) {
-        {
-            let mut seen = lock(&self.seen);
-            seen.dirty = true;
-            seen.region_db
-                .insert(config.region, config.database.clone());
-        }
+        lock(&self.seen).replica_created(node, config.region, config.database.clone());
         self.trace(|| format!("store {node}: create {} -> {outcome:?}", config.region));
     }
 

@@ -20,9 +20,9 @@ use shoal_core::snapshot::{self, ClusterStateV1, RegionMaintainTaskV2, SnapshotV
 use shoal_core::state::{ClusterState, RegionMaintainKind};
 use shoal_core::storage::{RegionConfig, RegionStore};
 
-use crate::disk::{DiskFaults, Disks};
+use crate::disk::{BYTE_UNIT, DiskFaults, Disks};
 use crate::executor::{SimClock, SimRng};
-use crate::invariants::{check_safety, quiet_problems};
+use crate::invariants::{check_safety, check_safety_fully, quiet_problems};
 use crate::net::{NetFaults, NetPolicy};
 use crate::observe::{Invariant, Observer, Violation};
 use crate::scenario::{Op, Scenario};
@@ -35,6 +35,10 @@ pub struct RunOptions {
     pub trace: bool,
     /// A re-introduced bug (feature `sim-mutations`).
     pub mutation: Option<Mutation>,
+    /// Re-check every safety invariant against everything after each change, instead of
+    /// only what the change could break (slow; the reference the incremental checks are
+    /// tested against).
+    pub full_checks: bool,
 }
 
 /// What a run found.
@@ -89,7 +93,7 @@ enum Action {
 
 /// The leader snapshots once this many entries were applied since its last snapshot (the
 /// `shoal confignode` process does the same every 10,000; fewer here keep replays short).
-const SNAPSHOT_EVERY: u64 = 200;
+const SNAPSHOT_EVERY: u64 = 50;
 
 /// Name of database `db` of the pool.
 fn db_name(db: u8) -> DatabaseName {
@@ -137,14 +141,29 @@ struct Runner<'a> {
     last_progress: (u64, u64),
     /// Applied index of the last automatic snapshot.
     snapshotted: u64,
+    /// See [`RunOptions::full_checks`].
+    full_checks: bool,
+    /// Start (ms) of the current [`COMMIT_WINDOW_MS`] and the durable entries before it.
+    commit_window: (u64, u64),
 }
 
 /// A settle phase without any durable change for this long is stuck (ms). Longer than every
 /// backoff and poll interval of the configuration.
 const STALL_MS: u64 = 30_000;
 
-/// Polls within one instant of virtual time beyond which the cluster is spinning.
-const RUNAWAY_POLLS: u64 = 200_000;
+/// Polls within one instant of virtual time beyond which the cluster is spinning (a run of
+/// the default scenario peaks at about 450). Every commit ends a poll (see
+/// [`crate::disk::SimConsensus`]), so a loop of commits cannot hide inside one poll.
+const RUNAWAY_POLLS: u64 = 20_000;
+
+/// Durable log entries within [`COMMIT_WINDOW_MS`] of virtual time beyond which the cluster
+/// is spinning through time (commits that make no progress, e.g. a step refused forever
+/// and retried without backoff). A run of the default scenario peaks at about 220 in one
+/// second.
+const RUNAWAY_COMMITS: u64 = 5_000;
+
+/// See [`RUNAWAY_COMMITS`].
+const COMMIT_WINDOW_MS: u64 = 10_000;
 
 impl<'a> Runner<'a> {
     fn new(scenario: &'a Scenario, options: &RunOptions) -> Self {
@@ -186,6 +205,8 @@ impl<'a> Runner<'a> {
             done: false,
             last_progress: (0, 0),
             snapshotted: 0,
+            full_checks: options.full_checks,
+            commit_window: (0, 0),
         };
         if let Some(v1) = v1 {
             runner.seed_legacy(&v1);
@@ -207,6 +228,8 @@ impl<'a> Runner<'a> {
             self.polls += 1;
             polls += 1;
             self.world.observer.hash_u64(key);
+            // Right after the poll that made the aimed entry durable.
+            self.crash_aimed();
             if polls > RUNAWAY_POLLS {
                 self.world.observer.violate(
                     Invariant::Liveness,
@@ -217,7 +240,33 @@ impl<'a> Runner<'a> {
                 break;
             }
         }
-        check_safety(&self.world);
+        if self.full_checks {
+            check_safety_fully(&self.world);
+        } else {
+            check_safety(&self.world);
+        }
+        self.check_commit_rate();
+    }
+
+    /// Reports a livelock if the cluster commits far more than any workload needs.
+    fn check_commit_rate(&mut self) {
+        let now = self.world.clock.now_ms();
+        let entries = self.world.observer.with(|seen| seen.entries);
+        if now >= self.commit_window.0 + COMMIT_WINDOW_MS {
+            self.commit_window = (now, entries);
+        }
+        let commits = entries - self.commit_window.1;
+        if commits > RUNAWAY_COMMITS && !self.done {
+            self.world.observer.violate(
+                Invariant::Liveness,
+                format!(
+                    "livelock: {commits} commits within {} s of virtual time",
+                    COMMIT_WINDOW_MS / 1_000
+                ),
+            );
+            self.done = true;
+            self.deadline = 0;
+        }
     }
 
     /// Runs until `until` holds or virtual time passes `limit_ms`.
@@ -287,7 +336,11 @@ impl<'a> Runner<'a> {
             if Scenario::is_fault(&event.op) {
                 let name = match event.op {
                     Op::CrashDataNode { .. } => "crash DataNode",
-                    Op::CrashConfigNode { .. } => "crash ConfigNode",
+                    Op::CrashConfigNode { after: None, .. } => "crash ConfigNode",
+                    Op::CrashConfigNode { after: Some(_), .. } => {
+                        "crash ConfigNode after a commit (armed)"
+                    }
+                    Op::FailCommit { .. } => "failed commit (armed)",
                     Op::Campaign { .. } => "leader change",
                     _ => "partition",
                 };
@@ -386,10 +439,11 @@ impl<'a> Runner<'a> {
             if let Some(slot) = world.dns.get(node.0 as usize) {
                 let mem = &slot.store.mem;
                 let _ = futures_lite::future::block_on(mem.create(&config));
-                let _ = futures_lite::future::block_on(mem.append(config.region, &[7; 4096]));
+                let _ = futures_lite::future::block_on(
+                    mem.append(config.region, &[7; 4096 / BYTE_UNIT as usize]),
+                );
                 world.observer.with(|seen| {
-                    seen.region_db
-                        .insert(config.region, config.database.clone());
+                    seen.replica_created(node, config.region, config.database.clone());
                 });
             }
         }
@@ -439,6 +493,7 @@ impl<'a> Runner<'a> {
             Action::StopFaults => {
                 self.world.observer.trace(|| "faults stop".into());
                 self.world.disks.set_faults(DiskFaults::default());
+                self.world.disks.disarm();
                 self.world.policy.set_faults(NetFaults::default());
                 for (cn, dn) in std::mem::take(&mut self.partitions) {
                     self.heal(cn, dn);
@@ -592,13 +647,17 @@ impl<'a> Runner<'a> {
                     self.schedule(now + down_ms, Action::RestartDn(dn));
                 }
             }
-            Op::CrashConfigNode { cn, down_ms } => {
-                if self.world.cn_up(cn) {
-                    self.world.crash_cn(cn);
-                    self.down_cns.insert(cn);
-                    self.schedule(now + down_ms, Action::RestartCn(cn));
-                }
-            }
+            Op::CrashConfigNode {
+                cn,
+                down_ms,
+                after: None,
+            } => self.crash_cn(cn, down_ms),
+            Op::CrashConfigNode {
+                down_ms,
+                after: Some(kind),
+                ..
+            } => self.world.disks.crash_after_commit(kind, down_ms),
+            Op::FailCommit { kind } => self.world.disks.fail_next_commit(kind),
             Op::Campaign { cn } => {
                 self.down_cns.remove(&cn);
                 self.world.start_cn(cn, true);
@@ -619,6 +678,32 @@ impl<'a> Runner<'a> {
                     self.snapshot_on(slot, live);
                 }
             }
+        }
+    }
+
+    /// Crashes ConfigNode slot `cn` (if up); it restarts after `down_ms`.
+    fn crash_cn(&mut self, cn: usize, down_ms: u64) {
+        if self.world.cn_up(cn) {
+            self.world.crash_cn(cn);
+            self.down_cns.insert(cn);
+            let now = self.world.clock.now_ms();
+            self.schedule(now + down_ms, Action::RestartCn(cn));
+        }
+    }
+
+    /// Crashes the ConfigNode an aimed crash hit (the one leading at `term`), if any.
+    fn crash_aimed(&mut self) {
+        let Some((term, down_ms)) = self.world.disks.take_crash_due() else {
+            return;
+        };
+        if let Some(cn) = self.world.leader_at(term) {
+            self.world
+                .observer
+                .trace(|| format!("aimed crash of ConfigNode {cn} (term {term})"));
+            self.world
+                .observer
+                .count_fault("crash ConfigNode after a commit");
+            self.crash_cn(cn, down_ms);
         }
     }
 
@@ -707,7 +792,10 @@ impl<'a> Runner<'a> {
                 for (region, address) in targets {
                     let client = network.client("client", &address);
                     let result = client
-                        .write_region(region, vec![0xAB; bytes as usize])
+                        .write_region(
+                            region,
+                            vec![0xAB; u64::from(bytes).div_ceil(BYTE_UNIT) as usize],
+                        )
                         .await;
                     observer.trace(|| {
                         format!("client: load {bytes} B into {region} at {address}: {result:?}")

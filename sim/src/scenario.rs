@@ -2,6 +2,8 @@
 //! events, all drawn from the seed. A scenario can be cut down (shrinking) and replayed: the
 //! run's other random choices (scheduling, messages, disks) still come from the same seed.
 
+use shoal_core::plan::PlanCode;
+
 use crate::disk::DiskFaults;
 use crate::executor::SimRng;
 use crate::net::NetFaults;
@@ -83,12 +85,21 @@ pub enum Op {
         down_ms: u64,
     },
     /// Crash ConfigNode `cn` (its unsynced log tail is lost); it restarts and campaigns
-    /// after `down_ms`.
+    /// after `down_ms`. With `after`, the crash waits for the next durable entry of that
+    /// kind and hits its proposer (the leader) right after it, before it acts on it.
     CrashConfigNode {
-        /// Which slot (0 or 1).
+        /// Which slot (0 or 1); ignored with `after`.
         cn: usize,
         /// How long it stays down.
         down_ms: u64,
+        /// Crash right after the next commit of this kind instead of now.
+        after: Option<PlanCode>,
+    },
+    /// The next commit of `kind` fails for its proposer (the log's sync errs); the entry
+    /// stays appended, so it may still land: a commit of unknown outcome at a chosen point.
+    FailCommit {
+        /// The kind of entry whose commit fails.
+        kind: PlanCode,
     },
     /// ConfigNode `cn` campaigns over the shared log (started first if down); whoever led
     /// is deposed and learns it on its next append.
@@ -121,6 +132,57 @@ pub struct Event {
 /// Names of the database pool.
 pub const DATABASES: u8 = 4;
 
+/// The kinds of commit an aimed ConfigNode fault ([`Op::CrashConfigNode`] with `after`,
+/// [`Op::FailCommit`]) waits for: every step of the region lifecycle that commits.
+pub const AIMED: &[PlanCode] = &[
+    PlanCode::CreateDatabase,
+    PlanCode::SetDatabaseDeleting,
+    PlanCode::DeleteDatabase,
+    PlanCode::CreateRegionGroups,
+    PlanCode::AddRegionLocation,
+    PlanCode::ReserveRegionIds,
+    PlanCode::RecordReplicaFootprints,
+    PlanCode::ReplicaDeleted,
+    PlanCode::DropRegionGroup,
+    PlanCode::OfferRegionMaintainTasks,
+    PlanCode::DropQueuedCreates,
+    PlanCode::SubmitProcedure,
+    PlanCode::UpdateProcedure,
+];
+
+/// The ConfigNode's timings in one run, drawn per seed so that timing regimes vary too
+/// (e.g. a step's retry that waits longer than a cleaner pass).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    /// First retry delay of a failed procedure step (ms).
+    pub step_backoff_ms: u64,
+    /// Time between two passes of the region cleaner (ms).
+    pub cleaner_interval_ms: u64,
+    /// How long a creation retries a replica create that finds its DataNode unreachable
+    /// (ms).
+    pub create_retry_window_ms: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            step_backoff_ms: 50,
+            cleaner_interval_ms: 500,
+            create_retry_window_ms: 5_000,
+        }
+    }
+}
+
+impl Tuning {
+    fn draw(rng: &mut SimRng) -> Self {
+        Self {
+            step_backoff_ms: *rng.pick(&[20, 50, 200, 1_000]).unwrap_or(&50),
+            cleaner_interval_ms: *rng.pick(&[100, 500, 2_000]).unwrap_or(&500),
+            create_retry_window_ms: *rng.pick(&[1_000, 5_000]).unwrap_or(&5_000),
+        }
+    }
+}
+
 /// One run's script.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scenario {
@@ -142,12 +204,17 @@ pub struct Scenario {
     pub faults_end_ms: u64,
     /// The liveness bound after that (ms).
     pub settle_ms: u64,
+    /// The ConfigNodes' timings.
+    pub tuning: Tuning,
 }
 
 impl Scenario {
     /// The scenario of `seed` under `config`.
     pub fn generate(seed: u64, config: &Config) -> Scenario {
         let mut rng = SimRng::new(seed, 1);
+        // Where a ConfigNode fault is aimed; its own stream, so the rest of the script is
+        // drawn as before.
+        let mut aim = SimRng::new(seed, 6);
         let data_nodes = rng.range(3, 5) as usize;
         let delete_rates = (0..data_nodes)
             .map(|_| match rng.below(3) {
@@ -228,10 +295,24 @@ impl Scenario {
                         rng.range(10, 3_000)
                     },
                 },
-                76..=80 if process => Op::CrashConfigNode {
-                    cn: rng.below(2) as usize,
-                    down_ms: rng.range(10, 5_000),
-                },
+                76..=80 if process => {
+                    let cn = rng.below(2) as usize;
+                    let down_ms = rng.range(10, 5_000);
+                    let kind = *aim.pick(AIMED).unwrap_or(&PlanCode::UpdateProcedure);
+                    match aim.below(3) {
+                        0 => Op::CrashConfigNode {
+                            cn,
+                            down_ms,
+                            after: None,
+                        },
+                        1 => Op::CrashConfigNode {
+                            cn,
+                            down_ms,
+                            after: Some(kind),
+                        },
+                        _ => Op::FailCommit { kind },
+                    }
+                }
                 81..=85 if process => Op::Campaign {
                     cn: rng.below(2) as usize,
                 },
@@ -260,6 +341,7 @@ impl Scenario {
             events,
             faults_end_ms: config.window_ms + 1_000,
             settle_ms: config.settle_ms,
+            tuning: Tuning::draw(&mut SimRng::new(seed, 7)),
         }
     }
 
@@ -269,6 +351,7 @@ impl Scenario {
             op,
             Op::CrashDataNode { .. }
                 | Op::CrashConfigNode { .. }
+                | Op::FailCommit { .. }
                 | Op::Campaign { .. }
                 | Op::Partition { .. }
         )

@@ -23,11 +23,11 @@ use shoal_core::storage::mem::MemSnapshotStore;
 use shoal_core::storage::{LogStore, SnapshotStore, StorageError};
 use shoal_transport_inproc::InprocNetwork;
 
-use crate::disk::{Disks, SimJournal, SimLogStore, SimRegionStore};
+use crate::disk::{Disks, SimConsensus, SimJournal, SimLogStore, SimRegionStore};
 use crate::executor::{Executor, SharedRng, SimClock, SimRng, Tag};
 use crate::net::NetPolicy;
 use crate::observe::Observer;
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, Tuning};
 
 /// Tag of messages in flight and other network tasks.
 pub const WORLD: Tag = 0;
@@ -53,10 +53,11 @@ pub const RPC_TIMEOUT: Duration = Duration::from_millis(2_000);
 /// How long the admin client waits for a ConfigNode's answer.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_millis(5_000);
 
-/// The ConfigNode tuning the simulator runs with (short intervals; time is virtual).
-pub fn confignode_config() -> ConfigNodeConfig {
+/// The ConfigNode configuration the simulator runs with (short intervals; time is
+/// virtual), with the run's `tuning`.
+pub fn confignode_config(tuning: &Tuning) -> ConfigNodeConfig {
     let backoff = BackoffPolicy {
-        initial: Duration::from_millis(50),
+        initial: Duration::from_millis(tuning.step_backoff_ms),
         max: Duration::from_millis(2_000),
         max_attempts: None,
     };
@@ -73,11 +74,14 @@ pub fn confignode_config() -> ConfigNodeConfig {
                 max: Duration::from_millis(2_000),
                 max_attempts: None,
             },
-            create_retry_window: Duration::from_millis(5_000),
+            create_retry_window: Duration::from_millis(tuning.create_retry_window_ms),
             data_quorum_at_least_one: false,
         },
-        cleaner_interval: Duration::from_millis(500),
-        cleaner_backoff: backoff,
+        cleaner_interval: Duration::from_millis(tuning.cleaner_interval_ms),
+        cleaner_backoff: BackoffPolicy {
+            initial: Duration::from_millis(50),
+            ..backoff
+        },
         heartbeat_interval: Duration::from_millis(1_000),
         misses_before_unknown: 3,
         orphans: shoal_core::confignode::orphans::OrphanPolicy {
@@ -183,6 +187,7 @@ pub struct World {
     failed_tx: async_channel::Sender<NodeFailure>,
     seed: u64,
     world_rng: Arc<SharedRng>,
+    tuning: Tuning,
 }
 
 impl World {
@@ -245,6 +250,7 @@ impl World {
             cns: Arc::new(Mutex::new(vec![None, None])),
             seed,
             world_rng,
+            tuning: scenario.tuning.clone(),
         }
     }
 
@@ -351,6 +357,14 @@ impl World {
         })
     }
 
+    /// The slot whose consensus leads (or last led) at `term`, if it is up.
+    pub fn leader_at(&self, term: u64) -> Option<usize> {
+        lock(&self.cns).iter().position(|cn| {
+            cn.as_ref()
+                .is_some_and(|cn| cn.consensus.leadership().get().epoch == Epoch(term))
+        })
+    }
+
     /// Starts ConfigNode slot `i` over the shared log (a follower until it campaigns).
     pub fn start_cn(&mut self, i: usize, campaign: bool) {
         if self.cn_up(i) {
@@ -373,10 +387,10 @@ impl World {
             from: format!("cn{i}"),
         });
         let node = match ConfigNode::new(
-            consensus.clone() as Arc<dyn Consensus>,
+            Arc::new(SimConsensus::new(consensus.clone(), self.log.clone())) as Arc<dyn Consensus>,
             clients,
             self.runtime(tag, rng),
-            confignode_config(),
+            confignode_config(&self.tuning),
         ) {
             Ok(node) => node,
             Err(e) => {

@@ -1,32 +1,102 @@
-//! The simulator's own tests: determinism, the regression seeds, a budget of seeds, and the
-//! proof that it finds what it must. The whole file must stay well under 3 minutes in debug
-//! on 2 cores (CI); the budget is sized for that.
+//! The simulator's own tests: determinism, the regression seeds, a budget of new seeds, the
+//! incremental checks against the exhaustive ones, and the proof that it finds what it must.
+//!
+//! CI runs this file twice: `cargo test --workspace` (with `SHOAL_SIM_SEED_BASE` taken from
+//! the commit, so every commit explores new seeds), and the `mutation` tests again with
+//! `--features sim-mutations`. Both stay well under 3 minutes in debug on 2 cores.
 
-use shoal_sim::run::{RunOptions, run};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use shoal_sim::observe::Invariant;
+use shoal_sim::run::{Outcome, RunOptions, run};
 use shoal_sim::scenario::{Config, Scenario};
 
-fn outcome(seed: u64, trace: bool) -> shoal_sim::run::Outcome {
-    run(
-        &Scenario::generate(seed, &Config::default()),
-        &RunOptions {
-            trace,
-            ..Default::default()
-        },
-    )
+fn outcome(seed: u64, options: &RunOptions) -> Outcome {
+    run(&Scenario::generate(seed, &Config::default()), options)
+}
+
+fn plain(seed: u64) -> Outcome {
+    outcome(seed, &RunOptions::default())
+}
+
+/// How to replay a failing seed (with the mutation it ran under, if any).
+fn replay(seed: u64, mutation: Option<&str>) -> String {
+    match mutation {
+        None => format!("cargo run --release -p shoal-sim -- --seed {seed} --trace (or --shrink)"),
+        Some(name) => format!(
+            "cargo run --release -p shoal-sim --features sim-mutations -- --seed {seed} --mutate {name} --trace"
+        ),
+    }
+}
+
+/// One line per violation of a failing run, and how to replay it.
+fn report(outcome: &Outcome, mutation: Option<&str>) -> String {
+    let mut lines: Vec<String> = outcome
+        .violations
+        .iter()
+        .map(|v| format!("seed {}: {v}", outcome.seed))
+        .collect();
+    lines.push(format!("replay: {}", replay(outcome.seed, mutation)));
+    lines.join("\n")
+}
+
+/// Runs `seeds` on every core (each run is a pure function of its seed, whatever thread runs
+/// it) and returns the failing outcomes, by seed.
+fn run_parallel(
+    seeds: std::ops::Range<u64>,
+    options: &RunOptions,
+    stop_at_first: bool,
+) -> Vec<Outcome> {
+    let next = AtomicU64::new(seeds.start);
+    let failing = Mutex::new(BTreeMap::new());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= seeds.end {
+                        return;
+                    }
+                    let outcome = outcome(seed, options);
+                    if outcome.failed() {
+                        failing
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(seed, outcome);
+                        if stop_at_first {
+                            next.store(seeds.end, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    failing
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_values()
+        .collect()
 }
 
 #[test]
 fn a_seed_replays_to_the_same_trace_hash() {
-    let first = outcome(3, false);
-    let again = outcome(3, false);
-    let traced = outcome(3, true);
+    let traced = RunOptions {
+        trace: true,
+        ..Default::default()
+    };
+    let first = plain(3);
+    let again = plain(3);
+    let with_trace = outcome(3, &traced);
     assert_eq!(first.trace_hash, again.trace_hash);
     assert_eq!(
-        first.trace_hash, traced.trace_hash,
+        first.trace_hash, with_trace.trace_hash,
         "keeping a readable trace changes nothing"
     );
-    assert!(!traced.trace.is_empty());
-    assert_ne!(first.trace_hash, outcome(4, false).trace_hash);
+    assert!(!with_trace.trace.is_empty());
+    assert_ne!(first.trace_hash, plain(4).trace_hash);
 }
 
 fn regression_seeds() -> Vec<u64> {
@@ -43,55 +113,160 @@ fn regression_seeds_stay_fixed() {
     let seeds = regression_seeds();
     assert!(!seeds.is_empty());
     for seed in seeds {
-        let outcome = outcome(seed, false);
+        let outcome = plain(seed);
         assert!(
             !outcome.failed(),
-            "regression seed {seed}: {:?}",
-            outcome.violations
+            "regression seed\n{}",
+            report(&outcome, None)
         );
-        assert!(outcome.converged_ms.is_some(), "seed {seed} converges");
+        assert!(
+            outcome.converged_ms.is_some(),
+            "regression seed {seed} converges; replay: {}",
+            replay(seed, None)
+        );
     }
 }
 
-/// Seeds per CI run beyond the regressions; `SHOAL_SIM_SEED_BASE` moves the window.
-const BUDGET: u64 = 40;
+/// New seeds per run beyond the regressions (`SHOAL_SIM_SEEDS` overrides it): about 48 s of
+/// CPU in debug, so about 25 s on 2 idle cores.
+const BUDGET: u64 = 400;
 
+/// Runs `BUDGET` seeds from `SHOAL_SIM_SEED_BASE` (default 1,000; CI derives it from the
+/// commit, so each commit explores seeds no earlier one ran).
 #[test]
 fn a_budget_of_new_seeds_runs_clean() {
-    let base: u64 = std::env::var("SHOAL_SIM_SEED_BASE")
-        .ok()
-        .and_then(|b| b.parse().ok())
-        .unwrap_or(1_000);
-    for seed in base..base + BUDGET {
-        let outcome = outcome(seed, false);
-        assert!(!outcome.failed(), "seed {seed}: {:?}", outcome.violations);
+    let number = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse().ok());
+    let base: u64 = number("SHOAL_SIM_SEED_BASE").unwrap_or(1_000);
+    let budget: u64 = number("SHOAL_SIM_SEEDS").unwrap_or(BUDGET);
+    eprintln!("simulating seeds {base}..{}", base + budget);
+    let failing = run_parallel(base..base + budget, &RunOptions::default(), false);
+    let reports: Vec<String> = failing.iter().map(|o| report(o, None)).collect();
+    assert!(
+        failing.is_empty(),
+        "{} of seeds {base}..{} broke an invariant:\n{}",
+        failing.len(),
+        base + budget,
+        reports.join("\n")
+    );
+}
+
+/// Per invariant, when it first broke.
+fn first_breaks(outcome: &Outcome) -> BTreeMap<Invariant, u64> {
+    let mut first = BTreeMap::new();
+    for v in &outcome.violations {
+        first.entry(v.invariant).or_insert(v.at_ms);
     }
+    first
+}
+
+/// The incremental safety checks find every invariant the exhaustive ones find, at the same
+/// instant, and nothing else; the run itself is the same (the checks only read).
+fn checks_agree(seed: u64, mutation: Option<shoal_core::mutations::Mutation>) {
+    let incremental = outcome(
+        seed,
+        &RunOptions {
+            mutation,
+            ..Default::default()
+        },
+    );
+    let full = outcome(
+        seed,
+        &RunOptions {
+            mutation,
+            full_checks: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(incremental.trace_hash, full.trace_hash, "seed {seed}");
+    assert_eq!(
+        first_breaks(&incremental),
+        first_breaks(&full),
+        "seed {seed} under {mutation:?}: incremental {:?}, full {:?}",
+        incremental.violations,
+        full.violations
+    );
+}
+
+#[test]
+fn incremental_checks_agree_with_full_checks() {
+    for seed in 0..4 {
+        checks_agree(seed, None);
+    }
+}
+
+/// Each mutation, the seeds it searches at most, and the invariants it must break.
+#[cfg(feature = "sim-mutations")]
+fn mutations() -> Vec<(
+    &'static str,
+    shoal_core::mutations::Mutation,
+    u64,
+    Vec<Invariant>,
+)> {
+    use shoal_core::mutations::Mutation;
+    vec![
+        // The removal ignores the footprint; the state machine refuses to drop a group
+        // whose footprint remains, so the removal never ends (a livelock).
+        ("orphan", Mutation::Orphan, 50, vec![Invariant::Liveness]),
+        // The DataNode forgets the acked result; the resubmitted id is refused (acked ids
+        // are remembered), so the removal fails and the database stays.
+        (
+            "ack-early",
+            Mutation::AckEarly,
+            300,
+            vec![Invariant::Once, Invariant::Liveness],
+        ),
+        (
+            "publish-teardown",
+            Mutation::PublishTeardown,
+            2_000,
+            vec![Invariant::NoTeardownOfPublished],
+        ),
+        (
+            "fail-as-success",
+            Mutation::FailAsSuccess,
+            50,
+            vec![Invariant::HonestOutcomes],
+        ),
+    ]
 }
 
 #[cfg(feature = "sim-mutations")]
 #[test]
 fn every_mutation_is_found() {
-    use shoal_core::mutations::Mutation;
-    // publish-teardown needs a ConfigNode lost right after Publish while the cleaner
-    // completes the group: not found within 300 seeds yet. orphan makes a removal spin
-    // without yielding (zero-latency commits inside one poll), which the runner cannot stop.
-    for (name, mutation) in Mutation::ALL
-        .into_iter()
-        .filter(|(_, m)| matches!(m, Mutation::AckEarly | Mutation::FailAsSuccess))
-    {
-        let found = (0..200u64).find(|seed| {
-            run(
-                &Scenario::generate(*seed, &Config::default()),
-                &RunOptions {
-                    mutation: Some(mutation),
-                    ..Default::default()
-                },
-            )
-            .failed()
+    for (name, mutation, budget, expected) in mutations() {
+        let options = RunOptions {
+            mutation: Some(mutation),
+            ..Default::default()
+        };
+        // Seeds in order, so the first one found is the same however many cores run.
+        let found = (0..budget).find_map(|seed| {
+            let outcome = outcome(seed, &options);
+            outcome.failed().then_some(outcome)
         });
-        assert!(
-            found.is_some(),
-            "mutation {name} was not found in 200 seeds"
+        let Some(found) = found else {
+            panic!("mutation {name} was not found in {budget} seeds");
+        };
+        eprintln!(
+            "mutation {name}: found at seed {} ({} seeds run): {:?}",
+            found.seed,
+            found.seed + 1,
+            found.broken()
         );
+        assert!(
+            found.broken().iter().any(|i| expected.contains(i)),
+            "mutation {name} broke {:?}, expected one of {expected:?}\n{}",
+            found.broken(),
+            report(&found, Some(name))
+        );
+    }
+}
+
+#[cfg(feature = "sim-mutations")]
+#[test]
+fn incremental_checks_agree_with_full_checks_under_mutations() {
+    for (_, mutation, _, _) in mutations() {
+        for seed in 0..3 {
+            checks_agree(seed, Some(mutation));
+        }
     }
 }
