@@ -490,3 +490,73 @@ fn compaction_past_the_end_restarts_the_log_after_it() {
         b"after".to_vec()
     );
 }
+
+#[test]
+fn a_lingering_flush_leader_blocks_and_is_woken_by_the_next_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = LogOptions {
+        flush_linger: std::time::Duration::from_secs(10),
+        ..LogOptions::default()
+    };
+    let log = FsLogStore::open(dir.path(), options).expect("open");
+    append_synced(&log, 1, 1);
+    wait_until("the leader blocks, waiting for the next sync", || {
+        log.shared.lock().leader_waits_for.is_some()
+    });
+    assert!(
+        flush_in_progress(&log),
+        "a lingering leader keeps the segment"
+    );
+    let started = std::time::Instant::now();
+    append_synced(&log, 1, 1);
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "the sync must wake the leader, not wait out its 10 s window: {took:?}"
+    );
+    assert_eq!(log.flush_count(), 2);
+    drop(log);
+    let log = FsLogStore::open(dir.path(), small()).expect("reopen");
+    assert_entries(&log, 1, 2);
+}
+
+#[test]
+fn proposers_woken_by_one_flush_share_the_next_without_waiting_out_the_commit_delay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = LogOptions {
+        flush_linger: std::time::Duration::from_secs(10),
+        commit_delay: std::time::Duration::from_secs(10),
+        ..LogOptions::default()
+    };
+    let log = Arc::new(FsLogStore::open(dir.path(), options).expect("open"));
+    let gate = log.gate_flushes();
+    let started = std::time::Instant::now();
+    let proposers: Vec<_> = (0..2)
+        .map(|_| {
+            let index = log.append(1, b"first").expect("append");
+            let log = log.clone();
+            smol::spawn(async move {
+                log.sync(index).await?;
+                let next = log.append(1, b"second")?;
+                log.sync(next).await
+            })
+        })
+        .collect();
+    wait_until("both proposers wait for the first flush", || {
+        log.shared.lock().sync_requested == 2
+    });
+    drop(gate);
+    for p in proposers {
+        smol::block_on(p).expect("sync");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "the second proposer's sync must end the commit delay: {took:?}"
+    );
+    assert_eq!(
+        log.flush_count(),
+        2,
+        "both proposers woken by the first flush share the second"
+    );
+}
