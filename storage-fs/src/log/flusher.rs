@@ -11,6 +11,12 @@
 //! the same job flushes everything buffered since (one more fdatasync for all of them), and
 //! only then hands the segment back. So one proposer pays one write + fdatasync per sync, and
 //! N concurrent proposers share about one fdatasync per round.
+//!
+//! Between flushes the leader blocks on `Shared::leader_wake` (a condition variable), never
+//! spins or yields: while lingering for the next sync, and while giving the proposers a flush
+//! just woke a moment to come back (commit delay). It records how many sync requests it waits
+//! for in `LogState::leader_waits_for`; the `sync` call that reaches that count notifies it,
+//! and no other call pays for a wake-up.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -122,34 +128,29 @@ impl FlushJob {
                     return;
                 }
             }
-            // A follower waits for an entry appended during this flush: cover it now, on this
-            // thread, rather than wake it only to hand the same work to another thread.
             let ready = st.ready_waiters();
-            // Several proposers just woken will likely sync again together: worth a commit
-            // delay before the next batch. A lone proposer is never delayed.
-            let crowd = ready.len() > 1;
-            if st.sync_requested <= st.durable || st.pending_bounds.is_empty() {
-                drop(st);
-                wake(&shared, ready);
-                // Nobody waits now; linger briefly for the next sync before giving the log
-                // back (a lone proposer's next sync then costs no thread hand-off).
-                match linger(&shared, pooled, crowd) {
-                    Some(next) => {
-                        batch = next;
-                        continue;
-                    }
-                    None => return hand_back(&shared, segment, pooled),
-                }
-            }
+            // Proposers woken now will likely sync again together: the next batch waits (a
+            // little) for them. A lone proposer is never delayed.
+            let gather = (pooled && ready.len() > 1).then(|| st.requests + ready.len() as u64);
+            let more_needed = st.sync_requested > st.durable && !st.pending_bounds.is_empty();
             drop(st);
             wake(&shared, ready);
-            // Followers wait: give the proposers just woken by this flush a moment to append
-            // again, so the next fdatasync carries them too (a commit delay, as in classic
-            // group commit), then take everything buffered.
-            if pooled && crowd {
-                pause(shared.options.commit_delay);
+            let next = if more_needed {
+                // A follower waits for an entry appended during this flush: cover it now, on
+                // this thread, rather than wake it only to hand the same work to another.
+                if let Some(want) = gather {
+                    wait_for_requests(&shared, want, shared.options.commit_delay);
+                }
+                Some(shared.lock().take_batch())
+            } else {
+                // Nobody waits now: keep the log briefly for the next sync before giving it
+                // back (a lone proposer's next sync then costs no new flush job).
+                linger(&shared, pooled, gather)
+            };
+            match next {
+                Some(next) => batch = next,
+                None => return hand_back(&shared, segment, pooled),
             }
-            batch = shared.lock().take_batch();
         }
     }
 }
@@ -162,49 +163,49 @@ fn wake(shared: &Shared, ready: Vec<std::task::Waker>) {
     shared.synced.notify(usize::MAX);
 }
 
-/// Yields the thread for `window` (a few microseconds; never sleeps through a timer).
-fn pause(window: std::time::Duration) {
-    let started = std::time::Instant::now();
-    while started.elapsed() < window {
-        std::thread::yield_now();
+/// Blocks (never spins) until `requests` reaches `want` or `window` has passed.
+fn wait_for_requests(shared: &Shared, want: u64, window: std::time::Duration) {
+    let deadline = std::time::Instant::now() + window;
+    let mut st = shared.lock();
+    while st.requests < want {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        st.leader_waits_for = Some(want);
+        st = shared.wait_leader_wake(st, left);
     }
+    st.leader_waits_for = None;
 }
 
-/// Waits up to `flush_linger` for a sync request past the durable index; takes its batch
-/// (after a commit delay when the last flush woke several proposers).
-fn linger(shared: &Shared, pooled: bool, crowd: bool) -> Option<Batch> {
-    if !pooled {
+/// Waits up to `flush_linger`, blocked, for a sync request past the durable index and takes
+/// its batch; with `gather` (the last flush woke several proposers), first waits up to
+/// `commit_delay` for that many requests, so they share the batch.
+fn linger(shared: &Shared, pooled: bool, gather: Option<u64>) -> Option<Batch> {
+    let window = shared.options.flush_linger;
+    if !pooled || window.is_zero() {
         return None;
     }
-    let window = shared.options.flush_linger;
-    let started = std::time::Instant::now();
-    let mut seen = u64::MAX;
+    let deadline = std::time::Instant::now() + window;
+    let mut st = shared.lock();
     loop {
-        let requests = shared.requests.load(Ordering::Acquire);
-        if requests == seen {
-            if started.elapsed() >= window {
-                return None;
+        if st.sync_requested > st.durable && !st.pending_bounds.is_empty() {
+            st.leader_waits_for = None;
+            if let Some(want) = gather {
+                // The first of several woken proposers is back: let the others join.
+                drop(st);
+                wait_for_requests(shared, want, shared.options.commit_delay);
+                return Some(shared.lock().take_batch());
             }
-            std::thread::yield_now();
-            continue;
+            return Some(st.take_batch());
         }
-        seen = requests;
-        {
-            let mut st = shared.lock();
-            if st.sync_requested > st.durable && !st.pending_bounds.is_empty() {
-                if crowd {
-                    // The first of several woken proposers is back: let the others join.
-                    drop(st);
-                    pause(shared.options.commit_delay);
-                    return Some(shared.lock().take_batch());
-                }
-                return Some(st.take_batch());
-            }
-            if started.elapsed() >= window {
-                return None;
-            }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            st.leader_waits_for = None;
+            return None;
         }
-        std::thread::yield_now();
+        st.leader_waits_for = Some(st.requests + 1);
+        st = shared.wait_leader_wake(st, left);
     }
 }
 

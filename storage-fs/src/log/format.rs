@@ -10,9 +10,13 @@
 //! Indexes are never 0, so an all-zero record header marks the logical end of a segment
 //! (the rest is preallocated space).
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use shoal_core::storage::{LogEntry, StorageError};
+use shoal_core::storage::StorageError;
+
+use crate::fsutil::io_err;
 
 /// Magic at the start of every segment.
 pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"SHOALLOG";
@@ -80,49 +84,144 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Bytes read from a segment at a time during recovery: the scan holds this much (or one
+/// record, if larger) of a segment in memory, never the whole preallocated file.
+pub(crate) const SCAN_WINDOW: usize = 1 << 20;
+
+/// A forward-moving window over a segment file: recovery reads a segment through it instead
+/// of reading the whole (64 MiB, mostly zero) file at once.
+pub(crate) struct SegmentWindow<'a> {
+    file: &'a File,
+    path: &'a Path,
+    /// The file's length.
+    len: u64,
+    /// Bytes from `start` on.
+    buf: Vec<u8>,
+    start: u64,
+}
+
+impl<'a> SegmentWindow<'a> {
+    /// A window over `file` (at `path`, for errors), `len` bytes long.
+    pub(crate) fn new(file: &'a File, path: &'a Path, len: u64) -> Self {
+        Self {
+            file,
+            path,
+            len,
+            buf: Vec::new(),
+            start: 0,
+        }
+    }
+
+    /// Bytes the window's buffer can hold now (what the scan keeps in memory at most).
+    #[cfg(test)]
+    pub(crate) fn held_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// The file's length.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Bytes `[off, off + n)`, cut short at the end of the file. Reads what is not held
+    /// yet; bytes before `off` are dropped when the window moves on.
+    pub(crate) fn get(&mut self, off: u64, n: usize) -> Result<&[u8], StorageError> {
+        let end = off.saturating_add(n as u64).min(self.len);
+        let off = off.min(end);
+        let held_end = self.start + self.buf.len() as u64;
+        if off < self.start || end > held_end {
+            if off >= self.start && off <= held_end {
+                self.buf.drain(..(off - self.start) as usize);
+            } else {
+                self.buf.clear();
+            }
+            self.start = off;
+            let want = ((end - off) as usize).max(SCAN_WINDOW.min((self.len - off) as usize));
+            let mut filled = self.buf.len();
+            self.buf.resize(want, 0);
+            while filled < want {
+                let read = self
+                    .file
+                    .read_at(&mut self.buf[filled..], self.start + filled as u64)
+                    .map_err(|e| io_err("read segment", self.path, e))?;
+                if read == 0 {
+                    break;
+                }
+                filled += read;
+            }
+            self.buf.truncate(filled);
+        }
+        let from = (off - self.start) as usize;
+        let to = ((end - self.start) as usize).min(self.buf.len());
+        Ok(&self.buf[from..to])
+    }
+
+    /// Bytes from `off` to the last non-zero byte of the file (0 if all zero), read a window
+    /// at a time.
+    fn nonzero_extent(&mut self, off: u64) -> Result<u64, StorageError> {
+        let mut extent = 0;
+        let mut at = off;
+        while at < self.len {
+            let chunk = self.get(at, SCAN_WINDOW)?;
+            if chunk.is_empty() {
+                break;
+            }
+            if let Some(last) = chunk.iter().rposition(|b| *b != 0) {
+                extent = at + last as u64 + 1 - off;
+            }
+            at += chunk.len() as u64;
+        }
+        Ok(extent)
+    }
+}
+
 /// A record that parsed and checked out.
 struct GoodRecord {
     index: u64,
     term: u64,
-    payload_at: usize,
+    payload_at: u64,
     len: usize,
 }
 
 /// Parses the record at `off`: `Ok(None)` for an all-zero header (logical end), `Err(reason)`
-/// for anything damaged or cut short.
-fn parse_record(bytes: &[u8], off: usize) -> Result<Option<GoodRecord>, String> {
-    let rest = &bytes[off..];
-    if rest.len() < RECORD_HEADER_LEN {
-        return if rest.iter().all(|b| *b == 0) {
+/// for anything damaged or cut short. An I/O error reading the file is the outer error.
+fn parse_record(
+    window: &mut SegmentWindow<'_>,
+    off: u64,
+) -> Result<Result<Option<GoodRecord>, String>, StorageError> {
+    let rest = window.len().saturating_sub(off);
+    let header = window.get(off, RECORD_HEADER_LEN)?;
+    if header.len() < RECORD_HEADER_LEN {
+        return Ok(if header.iter().all(|b| *b == 0) {
             Ok(None)
         } else {
             Err("record header cut short".into())
-        };
+        });
     }
-    let header = &rest[..RECORD_HEADER_LEN];
     if header.iter().all(|b| *b == 0) {
-        return Ok(None);
+        return Ok(Ok(None));
     }
     let len = u32_at(header, 0) as usize;
     let crc = u32_at(header, 4);
     let index = u64_at(header, 8);
     let term = u64_at(header, 16);
     if len > MAX_PAYLOAD {
-        return Err(format!("implausible record length {len}"));
+        return Ok(Err(format!("implausible record length {len}")));
     }
-    if rest.len() < RECORD_HEADER_LEN + len {
-        return Err(format!("record of {len} bytes cut short"));
+    if rest < (RECORD_HEADER_LEN + len) as u64 {
+        return Ok(Err(format!("record of {len} bytes cut short")));
     }
-    let payload = &rest[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len];
+    let payload_at = off + RECORD_HEADER_LEN as u64;
+    let payload = window.get(payload_at, len)?;
     if record_crc(len as u32, index, term, payload) != crc {
-        return Err("record checksum mismatch".into());
+        return Ok(Err("record checksum mismatch".into()));
     }
-    Ok(Some(GoodRecord {
+    Ok(Ok(Some(GoodRecord {
         index,
         term,
-        payload_at: off + RECORD_HEADER_LEN,
+        payload_at,
         len,
-    }))
+    })))
 }
 
 /// Where a segment's scan stopped early.
@@ -138,37 +237,41 @@ pub(crate) struct Damage {
     pub garbage_len: u64,
 }
 
-/// What one segment holds.
+/// What one segment holds (its entries went to the scan's callback).
 #[derive(Debug)]
 pub(crate) struct SegmentScan {
     /// The header's first index.
     pub first_index: u64,
-    /// The valid entries, in order.
-    pub entries: Vec<LogEntry>,
+    /// Valid entries found.
+    pub entries: u64,
+    /// The last valid entry's term (`prev_term` if there is none).
+    pub last_term: u64,
     /// Offset just past the last valid record.
     pub end_offset: u64,
     /// Set if something other than zeroes follows the last valid record.
     pub damage: Option<Damage>,
 }
 
-/// Scans one segment's bytes. `prev_term` is the term of the entry before the segment (terms
-/// never decrease). Header damage is an error at once: a segment's header is written and
-/// fsynced before the segment is renamed into place.
+/// Scans one segment file, streaming: each valid entry goes to `on_entry(index, term,
+/// payload)` in order, and at most one window (or one record) is held in memory.
+/// `prev_term` is the term of the entry before the segment (terms never decrease). Header
+/// damage is an error at once: a segment's header is written and fsynced before the segment
+/// is renamed into place.
 pub(crate) fn scan_segment(
-    path: &Path,
-    bytes: &[u8],
+    window: &mut SegmentWindow<'_>,
     mut prev_term: u64,
+    mut on_entry: impl FnMut(u64, u64, &[u8]),
 ) -> Result<SegmentScan, StorageError> {
-    let file = path.display().to_string();
+    let file = window.path.display().to_string();
     let corrupt = |offset: u64, reason: String| StorageError::Corrupt {
         file: file.clone(),
         offset,
         reason,
     };
-    if bytes.len() < SEGMENT_HEADER_LEN {
+    let h = window.get(0, SEGMENT_HEADER_LEN)?;
+    if h.len() < SEGMENT_HEADER_LEN {
         return Err(corrupt(0, "segment header cut short".into()));
     }
-    let h = &bytes[..SEGMENT_HEADER_LEN];
     if &h[..8] != SEGMENT_MAGIC {
         return Err(corrupt(0, "bad segment magic".into()));
     }
@@ -181,19 +284,19 @@ pub(crate) fn scan_segment(
     }
     let first_index = u64_at(h, 16);
     let mut expected = first_index;
-    let mut off = SEGMENT_HEADER_LEN;
-    let mut entries = Vec::new();
+    let mut off = SEGMENT_HEADER_LEN as u64;
     let mut damage = None;
     loop {
-        let bad = match parse_record(bytes, off) {
+        let bad = match parse_record(window, off)? {
             Ok(None) => {
                 // Logical end. Anything non-zero after it was never fully written.
-                if let Some(last) = bytes[off..].iter().rposition(|b| *b != 0) {
+                let garbage_len = window.nonzero_extent(off)?;
+                if garbage_len > 0 {
                     damage = Some(Damage {
-                        offset: off as u64,
+                        offset: off,
                         reason: "non-zero bytes after the logical end".into(),
                         followed_by_valid_record: false,
-                        garbage_len: (last + 1) as u64,
+                        garbage_len,
                     });
                 }
                 break;
@@ -205,34 +308,29 @@ pub(crate) fn scan_segment(
                 format!("term {} after term {prev_term}", rec.term)
             }
             Ok(Some(rec)) => {
-                entries.push(LogEntry {
-                    index: rec.index,
-                    term: rec.term,
-                    payload: bytes[rec.payload_at..rec.payload_at + rec.len].to_vec(),
-                });
+                on_entry(rec.index, rec.term, window.get(rec.payload_at, rec.len)?);
                 prev_term = rec.term;
                 expected += 1;
-                off = rec.payload_at + rec.len;
+                off = rec.payload_at + rec.len as u64;
                 continue;
             }
             Err(reason) => reason,
         };
-        let garbage_len = bytes[off..]
-            .iter()
-            .rposition(|b| *b != 0)
-            .map_or(0, |last| (last + 1) as u64);
+        let followed_by_valid_record = valid_record_follows(window, off, expected)?;
+        let garbage_len = window.nonzero_extent(off)?;
         damage = Some(Damage {
-            offset: off as u64,
+            offset: off,
             reason: bad,
-            followed_by_valid_record: valid_record_follows(bytes, off, expected),
+            followed_by_valid_record,
             garbage_len,
         });
         break;
     }
     Ok(SegmentScan {
         first_index,
-        entries,
-        end_offset: off as u64,
+        entries: expected - first_index,
+        last_term: prev_term,
+        end_offset: off,
         damage,
     })
 }
@@ -240,17 +338,22 @@ pub(crate) fn scan_segment(
 /// Whether the bad record at `off` still has a believable frame (its length field leads to a
 /// valid record with a later index). A torn write leaves nothing valid after it; a damaged
 /// byte inside an otherwise whole log does.
-fn valid_record_follows(bytes: &[u8], off: usize, expected: u64) -> bool {
-    if bytes.len() < off + RECORD_HEADER_LEN {
-        return false;
+fn valid_record_follows(
+    window: &mut SegmentWindow<'_>,
+    off: u64,
+    expected: u64,
+) -> Result<bool, StorageError> {
+    let header = window.get(off, RECORD_HEADER_LEN)?;
+    if header.len() < RECORD_HEADER_LEN {
+        return Ok(false);
     }
-    let len = u32_at(bytes, off) as usize;
+    let len = u32_at(header, 0) as usize;
     if len > MAX_PAYLOAD {
-        return false;
+        return Ok(false);
     }
-    let next = off + RECORD_HEADER_LEN + len;
-    if next >= bytes.len() {
-        return false;
+    let next = off + (RECORD_HEADER_LEN + len) as u64;
+    if next >= window.len() {
+        return Ok(false);
     }
-    matches!(parse_record(bytes, next), Ok(Some(rec)) if rec.index > expected)
+    Ok(matches!(parse_record(window, next)?, Ok(Some(rec)) if rec.index > expected))
 }

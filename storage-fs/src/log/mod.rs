@@ -16,7 +16,7 @@ mod recovery;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use event_listener::{Event, EventListener, Listener};
@@ -32,14 +32,14 @@ pub struct LogOptions {
     /// Bytes preallocated per segment; a segment holds records until the next would not fit.
     pub segment_size: u64,
     /// After a flush that left nobody waiting, the flush leader keeps the log this long,
-    /// watching for the next `sync`, before handing it back. A proposer that syncs again
-    /// within the window is flushed by the same thread without another thread hand-off.
+    /// blocked until the next `sync` notifies it, before handing it back. A proposer that
+    /// syncs again within the window is flushed by the same thread without a new flush job.
     /// Zero disables it.
     pub flush_linger: std::time::Duration,
-    /// When a flush ends with other syncs already waiting, the leader waits this long
-    /// before taking the next batch, so proposers woken by the flush can append again and
-    /// share the next fdatasync. Trades this much latency for larger batches under load.
-    /// Zero disables it.
+    /// When a flush woke several proposers, the leader waits (blocked) at most this long for
+    /// as many new syncs before taking the next batch, so they share the next fdatasync.
+    /// Trades at most this much latency for larger batches under load; it ends as soon as
+    /// they are all back. Zero disables it.
     pub commit_delay: std::time::Duration,
 }
 
@@ -76,6 +76,12 @@ pub(crate) struct LogState {
     pub pending_bounds: Vec<(u64, usize)>,
     /// Highest index some `sync` caller waits for.
     pub sync_requested: u64,
+    /// Sync requests registered so far (a counter the flush leader waits on).
+    pub requests: u64,
+    /// Set while the flush leader is blocked on [`Shared::leader_wake`]: it wants to be
+    /// woken once `requests` reaches this. A `sync` caller notifies only then, so a flush
+    /// leader that is busy (or absent) costs callers no wake-up call.
+    pub leader_waits_for: Option<u64>,
     /// Async `sync` callers waiting, with the index each needs: a flush wakes exactly those
     /// it covered (waking all would make every later waiter re-register, per flush).
     pub waiters: Vec<(u64, std::task::Waker)>,
@@ -117,6 +123,18 @@ impl LogState {
         ready
     }
 
+    /// Counts one sync request; says whether the waiting flush leader must be woken for it.
+    pub(crate) fn note_request(&mut self) -> bool {
+        self.requests += 1;
+        match self.leader_waits_for {
+            Some(want) if self.requests >= want => {
+                self.leader_waits_for = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Takes everything buffered for one flush.
     pub(crate) fn take_batch(&mut self) -> Batch {
         Batch {
@@ -141,10 +159,12 @@ pub(crate) struct Shared {
     pub dir: PathBuf,
     pub options: LogOptions,
     state: Mutex<LogState>,
+    /// Where a flush leader between flushes blocks (lingering for the next sync, or giving
+    /// proposers it just woke a moment to join the next batch); see
+    /// [`LogState::leader_waits_for`]. Never a spin: the leader sleeps until notified or
+    /// its window ends.
+    pub leader_wake: Condvar,
     /// Notified after every flush and on poisoning.
-    /// Counts sync requests, so a lingering flush leader can watch for one without
-    /// taking the lock (and slowing appenders) on every look.
-    pub requests: std::sync::atomic::AtomicU64,
     pub synced: Event,
     /// Test hook: the next flush fails as if fdatasync had failed.
     fail_next_flush: AtomicBool,
@@ -159,6 +179,18 @@ impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, LogState> {
         // The state is plain data; a panic elsewhere does not make it unreadable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks the flush leader on [`Shared::leader_wake`] for at most `timeout`.
+    pub(crate) fn wait_leader_wake<'a>(
+        &self,
+        guard: MutexGuard<'a, LogState>,
+        timeout: std::time::Duration,
+    ) -> MutexGuard<'a, LogState> {
+        match self.leader_wake.wait_timeout(guard, timeout) {
+            Ok((guard, _)) => guard,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
     }
 
     pub(crate) fn take_injected_failure(&self) -> bool {
@@ -190,8 +222,9 @@ impl Shared {
             return Ok(SyncStep::Done);
         }
         st.sync_requested = st.sync_requested.max(target);
-        self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        if st.note_request() {
+            self.leader_wake.notify_one();
+        }
         let listener = self.synced.listen();
         // No flush in progress: lead one. Every entry past `durable` is buffered when no flush
         // runs, so the batch holds `target`.
@@ -251,6 +284,8 @@ impl FsLogStore {
                 pending: Vec::new(),
                 pending_bounds: Vec::new(),
                 sync_requested: 0,
+                requests: 0,
+                leader_waits_for: None,
                 waiters: Vec::new(),
                 durable: last_index,
                 segment: Some(recovered.active),
@@ -258,7 +293,7 @@ impl FsLogStore {
                 segments: recovered.segments,
             }),
             synced: Event::new(),
-            requests: std::sync::atomic::AtomicU64::new(0),
+            leader_wake: Condvar::new(),
             fail_next_flush: AtomicBool::new(false),
             #[cfg(any(test, feature = "testing"))]
             flush_gate: Mutex::new(None),
@@ -397,9 +432,9 @@ impl LogStore for FsLogStore {
                 return std::task::Poll::Ready(Ok(()));
             }
             st.sync_requested = st.sync_requested.max(target);
-            shared
-                .requests
-                .fetch_add(1, std::sync::atomic::Ordering::Release);
+            if st.note_request() {
+                shared.leader_wake.notify_one();
+            }
             st.waiters.push((target, cx.waker().clone()));
             // No flush in progress: lead one. Never block the executor: the write + fdatasync
             // runs on a blocking thread, detached, so dropping this future mid-flush still

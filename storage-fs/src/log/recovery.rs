@@ -1,14 +1,14 @@
 //! Opening a log directory: validate every segment, truncate a torn tail, refuse damage.
 
 use std::collections::VecDeque;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::sync::Arc;
 
 use shoal_core::storage::StorageError;
 
 use super::flusher::{ActiveSegment, create_segment};
-use super::format::{parse_segment_name, scan_segment};
+use super::format::{SegmentWindow, parse_segment_name, scan_segment};
 use super::{LogOptions, SegmentMeta};
 use crate::fsutil::{create_dir_durable, fsync_dir, io_err};
 
@@ -157,8 +157,19 @@ fn load_segments(
     for (i, seg) in segments.iter().enumerate() {
         let is_last = i + 1 == segments.len();
         let file = seg.path.display().to_string();
-        let bytes = std::fs::read(&seg.path).map_err(|e| io_err("read segment", &seg.path, e))?;
-        let scan = scan_segment(&seg.path, &bytes, prev_term)?;
+        let handle = File::open(&seg.path).map_err(|e| io_err("open segment", &seg.path, e))?;
+        let len = handle
+            .metadata()
+            .map_err(|e| io_err("stat segment", &seg.path, e))?
+            .len();
+        // Streamed: one window of the segment in memory at a time, and each payload copied
+        // once, straight into the entry the log keeps.
+        let mut window = SegmentWindow::new(&handle, &seg.path, len);
+        let entries = &mut loaded.entries;
+        let scan = scan_segment(&mut window, prev_term, |_, term, payload| {
+            entries.push_back((term, Arc::<[u8]>::from(payload)));
+        })?;
+        drop(window);
         let expected = loaded.next_index;
         if scan.first_index != seg.first_index || scan.first_index != expected {
             return Err(StorageError::Corrupt {
@@ -181,15 +192,8 @@ fn load_segments(
                 });
             }
         }
-        loaded.next_index += scan.entries.len() as u64;
-        if let Some(last) = scan.entries.last() {
-            prev_term = last.term;
-        }
-        loaded.entries.extend(
-            scan.entries
-                .into_iter()
-                .map(|e| (e.term, Arc::<[u8]>::from(e.payload))),
-        );
+        loaded.next_index += scan.entries;
+        prev_term = scan.last_term;
         if is_last {
             loaded.active_end = scan.end_offset;
             if let Some(damage) = scan.damage {
@@ -206,7 +210,7 @@ fn load_segments(
                     reason = %torn.reason,
                     "log recovery truncated a torn tail"
                 );
-                zero_tail(&seg.path, damage.offset, bytes.len() as u64)?;
+                zero_tail(&seg.path, damage.offset, len)?;
                 report.torn_tail = Some(torn);
             }
         }

@@ -490,3 +490,164 @@ fn compaction_past_the_end_restarts_the_log_after_it() {
         b"after".to_vec()
     );
 }
+
+#[test]
+fn a_lingering_flush_leader_blocks_and_is_woken_by_the_next_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = LogOptions {
+        flush_linger: std::time::Duration::from_secs(10),
+        ..LogOptions::default()
+    };
+    let log = FsLogStore::open(dir.path(), options).expect("open");
+    append_synced(&log, 1, 1);
+    wait_until("the leader blocks, waiting for the next sync", || {
+        log.shared.lock().leader_waits_for.is_some()
+    });
+    assert!(
+        flush_in_progress(&log),
+        "a lingering leader keeps the segment"
+    );
+    let started = std::time::Instant::now();
+    append_synced(&log, 1, 1);
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "the sync must wake the leader, not wait out its 10 s window: {took:?}"
+    );
+    assert_eq!(log.flush_count(), 2);
+    drop(log);
+    let log = FsLogStore::open(dir.path(), small()).expect("reopen");
+    assert_entries(&log, 1, 2);
+}
+
+#[test]
+fn proposers_woken_by_one_flush_share_the_next_without_waiting_out_the_commit_delay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = LogOptions {
+        flush_linger: std::time::Duration::from_secs(10),
+        commit_delay: std::time::Duration::from_secs(10),
+        ..LogOptions::default()
+    };
+    let log = Arc::new(FsLogStore::open(dir.path(), options).expect("open"));
+    let gate = log.gate_flushes();
+    let started = std::time::Instant::now();
+    let proposers: Vec<_> = (0..2)
+        .map(|_| {
+            let index = log.append(1, b"first").expect("append");
+            let log = log.clone();
+            smol::spawn(async move {
+                log.sync(index).await?;
+                let next = log.append(1, b"second")?;
+                log.sync(next).await
+            })
+        })
+        .collect();
+    wait_until("both proposers wait for the first flush", || {
+        log.shared.lock().sync_requested == 2
+    });
+    drop(gate);
+    for p in proposers {
+        smol::block_on(p).expect("sync");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "the second proposer's sync must end the commit delay: {took:?}"
+    );
+    assert_eq!(
+        log.flush_count(),
+        2,
+        "both proposers woken by the first flush share the second"
+    );
+}
+
+/// A payload of `len` bytes that names its index.
+fn big_payload(index: u64, len: usize) -> Vec<u8> {
+    let mut p = format!("entry-{index:06}-").into_bytes();
+    p.resize(len, (index % 251) as u8);
+    p
+}
+
+/// A one-segment log of `count` entries of `len` bytes each; returns the segment's path.
+fn big_log(dir: &Path, count: u64, len: usize) -> PathBuf {
+    let options = LogOptions {
+        segment_size: 16 << 20,
+        ..LogOptions::default()
+    };
+    let log = FsLogStore::open(dir, options).expect("open");
+    for index in 1..=count {
+        log.append(1, &big_payload(index, len)).expect("append");
+    }
+    log.sync_blocking(count).expect("sync");
+    segment_path(dir, 1)
+}
+
+#[test]
+fn recovery_streams_a_segment_through_a_bounded_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 12 MiB of records in a 16 MiB segment; 5,000-byte records straddle window edges.
+    let seg = big_log(dir.path(), 2_500, 5_000);
+    let file = std::fs::File::open(&seg).expect("open segment");
+    let len = file.metadata().expect("stat").len();
+    let mut window = format::SegmentWindow::new(&file, &seg, len);
+    let mut seen = 0u64;
+    let scan = format::scan_segment(&mut window, 0, |index, term, payload| {
+        seen += 1;
+        assert_eq!((index, term), (seen, 1));
+        assert_eq!(payload, big_payload(index, 5_000).as_slice());
+    })
+    .expect("scan");
+    assert_eq!(
+        (seen, scan.entries, scan.damage.is_none()),
+        (2_500, 2_500, true)
+    );
+    assert!(
+        window.held_capacity() <= 2 * format::SCAN_WINDOW,
+        "the scan held {} bytes of a {len}-byte segment at once",
+        window.held_capacity()
+    );
+    drop(file);
+    let log = FsLogStore::open(dir.path(), LogOptions::default()).expect("reopen");
+    assert_eq!(log.last_index(), 2_500);
+    assert_eq!(
+        log.read(2_500, 1).expect("read")[0].payload,
+        big_payload(2_500, 5_000)
+    );
+}
+
+#[test]
+fn damage_and_torn_tails_past_the_first_window_are_found_at_their_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seg = big_log(dir.path(), 1_000, 5_000);
+    let per = (RECORD_HEADER_LEN + 5_000) as u64;
+    let at = |n: u64| SEGMENT_HEADER_LEN as u64 + (n - 1) * per;
+    let patch = |offset: u64, bytes: &[u8]| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, bytes, offset))
+            .expect("patch segment");
+    };
+    // A torn write after the last record, well past the first window.
+    let torn_at = at(1_001);
+    patch(torn_at, &[7u8; 100]);
+    {
+        let log = FsLogStore::open(dir.path(), LogOptions::default()).expect("reopen");
+        let torn = log.recovery_report().torn_tail.clone().expect("reported");
+        assert_eq!((torn.offset, torn.discarded_bytes), (torn_at, 100));
+        assert_eq!(log.last_index(), 1_000);
+    }
+    // A flipped byte inside record 700 (about 3.4 MiB in), followed by whole records.
+    let mut byte = [0u8; 1];
+    let flip = at(700) + RECORD_HEADER_LEN as u64 + 10;
+    std::fs::File::open(&seg)
+        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, flip))
+        .expect("read byte");
+    patch(flip, &[byte[0] ^ 0x40]);
+    match FsLogStore::open(dir.path(), LogOptions::default()).expect_err("must refuse") {
+        StorageError::Corrupt { file, offset, .. } => {
+            assert_eq!((file, offset), (seg.display().to_string(), at(700)));
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
