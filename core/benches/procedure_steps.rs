@@ -6,7 +6,9 @@
 //! Run: `cargo bench -p shoal-core --features testing --bench procedure_steps`.
 //! `SHOAL_BENCH_DIR` picks the disk (default: a temp dir under `target/`),
 //! `SHOAL_BENCH_ROUNDS` the number of interleaved rounds (default 5), `SHOAL_BENCH_WORKERS`
-//! the executor's workers (default: the executor's default, 8).
+//! the executor's workers (default: the executor's default, 8); `SHOAL_BENCH_COMMIT_DELAY_US`
+//! and `SHOAL_BENCH_FLUSH_LINGER_US` the file log's group-commit settings (default: the
+//! log's defaults).
 //!
 //! Targets (issue 17): 1 procedure >= 0.8x raw; 1,000 procedures >= 20x the 1-procedure rate.
 //! The machine is shared and noisy: each round runs raw, 1 procedure and 1,000 procedures back
@@ -60,6 +62,19 @@ fn workers() -> usize {
     env_usize("SHOAL_BENCH_WORKERS").unwrap_or(ExecutorConfig::default().workers)
 }
 
+/// The file log's options: the defaults, or `SHOAL_BENCH_COMMIT_DELAY_US` and
+/// `SHOAL_BENCH_FLUSH_LINGER_US` to try other group-commit settings.
+fn log_options() -> LogOptions {
+    let mut options = LogOptions::default();
+    if let Some(us) = env_usize("SHOAL_BENCH_COMMIT_DELAY_US") {
+        options.commit_delay = Duration::from_micros(us as u64);
+    }
+    if let Some(us) = env_usize("SHOAL_BENCH_FLUSH_LINGER_US") {
+        options.flush_linger = Duration::from_micros(us as u64);
+    }
+    options
+}
+
 #[allow(clippy::disallowed_methods, reason = "a benchmark measures wall time")]
 fn now() -> Instant {
     Instant::now()
@@ -78,7 +93,7 @@ fn measure(log: Log<'_>, procedures: usize, steps: u32) -> Run {
         Log::Mem => (Arc::new(MemLogStore::new()), None),
         Log::File(dir) => {
             let _ = std::fs::remove_dir_all(dir);
-            let fs = Arc::new(FsLogStore::open(dir, LogOptions::default()).expect("open log"));
+            let fs = Arc::new(FsLogStore::open(dir, log_options()).expect("open log"));
             (fs.clone(), Some(fs))
         }
     };
@@ -194,9 +209,12 @@ fn main() {
     std::fs::create_dir_all(&root).expect("bench dir");
     let tmp = tempfile::tempdir_in(&root).expect("tempdir");
     let log_dir = tmp.path().join("log");
+    let options = log_options();
     println!(
-        "procedure_steps: {} workers, {rounds} interleaved rounds, dir {}",
+        "procedure_steps: {} workers, commit delay {:?}, flush linger {:?}, {rounds} interleaved rounds, dir {}",
         workers(),
+        options.commit_delay,
+        options.flush_linger,
         root.display()
     );
     println!(

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use shoal_core::api::{ConfigNodeApi, CreateDatabaseRequest};
 use shoal_core::model::{DatabaseName, ProcedureId, ReplicationFactor};
-use shoal_transport_capnp::{CapnpConfigNodeClient, ClientOptions, RpcRuntime};
+use shoal_transport_capnp::{
+    ADMIN_SECRET_FILE_NAME, CapnpConfigNodeClient, ClientOptions, INTERNAL_SECRET_FILE_NAME, Role,
+    RpcRuntime, SecretFileMode, read_secret_file,
+};
 
 const EXE: &str = env!("CARGO_BIN_EXE_shoal");
 const BOUND: Duration = Duration::from_secs(600);
@@ -111,7 +114,8 @@ impl Cluster {
                 "127.0.0.1:0",
             ],
         );
-        let secret_file: PathBuf = cn_dir.join("cluster.secret");
+        let internal_secret: PathBuf = cn_dir.join(INTERNAL_SECRET_FILE_NAME);
+        let admin_secret: PathBuf = cn_dir.join(ADMIN_SECRET_FILE_NAME);
         let mut procs = vec![cn];
         for i in 1..=3 {
             let dn_dir = root.path().join(format!("dn-{i}"));
@@ -127,16 +131,19 @@ impl Cluster {
                     "127.0.0.1:0",
                     "--confignode",
                     &cn_addr,
-                    "--secret-file",
-                    &dir(&secret_file),
+                    "--internal-secret-file",
+                    &dir(&internal_secret),
+                    "--admin-secret-file",
+                    &dir(&admin_secret),
                 ],
             );
             procs.push(dn);
         }
-        let secret = shoal_nodes::process::read_secret_file(&secret_file).expect("secret");
+        let secret = read_secret_file(&admin_secret, SecretFileMode::OwnerOnly).expect("secret");
         let rpc = RpcRuntime::start("bench").expect("rpc runtime");
         let client =
-            CapnpConfigNodeClient::new(&rpc, &cn_addr, ClientOptions::new(secret)).expect("client");
+            CapnpConfigNodeClient::new(&rpc, &cn_addr, ClientOptions::new(Role::Admin, secret))
+                .expect("client");
         let cluster = Cluster {
             _root: root,
             procs,

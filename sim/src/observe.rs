@@ -632,7 +632,7 @@ impl Observer {
                             outcome: None,
                         },
                     );
-                    seen.pending.touched.insert((node, kind.region()));
+                    seen.pending.touched.insert((node, kind.region));
                 }
                 JournalRecord::TaskFinished {
                     task_id, outcome, ..
