@@ -265,24 +265,53 @@ impl RaftConsensus {
     /// Adds node `id` at `addr` as a voter: it joins as a learner, catches up (a snapshot if
     /// needed), then a joint-consensus change makes it a voter. One change at a time; refused
     /// if the new configuration would have no reachable majority.
+    ///
+    /// Adding a voter again at the address it has is a success (a retried request whose
+    /// reply was lost); at another address it is [`RaftConsensusError::AlreadyMember`]. A
+    /// learner that does not catch up within `propose_timeout` is a
+    /// [`RaftConsensusError::Timeout`]: it stays a learner, and a retry carries on.
     pub async fn add_member(&self, id: NodeId, addr: String) -> Result<(), RaftConsensusError> {
         let metrics = self.check_changeable()?;
-        let mut voters: BTreeSet<NodeId> =
-            metrics.membership_config.membership().voter_ids().collect();
-        if voters.contains(&id) {
-            return Err(RaftConsensusError::AlreadyMember(id));
-        }
+        let membership = metrics.membership_config.membership();
+        let mut voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let known = membership.get_node(&id).map(|n| n.addr.clone());
         if addr.is_empty() {
             return Err(RaftConsensusError::Invalid(format!(
                 "node {id} has no address"
             )));
         }
+        match known {
+            Some(known) if known != addr => return Err(RaftConsensusError::AlreadyMember(id)),
+            Some(_) if voters.contains(&id) => return Ok(()),
+            _ => {}
+        }
         // Quorum of the new set, counting the newcomer as reachable once it caught up below.
-        self.node
-            .raft
-            .add_learner(id, BasicNode::new(addr), true)
-            .await
-            .map_err(|e| self.change_error(e))?;
+        let timeout = self.node.config.propose_timeout;
+        let caught_up = futures_lite::future::or(
+            async {
+                Some(
+                    self.node
+                        .raft
+                        .add_learner(id, BasicNode::new(addr), true)
+                        .await,
+                )
+            },
+            async {
+                smol::Timer::after(timeout).await;
+                None
+            },
+        )
+        .await;
+        match caught_up {
+            None => {
+                return Err(RaftConsensusError::Timeout(format!(
+                    "node {id} did not catch up as a learner within {timeout:?}"
+                )));
+            }
+            Some(result) => {
+                result.map_err(|e| self.change_error(e))?;
+            }
+        }
         let metrics = self.check_changeable()?;
         voters.insert(id);
         self.check_quorum(&metrics, &voters)?;
