@@ -343,7 +343,10 @@ interface Raft {
   # encoding, the bytes it stores), or is a heartbeat when empty.
   appendEntries @0 (vote :RaftVote, prevLogId :OptionalRaftLogId, entries :List(Data),
                     leaderCommit :OptionalRaftLogId) -> (reply :AppendEntriesReply);
-  vote @1 (vote :RaftVote, lastLogId :OptionalRaftLogId) -> (reply :VoteReply);
+  # `leadershipTransfer`: the election was started by the leader handing over leadership,
+  # so a voter answers it even while it still holds that leader's lease.
+  vote @1 (vote :RaftVote, lastLogId :OptionalRaftLogId, leadershipTransfer :Bool)
+      -> (reply :VoteReply);
   # One chunk of a snapshot, sent in order from offset 0. The receiver checks each chunk's
   # checksum and offset, and the whole snapshot's length and checksum with the last chunk,
   # before installing it. A chunk at offset 0 starts the transfer over.

@@ -11,6 +11,9 @@
 //! - [`CapnpDataNodeClient`] and [`CapnpConfigNodeClient`] implement core's `DataNodeApi` and
 //!   `ConfigNodeApi` for a remote node (connection reuse, reconnect with backoff, per-call
 //!   timeouts, typed errors);
+//! - [`CapnpRaftTransport`] carries Raft between the ConfigNodes of a group (append entries,
+//!   votes, snapshots in checksummed chunks), and [`CapnpConfigNodeGroupClient`] the group's
+//!   membership calls;
 //! - [`RpcRuntime::serve`] exposes local `DataNodeApi`/`ConfigNodeApi` implementations; each
 //!   incoming call is handed to the node's [`Spawner`](shoal_core::runtime::Spawner) and its
 //!   reply comes back over a channel, so node logic never runs on the RPC thread.
@@ -23,6 +26,7 @@
 mod client;
 mod codec;
 mod error;
+mod raft;
 mod runtime;
 mod secret;
 mod server;
@@ -42,8 +46,11 @@ mod server;
 #[rustfmt::skip]
 pub mod shoal_capnp;
 
-pub use client::{CapnpConfigNodeClient, CapnpDataNodeClient, ClientOptions};
+pub use client::{
+    CapnpConfigNodeClient, CapnpConfigNodeGroupClient, CapnpDataNodeClient, ClientOptions,
+};
 pub use error::TransportError;
+pub use raft::{CapnpRaftTransport, RaftCallOptions};
 pub use runtime::{RpcRuntime, WireLimits};
 pub use secret::{SECRET_FILE_NAME, load_or_create_secret};
 pub use server::{ServedApis, ServerHandle, ServerOptions};

@@ -1,7 +1,7 @@
 //! The serving side: accept loop, login, and the capnp servers that hand each call to the
 //! node's own [`Spawner`] and wait for the owned reply on a channel.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,10 +16,11 @@ use shoal_core::runtime::{BoxFuture, Spawner};
 use crate::error::TransportError;
 use crate::runtime::{LocalEx, RpcRuntime, WireLimits};
 use crate::secret::secrets_match;
-use crate::shoal_capnp::{bootstrap, config_node, data_node};
+use crate::shoal_capnp::{bootstrap, config_node, config_node_group, data_node, raft};
 
 mod config_node_server;
 mod data_node_server;
+mod raft_server;
 
 /// The local APIs a server exposes. A missing one is still offered after login, but every
 /// call to it is refused.
@@ -29,6 +30,10 @@ pub struct ServedApis {
     pub data_node: Option<Arc<dyn DataNodeApi>>,
     /// The ConfigNode API, on ConfigNodes.
     pub config_node: Option<Arc<dyn ConfigNodeApi>>,
+    /// Incoming Raft messages, on the ConfigNodes of a replicated group (peers only).
+    pub raft: Option<shoal_consensus_raft::RaftServer>,
+    /// The group's membership API, on the ConfigNodes of a replicated group.
+    pub group: Option<Arc<dyn shoal_consensus_raft::ConfigNodeGroupApi>>,
 }
 
 impl ServedApis {
@@ -36,15 +41,15 @@ impl ServedApis {
     pub fn data_node(api: Arc<dyn DataNodeApi>) -> Self {
         Self {
             data_node: Some(api),
-            config_node: None,
+            ..Self::default()
         }
     }
 
     /// Serves only a ConfigNode API.
     pub fn config_node(api: Arc<dyn ConfigNodeApi>) -> Self {
         Self {
-            data_node: None,
             config_node: Some(api),
+            ..Self::default()
         }
     }
 }
@@ -146,6 +151,7 @@ impl RpcRuntime {
             secret: secret.to_string(),
             apis,
             spawner: options.spawner,
+            snapshot_assembly: RefCell::new(None),
         };
         let limits = options.limits;
         let login_timeout = options.login_timeout;
@@ -176,6 +182,8 @@ struct ServerShared {
     secret: String,
     apis: ServedApis,
     spawner: Arc<dyn Spawner>,
+    /// The Raft snapshot being received (one per node: a new transfer replaces it).
+    snapshot_assembly: RefCell<Option<crate::raft::snapshot::Assembly>>,
 }
 
 /// Per-connection settings of one server.
@@ -298,10 +306,28 @@ impl bootstrap::Server for BootstrapServer {
         let config_node: config_node::Client = capnp_rpc::new_client(
             config_node_server::ConfigNodeServer::new(self.shared.clone()),
         );
+        let raft: raft::Client = capnp_rpc::new_client(raft_server::RaftCap::new(
+            self.shared.clone(),
+            self.may_act_as_confignode_peer(),
+        ));
+        let group: config_node_group::Client =
+            capnp_rpc::new_client(raft_server::GroupCap::new(self.shared.clone()));
         let mut services = reply.init_services();
         services.set_data_node(data_node);
         services.set_config_node(config_node);
+        services.set_raft(raft);
+        services.set_config_node_group(group);
         Ok(())
+    }
+}
+
+impl BootstrapServer {
+    /// Whether this (authenticated) login may send Raft messages as a ConfigNode peer. Today
+    /// a login proves one thing, the cluster secret, so every login may; when logins carry
+    /// roles, this is where the ConfigNode-peer role is required (a refused login still gets
+    /// a `Raft` capability, whose every call is refused).
+    fn may_act_as_confignode_peer(&self) -> bool {
+        self.logged_in.get()
     }
 }
 
