@@ -1,5 +1,11 @@
-//! `shoal up`: a local cluster of child processes of this executable — 1 ConfigNode and 3
-//! DataNodes on 127.0.0.1, each with its own data directory — stopped together on Ctrl-C.
+//! `shoal up`: a local cluster of child processes of this executable — 1 ConfigNode (or a
+//! replicated group of `--confignodes N`) and 3 DataNodes on 127.0.0.1, each with its own
+//! data directory — stopped together on Ctrl-C.
+//!
+//! A single ConfigNode or a DataNode that exits stops the cluster (`shoal up` is no
+//! supervisor). A member of a ConfigNode group that exits (say, a leader killed to watch the
+//! group fail over) is started again after a short pause while the others carry on, as a
+//! supervisor would; the restarted member catches up from the leader.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -19,6 +25,10 @@ pub const UP_DATA_NODES: usize = 3;
 pub struct ChildNode {
     name: String,
     child: Child,
+    exe: PathBuf,
+    args: Vec<String>,
+    /// Restarted when it exits (a ConfigNode group member), instead of stopping the cluster.
+    restart: bool,
 }
 
 impl ChildNode {
@@ -31,7 +41,24 @@ impl ChildNode {
         Ok(Self {
             name: name.to_string(),
             child,
+            exe: exe.to_path_buf(),
+            args: args.to_vec(),
+            restart: false,
         })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Starts it again with the same arguments.
+    fn respawn(&mut self) -> Result<(), CliError> {
+        self.child = Command::new(&self.exe)
+            .args(&self.args)
+            .spawn()
+            .map_err(|e| CliError::io("cannot start", &self.exe, e))?;
+        Ok(())
     }
 
     /// Whether it has exited (and how).
@@ -100,40 +127,82 @@ pub fn wait_listen_addr(
 pub struct UpSettings {
     /// Root data directory.
     pub data_dir: PathBuf,
-    /// The ConfigNode's port; DataNodes take the next ones.
+    /// The first ConfigNode's port; further ConfigNodes, then DataNodes, take the next ones.
     pub port: u16,
+    /// ConfigNodes to start (more than one: a replicated group).
+    pub confignodes: u8,
     /// DataNodes' deletion rate limit (as given on the command line).
     pub delete_rate: Option<String>,
 }
 
-/// Runs the local cluster until `stop` yields or a node exits.
+/// Runs the local cluster until `stop` yields or a node exits (see the module docs).
 pub fn run_up(settings: UpSettings, stop: async_channel::Receiver<()>) -> Result<(), CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::io("cannot find", "shoal", e))?;
-    let cn_dir = settings.data_dir.join("confignode");
-    ensure_dir(&cn_dir)?;
-    // A stale address from an earlier run must not be mistaken for this one's.
-    let _ = std::fs::remove_file(cn_dir.join(LISTEN_ADDR_FILE));
-    let cn_listen = format!("127.0.0.1:{}", settings.port);
+    let count = usize::from(settings.confignodes.max(1));
+    let group = count > 1;
+    let cn_dirs: Vec<PathBuf> = (1..=count)
+        .map(|i| {
+            // The first keeps `confignode/`, where admin commands look for the secret.
+            if i == 1 {
+                settings.data_dir.join("confignode")
+            } else {
+                settings.data_dir.join(format!("confignode-{i}"))
+            }
+        })
+        .collect();
+    let cn_listen: Vec<String> = (0..count)
+        .map(|i| format!("127.0.0.1:{}", settings.port as usize + i))
+        .collect();
+    let secret_file = cn_dirs[0].join(shoal_transport_capnp::SECRET_FILE_NAME);
     let mut nodes = Vec::new();
-    let mut confignode = ChildNode::spawn(
-        "confignode",
-        &exe,
-        &[
-            "confignode".into(),
+    for (i, dir) in cn_dirs.iter().enumerate() {
+        ensure_dir(dir)?;
+        // A stale address from an earlier run must not be mistaken for this one's.
+        let _ = std::fs::remove_file(dir.join(LISTEN_ADDR_FILE));
+        let mut args = vec![
+            "confignode".to_string(),
             "--data-dir".into(),
-            cn_dir.display().to_string(),
+            dir.display().to_string(),
             "--listen".into(),
-            cn_listen,
-        ],
+            cn_listen[i].clone(),
+        ];
+        if group {
+            args.extend(["--peers".to_string(), cn_listen.join(",")]);
+        }
+        if i > 0 {
+            // The first one generated the secret; the others share it.
+            args.extend([
+                "--secret-file".to_string(),
+                secret_file.display().to_string(),
+            ]);
+        }
+        let name = if group {
+            format!("confignode-{}", i + 1)
+        } else {
+            "confignode".to_string()
+        };
+        let mut node = ChildNode::spawn(&name, &exe, &args)?;
+        node.restart = group;
+        // The first must be up (its secret written) before the others start; in a group the
+        // others then start at once (the first waits for them to elect a leader).
+        if i == 0 || !group {
+            wait_listen_addr(dir, &mut node, Duration::from_secs(30))?;
+        }
+        nodes.push(node);
+    }
+    for (i, dir) in cn_dirs.iter().enumerate().skip(1) {
+        wait_listen_addr(dir, &mut nodes[i], Duration::from_secs(30))?;
+    }
+    let cn_addrs = cn_listen.join(",");
+    crate::process::write_atomically(
+        &settings.data_dir.join(crate::cli::CONFIGNODES_FILE),
+        &format!("{cn_addrs}\n"),
     )?;
-    let cn_addr = wait_listen_addr(&cn_dir, &mut confignode, Duration::from_secs(30))?;
-    nodes.push(confignode);
-    let secret_file = cn_dir.join(shoal_transport_capnp::SECRET_FILE_NAME);
     for i in 1..=UP_DATA_NODES {
         let dir = settings.data_dir.join(format!("datanode-{i}"));
         ensure_dir(&dir)?;
         let _ = std::fs::remove_file(dir.join(LISTEN_ADDR_FILE));
-        let port = settings.port as usize + i;
+        let port = settings.port as usize + count - 1 + i;
         let mut args = vec![
             "datanode".to_string(),
             "--data-dir".into(),
@@ -141,7 +210,7 @@ pub fn run_up(settings: UpSettings, stop: async_channel::Receiver<()>) -> Result
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--confignode".into(),
-            cn_addr.clone(),
+            cn_addrs.clone(),
             "--secret-file".into(),
             secret_file.display().to_string(),
         ];
@@ -153,27 +222,57 @@ pub fn run_up(settings: UpSettings, stop: async_channel::Receiver<()>) -> Result
         nodes.push(node);
     }
     let secret = secret_file.display();
+    let processes: String = nodes
+        .iter()
+        .map(|n| format!("  {} pid {}\n", n.name, n.pid()))
+        .collect();
+    let kind = if group {
+        format!("a group of {count} ConfigNodes (Raft) at {cn_addrs}")
+    } else {
+        format!("ConfigNode {cn_addrs}")
+    };
+    let group_tips = if group {
+        "  shoal confignode list                  # members, and who leads\n  \
+         kill -9 <the leader's pid>             # the others elect a new leader; up restarts it\n"
+    } else {
+        ""
+    };
     println!(
-        "\nshoal: local cluster up: ConfigNode {cn_addr}, {UP_DATA_NODES} DataNodes, data in {}\n\
-         secret file: {secret}\n\n\
+        "\nshoal: local cluster up: {kind}, {UP_DATA_NODES} DataNodes, data in {}\n\
+         secret file: {secret}\n{processes}\n\
          try (from this directory):\n  \
          shoal datanode list\n  \
          shoal database create metrics --data-groups 16 --rf 3\n  \
          shoal load metrics --bytes 64MiB\n  \
          shoal region list --database metrics\n  \
          shoal database delete metrics --wait\n  \
-         shoal procedure list\n\
-         (elsewhere: add --confignode {cn_addr} --secret-file {secret})\n\nCtrl-C stops the cluster.\n",
+         shoal procedure list\n{group_tips}\
+         (elsewhere: add --confignode {cn_addrs} --secret-file {secret})\n\nCtrl-C stops the cluster.\n",
         settings.data_dir.display()
     );
     let outcome = loop {
         if stop.try_recv().is_ok() {
             break Ok(());
         }
-        if let Some((name, status)) = nodes
-            .iter_mut()
-            .find_map(|n| n.exited().map(|s| (n.name.clone(), s)))
-        {
+        let mut failed = None;
+        for node in nodes.iter_mut() {
+            let Some(status) = node.exited() else {
+                continue;
+            };
+            if !node.restart {
+                failed = Some((node.name.clone(), status));
+                break;
+            }
+            eprintln!(
+                "shoal: {} (pid {}) exited ({status}); the group carries on; restarting it",
+                node.name,
+                node.pid()
+            );
+            std::thread::sleep(Duration::from_secs(1));
+            node.respawn()?;
+            eprintln!("shoal: {} restarted (pid {})", node.name, node.pid());
+        }
+        if let Some((name, status)) = failed {
             break Err(CliError::Node(format!(
                 "{name} exited ({status}); stopping the cluster"
             )));
@@ -181,7 +280,7 @@ pub fn run_up(settings: UpSettings, stop: async_channel::Receiver<()>) -> Result
         std::thread::sleep(Duration::from_millis(100));
     };
     eprintln!("shoal: stopping the cluster");
-    // DataNodes first, then the ConfigNode.
+    // DataNodes first, then the ConfigNodes.
     while let Some(mut node) = nodes.pop() {
         node.stop(Duration::from_secs(10));
     }
