@@ -46,6 +46,9 @@ pub(crate) struct Node {
     pub(crate) watch: LeadershipWatch,
     pub(crate) failure: FailureCell,
     pub(crate) config: RaftConfig,
+    /// Set by [`RaftConsensus::shutdown`]: openraft's "stopped" answers from then on are
+    /// the shutdown, not a failure.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
 /// core's [`Consensus`] on an openraft group; see the module docs for the rules it keeps.
@@ -108,6 +111,7 @@ impl RaftConsensus {
             watch: LeadershipWatch::new(),
             failure,
             config,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         // A term this node voted for itself in before a restart may have been led by it.
         let stale_term = recovered_vote
@@ -404,6 +408,9 @@ impl RaftConsensus {
     /// Stops this node's Raft (as a crash would, minus losing buffered appends): it stops
     /// answering and leading. Idempotent.
     pub async fn shutdown(&self) {
+        self.node
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let publisher = self
             .publisher
             .lock()
@@ -440,6 +447,11 @@ impl RaftConsensus {
                 ConsensusError::OutcomeUnknown("entry discarded by a leader change".into()),
             ),
             Some(Err(RaftError::APIError(e))) => Err(ConsensusError::OutcomeUnknown(e.to_string())),
+            Some(Err(RaftError::Fatal(_)))
+                if self.node.stopping.load(std::sync::atomic::Ordering::SeqCst) =>
+            {
+                Err(ConsensusError::NotLeader)
+            }
             Some(Err(RaftError::Fatal(e))) => {
                 self.node.failure.record(fatal_error(&e));
                 Err(self.node.failure.get().unwrap_or_else(|| fatal_error(e)))
