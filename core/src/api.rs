@@ -16,6 +16,7 @@ use crate::state::{DataNodeInfo, ProcedureRecord};
 
 /// Why a call between nodes failed. Decides retry vs abort in one place.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub enum ApiError {
     /// No reply within the call's deadline: the call may or may not have run.
     #[error("call timed out after {0:?}")]
@@ -40,7 +41,6 @@ pub enum ApiError {
     /// The peer tried and failed; `retryable` says whether trying again may help.
     #[error("remote failure: {message}")]
     Remote {
-        /// The peer's message.
         message: String,
         /// Whether a retry may succeed.
         retryable: bool,
@@ -78,10 +78,9 @@ impl ApiError {
 
 /// Create one region replica on a DataNode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct CreateRegionRequest {
-    /// The region group.
     pub region: RegionId,
-    /// The owning database.
     pub database: DatabaseName,
     /// Every replica's DataNode (the group's consensus peers).
     pub peers: Vec<DataNodeId>,
@@ -95,11 +94,11 @@ pub struct CreateRegionRequest {
 
 /// A long DataNode operation, run as a task keyed by [`TaskId`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub enum MaintainTaskKind {
     /// Remove the local consensus peer of `region`, then delete the region's data. Missing
     /// region: success.
     DeleteRegionPeer {
-        /// The region.
         region: RegionId,
         /// The highest creation generation this deletion covers: from its acceptance on,
         /// the DataNode refuses creates of `region` at or below it.
@@ -125,10 +124,10 @@ impl MaintainTaskKind {
 
 /// A task submission.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct MaintainTask {
     /// The id the owning procedure persisted before submitting.
     pub task_id: TaskId,
-    /// What to do.
     pub kind: MaintainTaskKind,
 }
 
@@ -164,8 +163,8 @@ impl TaskStatus {
 
 /// One region replica as a DataNode reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct RegionReport {
-    /// The region.
     pub region: RegionId,
     /// Bytes of data held.
     pub bytes: u64,
@@ -248,8 +247,8 @@ pub struct DatabaseInfo {
 
 /// A published region group and its database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct RegionGroupInfo {
-    /// The owning database.
     pub database: DatabaseName,
     /// The group and its replicas' DataNodes.
     pub replica_set: RegionReplicaSet,
@@ -257,10 +256,9 @@ pub struct RegionGroupInfo {
 
 /// A procedure's status as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct ProcedureInfo {
-    /// Its id.
     pub id: ProcedureId,
-    /// Human-readable type name.
     pub type_name: String,
     /// Name of its current state.
     pub state_name: String,
@@ -306,8 +304,8 @@ impl ProcedureInfo {
 
 /// A DataNode's periodic report to the ConfigNode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct DataNodeHeartbeat {
-    /// The reporting DataNode.
     pub id: DataNodeId,
     /// Its replicas and running tasks.
     pub report: HeartbeatReport,

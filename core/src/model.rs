@@ -16,11 +16,11 @@ pub const MAX_DATABASE_NAME_LEN: usize = 64;
 
 /// A value a user or peer supplied that Shoal refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub enum ModelError {
     /// Database names are 1..=64 bytes of `[A-Za-z0-9_]`, starting with a letter.
     #[error("invalid database name {name:?}: {reason}")]
     InvalidDatabaseName {
-        /// The rejected name.
         name: String,
         /// Why it was rejected.
         reason: &'static str,
@@ -94,8 +94,8 @@ impl fmt::Display for RegionKind {
 /// Identifies one region group (all replicas of a region share it). Ids are allocated from
 /// [`crate::state::ClusterState`], so a replay of the log allocates the same ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct RegionId {
-    /// Schema or data.
     pub kind: RegionKind,
     /// Unique across kinds within a cluster.
     pub id: u32,
@@ -116,8 +116,8 @@ impl fmt::Display for RegionId {
 
 /// Where a DataNode can be reached.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct DataNodeLocation {
-    /// The node's id.
     pub id: DataNodeId,
     /// `host:port` of its RPC endpoint (opaque to core; the transport interprets it).
     pub address: String,
@@ -140,8 +140,8 @@ impl DataNodeLocation {
 
 /// A region group and the DataNodes that hold its replicas, in placement order.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct RegionReplicaSet {
-    /// The group.
     pub region: RegionId,
     /// DataNodes holding a replica (sorted, no duplicates).
     pub replicas: Vec<DataNodeId>,
@@ -248,8 +248,8 @@ impl From<ReplicationFactor> for u8 {
 
 /// A database's schema as the ConfigNode stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct DatabaseSchema {
-    /// The database's name.
     pub name: DatabaseName,
     /// Replicas per schema region group.
     pub schema_replication_factor: ReplicationFactor,

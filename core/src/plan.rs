@@ -21,13 +21,11 @@ pub const PLAN_HEADER_LEN: usize = 6;
 
 /// Why bytes could not be decoded into a [`ConfigPlan`]. Never retryable: the bytes are wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub enum PlanDecodeError {
     /// Fewer bytes than the header.
     #[error("plan truncated: {len} bytes, header needs {PLAN_HEADER_LEN}")]
-    Truncated {
-        /// Bytes available.
-        len: usize,
-    },
+    Truncated { len: usize },
     /// The checksum does not match: the bytes were damaged.
     #[error("plan checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum {
@@ -41,21 +39,15 @@ pub enum PlanDecodeError {
     UnknownCode(u16),
     /// The body does not decode as the code's body type.
     #[error("plan code {code} has a malformed body: {message}")]
-    MalformedBody {
-        /// The plan code.
-        code: u16,
-        /// The decoder's message.
-        message: String,
-    },
+    MalformedBody { code: u16, message: String },
 }
 
 /// Why a plan could not be encoded (only possible if a body refuses to serialize).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("plan code {code} failed to encode: {message}")]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct PlanEncodeError {
-    /// The plan code.
     pub code: u16,
-    /// The encoder's message.
     pub message: String,
 }
 
@@ -176,19 +168,18 @@ config_plans! {
 
 /// Body of [`ConfigPlan::RegisterDataNode`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct RegisterDataNode {
     /// The id the node already holds, if it registered before.
     pub known_id: Option<DataNodeId>,
-    /// Where it listens.
     pub address: String,
 }
 
 /// Body of [`ConfigPlan::UpdateDataNodeStatus`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct UpdateDataNodeStatus {
-    /// The node.
     pub id: DataNodeId,
-    /// Its new status.
     pub status: DataNodeStatus,
 }
 
@@ -205,8 +196,8 @@ pub struct CreateDatabase {
 
 /// Body of [`ConfigPlan::SetDatabaseDeleting`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct SetDatabaseDeleting {
-    /// The database.
     pub name: DatabaseName,
     /// `true` marks it deleting; `false` undoes the mark (rollback).
     pub deleting: bool,
@@ -214,15 +205,15 @@ pub struct SetDatabaseDeleting {
 
 /// Body of [`ConfigPlan::DeleteDatabase`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct DeleteDatabase {
-    /// The database.
     pub name: DatabaseName,
 }
 
 /// Body of [`ConfigPlan::CreateRegionGroups`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct CreateRegionGroups {
-    /// The owning database.
     pub database: DatabaseName,
     /// Groups to publish; their ids must have been reserved.
     pub groups: Vec<RegionReplicaSet>,
@@ -239,8 +230,8 @@ pub struct RecordReplicaFootprints {
 
 /// Body of [`ConfigPlan::ReplicaDeleted`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct ReplicaDeleted {
-    /// The group.
     pub region: RegionId,
     /// The DataNode whose deletion reached `Success`.
     pub data_node: DataNodeId,
@@ -248,8 +239,8 @@ pub struct ReplicaDeleted {
 
 /// Body of [`ConfigPlan::DropRegionGroup`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct DropRegionGroup {
-    /// The owning database.
     pub database: DatabaseName,
     /// The group to drop.
     pub region: RegionId,
@@ -257,8 +248,8 @@ pub struct DropRegionGroup {
 
 /// Body of [`ConfigPlan::RemoveRegionGroup`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct RemoveRegionGroup {
-    /// The owning database.
     pub database: DatabaseName,
     /// The group to drop.
     pub region: RegionId,
@@ -266,8 +257,8 @@ pub struct RemoveRegionGroup {
 
 /// Body of [`ConfigPlan::AddRegionLocation`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct AddRegionLocation {
-    /// The group.
     pub region: RegionId,
     /// The DataNode now holding a replica.
     pub data_node: DataNodeId,
@@ -275,8 +266,8 @@ pub struct AddRegionLocation {
 
 /// Body of [`ConfigPlan::RemoveRegionLocation`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct RemoveRegionLocation {
-    /// The group.
     pub region: RegionId,
     /// The DataNode no longer holding a replica.
     pub data_node: DataNodeId,
@@ -284,8 +275,8 @@ pub struct RemoveRegionLocation {
 
 /// Body of the retired [`ConfigPlan::RetiredRegionLeaderHint`]; kept so old logs decode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct RetiredRegionLeaderHint {
-    /// The group.
     pub region: RegionId,
     /// The DataNode believed to lead it.
     pub leader: DataNodeId,
@@ -313,10 +304,9 @@ pub struct OfferRegionMaintainTasks {
 
 /// One task offered to the region-maintain queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct NewRegionMaintainTask {
-    /// What to do.
     pub kind: RegionMaintainKind,
-    /// The owning database.
     pub database: DatabaseName,
     /// The region group, with its replica set at offer time.
     pub region: RegionReplicaSet,

@@ -148,34 +148,7 @@ impl RegionCleaner {
         if !queued {
             return Ok(false);
         }
-        let (location, in_footprint) = self.consensus.state().read(|s| {
-            (
-                s.data_nodes.get(&task.target).map(|n| n.location.clone()),
-                s.footprints
-                    .get(&region)
-                    .is_some_and(|f| f.data_nodes.contains_key(&task.target)),
-            )
-        });
-        let location =
-            location.ok_or_else(|| format!("DataNode {} is not registered", task.target))?;
-        if !in_footprint {
-            // Durably before the create leaves: a create whose reply is lost still happened.
-            let record = ConfigPlan::RecordReplicaFootprints(RecordReplicaFootprints {
-                database: task.database.clone(),
-                groups: vec![RegionReplicaSet::new(region, vec![task.target])],
-            });
-            match self.consensus.propose(epoch, record).await {
-                Ok(Ok(_)) => {}
-                // The database is being deleted: no create may be sent into it.
-                Ok(Err(rejection)) => return Err(rejection.to_string()),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        let generation = self
-            .consensus
-            .state()
-            .read(|s| s.creation_generation(region, task.target))
-            .ok_or_else(|| format!("{} left the footprint of {region}", task.target))?;
+        let generation = self.ensure_footprint(epoch, task).await?;
         let started = self.runtime.clock.now_ms();
         let request = CreateRegionRequest {
             region,
@@ -183,6 +156,11 @@ impl RegionCleaner {
             peers: task.group.replicas.clone(),
             generation,
         };
+        let location = self
+            .consensus
+            .state()
+            .read(|s| s.data_nodes.get(&task.target).map(|n| n.location.clone()))
+            .ok_or_else(|| format!("DataNode {} is not registered", task.target))?;
         if let Err(e) = self
             .clients
             .client(&location)
@@ -194,6 +172,49 @@ impl RegionCleaner {
             }
             return Err(e.to_string());
         }
+        self.record_created(epoch, id, task).await?;
+        tracing::info!(
+            queued = %id, %region, data_node = %task.target, outcome = "success",
+            duration_ms = self.runtime.clock.now_ms().saturating_sub(started),
+            "missing replica created"
+        );
+        Ok(true)
+    }
+
+    /// Makes sure `task`'s target is in its group's footprint — durably, before the create
+    /// leaves: a create whose reply is lost still happened — and returns the creation
+    /// generation it holds there. Refused for a database being deleted.
+    async fn ensure_footprint(&self, epoch: Epoch, task: &QueuedCreate) -> Result<u64, String> {
+        let region = task.group.region;
+        let generation =
+            |s: &crate::state::ClusterState| s.creation_generation(region, task.target);
+        if let Some(known) = self.consensus.state().read(generation) {
+            return Ok(known);
+        }
+        let record = ConfigPlan::RecordReplicaFootprints(RecordReplicaFootprints {
+            database: task.database.clone(),
+            groups: vec![RegionReplicaSet::new(region, vec![task.target])],
+        });
+        match self.consensus.propose(epoch, record).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(rejection)) => return Err(rejection.to_string()),
+            Err(e) => return Err(e.to_string()),
+        }
+        self.consensus
+            .state()
+            .read(generation)
+            .ok_or_else(|| format!("{} left the footprint of {region}", task.target))
+    }
+
+    /// Records the created replica in its group, then drops the task (in that order: a crash
+    /// in between re-runs the idempotent create).
+    async fn record_created(
+        &self,
+        epoch: Epoch,
+        id: MaintainQueueId,
+        task: &QueuedCreate,
+    ) -> Result<(), String> {
+        let region = task.group.region;
         let add = ConfigPlan::AddRegionLocation(AddRegionLocation {
             region,
             data_node: task.target,
@@ -211,17 +232,12 @@ impl RegionCleaner {
             }
             Err(rejection) => return Err(rejection.to_string()),
         }
-        let poll = ConfigPlan::DropQueuedCreates(DropQueuedCreates { ids: vec![id] });
+        let drop = ConfigPlan::DropQueuedCreates(DropQueuedCreates { ids: vec![id] });
         self.consensus
-            .propose(epoch, poll)
+            .propose(epoch, drop)
             .await
             .map_err(|e| e.to_string())?
             .ok();
-        tracing::info!(
-            queued = %id, %region, data_node = %task.target, outcome = "success",
-            duration_ms = self.runtime.clock.now_ms().saturating_sub(started),
-            "missing replica created"
-        );
-        Ok(true)
+        Ok(())
     }
 }

@@ -36,7 +36,8 @@ impl EpochHealer {
         Self::default()
     }
 
-    fn pending(&self) -> Option<(DataNodeId, Epoch, Epoch)> {
+    /// The highest fence reported and not handled yet: (DataNode, request epoch, seen).
+    pub fn pending(&self) -> Option<(DataNodeId, Epoch, Epoch)> {
         *self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 

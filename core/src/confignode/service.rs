@@ -457,16 +457,14 @@ impl ConfigNode {
         if let Some(id) = self.submitted_with(&request_key) {
             return Ok(id);
         }
-        let Some(created_by) = self
+        let exists = self
             .consensus
             .state()
-            .read(|s| s.databases.get(&name).map(|d| d.created_by))
-        else {
+            .read(|s| s.databases.contains_key(&name));
+        if !exists {
             return Err(Rejection::DatabaseNotFound(name).into());
-        };
-        // Pinned to the database that exists now: a database of the same name created
-        // after this request is not what the client asked to delete.
-        let procedure = DeleteDatabaseProcedure::of_incarnation(name, created_by);
+        }
+        let procedure = DeleteDatabaseProcedure::new(name);
         Ok(self
             .executor
             .submit(Box::new(procedure), request_key)

@@ -282,6 +282,20 @@ impl Consensus for LocalConsensus {
             .map(|(i, _)| *i)
             .collect();
         for i in ready {
+            // Over a log shared by two leaders (tests, the simulator), a newer leader's term
+            // claim can replace an entry of ours before it was durable, and its own entry at
+            // that index can be what our sync covered: apply only entries that are ours.
+            let ours = matches!(inner.pending.get(&i), Some(Pending::Plan(_, term))
+                if self.log.term_at(i) == Some(*term));
+            if !ours {
+                let current = Epoch(self.log.current_term());
+                drop(inner);
+                self.step_down();
+                return Err(ConsensusError::StaleEpoch {
+                    proposed: epoch,
+                    current,
+                });
+            }
             if let Some(Pending::Plan(plan, term)) = inner.pending.remove(&i) {
                 let result = self.state.write(|s| s.apply(&plan));
                 inner.applied_index = i;

@@ -1,5 +1,6 @@
 //! The DataNode's task journal: record types with explicit numeric codes, their encoding,
-//! replay at start-up, and the writer that appends and compacts.
+//! the typed replay error, and the writer that appends and compacts. (Replaying records into
+//! the task table lives with the table, in `tasks.rs`.)
 //!
 //! Encoding of one record: `code: u16 BE | crc32c(code ‖ body): u32 BE | body: CBOR`. Codes
 //! are assigned in [`RecordCode`] and never change meaning; an unknown code, a bad checksum
@@ -9,7 +10,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::tasks::TaskTable;
 use crate::api::{MaintainTaskKind, TaskStatus};
 use crate::coded_enum;
 use crate::model::{Epoch, RegionId, TaskId};
@@ -66,8 +66,8 @@ coded_enum! {
 
 /// A maintain task's kind in its stored form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct StoredTaskKind {
-    /// Which kind.
     pub code: MaintainKindCode,
     /// The region it operates on.
     pub region: RegionId,
@@ -105,6 +105,7 @@ impl From<&StoredTaskKind> for MaintainTaskKind {
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub enum JournalRecord {
     /// The highest epoch seen is now `epoch`.
     EpochSeen {
@@ -113,16 +114,12 @@ pub enum JournalRecord {
     },
     /// A task was accepted.
     TaskAccepted {
-        /// The task.
         task_id: TaskId,
-        /// What it does.
         kind: StoredTaskKind,
     },
     /// A task finished.
     TaskFinished {
-        /// The task.
         task_id: TaskId,
-        /// Its terminal outcome.
         outcome: OutcomeCode,
         /// The failure reason (for [`OutcomeCode::Fail`]).
         reason: Option<String>,
@@ -131,14 +128,11 @@ pub enum JournalRecord {
     },
     /// A terminal result was forgotten.
     TaskForgotten {
-        /// The task.
         task_id: TaskId,
-        /// Why.
         reason: ForgetReason,
     },
     /// Creates of `region` at or below `generation` are refused.
     RegionFenced {
-        /// The region.
         region: RegionId,
         /// The highest creation generation a deletion of it covered.
         generation: u64,
@@ -180,13 +174,11 @@ struct FencedBody {
 
 /// Why journal bytes could not be decoded. Never retryable: the bytes are wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub enum JournalDecodeError {
     /// Fewer bytes than the header.
     #[error("record truncated: {len} bytes, header needs {RECORD_HEADER_LEN}")]
-    Truncated {
-        /// Bytes available.
-        len: usize,
-    },
+    Truncated { len: usize },
     /// The checksum does not match.
     #[error("record checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum {
@@ -200,12 +192,7 @@ pub enum JournalDecodeError {
     UnknownCode(u16),
     /// The body does not decode as the code's body type.
     #[error("journal record code {code} has a malformed body: {message}")]
-    MalformedBody {
-        /// The record code.
-        code: u16,
-        /// The decoder's message.
-        message: String,
-    },
+    MalformedBody { code: u16, message: String },
 }
 
 fn checksum(code: u16, body: &[u8]) -> u32 {
@@ -353,13 +340,13 @@ impl JournalRecord {
 
 /// Why a journal could not be replayed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub enum ReplayError {
     /// Record `index` (0-based, in load order) does not decode.
     #[error("journal record {index} is undecodable: {source}")]
     Undecodable {
         /// Position of the record.
         index: usize,
-        /// Why.
         source: JournalDecodeError,
     },
     /// Record `index` contradicts the records before it.
@@ -367,62 +354,8 @@ pub enum ReplayError {
     Inconsistent {
         /// Position of the record.
         index: usize,
-        /// What is wrong.
         reason: String,
     },
-}
-
-/// What a replay restores.
-#[derive(Debug, Default)]
-pub(crate) struct Replayed {
-    pub highest_epoch: Epoch,
-    pub table: TaskTable,
-}
-
-/// Rebuilds the highest epoch and the task table from `records`. Restored terminal results
-/// count their retention age from `now` (clock origins differ across restarts).
-pub(crate) fn replay(records: &[Vec<u8>], now: Millis) -> Result<Replayed, ReplayError> {
-    let mut out = Replayed::default();
-    for (index, bytes) in records.iter().enumerate() {
-        let record = JournalRecord::decode(bytes)
-            .map_err(|source| ReplayError::Undecodable { index, source })?;
-        match record {
-            JournalRecord::EpochSeen { epoch } => {
-                out.highest_epoch = out.highest_epoch.max(epoch);
-            }
-            JournalRecord::TaskAccepted { task_id, kind } => {
-                out.table
-                    .insert_running(task_id, MaintainTaskKind::from(&kind), now);
-            }
-            JournalRecord::RegionFenced { region, generation } => {
-                out.table.fence(region, generation, now);
-            }
-            JournalRecord::TaskFinished {
-                task_id,
-                outcome,
-                reason,
-                ..
-            } => {
-                let status = match outcome {
-                    OutcomeCode::Success => TaskStatus::Success,
-                    OutcomeCode::Fail => TaskStatus::Fail(reason.unwrap_or_default()),
-                };
-                if !out.table.finish(task_id, status, now) {
-                    return Err(ReplayError::Inconsistent {
-                        index,
-                        reason: format!("{task_id} finished but was never accepted"),
-                    });
-                }
-            }
-            JournalRecord::TaskForgotten { task_id, reason } => {
-                out.table.remove(task_id);
-                if reason == ForgetReason::Acked {
-                    out.table.remember_acked(task_id, now);
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Appends records and compacts the journal; callers serialise through one async mutex so

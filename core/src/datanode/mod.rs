@@ -159,7 +159,7 @@ impl DataNode {
         config: DataNodeConfig,
     ) -> Result<DataNode, DataNodeError> {
         let records = journal.load().await?;
-        let replayed = journal::replay(&records, rt.clock.now_ms())?;
+        let replayed = tasks::replay(&records, rt.clock.now_ms())?;
         let inner = Arc::new(Inner {
             rt,
             store,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::journal::{ForgetReason, JournalRecord, StoredTaskKind};
+use super::journal::{ForgetReason, JournalRecord, OutcomeCode, ReplayError, StoredTaskKind};
 use crate::api::{MaintainTaskKind, TaskStatus};
 use crate::model::{Epoch, RegionId, TaskId};
 use crate::runtime::Millis;
@@ -292,4 +292,57 @@ impl TaskTable {
         }
         records
     }
+}
+
+/// What a replay restores.
+#[derive(Debug, Default)]
+pub(crate) struct Replayed {
+    pub highest_epoch: Epoch,
+    pub table: TaskTable,
+}
+
+/// Rebuilds the highest epoch and the task table from `records`. Restored terminal results
+/// count their retention age from `now` (clock origins differ across restarts).
+pub(crate) fn replay(records: &[Vec<u8>], now: Millis) -> Result<Replayed, ReplayError> {
+    let mut out = Replayed::default();
+    for (index, bytes) in records.iter().enumerate() {
+        let record = JournalRecord::decode(bytes)
+            .map_err(|source| ReplayError::Undecodable { index, source })?;
+        match record {
+            JournalRecord::EpochSeen { epoch } => {
+                out.highest_epoch = out.highest_epoch.max(epoch);
+            }
+            JournalRecord::TaskAccepted { task_id, kind } => {
+                out.table
+                    .insert_running(task_id, MaintainTaskKind::from(&kind), now);
+            }
+            JournalRecord::RegionFenced { region, generation } => {
+                out.table.fence(region, generation, now);
+            }
+            JournalRecord::TaskFinished {
+                task_id,
+                outcome,
+                reason,
+                ..
+            } => {
+                let status = match outcome {
+                    OutcomeCode::Success => TaskStatus::Success,
+                    OutcomeCode::Fail => TaskStatus::Fail(reason.unwrap_or_default()),
+                };
+                if !out.table.finish(task_id, status, now) {
+                    return Err(ReplayError::Inconsistent {
+                        index,
+                        reason: format!("{task_id} finished but was never accepted"),
+                    });
+                }
+            }
+            JournalRecord::TaskForgotten { task_id, reason } => {
+                out.table.remove(task_id);
+                if reason == ForgetReason::Acked {
+                    out.table.remember_acked(task_id, now);
+                }
+            }
+        }
+    }
+    Ok(out)
 }

@@ -10,7 +10,28 @@ use crate::runtime::Runtime;
 use crate::state::{ApplyResult, ProcedureStatus};
 
 use super::ProcedureError;
-use super::session::SessionCore;
+
+/// What runs a step: the executor's session for one leadership term. Steps reach it only
+/// through [`ProcedureContext`]; defined here so the context depends on nothing above it.
+#[async_trait::async_trait]
+pub(crate) trait StepHost: Send + Sync {
+    /// The leader epoch the session runs under.
+    fn epoch(&self) -> Epoch;
+    /// Clock, spawner and randomness.
+    fn runtime(&self) -> &Runtime;
+    /// The consensus handle.
+    fn consensus(&self) -> &Arc<dyn Consensus>;
+    /// The embedding application's environment.
+    fn env(&self) -> &Environment;
+    /// Commits `plan` on behalf of `procedure` (gated by the session's stop).
+    async fn commit(
+        &self,
+        plan: ConfigPlan,
+        procedure: Option<ProcedureId>,
+    ) -> Result<ApplyResult, ProcedureError>;
+    /// Resolves when the session stops.
+    async fn wait_stopped(&self);
+}
 
 /// The embedding application's services (DataNode clients, caches), shared by every step.
 /// Steps reach a concrete type through [`ProcedureContext::env`].
@@ -31,10 +52,52 @@ pub struct ChildOutcome {
     pub error: Option<String>,
 }
 
+/// One of the executor's worker slots, held by a running step: held while the step
+/// computes or calls peers, given back while it waits for a commit, so that commits of many
+/// procedures share one flush (group commit) whatever the number of workers.
+pub(crate) struct WorkerSlot {
+    permits: Arc<async_lock::Semaphore>,
+    held: std::sync::Mutex<Option<async_lock::SemaphoreGuardArc>>,
+}
+
+impl WorkerSlot {
+    /// A slot holding `guard`, one of `permits`.
+    pub(crate) fn new(
+        permits: Arc<async_lock::Semaphore>,
+        guard: async_lock::SemaphoreGuardArc,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            permits,
+            held: std::sync::Mutex::new(Some(guard)),
+        })
+    }
+
+    /// Gives the slot back (idempotent).
+    pub(crate) fn release(&self) {
+        let guard = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(guard);
+    }
+
+    /// Takes a slot again (after a commit), waiting for one to be free.
+    pub(crate) async fn reacquire(&self) {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if !held {
+            let guard = self.permits.acquire_arc().await;
+            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+        }
+    }
+}
+
 /// Volatile context of one step: rebuilt for every step, never persisted.
 pub struct ProcedureContext {
     pub(crate) id: ProcedureId,
-    pub(crate) session: Arc<SessionCore>,
+    pub(crate) host: Arc<dyn StepHost>,
+    /// The worker slot the step holds (none when a test drives a step by hand).
+    pub(crate) slot: Option<Arc<WorkerSlot>>,
     pub(crate) children: Vec<ChildOutcome>,
     pub(crate) attempts: u32,
 }
@@ -43,7 +106,7 @@ impl std::fmt::Debug for ProcedureContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProcedureContext")
             .field("id", &self.id)
-            .field("epoch", &self.session.epoch)
+            .field("epoch", &self.host.epoch())
             .field("attempts", &self.attempts)
             .finish_non_exhaustive()
     }
@@ -57,29 +120,28 @@ impl ProcedureContext {
 
     /// The leader epoch this step runs under (send it with every DataNode request).
     pub fn epoch(&self) -> Epoch {
-        self.session.epoch
+        self.host.epoch()
     }
 
     /// Clock, spawner and randomness.
     pub fn runtime(&self) -> &Runtime {
-        &self.session.shared.runtime
+        self.host.runtime()
     }
 
     /// The consensus handle (for reading; propose through [`ProcedureContext::propose`]).
     pub fn consensus(&self) -> &Arc<dyn Consensus> {
-        &self.session.shared.consensus
+        self.host.consensus()
     }
 
     /// The applied cluster state.
     pub fn state(&self) -> Arc<StateCell> {
-        self.session.shared.consensus.state()
+        self.host.consensus().state()
     }
 
     /// The environment as `T`; fails if the application supplied another type.
     pub fn env<T: Any + Send + Sync>(&self) -> Result<&T, ProcedureError> {
-        self.session
-            .shared
-            .env
+        self.host
+            .env()
             .downcast_ref::<T>()
             .ok_or(ProcedureError::MissingEnvironment(
                 std::any::type_name::<T>(),
@@ -90,7 +152,16 @@ impl ProcedureContext {
     /// hooks) as the framework's own transitions: after the executor stops, it fails with
     /// [`ProcedureError::Stopped`]. The inner result is the state machine's verdict.
     pub async fn propose(&self, plan: ConfigPlan) -> Result<ApplyResult, ProcedureError> {
-        self.session.commit(plan, Some(self.id)).await
+        // The slot is free while the commit waits for durability: other procedures' steps
+        // run meanwhile, and their commits join the same flush.
+        if let Some(slot) = &self.slot {
+            slot.release();
+        }
+        let result = self.host.commit(plan, Some(self.id)).await;
+        if let Some(slot) = &self.slot {
+            slot.reacquire().await;
+        }
+        result
     }
 
     /// Outcomes of the children this procedure spawned, in spawn order.
@@ -105,6 +176,6 @@ impl ProcedureContext {
 
     /// Resolves when the executor stops; a step blocking on something external may race it.
     pub async fn stopped(&self) {
-        self.session.wait_stopped().await;
+        self.host.wait_stopped().await;
     }
 }

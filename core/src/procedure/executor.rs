@@ -3,7 +3,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use event_listener::Event;
 use futures_lite::future;
@@ -14,54 +13,12 @@ use crate::plan::{ConfigPlan, SubmitProcedure};
 use crate::runtime::Runtime;
 use crate::state::Applied;
 
+use super::config::ExecutorConfig;
 use super::context::Environment;
 use super::session::{Phase, SessionCore, Shared};
 use super::status::{ProcedureInfo, ProcedureView, procedure_info};
 use super::transitions::new_procedure;
-use super::{BackoffPolicy, Procedure, ProcedureError, ProcedureRegistry};
-
-/// How long finished procedures stay queryable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetentionPolicy {
-    /// Finished root procedures kept at most (oldest pruned first).
-    pub max_finished: usize,
-    /// Finished root procedures older than this are pruned (age counted from when this
-    /// leader first saw them finished).
-    pub max_age: Duration,
-    /// How often the age bound is checked; `None` checks only when a procedure finishes.
-    pub check_every: Option<Duration>,
-}
-
-impl Default for RetentionPolicy {
-    fn default() -> Self {
-        Self {
-            max_finished: 1_000,
-            max_age: Duration::from_secs(24 * 3600),
-            check_every: Some(Duration::from_secs(60)),
-        }
-    }
-}
-
-/// Executor tuning.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecutorConfig {
-    /// Workers running steps concurrently. Waiting procedures hold none.
-    pub workers: usize,
-    /// Retry policy for retryable step errors.
-    pub backoff: BackoffPolicy,
-    /// Retention of finished procedures.
-    pub retention: RetentionPolicy,
-}
-
-impl Default for ExecutorConfig {
-    fn default() -> Self {
-        Self {
-            workers: 8,
-            backoff: BackoffPolicy::default(),
-            retention: RetentionPolicy::default(),
-        }
-    }
-}
+use super::{Procedure, ProcedureError, ProcedureRegistry};
 
 /// Runs procedures while this node leads. See the module docs for the guarantees.
 pub struct ProcedureExecutor {
@@ -90,21 +47,15 @@ impl ProcedureExecutor {
         env: Environment,
         config: ExecutorConfig,
     ) -> Arc<Self> {
-        Arc::new(Self {
-            shared: Arc::new(Shared {
-                consensus,
-                registry,
-                runtime,
-                env,
-                config,
-                changed: Event::new(),
-                #[cfg(any(test, feature = "testing"))]
-                hooks: None,
-            }),
-            current: Mutex::new(None),
-            shutdown: AtomicBool::new(false),
-            shutdown_event: Event::new(),
-            started: AtomicBool::new(false),
+        Self::build(Shared {
+            consensus,
+            registry,
+            runtime,
+            env,
+            config,
+            changed: Event::new(),
+            #[cfg(any(test, feature = "testing"))]
+            hooks: None,
         })
     }
 
@@ -118,16 +69,20 @@ impl ProcedureExecutor {
         config: ExecutorConfig,
         hooks: Arc<dyn super::testing::ExecutorHooks>,
     ) -> Arc<Self> {
+        Self::build(Shared {
+            consensus,
+            registry,
+            runtime,
+            env,
+            config,
+            changed: Event::new(),
+            hooks: Some(hooks),
+        })
+    }
+
+    fn build(shared: Shared) -> Arc<Self> {
         Arc::new(Self {
-            shared: Arc::new(Shared {
-                consensus,
-                registry,
-                runtime,
-                env,
-                config,
-                changed: Event::new(),
-                hooks: Some(hooks),
-            }),
+            shared: Arc::new(shared),
             current: Mutex::new(None),
             shutdown: AtomicBool::new(false),
             shutdown_event: Event::new(),

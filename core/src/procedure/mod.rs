@@ -66,8 +66,10 @@
 //! [`LockKey`]: crate::state::LockKey
 
 mod backoff;
+mod config;
 mod context;
 mod executor;
+mod host;
 mod locks;
 mod registry;
 mod retention;
@@ -81,8 +83,11 @@ pub mod examples;
 pub mod testing;
 
 pub use backoff::BackoffPolicy;
+pub use config::{ExecutorConfig, RetentionPolicy};
 pub use context::{ChildOutcome, Environment, ProcedureContext};
-pub use executor::{ExecutorConfig, ProcedureExecutor, RetentionPolicy};
+pub use executor::ProcedureExecutor;
+#[cfg(test)]
+pub(crate) use host::step_context;
 pub use locks::LockTable;
 pub use registry::{ProcedureDecoder, ProcedureRegistry};
 pub use status::{ProcedureInfo, ProcedureView, procedure_info};

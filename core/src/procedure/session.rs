@@ -18,8 +18,8 @@ use crate::plan::ConfigPlan;
 use crate::runtime::{Millis, Runtime};
 use crate::state::{ApplyResult, ClusterState, ProcedureStatus};
 
-use super::context::{ChildOutcome, Environment, ProcedureContext};
-use super::executor::ExecutorConfig;
+use super::config::ExecutorConfig;
+use super::context::{ChildOutcome, Environment, ProcedureContext, WorkerSlot};
 use super::locks::LockTable;
 use super::{Procedure, ProcedureError, ProcedureRegistry, normalize_lock_keys};
 
@@ -83,11 +83,20 @@ pub(crate) struct SessionCore {
     inner: Mutex<Inner>,
     ready_tx: async_channel::Sender<ProcedureId>,
     ready_rx: async_channel::Receiver<ProcedureId>,
+    /// Procedures whose last step just committed and that can run on: served before
+    /// `ready_rx`, so a procedure advances to its next wait instead of queueing behind every
+    /// other (progress is visible early, and locks are held for less time).
+    continuing_tx: async_channel::Sender<ProcedureId>,
+    continuing_rx: async_channel::Receiver<ProcedureId>,
+    /// Worker slots: how many steps compute (or call peers) at once.
+    permits: Arc<async_lock::Semaphore>,
 }
 
 impl SessionCore {
     pub fn new(epoch: Epoch, shared: Arc<Shared>) -> Arc<Self> {
         let (ready_tx, ready_rx) = async_channel::unbounded();
+        let (continuing_tx, continuing_rx) = async_channel::unbounded();
+        let permits = Arc::new(async_lock::Semaphore::new(shared.config.workers.max(1)));
         Arc::new(Self {
             epoch,
             shared,
@@ -97,6 +106,9 @@ impl SessionCore {
             inner: Mutex::new(Inner::default()),
             ready_tx,
             ready_rx,
+            continuing_tx,
+            continuing_rx,
+            permits,
         })
     }
 
@@ -112,13 +124,11 @@ impl SessionCore {
     pub fn start(self: &Arc<Self>) {
         tracing::info!(epoch = %self.epoch, "procedure executor starting");
         self.sync_from_state();
-        for n in 0..self.shared.config.workers.max(1) {
-            let session = self.clone();
-            self.shared.runtime.spawner.spawn(
-                &format!("procedure-worker-{n}"),
-                Box::pin(async move { session.worker().await }),
-            );
-        }
+        let session = self.clone();
+        self.shared.runtime.spawner.spawn(
+            "procedure-dispatch",
+            Box::pin(async move { session.dispatch().await }),
+        );
         if let Some(every) = self.shared.config.retention.check_every {
             let session = self.clone();
             self.shared.runtime.spawner.spawn(
@@ -349,35 +359,24 @@ impl SessionCore {
         }
     }
 
+    /// Like [`SessionCore::make_ready`], ahead of procedures that have not run yet: `id`
+    /// just committed a step and continues.
+    pub(crate) fn make_ready_first(&self, id: ProcedureId) {
+        self.set_phase(id, Phase::Ready);
+        // Unbounded and never closed while the session lives: cannot fail.
+        let _ = self.continuing_tx.try_send(id);
+    }
+
     pub(crate) fn make_ready(&self, id: ProcedureId) {
         self.set_phase(id, Phase::Ready);
         // Unbounded and never closed while the session lives: cannot fail.
         let _ = self.ready_tx.try_send(id);
     }
 
+    /// Makes `id` ready after `delay` (a requested wait or a retry backoff).
     pub(crate) fn sleep_then_ready(self: &Arc<Self>, id: ProcedureId, delay: Duration) {
-        self.set_phase(id, Phase::Sleeping);
-        let session = self.clone();
         let sleep = self.shared.runtime.clock.sleep(delay);
-        self.shared.runtime.spawner.spawn(
-            "procedure-timer",
-            Box::pin(async move {
-                let woke = future::or(
-                    async {
-                        sleep.await;
-                        true
-                    },
-                    async {
-                        session.wait_stopped().await;
-                        false
-                    },
-                )
-                .await;
-                if woke && !session.is_stopped() {
-                    session.make_ready(id);
-                }
-            }),
-        );
+        self.ready_when(id, Phase::Sleeping, "procedure-timer", sleep);
     }
 
     /// Makes `id` ready once `until` resolves (a step's [`super::Step::Await`]).
@@ -387,14 +386,26 @@ impl SessionCore {
         until: crate::runtime::BoxFuture<()>,
         waiting_for: String,
     ) {
-        self.set_phase(id, Phase::Awaiting(waiting_for));
+        self.ready_when(id, Phase::Awaiting(waiting_for), "procedure-await", until);
+    }
+
+    /// Puts `id` in `phase` and makes it ready once `wake` resolves, unless the session
+    /// stops first (then nothing happens: the next leader reschedules it).
+    fn ready_when(
+        self: &Arc<Self>,
+        id: ProcedureId,
+        phase: Phase,
+        name: &str,
+        wake: crate::runtime::BoxFuture<()>,
+    ) {
+        self.set_phase(id, phase);
         let session = self.clone();
         self.shared.runtime.spawner.spawn(
-            "procedure-await",
+            name,
             Box::pin(async move {
                 let woke = future::or(
                     async {
-                        until.await;
+                        wake.await;
                         true
                     },
                     async {
@@ -424,22 +435,52 @@ impl SessionCore {
         Some((entry.phase.clone(), note))
     }
 
-    async fn worker(self: Arc<Self>) {
+    /// Runs ready procedures' steps, each on its own task holding one worker slot.
+    async fn dispatch(self: Arc<Self>) {
         loop {
-            let next = future::or(async { self.ready_rx.recv().await.ok() }, async {
-                self.wait_stopped().await;
-                None
-            })
+            let permits = self.permits.clone();
+            let session = self.clone();
+            let next = future::or(
+                async move {
+                    let permit = permits.acquire_arc().await;
+                    let id = session.next_ready().await?;
+                    Some((permit, id))
+                },
+                async {
+                    self.wait_stopped().await;
+                    None
+                },
+            )
             .await;
-            let Some(id) = next else { break };
+            let Some((permit, id)) = next else { break };
             if self.is_stopped() {
                 break;
             }
-            // Everything a step logs (DataNode calls, metadata commits) carries its
-            // procedure id; steps add region and DataNode ids as fields of their own events.
-            let span = tracing::info_span!("procedure", id = %id, epoch = %self.epoch);
-            tracing::Instrument::instrument(self.run_step(id), span).await;
+            let slot = WorkerSlot::new(self.permits.clone(), permit);
+            let session = self.clone();
+            self.shared.runtime.spawner.spawn(
+                "procedure-step",
+                Box::pin(async move {
+                    // Everything a step logs (DataNode calls, metadata commits) carries its
+                    // procedure id; steps add region and DataNode ids as fields of their own
+                    // events.
+                    let span = tracing::info_span!("procedure", id = %id, epoch = %session.epoch);
+                    tracing::Instrument::instrument(session.run_step(id, slot), span).await;
+                }),
+            );
         }
+    }
+
+    /// The next procedure to run: one that is continuing first.
+    async fn next_ready(self: Arc<Self>) -> Option<ProcedureId> {
+        if let Ok(id) = self.continuing_rx.try_recv() {
+            return Some(id);
+        }
+        // `or` polls the continuing queue first, so it wins a tie.
+        future::or(async { self.continuing_rx.recv().await.ok() }, async {
+            self.ready_rx.recv().await.ok()
+        })
+        .await
     }
 
     /// Takes the live instance of `id`, or rebuilds it from `record`.
@@ -470,7 +511,7 @@ impl SessionCore {
         }
     }
 
-    async fn run_step(self: &Arc<Self>, id: ProcedureId) {
+    async fn run_step(self: &Arc<Self>, id: ProcedureId, slot: Arc<WorkerSlot>) {
         let state = self.shared.consensus.state();
         let Some((record, children)) = state.read(|s| {
             let record = s.procedures.get(&id)?.clone();
@@ -503,7 +544,8 @@ impl SessionCore {
         };
         let ctx = ProcedureContext {
             id,
-            session: self.clone(),
+            host: self.clone(),
+            slot: Some(slot.clone()),
             children,
             attempts: record.attempts,
         };
@@ -522,6 +564,8 @@ impl SessionCore {
             .filter(|_| !self.is_stopped());
             // Stopped mid-step: record nothing; the next leader re-runs it.
             let Some(outcome) = outcome else { return };
+            // The transition's commit holds no worker slot.
+            slot.release();
             self.after_rollback(record, instance, outcome).await;
         } else {
             let outcome = future::or(
@@ -539,6 +583,8 @@ impl SessionCore {
                 Some(injected) => Err(injected),
                 None => outcome,
             };
+            // The transition's commit holds no worker slot.
+            slot.release();
             self.after_step(record, instance, outcome).await;
         }
     }

@@ -31,18 +31,13 @@ coded_enum! {
 
 /// One procedure as the status API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct ProcedureInfo {
-    /// Its id.
     pub id: ProcedureId,
-    /// Type code.
     pub type_code: u32,
-    /// Type name.
     pub type_name: String,
-    /// Current state's code.
     pub state_code: u32,
-    /// Current state's name.
     pub state_name: String,
-    /// Status.
     pub status: ProcedureView,
     /// Parent, if a child.
     pub parent: Option<ProcedureId>,
@@ -54,7 +49,6 @@ pub struct ProcedureInfo {
     pub updated_at_ms: u64,
     /// Failed attempts of the current step.
     pub attempts: u32,
-    /// Last error.
     pub last_error: Option<String>,
     /// What it waits for, in words.
     pub waiting_for: Option<String>,

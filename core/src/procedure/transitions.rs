@@ -12,6 +12,25 @@ use crate::state::{Applied, NewProcedure, ProcedureRecord, ProcedureStatus, Reje
 use super::session::{Phase, SessionCore};
 use super::{Procedure, ProcedureError, RollbackStep, Step, normalize_lock_keys};
 
+/// Which direction a failed step was going: its error is handled differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// A forward step (`Procedure::step`).
+    Forward,
+    /// A rollback step (`Procedure::rollback`).
+    RollingBack,
+}
+
+impl Direction {
+    fn of(status: ProcedureStatus) -> Self {
+        if status == ProcedureStatus::RollingBack {
+            Direction::RollingBack
+        } else {
+            Direction::Forward
+        }
+    }
+}
+
 /// How a committed transition must be followed up.
 enum Then {
     Ready,
@@ -53,7 +72,11 @@ impl SessionCore {
     ) {
         let now = self.shared.runtime.clock.now_ms();
         let built = match outcome {
-            Err(e) => return self.handle_error(record, instance, e, false).await,
+            Err(e) => {
+                return self
+                    .handle_error(record, instance, e, Direction::Forward)
+                    .await;
+            }
             Ok(Step::Await { until, waiting_for }) => {
                 // Nothing to commit; the live instance is dropped so the next run starts
                 // from the committed record.
@@ -96,7 +119,10 @@ impl SessionCore {
                 self.commit_transition(record, next, spawn, then, Some(instance))
                     .await
             }
-            Err(e) => self.handle_error(record, instance, e, false).await,
+            Err(e) => {
+                self.handle_error(record, instance, e, Direction::Forward)
+                    .await
+            }
         }
     }
 
@@ -107,7 +133,11 @@ impl SessionCore {
         outcome: Result<RollbackStep, ProcedureError>,
     ) {
         let built = match outcome {
-            Err(e) => return self.handle_error(record, instance, e, true).await,
+            Err(e) => {
+                return self
+                    .handle_error(record, instance, e, Direction::RollingBack)
+                    .await;
+            }
             Ok(RollbackStep::Continue) => self
                 .next_record(&record, instance.as_ref(), ProcedureStatus::RollingBack)
                 .map(|r| (r, Then::Ready)),
@@ -120,7 +150,10 @@ impl SessionCore {
                 self.commit_transition(record, next, Vec::new(), then, Some(instance))
                     .await
             }
-            Err(e) => self.handle_error(record, instance, e, true).await,
+            Err(e) => {
+                self.handle_error(record, instance, e, Direction::RollingBack)
+                    .await
+            }
         }
     }
 
@@ -131,8 +164,9 @@ impl SessionCore {
         record: ProcedureRecord,
         instance: Box<dyn Procedure>,
         error: ProcedureError,
-        rolling_back: bool,
+        direction: Direction,
     ) {
+        let rolling_back = direction == Direction::RollingBack;
         let id = record.id;
         if error.is_stop() || self.is_stopped() {
             self.stop_now();
@@ -206,7 +240,7 @@ impl SessionCore {
                     self.put_instance(id, instance);
                 }
                 match then {
-                    Then::Ready => self.make_ready(id),
+                    Then::Ready => self.make_ready_first(id),
                     Then::Sleep(delay) => self.sleep_then_ready(id, delay),
                     Then::Suspend => {
                         self.set_phase(id, Phase::Suspended);
@@ -256,8 +290,8 @@ impl SessionCore {
                     let record = committed;
                     match self.shared.registry.decode(record.type_code, &record.data) {
                         Ok(fresh) => {
-                            let rolling_back = record.status == ProcedureStatus::RollingBack;
-                            Box::pin(self.handle_error(record, fresh, e, rolling_back)).await
+                            let direction = Direction::of(record.status);
+                            Box::pin(self.handle_error(record, fresh, e, direction)).await
                         }
                         Err(decode) => self.set_phase(id, Phase::Unreadable(decode.to_string())),
                     }

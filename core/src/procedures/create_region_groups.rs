@@ -40,27 +40,28 @@ use super::env::{RegionEnv, first_failed_child};
 use super::{CREATE_REGION_GROUPS, RemoveRegionGroupProcedure};
 
 coded_enum! {
-    /// States of [`CreateRegionGroupsProcedure`].
+    /// States of [`CreateRegionGroupsProcedure`], in the order they run. Codes are stable
+    /// (`CreateDatabase` came last, so it keeps 6).
     pub enum CreateRegionGroupsState {
+        /// Create the database itself (only when the procedure creates a new database).
+        CreateDatabase = 6,
         /// Reserve region ids and choose DataNodes.
         Prepare = 1,
-        /// Create every replica (synchronous RPCs).
+        /// Record the footprints, then create every replica (synchronous RPCs).
         CreateReplicas = 2,
         /// Publish groups with a quorum; queue creates for their missing replicas.
         Publish = 3,
-        /// Spawn one removal per group without a quorum.
+        /// Spawn one removal per group never published.
         TearDown = 4,
-        /// Report the outcome.
+        /// Report the outcome (dropping a database the creation made and left empty).
         Finish = 5,
-        /// Create the database itself (when the procedure creates a new database).
-        CreateDatabase = 6,
     }
 }
 
 /// One group to create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct PlannedGroup {
-    /// Its reserved id.
     pub region: RegionId,
     /// Where its replicas go.
     pub replicas: Vec<DataNodeId>,
@@ -70,10 +71,9 @@ pub struct PlannedGroup {
 
 /// Persistent data of [`CreateRegionGroupsProcedure`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct CreateRegionGroupsData {
-    /// Current state.
     pub state: CreateRegionGroupsState,
-    /// The owning database.
     pub database: DatabaseName,
     /// Schema region groups requested.
     pub schema_groups: u32,
@@ -592,3 +592,6 @@ impl ProcedureType for CreateRegionGroupsProcedure {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

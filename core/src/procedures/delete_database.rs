@@ -43,28 +43,15 @@ coded_enum! {
 
 /// Persistent data of [`DeleteDatabaseProcedure`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct DeleteDatabaseData {
-    /// Current state.
     pub state: DeleteDatabaseState,
-    /// The database.
     pub name: DatabaseName,
     /// Groups handed to child removals (for status and the final check).
     pub groups: Vec<RegionId>,
-    /// The database this deletion was asked for, if pinned: a database of the same name
-    /// created after it (another incarnation) is left alone. Unpinned in records written
-    /// before incarnations: whatever database has the name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub incarnation: Option<DatabaseIncarnation>,
     /// Rounds of child removals spawned (more than one only if groups reappeared; at most
     /// `MAX_ROUNDS`).
     pub rounds: u32,
-}
-
-/// One database's identity beyond its name: the procedure that created it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DatabaseIncarnation {
-    /// `created_by` of the database entry (`None` for databases created without one).
-    pub created_by: Option<crate::model::ProcedureId>,
 }
 
 /// Deletes a database. See the module docs.
@@ -81,22 +68,9 @@ impl DeleteDatabaseProcedure {
                 state: DeleteDatabaseState::MarkDeleting,
                 name,
                 groups: Vec::new(),
-                incarnation: None,
                 rounds: 0,
             },
         }
-    }
-
-    /// Deletes only the incarnation of `name` that `created_by` created: if that database is
-    /// gone when this deletion runs (an earlier deletion finished it) or the name now belongs
-    /// to a database created since, this deletion succeeds without touching anything.
-    pub fn of_incarnation(
-        name: DatabaseName,
-        created_by: Option<crate::model::ProcedureId>,
-    ) -> Self {
-        let mut procedure = Self::new(name);
-        procedure.data.incarnation = Some(DatabaseIncarnation { created_by });
-        procedure
     }
 
     /// The persistent data.
@@ -104,22 +78,12 @@ impl DeleteDatabaseProcedure {
         &self.data
     }
 
-    /// Done: the incarnation asked for is gone already. Abort: an unpinned deletion finds no
-    /// database of its name.
+    /// Done: the database is gone already (a deletion queued behind another of the same
+    /// database: deleting something already gone is a success).
     async fn mark_deleting(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
-        let name = self.data.name.clone();
-        let current = ctx
-            .state()
-            .read(|s| s.databases.get(&name).map(|d| d.created_by));
-        if let Some(incarnation) = &self.data.incarnation
-            && current != Some(incarnation.created_by)
-        {
-            // Deleting something already gone is a success (a deletion queued behind another
-            // of the same database); a newer database of that name is not ours to delete.
-            tracing::info!(procedure = %ctx.procedure_id(), database = %name,
-                recreated = current.is_some(), "database already deleted");
-            return Ok(Step::Done(Vec::new()));
-        }
+        // Deletions and creations of one name hold its database lock exclusively and run in
+        // submission order, so whatever database has the name now is the one this request
+        // meant in that order.
         let plan = SetDatabaseDeleting {
             name: self.data.name.clone(),
             deleting: true,
@@ -127,9 +91,9 @@ impl DeleteDatabaseProcedure {
         match ctx.propose(ConfigPlan::SetDatabaseDeleting(plan)).await? {
             Ok(_) => {}
             Err(Rejection::DatabaseNotFound(name)) => {
-                return Err(ProcedureError::Abort(format!(
-                    "database {name} does not exist"
-                )));
+                tracing::info!(procedure = %ctx.procedure_id(), database = %name,
+                    "database already deleted");
+                return Ok(Step::Done(Vec::new()));
             }
             Err(rejection) => return Err(rejection.into()),
         }
@@ -255,3 +219,6 @@ impl ProcedureType for DeleteDatabaseProcedure {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,14 +14,14 @@ mod create_region_groups;
 mod delete_database;
 mod env;
 mod remove_region_group;
+#[cfg(test)]
+mod testing;
 
 pub use create_region_groups::{
     CreateRegionGroupsData, CreateRegionGroupsOutput, CreateRegionGroupsProcedure,
     CreateRegionGroupsState, PlannedGroup,
 };
-pub use delete_database::{
-    DatabaseIncarnation, DeleteDatabaseData, DeleteDatabaseProcedure, DeleteDatabaseState,
-};
+pub use delete_database::{DeleteDatabaseData, DeleteDatabaseProcedure, DeleteDatabaseState};
 pub use env::{LifecycleConfig, MAX_TASK_SEQ, RegionEnv, task_id_for};
 pub use remove_region_group::{
     RemovalScope, RemoveRegionGroupData, RemoveRegionGroupProcedure, RemoveRegionGroupState,

@@ -69,14 +69,11 @@ fn is_zero_u64(value: &u64) -> bool {
 
 /// Persistent data of [`RemoveRegionGroupProcedure`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct RemoveRegionGroupData {
-    /// Current state.
     pub state: RemoveRegionGroupState,
-    /// The owning database.
     pub database: DatabaseName,
-    /// The group.
     pub region: RegionId,
-    /// What to remove.
     pub scope: RemovalScope,
     /// DataNodes to delete on besides the footprint (`Group` scope), or instead of it
     /// (`Replicas` scope).
@@ -522,3 +519,6 @@ impl ProcedureType for RemoveRegionGroupProcedure {
         Ok(Self { data })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -27,15 +27,11 @@ pub const HEADER_LEN: usize = 8 + 2 + 8 + 4;
 
 /// Why bytes could not be decoded into a snapshot. Never retryable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub enum SnapshotError {
     /// Shorter than the header, or than the length the header declares.
     #[error("snapshot truncated: {len} bytes, need {needed}")]
-    Truncated {
-        /// Bytes available.
-        len: usize,
-        /// Bytes required.
-        needed: u64,
-    },
+    Truncated { len: usize, needed: u64 },
     /// Not a Shoal snapshot.
     #[error("bad snapshot magic")]
     BadMagic,
@@ -55,12 +51,7 @@ pub enum SnapshotError {
     },
     /// The body does not decode as its version's body.
     #[error("snapshot v{version} body is malformed: {message}")]
-    MalformedBody {
-        /// Format version.
-        version: u16,
-        /// The decoder's message.
-        message: String,
-    },
+    MalformedBody { version: u16, message: String },
     /// The state could not be encoded.
     #[error("snapshot encode failed: {0}")]
     Encode(String),
@@ -68,12 +59,12 @@ pub enum SnapshotError {
 
 /// A decoded snapshot: the state after applying every log entry up to `last_index`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct Snapshot {
     /// Index of the last log entry the state includes.
     pub last_index: u64,
     /// Term (epoch) of that entry.
     pub last_term: u64,
-    /// The state.
     pub state: ClusterState,
 }
 

@@ -16,37 +16,29 @@ use super::v2::{ClusterStateV2, RegionMaintainTaskV2 as RegionMaintainTask, Snap
 
 /// The v1 snapshot body. Frozen: never change these fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct SnapshotV1 {
     /// Index of the last log entry the state includes.
     pub last_index: u64,
     /// Term of that entry.
     pub last_term: u64,
-    /// The v1 state.
     pub state: ClusterStateV1,
 }
 
 /// The v1 state: no pending-legacy-deletion table; the queue mixes creates and deletes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct ClusterStateV1 {
-    /// Next DataNode id.
     pub next_data_node_id: u32,
-    /// Next region id.
     pub next_region_id: u32,
-    /// Next procedure id.
     pub next_procedure_id: u64,
-    /// Next task id.
     pub next_task_id: u64,
-    /// Registered DataNodes.
     pub data_nodes: BTreeMap<DataNodeId, DataNodeInfo>,
-    /// Databases.
     pub databases: BTreeMap<DatabaseName, DatabaseEntry>,
-    /// Partition tables.
     pub partition_tables: BTreeMap<DatabaseName, PartitionTable>,
     /// Create *and* delete tasks.
     pub region_maintain_queue: BTreeMap<TaskId, RegionMaintainTask>,
-    /// Procedure records.
     pub procedures: BTreeMap<ProcedureId, ProcedureRecord>,
-    /// Request keys.
     pub procedure_request_keys: BTreeMap<String, ProcedureId>,
 }
 

@@ -20,21 +20,20 @@ use super::Snapshot;
 
 /// The v2 snapshot body. Frozen: never change these fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct SnapshotV2 {
     /// Index of the last log entry the state includes.
     pub last_index: u64,
     /// Term of that entry.
     pub last_term: u64,
-    /// The v2 state.
     pub state: ClusterStateV2,
 }
 
 /// A queued task as v2 stored it: the target by location.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct RegionMaintainTaskV2 {
-    /// What to do.
     pub kind: RegionMaintainKind,
-    /// The owning database.
     pub database: DatabaseName,
     /// The region group, with its replica set at offer time.
     pub region: RegionReplicaSet,
@@ -44,28 +43,19 @@ pub struct RegionMaintainTaskV2 {
 
 /// The v2 state. Frozen: never change these fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct ClusterStateV2 {
-    /// Next DataNode id.
     pub next_data_node_id: u32,
-    /// Next region id.
     pub next_region_id: u32,
-    /// Next procedure id.
     pub next_procedure_id: u64,
-    /// Next task id.
     pub next_task_id: u64,
-    /// Registered DataNodes.
     pub data_nodes: BTreeMap<DataNodeId, DataNodeInfo>,
-    /// Databases.
     pub databases: BTreeMap<DatabaseName, DatabaseEntry>,
-    /// Partition tables.
     pub partition_tables: BTreeMap<DatabaseName, PartitionTable>,
-    /// Queued create tasks.
     pub region_maintain_queue: BTreeMap<TaskId, RegionMaintainTaskV2>,
     /// Deletions inherited from v1.
     pub pending_legacy_deletions: BTreeMap<TaskId, RegionMaintainTaskV2>,
-    /// Procedure records.
     pub procedures: BTreeMap<ProcedureId, ProcedureRecord>,
-    /// Request keys.
     pub procedure_request_keys: BTreeMap<String, ProcedureId>,
     /// Per-procedure region-id reservations.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

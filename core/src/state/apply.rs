@@ -12,6 +12,7 @@ use super::{
 
 /// What applying an accepted plan produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub enum Applied {
     /// The state changed.
     Done,
@@ -20,17 +21,11 @@ pub enum Applied {
     /// A DataNode was registered (or re-registered) under this id.
     DataNodeRegistered(DataNodeId),
     /// Region ids `first..first + count` were reserved.
-    RegionIdsReserved {
-        /// First reserved id.
-        first: u32,
-        /// How many.
-        count: u32,
-    },
+    RegionIdsReserved { first: u32, count: u32 },
     /// Region-maintain tasks were queued under these ids.
     TasksOffered(Vec<MaintainQueueId>),
     /// A procedure was recorded; `existing` when its request key matched an earlier one.
     ProcedureSubmitted {
-        /// Its id.
         id: ProcedureId,
         /// Whether the request key matched an earlier submission.
         existing: bool,
@@ -44,6 +39,7 @@ pub enum Applied {
 
 /// Why a plan was refused. The state is unchanged by a refused plan.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub enum Rejection {
     /// A database with this name exists.
     #[error("database {0} already exists")]
@@ -60,7 +56,6 @@ pub enum Rejection {
     /// Dropping the database would orphan region groups.
     #[error("database {name} still has {groups} region groups")]
     RegionGroupsRemain {
-        /// The database.
         name: DatabaseName,
         /// How many groups remain.
         groups: usize,
@@ -80,11 +75,9 @@ pub enum Rejection {
     /// An [`plan::UpdateProcedure`] expected another record version (it is stale).
     #[error("procedure {id} is at version {current}, update expected {expected}")]
     ProcedureVersionMismatch {
-        /// The procedure.
         id: ProcedureId,
         /// The version the update expected.
         expected: u64,
-        /// The stored version.
         current: u64,
     },
     /// Only finished procedures may be deleted.

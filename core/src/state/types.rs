@@ -22,17 +22,16 @@ coded_enum! {
 
 /// A registered DataNode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct DataNodeInfo {
-    /// Id and address.
     pub location: DataNodeLocation,
-    /// Current status.
     pub status: DataNodeStatus,
 }
 
 /// A database and whether it is being deleted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct DatabaseEntry {
-    /// Its schema.
     pub schema: DatabaseSchema,
     /// Set by pre-delete: new region groups and writes are refused.
     pub deleting: bool,
@@ -63,8 +62,8 @@ coded_enum! {
 /// A missing replica the leader's region cleaner creates: queued when a group was
 /// published with a quorum but without every replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct QueuedCreate {
-    /// The owning database.
     pub database: DatabaseName,
     /// The region group, with every planned replica (the new replica's peers).
     pub group: RegionReplicaSet,
@@ -76,8 +75,8 @@ pub struct QueuedCreate {
 /// A replica deletion inherited from the legacy delete-by-queue path, not yet owned by a
 /// procedure: a leader turns each into a removal procedure; never dropped silently.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct LegacyDeletion {
-    /// The owning database.
     pub database: DatabaseName,
     /// The region group, with its replica set when the deletion was queued.
     pub group: RegionReplicaSet,
@@ -125,10 +124,9 @@ pub enum LockResource {
 
 /// A resource and how it is held.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct LockKey {
-    /// What is locked.
     pub resource: LockResource,
-    /// How.
     pub mode: LockMode,
 }
 
@@ -184,18 +182,16 @@ pub struct NewProcedure {
 
 /// A procedure's durable record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct ProcedureRecord {
-    /// Its id.
     pub id: ProcedureId,
     /// Stable code of the procedure type.
     pub type_code: u32,
-    /// Human-readable type name.
     pub type_name: String,
     /// The parent that spawned it, if any.
     pub parent: Option<ProcedureId>,
     /// Children it spawned, in spawn order.
     pub children: Vec<ProcedureId>,
-    /// Durable status.
     pub status: ProcedureStatus,
     /// Stable code of its current state.
     pub state_code: u32,

@@ -19,6 +19,7 @@ use crate::model::{DataNodeId, DatabaseName, RegionId};
 
 /// A storage failure. One enum for every storage trait in core.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub enum StorageError {
     /// An I/O operation failed.
     #[error("{op} failed on {path}: {message}")]
@@ -27,33 +28,26 @@ pub enum StorageError {
         op: &'static str,
         /// The file or directory.
         path: String,
-        /// The OS error.
         message: String,
     },
     /// Stored bytes are damaged where they should be whole (not a torn tail).
     #[error("corrupt data in {file} at offset {offset}: {reason}")]
     Corrupt {
-        /// The file.
         file: String,
         /// Byte offset of the bad record.
         offset: u64,
-        /// What is wrong.
         reason: String,
     },
     /// A log append by a leader whose term was superseded.
     #[error("log is fenced: append at term {term}, current term {current}")]
     Fenced {
-        /// The appender's term.
         term: u64,
         /// The term in force.
         current: u64,
     },
     /// A region exists with a different configuration.
     #[error("region {region} exists with a different configuration")]
-    RegionConflict {
-        /// The region.
-        region: RegionId,
-    },
+    RegionConflict { region: RegionId },
     /// The region does not exist (for operations other than delete, where missing is fine).
     #[error("region {0} does not exist")]
     RegionNotFound(RegionId),
@@ -81,12 +75,12 @@ impl StorageError {
 
 /// One consensus-log entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct LogEntry {
     /// Position in the log, from 1.
     pub index: u64,
     /// Term (epoch) of the leader that appended it.
     pub term: u64,
-    /// An encoded [`crate::plan::ConfigPlan`].
     pub payload: Vec<u8>,
 }
 
@@ -107,6 +101,15 @@ pub trait LogStore: Send + Sync + 'static {
     async fn sync(&self, index: u64) -> Result<(), StorageError>;
     /// Entries from `from` (inclusive), at most `max` of them.
     fn read(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, StorageError>;
+    /// The term of the entry at `index`, if the log holds it.
+    fn term_at(&self, index: u64) -> Option<u64> {
+        self.read(index, 1)
+            .ok()?
+            .into_iter()
+            .next()
+            .filter(|entry| entry.index == index)
+            .map(|entry| entry.term)
+    }
     /// Index of the first retained entry (1 when nothing was compacted).
     fn first_index(&self) -> u64;
     /// Index of the last appended entry (0 when empty).
@@ -139,10 +142,9 @@ pub trait SnapshotStore: Send + Sync + 'static {
 
 /// What a region replica is: its group, database and consensus peer membership.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub struct RegionConfig {
-    /// The region group.
     pub region: RegionId,
-    /// The owning database.
     pub database: DatabaseName,
     /// The group's consensus peers as this replica knows them.
     pub peers: Vec<DataNodeId>,
@@ -159,12 +161,10 @@ pub enum CreateOutcome {
 
 /// Whether a delete removed data or found nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
 pub enum DeleteOutcome {
     /// The region existed; this many bytes were removed.
-    Deleted {
-        /// Bytes removed.
-        bytes: u64,
-    },
+    Deleted { bytes: u64 },
     /// Nothing was there (a retried deletion converges here).
     NotFound,
 }

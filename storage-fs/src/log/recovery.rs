@@ -50,19 +50,52 @@ pub(super) struct Recovered {
     pub report: RecoveryReport,
 }
 
+/// Opens the log in `dir`: removes leftover temp files, validates every segment in order,
+/// truncates a torn tail of the newest one, and refuses any other damage.
 pub(super) fn recover(dir: &Path, options: &LogOptions) -> Result<Recovered, StorageError> {
     create_dir_durable(dir)?;
     let mut report = RecoveryReport::default();
+    let segments = list_segments(dir, &mut report)?;
+    if segments.is_empty() {
+        return fresh_log(dir, options, report);
+    }
+    let first_index = segments[0].first_index;
+    let loaded = load_segments(&segments, &mut report)?;
+    let last = segments.last().map(|s| s.path.clone()).unwrap_or_default();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&last)
+        .map_err(|e| io_err("open segment", &last, e))?;
+    report.segments = segments.len();
+    report.first_index = first_index;
+    report.last_index = loaded.next_index - 1;
+    Ok(Recovered {
+        first_index,
+        entries: loaded.entries,
+        segments,
+        active: ActiveSegment {
+            file,
+            path: last,
+            offset: loaded.active_end,
+        },
+        report,
+    })
+}
+
+/// The segment files of `dir`, oldest first; leftover temp files are removed (and noted).
+fn list_segments(
+    dir: &Path,
+    report: &mut RecoveryReport,
+) -> Result<Vec<SegmentMeta>, StorageError> {
     let mut segments = Vec::new();
     let listing = std::fs::read_dir(dir).map_err(|e| io_err("list log dir", dir, e))?;
-    let mut removed_any = false;
     for entry in listing {
         let entry = entry.map_err(|e| io_err("list log dir", dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".tmp") {
             std::fs::remove_file(entry.path()).map_err(|e| io_err("remove", &entry.path(), e))?;
             report.removed_temp_files.push(name);
-            removed_any = true;
         } else if let Some(first_index) = parse_segment_name(&name) {
             segments.push(SegmentMeta {
                 first_index,
@@ -70,37 +103,63 @@ pub(super) fn recover(dir: &Path, options: &LogOptions) -> Result<Recovered, Sto
             });
         }
     }
-    if removed_any {
+    if !report.removed_temp_files.is_empty() {
         fsync_dir(dir)?;
     }
     segments.sort_by_key(|s| s.first_index);
-    if segments.is_empty() {
-        let active = create_segment(dir, 1, options.segment_size)?;
-        segments.push(SegmentMeta {
-            first_index: 1,
-            path: active.path.clone(),
-        });
-        report.segments = 1;
-        report.first_index = 1;
-        return Ok(Recovered {
-            first_index: 1,
-            entries: VecDeque::new(),
-            segments,
-            active,
-            report,
-        });
-    }
+    Ok(segments)
+}
 
-    let first_index = segments[0].first_index;
-    let mut entries = VecDeque::new();
-    let mut expected = first_index;
+/// An empty log: one new segment starting at index 1.
+fn fresh_log(
+    dir: &Path,
+    options: &LogOptions,
+    mut report: RecoveryReport,
+) -> Result<Recovered, StorageError> {
+    let active = create_segment(dir, 1, options.segment_size)?;
+    let segments = vec![SegmentMeta {
+        first_index: 1,
+        path: active.path.clone(),
+    }];
+    report.segments = 1;
+    report.first_index = 1;
+    Ok(Recovered {
+        first_index: 1,
+        entries: VecDeque::new(),
+        segments,
+        active,
+        report,
+    })
+}
+
+/// What the segments hold.
+struct Loaded {
+    entries: VecDeque<(u64, Arc<[u8]>)>,
+    /// The index after the last entry.
+    next_index: u64,
+    /// The newest segment's logical end.
+    active_end: u64,
+}
+
+/// Reads and validates every segment: they must chain (each starts where the previous one
+/// ended) and terms never decrease; damage anywhere but the newest segment's tail, or damage
+/// followed by a whole record, is `Corrupt`; a torn tail is zeroed and reported.
+fn load_segments(
+    segments: &[SegmentMeta],
+    report: &mut RecoveryReport,
+) -> Result<Loaded, StorageError> {
+    let mut loaded = Loaded {
+        entries: VecDeque::new(),
+        next_index: segments[0].first_index,
+        active_end: 0,
+    };
     let mut prev_term = 0;
-    let mut active_end = 0;
     for (i, seg) in segments.iter().enumerate() {
         let is_last = i + 1 == segments.len();
         let file = seg.path.display().to_string();
         let bytes = std::fs::read(&seg.path).map_err(|e| io_err("read segment", &seg.path, e))?;
         let scan = scan_segment(&seg.path, &bytes, prev_term)?;
+        let expected = loaded.next_index;
         if scan.first_index != seg.first_index || scan.first_index != expected {
             return Err(StorageError::Corrupt {
                 file,
@@ -122,20 +181,20 @@ pub(super) fn recover(dir: &Path, options: &LogOptions) -> Result<Recovered, Sto
                 });
             }
         }
-        expected += scan.entries.len() as u64;
+        loaded.next_index += scan.entries.len() as u64;
         if let Some(last) = scan.entries.last() {
             prev_term = last.term;
         }
-        entries.extend(
+        loaded.entries.extend(
             scan.entries
                 .into_iter()
                 .map(|e| (e.term, Arc::<[u8]>::from(e.payload))),
         );
         if is_last {
-            active_end = scan.end_offset;
+            loaded.active_end = scan.end_offset;
             if let Some(damage) = scan.damage {
                 let torn = TornTail {
-                    file: file.clone(),
+                    file,
                     offset: damage.offset,
                     discarded_bytes: damage.garbage_len,
                     reason: damage.reason,
@@ -152,26 +211,7 @@ pub(super) fn recover(dir: &Path, options: &LogOptions) -> Result<Recovered, Sto
             }
         }
     }
-    let last = segments.last().map(|s| s.path.clone()).unwrap_or_default();
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&last)
-        .map_err(|e| io_err("open segment", &last, e))?;
-    report.segments = segments.len();
-    report.first_index = first_index;
-    report.last_index = expected - 1;
-    Ok(Recovered {
-        first_index,
-        entries,
-        segments,
-        active: ActiveSegment {
-            file,
-            path: last,
-            offset: active_end,
-        },
-        report,
-    })
+    Ok(loaded)
 }
 
 /// Replaces everything from `offset` with zeroes (truncate, then extend back to the

@@ -559,15 +559,10 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
         loop {
             if let Some((node, seq)) = script.trigger() {
                 interruptions += 1;
-                match script.mode {
-                    Mode::Restart => {
-                        nodes[leader].dead.raise();
-                        nodes[leader].executor.shutdown().await;
-                        nodes[leader] = self.node(&world, 0);
-                    }
-                    Mode::LeaderChange => leader = 1 - node,
-                }
-                self.lead(&world, &nodes[leader]).await.map_err(fail)?;
+                leader = self
+                    .interrupt(&world, &mut nodes, leader, node)
+                    .await
+                    .map_err(fail)?;
                 script.resume_handled(seq);
                 if root.is_none() {
                     // The submission may have committed before the interruption: the request
@@ -629,31 +624,66 @@ impl<E: Send + Sync + 'static> CrashHarness<E> {
                 return Err(fail(self.stuck(&nodes[leader], root, leader, &script)));
             }
         }
+        let root = root.ok_or_else(|| fail("never submitted".into()))?;
+        self.end(world, &nodes, root, interruptions)
+            .await
+            .map_err(fail)
+    }
+
+    /// Handles an interruption fired on `fired`: a restart replaces the leader with a fresh
+    /// incarnation; a leader change hands leadership to the other node. Returns the leader.
+    async fn interrupt(
+        &self,
+        world: &RunWorld<E>,
+        nodes: &mut [Node],
+        leader: usize,
+        fired: usize,
+    ) -> Result<usize, String> {
+        let leader = match world.script.mode {
+            Mode::Restart => {
+                nodes[leader].dead.raise();
+                nodes[leader].executor.shutdown().await;
+                nodes[leader] = self.node(world, 0);
+                leader
+            }
+            Mode::LeaderChange => 1 - fired,
+        };
+        self.lead(world, &nodes[leader]).await?;
+        Ok(leader)
+    }
+
+    /// Stops every node and reads the end of the run back from the log.
+    async fn end(
+        &self,
+        world: RunWorld<E>,
+        nodes: &[Node],
+        root: ProcedureId,
+        interruptions: usize,
+    ) -> Result<RunOutcome<E>, String> {
         // Paused commits must not hold a shutdown forever.
-        script.release_all();
+        world.script.release_all();
         world.ended.raise();
-        for node in &nodes {
+        for node in nodes {
             node.executor.shutdown().await;
         }
         let replay = LocalConsensus::new(
             Arc::new(world.log.clone()),
             Arc::new(world.snapshots.clone()),
         );
-        replay.load().await.map_err(|e| fail(e.to_string()))?;
+        replay.load().await.map_err(|e| e.to_string())?;
         let state = replay.state().snapshot();
-        let root = root.ok_or_else(|| fail("never submitted".into()))?;
         if let Some(stuck) = state.procedures.values().find(|r| !r.status.is_finished()) {
-            return Err(fail(format!(
+            return Err(format!(
                 "procedure {} left unfinished in state {}",
                 stuck.id, stuck.state_name
-            )));
+            ));
         }
         Ok(RunOutcome {
             state,
             env: world.env,
             root,
-            persists: script.committed.load(Ordering::SeqCst),
-            steps: script.steps.load(Ordering::SeqCst),
+            persists: world.script.committed.load(Ordering::SeqCst),
+            steps: world.script.steps.load(Ordering::SeqCst),
             interruptions,
         })
     }
