@@ -9,3 +9,4 @@ pub mod fixtures;
 pub mod harness_world;
 pub mod raft_cluster;
 pub mod raft_harness;
+pub mod upgrade_fixture;

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use shoal_consensus_raft::{InprocRaftNetwork, NodeId, RaftConfig, RaftConsensus, RaftStores};
+use shoal_consensus_raft::{
+    InprocRaftNetwork, NodeId, RaftConfig, RaftConsensus, RaftStores, seed_group,
+};
 use shoal_core::api::DataNodeApi;
 use shoal_core::confignode::ConfigNode;
 use shoal_core::consensus::Consensus;
@@ -22,6 +24,7 @@ use shoal_core::model::{
 };
 use shoal_core::procedure::{ProcedureInfo, ProcedureView};
 use shoal_core::runtime::Runtime;
+use shoal_core::state::ClusterState;
 use shoal_core::storage::RegionStore;
 use shoal_runtime_smol::smol_runtime;
 use shoal_transport_inproc::InprocNetwork;
@@ -48,6 +51,10 @@ pub struct RaftClusterOptions {
     pub raft_call_timeout: Duration,
     /// Wraps each member's consensus (`None`: the `RaftConsensus` itself).
     pub wrap: Option<WrapConsensus>,
+    /// Seeds member 1 with this state and epoch floor (a single node's state imported into
+    /// a new group) instead of bootstrapping an empty group; the state's DataNodes are
+    /// registered already.
+    pub seed: Option<(ClusterState, u64)>,
 }
 
 impl Default for RaftClusterOptions {
@@ -59,6 +66,7 @@ impl Default for RaftClusterOptions {
             raft: RaftConfig::for_tests(),
             raft_call_timeout: Duration::from_millis(500),
             wrap: None,
+            seed: None,
         }
     }
 }
@@ -124,21 +132,27 @@ impl RaftCluster {
             slot.start(DataNodeId(i as u32), &cluster.runtime, &cluster.network)
                 .await;
         }
+        let first_members: BTreeMap<NodeId, String> = (1..=cluster
+            .options
+            .first_members
+            .unwrap_or(cluster.options.confignodes))
+            .map(|id| (id, member_address(id)))
+            .collect();
+        if let Some((state, floor)) = &cluster.options.seed {
+            seed_group(&cluster.stores[&1], &first_members, state, *floor)
+                .await
+                .expect("seed");
+        }
         for id in 1..=cluster.options.confignodes {
             cluster.start_member(id).await;
         }
+        if cluster.options.seed.is_some() {
+            return cluster;
+        }
         let first = cluster.member(1).expect("member 1");
-        let first_members = cluster
-            .options
-            .first_members
-            .unwrap_or(cluster.options.confignodes);
         first
             .raft
-            .bootstrap(
-                (1..=first_members)
-                    .map(|id| (id, member_address(id)))
-                    .collect(),
-            )
+            .bootstrap(first_members)
             .await
             .expect("bootstrap");
         for (i, slot) in cluster.data_nodes.iter().enumerate() {
