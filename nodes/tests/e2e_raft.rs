@@ -383,7 +383,10 @@ fn leader_killed_mid_delete_the_cli_follows_the_new_leader_to_the_end() {
         .expect("running")
         .kill();
     let new_leader = cluster.leader(Some(old_leader));
-    assert!(cluster.confignodes[new_leader].is_some(), "a running member leads");
+    assert!(
+        cluster.confignodes[new_leader].is_some(),
+        "a running member leads"
+    );
 
     let status = wait_until("delete --wait to finish", BOUND, || {
         delete.child.try_wait().ok().flatten()
