@@ -158,11 +158,11 @@ fn a_single_node_data_dir_runs_alone_then_seeds_a_group_with_its_state() {
     let peers = addrs.join(",");
     let secret_arg = secret.display().to_string();
     let mut members = vec![confignode(&cn1, &addrs[0], &["--peers", &peers], &log(1))];
-    for i in 1..3 {
+    for (i, addr) in addrs.iter().enumerate().skip(1) {
         let dir = root.path().join(format!("cn{}", i + 1));
         members.push(confignode(
             &dir,
-            &addrs[i],
+            addr,
             &["--peers", &peers, "--secret-file", &secret_arg],
             &log(i + 1),
         ));
