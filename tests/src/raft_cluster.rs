@@ -254,24 +254,7 @@ impl RaftCluster {
                 return member;
             }
             if Instant::now() >= deadline {
-                let members: Vec<String> = self
-                    .members()
-                    .iter()
-                    .map(|m| {
-                        let metrics = m.raft.metrics();
-                        format!(
-                            "{}: {:?} executor running {} raft {:?} term {} leader {:?} applied {:?}",
-                            m.id,
-                            m.consensus.leadership().get(),
-                            m.node.executor().is_running(),
-                            metrics.state,
-                            metrics.current_term,
-                            metrics.current_leader,
-                            metrics.last_applied,
-                        )
-                    })
-                    .collect();
-                panic!("no leader above {above} within 20 s: {members:#?}");
+                panic!("no leader above {above} within 20 s: {}", self.describe());
             }
             smol::Timer::after(Duration::from_millis(5)).await;
         }
@@ -344,9 +327,50 @@ impl RaftCluster {
             {
                 return info;
             }
-            assert!(start.elapsed() < limit, "{id} not finished after {limit:?}");
+            if start.elapsed() >= limit {
+                panic!("{id} not finished after {limit:?}: {}", self.describe());
+            }
             smol::Timer::after(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Every member's view (leadership, Raft state, unfinished procedures), for failures.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for m in self.members() {
+            let metrics = m.raft.metrics();
+            out += &format!(
+                "\n  member {}: {:?} executor running {} raft {:?} term {} leader {:?} applied {:?} failed {:?}",
+                m.id,
+                m.consensus.leadership().get(),
+                m.node.executor().is_running(),
+                metrics.state,
+                metrics.current_term,
+                metrics.current_leader,
+                metrics.last_applied,
+                metrics.running_state.as_ref().err(),
+            );
+            for p in m.node.list_procedures().iter().filter(|p| !is_finished(p)) {
+                out += &format!(
+                    "\n    {} {} {:?} {} attempts {} waiting {:?} error {:?}",
+                    p.id,
+                    p.type_name,
+                    p.status,
+                    p.state_name,
+                    p.attempts,
+                    p.waiting_for,
+                    p.last_error
+                );
+            }
+        }
+        for (i, slot) in self.data_nodes.iter().enumerate() {
+            out += &format!(
+                "\n  datanode {i}: epoch {:?} running tasks {:?}",
+                slot.node().map(|n| n.highest_epoch()),
+                slot.node().map(|n| n.task_counts().running)
+            );
+        }
+        out
     }
 
     /// Bytes of region data (live or being removed) on every DataNode.

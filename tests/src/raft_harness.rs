@@ -253,9 +253,10 @@ pub async fn run_once(
     let observed = loop {
         assert!(
             start.elapsed() < RUN_LIMIT,
-            "run {kill:?}: not settled after {RUN_LIMIT:?} ({} commits, killed {})",
+            "run {kill:?}: not settled after {RUN_LIMIT:?} ({} commits, killed {}): {}",
             plan.commits(),
-            plan.fired()
+            plan.fired(),
+            cluster.describe()
         );
         let kill_done = !plan.fired() || restarted.load(Ordering::SeqCst);
         if kill_done && let Some(observed) = settled(&cluster, root).await {
