@@ -121,7 +121,7 @@ pub struct ConfigNodeArgs {
     #[arg(long)]
     pub advertise: Option<String>,
     /// Raft timing in a group, HEARTBEAT_MS:MIN_MS-MAX_MS: the leader's heartbeat period and
-    /// the range a follower's election timeout is drawn from [default: 100:500-1000].
+    /// the range a follower's election timeout is drawn from [default: 50:250-500].
     #[arg(long)]
     pub raft_timing: Option<String>,
 }

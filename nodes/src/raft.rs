@@ -64,11 +64,11 @@ pub struct RaftTiming {
 }
 
 impl RaftTiming {
-    /// Parses `HEARTBEAT_MS:MIN_MS-MAX_MS` (e.g. `100:500-1000`).
+    /// Parses `HEARTBEAT_MS:MIN_MS-MAX_MS` (e.g. `50:250-500`).
     pub fn parse(text: &str) -> Result<Self, CliError> {
         let bad = || {
             CliError::Config(format!(
-                "raft timing {text:?} is not HEARTBEAT_MS:MIN_MS-MAX_MS (e.g. 100:500-1000)"
+                "raft timing {text:?} is not HEARTBEAT_MS:MIN_MS-MAX_MS (e.g. 50:250-500)"
             ))
         };
         let (heartbeat, range) = text.split_once(':').ok_or_else(bad)?;
