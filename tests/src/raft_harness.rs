@@ -173,10 +173,12 @@ pub struct RunOutcome {
 pub enum Setup {
     /// The DataNodes are registered; nothing else.
     Registered,
-    /// Database `db` with one schema and two data groups (RF 3), each replica loaded with
-    /// `bytes` bytes.
+    /// Database `db` with one schema group and `data_groups` data groups (RF 3), each
+    /// replica loaded with `bytes` bytes.
     Database {
-        /// Bytes per data replica.
+        /// Data region groups.
+        data_groups: u32,
+        /// Bytes per replica.
         bytes: usize,
     },
 }
@@ -212,8 +214,8 @@ pub async fn run_once(
         ..RaftClusterOptions::default()
     };
     let cluster = Arc::new(RaftCluster::start(options).await);
-    if let Setup::Database { bytes } = setup {
-        let created = cluster.create_database("db", 3, 1, 2).await;
+    if let Setup::Database { data_groups, bytes } = setup {
+        let created = cluster.create_database("db", 3, 1, *data_groups).await;
         assert!(
             created.status == shoal_core::procedure::ProcedureView::Succeeded,
             "setup: {created:?}"
@@ -428,7 +430,7 @@ pub async fn kill_leader_at_every_commit(setup: Setup, make: MakeProcedure) -> R
 }
 
 /// Interrupted runs in flight at once.
-const CONCURRENT_RUNS: usize = 4;
+const CONCURRENT_RUNS: usize = 6;
 
 /// Polls every future until all are done; their outputs in order.
 async fn join_all<T>(

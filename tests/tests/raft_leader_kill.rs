@@ -66,7 +66,14 @@ fn remove_region_group_survives_a_leader_kill_at_every_commit() {
                 .expect("a data group on the leader");
             Box::new(RemoveRegionGroupProcedure::group(db("db"), region))
         });
-        let report = kill_leader_at_every_commit(Setup::Database { bytes: 4096 }, make).await;
+        let report = kill_leader_at_every_commit(
+            Setup::Database {
+                data_groups: 2,
+                bytes: 4096,
+            },
+            make,
+        )
+        .await;
         eprintln!("{report:?}");
         assert!(report.reference_commits >= 5, "{report:?}");
         assert!(
@@ -81,7 +88,15 @@ fn delete_database_survives_a_leader_kill_at_every_commit() {
     init_logs();
     smol::block_on(async {
         let make: MakeProcedure = Arc::new(|_| Box::new(DeleteDatabaseProcedure::new(db("db"))));
-        let report = kill_leader_at_every_commit(Setup::Database { bytes: 4096 }, make).await;
+        // One schema and one data group: two removals run side by side under the deletion.
+        let report = kill_leader_at_every_commit(
+            Setup::Database {
+                data_groups: 1,
+                bytes: 4096,
+            },
+            make,
+        )
+        .await;
         eprintln!("{report:?}");
         assert!(report.reference_commits >= 10, "{report:?}");
         assert!(
