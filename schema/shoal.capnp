@@ -43,6 +43,10 @@ struct Error {
       retryable @4 :Bool;
     }
     malformed @5 :Text;          # The request (or a reply) could not be decoded.
+    # The peer is a ConfigNode that does not lead its group; the call did not run. `some`:
+    # the address of the ConfigNode it believes leads; `none` during an election. (Added
+    # with the replicated ConfigNode; older peers read it as an unknown member: malformed.)
+    notLeader @6 :OptionalText;
   }
 }
 
@@ -79,6 +83,11 @@ struct LoginReply {
 struct Services {
   dataNode @0 :DataNode;
   configNode @1 :ConfigNode;
+  # Raft messages between the ConfigNodes of one group: offered only to logins that may act
+  # as a ConfigNode peer (every call of a refused or absent one answers `refused`).
+  raft @2 :Raft;
+  # The ConfigNode group's membership (list, add, remove), for admins.
+  configNodeGroup @3 :ConfigNodeGroup;
 }
 
 # ---------------------------------------------------------------------------------------
@@ -380,6 +389,123 @@ struct RegisterDataNodeReply {
 struct DataNodeHeartbeatReply {
   union {
     epoch @0 :UInt64;            # The ConfigNode leader's current epoch.
+    error @1 :Error;
+  }
+}
+
+# ---------------------------------------------------------------------------------------
+# Raft between the ConfigNodes of a replicated group (shoal-consensus-raft's transport)
+# ---------------------------------------------------------------------------------------
+
+# A Raft vote: the term, the candidate (the leader once committed), and whether a quorum
+# granted it.
+struct RaftVote {
+  term @0 :UInt64;
+  nodeId @1 :UInt64;
+  committed @2 :Bool;
+}
+
+# A Raft log id: the term of the leader that wrote the entry, and its Raft index.
+struct RaftLogId {
+  term @0 :UInt64;
+  index @1 :UInt64;
+}
+
+struct OptionalRaftLogId {
+  union {
+    none @0 :Void;
+    some @1 :RaftLogId;
+  }
+}
+
+interface Raft {
+  # Replicates `entries` (each one log entry in shoal-consensus-raft's own stable entry
+  # encoding, the bytes it stores), or is a heartbeat when empty.
+  appendEntries @0 (vote :RaftVote, prevLogId :OptionalRaftLogId, entries :List(Data),
+                    leaderCommit :OptionalRaftLogId) -> (reply :AppendEntriesReply);
+  # `leadershipTransfer`: the election was started by the leader handing over leadership,
+  # so a voter answers it even while it still holds that leader's lease.
+  vote @1 (vote :RaftVote, lastLogId :OptionalRaftLogId, leadershipTransfer :Bool)
+      -> (reply :VoteReply);
+  # One chunk of a snapshot, sent in order from offset 0. The receiver checks each chunk's
+  # checksum and offset, and the whole snapshot's length and checksum with the last chunk,
+  # before installing it. A chunk at offset 0 starts the transfer over.
+  snapshotChunk @2 (vote :RaftVote, chunk :SnapshotChunk) -> (reply :SnapshotChunkReply);
+}
+
+struct AppendEntriesReply {
+  union {
+    success @0 :Void;
+    partialSuccess @1 :OptionalRaftLogId;  # Accepted up to this log id.
+    conflict @2 :Void;                     # prevLogId does not match the receiver's log.
+    higherVote @3 :RaftVote;               # The receiver has seen a higher vote.
+    error @4 :Error;
+  }
+}
+
+struct VoteReply {
+  union {
+    answer :group {
+      vote @0 :RaftVote;                   # The receiver's vote after handling the request.
+      granted @1 :Bool;
+      lastLogId @2 :OptionalRaftLogId;     # The receiver's last log id.
+    }
+    error @3 :Error;
+  }
+}
+
+struct SnapshotChunk {
+  # Names one transfer: chunks of different transfers never mix.
+  transferId @0 :Text;
+  offset @1 :UInt64;
+  data @2 :Data;
+  dataCrc @3 :UInt32;            # crc32c(data).
+  totalLength @4 :UInt64;        # The whole snapshot's length in bytes.
+  totalCrc @5 :UInt32;           # crc32c of the whole snapshot.
+  last @6 :Bool;                 # The final chunk: install once it checks out.
+}
+
+struct SnapshotChunkReply {
+  union {
+    received @0 :Void;           # A chunk before the last one was stored.
+    installed @1 :RaftVote;      # The last chunk: the snapshot was installed; the receiver's vote.
+    error @2 :Error;             # E.g. out of order or damaged: the sender starts over.
+  }
+}
+
+# ---------------------------------------------------------------------------------------
+# ConfigNode group membership (admin)
+# ---------------------------------------------------------------------------------------
+
+interface ConfigNodeGroup {
+  # The group as the answering ConfigNode sees it (any member answers; followers too).
+  status @0 () -> (reply :GroupStatusReply);
+  # Adds the ConfigNode `id` listening at `address` as a voter (a learner first, until it has
+  # caught up), through joint consensus. Only the leader changes membership (`notLeader`).
+  addMember @1 (id :UInt64, address :Text) -> (reply :UnitReply);
+  # Removes voter `id` through joint consensus.
+  removeMember @2 (id :UInt64) -> (reply :UnitReply);
+}
+
+struct GroupMember {
+  id @0 :UInt64;
+  address @1 :Text;
+  voter @2 :Bool;                # false: a learner being caught up.
+}
+
+struct GroupStatus {
+  nodeId @0 :UInt64;             # The answering ConfigNode.
+  members @1 :List(GroupMember);
+  leader @2 :OptionalUInt64;     # The leader's id, if known.
+  term @3 :UInt64;
+  epoch @4 :UInt64;              # The epoch of the leadership this node published last.
+  applied @5 :OptionalUInt64;    # The Raft index of the last entry applied here.
+  changing @6 :Bool;             # A joint or uncommitted membership change is in force.
+}
+
+struct GroupStatusReply {
+  union {
+    status @0 :GroupStatus;
     error @1 :Error;
   }
 }

@@ -1,6 +1,7 @@
-//! Committed plans per second: a 3-node Raft group on disk (storage-fs, in-process network)
-//! next to the single-node `LocalConsensus` over `FsLogStore`, with 1 and 64 concurrent
-//! proposers, in the same run. Target: Raft at 64 proposers >= 0.5x single-node.
+//! Committed plans per second: a 3-node Raft group on disk (storage-fs), over the in-process
+//! network and over Cap'n Proto on loopback TCP (what ConfigNode processes use), next to the
+//! single-node `LocalConsensus` over `FsLogStore`, with 1 and 64 concurrent proposers, in the
+//! same run. Target: Raft at 64 proposers >= 0.5x single-node.
 //!
 //! Run: `cargo bench -p shoal-consensus-raft`. Set `SHOAL_BENCH_DIR` to bench another disk
 //! (default: a temp dir under `target/`). Every case runs once per round, rounds are
@@ -138,6 +139,77 @@ fn raft_rate(proposers: usize) -> f64 {
     rate
 }
 
+/// The same group over Cap'n Proto: each node on its own RPC thread, serving Raft on a
+/// loopback port, as `shoal confignode --peers` runs it.
+fn raft_capnp_rate(proposers: usize) -> f64 {
+    use shoal_transport_capnp::{
+        CapnpRaftTransport, ClientOptions, RaftCallOptions, RpcRuntime, ServedApis, ServerOptions,
+    };
+    const SECRET: &str = "bench";
+    let dir = fresh_dir("raft-capnp");
+    let rate = smol::block_on(async {
+        let config = RaftConfig {
+            snapshot_every: 1_000_000,
+            ..RaftConfig::default()
+        };
+        let addrs: BTreeMap<u64, String> = (1..=3u64)
+            .map(|id| {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("port")
+                    .port();
+                (id, format!("127.0.0.1:{port}"))
+            })
+            .collect();
+        let mut nodes = BTreeMap::new();
+        let mut servers = Vec::new();
+        for (id, addr) in &addrs {
+            let rpc = RpcRuntime::start(&format!("bench-{id}")).expect("rpc");
+            let transport = CapnpRaftTransport::new(
+                &rpc,
+                *id,
+                ClientOptions::new(shoal_transport_capnp::Role::ConfigNode, SECRET),
+                RaftCallOptions::default(),
+            );
+            let stores = RaftStores::open_fs(dir.join(format!("node{id}")), LogOptions::default())
+                .expect("stores");
+            let node = RaftConsensus::start(*id, config.clone(), stores, Arc::new(transport))
+                .await
+                .expect("start");
+            let apis = ServedApis {
+                raft: Some(node.server()),
+                ..ServedApis::default()
+            };
+            servers.push(
+                rpc.serve(addr, SECRET, apis, ServerOptions::default())
+                    .expect("serve"),
+            );
+            nodes.insert(*id, Arc::new(node));
+        }
+        nodes[&1].bootstrap(addrs.clone()).await.expect("bootstrap");
+        let (leader, epoch) = loop {
+            if let Some((id, l)) = nodes
+                .iter()
+                .map(|(id, n)| (*id, n.leadership().get()))
+                .find(|(_, l)| l.is_leader)
+            {
+                break (id, l.epoch);
+            }
+            smol::Timer::after(Duration::from_millis(10)).await;
+        };
+        let rate = drive(nodes[&leader].clone(), epoch, proposers).await;
+        for node in nodes.values() {
+            node.shutdown().await;
+        }
+        for server in servers {
+            server.shutdown().await;
+        }
+        rate
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    rate
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
@@ -148,32 +220,39 @@ fn main() {
     let mut local: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut local_nl: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut raft: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut wire: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut ratios: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut wire_ratios: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for round in 0..ROUNDS {
         for &p in &cases {
             let l = local_rate(p, false);
             let nl = local_rate(p, true);
             let r = raft_rate(p);
+            let w = raft_capnp_rate(p);
             eprintln!(
-                "round {round}: {p:>2} proposers  local {l:>8.0}/s  local(no linger) {nl:>8.0}/s  raft {r:>8.0}/s"
+                "round {round}: {p:>2} proposers  local {l:>8.0}/s  local(no linger) {nl:>8.0}/s  raft {r:>8.0}/s  raft(capnp) {w:>8.0}/s"
             );
             local.entry(p).or_default().push(l);
             local_nl.entry(p).or_default().push(nl);
             raft.entry(p).or_default().push(r);
+            wire.entry(p).or_default().push(w);
             ratios.entry(p).or_default().push(r / l);
+            wire_ratios.entry(p).or_default().push(w / l);
         }
     }
     println!("committed plans/s (median of {ROUNDS} rounds, {RUN_FOR:?} each)");
     println!(
-        "proposers  local(FsLogStore)  local(no linger)  raft(3 nodes, FsLogStore)  raft/local"
+        "proposers  local(FsLogStore)  local(no linger)  raft(3, in-proc)  raft(3, capnp TCP)  in-proc/local  capnp/local"
     );
     for &p in &cases {
         println!(
-            "{p:>9}  {:>17.0}  {:>16.0}  {:>25.0}  {:>10.2}",
+            "{p:>9}  {:>17.0}  {:>16.0}  {:>16.0}  {:>18.0}  {:>13.2}  {:>11.2}",
             median(local[&p].clone()),
             median(local_nl[&p].clone()),
             median(raft[&p].clone()),
-            median(ratios[&p].clone())
+            median(wire[&p].clone()),
+            median(ratios[&p].clone()),
+            median(wire_ratios[&p].clone())
         );
     }
 }

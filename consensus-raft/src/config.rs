@@ -31,10 +31,13 @@ pub struct RaftConfig {
 }
 
 impl Default for RaftConfig {
+    /// Production timing. A follower of a dead leader campaigns after openraft's leader lease
+    /// (`election_timeout.1`) plus its own election timeout, so these bound failover at about
+    /// 0.75-1 s before the election itself (`cargo bench -p shoal-nodes --bench failover`).
     fn default() -> Self {
         Self {
-            heartbeat_interval: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(250), Duration::from_millis(500)),
             propose_timeout: Duration::from_secs(10),
             snapshot_every: 10_000,
             keep_after_snapshot: 1_000,

@@ -46,6 +46,9 @@ pub(crate) struct Node {
     pub(crate) watch: LeadershipWatch,
     pub(crate) failure: FailureCell,
     pub(crate) config: RaftConfig,
+    /// Set by [`RaftConsensus::shutdown`]: openraft's "stopped" answers from then on are
+    /// the shutdown, not a failure.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
 /// core's [`Consensus`] on an openraft group; see the module docs for the rules it keeps.
@@ -108,6 +111,7 @@ impl RaftConsensus {
             watch: LeadershipWatch::new(),
             failure,
             config,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         // A term this node voted for itself in before a restart may have been led by it.
         let stale_term = recovered_vote
@@ -265,24 +269,53 @@ impl RaftConsensus {
     /// Adds node `id` at `addr` as a voter: it joins as a learner, catches up (a snapshot if
     /// needed), then a joint-consensus change makes it a voter. One change at a time; refused
     /// if the new configuration would have no reachable majority.
+    ///
+    /// Adding a voter again at the address it has is a success (a retried request whose
+    /// reply was lost); at another address it is [`RaftConsensusError::AlreadyMember`]. A
+    /// learner that does not catch up within `propose_timeout` is a
+    /// [`RaftConsensusError::Timeout`]: it stays a learner, and a retry carries on.
     pub async fn add_member(&self, id: NodeId, addr: String) -> Result<(), RaftConsensusError> {
         let metrics = self.check_changeable()?;
-        let mut voters: BTreeSet<NodeId> =
-            metrics.membership_config.membership().voter_ids().collect();
-        if voters.contains(&id) {
-            return Err(RaftConsensusError::AlreadyMember(id));
-        }
+        let membership = metrics.membership_config.membership();
+        let mut voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let known = membership.get_node(&id).map(|n| n.addr.clone());
         if addr.is_empty() {
             return Err(RaftConsensusError::Invalid(format!(
                 "node {id} has no address"
             )));
         }
+        match known {
+            Some(known) if known != addr => return Err(RaftConsensusError::AlreadyMember(id)),
+            Some(_) if voters.contains(&id) => return Ok(()),
+            _ => {}
+        }
         // Quorum of the new set, counting the newcomer as reachable once it caught up below.
-        self.node
-            .raft
-            .add_learner(id, BasicNode::new(addr), true)
-            .await
-            .map_err(|e| self.change_error(e))?;
+        let timeout = self.node.config.propose_timeout;
+        let caught_up = futures_lite::future::or(
+            async {
+                Some(
+                    self.node
+                        .raft
+                        .add_learner(id, BasicNode::new(addr), true)
+                        .await,
+                )
+            },
+            async {
+                smol::Timer::after(timeout).await;
+                None
+            },
+        )
+        .await;
+        match caught_up {
+            None => {
+                return Err(RaftConsensusError::Timeout(format!(
+                    "node {id} did not catch up as a learner within {timeout:?}"
+                )));
+            }
+            Some(result) => {
+                result.map_err(|e| self.change_error(e))?;
+            }
+        }
         let metrics = self.check_changeable()?;
         voters.insert(id);
         self.check_quorum(&metrics, &voters)?;
@@ -375,6 +408,9 @@ impl RaftConsensus {
     /// Stops this node's Raft (as a crash would, minus losing buffered appends): it stops
     /// answering and leading. Idempotent.
     pub async fn shutdown(&self) {
+        self.node
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let publisher = self
             .publisher
             .lock()
@@ -411,6 +447,11 @@ impl RaftConsensus {
                 ConsensusError::OutcomeUnknown("entry discarded by a leader change".into()),
             ),
             Some(Err(RaftError::APIError(e))) => Err(ConsensusError::OutcomeUnknown(e.to_string())),
+            Some(Err(RaftError::Fatal(_)))
+                if self.node.stopping.load(std::sync::atomic::Ordering::SeqCst) =>
+            {
+                Err(ConsensusError::NotLeader)
+            }
             Some(Err(RaftError::Fatal(e))) => {
                 self.node.failure.record(fatal_error(&e));
                 Err(self.node.failure.get().unwrap_or_else(|| fatal_error(e)))

@@ -135,6 +135,28 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<DecodedSnapshot, StorageError> {
     })
 }
 
+/// A snapshot with openraft's metadata read from its own header (what a receiver rebuilds
+/// from the bytes alone); any damage is [`StorageError::Corrupt`].
+pub fn snapshot_from_bytes(bytes: Vec<u8>) -> Result<RaftSnapshot, StorageError> {
+    let decoded = decode_snapshot(&bytes)?;
+    let membership = decoded
+        .header
+        .membership
+        .to_membership()
+        .map_err(|e| corrupt(e.to_string()))?;
+    let meta = SnapshotMeta {
+        last_log_id: decoded.header.last_log_id.map(StoredLogId::to_log_id),
+        last_membership: StoredMembershipOf::new(
+            decoded.header.membership_log_id.map(StoredLogId::to_log_id),
+            membership,
+        ),
+    };
+    Ok(RaftSnapshot {
+        meta,
+        snapshot: bytes,
+    })
+}
+
 /// The `LogStore` index a snapshot file covers (for `FsSnapshotStore::open_with_format`).
 pub fn snapshot_store_index(bytes: &[u8]) -> Result<u64, String> {
     decode_snapshot(bytes)
@@ -257,20 +279,8 @@ impl StateMachine {
     ) -> Result<Self, StorageError> {
         let current = match stored {
             Some(bytes) => {
-                let decoded = decode_snapshot(&bytes)?;
-                let membership = decoded
-                    .header
-                    .membership
-                    .to_membership()
-                    .map_err(|e| corrupt(e.to_string()))?;
-                let meta = SnapshotMeta {
-                    last_log_id: decoded.header.last_log_id.map(StoredLogId::to_log_id),
-                    last_membership: StoredMembershipOf::new(
-                        decoded.header.membership_log_id.map(StoredLogId::to_log_id),
-                        membership,
-                    ),
-                };
-                Some((meta, bytes))
+                let snapshot = snapshot_from_bytes(bytes)?;
+                Some((snapshot.meta, snapshot.snapshot))
             }
             None => None,
         };

@@ -48,13 +48,28 @@ pub enum ApiError {
     /// The request or reply could not be decoded.
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// The peer is a ConfigNode that does not lead its group; the call did not run there.
+    /// `leader` is the address of the one it believes leads (`None` during an election):
+    /// callers send the same call there.
+    #[error("not the leader{}", leader_suffix(.leader))]
+    NotLeader {
+        /// The leader's address, if known.
+        leader: Option<String>,
+    },
+}
+
+fn leader_suffix(leader: &Option<String>) -> String {
+    match leader {
+        Some(address) => format!(" (the leader is at {address})"),
+        None => " (no leader known yet)".to_string(),
+    }
 }
 
 impl ApiError {
     /// Whether a retry of the same call may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ApiError::Timeout(_) | ApiError::Unreachable(_) => true,
+            ApiError::Timeout(_) | ApiError::Unreachable(_) | ApiError::NotLeader { .. } => true,
             ApiError::Remote { retryable, .. } => *retryable,
             ApiError::StaleLeader { .. } | ApiError::Refused(_) | ApiError::Malformed(_) => false,
         }

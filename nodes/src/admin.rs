@@ -10,19 +10,20 @@ use futures_lite::FutureExt;
 use serde::Serialize;
 use shoal_core::api::{ApiError, ConfigNodeApi, CreateDatabaseRequest, ProcedureInfo};
 use shoal_core::model::{DatabaseName, ProcedureId, RegionKind, ReplicationFactor};
-use shoal_transport_capnp::{CapnpConfigNodeClient, ClientOptions, Role, RpcRuntime};
+use shoal_transport_capnp::{ClientOptions, Role, RpcRuntime};
 
 use crate::cli::{AdminArgs, default_confignode_addr};
 use crate::clients::CapnpDataNodeClients;
 use crate::error::CliError;
+use crate::follow::{ConfigNodes, parse_addresses};
 use crate::size::format_size;
 
 /// After this long without an answer from the ConfigNode, a command says what it waits for.
 pub const WAITING_NOTICE_AFTER: Duration = Duration::from_secs(1);
 
-/// A connected admin session.
+/// A connected admin session (to one ConfigNode, or following a group's leader).
 pub struct Admin {
-    client: CapnpConfigNodeClient,
+    client: ConfigNodes,
     rpc: RpcRuntime,
     options: ClientOptions,
     json: bool,
@@ -74,11 +75,13 @@ impl Admin {
             .clone()
             .or(file_confignode)
             .unwrap_or_else(default_confignode_addr);
+        let addresses = parse_addresses(&address)?;
         let secret = args.security.secret(None)?;
         let tls = args.security.tls()?;
         let rpc = RpcRuntime::start("cli")?;
         let options = ClientOptions::new(Role::Admin, secret).with_tls(tls);
-        let client = CapnpConfigNodeClient::new(&rpc, &address, options.clone())?;
+        let client = ConfigNodes::new(&rpc, &addresses, options.clone());
+        let address = addresses.join(",");
         let timeout = args.timeout(default_timeout_secs);
         Ok(Self {
             client,
@@ -93,10 +96,25 @@ impl Admin {
         })
     }
 
+    /// The ConfigNodes this session talks to.
+    pub fn confignodes(&self) -> &ConfigNodes {
+        &self.client
+    }
+
+    /// The session's RPC thread (for clients of other nodes).
+    pub(crate) fn rpc(&self) -> &RpcRuntime {
+        &self.rpc
+    }
+
+    /// The session's login options.
+    pub(crate) fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
     /// Runs `call`, retrying retryable failures (node starting, leader not ready,
     /// connection lost) until the deadline. Refusals fail at once. If no answer came within
     /// [`WAITING_NOTICE_AFTER`], says once (on stderr) what the command is waiting for.
-    async fn retry<T, F, Fut>(&self, call: F) -> Result<T, CliError>
+    pub(crate) async fn retry<T, F, Fut>(&self, call: F) -> Result<T, CliError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
@@ -165,7 +183,7 @@ impl Admin {
         ))
     }
 
-    fn print<T: Serialize>(
+    pub(crate) fn print<T: Serialize>(
         &self,
         value: &T,
         text: impl FnOnce() -> String,

@@ -30,10 +30,19 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Runs a local cluster: 1 ConfigNode + 3 DataNodes on 127.0.0.1 (Ctrl-C stops it).
+    /// Runs a local cluster: 1 ConfigNode (or a group of --confignodes) + 3 DataNodes on
+    /// 127.0.0.1 (Ctrl-C stops it).
     Up(UpArgs),
-    /// Runs a ConfigNode.
-    Confignode(ConfigNodeArgs),
+    /// Runs a ConfigNode (`shoal confignode list|add|remove` manage a group's membership).
+    #[command(args_conflicts_with_subcommands = true)]
+    Confignode {
+        /// `list`, `add` or `remove`, or nothing to run a ConfigNode.
+        #[command(subcommand)]
+        action: Option<ConfigNodeAction>,
+        /// The ConfigNode's flags.
+        #[command(flatten)]
+        args: ConfigNodeArgs,
+    },
     /// Runs a DataNode (`shoal datanode list` lists the registered ones).
     #[command(args_conflicts_with_subcommands = true)]
     Datanode {
@@ -76,9 +85,14 @@ pub struct UpArgs {
     /// Root of every node's data directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// The ConfigNode's port; DataNodes use the next three.
+    /// The first ConfigNode's port; further ConfigNodes, then the DataNodes, use the next
+    /// ones.
     #[arg(long, default_value_t = DEFAULT_CONFIGNODE_PORT)]
     pub port: u16,
+    /// ConfigNodes to start: 1 runs a single ConfigNode; more (3, 5, ...) run a replicated
+    /// group (Raft) that survives the loss of a minority.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
+    pub confignodes: u8,
     /// DataNodes' deletion rate limit in bytes/s (e.g. 8MiB); unlimited by default.
     #[arg(long)]
     pub delete_rate: Option<String>,
@@ -106,6 +120,48 @@ pub struct ConfigNodeArgs {
     /// How long a replica must be seen outside every footprint before it is an orphan.
     #[arg(long, default_value_t = 600)]
     pub orphan_grace_secs: u64,
+    /// Makes a new replicated group of these ConfigNodes (comma-separated addresses, the same
+    /// list on each; this node's --advertise address must be one of them). The first one
+    /// bootstraps the group, importing its data directory's single-node state if it has one.
+    #[arg(long, conflicts_with = "join")]
+    pub peers: Option<String>,
+    /// Joins the replicated group that the ConfigNode(s) at these addresses belong to
+    /// (comma-separated); this node starts with an empty data directory.
+    #[arg(long)]
+    pub join: Option<String>,
+    /// The address other ConfigNodes and clients reach this one at, in a group (default: the
+    /// listen address, which must then have a fixed port).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Raft timing in a group, HEARTBEAT_MS:MIN_MS-MAX_MS: the leader's heartbeat period and
+    /// the range a follower's election timeout is drawn from [default: 50:250-500].
+    #[arg(long)]
+    pub raft_timing: Option<String>,
+}
+
+/// `shoal confignode list|add|remove`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigNodeAction {
+    /// Lists the members of the ConfigNode group and who leads.
+    List(AdminArgs),
+    /// Adds the running ConfigNode at ADDRESS to the group (a learner first, a voter once it
+    /// has caught up). A ConfigNode started with --join adds itself.
+    Add {
+        /// The new member's address.
+        address: String,
+        /// Connection flags.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Removes a member (by id, or by address) from the group; refused if the remaining
+    /// members would have no reachable majority. Stop its process afterwards.
+    Remove {
+        /// The member's id (as `confignode list` shows) or address.
+        member: String,
+        /// Connection flags.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// `shoal datanode`.
@@ -120,7 +176,8 @@ pub struct DataNodeArgs {
     /// Address the ConfigNode reaches this DataNode at (default: the bound address).
     #[arg(long)]
     pub advertise: Option<String>,
-    /// The ConfigNode to register with.
+    /// The ConfigNode to register with, or the members of a ConfigNode group
+    /// (comma-separated): the DataNode registers with and heartbeats to whichever leads.
     #[arg(long)]
     pub confignode: Option<String>,
     /// Secrets, TLS and connection limits.
@@ -157,7 +214,8 @@ pub enum DataNodeAction {
 /// How admin commands reach the ConfigNode.
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
-    /// The ConfigNode's address.
+    /// The ConfigNode's address, or the members of a ConfigNode group (comma-separated):
+    /// commands follow the leader.
     #[arg(long)]
     pub confignode: Option<String>,
     /// The admin secret and TLS.
@@ -318,6 +376,12 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// Cap on connections waiting for login (nodes).
     pub max_unauthenticated_connections: Option<usize>,
+    /// A new ConfigNode group's first members (comma-separated).
+    pub peers: Option<String>,
+    /// A ConfigNode group to join (comma-separated member addresses).
+    pub join: Option<String>,
+    /// Raft timing of a ConfigNode in a group (HEARTBEAT_MS:MIN_MS-MAX_MS).
+    pub raft_timing: Option<String>,
 }
 
 impl FileConfig {
@@ -364,9 +428,17 @@ impl FileConfig {
     }
 }
 
-/// The ConfigNode address admin commands use by default.
+/// File in `shoal up`'s data directory listing its ConfigNodes' addresses (comma-separated).
+pub const CONFIGNODES_FILE: &str = "confignodes";
+
+/// The ConfigNode address(es) admin commands use by default: those `shoal up` recorded in
+/// `./shoal-data/confignodes`, else `127.0.0.1:7070`.
 pub fn default_confignode_addr() -> String {
-    format!("127.0.0.1:{DEFAULT_CONFIGNODE_PORT}")
+    std::fs::read_to_string(Path::new(DEFAULT_DATA_DIR).join(CONFIGNODES_FILE))
+        .ok()
+        .map(|text| text.trim().to_string())
+        .filter(|text| !text.is_empty())
+        .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_CONFIGNODE_PORT}"))
 }
 
 #[cfg(test)]
@@ -395,6 +467,54 @@ mod tests {
             run.command,
             Command::Datanode { action: None, .. }
         ));
+    }
+
+    #[test]
+    fn confignode_membership_commands_and_running_a_confignode_parse_apart() {
+        let list = Cli::try_parse_from(["shoal", "confignode", "list", "--confignode", "a:1,b:1"])
+            .expect("parse");
+        assert!(matches!(
+            list.command,
+            Command::Confignode {
+                action: Some(ConfigNodeAction::List(AdminArgs {
+                    confignode: Some(_),
+                    ..
+                })),
+                ..
+            }
+        ));
+        let remove = Cli::try_parse_from(["shoal", "confignode", "remove", "2"]).expect("parse");
+        assert!(matches!(
+            remove.command,
+            Command::Confignode {
+                action: Some(ConfigNodeAction::Remove { ref member, .. }),
+                ..
+            } if member == "2"
+        ));
+        let run = Cli::try_parse_from([
+            "shoal",
+            "confignode",
+            "--data-dir",
+            "d",
+            "--listen",
+            "a:1",
+            "--peers",
+            "a:1,b:1,c:1",
+        ])
+        .expect("parse");
+        assert!(matches!(
+            run.command,
+            Command::Confignode {
+                action: None,
+                args: ConfigNodeArgs { peers: Some(_), .. }
+            }
+        ));
+        assert!(
+            Cli::try_parse_from(["shoal", "confignode", "--peers", "a:1", "--join", "b:1"])
+                .is_err(),
+            "--peers and --join exclude each other"
+        );
+        assert!(Cli::try_parse_from(["shoal", "up", "--confignodes", "9"]).is_err());
     }
 
     #[test]

@@ -5,20 +5,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::FutureExt;
-use shoal_core::api::ConfigNodeApi;
+use shoal_core::api::{ConfigNodeApi, DataNodeHeartbeat, HeartbeatReport};
 use shoal_core::confignode::orphans::OrphanPolicy;
 use shoal_core::confignode::{ConfigNode, ConfigNodeConfig};
 use shoal_core::consensus::{Consensus, LocalConsensus};
 use shoal_core::datanode::{DataNode, DataNodeConfig};
 use shoal_core::model::DataNodeId;
 use shoal_runtime_smol::smol_runtime;
-use shoal_transport_capnp::{
-    CapnpConfigNodeClient, ClientOptions, Role, RpcRuntime, ServedApis, ServerOptions,
-};
+use shoal_transport_capnp::{ClientOptions, Role, RpcRuntime, ServedApis, ServerOptions};
 
 use crate::clients::CapnpDataNodeClients;
 use crate::error::CliError;
+use crate::follow::ConfigNodes;
 use crate::process::{ensure_dir, write_atomically, write_listen_addr};
+use crate::raft::{GroupFlags, MemberWire, run_member, runs_replicated};
 use crate::security::{NodeSecurityArgs, NodeTls};
 use crate::service::ConfigNodeService;
 use crate::storage::{StoreOptions, open_confignode_stores, open_datanode_stores};
@@ -33,11 +33,14 @@ pub struct ConfigNodeSettings {
     pub data_dir: PathBuf,
     /// Listen address.
     pub listen: String,
-    /// Secrets (default: DATA_DIR/internal.secret and admin.secret, generated if absent),
-    /// TLS and connection limits.
+    /// Secrets (default: DATA_DIR/internal.secret and admin.secret, generated if absent;
+    /// the members of a group must share them), TLS and connection limits.
     pub security: NodeSecurityArgs,
     /// Orphan reconciliation: grace period and whether orphans are deleted.
     pub orphans: OrphanPolicy,
+    /// Group membership flags (`--peers`, `--join`, ...); empty: a single ConfigNode, unless
+    /// the data directory already belongs to a group member.
+    pub group: GroupFlags,
 }
 
 /// Runs a ConfigNode until `stop` yields.
@@ -48,6 +51,26 @@ pub fn run_confignode(
     ensure_dir(&settings.data_dir)?;
     let secrets = settings.security.confignode_secrets(&settings.data_dir)?;
     let tls = settings.security.node_tls()?;
+    let config = ConfigNodeConfig {
+        orphans: settings.orphans.clone(),
+        ..ConfigNodeConfig::default()
+    };
+    if runs_replicated(&settings.data_dir, &settings.group) {
+        let wire = MemberWire {
+            client: ClientOptions::new(Role::ConfigNode, secrets.internal.clone())
+                .with_tls(tls.as_ref().map(|t| t.client.clone())),
+            secrets: secrets.server,
+            server: server_options(&settings.security, tls.as_ref()),
+        };
+        return run_member(
+            &settings.data_dir,
+            &settings.listen,
+            &settings.group,
+            wire,
+            config,
+            stop,
+        );
+    }
     let stores = open_confignode_stores(&settings.data_dir, &StoreOptions::default())?;
     let runtime = smol_runtime();
     let rpc = RpcRuntime::start("confignode")?;
@@ -61,10 +84,7 @@ pub fn run_confignode(
         consensus.clone() as Arc<dyn Consensus>,
         clients,
         runtime,
-        ConfigNodeConfig {
-            orphans: settings.orphans.clone(),
-            ..ConfigNodeConfig::default()
-        },
+        config,
     )
     .map_err(|e| CliError::Node(format!("ConfigNode: {e}")))?;
     smol::block_on(async {
@@ -149,8 +169,8 @@ pub struct DataNodeSettings {
     pub listen: String,
     /// Address the ConfigNode reaches it at (`None`: the bound address).
     pub advertise: Option<String>,
-    /// The ConfigNode's address.
-    pub confignode: String,
+    /// The ConfigNodes' addresses (one, or the members of a group: it follows the leader).
+    pub confignode: Vec<String>,
     /// Secrets (the internal one required), TLS and connection limits.
     pub security: NodeSecurityArgs,
     /// Deletion rate limit, bytes/s.
@@ -206,12 +226,12 @@ pub fn run_datanode(
             .clone()
             .unwrap_or_else(|| addr.to_string());
         tracing::info!(%addr, %advertise, data_dir = %settings.data_dir.display(), "DataNode listening");
-        let confignode = CapnpConfigNodeClient::new(
+        let confignode = ConfigNodes::new(
             &rpc,
             &settings.confignode,
             ClientOptions::new(Role::DataNode, secrets.internal.clone())
                 .with_tls(tls.as_ref().map(|t| t.client.clone())),
-        )?;
+        );
         let serve = async {
             let registered = register(&confignode, &settings.data_dir, advertise)
                 .or(async {
@@ -221,7 +241,11 @@ pub fn run_datanode(
                 .await?;
             if let Some(id) = registered {
                 node.set_id(id);
-                let _ = stop.recv().await;
+                follow_leader(&confignode, id)
+                    .or(async {
+                        let _ = stop.recv().await;
+                    })
+                    .await;
             }
             Ok(())
         };
@@ -242,7 +266,7 @@ pub fn run_datanode(
 /// Registers (or re-registers under the stored id) until the ConfigNode answers; stores the
 /// id. A refusal (e.g. wrong secret) is fatal; anything retryable is retried.
 async fn register(
-    confignode: &CapnpConfigNodeClient,
+    confignode: &ConfigNodes,
     data_dir: &Path,
     advertise: String,
 ) -> Result<Option<DataNodeId>, CliError> {
@@ -258,7 +282,12 @@ async fn register(
                 if known_id != Some(id) {
                     write_atomically(&id_path, &format!("{}\n", id.0))?;
                 }
-                tracing::info!(data_node = %id, %advertise, "registered with the ConfigNode");
+                tracing::info!(
+                    data_node = %id,
+                    %advertise,
+                    confignode = confignode.current_address().unwrap_or_default(),
+                    "registered with the ConfigNode"
+                );
                 return Ok(Some(id));
             }
             Err(e) if e.is_retryable() => {
@@ -268,6 +297,37 @@ async fn register(
             }
             Err(e) => return Err(CliError::Node(format!("registration refused: {e}"))),
         }
+    }
+}
+
+/// How often a DataNode tells the ConfigNode leader it is alive.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Heartbeats to whichever ConfigNode leads, following leader changes, forever. The leader
+/// polls DataNodes itself (that is what marks one unknown); this heartbeat is how a DataNode
+/// keeps track of who leads, and it logs each leader change it sees.
+async fn follow_leader(confignode: &ConfigNodes, id: DataNodeId) {
+    let mut known: Option<(String, u64)> = None;
+    loop {
+        let heartbeat = DataNodeHeartbeat {
+            id,
+            report: HeartbeatReport {
+                regions: Vec::new(),
+                running_tasks: Vec::new(),
+            },
+        };
+        match confignode.data_node_heartbeat(heartbeat).await {
+            Ok(epoch) => {
+                let leader = confignode.current_address().unwrap_or_default();
+                let now = Some((leader.clone(), epoch.0));
+                if known != now {
+                    tracing::info!(confignode = %leader, %epoch, "following the ConfigNode leader");
+                    known = now;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "heartbeat to the ConfigNode leader failed"),
+        }
+        smol::Timer::after(HEARTBEAT_EVERY).await;
     }
 }
 

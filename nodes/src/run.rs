@@ -6,12 +6,15 @@ use shoal_core::confignode::orphans::OrphanPolicy;
 
 use crate::admin::{Admin, parse_data_node_id, parse_procedure_id, parse_region_id};
 use crate::cli::{
-    AdminArgs, CHANGE_TIMEOUT_SECS, Cli, Command, DEFAULT_DATA_DIR, DataNodeAction,
-    DatabaseCommand, FileConfig, ProcedureCommand, READ_TIMEOUT_SECS, RegionCommand,
+    AdminArgs, CHANGE_TIMEOUT_SECS, Cli, Command, ConfigNodeAction, DEFAULT_DATA_DIR,
+    DataNodeAction, DatabaseCommand, FileConfig, ProcedureCommand, READ_TIMEOUT_SECS,
+    RegionCommand,
 };
 use crate::error::CliError;
+use crate::follow::parse_addresses;
 use crate::node::{ConfigNodeSettings, DataNodeSettings, run_confignode, run_datanode};
 use crate::process::{init_tracing, shutdown_signal};
+use crate::raft::{GroupFlags, RaftTiming};
 use crate::size::parse_size;
 use crate::up::{UpSettings, run_up};
 
@@ -36,6 +39,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     .or(file.data_dir)
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
                 port: args.port,
+                confignodes: args.confignodes,
                 delete_rate: args.delete_rate.or(file.delete_rate),
                 tls: args.tls,
             };
@@ -44,9 +48,38 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             run_up(settings, shutdown_signal()?)
         }
-        Command::Confignode(args) => {
-            init_tracing("info");
+        Command::Confignode {
+            action: Some(action),
+            ..
+        } => match action {
+            ConfigNodeAction::List(admin) => with_admin(&admin, file, READ_TIMEOUT_SECS, |a| {
+                Box::pin(a.list_confignodes())
+            }),
+            ConfigNodeAction::Add { address, admin } => {
+                with_admin(&admin, file, READ_TIMEOUT_SECS * 2, |a| {
+                    Box::pin(async move { a.add_confignode(&address).await })
+                })
+            }
+            ConfigNodeAction::Remove { member, admin } => {
+                with_admin(&admin, file, READ_TIMEOUT_SECS * 2, |a| {
+                    Box::pin(async move { a.remove_confignode(&member).await })
+                })
+            }
+        },
+        Command::Confignode { action: None, args } => {
+            // openraft narrates every vote and heartbeat at INFO: only its warnings by default.
+            init_tracing("info,openraft=warn");
             let security = args.security.or(&file.node_security());
+            let list = |text: Option<String>| -> Result<Vec<String>, CliError> {
+                text.map(|t| parse_addresses(&t))
+                    .transpose()
+                    .map(Option::unwrap_or_default)
+            };
+            let timing = args
+                .raft_timing
+                .or(file.raft_timing)
+                .map(|t| RaftTiming::parse(&t))
+                .transpose()?;
             let settings = ConfigNodeSettings {
                 data_dir: required(args.data_dir.or(file.data_dir), "data-dir")?,
                 listen: required(args.listen.or(file.listen), "listen")?,
@@ -54,6 +87,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 orphans: OrphanPolicy {
                     grace: std::time::Duration::from_secs(args.orphan_grace_secs),
                     remove: !args.keep_orphans,
+                },
+                group: GroupFlags {
+                    peers: list(args.peers.or(file.peers))?,
+                    join: list(args.join.or(file.join))?,
+                    advertise: args.advertise.or(file.advertise),
+                    timing,
                 },
             };
             run_confignode(settings, shutdown_signal()?)
@@ -86,7 +125,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 data_dir: required(args.data_dir.or(file.data_dir), "data-dir")?,
                 listen: required(args.listen.or(file.listen), "listen")?,
                 advertise: args.advertise.or(file.advertise),
-                confignode: required(args.confignode.or(file.confignode), "confignode")?,
+                confignode: parse_addresses(&required(
+                    args.confignode.or(file.confignode),
+                    "confignode",
+                )?)?,
                 security,
                 delete_rate: rate(args.delete_rate.or(file.delete_rate))?,
             };

@@ -13,29 +13,77 @@ use shoal_core::model::{DataNodeId, DatabaseName, DatabaseSchema, Epoch, Procedu
 use shoal_core::procedure::{self, ProcedureView};
 use shoal_core::state::DataNodeInfo;
 
-/// The message a not-leading ConfigNode answers with (retryable).
+/// The message a single ConfigNode that does not lead yet answers with (retryable).
 pub const NOT_LEADER: &str = "this ConfigNode is not the leader (yet)";
 
+/// Who leads a replicated group, as this member knows it: the leader's address.
+pub type LeaderHint = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// Serves a [`ConfigNode`] as a [`ConfigNodeApi`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConfigNodeService {
     node: Arc<ConfigNode>,
+    /// `Some` in a replicated group: only the leader answers, a follower answers the typed
+    /// `NotLeader` naming the leader. `None`: a single ConfigNode (its one wire form for "not
+    /// leading yet" stays the retryable remote failure older clients know).
+    leader_hint: Option<LeaderHint>,
+}
+
+impl std::fmt::Debug for ConfigNodeService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigNodeService")
+            .field("node", &self.node)
+            .field("replicated", &self.leader_hint.is_some())
+            .finish()
+    }
 }
 
 impl ConfigNodeService {
-    /// Serves `node`.
+    /// Serves `node`, a single ConfigNode.
     pub fn new(node: Arc<ConfigNode>) -> Self {
-        Self { node }
+        Self {
+            node,
+            leader_hint: None,
+        }
     }
 
+    /// Serves `node`, a member of a replicated group whose leader `leader_hint` names.
+    /// Every call on a member that does not lead is answered `NotLeader { leader }`, reads
+    /// included: a client follows the hint and reads what the leader has committed.
+    pub fn replicated(node: Arc<ConfigNode>, leader_hint: LeaderHint) -> Self {
+        Self {
+            node,
+            leader_hint: Some(leader_hint),
+        }
+    }
+
+    /// The wire form of `error` from this node.
+    fn error(&self, error: ConfigNodeError) -> ApiError {
+        match (&error, &self.leader_hint) {
+            (ConfigNodeError::NotLeader, Some(hint)) => ApiError::NotLeader { leader: hint() },
+            _ => api_error(error),
+        }
+    }
+
+    /// `info` with the ConfigNode's notes on its procedure (e.g. abandoned deletions).
     fn with_notes(&self, mut info: ProcedureInfo) -> ProcedureInfo {
         info.notes = self.node.procedure_notes(info.id);
         info
     }
+
+    /// In a replicated group, refuses a call on a member that does not lead.
+    fn leading(&self) -> Result<(), ApiError> {
+        match &self.leader_hint {
+            Some(hint) if !self.node.consensus().leadership().get().is_leader => {
+                Err(ApiError::NotLeader { leader: hint() })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
-/// The wire form of a service error: bad requests are refused, leadership gaps and log
-/// failures are retryable remote failures.
+/// The wire form of a single ConfigNode's error: bad requests are refused, leadership gaps
+/// and log failures are retryable remote failures.
 pub fn api_error(error: ConfigNodeError) -> ApiError {
     match error {
         ConfigNodeError::NotLeader => ApiError::Remote {
@@ -86,6 +134,7 @@ impl ConfigNodeApi for ConfigNodeService {
             schema_replication_factor: request.schema_replication_factor,
             data_replication_factor: request.data_replication_factor,
         };
+        self.leading()?;
         self.node
             .create_database(
                 schema,
@@ -94,7 +143,7 @@ impl ConfigNodeApi for ConfigNodeService {
                 request_key,
             )
             .await
-            .map_err(api_error)
+            .map_err(|e| self.error(e))
     }
 
     async fn delete_database(
@@ -102,13 +151,15 @@ impl ConfigNodeApi for ConfigNodeService {
         name: DatabaseName,
         request_key: Option<String>,
     ) -> Result<ProcedureId, ApiError> {
+        self.leading()?;
         self.node
             .delete_database(name, request_key)
             .await
-            .map_err(api_error)
+            .map_err(|e| self.error(e))
     }
 
     async fn list_databases(&self) -> Result<Vec<DatabaseInfo>, ApiError> {
+        self.leading()?;
         Ok(self
             .node
             .list_databases()
@@ -126,6 +177,7 @@ impl ConfigNodeApi for ConfigNodeService {
         &self,
         database: Option<DatabaseName>,
     ) -> Result<Vec<RegionGroupInfo>, ApiError> {
+        self.leading()?;
         Ok(self
             .node
             .list_region_groups(database.as_ref())
@@ -138,10 +190,12 @@ impl ConfigNodeApi for ConfigNodeService {
     }
 
     async fn list_data_nodes(&self) -> Result<Vec<DataNodeInfo>, ApiError> {
+        self.leading()?;
         Ok(self.node.list_data_nodes())
     }
 
     async fn list_procedures(&self) -> Result<Vec<ProcedureInfo>, ApiError> {
+        self.leading()?;
         Ok(self
             .node
             .list_procedures()
@@ -151,6 +205,7 @@ impl ConfigNodeApi for ConfigNodeService {
     }
 
     async fn get_procedure(&self, id: ProcedureId) -> Result<Option<ProcedureInfo>, ApiError> {
+        self.leading()?;
         Ok(self
             .node
             .get_procedure(id)
@@ -165,10 +220,11 @@ impl ConfigNodeApi for ConfigNodeService {
         to: Option<DataNodeId>,
         request_key: Option<String>,
     ) -> Result<ProcedureId, ApiError> {
+        self.leading()?;
         self.node
             .migrate_region(region, from, to, request_key)
             .await
-            .map_err(api_error)
+            .map_err(|e| self.error(e))
     }
 
     async fn remove_data_node(
@@ -177,14 +233,16 @@ impl ConfigNodeApi for ConfigNodeService {
         force: bool,
         request_key: Option<String>,
     ) -> Result<ProcedureId, ApiError> {
+        self.leading()?;
         self.node
             .remove_data_node(id, force, request_key)
             .await
-            .map_err(api_error)
+            .map_err(|e| self.error(e))
     }
 
     async fn list_orphans(&self) -> Result<Vec<OrphanInfo>, ApiError> {
-        self.node.list_orphans().map_err(api_error)
+        self.leading()?;
+        self.node.list_orphans().map_err(|e| self.error(e))
     }
 
     async fn register_data_node(
@@ -192,10 +250,11 @@ impl ConfigNodeApi for ConfigNodeService {
         known_id: Option<DataNodeId>,
         address: String,
     ) -> Result<DataNodeId, ApiError> {
+        self.leading()?;
         self.node
             .register_data_node(known_id, address)
             .await
-            .map_err(api_error)
+            .map_err(|e| self.error(e))
     }
 
     async fn data_node_heartbeat(&self, heartbeat: DataNodeHeartbeat) -> Result<Epoch, ApiError> {
@@ -205,7 +264,7 @@ impl ConfigNodeApi for ConfigNodeService {
         if leadership.is_leader {
             Ok(leadership.epoch)
         } else {
-            Err(api_error(ConfigNodeError::NotLeader))
+            Err(self.error(ConfigNodeError::NotLeader))
         }
     }
 }

@@ -2,12 +2,14 @@
 //! `storage-mem`) for a node's data directory.
 //!
 //! Layout under the data directory with `storage-fs`:
-//! `confignode/log/` (consensus log), `confignode/snapshots/`, `datanode/` (regions and
-//! trash), `datanode/tasks.journal`.
+//! `confignode/log/` (a single ConfigNode's consensus log), `confignode/snapshots/`,
+//! `confignode/raft/` (a replicated ConfigNode's Raft log, vote, snapshots and node id),
+//! `datanode/` (regions and trash), `datanode/tasks.journal`.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use shoal_consensus_raft::RaftStores;
 use shoal_core::runtime::Clock;
 use shoal_core::storage::{LogStore, RegionStore, SnapshotStore, StorageError, TaskJournal};
 
@@ -124,6 +126,41 @@ pub fn open_datanode_stores(
         regions: Arc::new(regions),
         journal: Arc::new(journal),
     })
+}
+
+/// Opens (recovering as needed) the Raft stores of a replicated ConfigNode in `dir` (the
+/// group's directory, `DATA_DIR/confignode/raft`). Blocking: call at start-up.
+#[cfg(all(feature = "storage-fs", not(feature = "storage-mem")))]
+pub fn open_raft_stores(dir: &Path) -> Result<RaftStores, StorageError> {
+    RaftStores::open_fs(dir, shoal_storage_fs::LogOptions::default())
+}
+
+/// Whether `data_dir` holds a single-node ConfigNode's log or snapshots (something a new
+/// group can import). Never creates anything.
+#[cfg(all(feature = "storage-fs", not(feature = "storage-mem")))]
+pub fn has_single_node_state(data_dir: &Path) -> Result<bool, StorageError> {
+    let dir = data_dir.join("confignode");
+    if !dir.join("log").is_dir() && !dir.join("snapshots").is_dir() {
+        return Ok(false);
+    }
+    let stores = open_confignode_stores(data_dir, &StoreOptions::default())?;
+    let snapshot = futures_lite::future::block_on(stores.snapshots.load_latest())?;
+    Ok(stores.log.last_index() > 0 || snapshot.is_some())
+}
+
+/// In-memory Raft stores (`dir` is not touched: nothing survives a restart).
+#[cfg(feature = "storage-mem")]
+pub fn open_raft_stores(dir: &Path) -> Result<RaftStores, StorageError> {
+    let _ = dir;
+    Ok(RaftStores::memory())
+}
+
+/// The mem backend keeps nothing across restarts: there is never a single-node state to
+/// import.
+#[cfg(feature = "storage-mem")]
+pub fn has_single_node_state(data_dir: &Path) -> Result<bool, StorageError> {
+    let _ = data_dir;
+    Ok(false)
 }
 
 /// Opens in-memory ConfigNode stores (`data_dir` is not touched: nothing survives a restart).

@@ -234,6 +234,62 @@ pub struct DataNodeSlot {
 }
 
 impl DataNodeSlot {
+    /// DataNode `i`'s durable stores (not started), at `127.0.0.1:{17000 + i}`.
+    pub fn new(i: usize, runtime: &Runtime, delete_rate: Option<u64>) -> Arc<Self> {
+        let mem = MemRegionStore::new(runtime.clock.clone())
+            .with_delete_rate(delete_rate.unwrap_or(0))
+            .with_delete_chunk(4096);
+        let store = FaultyRegionStore::new(Arc::new(mem.clone()), runtime.clock.clone());
+        let timed = TimedRegionStore {
+            inner: store.clone(),
+            finished: Arc::default(),
+        };
+        let address = format!("127.0.0.1:{}", 17000 + i);
+        Arc::new(DataNodeSlot {
+            address: address.clone(),
+            mem,
+            store,
+            timed,
+            journal: MemTaskJournal::new(),
+            node: Mutex::new(None),
+            current: Mutex::new(address),
+        })
+    }
+
+    /// Opens (or reopens, after [`DataNodeSlot::stop`]) DataNode `id` over its stores and
+    /// serves it on `network` at its current address.
+    pub async fn start(
+        &self,
+        id: DataNodeId,
+        runtime: &Runtime,
+        network: &InprocNetwork<dyn DataNodeApi>,
+    ) {
+        let node = DataNode::open(
+            runtime.clone(),
+            Arc::new(self.timed.clone()),
+            Arc::new(self.journal.clone()),
+            DataNodeConfig::default(),
+        )
+        .await
+        .expect("DataNode opens");
+        node.set_id(id);
+        // Copy tasks pull from other DataNodes over the same network.
+        node.set_peer_clients(Arc::new(NetClients {
+            network: network.clone(),
+            from: self.current_address(),
+        }));
+        *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
+        network.host(&self.current_address(), Arc::new(node));
+    }
+
+    /// Stops the node as a crash would: running tasks stop mid-way, calls are refused.
+    pub fn stop(&self, network: &InprocNetwork<dyn DataNodeApi>) {
+        if let Some(node) = self.node.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            node.halt();
+        }
+        network.stop(&self.current_address());
+    }
+
     /// The running incarnation, if up.
     pub fn node(&self) -> Option<DataNode> {
         self.node.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -269,9 +325,12 @@ pub fn accepted_twice(records: &[Vec<u8>]) -> Vec<TaskId> {
         .collect()
 }
 
-struct NetClients {
-    network: InprocNetwork<dyn DataNodeApi>,
-    from: String,
+/// DataNode clients of the ConfigNode named `from` on an in-process network.
+pub struct NetClients {
+    /// The network.
+    pub network: InprocNetwork<dyn DataNodeApi>,
+    /// The ConfigNode's name (the `from` of its calls).
+    pub from: String,
 }
 
 impl DataNodeClients for NetClients {
@@ -311,27 +370,9 @@ impl TestCluster {
     pub async fn start(options: ClusterOptions) -> TestCluster {
         let runtime = smol_runtime();
         let network = InprocNetwork::<dyn DataNodeApi>::new(runtime.clone(), options.rpc_timeout);
-        let mut data_nodes = Vec::new();
-        for i in 0..options.data_nodes {
-            let mem = MemRegionStore::new(runtime.clock.clone())
-                .with_delete_rate(options.delete_rate.unwrap_or(0))
-                .with_delete_chunk(4096);
-            let store = FaultyRegionStore::new(Arc::new(mem.clone()), runtime.clock.clone());
-            let timed = TimedRegionStore {
-                inner: store.clone(),
-                finished: Arc::default(),
-            };
-            let slot = Arc::new(DataNodeSlot {
-                address: format!("127.0.0.1:{}", 17000 + i),
-                mem,
-                store,
-                timed,
-                journal: MemTaskJournal::new(),
-                node: Mutex::new(None),
-                current: Mutex::new(format!("127.0.0.1:{}", 17000 + i)),
-            });
-            data_nodes.push(slot);
-        }
+        let data_nodes = (0..options.data_nodes)
+            .map(|i| DataNodeSlot::new(i, &runtime, options.delete_rate))
+            .collect();
         let cluster = TestCluster {
             runtime,
             network,
@@ -362,33 +403,15 @@ impl TestCluster {
 
     /// Starts (or restarts) DataNode `i` over its durable stores.
     pub async fn start_data_node(&self, i: usize) {
-        let slot = &self.data_nodes[i];
-        let node = DataNode::open(
-            self.runtime.clone(),
-            Arc::new(slot.timed.clone()),
-            Arc::new(slot.journal.clone()),
-            DataNodeConfig::default(),
-        )
-        .await
-        .expect("DataNode opens");
         // Ids are assigned in registration order, which is slot order.
-        node.set_id(DataNodeId(i as u32));
-        // Copy tasks pull from other DataNodes over the same network.
-        node.set_peer_clients(Arc::new(NetClients {
-            network: self.network.clone(),
-            from: slot.current_address(),
-        }));
-        *slot.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
-        self.network.host(&slot.current_address(), Arc::new(node));
+        self.data_nodes[i]
+            .start(DataNodeId(i as u32), &self.runtime, &self.network)
+            .await;
     }
 
     /// Stops DataNode `i` as a crash would: running tasks stop mid-way, calls are refused.
     pub fn stop_data_node(&self, i: usize) {
-        let slot = &self.data_nodes[i];
-        if let Some(node) = slot.node.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            node.halt();
-        }
-        self.network.stop(&slot.current_address());
+        self.data_nodes[i].stop(&self.network);
     }
 
     /// Crash-restarts DataNode `i` at `address` (a new port) and re-registers it there under

@@ -69,6 +69,8 @@ impl Role {
             Access::Admin => self == Role::Admin,
             Access::Registration => self == Role::DataNode,
             Access::Peer => self == Role::ConfigNode,
+            // The ConfigNode group's membership: admins, and a ConfigNode joining a group.
+            Access::Membership => matches!(self, Role::ConfigNode | Role::Admin),
         }
     }
 }
@@ -92,8 +94,10 @@ pub enum Access {
     Admin,
     /// A DataNode registering with and reporting to the ConfigNode.
     Registration,
-    /// ConfigNode-to-ConfigNode calls.
+    /// ConfigNode-to-ConfigNode calls (Raft messages).
     Peer,
+    /// The ConfigNode group's status and membership changes.
+    Membership,
 }
 
 /// The two kinds of secret.

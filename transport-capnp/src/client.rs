@@ -16,16 +16,18 @@ use shoal_core::api::ApiError;
 use crate::auth::{Role, Secret};
 use crate::codec;
 use crate::runtime::{LocalEx, WireLimits};
-use crate::shoal_capnp::{bootstrap, config_node, data_node, login_reply};
+use crate::shoal_capnp::{bootstrap, config_node, config_node_group, data_node, login_reply, raft};
 use crate::tls::{BoxRead, BoxWrite, ClientTls};
 
 mod config_node_client;
 mod connection;
 mod data_node_client;
+mod group_client;
 
 pub use config_node_client::CapnpConfigNodeClient;
 pub(crate) use connection::Connection;
 pub use data_node_client::CapnpDataNodeClient;
+pub use group_client::CapnpConfigNodeGroupClient;
 
 /// How a client connects and calls.
 #[derive(Debug, Clone)]
@@ -79,6 +81,10 @@ impl ClientOptions {
 pub(crate) struct Remote {
     pub(crate) data_node: data_node::Client,
     pub(crate) config_node: config_node::Client,
+    /// Raft between ConfigNode peers (`None` from a node that predates it).
+    pub(crate) raft: Option<raft::Client>,
+    /// The ConfigNode group's membership (`None` from a node that predates it).
+    pub(crate) config_node_group: Option<config_node_group::Client>,
     broken: Rc<Cell<bool>>,
     // Dropping the last clone ends the connection's RPC system and closes the socket.
     _rpc: Rc<smol::Task<()>>,
@@ -142,6 +148,8 @@ async fn connect(address: &str, options: &ClientOptions, ex: &LocalEx) -> Result
             Ok(Remote {
                 data_node: services.get_data_node().map_err(codec::malformed)?,
                 config_node: services.get_config_node().map_err(codec::malformed)?,
+                raft: services.get_raft().ok(),
+                config_node_group: services.get_config_node_group().ok(),
                 broken,
                 _rpc: Rc::new(rpc_task),
             })

@@ -79,6 +79,9 @@ pub(crate) fn write_error(mut b: error::Builder<'_>, e: &ApiError) {
             g.set_seen_epoch(seen.0);
             return;
         }
+        ApiError::NotLeader { leader } => {
+            return write_opt_text(b.init_not_leader(), leader.as_deref());
+        }
         ApiError::Remote { message, retryable } => (message.clone(), *retryable),
         // Timeouts and unreachable peers are the caller's own findings and have no wire
         // form; a server whose implementation reports one failed to finish: retry may help.
@@ -109,6 +112,9 @@ fn read_error_inner(r: capnp::Result<error::Reader<'_>>) -> Result<ApiError, Api
             error::Remote(g) => ApiError::Remote {
                 message: read_text(g.get_message())?,
                 retryable: g.get_retryable(),
+            },
+            error::NotLeader(leader) => ApiError::NotLeader {
+                leader: read_opt_text(leader)?,
             },
         },
     )

@@ -11,6 +11,9 @@
 //! - [`CapnpDataNodeClient`] and [`CapnpConfigNodeClient`] implement core's `DataNodeApi` and
 //!   `ConfigNodeApi` for a remote node (connection reuse, reconnect with backoff, per-call
 //!   timeouts, typed errors);
+//! - [`CapnpRaftTransport`] carries Raft between the ConfigNodes of a group (append entries,
+//!   votes, snapshots in checksummed chunks), and [`CapnpConfigNodeGroupClient`] the group's
+//!   membership calls;
 //! - [`RpcRuntime::serve`] exposes local `DataNodeApi`/`ConfigNodeApi` implementations; each
 //!   incoming call is handed to the node's [`Spawner`](shoal_core::runtime::Spawner) and its
 //!   reply comes back over a channel, so node logic never runs on the RPC thread.
@@ -30,6 +33,7 @@ mod client;
 mod codec;
 mod error;
 mod limits;
+mod raft;
 mod runtime;
 mod secret;
 mod server;
@@ -52,9 +56,12 @@ mod wire;
 pub mod shoal_capnp;
 
 pub use auth::{Access, LoginRateLimit, Role, Secret, SecretKind, ServerSecrets};
-pub use client::{CapnpConfigNodeClient, CapnpDataNodeClient, ClientOptions};
+pub use client::{
+    CapnpConfigNodeClient, CapnpConfigNodeGroupClient, CapnpDataNodeClient, ClientOptions,
+};
 pub use error::TransportError;
 pub use limits::{ConnectionLimits, ConnectionStats, PRE_LOGIN_MAX_MESSAGE_BYTES};
+pub use raft::{CapnpRaftTransport, RaftCallOptions};
 pub use runtime::{RpcRuntime, WireLimits};
 pub use secret::{
     ADMIN_SECRET_FILE_NAME, INTERNAL_SECRET_FILE_NAME, SECRET_FILE_NAME, SecretFileMode,

@@ -1,6 +1,7 @@
 //! The serving side: accept loop, login, and the capnp servers that hand each call to the
 //! node's own [`Spawner`] and wait for the owned reply on a channel.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,12 +17,13 @@ use crate::auth::{Access, Gate, LoginLimiter, LoginRateLimit, Role, ServerSecret
 use crate::error::TransportError;
 use crate::limits::{Admission, ConnectionLimits, ConnectionSlot, ConnectionStats, StatsCounters};
 use crate::runtime::{LocalEx, RpcRuntime, WireLimits};
-use crate::shoal_capnp::{bootstrap, config_node, data_node};
+use crate::shoal_capnp::{bootstrap, config_node, config_node_group, data_node, raft};
 use crate::tls::{Accepted, BoxRead, BoxWrite, ServerTls};
 use crate::wire::{ReceiveLimits, ServerNetwork};
 
 mod config_node_server;
 mod data_node_server;
+mod raft_server;
 
 /// The local APIs a server exposes. A missing one is still offered after login, but every
 /// call to it is refused.
@@ -31,6 +33,10 @@ pub struct ServedApis {
     pub data_node: Option<Arc<dyn DataNodeApi>>,
     /// The ConfigNode API, on ConfigNodes.
     pub config_node: Option<Arc<dyn ConfigNodeApi>>,
+    /// Incoming Raft messages, on the ConfigNodes of a replicated group (peers only).
+    pub raft: Option<shoal_consensus_raft::RaftServer>,
+    /// The group's membership API, on the ConfigNodes of a replicated group.
+    pub group: Option<Arc<dyn shoal_consensus_raft::ConfigNodeGroupApi>>,
 }
 
 impl ServedApis {
@@ -38,15 +44,15 @@ impl ServedApis {
     pub fn data_node(api: Arc<dyn DataNodeApi>) -> Self {
         Self {
             data_node: Some(api),
-            config_node: None,
+            ..Self::default()
         }
     }
 
     /// Serves only a ConfigNode API.
     pub fn config_node(api: Arc<dyn ConfigNodeApi>) -> Self {
         Self {
-            data_node: None,
             config_node: Some(api),
+            ..Self::default()
         }
     }
 }
@@ -172,6 +178,7 @@ impl RpcRuntime {
             tls: options.tls,
             stats: stats.clone(),
             login_rate: options.login_rate,
+            snapshot_assembly: RefCell::new(None),
         };
         self.run(move |ex| {
             let ex2 = ex.clone();
@@ -201,6 +208,8 @@ struct ServerShared {
     tls: Option<Arc<ServerTls>>,
     stats: Arc<StatsCounters>,
     login_rate: LoginRateLimit,
+    /// The Raft snapshot being received (one per node: a new transfer replaces it).
+    snapshot_assembly: RefCell<Option<crate::raft::snapshot::Assembly>>,
 }
 
 /// The RPC-thread-only state of one server.
@@ -428,18 +437,32 @@ impl bootstrap::Server for BootstrapServer {
         let shared = self.server.shared.clone();
         let data_node: data_node::Client =
             capnp_rpc::new_client(data_node_server::DataNodeServer::new(shared.clone(), role));
-        let config_node: config_node::Client =
-            capnp_rpc::new_client(config_node_server::ConfigNodeServer::new(shared, role));
+        let config_node: config_node::Client = capnp_rpc::new_client(
+            config_node_server::ConfigNodeServer::new(shared.clone(), role),
+        );
+        let raft: raft::Client = capnp_rpc::new_client(raft_server::RaftCap::new(
+            shared.clone(),
+            role.may(Access::Peer),
+        ));
+        let group: config_node_group::Client =
+            capnp_rpc::new_client(raft_server::GroupCap::new(shared, role));
         let mut services = reply.init_services();
         services.set_data_node(data_node);
         services.set_config_node(config_node);
+        services.set_raft(raft);
+        services.set_config_node_group(group);
         Ok(())
     }
 }
 
 impl ServerShared {
     /// Refuses a call that `role` may not make.
-    fn authorize(&self, role: Role, access: Access, method: &str) -> Result<(), ApiError> {
+    pub(crate) fn authorize(
+        &self,
+        role: Role,
+        access: Access,
+        method: &str,
+    ) -> Result<(), ApiError> {
         if role.may(access) {
             Ok(())
         } else {

@@ -60,6 +60,7 @@ fn start_node() -> Result<Node, String> {
             ServedApis {
                 data_node: Some(data_node),
                 config_node: Some(config_node),
+                ..ServedApis::default()
             },
             ServerOptions::default(),
         )

@@ -134,3 +134,22 @@ fn a_request_from_a_client_that_predates_request_keys_reads_as_no_key() {
         .expect("params");
     assert_eq!(read_opt_text(params.get_request_key()), Ok(None));
 }
+
+#[test]
+fn not_leader_travels_as_its_own_variant_with_the_leader_address() {
+    for error in [
+        ApiError::NotLeader {
+            leader: Some("10.0.0.2:7070".into()),
+        },
+        ApiError::NotLeader { leader: None },
+    ] {
+        let mut message = capnp::message::Builder::new_default();
+        write_error(message.init_root::<error::Builder<'_>>(), &error);
+        let read = read_error(message.get_root_as_reader::<error::Reader<'_>>());
+        assert_eq!(read, error);
+        assert!(
+            read.is_retryable(),
+            "a follower's refusal is retryable elsewhere"
+        );
+    }
+}

@@ -48,6 +48,7 @@ fn start_node_at(address: &str, limits: WireLimits) -> Node {
     let apis = ServedApis {
         data_node: Some(data_node.clone()),
         config_node: Some(config_node.clone()),
+        ..ServedApis::default()
     };
     let options = ServerOptions {
         limits,

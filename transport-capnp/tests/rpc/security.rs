@@ -38,6 +38,7 @@ fn serve(options: ServerOptions) -> Served {
     let apis = ServedApis {
         data_node: Some(data_node.clone()),
         config_node: Some(config_node.clone()),
+        ..ServedApis::default()
     };
     let server = runtime
         .serve(
