@@ -245,6 +245,21 @@ interface ConfigNode {
       -> (reply :ProcedureIdReply);
   # Replicas DataNodes report that no footprint and no unfinished procedure accounts for.
   listOrphans @12 () -> (reply :ListOrphansReply);
+  # What `shoal status` shows beyond the lists: the leader's epoch and queue lengths.
+  clusterStatus @13 () -> (reply :ClusterStatusReply);
+}
+
+struct ClusterStatus {
+  epoch @0 :UInt64;              # The answering leader's epoch.
+  queuedCreates @1 :UInt64;      # Replica creates in the region-maintain queue.
+  legacyDeletions @2 :UInt64;    # Deletions of an older release awaiting the cleaner.
+}
+
+struct ClusterStatusReply {
+  union {
+    status @0 :ClusterStatus;
+    error @1 :Error;
+  }
 }
 
 struct ProcedureIdReply {
@@ -350,7 +365,9 @@ struct ProcedureInfo {
   id @0 :UInt64;
   typeName @1 :Text;
   stateName @2 :Text;
-  status @3 :Text;               # Durable status name, e.g. "Runnable", "Succeeded".
+  # The status's name, e.g. "Running", "Succeeded": still written for clients older than
+  # `statusCode`, never read by this release's (except from a server older than it).
+  status @3 :Text;
   finished @4 :Bool;
   parent @5 :OptionalUInt64;
   children @6 :List(UInt64);
@@ -362,6 +379,16 @@ struct ProcedureInfo {
   # What the procedure wants an operator to know beyond its status (e.g. replicas whose
   # deletion was abandoned on a DataNode removed for good).
   notes @12 :List(Text);
+  # The status (core's ProcedureView code: 1 running, 2 waiting, 3 suspended, 4 rolling
+  # back, 10 succeeded, 11 failed, 12 rolled back, 20 unreadable); 0 from a server older
+  # than this field, whose `status` text then holds the durable status's name.
+  statusCode @13 :UInt8;
+  typeCode @14 :UInt32;
+  stateCode @15 :UInt32;
+  submittedUnixMs @16 :UInt64;   # Wall clock (Unix ms); 0 when unknown.
+  updatedUnixMs @17 :UInt64;
+  requestKey @18 :OptionalText;
+  database @19 :OptionalText;    # The database it works in, if it locks one.
 }
 
 struct ListProceduresReply {

@@ -12,7 +12,7 @@ use crate::model::{
     DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, Epoch, ProcedureId, RegionId,
     RegionReplicaSet, ReplicationFactor, TaskId,
 };
-use crate::state::{DataNodeInfo, ProcedureRecord};
+use crate::state::DataNodeInfo;
 
 /// Why a call between nodes failed. Decides retry vs abort in one place.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -320,58 +320,9 @@ pub struct RegionGroupInfo {
     pub replica_set: RegionReplicaSet,
 }
 
-/// A procedure's status as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)] // Plain data: fields are named for what they hold.
-pub struct ProcedureInfo {
-    pub id: ProcedureId,
-    pub type_name: String,
-    /// Name of its current state.
-    pub state_name: String,
-    /// Durable status name (e.g. `Runnable`, `Succeeded`).
-    pub status: String,
-    /// Whether it will never run again.
-    pub finished: bool,
-    /// The parent that spawned it.
-    pub parent: Option<ProcedureId>,
-    /// Children it spawned, in spawn order.
-    pub children: Vec<ProcedureId>,
-    /// Submission time (ms on the leader's clock).
-    pub submitted_at_ms: u64,
-    /// Time of the last recorded transition (ms).
-    pub updated_at_ms: u64,
-    /// Step attempts since the last successful transition.
-    pub attempts: u32,
-    /// The last error a step returned.
-    pub last_error: Option<String>,
-    /// What it is waiting for, in words.
-    pub waiting_for: Option<String>,
-    /// What an operator should know beyond the status (e.g. replicas whose deletion was
-    /// abandoned on a DataNode removed for good).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-}
-
-impl ProcedureInfo {
-    /// The admin view of a durable procedure record.
-    pub fn from_record(record: &ProcedureRecord) -> Self {
-        Self {
-            id: record.id,
-            type_name: record.type_name.clone(),
-            state_name: record.state_name.clone(),
-            status: record.status.name().to_string(),
-            finished: record.status.is_finished(),
-            parent: record.parent,
-            children: record.children.clone(),
-            submitted_at_ms: record.submitted_at_ms,
-            updated_at_ms: record.updated_at_ms,
-            attempts: record.attempts,
-            last_error: record.last_error.clone(),
-            waiting_for: record.waiting_for.clone(),
-            notes: Vec::new(),
-        }
-    }
-}
+/// A procedure's status as the admin API shows it: the same type the executor reports,
+/// carried whole over the wire (its status is the typed [`crate::procedure::ProcedureView`]).
+pub use crate::procedure::{ProcedureInfo, ProcedureView};
 
 /// A replica a DataNode reports that no footprint and no unfinished procedure accounts for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -477,4 +428,21 @@ pub trait ConfigNodeApi: Send + Sync + 'static {
             "orphan listing is not supported here".into(),
         ))
     }
+    /// The leader's epoch and the lengths of its maintain queues (`shoal status`).
+    async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
+        Err(ApiError::Refused(
+            "cluster status is not supported here (a ConfigNode older than this client?)".into(),
+        ))
+    }
+}
+
+/// What `shoal status` shows beyond the lists, from the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The leader's epoch.
+    pub epoch: Epoch,
+    /// Replica creates in the region-maintain queue.
+    pub queued_creates: u64,
+    /// Deletions of an older release awaiting the cleaner.
+    pub legacy_deletions: u64,
 }

@@ -92,9 +92,10 @@ pub enum MetricEvent {
         /// How long it took.
         duration: Duration,
     },
-    /// An RPC call between nodes finished (client side).
+    /// An RPC call this node served finished (recorded by the server's dispatch, so every
+    /// caller, the CLI included, is counted once).
     Rpc {
-        /// The method's name.
+        /// The method's name (`Service.method`, e.g. `DataNode.submitTask`).
         method: &'static str,
         /// How it ended.
         outcome: Outcome,

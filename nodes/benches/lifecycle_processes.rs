@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shoal_core::api::{ConfigNodeApi, CreateDatabaseRequest};
+use shoal_core::api::{ConfigNodeApi, CreateDatabaseRequest, ProcedureView};
 use shoal_core::model::{DatabaseName, ProcedureId, ReplicationFactor};
 use shoal_transport_capnp::{
     ADMIN_SECRET_FILE_NAME, CapnpConfigNodeClient, ClientOptions, INTERNAL_SECRET_FILE_NAME, Role,
@@ -165,7 +165,7 @@ impl Cluster {
         loop {
             match self.client.get_procedure(id).await {
                 Ok(Some(info)) if info.finished => {
-                    assert_eq!(info.status, "Succeeded", "{info:?}");
+                    assert_eq!(info.status, ProcedureView::Succeeded, "{info:?}");
                     return;
                 }
                 Ok(_) => {}
@@ -238,7 +238,7 @@ fn run(groups: u32) -> Sample {
             }
             match cluster.client.get_procedure(id).await {
                 Ok(Some(info)) if info.finished => {
-                    assert_eq!(info.status, "Succeeded", "{info:?}");
+                    assert_eq!(info.status, ProcedureView::Succeeded, "{info:?}");
                     break;
                 }
                 Ok(_) => {}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 use serde::Serialize;
-use shoal_core::api::{ApiError, ConfigNodeApi, CreateDatabaseRequest, ProcedureInfo};
+use shoal_core::api::{ApiError, ConfigNodeApi, CreateDatabaseRequest, ProcedureInfo, ProcedureView};
 use shoal_core::model::{DatabaseName, ProcedureId, RegionKind, ReplicationFactor};
 use shoal_transport_capnp::{ClientOptions, Role, RpcRuntime};
 
@@ -29,7 +29,8 @@ pub struct Admin {
     json: bool,
     address: String,
     timeout: Duration,
-    deadline: Instant,
+    /// When the command gives up (renewed per refresh by `status --watch`).
+    deadline: Cell<Instant>,
     /// Whether the "waiting for the ConfigNode" line was printed (once per command).
     waiting_noted: Cell<bool>,
     /// The progress bar on screen, if any (notices are printed around it).
@@ -90,7 +91,7 @@ impl Admin {
             json: args.json,
             address,
             timeout,
-            deadline: Instant::now() + timeout,
+            deadline: Cell::new(Instant::now() + timeout),
             waiting_noted: Cell::new(false),
             bar: RefCell::new(None),
         })
@@ -99,6 +100,11 @@ impl Admin {
     /// The ConfigNodes this session talks to.
     pub fn confignodes(&self) -> &ConfigNodes {
         &self.client
+    }
+
+    /// Gives the command a fresh `--timeout-secs` from now (each refresh of a watch).
+    pub(crate) fn renew_deadline(&self) {
+        self.deadline.set(Instant::now() + self.timeout);
     }
 
     /// The session's RPC thread (for clients of other nodes).
@@ -126,7 +132,7 @@ impl Admin {
                 // An attempt still under way at the deadline is cut short; the error to
                 // report is then the last one an attempt actually returned.
                 let attempt = async { Some(call().await) }.or(async {
-                    smol::Timer::at(self.deadline).await;
+                    smol::Timer::at(self.deadline.get()).await;
                     None
                 });
                 let Some(outcome) = attempt.await else {
@@ -136,7 +142,7 @@ impl Admin {
                 match outcome {
                     Ok(value) => return Ok(value),
                     Err(e) if e.is_retryable() => {
-                        let left = self.deadline.saturating_duration_since(Instant::now());
+                        let left = self.deadline.get().saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             return Err(self.gave_up(&e));
                         }
@@ -210,10 +216,10 @@ impl Admin {
                 .await?
                 .ok_or_else(|| CliError::Failed(format!("{id} is not recorded")))?;
             progress(&info);
-            if info.finished {
+            if info.is_finished() {
                 return Ok(info);
             }
-            if Instant::now() >= self.deadline {
+            if Instant::now() >= self.deadline.get() {
                 return Err(CliError::Failed(format!(
                     "{id} still {} ({}) at the deadline",
                     info.status, info.state_name
@@ -247,7 +253,7 @@ impl Admin {
             })
             .await?;
         let info = self.wait_finished(id, |_| {}).await?;
-        self.print(&info, || {
+        self.print(&procedures::ProcedureJson::alone(&info), || {
             format!(
                 "database {name}: {} by {id} ({})\n",
                 info.status, info.type_name
@@ -299,10 +305,10 @@ impl Admin {
                 .await?
                 .len() as u64;
             bar.set_position(total.saturating_sub(left));
-            if info.finished {
+            if info.is_finished() {
                 break info;
             }
-            if Instant::now() >= self.deadline {
+            if Instant::now() >= self.deadline.get() {
                 bar.abandon();
                 return Err(CliError::Failed(format!(
                     "{id} still {} with {left} region groups left at the deadline",
@@ -312,7 +318,7 @@ impl Admin {
             smol::Timer::after(Duration::from_millis(250)).await;
         };
         bar.finish_and_clear();
-        self.print(&info, || {
+        self.print(&procedures::ProcedureJson::alone(&info), || {
             format!("database {name}: deletion {} ({id})\n", info.status)
         })?;
         succeeded(&info)
@@ -376,42 +382,6 @@ impl Admin {
                     n.location.address,
                     n.status.name()
                 );
-            }
-            out
-        })
-    }
-
-    /// `procedure list`.
-    pub async fn list_procedures(&self) -> Result<(), CliError> {
-        let procedures = self.retry(|| self.client.list_procedures()).await?;
-        self.print(&procedures, || {
-            procedures.iter().map(procedure_line).collect::<String>()
-        })
-    }
-
-    /// `procedure show`.
-    pub async fn show_procedure(&self, id: ProcedureId) -> Result<(), CliError> {
-        let info = self
-            .retry(|| self.client.get_procedure(id))
-            .await?
-            .ok_or_else(|| CliError::Failed(format!("{id} is not recorded")))?;
-        self.print(&info, || {
-            let mut out = procedure_line(&info);
-            if let Some(parent) = info.parent {
-                out += &format!("  parent: {parent}\n");
-            }
-            if !info.children.is_empty() {
-                let children: Vec<String> = info.children.iter().map(ToString::to_string).collect();
-                out += &format!("  children: {}\n", children.join(", "));
-            }
-            if let Some(waiting) = &info.waiting_for {
-                out += &format!("  waiting for: {waiting}\n");
-            }
-            if let Some(error) = &info.last_error {
-                out += &format!("  last error ({} attempts): {error}\n", info.attempts);
-            }
-            for note in &info.notes {
-                out += &format!("  note: {note}\n");
             }
             out
         })
@@ -486,21 +456,8 @@ impl Admin {
     }
 }
 
-fn procedure_line(p: &ProcedureInfo) -> String {
-    format!(
-        "{}\t{}\t{}\t{}{}\n",
-        p.id,
-        p.type_name,
-        p.status,
-        p.state_name,
-        p.parent
-            .map(|p| format!("\tparent {p}"))
-            .unwrap_or_default()
-    )
-}
-
 fn succeeded(info: &ProcedureInfo) -> Result<(), CliError> {
-    if info.status == "Succeeded" {
+    if info.status == ProcedureView::Succeeded {
         Ok(())
     } else {
         Err(CliError::Failed(format!(
@@ -529,4 +486,6 @@ mod tests {
 }
 
 mod migration;
+mod procedures;
 pub use migration::{parse_data_node_id, parse_region_id};
+pub use procedures::{ProcedureFilter, StatusReport, procedure_detail, procedure_table};

@@ -62,6 +62,21 @@ pub enum Command {
     /// Procedures.
     #[command(subcommand)]
     Procedure(ProcedureCommand),
+    /// One screen: the leader and its epoch, DataNodes, databases, procedures running,
+    /// waiting and failed, the maintain queue.
+    Status {
+        /// Refresh every N seconds until interrupted (clears the screen on a terminal).
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
+        /// Connection flags.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Prints a shell completion script (e.g. `shoal completions bash > /etc/bash_completion.d/shoal`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Writes synthetic data into a database's data regions.
     Load {
         /// The database.
@@ -100,6 +115,9 @@ pub struct UpArgs {
     /// runs; a data directory that has them always runs with TLS), mutual TLS between all.
     #[arg(long)]
     pub tls: bool,
+    /// Every node's log line format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 /// `shoal confignode`.
@@ -137,6 +155,53 @@ pub struct ConfigNodeArgs {
     /// the range a follower's election timeout is drawn from [default: 50:250-500].
     #[arg(long)]
     pub raft_timing: Option<String>,
+    /// Metrics and logging.
+    #[command(flatten)]
+    pub ops: NodeOpsArgs,
+}
+
+/// What every node process takes for operators: the metrics endpoint and the log format.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NodeOpsArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics (and, on a ConfigNode, the status page
+    /// at http://ADDR/); port 0 picks a free port, written to DATA_DIR/metrics.addr. Off by
+    /// default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Log line format on stderr [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl NodeOpsArgs {
+    /// These flags, falling back to `file`'s keys.
+    pub fn or(self, file: &FileConfig) -> Self {
+        Self {
+            metrics_listen: self.metrics_listen.or_else(|| file.metrics_listen.clone()),
+            log_format: self.log_format.or(file.log_format),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, fields included, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    /// The flag value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// `shoal confignode list|add|remove`.
@@ -186,6 +251,9 @@ pub struct DataNodeArgs {
     /// Deletion rate limit in bytes/s (e.g. 8MiB); unlimited by default.
     #[arg(long)]
     pub delete_rate: Option<String>,
+    /// Metrics and logging.
+    #[command(flatten)]
+    pub ops: NodeOpsArgs,
 }
 
 /// `shoal datanode list` / `remove`.
@@ -328,8 +396,15 @@ pub enum RegionCommand {
 /// `shoal procedure ...`.
 #[derive(Debug, Subcommand)]
 pub enum ProcedureCommand {
-    /// Lists recorded procedures.
-    List(AdminArgs),
+    /// Lists recorded procedures, newest first.
+    List {
+        /// Which ones to list.
+        #[command(flatten)]
+        filter: ProcedureFilterArgs,
+        /// Connection flags.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Shows one procedure (`proc-7` or `7`).
     Show {
         /// Its id.
@@ -338,6 +413,46 @@ pub enum ProcedureCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+/// `procedure list` filters.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ProcedureFilterArgs {
+    /// Only procedures in this status.
+    #[arg(long, value_enum)]
+    pub status: Option<StatusFilter>,
+    /// Only procedures of this type (e.g. `DeleteDatabase`; case-insensitive).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub type_name: Option<String>,
+    /// Only procedures about this database (its create or delete, and their children).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// At most this many (the newest).
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// `procedure list --status` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFilter {
+    /// Running a step or queued for a worker.
+    Running,
+    /// Sleeping or waiting for locks.
+    Waiting,
+    /// Waiting for its children.
+    Suspended,
+    /// Running its rollback.
+    RollingBack,
+    /// Finished with success.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// Finished after rolling back.
+    RolledBack,
+    /// Unknown to this ConfigNode's build.
+    Unreadable,
+    /// Anything not finished (running, waiting, suspended, rolling back, unreadable).
+    Unfinished,
 }
 
 /// Defaults from a `--config` TOML file; every key is optional and flags win.
@@ -382,6 +497,10 @@ pub struct FileConfig {
     pub join: Option<String>,
     /// Raft timing of a ConfigNode in a group (HEARTBEAT_MS:MIN_MS-MAX_MS).
     pub raft_timing: Option<String>,
+    /// Prometheus metrics (and status page) address of a node.
+    pub metrics_listen: Option<String>,
+    /// Log line format (`text` or `json`).
+    pub log_format: Option<LogFormat>,
 }
 
 impl FileConfig {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use shoal_consensus_raft::{ConfigNodeGroupApi, GroupStatus, NodeId};
 use shoal_core::api::{
-    ApiError, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo, ProcedureInfo,
+    ApiError, ClusterStatus, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo, ProcedureInfo,
     RegionGroupInfo,
 };
 use shoal_core::model::{DataNodeId, DatabaseName, Epoch, ProcedureId};
@@ -286,6 +286,12 @@ impl ConfigNodeApi for ConfigNodes {
     async fn list_data_nodes(&self) -> Result<Vec<DataNodeInfo>, ApiError> {
         self.api
             .call(|c| async move { c.list_data_nodes().await })
+            .await
+    }
+
+    async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
+        self.api
+            .call(|c| async move { c.cluster_status().await })
             .await
     }
 

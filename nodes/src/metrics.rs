@@ -134,7 +134,7 @@ impl EventMetrics {
         );
         registry.register(
             "shoal_rpc_calls",
-            "RPC calls made to other nodes, by method and outcome",
+            "RPC calls this node served, by method and outcome (success, retry = a retryable error, failure)",
             self.rpcs.clone(),
         );
     }
@@ -235,6 +235,11 @@ fn status_label(status: DataNodeStatus) -> &'static str {
         DataNodeStatus::Unknown => "unknown",
         DataNodeStatus::Removing => "removing",
     }
+}
+
+/// Installs this process's event families as core's metrics sink (idempotent).
+pub fn install_sink() {
+    EventMetrics::global();
 }
 
 /// Levels read from a ConfigNode at scrape time.

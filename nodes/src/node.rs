@@ -17,7 +17,8 @@ use shoal_transport_capnp::{ClientOptions, Role, RpcRuntime, ServedApis, ServerO
 use crate::clients::CapnpDataNodeClients;
 use crate::error::CliError;
 use crate::follow::ConfigNodes;
-use crate::process::{ensure_dir, write_atomically, write_listen_addr};
+use crate::metrics::MetricsSource;
+use crate::process::{ensure_dir, start_metrics, write_atomically, write_listen_addr};
 use crate::raft::{GroupFlags, MemberWire, run_member, runs_replicated};
 use crate::security::{NodeSecurityArgs, NodeTls};
 use crate::service::ConfigNodeService;
@@ -41,6 +42,8 @@ pub struct ConfigNodeSettings {
     /// Group membership flags (`--peers`, `--join`, ...); empty: a single ConfigNode, unless
     /// the data directory already belongs to a group member.
     pub group: GroupFlags,
+    /// Where to serve Prometheus metrics and the status page (`None`: nowhere).
+    pub metrics_listen: Option<String>,
 }
 
 /// Runs a ConfigNode until `stop` yields.
@@ -68,8 +71,12 @@ pub fn run_confignode(
             &settings.group,
             wire,
             config,
+            settings.metrics_listen.as_deref(),
             stop,
         );
+    }
+    if settings.metrics_listen.is_some() {
+        crate::metrics::install_sink();
     }
     let stores = open_confignode_stores(&settings.data_dir, &StoreOptions::default())?;
     let runtime = smol_runtime();
@@ -94,6 +101,9 @@ pub fn run_confignode(
             .await
             .map_err(|e| CliError::Node(format!("cannot take leadership: {e}")))?;
         node.start();
+        let _metrics = start_metrics(settings.metrics_listen.as_deref(), &settings.data_dir, || {
+            MetricsSource::ConfigNode(node.clone())
+        })?;
         let api: Arc<dyn ConfigNodeApi> = Arc::new(ConfigNodeService::new(node.clone()));
         let server = rpc.serve(
             &settings.listen,
@@ -175,6 +185,8 @@ pub struct DataNodeSettings {
     pub security: NodeSecurityArgs,
     /// Deletion rate limit, bytes/s.
     pub delete_rate: Option<u64>,
+    /// Where to serve Prometheus metrics (`None`: nowhere).
+    pub metrics_listen: Option<String>,
 }
 
 /// Runs a DataNode until `stop` yields: serves, then registers with the ConfigNode
@@ -188,6 +200,9 @@ pub fn run_datanode(
     ensure_dir(&settings.data_dir)?;
     let secrets = settings.security.datanode_secrets()?;
     let tls = settings.security.node_tls()?;
+    if settings.metrics_listen.is_some() {
+        crate::metrics::install_sink();
+    }
     let runtime = smol_runtime();
     let stores = open_datanode_stores(
         &settings.data_dir,
@@ -221,6 +236,9 @@ pub fn run_datanode(
         )?;
         let addr = server.local_addr();
         write_listen_addr(&settings.data_dir, addr)?;
+        let _metrics = start_metrics(settings.metrics_listen.as_deref(), &settings.data_dir, || {
+            MetricsSource::DataNode(node.clone())
+        })?;
         let advertise = settings
             .advertise
             .clone()

@@ -5,24 +5,57 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::cli::LogFormat;
 use crate::error::CliError;
+use crate::metrics::{MetricsServer, MetricsSource};
 
 /// Name of the file a node writes its bound address to, inside its data directory.
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `default_filter`). Colours only when
-/// stderr is a terminal and `NO_COLOR` is unset, so log files and pipes get plain text.
-pub fn init_tracing(default_filter: &str) {
+/// Name of the file a node with `--metrics-listen` writes its metrics address to.
+pub const METRICS_ADDR_FILE: &str = "metrics.addr";
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `default_filter`), as text or one JSON
+/// object per line. Text has colours only when stderr is a terminal and `NO_COLOR` is unset,
+/// so log files and pipes get plain text; JSON never has any.
+pub fn init_tracing(default_filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(log_colours(
-            std::io::stderr().is_terminal(),
-            std::env::var_os("NO_COLOR").as_deref(),
-        ))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(log_colours(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_ansi(false)
+            .with_current_span(true)
+            .try_init(),
+    };
+}
+
+/// Starts the metrics endpoint if `listen` is set (installing core's metrics sink first, so
+/// that nothing the node does before the first scrape goes uncounted) and records its
+/// address in `DIR/metrics.addr`.
+pub fn start_metrics(
+    listen: Option<&str>,
+    data_dir: &Path,
+    source: impl FnOnce() -> MetricsSource,
+) -> Result<Option<MetricsServer>, CliError> {
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    crate::metrics::install_sink();
+    let server = MetricsServer::start(listen, source())?;
+    let addr = server.local_addr();
+    write_atomically(&data_dir.join(METRICS_ADDR_FILE), &format!("{addr}\n"))?;
+    tracing::info!(%addr, "serving metrics at http://{addr}/metrics");
+    Ok(Some(server))
 }
 
 /// Whether logs are coloured: on a terminal, unless `NO_COLOR` is set to anything non-empty

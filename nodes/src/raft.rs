@@ -350,8 +350,12 @@ pub fn run_member(
     flags: &GroupFlags,
     wire: MemberWire,
     config: ConfigNodeConfig,
+    metrics_listen: Option<&str>,
     stop: async_channel::Receiver<()>,
 ) -> Result<(), CliError> {
+    if metrics_listen.is_some() {
+        crate::metrics::install_sink();
+    }
     let rpc = RpcRuntime::start("confignode")?;
     let client = wire.client;
     let advertise = flags
@@ -388,6 +392,9 @@ pub fn run_member(
         )
         .map_err(|e| CliError::Node(format!("ConfigNode: {e}")))?;
         node.start();
+        let _metrics = crate::process::start_metrics(metrics_listen, data_dir, || {
+            crate::metrics::MetricsSource::ConfigNode(node.clone())
+        })?;
         let api: Arc<dyn ConfigNodeApi> = Arc::new(ConfigNodeService::replicated(
             node.clone(),
             leader_hint(consensus.clone()),

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use shoal_core::confignode::orphans::OrphanPolicy;
 
-use crate::admin::{Admin, parse_data_node_id, parse_procedure_id, parse_region_id};
+use crate::admin::{Admin, ProcedureFilter, parse_data_node_id, parse_procedure_id, parse_region_id};
 use crate::cli::{
     AdminArgs, CHANGE_TIMEOUT_SECS, Cli, Command, ConfigNodeAction, DEFAULT_DATA_DIR,
-    DataNodeAction, DatabaseCommand, FileConfig, ProcedureCommand, READ_TIMEOUT_SECS,
+    DataNodeAction, DatabaseCommand, FileConfig, LogFormat, ProcedureCommand, READ_TIMEOUT_SECS,
     RegionCommand,
 };
 use crate::error::CliError;
@@ -32,7 +32,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     let file = FileConfig::load(cli.config.as_deref())?;
     match cli.command {
         Command::Up(args) => {
-            init_tracing("info");
+            let log_format = args.log_format.or(file.log_format);
+            init_tracing("info", log_format.unwrap_or_default());
             let settings = UpSettings {
                 data_dir: args
                     .data_dir
@@ -42,6 +43,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 confignodes: args.confignodes,
                 delete_rate: args.delete_rate.or(file.delete_rate),
                 tls: args.tls,
+                log_format,
             };
             if let Some(rate) = &settings.delete_rate {
                 parse_size(rate).map_err(CliError::Config)?;
@@ -67,8 +69,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
         },
         Command::Confignode { action: None, args } => {
+            let ops = args.ops.or(&file);
             // openraft narrates every vote and heartbeat at INFO: only its warnings by default.
-            init_tracing("info,openraft=warn");
+            init_tracing("info,openraft=warn", ops.log_format.unwrap_or_default());
             let security = args.security.or(&file.node_security());
             let list = |text: Option<String>| -> Result<Vec<String>, CliError> {
                 text.map(|t| parse_addresses(&t))
@@ -94,6 +97,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     advertise: args.advertise.or(file.advertise),
                     timing,
                 },
+                metrics_listen: ops.metrics_listen,
             };
             run_confignode(settings, shutdown_signal()?)
         }
@@ -119,7 +123,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
         Command::Datanode { action: None, args } => {
-            init_tracing("info");
+            let ops = args.ops.or(&file);
+            init_tracing("info", ops.log_format.unwrap_or_default());
             let security = args.security.or(&file.node_security());
             let settings = DataNodeSettings {
                 data_dir: required(args.data_dir.or(file.data_dir), "data-dir")?,
@@ -131,6 +136,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 )?)?,
                 security,
                 delete_rate: rate(args.delete_rate.or(file.delete_rate))?,
+                metrics_listen: ops.metrics_listen,
             };
             run_datanode(settings, shutdown_signal()?)
         }
@@ -179,10 +185,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 Box::pin(async move { a.list_regions(database.as_deref()).await })
             })
         }
-        Command::Procedure(ProcedureCommand::List(admin)) => {
+        Command::Procedure(ProcedureCommand::List { filter, admin }) => {
+            let filter = ProcedureFilter::from_args(&filter)?;
             with_admin(&admin, file, READ_TIMEOUT_SECS, |a| {
-                Box::pin(a.list_procedures())
+                Box::pin(async move { a.list_procedures(&filter).await })
             })
+        }
+        Command::Status { watch, admin } => with_admin(&admin, file, READ_TIMEOUT_SECS, |a| {
+            Box::pin(async move { a.status(watch.map(std::time::Duration::from_secs)).await })
+        }),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "shoal", &mut std::io::stdout());
+            Ok(())
         }
         Command::Procedure(ProcedureCommand::Show { id, admin }) => {
             let id = parse_procedure_id(&id)?;
@@ -219,7 +234,7 @@ fn with_admin<F>(
 where
     F: for<'a> FnOnce(&'a Admin) -> AdminFuture<'a>,
 {
-    init_tracing("warn");
+    init_tracing("warn", LogFormat::Text);
     let mut args = args.clone();
     args.security = file.admin_security(&args.security);
     let admin = Admin::new(&args, file.confignode, default_timeout_secs)?;

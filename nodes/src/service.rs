@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use shoal_core::api::{
+    ClusterStatus,
     ApiError, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo, OrphanInfo,
     ProcedureInfo, RegionGroupInfo,
 };
 use shoal_core::confignode::{ConfigNode, ConfigNodeError};
 use shoal_core::model::{DataNodeId, DatabaseName, DatabaseSchema, Epoch, ProcedureId, RegionId};
-use shoal_core::procedure::{self, ProcedureView};
 use shoal_core::state::DataNodeInfo;
 
 /// The message a single ConfigNode that does not lead yet answers with (retryable).
@@ -100,28 +100,6 @@ pub fn api_error(error: ConfigNodeError) -> ApiError {
     }
 }
 
-/// The admin view of a procedure's status.
-pub fn procedure_info(info: &procedure::ProcedureInfo) -> ProcedureInfo {
-    ProcedureInfo {
-        id: info.id,
-        type_name: info.type_name.clone(),
-        state_name: info.state_name.clone(),
-        status: info.status.name().to_string(),
-        finished: matches!(
-            info.status,
-            ProcedureView::Succeeded | ProcedureView::Failed | ProcedureView::RolledBack
-        ),
-        parent: info.parent,
-        children: info.children.clone(),
-        submitted_at_ms: info.submitted_at_ms,
-        updated_at_ms: info.updated_at_ms,
-        attempts: info.attempts,
-        last_error: info.last_error.clone(),
-        waiting_for: info.waiting_for.clone(),
-        notes: Vec::new(),
-    }
-}
-
 #[async_trait]
 impl ConfigNodeApi for ConfigNodeService {
     async fn create_database(
@@ -199,8 +177,8 @@ impl ConfigNodeApi for ConfigNodeService {
         Ok(self
             .node
             .list_procedures()
-            .iter()
-            .map(|p| self.with_notes(procedure_info(p)))
+            .into_iter()
+            .map(|p| self.with_notes(p))
             .collect())
     }
 
@@ -209,8 +187,7 @@ impl ConfigNodeApi for ConfigNodeService {
         Ok(self
             .node
             .get_procedure(id)
-            .as_ref()
-            .map(|p| self.with_notes(procedure_info(p))))
+            .map(|p| self.with_notes(p)))
     }
 
     async fn migrate_region(
@@ -238,6 +215,21 @@ impl ConfigNodeApi for ConfigNodeService {
             .remove_data_node(id, force, request_key)
             .await
             .map_err(|e| self.error(e))
+    }
+
+    async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
+        self.leading()?;
+        let epoch = self.node.consensus().leadership().get().epoch;
+        let (queued_creates, legacy_deletions) = self
+            .node
+            .consensus()
+            .state()
+            .read(|s| (s.create_queue.len() as u64, s.legacy_deletions.len() as u64));
+        Ok(ClusterStatus {
+            epoch,
+            queued_creates,
+            legacy_deletions,
+        })
     }
 
     async fn list_orphans(&self) -> Result<Vec<OrphanInfo>, ApiError> {

@@ -136,6 +136,26 @@ pub struct UpSettings {
     pub delete_rate: Option<String>,
     /// TLS everywhere (also when DATA_DIR/tls already exists).
     pub tls: bool,
+    /// Every node's log format (`None`: the nodes' default, text).
+    pub log_format: Option<crate::cli::LogFormat>,
+}
+
+/// The metrics port of `shoal up`'s node number `index` (ConfigNodes first, then DataNodes,
+/// 0-based): the ports right after the nodes' own.
+fn metrics_port(settings: &UpSettings, confignodes: usize, index: usize) -> String {
+    format!(
+        "127.0.0.1:{}",
+        usize::from(settings.port) + confignodes + UP_DATA_NODES + index
+    )
+}
+
+/// A node's `--metrics-listen` and `--log-format` flags.
+fn ops_args(settings: &UpSettings, metrics: &str) -> Vec<String> {
+    let mut args = vec!["--metrics-listen".to_string(), metrics.to_string()];
+    if let Some(format) = settings.log_format {
+        args.extend(["--log-format".to_string(), format.as_str().to_string()]);
+    }
+    args
 }
 
 /// The local CA and certificates, when the cluster runs with TLS: asked for, or made by an
@@ -241,6 +261,7 @@ pub fn run_up(settings: UpSettings, stop: async_channel::Receiver<()>) -> Result
         if i > 0 {
             args.extend(secret_args.iter().cloned());
         }
+        args.extend(ops_args(&settings, &metrics_port(&settings, count, i)));
         args.extend(tls_args(tls.as_ref(), &name));
         let mut node = ChildNode::spawn(&name, &exe, &args)?;
         node.restart = group;
@@ -275,6 +296,7 @@ pub fn run_up(settings: UpSettings, stop: async_channel::Receiver<()>) -> Result
         ];
         args.extend(secret_args.iter().cloned());
         args.extend(tls_args(tls.as_ref(), &format!("datanode-{i}")));
+        args.extend(ops_args(&settings, &metrics_port(&settings, count, count + i - 1)));
         if let Some(rate) = &settings.delete_rate {
             args.extend(["--delete-rate".to_string(), rate.clone()]);
         }
@@ -304,8 +326,23 @@ pub fn run_up(settings: UpSettings, stop: async_channel::Receiver<()>) -> Result
     };
     let processes: String = nodes
         .iter()
-        .map(|n| format!("  {} pid {}\n", n.name, n.pid()))
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "  {} pid {}, metrics http://{}/metrics\n",
+                n.name,
+                n.pid(),
+                metrics_port(&settings, count, i)
+            )
+        })
         .collect();
+    let status_pages: Vec<String> = (0..count)
+        .map(|i| format!("http://{}/", metrics_port(&settings, count, i)))
+        .collect();
+    let status_page = format!(
+        "status page: {} (the leader's has the procedures)\n",
+        status_pages.join(" ")
+    );
     let kind = if group {
         format!("a group of {count} ConfigNodes (Raft) at {cn_addrs}")
     } else {
@@ -319,8 +356,9 @@ pub fn run_up(settings: UpSettings, stop: async_channel::Receiver<()>) -> Result
     };
     println!(
         "\nshoal: local cluster up: {kind}, {UP_DATA_NODES} DataNodes, data in {}\n\
-         admin secret file: {secret}\n{tls_note}{processes}\n\
+         admin secret file: {secret}\n{tls_note}{processes}{status_page}\n\
          try (from this directory):\n  \
+         shoal status\n  \
          shoal datanode list\n  \
          shoal database create metrics --data-groups 16 --rf 3\n  \
          shoal load metrics --bytes 64MiB\n  \

@@ -96,7 +96,11 @@ fn procedure_reports_the_database_deleted_only_after_every_deletion_finished() {
         let info = cluster.wait(id, Duration::from_secs(60)).await;
 
         // At the very moment the procedure reports done:
-        assert_eq!(info.status.name(), "Succeeded", "{info:?}");
+        assert_eq!(
+        info.status,
+        shoal_core::procedure::ProcedureView::Succeeded,
+        "{info:?}"
+    );
         assert_eq!(
             cluster.running_tasks(),
             0,

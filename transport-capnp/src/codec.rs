@@ -5,7 +5,7 @@
 
 use shoal_core::api::{
     ApiError, CreateRegionRequest, DataNodeHeartbeat, DatabaseInfo, HeartbeatReport, MaintainTask,
-    MaintainTaskKind, OrphanInfo, ProcedureInfo, RegionChunk, RegionDigest, RegionGroupInfo,
+    MaintainTaskKind, OrphanInfo, ProcedureInfo, ProcedureView, RegionChunk, RegionDigest, RegionGroupInfo,
     RegionReport,
 };
 use shoal_core::model::{
@@ -403,8 +403,12 @@ pub(crate) fn write_procedure(mut b: procedure_info::Builder<'_>, info: &Procedu
     b.set_id(info.id.0);
     b.set_type_name(info.type_name.as_str());
     b.set_state_name(info.state_name.as_str());
-    b.set_status(info.status.as_str());
-    b.set_finished(info.finished);
+    // For clients older than `statusCode`: they print this name and test it for success.
+    b.set_status(info.status.name());
+    b.set_finished(info.is_finished());
+    b.set_status_code(info.status.code());
+    b.set_type_code(info.type_code);
+    b.set_state_code(info.state_code);
     write_opt_u64(b.reborrow().init_parent(), info.parent.map(|p| p.0));
     let mut children = b.reborrow().init_children(len32(info.children.len()));
     for (i, child) in info.children.iter().enumerate() {
@@ -412,23 +416,59 @@ pub(crate) fn write_procedure(mut b: procedure_info::Builder<'_>, info: &Procedu
     }
     b.set_submitted_at_ms(info.submitted_at_ms);
     b.set_updated_at_ms(info.updated_at_ms);
+    b.set_submitted_unix_ms(info.submitted_unix_ms);
+    b.set_updated_unix_ms(info.updated_unix_ms);
     b.set_attempts(info.attempts);
     write_opt_text(b.reborrow().init_last_error(), info.last_error.as_deref());
     write_opt_text(b.reborrow().init_waiting_for(), info.waiting_for.as_deref());
+    write_opt_text(b.reborrow().init_request_key(), info.request_key.as_deref());
+    write_opt_text(
+        b.reborrow().init_database(),
+        info.database.as_ref().map(DatabaseName::as_str),
+    );
     let mut notes = b.init_notes(len32(info.notes.len()));
     for (i, note) in info.notes.iter().enumerate() {
         notes.set(len32(i), note.as_str());
     }
 }
 
+/// The status a server older than `statusCode` sent: its durable status's name (the only
+/// place a status is read from text, and only to decode that older field). Unknown names
+/// are malformed, never guessed.
+fn legacy_procedure_status(name: &str, waking: bool) -> Result<ProcedureView, ApiError> {
+    use shoal_core::state::ProcedureStatus;
+    let durable = ProcedureStatus::ALL
+        .iter()
+        .copied()
+        .find(|s| s.name() == name)
+        .ok_or_else(|| ApiError::Malformed(format!("unknown procedure status {name:?}")))?;
+    Ok(match durable {
+        ProcedureStatus::Runnable if waking => ProcedureView::Waiting,
+        ProcedureStatus::Runnable => ProcedureView::Running,
+        ProcedureStatus::Waiting => ProcedureView::Waiting,
+        ProcedureStatus::Suspended => ProcedureView::Suspended,
+        ProcedureStatus::RollingBack => ProcedureView::RollingBack,
+        ProcedureStatus::Succeeded => ProcedureView::Succeeded,
+        ProcedureStatus::Failed => ProcedureView::Failed,
+        ProcedureStatus::RolledBack => ProcedureView::RolledBack,
+    })
+}
+
 /// Reads a procedure's admin view.
 pub(crate) fn read_procedure(r: procedure_info::Reader<'_>) -> Result<ProcedureInfo, ApiError> {
+    let waiting_for = read_opt_text(r.get_waiting_for())?;
+    let status = match r.get_status_code() {
+        0 => legacy_procedure_status(&read_text(r.get_status())?, waiting_for.is_some())?,
+        code => ProcedureView::from_code(code)
+            .ok_or_else(|| ApiError::Malformed(format!("unknown procedure status code {code}")))?,
+    };
     Ok(ProcedureInfo {
         id: ProcedureId(r.get_id()),
+        type_code: r.get_type_code(),
         type_name: read_text(r.get_type_name())?,
+        state_code: r.get_state_code(),
         state_name: read_text(r.get_state_name())?,
-        status: read_text(r.get_status())?,
-        finished: r.get_finished(),
+        status,
         parent: read_opt_u64(r.get_parent())?.map(ProcedureId),
         children: r
             .get_children()
@@ -438,9 +478,17 @@ pub(crate) fn read_procedure(r: procedure_info::Reader<'_>) -> Result<ProcedureI
             .collect(),
         submitted_at_ms: r.get_submitted_at_ms(),
         updated_at_ms: r.get_updated_at_ms(),
+        submitted_unix_ms: r.get_submitted_unix_ms(),
+        updated_unix_ms: r.get_updated_unix_ms(),
         attempts: r.get_attempts(),
         last_error: read_opt_text(r.get_last_error())?,
-        waiting_for: read_opt_text(r.get_waiting_for())?,
+        waiting_for,
+        // A procedure's output stays on the ConfigNode: the admin API does not carry it.
+        output: None,
+        request_key: read_opt_text(r.get_request_key())?,
+        database: read_opt_text(r.get_database())?
+            .map(|name| DatabaseName::new(name).map_err(|e| ApiError::Malformed(e.to_string())))
+            .transpose()?,
         notes: r
             .get_notes()
             .map_err(malformed)?

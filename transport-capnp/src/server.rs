@@ -472,6 +472,18 @@ impl ServerShared {
         }
     }
 
+    /// Counts one served call of `method` by outcome, through core's metrics seam (this
+    /// crate knows no metrics library).
+    pub(crate) fn record_served<T>(method: &'static str, outcome: &Result<T, ApiError>) {
+        use shoal_core::metrics::{MetricEvent, Outcome, record};
+        let outcome = match outcome {
+            Ok(_) => Outcome::Success,
+            Err(e) if e.is_retryable() => Outcome::Retry,
+            Err(_) => Outcome::Failure,
+        };
+        record(MetricEvent::Rpc { method, outcome });
+    }
+
     /// Runs `call` on the node's spawner and waits for its owned reply: the bridge between
     /// the RPC thread and the node. The call runs to completion even if the client goes.
     async fn dispatch<T: Send + 'static>(

@@ -1,8 +1,8 @@
 //! The status API's view of a procedure.
 
 use crate::coded_enum;
-use crate::model::ProcedureId;
-use crate::state::{ProcedureRecord, ProcedureStatus};
+use crate::model::{DatabaseName, ProcedureId};
+use crate::state::{LockResource, ProcedureRecord, ProcedureStatus};
 
 use super::ProcedureRegistry;
 
@@ -70,6 +70,19 @@ pub struct ProcedureInfo {
     pub output: Option<Vec<u8>>,
     /// The client request key it was submitted with.
     pub request_key: Option<String>,
+    /// The database it works in (from its database lock; `None` for procedures that lock
+    /// none, such as a child removing one region group: see its parent's).
+    pub database: Option<DatabaseName>,
+    /// What an operator should know beyond the status (e.g. replicas whose deletion was
+    /// abandoned on a DataNode removed for good); filled in by the ConfigNode's admin API.
+    pub notes: Vec<String>,
+}
+
+impl ProcedureInfo {
+    /// Whether it will never run again.
+    pub const fn is_finished(&self) -> bool {
+        self.status.is_finished()
+    }
 }
 
 /// The status of `record` from its durable fields alone (the executor adds volatile detail
@@ -117,5 +130,10 @@ pub fn procedure_info(record: &ProcedureRecord, registry: &ProcedureRegistry) ->
         waiting_for,
         output: record.output.as_ref().map(|o| o.to_vec()),
         request_key: record.request_key.clone(),
+        database: record.lock_keys.iter().find_map(|key| match &key.resource {
+            LockResource::Database(name) => Some(name.clone()),
+            _ => None,
+        }),
+        notes: Vec::new(),
     }
 }

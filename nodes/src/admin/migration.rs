@@ -45,7 +45,7 @@ impl Admin {
             })
             .await?;
         let info = self.wait_finished(id, |_| {}).await?;
-        self.print(&info, || {
+        self.print(&super::procedures::ProcedureJson::alone(&info), || {
             format!(
                 "{region}: migration from {from} {} ({id}){}\n",
                 info.status,
@@ -108,10 +108,10 @@ impl Admin {
             let left = self.replicas_on(node).await?;
             bar.set_position(total.saturating_sub(left));
             bar.set_prefix(left.to_string());
-            if info.finished {
+            if info.is_finished() {
                 break info;
             }
-            if Instant::now() >= self.deadline {
+            if Instant::now() >= self.deadline.get() {
                 bar.abandon();
                 return Err(CliError::Failed(format!(
                     "{id} still {} with {left} replicas left on {node} at the deadline",
@@ -121,7 +121,7 @@ impl Admin {
             smol::Timer::after(Duration::from_millis(250)).await;
         };
         bar.finish_and_clear();
-        self.print(&info, || {
+        self.print(&super::procedures::ProcedureJson::alone(&info), || {
             format!("{node}: removal {} ({id}){}\n", info.status, notes(&info))
         })?;
         succeeded(&info)

@@ -77,7 +77,7 @@ fn create_retried_with_the_same_request_key_returns_the_first_procedure_not_exis
             .expect("first create");
         // The first attempt finished (its reply was "lost"); the retry comes after.
         let done = node.wait_procedure(first).await.expect("create finishes");
-        assert_eq!(done.status.name(), "Succeeded");
+        assert_eq!(done.status, shoal_core::procedure::ProcedureView::Succeeded);
         let retried = service
             .create_database(request("metrics"), key)
             .await
@@ -112,7 +112,7 @@ fn delete_retried_with_the_same_request_key_returns_the_first_procedure_not_not_
             .await
             .expect("first delete");
         let done = node.wait_procedure(first).await.expect("delete finishes");
-        assert_eq!(done.status.name(), "Succeeded");
+        assert_eq!(done.status, shoal_core::procedure::ProcedureView::Succeeded);
         assert_eq!(
             service.delete_database(name.clone(), key).await,
             Ok(first),

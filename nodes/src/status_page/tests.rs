@@ -26,6 +26,8 @@ fn procedure(id: u64, type_name: &str, status: ProcedureView) -> ProcedureInfo {
         waiting_for: None,
         output: None,
         request_key: None,
+        database: None,
+        notes: Vec::new(),
     }
 }
 

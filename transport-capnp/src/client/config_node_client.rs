@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use shoal_core::api::{
-    ApiError, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo, OrphanInfo,
+    ApiError, ClusterStatus, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo, OrphanInfo,
     ProcedureInfo, RegionGroupInfo,
 };
 use shoal_core::model::{DataNodeId, DatabaseName, Epoch, ProcedureId, RegionId};
@@ -13,7 +13,7 @@ use crate::codec::{self, malformed, not_in_schema, read_error};
 use crate::error::TransportError;
 use crate::runtime::RpcRuntime;
 use crate::shoal_capnp::{
-    create_database_reply, data_node_heartbeat_reply, delete_database_reply, get_procedure_reply,
+    cluster_status_reply, create_database_reply, data_node_heartbeat_reply, delete_database_reply, get_procedure_reply,
     list_data_nodes_reply, list_databases_reply, list_orphans_reply, list_procedures_reply,
     list_region_groups_reply, procedure_id_reply, register_data_node_reply,
 };
@@ -160,6 +160,27 @@ impl ConfigNodeApi for CapnpConfigNodeClient {
                         .map(codec::read_orphan)
                         .collect(),
                     list_orphans_reply::Error(e) => Err(read_error(e)),
+                }
+            })
+            .await
+    }
+
+    async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
+        self.conn
+            .call(self.timeout(), move |remote| async move {
+                let req = remote.config_node.cluster_status_request();
+                let resp = req.send().promise.await.map_err(call_error)?;
+                let reply = resp.get().and_then(|r| r.get_reply()).map_err(malformed)?;
+                match reply.which().map_err(not_in_schema)? {
+                    cluster_status_reply::Status(status) => {
+                        let status = status.map_err(malformed)?;
+                        Ok(ClusterStatus {
+                            epoch: Epoch(status.get_epoch()),
+                            queued_creates: status.get_queued_creates(),
+                            legacy_deletions: status.get_legacy_deletions(),
+                        })
+                    }
+                    cluster_status_reply::Error(e) => Err(read_error(e)),
                 }
             })
             .await

@@ -32,7 +32,7 @@ impl ConfigNodeServer {
     async fn call<D, T, F>(
         &self,
         access: Access,
-        method: &str,
+        method: &'static str,
         decoded: Result<D, ApiError>,
         f: F,
     ) -> Result<T, ApiError>
@@ -40,15 +40,18 @@ impl ConfigNodeServer {
         T: Send + 'static,
         F: FnOnce(Arc<dyn ConfigNodeApi>, D) -> BoxFuture<Result<T, ApiError>>,
     {
-        self.shared.authorize(self.role, access, method)?;
-        let api = self
-            .shared
-            .apis
-            .config_node
-            .clone()
-            .ok_or_else(|| ApiError::Refused("this node serves no ConfigNode API".into()))?;
-        let decoded = decoded?;
-        self.shared.dispatch(f(api, decoded)).await
+        let outcome = async {
+            self.shared.authorize(self.role, access, method)?;
+            let api =
+                self.shared.apis.config_node.clone().ok_or_else(|| {
+                    ApiError::Refused("this node serves no ConfigNode API".into())
+                })?;
+            let decoded = decoded?;
+            self.shared.dispatch(f(api, decoded)).await
+        }
+        .await;
+        ServerShared::record_served(method, &outcome);
+        outcome
     }
 }
 
@@ -413,6 +416,32 @@ impl config_node::Server for ConfigNodeServer {
                 for (i, orphan) in orphans.iter().enumerate() {
                     codec::write_orphan(list.reborrow().get(len32(i)), orphan);
                 }
+            }
+            Err(e) => write_error(reply.init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn cluster_status(
+        self: CapRc<Self>,
+        _params: config_node::ClusterStatusParams,
+        mut results: config_node::ClusterStatusResults,
+    ) -> Result<(), capnp::Error> {
+        let outcome = self
+            .call(
+                Access::Admin,
+                "ConfigNode.clusterStatus",
+                Ok(()),
+                |api, ()| Box::pin(async move { api.cluster_status().await }),
+            )
+            .await;
+        let reply = results.get().init_reply();
+        match outcome {
+            Ok(status) => {
+                let mut b = reply.init_status();
+                b.set_epoch(status.epoch.0);
+                b.set_queued_creates(status.queued_creates);
+                b.set_legacy_deletions(status.legacy_deletions);
             }
             Err(e) => write_error(reply.init_error(), &e),
         }

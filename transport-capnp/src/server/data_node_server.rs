@@ -34,7 +34,7 @@ impl DataNodeServer {
     async fn call<D, T, F>(
         &self,
         access: Access,
-        method: &str,
+        method: &'static str,
         decoded: Result<D, ApiError>,
         f: F,
     ) -> Result<T, ApiError>
@@ -42,15 +42,18 @@ impl DataNodeServer {
         T: Send + 'static,
         F: FnOnce(Arc<dyn DataNodeApi>, D) -> BoxFuture<Result<T, ApiError>>,
     {
-        self.shared.authorize(self.role, access, method)?;
-        let api = self
-            .shared
-            .apis
-            .data_node
-            .clone()
-            .ok_or_else(|| ApiError::Refused("this node serves no DataNode API".into()))?;
-        let decoded = decoded?;
-        self.shared.dispatch(f(api, decoded)).await
+        let outcome = async {
+            self.shared.authorize(self.role, access, method)?;
+            let api =
+                self.shared.apis.data_node.clone().ok_or_else(|| {
+                    ApiError::Refused("this node serves no DataNode API".into())
+                })?;
+            let decoded = decoded?;
+            self.shared.dispatch(f(api, decoded)).await
+        }
+        .await;
+        ServerShared::record_served(method, &outcome);
+        outcome
     }
 }
 

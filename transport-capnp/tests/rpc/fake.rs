@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use shoal_core::api::{
     ApiError, ConfigNodeApi, CreateDatabaseRequest, CreateRegionRequest, DataNodeApi,
-    DataNodeHeartbeat, DatabaseInfo, HeartbeatReport, MaintainTask, ProcedureInfo, RegionGroupInfo,
+    DataNodeHeartbeat, DatabaseInfo, HeartbeatReport, MaintainTask, ProcedureInfo, ProcedureView, RegionGroupInfo,
     RegionReport, SubmitOutcome, TaskStatus,
 };
 use shoal_core::model::{
@@ -283,7 +283,7 @@ impl ConfigNodeApi for FakeConfigNode {
         request_key: Option<String>,
     ) -> Result<ProcedureId, ApiError> {
         self.with(|s| {
-            s.request_keys.push(("delete_database", request_key));
+            s.request_keys.push(("delete_database", request_key.clone()));
             let db = s
                 .databases
                 .get_mut(&name)
@@ -294,17 +294,23 @@ impl ConfigNodeApi for FakeConfigNode {
                 id,
                 ProcedureInfo {
                     id,
+                    type_code: 302,
                     type_name: "DeleteDatabaseProcedure".into(),
+                    state_code: 2,
                     state_name: "RemoveRegionGroups".into(),
-                    status: "Suspended".into(),
-                    finished: false,
+                    status: ProcedureView::Suspended,
                     parent: None,
                     children: vec![ProcedureId(100), ProcedureId(101)],
                     submitted_at_ms: 1_000,
                     updated_at_ms: 2_000,
+                    submitted_unix_ms: 1_795_000_000_000,
+                    updated_unix_ms: 1_795_000_001_000,
                     attempts: 3,
                     last_error: Some("dn-2 unreachable".into()),
                     waiting_for: Some(format!("{} region groups", s.groups.len())),
+                    output: None,
+                    request_key: request_key.clone(),
+                    database: Some(name.clone()),
                     notes: vec!["replica of data-3 on dn-2 abandoned".into()],
                 },
             );

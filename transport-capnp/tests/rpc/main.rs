@@ -325,8 +325,19 @@ fn every_config_node_call_round_trips_with_values_intact() {
         assert_eq!(shown.id, id);
         assert_eq!(shown.type_name, "DeleteDatabaseProcedure");
         assert_eq!(shown.state_name, "RemoveRegionGroups");
-        assert_eq!(shown.status, "Suspended");
-        assert!(!shown.finished);
+        assert_eq!(
+            shown.status,
+            shoal_core::procedure::ProcedureView::Suspended,
+            "the typed status crosses the wire"
+        );
+        assert!(!shown.is_finished());
+        assert_eq!((shown.type_code, shown.state_code), (302, 2));
+        assert_eq!(
+            (shown.submitted_unix_ms, shown.updated_unix_ms),
+            (1_795_000_000_000, 1_795_000_001_000)
+        );
+        assert_eq!(shown.database, Some(db("metrics")));
+        assert_eq!(shown.output, None, "outputs stay on the ConfigNode");
         assert_eq!(shown.parent, None);
         assert_eq!(shown.children, vec![ProcedureId(100), ProcedureId(101)]);
         assert_eq!((shown.submitted_at_ms, shown.updated_at_ms), (1_000, 2_000));
