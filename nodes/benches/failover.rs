@@ -150,7 +150,9 @@ async fn next_step(client: &ConfigNodes, name: &str) -> Instant {
     };
     loop {
         match client.get_procedure(id).await {
-            Ok(Some(info)) if info.state_name != first || info.finished => return Instant::now(),
+            Ok(Some(info)) if info.state_name != first || info.is_finished() => {
+                return Instant::now();
+            }
             _ => {
                 smol::Timer::after(POLL).await;
             }

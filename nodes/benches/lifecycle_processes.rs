@@ -164,7 +164,7 @@ impl Cluster {
     async fn wait_finished(&self, id: ProcedureId) {
         loop {
             match self.client.get_procedure(id).await {
-                Ok(Some(info)) if info.finished => {
+                Ok(Some(info)) if info.is_finished() => {
                     assert_eq!(info.status, ProcedureView::Succeeded, "{info:?}");
                     return;
                 }
@@ -237,7 +237,7 @@ fn run(groups: u32) -> Sample {
                 }
             }
             match cluster.client.get_procedure(id).await {
-                Ok(Some(info)) if info.finished => {
+                Ok(Some(info)) if info.is_finished() => {
                     assert_eq!(info.status, ProcedureView::Succeeded, "{info:?}");
                     break;
                 }

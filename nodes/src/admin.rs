@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 use serde::Serialize;
-use shoal_core::api::{ApiError, ConfigNodeApi, CreateDatabaseRequest, ProcedureInfo, ProcedureView};
+use shoal_core::api::{
+    ApiError, ConfigNodeApi, CreateDatabaseRequest, ProcedureInfo, ProcedureView,
+};
 use shoal_core::model::{DatabaseName, ProcedureId, RegionKind, ReplicationFactor};
 use shoal_transport_capnp::{ClientOptions, Role, RpcRuntime};
 
@@ -142,7 +144,10 @@ impl Admin {
                 match outcome {
                     Ok(value) => return Ok(value),
                     Err(e) if e.is_retryable() => {
-                        let left = self.deadline.get().saturating_duration_since(Instant::now());
+                        let left = self
+                            .deadline
+                            .get()
+                            .saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             return Err(self.gave_up(&e));
                         }

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use shoal_consensus_raft::{ConfigNodeGroupApi, GroupStatus, NodeId};
 use shoal_core::api::{
-    ApiError, ClusterStatus, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo, ProcedureInfo,
-    RegionGroupInfo,
+    ApiError, ClusterStatus, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo,
+    ProcedureInfo, RegionGroupInfo,
 };
 use shoal_core::model::{DataNodeId, DatabaseName, Epoch, ProcedureId};
 use shoal_core::state::DataNodeInfo;

@@ -101,9 +101,11 @@ pub fn run_confignode(
             .await
             .map_err(|e| CliError::Node(format!("cannot take leadership: {e}")))?;
         node.start();
-        let _metrics = start_metrics(settings.metrics_listen.as_deref(), &settings.data_dir, || {
-            MetricsSource::ConfigNode(node.clone())
-        })?;
+        let _metrics = start_metrics(
+            settings.metrics_listen.as_deref(),
+            &settings.data_dir,
+            || MetricsSource::ConfigNode(node.clone()),
+        )?;
         let api: Arc<dyn ConfigNodeApi> = Arc::new(ConfigNodeService::new(node.clone()));
         let server = rpc.serve(
             &settings.listen,
@@ -236,9 +238,11 @@ pub fn run_datanode(
         )?;
         let addr = server.local_addr();
         write_listen_addr(&settings.data_dir, addr)?;
-        let _metrics = start_metrics(settings.metrics_listen.as_deref(), &settings.data_dir, || {
-            MetricsSource::DataNode(node.clone())
-        })?;
+        let _metrics = start_metrics(
+            settings.metrics_listen.as_deref(),
+            &settings.data_dir,
+            || MetricsSource::DataNode(node.clone()),
+        )?;
         let advertise = settings
             .advertise
             .clone()

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use shoal_core::confignode::orphans::OrphanPolicy;
 
-use crate::admin::{Admin, ProcedureFilter, parse_data_node_id, parse_procedure_id, parse_region_id};
+use crate::admin::{
+    Admin, ProcedureFilter, parse_data_node_id, parse_procedure_id, parse_region_id,
+};
 use crate::cli::{
     AdminArgs, CHANGE_TIMEOUT_SECS, Cli, Command, ConfigNodeAction, DEFAULT_DATA_DIR,
     DataNodeAction, DatabaseCommand, FileConfig, LogFormat, ProcedureCommand, READ_TIMEOUT_SECS,

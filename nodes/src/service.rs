@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use shoal_core::api::{
-    ClusterStatus,
-    ApiError, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo, OrphanInfo,
-    ProcedureInfo, RegionGroupInfo,
+    ApiError, ClusterStatus, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo,
+    OrphanInfo, ProcedureInfo, RegionGroupInfo,
 };
 use shoal_core::confignode::{ConfigNode, ConfigNodeError};
 use shoal_core::model::{DataNodeId, DatabaseName, DatabaseSchema, Epoch, ProcedureId, RegionId};
@@ -184,10 +183,7 @@ impl ConfigNodeApi for ConfigNodeService {
 
     async fn get_procedure(&self, id: ProcedureId) -> Result<Option<ProcedureInfo>, ApiError> {
         self.leading()?;
-        Ok(self
-            .node
-            .get_procedure(id)
-            .map(|p| self.with_notes(p)))
+        Ok(self.node.get_procedure(id).map(|p| self.with_notes(p)))
     }
 
     async fn migrate_region(

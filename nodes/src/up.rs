@@ -296,7 +296,10 @@ pub fn run_up(settings: UpSettings, stop: async_channel::Receiver<()>) -> Result
         ];
         args.extend(secret_args.iter().cloned());
         args.extend(tls_args(tls.as_ref(), &format!("datanode-{i}")));
-        args.extend(ops_args(&settings, &metrics_port(&settings, count, count + i - 1)));
+        args.extend(ops_args(
+            &settings,
+            &metrics_port(&settings, count, count + i - 1),
+        ));
         if let Some(rate) = &settings.delete_rate {
             args.extend(["--delete-rate".to_string(), rate.clone()]);
         }

@@ -97,10 +97,10 @@ fn procedure_reports_the_database_deleted_only_after_every_deletion_finished() {
 
         // At the very moment the procedure reports done:
         assert_eq!(
-        info.status,
-        shoal_core::procedure::ProcedureView::Succeeded,
-        "{info:?}"
-    );
+            info.status,
+            shoal_core::procedure::ProcedureView::Succeeded,
+            "{info:?}"
+        );
         assert_eq!(
             cluster.running_tasks(),
             0,

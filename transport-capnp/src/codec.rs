@@ -5,8 +5,8 @@
 
 use shoal_core::api::{
     ApiError, CreateRegionRequest, DataNodeHeartbeat, DatabaseInfo, HeartbeatReport, MaintainTask,
-    MaintainTaskKind, OrphanInfo, ProcedureInfo, ProcedureView, RegionChunk, RegionDigest, RegionGroupInfo,
-    RegionReport,
+    MaintainTaskKind, OrphanInfo, ProcedureInfo, ProcedureView, RegionChunk, RegionDigest,
+    RegionGroupInfo, RegionReport,
 };
 use shoal_core::model::{
     DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, ModelError, ProcedureId, RegionId,

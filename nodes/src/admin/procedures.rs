@@ -67,7 +67,7 @@ impl ProcedureFilter {
                     .is_none_or(|db| database_of(p, &by_id).as_ref() == Some(db))
             })
             .collect();
-        kept.sort_by(|a, b| b.id.cmp(&a.id));
+        kept.sort_by_key(|p| std::cmp::Reverse(p.id));
         if let Some(limit) = self.limit {
             kept.truncate(limit);
         }
@@ -434,10 +434,7 @@ impl StatusReport {
             .iter()
             .filter(|n| n.state == DataNodeStatus::Running)
             .count();
-        out += &format!(
-            "DataNodes: {} ({running} running)\n",
-            self.data_nodes.len()
-        );
+        out += &format!("DataNodes: {} ({running} running)\n", self.data_nodes.len());
         let rows: Vec<Vec<String>> = self
             .data_nodes
             .iter()
@@ -516,10 +513,7 @@ impl Admin {
         let all = self.retry(|| self.client.list_procedures()).await?;
         let shown = filter.apply(&all);
         let by_id: BTreeMap<ProcedureId, &ProcedureInfo> = all.iter().map(|p| (p.id, p)).collect();
-        let json: Vec<ProcedureJson> = shown
-            .iter()
-            .map(|p| ProcedureJson::of(p, &by_id))
-            .collect();
+        let json: Vec<ProcedureJson> = shown.iter().map(|p| ProcedureJson::of(p, &by_id)).collect();
         self.print(&json, || procedure_table(&shown, &all))
     }
 

@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 use shoal_core::api::{
-    ApiError, ClusterStatus, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo, OrphanInfo,
-    ProcedureInfo, RegionGroupInfo,
+    ApiError, ClusterStatus, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo,
+    OrphanInfo, ProcedureInfo, RegionGroupInfo,
 };
 use shoal_core::model::{DataNodeId, DatabaseName, Epoch, ProcedureId, RegionId};
 use shoal_core::state::DataNodeInfo;
@@ -13,9 +13,9 @@ use crate::codec::{self, malformed, not_in_schema, read_error};
 use crate::error::TransportError;
 use crate::runtime::RpcRuntime;
 use crate::shoal_capnp::{
-    cluster_status_reply, create_database_reply, data_node_heartbeat_reply, delete_database_reply, get_procedure_reply,
-    list_data_nodes_reply, list_databases_reply, list_orphans_reply, list_procedures_reply,
-    list_region_groups_reply, procedure_id_reply, register_data_node_reply,
+    cluster_status_reply, create_database_reply, data_node_heartbeat_reply, delete_database_reply,
+    get_procedure_reply, list_data_nodes_reply, list_databases_reply, list_orphans_reply,
+    list_procedures_reply, list_region_groups_reply, procedure_id_reply, register_data_node_reply,
 };
 
 /// A remote ConfigNode (admin clients and DataNodes use it). Cheap to clone; clones share

@@ -42,16 +42,17 @@ impl DataNodeServer {
         T: Send + 'static,
         F: FnOnce(Arc<dyn DataNodeApi>, D) -> BoxFuture<Result<T, ApiError>>,
     {
-        let outcome = async {
-            self.shared.authorize(self.role, access, method)?;
-            let api =
-                self.shared.apis.data_node.clone().ok_or_else(|| {
-                    ApiError::Refused("this node serves no DataNode API".into())
-                })?;
-            let decoded = decoded?;
-            self.shared.dispatch(f(api, decoded)).await
-        }
-        .await;
+        let outcome =
+            async {
+                self.shared.authorize(self.role, access, method)?;
+                let api =
+                    self.shared.apis.data_node.clone().ok_or_else(|| {
+                        ApiError::Refused("this node serves no DataNode API".into())
+                    })?;
+                let decoded = decoded?;
+                self.shared.dispatch(f(api, decoded)).await
+            }
+            .await;
         ServerShared::record_served(method, &outcome);
         outcome
     }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use shoal_core::api::{
     ApiError, ConfigNodeApi, CreateDatabaseRequest, CreateRegionRequest, DataNodeApi,
-    DataNodeHeartbeat, DatabaseInfo, HeartbeatReport, MaintainTask, ProcedureInfo, ProcedureView, RegionGroupInfo,
-    RegionReport, SubmitOutcome, TaskStatus,
+    DataNodeHeartbeat, DatabaseInfo, HeartbeatReport, MaintainTask, ProcedureInfo, ProcedureView,
+    RegionGroupInfo, RegionReport, SubmitOutcome, TaskStatus,
 };
 use shoal_core::model::{
     DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, Epoch, ProcedureId, RegionId,
@@ -283,7 +283,8 @@ impl ConfigNodeApi for FakeConfigNode {
         request_key: Option<String>,
     ) -> Result<ProcedureId, ApiError> {
         self.with(|s| {
-            s.request_keys.push(("delete_database", request_key.clone()));
+            s.request_keys
+                .push(("delete_database", request_key.clone()));
             let db = s
                 .databases
                 .get_mut(&name)

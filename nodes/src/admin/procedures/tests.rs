@@ -59,7 +59,10 @@ fn ids(kept: &[&ProcedureInfo]) -> Vec<u64> {
 #[test]
 fn listing_is_newest_first_and_limit_keeps_the_newest() {
     let all = sample();
-    assert_eq!(ids(&ProcedureFilter::default().apply(&all)), [5, 4, 3, 2, 1]);
+    assert_eq!(
+        ids(&ProcedureFilter::default().apply(&all)),
+        [5, 4, 3, 2, 1]
+    );
     let two = ProcedureFilter {
         limit: Some(2),
         ..ProcedureFilter::default()
@@ -119,10 +122,20 @@ fn table_has_a_header_and_rfc3339_times_and_says_a_parent_waits_for_children() {
     let mut lines = text.lines();
     let header = lines.next().expect("header");
     assert!(header.starts_with("ID "), "{header}");
-    for column in ["TYPE", "STATUS", "SUBMITTED", "DURATION", "DATABASE", "DETAIL"] {
+    for column in [
+        "TYPE",
+        "STATUS",
+        "SUBMITTED",
+        "DURATION",
+        "DATABASE",
+        "DETAIL",
+    ] {
         assert!(header.contains(column), "{header}");
     }
-    let delete = text.lines().find(|l| l.starts_with("proc-3")).expect("proc-3");
+    let delete = text
+        .lines()
+        .find(|l| l.starts_with("proc-3"))
+        .expect("proc-3");
     assert!(
         delete.contains("waiting for its children (1 of 2 children done)"),
         "{delete}"
@@ -131,7 +144,10 @@ fn table_has_a_header_and_rfc3339_times_and_says_a_parent_waits_for_children() {
         !delete.contains("running DropPartitionTable"),
         "a suspended parent must not read as running its next state: {delete}"
     );
-    assert!(delete.contains("2026-11-17T"), "RFC 3339 submission: {delete}");
+    assert!(
+        delete.contains("2026-11-17T"),
+        "RFC 3339 submission: {delete}"
+    );
     assert!(delete.contains("4.2s"), "monotonic duration: {delete}");
 }
 
