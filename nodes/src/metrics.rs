@@ -38,8 +38,13 @@ use crate::status_page;
 /// Requests served at once; further connections are closed unanswered.
 pub const MAX_IN_FLIGHT: usize = 8;
 
-/// `Content-Type` of the Prometheus text exposition format.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// `Content-Type` of what `/metrics` serves: prometheus-client's text encoder writes
+/// OpenMetrics 1.0 text (`# UNIT` lines, `_total` counter samples, a final `# EOF`), which
+/// Prometheus reads when told so (it would also read it as the 0.0.4 text format, whose
+/// parser ignores those comment lines, but saying what it is lets the scraper pick the
+/// right parser).
+pub const PROMETHEUS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 

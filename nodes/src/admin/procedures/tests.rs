@@ -145,7 +145,7 @@ fn table_has_a_header_and_rfc3339_times_and_says_a_parent_waits_for_children() {
         "a suspended parent must not read as running its next state: {delete}"
     );
     assert!(
-        delete.contains("2026-11-17T"),
+        delete.contains("2026-11-18T11:05:35.000Z"),
         "RFC 3339 submission: {delete}"
     );
     assert!(delete.contains("4.2s"), "monotonic duration: {delete}");
