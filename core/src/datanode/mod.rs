@@ -205,7 +205,8 @@ impl DataNode {
         }
         let unfinished = inner.table().running();
         for (task_id, kind) in unfinished {
-            tracing::info!(task_id = %task_id, region = %kind.region(), kind = kind.name(),
+            tracing::info!(data_node = %inner.id_label(), task_id = %task_id,
+                region = %kind.region(), kind = kind.name(),
                 "resuming maintain task found unfinished at start-up");
             // Tickets are taken in acceptance order, so resumed tasks keep their queue order.
             let ticket = inner.guards.ticket(kind.region());
@@ -431,7 +432,8 @@ impl Inner {
                 return;
             }
             self.table().remove(task_id);
-            tracing::info!(task_id = %task_id, "evicted unacked task result (retention bound)");
+            tracing::info!(data_node = %self.id_label(), task_id = %task_id,
+                "evicted unacked task result (retention bound)");
         }
         let live = {
             let mut table = self.table();

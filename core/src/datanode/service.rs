@@ -64,7 +64,7 @@ impl DataNodeApi for DataNode {
             )));
         }
         let outcome = inner.store.create(&config).await.map_err(storage_error)?;
-        tracing::info!(region = %config.region, ?outcome, "create region");
+        tracing::info!(data_node = %inner.id_label(), region = %config.region, ?outcome, "create region");
         Ok(())
     }
 
@@ -87,11 +87,13 @@ impl DataNodeApi for DataNode {
             .map_err(storage_error)?
             .is_none()
         {
-            tracing::info!(region = %region, "legacy synchronous deletion: region not found, success");
+            tracing::info!(data_node = %inner.id_label(), region = %region,
+                "legacy synchronous deletion: region not found, success");
             return Ok(());
         }
         let outcome = inner.store.delete(region).await.map_err(storage_error)?;
-        tracing::info!(region = %region, ?outcome, "legacy synchronous region deletion");
+        tracing::info!(data_node = %inner.id_label(), region = %region, ?outcome,
+            "legacy synchronous region deletion");
         Ok(())
     }
 

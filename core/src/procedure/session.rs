@@ -472,7 +472,7 @@ impl SessionCore {
                     // Everything a step logs (DataNode calls, metadata commits) carries its
                     // procedure id; steps add region and DataNode ids as fields of their own
                     // events.
-                    let span = tracing::info_span!("procedure", id = %id, epoch = %session.epoch);
+                    let span = tracing::info_span!("step", procedure = %id, epoch = %session.epoch);
                     tracing::Instrument::instrument(session.run_step(id, slot), span).await;
                 }),
             );

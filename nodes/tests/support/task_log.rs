@@ -259,7 +259,7 @@ fn task_lines_parse_with_or_without_colour() {
     assert_eq!(tasks_run_twice(&twice).len(), 1);
     assert!(tasks_run_twice(&twice[..2]).is_empty());
 
-    let cn = "2026-11-28T19:13:19.121719Z  INFO procedure{id=proc-3 epoch=epoch-1}: \
+    let cn = "2026-11-28T19:13:19.121719Z  INFO step{procedure=proc-3 epoch=epoch-1}: \
               shoal_core::procedures::remove_region_group: replica deleted procedure=proc-3 \
               region=data-3 data_node=dn-2 task=task-1048577 outcome=\"success\" duration_ms=1085";
     let cn = parse_replica_deleted(cn).expect("ConfigNode line");
