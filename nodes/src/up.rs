@@ -342,10 +342,14 @@ pub fn run_up(settings: UpSettings, stop: async_channel::Receiver<()>) -> Result
     let status_pages: Vec<String> = (0..count)
         .map(|i| format!("http://{}/", metrics_port(&settings, count, i)))
         .collect();
-    let status_page = format!(
-        "status page: {} (the leader's has the procedures)\n",
-        status_pages.join(" ")
-    );
+    let status_page = if group {
+        format!(
+            "status pages: {} (the leader's shows the procedures)\n",
+            status_pages.join(" ")
+        )
+    } else {
+        format!("status page: {}\n", status_pages.join(" "))
+    };
     let kind = if group {
         format!("a group of {count} ConfigNodes (Raft) at {cn_addrs}")
     } else {

@@ -112,6 +112,19 @@ pub fn duration_ms(info: &ProcedureInfo) -> u64 {
         .unwrap_or_else(|| info.updated_unix_ms.saturating_sub(info.submitted_unix_ms))
 }
 
+/// How long `info` ran (finished: [`duration_ms`]) or has been running (unfinished: from its
+/// submission to `now_unix_ms`, wall clock, marked "so far").
+pub fn elapsed(info: &ProcedureInfo, now_unix_ms: u64) -> String {
+    if info.is_finished() || info.submitted_unix_ms == 0 {
+        human_duration(duration_ms(info))
+    } else {
+        format!(
+            "{} so far",
+            human_duration(now_unix_ms.saturating_sub(info.submitted_unix_ms))
+        )
+    }
+}
+
 /// One procedure as `--json` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcedureJson {
@@ -131,7 +144,8 @@ pub struct ProcedureJson {
     pub submitted: Option<String>,
     /// RFC 3339, wall clock, of the last transition.
     pub updated: Option<String>,
-    /// Submission to last transition (monotonic ms).
+    /// Submission to last transition (monotonic ms; for an unfinished procedure, up to its
+    /// latest transition).
     pub duration_ms: u64,
     /// Failed attempts of the current step.
     pub attempts: u32,
@@ -218,7 +232,11 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// The `procedure list` text for `shown` (`all` resolves parents and children).
-pub fn procedure_table(shown: &[&ProcedureInfo], all: &[ProcedureInfo]) -> String {
+pub fn procedure_table(
+    shown: &[&ProcedureInfo],
+    all: &[ProcedureInfo],
+    now_unix_ms: u64,
+) -> String {
     let by_id: BTreeMap<ProcedureId, &ProcedureInfo> = all.iter().map(|p| (p.id, p)).collect();
     let rows: Vec<Vec<String>> = shown
         .iter()
@@ -237,7 +255,7 @@ pub fn procedure_table(shown: &[&ProcedureInfo], all: &[ProcedureInfo]) -> Strin
                 p.type_name.clone(),
                 p.status.name().to_string(),
                 rfc3339(p.submitted_unix_ms),
-                human_duration(duration_ms(p)),
+                elapsed(p, now_unix_ms),
                 database_of(p, &by_id).map_or("-".into(), |d| d.as_str().to_string()),
                 p.parent.map_or("-".into(), |p| p.to_string()),
                 detail,
@@ -264,17 +282,20 @@ pub fn procedure_detail(info: &ProcedureInfo, all: &[ProcedureInfo]) -> String {
     let by_id: BTreeMap<ProcedureId, &ProcedureInfo> = all.iter().map(|p| (p.id, p)).collect();
     let mut out = format!("{} {} {}\n", info.id, info.type_name, info.status);
     let mut field = |name: &str, value: String| out += &format!("  {name:<12}{value}\n");
+    let now_unix_ms = unix_ms_now();
     if let Some(db) = database_of(info, &by_id) {
         field("database:", db.as_str().to_string());
     }
     field("submitted:", rfc3339(info.submitted_unix_ms));
     field("updated:", rfc3339(info.updated_unix_ms));
-    let so_far = if info.is_finished() { "" } else { " so far" };
-    field(
-        "duration:",
-        format!("{}{so_far}", human_duration(duration_ms(info))),
-    );
-    field("state:", info.state_name.clone());
+    field("duration:", elapsed(info, now_unix_ms));
+    // A suspended parent's state is the one it runs once its children end.
+    let state_label = if info.status == ProcedureView::Suspended {
+        "next state:"
+    } else {
+        "state:"
+    };
+    field(state_label, info.state_name.clone());
     if !info.is_finished() {
         field("doing:", activity(info));
     }
@@ -318,7 +339,8 @@ pub struct StatusReport {
     /// The same counts, typed (what the text reads).
     #[serde(skip)]
     pub counts: BTreeMap<ProcedureView, usize>,
-    /// Unfinished procedures, newest first.
+    /// Unfinished top-level procedures (children count in their parent's progress),
+    /// newest first.
     pub unfinished: Vec<ProcedureJson>,
     /// The newest failed procedures (at most [`RECENT_FAILURES`]).
     pub recent_failures: Vec<ProcedureJson>,
@@ -410,6 +432,7 @@ impl StatusReport {
             unfinished: unfinished
                 .apply(procedures)
                 .into_iter()
+                .filter(|p| p.parent.is_none_or(|parent| !by_id.contains_key(&parent)))
                 .map(|p| ProcedureJson::of(p, &by_id))
                 .collect(),
             recent_failures: failed
@@ -514,7 +537,7 @@ impl Admin {
         let shown = filter.apply(&all);
         let by_id: BTreeMap<ProcedureId, &ProcedureInfo> = all.iter().map(|p| (p.id, p)).collect();
         let json: Vec<ProcedureJson> = shown.iter().map(|p| ProcedureJson::of(p, &by_id)).collect();
-        self.print(&json, || procedure_table(&shown, &all))
+        self.print(&json, || procedure_table(&shown, &all, unix_ms_now()))
     }
 
     /// `procedure show`.

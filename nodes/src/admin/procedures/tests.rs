@@ -118,7 +118,7 @@ fn a_bad_database_name_is_refused() {
 #[test]
 fn table_has_a_header_and_rfc3339_times_and_says_a_parent_waits_for_children() {
     let all = sample();
-    let text = procedure_table(&ProcedureFilter::default().apply(&all), &all);
+    let text = procedure_table(&ProcedureFilter::default().apply(&all), &all, NOW);
     let mut lines = text.lines();
     let header = lines.next().expect("header");
     assert!(header.starts_with("ID "), "{header}");
@@ -148,7 +148,18 @@ fn table_has_a_header_and_rfc3339_times_and_says_a_parent_waits_for_children() {
         delete.contains("2026-11-18T11:05:35.000Z"),
         "RFC 3339 submission: {delete}"
     );
-    assert!(delete.contains("4.2s"), "monotonic duration: {delete}");
+    assert!(
+        delete.contains("1m05s so far"),
+        "an unfinished one's age: {delete}"
+    );
+    let create = text
+        .lines()
+        .find(|l| l.starts_with("proc-1"))
+        .expect("proc-1");
+    assert!(
+        create.contains("4.2s") && !create.contains("so far"),
+        "a finished one's monotonic duration: {create}"
+    );
 }
 
 #[test]
@@ -165,7 +176,8 @@ fn detail_shows_duration_attempts_waits_error_and_children() {
     let text = procedure_detail(&all[2], &all);
     for want in [
         "database:   metrics",
-        "duration:   4.2s so far",
+        "duration:   ",
+        "next state: DropPartitionTable",
         "doing:      waiting for its children",
         "children:   1 of 2 children done",
         "proc-5 RemoveRegionGroup Waiting: waiting for task 9 on dn-2",
