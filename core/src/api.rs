@@ -401,12 +401,7 @@ pub trait ConfigNodeApi: Send + Sync + 'static {
         from: DataNodeId,
         to: Option<DataNodeId>,
         request_key: Option<String>,
-    ) -> Result<ProcedureId, ApiError> {
-        let _ = (region, from, to, request_key);
-        Err(ApiError::Refused(
-            "region migration is not supported here".into(),
-        ))
-    }
+    ) -> Result<ProcedureId, ApiError>;
     /// Starts removing DataNode `id` (migrating its replicas away; with `force`, for a node
     /// gone for good: its replicas are abandoned and re-replicated elsewhere); returns the
     /// removal procedure's id.
@@ -415,25 +410,12 @@ pub trait ConfigNodeApi: Send + Sync + 'static {
         id: DataNodeId,
         force: bool,
         request_key: Option<String>,
-    ) -> Result<ProcedureId, ApiError> {
-        let _ = (id, force, request_key);
-        Err(ApiError::Refused(
-            "DataNode removal is not supported here".into(),
-        ))
-    }
+    ) -> Result<ProcedureId, ApiError>;
     /// Replicas reported by DataNodes that no footprint and no unfinished procedure
     /// accounts for.
-    async fn list_orphans(&self) -> Result<Vec<OrphanInfo>, ApiError> {
-        Err(ApiError::Refused(
-            "orphan listing is not supported here".into(),
-        ))
-    }
+    async fn list_orphans(&self) -> Result<Vec<OrphanInfo>, ApiError>;
     /// The leader's epoch and the lengths of its maintain queues (`shoal status`).
-    async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
-        Err(ApiError::Refused(
-            "cluster status is not supported here (a ConfigNode older than this client?)".into(),
-        ))
-    }
+    async fn cluster_status(&self) -> Result<ClusterStatus, ApiError>;
 }
 
 /// What `shoal status` shows beyond the lists, from the leader.

@@ -552,9 +552,11 @@ fn listings_status_and_logs_read_well() {
     );
 
     let deletes = cluster.json(&["procedure", "list", "--type", "DeleteDatabase"]);
+    // Field names of earlier releases stay (type_name, state_name, status, finished, ...).
     let deletes = deletes.as_array().expect("a list");
     assert_eq!(deletes.len(), 1, "{deletes:?}");
     let delete = &deletes[0];
+    assert_eq!(delete["type_name"], "DeleteDatabase");
     assert_eq!(delete["status"], "Succeeded");
     assert_eq!(delete["finished"], true);
     assert_eq!(delete["database"], "alpha");

@@ -105,11 +105,19 @@ fn database_of(
     None
 }
 
-/// Submission to last transition, in ms (see the module docs).
+/// Submission to last transition, in ms (see the module docs); 0 when neither clock can
+/// tell (a record older than wall-clock stamps whose monotonic stamps come from two
+/// processes).
 pub fn duration_ms(info: &ProcedureInfo) -> u64 {
     info.updated_at_ms
         .checked_sub(info.submitted_at_ms)
-        .unwrap_or_else(|| info.updated_unix_ms.saturating_sub(info.submitted_unix_ms))
+        .unwrap_or_else(|| {
+            if info.submitted_unix_ms == 0 {
+                0
+            } else {
+                info.updated_unix_ms.saturating_sub(info.submitted_unix_ms)
+            }
+        })
 }
 
 /// How long `info` ran (finished: [`duration_ms`]) or has been running (unfinished: from its
@@ -131,13 +139,13 @@ pub struct ProcedureJson {
     /// The procedure id (`proc-N` in text).
     pub id: u64,
     /// Its type.
-    pub r#type: String,
+    pub type_name: String,
     /// Its status.
     pub status: &'static str,
     /// Whether it will never run again.
     pub finished: bool,
     /// The state it is in (for a suspended parent: the one it runs once its children end).
-    pub state: String,
+    pub state_name: String,
     /// The database it works in (its own lock, else its parent's).
     pub database: Option<String>,
     /// RFC 3339, wall clock.
@@ -147,6 +155,11 @@ pub struct ProcedureJson {
     /// Submission to last transition (monotonic ms; for an unfinished procedure, up to its
     /// latest transition).
     pub duration_ms: u64,
+    /// Submission on the leader's monotonic clock (ms since that process started; kept for
+    /// scripts written against earlier releases).
+    pub submitted_at_ms: u64,
+    /// The last transition on that clock.
+    pub updated_at_ms: u64,
     /// Failed attempts of the current step.
     pub attempts: u32,
     /// What it does now, in words (unfinished only).
@@ -175,14 +188,16 @@ impl ProcedureJson {
         let stamp = |ms: u64| (ms != 0).then(|| rfc3339(ms));
         Self {
             id: info.id.0,
-            r#type: info.type_name.clone(),
+            type_name: info.type_name.clone(),
             status: info.status.name(),
             finished: info.is_finished(),
-            state: info.state_name.clone(),
+            state_name: info.state_name.clone(),
             database: database_of(info, by_id).map(|d| d.as_str().to_string()),
             submitted: stamp(info.submitted_unix_ms),
             updated: stamp(info.updated_unix_ms),
             duration_ms: duration_ms(info),
+            submitted_at_ms: info.submitted_at_ms,
+            updated_at_ms: info.updated_at_ms,
             attempts: info.attempts,
             activity: (!info.is_finished()).then(|| activity(info)),
             waiting_for: info.waiting_for.clone(),
@@ -504,7 +519,7 @@ impl StatusReport {
             out += &format!(
                 "  proc-{} {} {} {}: {}{progress}\n",
                 p.id,
-                p.r#type,
+                p.type_name,
                 p.database.as_deref().unwrap_or("-"),
                 p.status,
                 p.activity.as_deref().unwrap_or_default()
@@ -514,7 +529,7 @@ impl StatusReport {
             out += &format!(
                 "  proc-{} {} failed: {}\n",
                 p.id,
-                p.r#type,
+                p.type_name,
                 p.last_error.as_deref().unwrap_or("-")
             );
         }

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use shoal_core::api::{
-    ApiError, ConfigNodeApi, CreateDatabaseRequest, CreateRegionRequest, DataNodeApi,
-    DataNodeHeartbeat, DatabaseInfo, HeartbeatReport, MaintainTask, ProcedureInfo, ProcedureView,
-    RegionGroupInfo, RegionReport, SubmitOutcome, TaskStatus,
+    ApiError, ClusterStatus, ConfigNodeApi, CreateDatabaseRequest, CreateRegionRequest,
+    DataNodeApi, DataNodeHeartbeat, DatabaseInfo, HeartbeatReport, MaintainTask, OrphanInfo,
+    ProcedureInfo, ProcedureView, RegionGroupInfo, RegionReport, SubmitOutcome, TaskStatus,
 };
 use shoal_core::model::{
     DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, Epoch, ProcedureId, RegionId,
@@ -213,6 +213,11 @@ struct ConfigNodeState {
     heartbeats: Vec<DataNodeHeartbeat>,
     request_keys: Vec<(&'static str, Option<String>)>,
     epoch: Epoch,
+    /// Migrations asked for: (region, from, to).
+    migrations: Vec<(RegionId, DataNodeId, Option<DataNodeId>)>,
+    /// DataNode removals asked for: (id, force).
+    removals: Vec<(DataNodeId, bool)>,
+    orphans: Vec<OrphanInfo>,
 }
 
 /// An in-memory ConfigNode: databases, registrations and deletion procedures.
@@ -239,6 +244,22 @@ impl FakeConfigNode {
     /// Sets the leader epoch heartbeats report.
     pub fn set_epoch(&self, epoch: Epoch) {
         self.with(|s| s.epoch = epoch);
+    }
+
+    /// Orphans `list_orphans` reports.
+    pub fn set_orphans(&self, orphans: Vec<OrphanInfo>) {
+        self.with(|s| s.orphans = orphans);
+    }
+
+    /// Migrations and DataNode removals asked for, in call order.
+    #[allow(clippy::type_complexity)]
+    pub fn moves(
+        &self,
+    ) -> (
+        Vec<(RegionId, DataNodeId, Option<DataNodeId>)>,
+        Vec<(DataNodeId, bool)>,
+    ) {
+        self.with(|s| (s.migrations.clone(), s.removals.clone()))
     }
 
     /// The request keys create and delete calls arrived with, in call order.
@@ -378,6 +399,50 @@ impl ConfigNodeApi for FakeConfigNode {
             }
             s.heartbeats.push(heartbeat);
             Ok(s.epoch)
+        })
+    }
+
+    async fn migrate_region(
+        &self,
+        region: RegionId,
+        from: DataNodeId,
+        to: Option<DataNodeId>,
+        request_key: Option<String>,
+    ) -> Result<ProcedureId, ApiError> {
+        self.with(|s| {
+            s.request_keys.push(("migrate_region", request_key));
+            if from == DataNodeId(99) {
+                return Err(ApiError::Refused(format!("{from} is not registered")));
+            }
+            s.migrations.push((region, from, to));
+            Ok(ProcedureId(1_000 + s.migrations.len() as u64))
+        })
+    }
+
+    async fn remove_data_node(
+        &self,
+        id: DataNodeId,
+        force: bool,
+        request_key: Option<String>,
+    ) -> Result<ProcedureId, ApiError> {
+        self.with(|s| {
+            s.request_keys.push(("remove_data_node", request_key));
+            s.removals.push((id, force));
+            Ok(ProcedureId(2_000 + s.removals.len() as u64))
+        })
+    }
+
+    async fn list_orphans(&self) -> Result<Vec<OrphanInfo>, ApiError> {
+        self.with(|s| Ok(s.orphans.clone()))
+    }
+
+    async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
+        self.with(|s| {
+            Ok(ClusterStatus {
+                epoch: Epoch(7),
+                queued_creates: s.databases.len() as u64,
+                legacy_deletions: 2,
+            })
         })
     }
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use shoal_core::api::{
     ApiError, ConfigNodeApi, CreateDatabaseRequest, CreateRegionRequest, DataNodeApi,
-    DataNodeHeartbeat, HeartbeatReport, MaintainTask, MaintainTaskKind, RegionGroupInfo,
-    RegionReport, SubmitOutcome, TaskStatus,
+    DataNodeHeartbeat, HeartbeatReport, MaintainTask, MaintainTaskKind, OrphanInfo,
+    RegionGroupInfo, RegionReport, SubmitOutcome, TaskStatus,
 };
 use shoal_core::model::{
     DataNodeId, DatabaseName, Epoch, ProcedureId, RegionId, RegionKind, RegionReplicaSet,
@@ -385,6 +385,63 @@ fn request_keys_of_create_and_delete_cross_the_wire_intact() {
             ("delete_database", None),
         ]
     );
+}
+
+#[test]
+fn migrations_removals_and_orphans_cross_the_wire_intact() {
+    let node = start_node(WireLimits::default());
+    let orphan = OrphanInfo {
+        data_node: DataNodeId(2),
+        region: data_region(41),
+        bytes: 4_096,
+        orphan_for_ms: 601_000,
+        removal: Some(ProcedureId(17)),
+    };
+    node.config_node.set_orphans(vec![orphan.clone()]);
+    let client = config_client(&node, admin(SECRET));
+    smol::block_on(async {
+        let placed = client
+            .migrate_region(data_region(7), DataNodeId(1), None, Some("m-key".into()))
+            .await
+            .expect("migrate, placement chooses");
+        let chosen = client
+            .migrate_region(data_region(8), DataNodeId(0), Some(DataNodeId(3)), None)
+            .await
+            .expect("migrate to a chosen node");
+        assert_eq!((placed, chosen), (ProcedureId(1_001), ProcedureId(1_002)));
+        assert_eq!(
+            client
+                .migrate_region(data_region(9), DataNodeId(99), None, None)
+                .await,
+            Err(ApiError::Refused("dn-99 is not registered".into())),
+            "a refusal keeps its kind and text"
+        );
+        let removal = client
+            .remove_data_node(DataNodeId(2), true, Some("r-key".into()))
+            .await
+            .expect("remove");
+        assert_eq!(removal, ProcedureId(2_001));
+        assert_eq!(client.list_orphans().await.expect("orphans"), vec![orphan]);
+        let status = client.cluster_status().await.expect("cluster status");
+        assert_eq!(
+            (status.epoch, status.queued_creates, status.legacy_deletions),
+            (shoal_core::model::Epoch(7), 0, 2),
+            "clusterStatus crosses the wire field by field"
+        );
+    });
+    assert_eq!(
+        node.config_node.moves(),
+        (
+            vec![
+                (data_region(7), DataNodeId(1), None),
+                (data_region(8), DataNodeId(0), Some(DataNodeId(3))),
+            ],
+            vec![(DataNodeId(2), true)],
+        )
+    );
+    let keys = node.config_node.request_keys();
+    assert!(keys.contains(&("migrate_region", Some("m-key".into()))));
+    assert!(keys.contains(&("remove_data_node", Some("r-key".into()))));
 }
 
 #[test]

@@ -168,6 +168,12 @@ fn duration_falls_back_to_the_wall_clock_when_the_monotonic_clocks_differ() {
     p.submitted_at_ms = 90_000;
     p.updated_at_ms = 10;
     assert_eq!(duration_ms(&p), 64_000);
+    p.submitted_unix_ms = 0;
+    assert_eq!(
+        duration_ms(&p),
+        0,
+        "no wall-clock stamps: unknown, not 55 years"
+    );
 }
 
 #[test]
@@ -195,7 +201,8 @@ fn json_carries_the_status_name_and_times() {
     let by_id = all.iter().map(|p| (p.id, p)).collect();
     let json = serde_json::to_value(ProcedureJson::of(&all[2], &by_id)).expect("json");
     assert_eq!(json["status"], "Suspended");
-    assert_eq!(json["type"], "DeleteDatabase");
+    assert_eq!(json["type_name"], "DeleteDatabase");
+    assert_eq!(json["state_name"], "DropPartitionTable");
     assert_eq!(json["database"], "metrics");
     assert_eq!(json["children_done"], 1);
     assert_eq!(json["duration_ms"], 4_200);
