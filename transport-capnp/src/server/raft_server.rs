@@ -50,14 +50,24 @@ impl RaftCap {
             .ok_or_else(|| ApiError::Refused("this node is not in a Raft group".into()))
     }
 
-    async fn call<D, T, F>(&self, decoded: Result<D, ApiError>, f: F) -> Result<T, ApiError>
+    async fn call<D, T, F>(
+        &self,
+        method: &'static str,
+        decoded: Result<D, ApiError>,
+        f: F,
+    ) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(RaftServer, D) -> BoxFuture<Result<T, ApiError>>,
     {
-        let server = self.server()?;
-        let decoded = decoded?;
-        self.shared.dispatch(f(server, decoded)).await
+        let outcome = async {
+            let server = self.server()?;
+            let decoded = decoded?;
+            self.shared.dispatch(f(server, decoded)).await
+        }
+        .await;
+        ServerShared::record_served(method, &outcome);
+        outcome
     }
 }
 
@@ -69,7 +79,7 @@ impl raft::Server for RaftCap {
     ) -> Result<(), capnp::Error> {
         let decoded = codec::read_append_request(params.get()?);
         let outcome = self
-            .call(decoded, |server, request| {
+            .call("Raft.appendEntries", decoded, |server, request| {
                 Box::pin(async move { server.append_entries(request).await.map_err(remote) })
             })
             .await;
@@ -84,7 +94,7 @@ impl raft::Server for RaftCap {
     ) -> Result<(), capnp::Error> {
         let decoded = codec::read_vote_request(params.get()?);
         let outcome = self
-            .call(decoded, |server, request| {
+            .call("Raft.vote", decoded, |server, request| {
                 Box::pin(async move { server.vote(request).await.map_err(remote) })
             })
             .await;
@@ -127,6 +137,7 @@ impl raft::Server for RaftCap {
             Ok(Some(installed.vote))
         }
         .await;
+        ServerShared::record_served("Raft.snapshotChunk", &outcome);
         let mut reply = results.get().init_reply();
         match outcome {
             Ok(None) => reply.set_received(()),
@@ -149,19 +160,24 @@ impl GroupCap {
         Self { shared, role }
     }
 
-    async fn call<T, F>(&self, f: F) -> Result<T, ApiError>
+    async fn call<T, F>(&self, method: &'static str, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(
             std::sync::Arc<dyn shoal_consensus_raft::ConfigNodeGroupApi>,
         ) -> BoxFuture<Result<T, ApiError>>,
     {
-        self.shared
-            .authorize(self.role, Access::Membership, "ConfigNodeGroup")?;
-        let api = self.shared.apis.group.clone().ok_or_else(|| {
-            ApiError::Refused("this ConfigNode runs alone, not in a Raft group".into())
-        })?;
-        self.shared.dispatch(f(api)).await
+        let outcome = async {
+            self.shared
+                .authorize(self.role, Access::Membership, "ConfigNodeGroup")?;
+            let api = self.shared.apis.group.clone().ok_or_else(|| {
+                ApiError::Refused("this ConfigNode runs alone, not in a Raft group".into())
+            })?;
+            self.shared.dispatch(f(api)).await
+        }
+        .await;
+        ServerShared::record_served(method, &outcome);
+        outcome
     }
 }
 
@@ -172,7 +188,9 @@ impl config_node_group::Server for GroupCap {
         mut results: config_node_group::StatusResults,
     ) -> Result<(), capnp::Error> {
         let outcome = self
-            .call(|api| Box::pin(async move { api.status().await }))
+            .call("ConfigNodeGroup.status", |api| {
+                Box::pin(async move { api.status().await })
+            })
             .await;
         let reply = results.get().init_reply();
         match outcome {
@@ -191,7 +209,9 @@ impl config_node_group::Server for GroupCap {
         let id = p.get_id();
         let outcome = match crate::codec::read_text(p.get_address()) {
             Ok(address) => {
-                self.call(move |api| Box::pin(async move { api.add_member(id, address).await }))
+                self.call("ConfigNodeGroup.addMember", move |api| {
+                    Box::pin(async move { api.add_member(id, address).await })
+                })
                     .await
             }
             Err(e) => Err(e),
@@ -207,7 +227,9 @@ impl config_node_group::Server for GroupCap {
     ) -> Result<(), capnp::Error> {
         let id = params.get()?.get_id();
         let outcome = self
-            .call(move |api| Box::pin(async move { api.remove_member(id).await }))
+            .call("ConfigNodeGroup.removeMember", move |api| {
+                Box::pin(async move { api.remove_member(id).await })
+            })
             .await;
         write_unit(results.get().init_reply(), outcome);
         Ok(())
