@@ -492,5 +492,7 @@ mod tests {
 
 mod migration;
 mod procedures;
+mod status;
 pub use migration::{parse_data_node_id, parse_region_id};
-pub use procedures::{ProcedureFilter, StatusReport, procedure_detail, procedure_table};
+pub use procedures::{ProcedureFilter, procedure_detail, procedure_table};
+pub use status::StatusReport;

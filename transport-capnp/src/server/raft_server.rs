@@ -212,7 +212,7 @@ impl config_node_group::Server for GroupCap {
                 self.call("ConfigNodeGroup.addMember", move |api| {
                     Box::pin(async move { api.add_member(id, address).await })
                 })
-                    .await
+                .await
             }
             Err(e) => Err(e),
         };

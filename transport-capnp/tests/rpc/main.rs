@@ -576,3 +576,48 @@ fn calls_in_flight_together_each_get_their_own_reply() {
         }
     });
 }
+
+/// The served-call events core's metrics seam received in this process.
+static SERVED: std::sync::Mutex<Vec<(&'static str, shoal_core::metrics::Outcome)>> =
+    std::sync::Mutex::new(Vec::new());
+
+struct ServedCalls;
+
+impl shoal_core::metrics::MetricsSink for ServedCalls {
+    fn record(&self, event: shoal_core::metrics::MetricEvent) {
+        if let shoal_core::metrics::MetricEvent::Rpc { method, outcome } = event {
+            SERVED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((method, outcome));
+        }
+    }
+}
+
+#[test]
+fn every_served_call_is_counted_by_method_and_outcome_through_cores_seam() {
+    use shoal_core::metrics::Outcome;
+    // Only the first sink a process installs takes effect (no other test installs one).
+    shoal_core::metrics::install(Box::new(ServedCalls));
+    let node = start_node(WireLimits::default());
+    let client = config_client(&node, admin(SECRET));
+    smol::block_on(async {
+        client.list_databases().await.expect("list");
+        let refused = client
+            .migrate_region(data_region(9), DataNodeId(99), None, None)
+            .await;
+        assert!(refused.is_err());
+    });
+    let seen = SERVED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    assert!(
+        seen.contains(&("ConfigNode.listDatabases", Outcome::Success)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&("ConfigNode.migrateRegion", Outcome::Failure)),
+        "a refusal counts as a failure: {seen:?}"
+    );
+}
