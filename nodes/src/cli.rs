@@ -8,10 +8,7 @@ use serde::Deserialize;
 use crate::error::CliError;
 use crate::security::{AdminSecurityArgs, NodeSecurityArgs};
 
-/// Port the local cluster's ConfigNode listens on (`shoal up`), and the admin default.
-pub const DEFAULT_CONFIGNODE_PORT: u16 = 7070;
-/// Where `shoal up` keeps its data, and where admin commands look for the secret.
-pub const DEFAULT_DATA_DIR: &str = "shoal-data";
+pub use crate::defaults::{DEFAULT_CONFIGNODE_PORT, DEFAULT_DATA_DIR};
 
 /// Shoal: a region-lifecycle control plane.
 #[derive(Debug, Parser)]

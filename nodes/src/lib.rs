@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod cli;
 pub mod clients;
+pub mod defaults;
 pub mod error;
 pub mod follow;
 pub mod membership;

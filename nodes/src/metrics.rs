@@ -220,20 +220,6 @@ struct TaskStateLabels {
     state: &'static str,
 }
 
-/// The label value of a procedure status (Prometheus style: lower case).
-pub fn view_label(view: ProcedureView) -> &'static str {
-    match view {
-        ProcedureView::Running => "running",
-        ProcedureView::Waiting => "waiting",
-        ProcedureView::Suspended => "suspended",
-        ProcedureView::RollingBack => "rolling_back",
-        ProcedureView::Succeeded => "succeeded",
-        ProcedureView::Failed => "failed",
-        ProcedureView::RolledBack => "rolled_back",
-        ProcedureView::Unreadable => "unreadable",
-    }
-}
-
 fn status_label(status: DataNodeStatus) -> &'static str {
     match status {
         DataNodeStatus::Running => "running",
@@ -340,7 +326,7 @@ impl ConfigNodeLevels {
             self.procedures
                 .get_or_create(&ProcedureLabels {
                     r#type: info.type_name,
-                    status: view_label(info.status),
+                    status: status_page::view_label(info.status),
                 })
                 .inc();
         }

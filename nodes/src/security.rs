@@ -281,7 +281,7 @@ impl AdminSecurityArgs {
         let path = match self.secret_file.clone().or(file_secret) {
             Some(path) => path,
             None => {
-                let dir = Path::new(crate::cli::DEFAULT_DATA_DIR).join("confignode");
+                let dir = Path::new(crate::defaults::DEFAULT_DATA_DIR).join("confignode");
                 let admin = dir.join(ADMIN_SECRET_FILE_NAME);
                 let legacy = dir.join(SECRET_FILE_NAME);
                 if !admin.exists() && legacy.exists() {
@@ -316,7 +316,7 @@ impl AdminSecurityArgs {
                 "--tls-cert needs --tls-ca (the CA that signed the nodes' certificates)".into(),
             ));
         }
-        let local = LocalTls::at(&Path::new(crate::cli::DEFAULT_DATA_DIR).join(LOCAL_TLS_DIR));
+        let local = LocalTls::at(&Path::new(crate::defaults::DEFAULT_DATA_DIR).join(LOCAL_TLS_DIR));
         if !local.ca_cert.exists() {
             return Ok(None);
         }

@@ -12,8 +12,6 @@ use shoal_core::model::ProcedureId;
 use shoal_core::procedure::{ProcedureInfo, ProcedureView};
 use shoal_core::state::DataNodeInfo;
 
-use crate::metrics::view_label;
-
 /// Seconds between the page's own refreshes.
 pub const REFRESH_SECS: u32 = 2;
 
@@ -317,6 +315,21 @@ pub fn rfc3339(unix_ms: u64) -> String {
     }
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
     humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// The label value of a procedure status (lower case: the status page and
+/// the metrics' `status` label say it alike).
+pub fn view_label(view: ProcedureView) -> &'static str {
+    match view {
+        ProcedureView::Running => "running",
+        ProcedureView::Waiting => "waiting",
+        ProcedureView::Suspended => "suspended",
+        ProcedureView::RollingBack => "rolling_back",
+        ProcedureView::Succeeded => "succeeded",
+        ProcedureView::Failed => "failed",
+        ProcedureView::RolledBack => "rolled_back",
+        ProcedureView::Unreadable => "unreadable",
+    }
 }
 
 #[cfg(test)]
