@@ -16,6 +16,7 @@
 //!   is `OutcomeUnknown` or a leadership-loss error, never a success.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,28 +29,15 @@ use shoal_core::consensus::{Consensus, ConsensusError, Leadership, LeadershipWat
 use shoal_core::model::Epoch;
 use shoal_core::plan::ConfigPlan;
 use shoal_core::state::ApplyResult;
-use shoal_core::storage::StorageError;
 
 use crate::config::{RaftConfig, RaftStores};
 use crate::error::{LeaderHint, RaftConsensusError};
 use crate::failure::FailureCell;
 use crate::log_store::RaftLog;
 use crate::network::{RaftNetwork, RaftServer, RaftTransport};
-use crate::state_machine::{SmShared, StateMachine};
+use crate::node::{Node, fatal_error};
+use crate::state_machine::StateMachine;
 use crate::types::{NodeId, RaftRequest, RaftResponse, ShoalRaft};
-
-/// Shared by the node and its leadership publisher.
-pub(crate) struct Node {
-    pub(crate) id: NodeId,
-    pub(crate) raft: Raft<ShoalRaft, StateMachine>,
-    pub(crate) sm: Arc<SmShared>,
-    pub(crate) watch: LeadershipWatch,
-    pub(crate) failure: FailureCell,
-    pub(crate) config: RaftConfig,
-    /// Set by [`RaftConsensus::shutdown`]: openraft's "stopped" answers from then on are
-    /// the shutdown, not a failure.
-    pub(crate) stopping: std::sync::atomic::AtomicBool,
-}
 
 /// core's [`Consensus`] on an openraft group; see the module docs for the rules it keeps.
 pub struct RaftConsensus {
@@ -66,12 +54,6 @@ impl std::fmt::Debug for RaftConsensus {
             .field("leadership", &self.node.watch.get())
             .finish()
     }
-}
-
-pub(crate) fn fatal_error(message: impl std::fmt::Display) -> ConsensusError {
-    ConsensusError::Storage(StorageError::Unavailable(format!(
-        "raft stopped: {message}"
-    )))
 }
 
 impl RaftConsensus {
@@ -111,7 +93,7 @@ impl RaftConsensus {
             watch: LeadershipWatch::new(),
             failure,
             config,
-            stopping: std::sync::atomic::AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         });
         // A term this node voted for itself in before a restart may have been led by it.
         let stale_term = recovered_vote

@@ -8,7 +8,7 @@ use openraft::async_runtime::WatchReceiver;
 use shoal_core::consensus::Leadership;
 use shoal_core::model::Epoch;
 
-use crate::consensus::{Node, fatal_error};
+use crate::node::{Node, fatal_error};
 use crate::types::{RaftRequest, epoch_of};
 
 /// Follows openraft's metrics (and the failure cell, and time for the lease) and publishes
