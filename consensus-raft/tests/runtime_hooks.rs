@@ -24,7 +24,10 @@ struct Frozen {
 
 impl RuntimeHooks for Frozen {
     fn spawn(&self, future: HookFuture) {
-        self.spawned.lock().unwrap().push(future);
+        self.spawned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(future);
     }
 
     fn now(&self) -> Duration {
@@ -32,7 +35,10 @@ impl RuntimeHooks for Frozen {
     }
 
     fn sleep_until(&self, at: Duration) -> HookFuture {
-        self.sleeps.lock().unwrap().push(at);
+        self.sleeps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(at);
         Box::pin(std::future::ready(()))
     }
 

@@ -153,12 +153,12 @@ pub fn run_raft(seed: u64) -> RaftOutcome {
             }
             5 | 6 => {
                 // Kill the leader (or a member, if none leads), and bring it back later.
-                let victim = world
-                    .leader()
-                    .map(|(id, _, _)| id)
-                    .unwrap_or_else(|| 1 + plan.below(MEMBERS));
+                let (victim, kind) = match world.leader() {
+                    Some((id, _, _)) => (id, "leader kills"),
+                    None => (1 + plan.below(MEMBERS), "member kills"),
+                };
                 if down.insert(victim) {
-                    *faults.entry("leader kills").or_default() += 1;
+                    *faults.entry(kind).or_default() += 1;
                     world.kill_member(victim);
                 }
             }

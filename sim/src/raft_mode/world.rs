@@ -219,10 +219,13 @@ impl RaftWorld {
             .map(|m| (m, Self::member_address(m)))
             .collect();
         let start = async move {
-            let mut config = RaftConfig::default();
-            config.propose_timeout = Duration::from_secs(5);
-            config.snapshot_every = snapshot_every;
-            config.keep_after_snapshot = 5;
+            // Production timing (heartbeat, election timeouts), in virtual time.
+            let config = RaftConfig {
+                propose_timeout: Duration::from_secs(5),
+                snapshot_every,
+                keep_after_snapshot: 5,
+                ..RaftConfig::default()
+            };
             let Ok(raft) = RaftConsensus::start(id, config, stores, transport).await else {
                 return;
             };
