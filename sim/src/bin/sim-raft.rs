@@ -1,10 +1,12 @@
 //! Raft mode of the simulator from the command line (see `shoal_sim::raft_mode`):
 //! `cargo run --release -p shoal-sim --bin sim-raft -- --seeds 0..200` runs seeds and prints
-//! a summary and every violation; `--seed N --trace` replays one seed with its trace.
+//! a summary and every violation; `--seed N --trace` replays one seed with its trace;
+//! `--mutate NAME` (feature `sim-mutations`) re-introduces a known bug in every run.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
+use shoal_core::mutations::{self, Mutation};
 use shoal_sim::raft_mode::run_raft;
 
 fn parse_range(text: &str) -> Option<std::ops::Range<u64>> {
@@ -37,10 +39,27 @@ fn main() -> ExitCode {
         },
         (None, None) => 0..20,
     };
+    let mutation = match value("--mutate") {
+        None => None,
+        Some(name) => match Mutation::ALL.iter().find(|(n, _)| *n == name) {
+            Some(_) if !mutations::ENABLED => {
+                eprintln!("error: --mutate needs `--features sim-mutations`");
+                return ExitCode::FAILURE;
+            }
+            Some((_, m)) => Some(*m),
+            None => {
+                eprintln!("error: unknown mutation {name:?}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let start = Instant::now();
     let (mut runs, mut failed) = (0u64, 0u64);
     for seed in seeds {
+        // The switch is per thread, and a run is all on this one.
+        mutations::set(mutation);
         let outcome = run_raft(seed);
+        mutations::set(None);
         runs += 1;
         if trace {
             println!("{}", outcome.trace.join("\n"));
