@@ -16,10 +16,12 @@
 //!   is `OutcomeUnknown` or a leadership-loss error, never a success.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use openraft::Instant as _;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::metrics::RaftMetrics;
@@ -28,35 +30,23 @@ use shoal_core::consensus::{Consensus, ConsensusError, Leadership, LeadershipWat
 use shoal_core::model::Epoch;
 use shoal_core::plan::ConfigPlan;
 use shoal_core::state::ApplyResult;
-use shoal_core::storage::StorageError;
 
 use crate::config::{RaftConfig, RaftStores};
 use crate::error::{LeaderHint, RaftConsensusError};
 use crate::failure::FailureCell;
 use crate::log_store::RaftLog;
 use crate::network::{RaftNetwork, RaftServer, RaftTransport};
-use crate::state_machine::{SmShared, StateMachine};
+use crate::node::{Node, fatal_error};
+use crate::state_machine::StateMachine;
 use crate::types::{NodeId, RaftRequest, RaftResponse, ShoalRaft};
-
-/// Shared by the node and its leadership publisher.
-pub(crate) struct Node {
-    pub(crate) id: NodeId,
-    pub(crate) raft: Raft<ShoalRaft, StateMachine>,
-    pub(crate) sm: Arc<SmShared>,
-    pub(crate) watch: LeadershipWatch,
-    pub(crate) failure: FailureCell,
-    pub(crate) config: RaftConfig,
-    /// Set by [`RaftConsensus::shutdown`]: openraft's "stopped" answers from then on are
-    /// the shutdown, not a failure.
-    pub(crate) stopping: std::sync::atomic::AtomicBool,
-}
 
 /// core's [`Consensus`] on an openraft group; see the module docs for the rules it keeps.
 pub struct RaftConsensus {
     node: Arc<Node>,
     state: Arc<StateCell>,
     claim_lock: async_lock::Mutex<()>,
-    publisher: Mutex<Option<smol::Task<()>>>,
+    /// Closing it stops the leadership publisher.
+    publisher: Mutex<Option<async_channel::Sender<()>>>,
 }
 
 impl std::fmt::Debug for RaftConsensus {
@@ -66,12 +56,6 @@ impl std::fmt::Debug for RaftConsensus {
             .field("leadership", &self.node.watch.get())
             .finish()
     }
-}
-
-pub(crate) fn fatal_error(message: impl std::fmt::Display) -> ConsensusError {
-    ConsensusError::Storage(StorageError::Unavailable(format!(
-        "raft stopped: {message}"
-    )))
 }
 
 impl RaftConsensus {
@@ -111,16 +95,24 @@ impl RaftConsensus {
             watch: LeadershipWatch::new(),
             failure,
             config,
-            stopping: std::sync::atomic::AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         });
         // A term this node voted for itself in before a restart may have been led by it.
         let stale_term = recovered_vote
             .filter(|v| v.leader_id.voted_for == id)
             .map(|v| v.leader_id.term);
-        let publisher = smol::spawn(crate::publisher::publish_leadership(
-            node.clone(),
-            stale_term,
-        ));
+        let (publisher, stop) = async_channel::bounded::<()>(1);
+        let publishing = crate::publisher::publish_leadership(node.clone(), stale_term);
+        crate::rt::spawn_detached(async move {
+            // The stop signal is polled first: once closed, the publisher never runs again.
+            futures_lite::future::or(
+                async {
+                    let _ = stop.recv().await;
+                },
+                publishing,
+            )
+            .await;
+        });
         Ok(Self {
             node,
             state,
@@ -229,7 +221,7 @@ impl RaftConsensus {
         new_voters: &BTreeSet<NodeId>,
     ) -> Result<(), RaftConsensusError> {
         let lease = self.node.config.election_timeout.1;
-        let now = Instant::now();
+        let now = crate::rt::now();
         let heartbeats = metrics.heartbeat.clone().unwrap_or_default();
         let reachable = new_voters
             .iter()
@@ -301,7 +293,7 @@ impl RaftConsensus {
                 )
             },
             async {
-                smol::Timer::after(timeout).await;
+                crate::rt::sleep(timeout).await;
                 None
             },
         )
@@ -361,19 +353,19 @@ impl RaftConsensus {
             .snapshot()
             .await
             .map_err(|e| RaftConsensusError::Stopped(e.to_string()))?;
-        let deadline = Instant::now() + self.node.config.propose_timeout;
+        let deadline = crate::rt::now() + self.node.config.propose_timeout;
         loop {
             if let Some(snap) = self.metrics().snapshot
                 && snap.index >= applied
             {
                 return Ok(snap.index);
             }
-            if Instant::now() > deadline {
+            if crate::rt::now() > deadline {
                 return Err(RaftConsensusError::Timeout(
                     "snapshot not saved in time".into(),
                 ));
             }
-            smol::Timer::after(Duration::from_millis(5)).await;
+            crate::rt::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -389,7 +381,7 @@ impl RaftConsensus {
             .purge_log(snapshot.index)
             .await
             .map_err(|e| RaftConsensusError::Stopped(e.to_string()))?;
-        let deadline = Instant::now() + self.node.config.propose_timeout;
+        let deadline = crate::rt::now() + self.node.config.propose_timeout;
         loop {
             if self
                 .metrics()
@@ -398,10 +390,10 @@ impl RaftConsensus {
             {
                 return Ok(());
             }
-            if Instant::now() > deadline {
+            if crate::rt::now() > deadline {
                 return Err(RaftConsensusError::Timeout("log not purged in time".into()));
             }
-            smol::Timer::after(Duration::from_millis(5)).await;
+            crate::rt::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -416,8 +408,8 @@ impl RaftConsensus {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(task) = publisher {
-            drop(task.cancel());
+        if let Some(stop) = publisher {
+            stop.close();
         }
         let _ = self.node.raft.shutdown().await;
         let epoch = self.node.watch.get().epoch;
@@ -431,7 +423,7 @@ impl RaftConsensus {
         let write = self.node.raft.client_write(request);
         let timeout = self.node.config.propose_timeout;
         let outcome = futures_lite::future::or(async { Some(write.await) }, async {
-            smol::Timer::after(timeout).await;
+            crate::rt::sleep(timeout).await;
             None
         })
         .await;
@@ -480,13 +472,13 @@ impl RaftConsensus {
 impl Drop for RaftConsensus {
     fn drop(&mut self) {
         // The publisher holds the node; stop it so a dropped consensus does not linger.
-        if let Some(task) = self
+        if let Some(stop) = self
             .publisher
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
         {
-            drop(task);
+            stop.close();
         }
     }
 }

@@ -5,6 +5,10 @@
 //! up to a per-call timeout. Faults are per directed link: cut links (partitions) refuse
 //! calls before they run; a dropped reply or a link cut while the call ran is a timeout (the
 //! call ran); a delay is added before each call. A stopped node is unreachable.
+//!
+//! A node hosted from inside an injected runtime world ([`crate::rt::hooks`]) handles its
+//! calls as tasks of that world (its own node's), so killing the caller does not cancel
+//! them and killing the callee does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,6 +20,7 @@ use openraft::raft::{
 };
 
 use crate::network::{RaftServer, RaftTransport, TransportError};
+use crate::rt::RuntimeHooks;
 use crate::state_machine::RaftSnapshot;
 use crate::types::{NodeId, ShoalRaft, Vote};
 
@@ -27,9 +32,12 @@ struct Faults {
     drop_replies: BTreeMap<(NodeId, NodeId), u64>,
 }
 
+/// A hosted node: its server, and the runtime hooks it was hosted under (if any).
+type Hosted = (RaftServer, Option<Arc<dyn RuntimeHooks>>);
+
 #[derive(Default)]
 struct Inner {
-    servers: Mutex<BTreeMap<NodeId, RaftServer>>,
+    servers: Mutex<BTreeMap<NodeId, Hosted>>,
     faults: Mutex<Faults>,
 }
 
@@ -61,9 +69,10 @@ impl InprocRaftNetwork {
         })
     }
 
-    /// Serves node `id` (again, after a restart).
+    /// Serves node `id` (again, after a restart). Called from inside an injected runtime
+    /// world, its calls run as tasks of that world.
     pub fn host(&self, id: NodeId, server: RaftServer) {
-        lock(&self.inner.servers).insert(id, server);
+        lock(&self.inner.servers).insert(id, (server, crate::rt::current_hooks()));
     }
 
     /// Stops serving node `id`: calls to it are unreachable.
@@ -111,18 +120,19 @@ impl InprocRaftNetwork {
     {
         let delay = lock(&self.inner.faults).delay;
         if !delay.is_zero() {
-            smol::Timer::after(delay).await;
+            crate::rt::sleep(delay).await;
         }
         if self.is_cut(from, to) {
             return Err(TransportError::Unreachable(to));
         }
         let server = lock(&self.inner.servers).get(&to).cloned();
-        let Some(server) = server else {
+        let Some((server, hooks)) = server else {
             return Err(TransportError::Unreachable(to));
         };
-        let task = smol::spawn(f(server));
+        let handling = f(server);
+        let task = crate::rt::hooks::enter(hooks, || crate::rt::spawn(handling));
         let answer = futures_lite::future::or(async { Some(task.await) }, async {
-            smol::Timer::after(self.call_timeout).await;
+            crate::rt::sleep(self.call_timeout).await;
             None
         })
         .await;
@@ -139,7 +149,9 @@ impl InprocRaftNetwork {
         };
         match answer {
             Some(_) if lost => Err(TransportError::Timeout(to)),
-            Some(result) => result,
+            Some(Ok(result)) => result,
+            // The handler task died (a panic, or its world dropped it): no answer.
+            Some(Err(_)) => Err(TransportError::Timeout(to)),
             None => Err(TransportError::Timeout(to)),
         }
     }

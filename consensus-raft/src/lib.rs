@@ -20,6 +20,7 @@ pub mod inproc;
 pub mod log_store;
 pub mod meta;
 pub mod network;
+mod node;
 mod publisher;
 pub mod rt;
 pub mod seed;

@@ -138,7 +138,7 @@ impl RaftLog {
             failure,
         });
         let (flusher, requests) = async_channel::unbounded();
-        smol::spawn(run_flusher(shared.clone(), requests)).detach();
+        crate::rt::spawn_detached(run_flusher(shared.clone(), requests));
         Ok(Self { shared, flusher })
     }
 }

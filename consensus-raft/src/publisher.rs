@@ -1,14 +1,14 @@
 //! Publishing this node's leadership (see [`crate::consensus`] for the rules).
 
 use std::sync::Arc;
-use std::time::Instant;
 
+use openraft::Instant as _;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use shoal_core::consensus::Leadership;
 use shoal_core::model::Epoch;
 
-use crate::consensus::{Node, fatal_error};
+use crate::node::{Node, fatal_error};
 use crate::types::{RaftRequest, epoch_of};
 
 /// Follows openraft's metrics (and the failure cell, and time for the lease) and publishes
@@ -25,7 +25,9 @@ pub(crate) async fn publish_leadership(node: Arc<Node>, stale_term: Option<u64>)
     loop {
         let m = metrics.borrow_watched().clone();
         let stopped = m.running_state.is_err() || node.failure.get().is_some();
-        if let Err(fatal) = &m.running_state {
+        if let Err(fatal) = &m.running_state
+            && !node.stopping.load(std::sync::atomic::Ordering::SeqCst)
+        {
             node.failure.record(fatal_error(fatal));
         }
         let term = m.current_term;
@@ -33,7 +35,7 @@ pub(crate) async fn publish_leadership(node: Arc<Node>, stale_term: Option<u64>)
         let lease_held = m
             .last_quorum_acked
             .as_ref()
-            .is_some_and(|t| Instant::now().saturating_duration_since(**t) <= lease)
+            .is_some_and(|t| crate::rt::now().saturating_duration_since(**t) <= lease)
             // A single voter is its own quorum.
             || m.membership_config.membership().voter_ids().count() == 1;
         let leading = !stopped
@@ -55,7 +57,7 @@ pub(crate) async fn publish_leadership(node: Arc<Node>, stale_term: Option<u64>)
                 stale = Some((term, Some(epoch)));
                 let raft = node.raft.clone();
                 let done = raised_tx.clone();
-                smol::spawn(async move {
+                crate::rt::spawn_detached(async move {
                     let _ = raft
                         .client_write(RaftRequest::RaiseEpochFloor {
                             epoch,
@@ -63,8 +65,7 @@ pub(crate) async fn publish_leadership(node: Arc<Node>, stale_term: Option<u64>)
                         })
                         .await;
                     let _ = done.send(()).await;
-                })
-                .detach();
+                });
             }
         } else if leading {
             node.watch.set(Leadership {
@@ -100,7 +101,7 @@ pub(crate) async fn publish_leadership(node: Arc<Node>, stale_term: Option<u64>)
                         true
                     },
                     async {
-                        smol::Timer::after(node.config.heartbeat_interval).await;
+                        crate::rt::sleep(node.config.heartbeat_interval).await;
                         true
                     },
                 ),

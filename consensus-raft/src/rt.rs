@@ -6,6 +6,13 @@
 //! channels are async-channel (mpsc), futures-channel (oneshot) and a small watch cell built
 //! on event-listener; the mutex is async-lock's. openraft's own runtime suite
 //! (`openraft::testing::runtime::Suite`) runs against this adapter in this crate's tests.
+//!
+//! A deterministic world can inject its own scheduler, clock and randomness per thread
+//! ([`hooks`]): spawning, sleeping, the clock ([`RtInstant`]) and the RNG then go there.
+
+pub mod hooks;
+
+pub use hooks::{RtInstant, RtRng, RuntimeHooks, WithHooks, current_hooks, with_hooks};
 
 use std::fmt;
 use std::future::Future;
@@ -14,7 +21,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use event_listener::Event;
 use futures_lite::FutureExt;
@@ -48,12 +55,21 @@ impl std::error::Error for SmolJoinError {}
 
 /// A task's handle. Dropping it detaches the task: it runs to completion regardless.
 pub struct SmolJoinHandle<T> {
-    task: Option<smol::Task<Result<T, SmolJoinError>>>,
+    task: JoinInner<T>,
+}
+
+enum JoinInner<T> {
+    /// A smol task (`None` once dropped).
+    Smol(Option<smol::Task<Result<T, SmolJoinError>>>),
+    /// A task of an injected world: its result arrives on a channel.
+    Hooked(futures_channel::oneshot::Receiver<Result<T, SmolJoinError>>),
 }
 
 impl<T> Drop for SmolJoinHandle<T> {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
+        if let JoinInner::Smol(task) = &mut self.task
+            && let Some(task) = task.take()
+        {
             task.detach();
         }
     }
@@ -63,24 +79,77 @@ impl<T> Future for SmolJoinHandle<T> {
     type Output = Result<T, SmolJoinError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.task.as_mut() {
-            Some(task) => task.poll(cx),
-            None => Poll::Ready(Err(SmolJoinError {
+        match &mut self.task {
+            JoinInner::Smol(Some(task)) => task.poll(cx),
+            JoinInner::Smol(None) => Poll::Ready(Err(SmolJoinError {
                 message: "join handle polled after completion".into(),
             })),
+            JoinInner::Hooked(result) => Pin::new(result).poll(cx).map(|r| {
+                r.unwrap_or_else(|_| {
+                    Err(SmolJoinError {
+                        message: "task dropped before it finished".into(),
+                    })
+                })
+            }),
         }
     }
 }
 
-/// A sleep that resolves to `()`.
-pub struct SmolSleep(smol::Timer);
+/// A sleep that resolves to `()`: a smol timer, or the injected clock's.
+pub struct SmolSleep(SleepInner);
+
+enum SleepInner {
+    Timer(smol::Timer),
+    Hooked(hooks::HookFuture),
+}
+
+impl SmolSleep {
+    fn until(deadline: RtInstant) -> Self {
+        match current_hooks() {
+            Some(hooks) => SmolSleep(SleepInner::Hooked(
+                hooks.sleep_until(deadline.since_origin()),
+            )),
+            None => SmolSleep(SleepInner::Timer(smol::Timer::at(deadline.wall()))),
+        }
+    }
+
+    fn after(duration: Duration) -> Self {
+        use openraft::Instant as _;
+        Self::until(RtInstant::now() + duration)
+    }
+}
 
 impl Future for SmolSleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx).map(|_| ())
+        match &mut self.0 {
+            SleepInner::Timer(timer) => Pin::new(timer).poll(cx).map(|_| ()),
+            SleepInner::Hooked(sleep) => sleep.as_mut().poll(cx),
+        }
     }
+}
+
+/// Sleeps `duration` on this runtime's clock (the injected one, if any).
+pub fn sleep(duration: Duration) -> SmolSleep {
+    SmolSleep::after(duration)
+}
+
+/// Now, on this runtime's clock (the injected one, if any).
+pub fn now() -> RtInstant {
+    <RtInstant as openraft::Instant>::now()
+}
+
+/// Spawns `future` on this runtime (the injected world, if any); it runs to completion.
+pub fn spawn_detached(future: impl Future<Output = ()> + Send + 'static) {
+    drop(<SmolRuntime as openraft::AsyncRuntime>::spawn(future));
+}
+
+/// Spawns `future` on this runtime; the handle resolves with its output.
+pub fn spawn<T: Send + 'static>(
+    future: impl Future<Output = T> + Send + 'static,
+) -> SmolJoinHandle<T> {
+    <SmolRuntime as openraft::AsyncRuntime>::spawn(future)
 }
 
 /// The deadline passed before the future completed.
@@ -100,7 +169,7 @@ pin_project_lite::pin_project! {
     pub struct SmolTimeout<F> {
         #[pin]
         future: F,
-        timer: smol::Timer,
+        timer: SmolSleep,
     }
 }
 
@@ -113,7 +182,7 @@ impl<F: Future> Future for SmolTimeout<F> {
             return Poll::Ready(Ok(value));
         }
         match Pin::new(this.timer).poll(cx) {
-            Poll::Ready(_) => Poll::Ready(Err(Elapsed)),
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -133,10 +202,10 @@ impl openraft::AsyncRuntime for SmolRuntime {
     type JoinError = SmolJoinError;
     type JoinHandle<T: OptionalSend + 'static> = SmolJoinHandle<T>;
     type Sleep = SmolSleep;
-    type Instant = Instant;
+    type Instant = RtInstant;
     type TimeoutError = Elapsed;
     type Timeout<R, T: Future<Output = R> + OptionalSend> = SmolTimeout<T>;
-    type ThreadLocalRng = rand::rngs::ThreadRng;
+    type ThreadLocalRng = RtRng;
     type Mpsc = SmolMpsc;
     type Watch = SmolWatch;
     type Oneshot = SmolOneshot;
@@ -155,17 +224,29 @@ impl openraft::AsyncRuntime for SmolRuntime {
                     message: panic_message(payload),
                 })
         };
-        SmolJoinHandle {
-            task: Some(smol::spawn(guarded)),
+        match current_hooks() {
+            Some(hooks) => {
+                let (done, result) = futures_channel::oneshot::channel();
+                let task = with_hooks(hooks.clone(), async move {
+                    let _ = done.send(guarded.await);
+                });
+                hooks.spawn(Box::pin(task));
+                SmolJoinHandle {
+                    task: JoinInner::Hooked(result),
+                }
+            }
+            None => SmolJoinHandle {
+                task: JoinInner::Smol(Some(smol::spawn(guarded))),
+            },
         }
     }
 
     fn sleep(duration: Duration) -> Self::Sleep {
-        SmolSleep(smol::Timer::after(duration))
+        SmolSleep::after(duration)
     }
 
     fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
-        SmolSleep(smol::Timer::at(deadline))
+        SmolSleep::until(deadline)
     }
 
     fn timeout<R, F: Future<Output = R> + OptionalSend>(
@@ -174,7 +255,7 @@ impl openraft::AsyncRuntime for SmolRuntime {
     ) -> Self::Timeout<R, F> {
         SmolTimeout {
             future,
-            timer: smol::Timer::after(duration),
+            timer: SmolSleep::after(duration),
         }
     }
 
@@ -184,7 +265,7 @@ impl openraft::AsyncRuntime for SmolRuntime {
     ) -> Self::Timeout<R, F> {
         SmolTimeout {
             future,
-            timer: smol::Timer::at(deadline),
+            timer: SmolSleep::until(deadline),
         }
     }
 
@@ -194,7 +275,7 @@ impl openraft::AsyncRuntime for SmolRuntime {
     }
 
     fn thread_rng() -> Self::ThreadLocalRng {
-        rand::rng()
+        RtRng::current()
     }
 
     fn new(_threads: usize) -> Self {
@@ -214,8 +295,16 @@ impl openraft::AsyncRuntime for SmolRuntime {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let task = blocking::unblock(f);
-        async move { Ok(task.await) }
+        // In an injected world there are no other threads: run it in place (deterministic).
+        let outcome: Pin<Box<dyn Future<Output = Result<T, std::io::Error>> + Send>> =
+            if current_hooks().is_some() {
+                let value = f();
+                Box::pin(async move { Ok(value) })
+            } else {
+                let task = blocking::unblock(f);
+                Box::pin(async move { Ok(task.await) })
+            };
+        outcome
     }
 }
 

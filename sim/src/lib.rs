@@ -12,12 +12,14 @@
 //! - [`scenario`]: the workload and fault schedule drawn from a seed.
 //! - [`observe`], [`invariants`]: what is known and what must hold.
 //! - [`run`]: one run; [`shrink`]: cut a failing scenario down.
+//! - [`raft_mode`]: runs with a replicated ConfigNode group (openraft) instead of one log.
 
 pub mod disk;
 pub mod executor;
 pub mod invariants;
 pub mod net;
 pub mod observe;
+pub mod raft_mode;
 pub mod run;
 pub mod scenario;
 pub mod shrink;

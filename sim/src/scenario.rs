@@ -174,7 +174,7 @@ impl Default for Tuning {
 }
 
 impl Tuning {
-    fn draw(rng: &mut SimRng) -> Self {
+    pub(crate) fn draw(rng: &mut SimRng) -> Self {
         Self {
             step_backoff_ms: *rng.pick(&[20, 50, 200, 1_000]).unwrap_or(&50),
             cleaner_interval_ms: *rng.pick(&[100, 500, 2_000]).unwrap_or(&500),
