@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use shoal_consensus_raft::{RaftConsensusError, RaftStores};
 use shoal_core::consensus::{Consensus, ConsensusError};
+use shoal_core::plan::ConfigPlan;
 use support::{Group, addr, register, wait_for};
 
 #[test]
@@ -74,18 +75,14 @@ fn partitioned_leader_fails_its_proposals_steps_down_and_converges_after_healing
 fn follower_down_for_a_while_catches_up_from_a_snapshot() {
     smol::block_on(async {
         let mut group = Group::memory(&[1, 2, 3]).await;
-        let (leader, epoch) = group.leader().await;
+        let (leader, _) = group.leader().await;
         let lagging = [1, 2, 3]
             .into_iter()
             .find(|id| *id != leader)
             .expect("follower");
         group.stop(lagging).await;
         for i in 0..20 {
-            let r = group
-                .node(leader)
-                .propose(epoch, register(&format!("dn{i}:7000")))
-                .await;
-            assert!(matches!(r, Ok(Ok(_))), "{r:?}");
+            commit_on_whoever_leads(&group, register(&format!("dn{i}:7000"))).await;
         }
         let others: Vec<u64> = group.nodes.keys().copied().collect();
         for id in &others {
@@ -109,13 +106,23 @@ fn follower_down_for_a_while_catches_up_from_a_snapshot() {
                 .is_some_and(|s| s.index >= 20)
         })
         .await;
-        let r = group
-            .node(leader)
-            .propose(epoch, register("after:7000"))
-            .await;
-        assert!(matches!(r, Ok(Ok(_))), "{r:?}");
+        let leader = commit_on_whoever_leads(&group, register("after:7000")).await;
         group.converged_on(leader).await;
     });
+}
+
+/// Commits `plan` through whichever member leads, following a leader change (a loaded
+/// machine can delay heartbeats into an election); registrations are idempotent, so a retry
+/// after an unknown outcome registers nothing twice. Returns the member that committed it.
+async fn commit_on_whoever_leads(group: &Group, plan: ConfigPlan) -> u64 {
+    loop {
+        let (leader, epoch) = group.leader().await;
+        match group.node(leader).propose(epoch, plan.clone()).await {
+            Ok(Ok(_)) => return leader,
+            Err(e) if e.is_leadership_loss() => continue,
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[test]
