@@ -223,6 +223,15 @@ pub trait RegionStore: Send + Sync + 'static {
     }
 }
 
+/// What [`TaskJournal::stage`] did with a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Staged {
+    /// Staged in order; durable once `sync(ticket)` returns `Ok`.
+    Ticket(u64),
+    /// This journal does not stage: the record, to be appended instead.
+    Unsupported(Vec<u8>),
+}
+
 /// The DataNode's durable journal of task records (opaque bytes owned by the DataNode).
 ///
 /// Storage that failed once is poisoned until reopened: a failed `append`, or a `rewrite`
@@ -231,10 +240,29 @@ pub trait RegionStore: Send + Sync + 'static {
 /// the failed call left behind is unknown. The failed call's own record may or may not be
 /// there after a reopen; every record acknowledged before it is. `load` still reads the
 /// acknowledged records. Only opening the journal again clears the poisoning.
+///
+/// A journal may also *stage* records ([`TaskJournal::stage`]): put them in the journal's order
+/// at once, without I/O, and make them durable later with [`TaskJournal::sync`], so that the
+/// records of concurrent callers share one flush (group commit). A staged record counts as
+/// acknowledged only once a `sync` covering it returned `Ok`.
 #[async_trait]
 pub trait TaskJournal: Send + Sync + 'static {
     /// Durably appends one record. Any failure poisons the journal.
     async fn append(&self, record: Vec<u8>) -> Result<(), StorageError>;
+    /// Puts `record` after every record appended or staged before it, without waiting for
+    /// the disk, and returns the ticket a [`TaskJournal::sync`] waits for. A journal that
+    /// cannot stage hands the record back ([`Staged::Unsupported`]); the caller then
+    /// [`TaskJournal::append`]s it. Fails (without staging) on a poisoned journal.
+    fn stage(&self, record: Vec<u8>) -> Result<Staged, StorageError> {
+        Ok(Staged::Unsupported(record))
+    }
+    /// Resolves once the record staged with `ticket`, and every record before it, is durable.
+    /// Concurrent callers share one flush. A failed flush poisons the journal and fails every
+    /// waiter it covered.
+    async fn sync(&self, ticket: u64) -> Result<(), StorageError> {
+        let _ = ticket;
+        Ok(())
+    }
     /// Every acknowledged record, in append order.
     async fn load(&self) -> Result<Vec<Vec<u8>>, StorageError>;
     /// Atomically replaces the journal's contents with `records` (compaction). A failure
