@@ -64,10 +64,16 @@ async fn execute(inner: &Inner, kind: &MaintainTaskKind) -> TaskStatus {
             // Remove the local consensus peer first (the replica leaves its group: its stored
             // membership becomes empty), so the group stops counting on it before its data
             // goes. A missing region has no peer to remove: carry on to the (no-op) delete.
-            match store.set_peers(*region, &[]).await {
-                Ok(()) | Err(StorageError::RegionNotFound(_)) => {}
-                Err(error) => {
-                    return TaskStatus::Fail(format!("removing local peer of {region}: {error}"));
+            // A store whose delete detaches the membership atomically with the data needs no
+            // separate (durable, fsynced) peer removal.
+            if !store.delete_detaches_membership() {
+                match store.set_peers(*region, &[]).await {
+                    Ok(()) | Err(StorageError::RegionNotFound(_)) => {}
+                    Err(error) => {
+                        return TaskStatus::Fail(format!(
+                            "removing local peer of {region}: {error}"
+                        ));
+                    }
                 }
             }
             match store.delete(*region).await {

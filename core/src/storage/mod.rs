@@ -182,6 +182,12 @@ pub trait RegionStore: Send + Sync + 'static {
     /// Deletes a replica and all its data, honouring the store's delete rate limit. Resolves
     /// only when no byte of the region remains. Missing region: `NotFound` (success).
     async fn delete(&self, region: RegionId) -> Result<DeleteOutcome, StorageError>;
+    /// Whether `delete` takes a replica's membership out together with its data, at one
+    /// atomic point (a directory rename), so the group can never count on a replica whose
+    /// data is going: a deletion then needs no `set_peers(region, &[])` first.
+    fn delete_detaches_membership(&self) -> bool {
+        false
+    }
     /// Every replica, in region order.
     async fn list(&self) -> Result<Vec<RegionConfig>, StorageError>;
     /// Bytes of data a replica holds, or `None` if it does not exist.
