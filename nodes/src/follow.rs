@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use shoal_consensus_raft::{ConfigNodeGroupApi, GroupStatus, NodeId};
 use shoal_core::api::{
-    ApiError, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo, ProcedureInfo,
-    RegionGroupInfo,
+    ApiError, ConfigNodeApi, CreateDatabaseRequest, DataNodeHeartbeat, DatabaseInfo, OrphanInfo,
+    ProcedureInfo, RegionGroupInfo,
 };
-use shoal_core::model::{DataNodeId, DatabaseName, Epoch, ProcedureId};
+use shoal_core::model::{DataNodeId, DatabaseName, Epoch, ProcedureId, RegionId};
 use shoal_core::state::DataNodeInfo;
 use shoal_transport_capnp::{
     CapnpConfigNodeClient, CapnpConfigNodeGroupClient, ClientOptions, RpcRuntime,
@@ -320,6 +320,41 @@ impl ConfigNodeApi for ConfigNodes {
                 let heartbeat = heartbeat.clone();
                 async move { c.data_node_heartbeat(heartbeat).await }
             })
+            .await
+    }
+
+    async fn migrate_region(
+        &self,
+        region: RegionId,
+        from: DataNodeId,
+        to: Option<DataNodeId>,
+        request_key: Option<String>,
+    ) -> Result<ProcedureId, ApiError> {
+        self.api
+            .call(|c| {
+                let key = request_key.clone();
+                async move { c.migrate_region(region, from, to, key).await }
+            })
+            .await
+    }
+
+    async fn remove_data_node(
+        &self,
+        id: DataNodeId,
+        force: bool,
+        request_key: Option<String>,
+    ) -> Result<ProcedureId, ApiError> {
+        self.api
+            .call(|c| {
+                let key = request_key.clone();
+                async move { c.remove_data_node(id, force, key).await }
+            })
+            .await
+    }
+
+    async fn list_orphans(&self) -> Result<Vec<OrphanInfo>, ApiError> {
+        self.api
+            .call(|c| async move { c.list_orphans().await })
             .await
     }
 }
