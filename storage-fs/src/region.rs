@@ -77,7 +77,14 @@ struct Inner {
     regions_sync: DirSyncGroup,
     /// fsync of `trash/` and `regions/` shared by concurrent deletes (their renames).
     trash_sync: DirSyncGroup,
+    /// Bounds the deletes on the blocking pool at once: enough to share each directory
+    /// fsync among many, without thousands of queued deletions each holding a pool thread
+    /// (which starves every other thread of a small machine).
+    delete_slots: async_lock::Semaphore,
 }
+
+/// Deletes on the blocking pool at once (see `Inner::delete_slots`).
+const DELETE_SLOTS: usize = 16;
 
 /// File-backed [`RegionStore`]. Clones share one store.
 #[derive(Clone)]
@@ -200,6 +207,7 @@ impl FsRegionStore {
                 locks: Mutex::new(BTreeMap::new()),
                 trash_seq: AtomicU64::new(next_seq),
                 unpurged: Mutex::new(pending.keys().flatten().copied().collect()),
+                delete_slots: async_lock::Semaphore::new(DELETE_SLOTS),
             }),
         };
         if !pending.is_empty() {
@@ -554,6 +562,7 @@ impl RegionStore for FsRegionStore {
         let unpaced = self.unpaced();
         let store = self.clone();
         // One trip to the blocking pool for the rename, its fsyncs and (unpaced) the removal.
+        let slot = self.inner.delete_slots.acquire().await;
         let (renamed, removed) = unblock(move || {
             let renamed = match std::fs::rename(&dir, &target) {
                 Ok(()) => true,
@@ -573,6 +582,7 @@ impl RegionStore for FsRegionStore {
             Ok::<_, StorageError>((renamed, None))
         })
         .await?;
+        drop(slot);
         let bytes = match removed {
             Some(bytes) => bytes,
             None => {
