@@ -8,7 +8,8 @@
 //!
 //! Run: `cargo bench -p shoal-nodes --bench lifecycle_processes`. Groups: `SHOAL_BENCH_GROUPS`
 //! (comma-separated, default `500,1000,4000`); `SHOAL_BENCH_ROUNDS` (default 1) repeats
-//! every N on a fresh cluster; `RUST_LOG` is passed to the nodes (default `info`, as
+//! every N on a fresh cluster; `SHOAL_BENCH_EXE` runs another `shoal` binary (a copy built
+//! from another commit, for a before/after comparison); `RUST_LOG` is passed to the nodes (default `info`, as
 //! deployed). Issue 17's targets: delete of 1,000 groups <= 1 s, create + delete <= 1.5 s,
 //! 4,000 deleted <= 4 s, per-group ratio 4,000/500 <= 1.3, CPU per deleted group <= 1.5 ms.
 
@@ -24,6 +25,12 @@ use shoal_transport_capnp::{
 };
 
 const EXE: &str = env!("CARGO_BIN_EXE_shoal");
+
+/// The `shoal` binary to run: `SHOAL_BENCH_EXE` (e.g. a copy built from another commit, to
+/// compare two builds on the same machine state), else this build's.
+fn exe() -> String {
+    std::env::var("SHOAL_BENCH_EXE").unwrap_or_else(|_| EXE.to_string())
+}
 const BOUND: Duration = Duration::from_secs(600);
 /// How often the bench asks for the deletion's progress (the CLI asks every 250 ms).
 const POLL: Duration = Duration::from_millis(10);
@@ -54,7 +61,7 @@ fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 fn spawn(root: &Path, name: &str, dir: &Path, args: &[&str]) -> (Proc, String) {
     std::fs::create_dir_all(dir).expect("data dir");
     let log = std::fs::File::create(root.join(format!("{name}.log"))).expect("log file");
-    let child = Command::new(EXE)
+    let child = Command::new(exe())
         .args(args)
         .env(
             "RUST_LOG",
@@ -287,7 +294,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     println!(
-        "lifecycle_processes: 1 ConfigNode + 3 DataNodes ({EXE}), data groups x RF 3, {rounds} round(s)"
+        "lifecycle_processes: 1 ConfigNode + 3 DataNodes ({}), data groups x RF 3, {rounds} round(s)",
+        exe()
     );
     let mut samples: Vec<Sample> = Vec::new();
     for round in 0..rounds {

@@ -22,6 +22,71 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
     handle.sync_all().map_err(|e| io_err("fsync dir", dir, e))
 }
 
+/// Group commit of directory fsyncs: each caller's directory changes (renames) finished
+/// before it calls [`DirSyncGroup::sync`]; a round fsyncs every directory of the group and
+/// covers every caller that arrived before it started, so concurrent callers share one round
+/// instead of paying one each. Blocking (callers are on the blocking pool).
+#[derive(Debug)]
+pub(crate) struct DirSyncGroup {
+    dirs: Vec<PathBuf>,
+    state: std::sync::Mutex<DirSyncState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct DirSyncState {
+    /// Callers so far (each caller's number).
+    requested: u64,
+    /// Every caller up to this number is covered by a finished round.
+    completed: u64,
+    running: bool,
+    /// The last failed round: callers up to this number get its error.
+    failed: Option<(u64, StorageError)>,
+}
+
+impl DirSyncGroup {
+    pub(crate) fn new(dirs: Vec<PathBuf>) -> Self {
+        Self {
+            dirs,
+            state: std::sync::Mutex::new(DirSyncState::default()),
+            done: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Returns once a round that started after this call fsynced every directory.
+    pub(crate) fn sync(&self) -> Result<(), StorageError> {
+        let lock = || self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = lock();
+        st.requested += 1;
+        let mine = st.requested;
+        loop {
+            if st.completed >= mine {
+                return Ok(());
+            }
+            if let Some((upto, error)) = &st.failed
+                && *upto >= mine
+            {
+                return Err(error.clone());
+            }
+            if st.running {
+                st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            st.running = true;
+            let upto = st.requested;
+            drop(st);
+            let result = self.dirs.iter().try_for_each(|dir| fsync_dir(dir));
+            st = lock();
+            st.running = false;
+            match result {
+                Ok(()) => st.completed = upto,
+                Err(error) => st.failed = Some((upto, error)),
+            }
+            self.done.notify_all();
+        }
+    }
+}
+
 /// Creates `dir` (and parents) and makes its entry durable in its parent.
 pub(crate) fn create_dir_durable(dir: &Path) -> Result<(), StorageError> {
     if dir.is_dir() {

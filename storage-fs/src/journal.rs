@@ -5,7 +5,14 @@
 //! record = len u32 | crc32c(len ‖ payload) u32 | payload        (little-endian)
 //! ```
 //!
-//! `append` writes one record at the acknowledged end and `fdatasync`s before returning.
+//! Group commit: `stage` puts a record in an in-memory buffer, in order, and `sync(ticket)`
+//! makes it durable. Whichever `sync` caller finds its record not yet durable and no flush in
+//! progress starts one on a `blocking` pool thread (the *flush*): it takes the whole buffer,
+//! writes it at the acknowledged end and `fdatasync`s it **without holding the journal's
+//! lock**, so records staged meanwhile join the next flush, which the same thread runs at
+//! once. Every other caller waits for the `synced` event. So N concurrent tasks' records share
+//! about one fdatasync, as in the log's flusher (`log/flusher.rs`). `append` is stage + sync.
+//! A record is acknowledged (and `load` returns it) only once its flush's fdatasync returned.
 //! A failed write or fdatasync **poisons** the journal: the bytes past the acknowledged end
 //! are unknown, so that append and every later `append` or `rewrite` fail with
 //! [`StorageError::Unavailable`] until the journal is opened again. `load` still reads the
@@ -27,11 +34,13 @@ use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use event_listener::Event;
 use shoal_core::metrics::{self, MetricEvent, SyncedFile};
-use shoal_core::storage::{StorageError, TaskJournal};
+use shoal_core::storage::{Staged, StorageError, TaskJournal};
 
 use crate::fsutil::{create_dir_durable, fsync_dir, io_err, temp_path, unblock};
 use crate::log::TornTail;
@@ -47,17 +56,40 @@ const MAX_RECORD: usize = 64 << 20;
 #[derive(Debug, Clone)]
 pub struct FsTaskJournal {
     path: PathBuf,
-    file: Arc<Mutex<JournalFile>>,
+    shared: Arc<Shared>,
     torn_tail: Option<TornTail>,
+}
+
+/// What every clone of one open journal shares.
+#[derive(Debug)]
+struct Shared {
+    file: Mutex<JournalFile>,
+    /// Notified whenever a flush ends (durable or poisoned): async `sync` callers re-check.
+    synced: Event,
+    /// Notified when `flushing` turns false: a blocking `rewrite` waits on it.
+    idle: Condvar,
+    /// Completed flushes (one fdatasync each).
+    flushes: AtomicU64,
+    #[cfg(any(test, feature = "testing"))]
+    flush_gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 /// The open journal file and what this handle knows about it.
 #[derive(Debug)]
 struct JournalFile {
-    file: File,
-    /// End of the last acknowledged record: where the next append goes, and how far `load`
+    /// Shared with a flush in progress, which writes through it without the lock.
+    file: Arc<File>,
+    /// End of the last acknowledged record: where the next flush writes, and how far `load`
     /// reads.
     end: u64,
+    /// Framed records staged after `end` and not yet taken by a flush.
+    buffer: Vec<u8>,
+    /// Ticket of the last staged record (tickets count up from 1 and never restart).
+    staged: u64,
+    /// Every ticket up to this one is durable.
+    durable: u64,
+    /// A flush is writing or syncing (it owns the bytes past `end` until it ends).
+    flushing: bool,
     /// Set by the first failure that leaves the file's contents or the handle in doubt.
     poisoned: Option<StorageError>,
     #[cfg(any(test, feature = "testing"))]
@@ -227,15 +259,50 @@ impl FsTaskJournal {
         }
         Ok(Self {
             path,
-            file: Arc::new(Mutex::new(JournalFile {
-                file,
-                end: parsed.end as u64,
-                poisoned: None,
+            shared: Arc::new(Shared {
+                file: Mutex::new(JournalFile {
+                    file: Arc::new(file),
+                    end: parsed.end as u64,
+                    buffer: Vec::new(),
+                    staged: 0,
+                    durable: 0,
+                    flushing: false,
+                    poisoned: None,
+                    #[cfg(any(test, feature = "testing"))]
+                    fault: None,
+                }),
+                synced: Event::new(),
+                idle: Condvar::new(),
+                flushes: AtomicU64::new(0),
                 #[cfg(any(test, feature = "testing"))]
-                fault: None,
-            })),
+                flush_gate: Mutex::new(None),
+            }),
             torn_tail,
         })
+    }
+
+    /// Flushes completed so far (one fdatasync each): with concurrent appends, fewer than
+    /// the records appended.
+    pub fn flushes(&self) -> u64 {
+        self.shared.flushes.load(Ordering::Acquire)
+    }
+
+    /// Records staged so far (tickets handed out).
+    pub fn staged(&self) -> u64 {
+        lock(&self.shared.file).staged
+    }
+
+    /// Test hook: from now on every flush waits, before taking the buffer, for one message
+    /// on the returned sender; dropping the sender lets every flush through again.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn gate_flushes(&self) -> std::sync::mpsc::Sender<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *self
+            .shared
+            .flush_gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(rx);
+        tx
     }
 
     /// The torn tail cut off when the journal was opened, if any.
@@ -246,7 +313,7 @@ impl FsTaskJournal {
     /// Test hook: arms `fault` for the next append or rewrite it applies to.
     #[cfg(any(test, feature = "testing"))]
     pub fn inject_fault(&self, fault: JournalFault) {
-        lock(&self.file).fault = Some(fault);
+        lock(&self.shared.file).fault = Some(fault);
     }
 }
 
@@ -303,54 +370,15 @@ impl JournalFile {
         error
     }
 
-    fn append(&mut self, path: &Path, record: &[u8]) -> Result<(), StorageError> {
+    fn stage(&mut self, record: &[u8]) -> Result<u64, StorageError> {
         self.check_usable()?;
-        let mut bytes = Vec::with_capacity(RECORD_HEADER_LEN + record.len());
-        encode_record(&mut bytes, record);
-        match self.write_and_sync(path, &bytes) {
-            Ok(()) => {
-                self.end += bytes.len() as u64;
-                Ok(())
-            }
-            // What reached the disk past `end` is unknown: appending after it could bury
-            // acknowledged records behind garbage, so nothing is appended on this handle again.
-            Err(cause) => Err(self.poison(path, cause)),
-        }
+        encode_record(&mut self.buffer, record);
+        self.staged += 1;
+        Ok(self.staged)
     }
 
-    /// Writes `bytes` at the acknowledged end and fdatasyncs them.
-    fn write_and_sync(&mut self, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-        #[cfg(any(test, feature = "testing"))]
-        match self.take_fault(|f| !matches!(f, JournalFault::RewriteAfterRename)) {
-            Some(JournalFault::PartialAppend { written }) => {
-                let part = &bytes[..written.min(bytes.len())];
-                self.file
-                    .write_all_at(part, self.end)
-                    .map_err(|e| io_err("append journal", path, e))?;
-                return Err(injected("append journal", path));
-            }
-            Some(JournalFault::AppendSync) => {
-                self.file
-                    .write_all_at(bytes, self.end)
-                    .map_err(|e| io_err("append journal", path, e))?;
-                return Err(injected("fdatasync journal", path));
-            }
-            Some(JournalFault::RewriteAfterRename) | None => {}
-        }
-        self.file
-            .write_all_at(bytes, self.end)
-            .map_err(|e| io_err("append journal", path, e))?;
-        let started = std::time::Instant::now();
-        self.file
-            .sync_data()
-            .map_err(|e| io_err("fdatasync journal", path, e))?;
-        metrics::record(MetricEvent::Fsync {
-            file: SyncedFile::Journal,
-            duration: started.elapsed(),
-        });
-        Ok(())
-    }
-
+    /// Replaces the contents with `records`; the caller made sure nothing is staged or
+    /// being flushed (see [`rewrite`]).
     fn rewrite(&mut self, path: &Path, records: &[Vec<u8>]) -> Result<(), StorageError> {
         self.check_usable()?;
         // A failure here leaves the old journal whole and this handle on it.
@@ -360,7 +388,7 @@ impl JournalFile {
             .and_then(|()| {
                 // The temp file's handle is now the journal's: append through it, so no
                 // reopen can fail and leave this handle on the replaced file.
-                self.file = file;
+                self.file = Arc::new(file);
                 self.end = len;
                 self.sync_dir_after_rename(path)
             });
@@ -411,6 +439,119 @@ impl JournalFile {
     }
 }
 
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, JournalFile> {
+        lock(&self.file)
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    fn pass_flush_gate(&self) {
+        let gate = self.flush_gate.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = gate.as_ref() {
+            // A closed gate (sender dropped) lets every flush through.
+            let _ = rx.recv();
+        }
+    }
+}
+
+/// The flush: writes and fdatasyncs whatever is staged, again and again, until nothing is
+/// (or the journal is poisoned); the caller set `flushing`. The lock is held only to take
+/// the buffer and to publish the result, never across the write or the fdatasync.
+fn flush(shared: &Shared, path: &Path) {
+    loop {
+        #[cfg(any(test, feature = "testing"))]
+        shared.pass_flush_gate();
+        let mut st = shared.lock();
+        if st.buffer.is_empty() || st.poisoned.is_some() {
+            st.flushing = false;
+            drop(st);
+            shared.idle.notify_all();
+            shared.synced.notify(usize::MAX);
+            return;
+        }
+        let bytes = std::mem::take(&mut st.buffer);
+        let (upto, at, file) = (st.staged, st.end, st.file.clone());
+        #[cfg(any(test, feature = "testing"))]
+        let fault = st.take_fault(|f| !matches!(f, JournalFault::RewriteAfterRename));
+        drop(st);
+        #[cfg(any(test, feature = "testing"))]
+        let outcome = write_and_sync(&file, path, at, &bytes, fault);
+        #[cfg(not(any(test, feature = "testing")))]
+        let outcome = write_and_sync(&file, path, at, &bytes);
+        let mut st = shared.lock();
+        match outcome {
+            Ok(()) => {
+                st.end = at + bytes.len() as u64;
+                st.durable = upto;
+                shared.flushes.fetch_add(1, Ordering::AcqRel);
+            }
+            // What reached the disk past `end` is unknown: appending after it could bury
+            // acknowledged records behind garbage, so nothing is appended on this handle
+            // again (the records staged meanwhile are dropped with it).
+            Err(cause) => {
+                st.poison(path, cause);
+            }
+        }
+        drop(st);
+        shared.synced.notify(usize::MAX);
+    }
+}
+
+/// Writes `bytes` at `at` and fdatasyncs them.
+fn write_and_sync(
+    file: &File,
+    path: &Path,
+    at: u64,
+    bytes: &[u8],
+    #[cfg(any(test, feature = "testing"))] fault: Option<JournalFault>,
+) -> Result<(), StorageError> {
+    #[cfg(any(test, feature = "testing"))]
+    match fault {
+        Some(JournalFault::PartialAppend { written }) => {
+            let part = &bytes[..written.min(bytes.len())];
+            file.write_all_at(part, at)
+                .map_err(|e| io_err("append journal", path, e))?;
+            return Err(injected("append journal", path));
+        }
+        Some(JournalFault::AppendSync) => {
+            file.write_all_at(bytes, at)
+                .map_err(|e| io_err("append journal", path, e))?;
+            return Err(injected("fdatasync journal", path));
+        }
+        Some(JournalFault::RewriteAfterRename) | None => {}
+    }
+    file.write_all_at(bytes, at)
+        .map_err(|e| io_err("append journal", path, e))?;
+    let started = std::time::Instant::now();
+    file.sync_data()
+        .map_err(|e| io_err("fdatasync journal", path, e))?;
+    metrics::record(MetricEvent::Fsync {
+        file: SyncedFile::Journal,
+        duration: started.elapsed(),
+    });
+    Ok(())
+}
+
+/// Compaction: first makes every staged record durable (waiting out a flush in progress and
+/// flushing the rest here), so none is lost with the old file, then replaces the file while
+/// holding the lock (no record can be staged into the old file meanwhile). Blocking.
+fn rewrite(shared: &Shared, path: &Path, records: &[Vec<u8>]) -> Result<(), StorageError> {
+    let mut st = shared.lock();
+    loop {
+        while st.flushing {
+            st = shared.idle.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        if st.buffer.is_empty() || st.poisoned.is_some() {
+            break;
+        }
+        st.flushing = true;
+        drop(st);
+        flush(shared, path);
+        st = shared.lock();
+    }
+    st.rewrite(path, records)
+}
+
 #[cfg(any(test, feature = "testing"))]
 fn injected(op: &'static str, path: &Path) -> StorageError {
     io_err(op, path, std::io::Error::other("injected failure"))
@@ -419,24 +560,55 @@ fn injected(op: &'static str, path: &Path) -> StorageError {
 #[async_trait]
 impl TaskJournal for FsTaskJournal {
     async fn append(&self, record: Vec<u8>) -> Result<(), StorageError> {
-        let file = self.file.clone();
-        let path = self.path.clone();
-        unblock(move || lock(&file).append(&path, &record)).await
+        let ticket = lock(&self.shared.file).stage(&record)?;
+        self.sync(ticket).await
+    }
+
+    fn stage(&self, record: Vec<u8>) -> Result<Staged, StorageError> {
+        lock(&self.shared.file).stage(&record).map(Staged::Ticket)
+    }
+
+    async fn sync(&self, ticket: u64) -> Result<(), StorageError> {
+        loop {
+            let listener = {
+                let mut st = self.shared.lock();
+                // Durable before a later failure stays durable: answer that first.
+                if st.durable >= ticket {
+                    return Ok(());
+                }
+                st.check_usable()?;
+                if !st.flushing {
+                    st.flushing = true;
+                    drop(st);
+                    let (shared, path) = (self.shared.clone(), self.path.clone());
+                    // Detached: a caller that drops its future mid-flush must not leave
+                    // `flushing` set with nobody flushing. Its end is announced on `synced`.
+                    blocking::unblock(move || flush(&shared, &path)).detach();
+                    continue;
+                }
+                // Listening under the lock: the flush publishes under it, then notifies.
+                self.shared.synced.listen()
+            };
+            listener.await;
+        }
     }
 
     async fn load(&self) -> Result<Vec<Vec<u8>>, StorageError> {
-        let file = self.file.clone();
+        let shared = self.shared.clone();
         let path = self.path.clone();
-        // Holding the lock: no append is half-written while we read.
-        unblock(move || lock(&file).load(&path)).await
+        // Reads only up to the acknowledged end: a flush in progress writes past it.
+        unblock(move || shared.lock().load(&path)).await
     }
 
     async fn rewrite(&self, records: Vec<Vec<u8>>) -> Result<(), StorageError> {
-        let file = self.file.clone();
+        let shared = self.shared.clone();
         let path = self.path.clone();
-        unblock(move || lock(&file).rewrite(&path, &records)).await
+        unblock(move || rewrite(&shared, &path, &records)).await
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod datanode_tests;

@@ -28,7 +28,7 @@ use shoal_core::runtime::Clock;
 use shoal_core::storage::{CreateOutcome, DeleteOutcome, RegionConfig, RegionStore, StorageError};
 
 use crate::fsutil::{
-    atomic_write, create_dir_durable, frame_blob, fsync_dir, io_err, unblock, unframe_blob,
+    DirSyncGroup, atomic_write, create_dir_durable, frame_blob, io_err, unblock, unframe_blob,
 };
 
 const CONFIG_FILE: &str = "config";
@@ -67,8 +67,24 @@ struct Inner {
     trash: PathBuf,
     options: RegionStoreOptions,
     locks: Mutex<BTreeMap<RegionId, Arc<async_lock::Mutex<()>>>>,
+    /// Next trash suffix: above every suffix found at open, so a rename never meets an
+    /// existing entry.
     trash_seq: AtomicU64,
+    /// Regions with trash entries found at open that the purge has not removed yet: a delete
+    /// of one of them also looks in the trash for its older entries.
+    unpurged: Mutex<std::collections::BTreeSet<RegionId>>,
+    /// fsync of `regions/` shared by concurrent creates (their renames into place).
+    regions_sync: DirSyncGroup,
+    /// fsync of `trash/` and `regions/` shared by concurrent deletes (their renames).
+    trash_sync: DirSyncGroup,
+    /// Bounds the deletes on the blocking pool at once: enough to share each directory
+    /// fsync among many, without thousands of queued deletions each holding a pool thread
+    /// (which starves every other thread of a small machine).
+    delete_slots: async_lock::Semaphore,
 }
+
+/// Deletes on the blocking pool at once (see `Inner::delete_slots`).
+const DELETE_SLOTS: usize = 16;
 
 /// File-backed [`RegionStore`]. Clones share one store.
 #[derive(Clone)]
@@ -171,16 +187,30 @@ impl FsRegionStore {
                     .map_err(|e| io_err("remove half-made region", &entry.path(), e))?;
             }
         }
+        let pending = list_trash(&trash)?;
+        let next_seq = pending
+            .values()
+            .flatten()
+            .filter_map(|path| {
+                let name = path.file_name()?.to_string_lossy().into_owned();
+                name.rsplit_once('~')?.1.parse::<u64>().ok()
+            })
+            .max()
+            .map_or(0, |max| max + 1);
         let store = Self {
             inner: Arc::new(Inner {
+                regions_sync: DirSyncGroup::new(vec![regions.clone()]),
+                trash_sync: DirSyncGroup::new(vec![trash.clone(), regions.clone()]),
                 regions,
                 trash,
                 options,
                 locks: Mutex::new(BTreeMap::new()),
-                trash_seq: AtomicU64::new(0),
+                trash_seq: AtomicU64::new(next_seq),
+                unpurged: Mutex::new(pending.keys().flatten().copied().collect()),
+                delete_slots: async_lock::Semaphore::new(DELETE_SLOTS),
             }),
         };
-        if store.pending_trash()?.iter().next().is_some() {
+        if !pending.is_empty() {
             let background = store.clone();
             std::thread::Builder::new()
                 .name("shoal-trash-purge".into())
@@ -209,6 +239,7 @@ impl FsRegionStore {
                     for path in self.trash_entries_of(region)? {
                         total += self.remove_paced(path).await?;
                     }
+                    self.unpurged().remove(&region);
                 }
                 None => {
                     for path in entries {
@@ -222,15 +253,14 @@ impl FsRegionStore {
 
     /// Trash entries grouped by region (`None`: a name that is no region's).
     fn pending_trash(&self) -> Result<BTreeMap<Option<RegionId>, Vec<PathBuf>>, StorageError> {
-        let trash = &self.inner.trash;
-        let mut found: BTreeMap<Option<RegionId>, Vec<PathBuf>> = BTreeMap::new();
-        let listing = std::fs::read_dir(trash).map_err(|e| io_err("list", trash, e))?;
-        for entry in listing {
-            let entry = entry.map_err(|e| io_err("list", trash, e))?;
-            let region = parse_trash_name(&entry.file_name().to_string_lossy());
-            found.entry(region).or_default().push(entry.path());
-        }
-        Ok(found)
+        list_trash(&self.inner.trash)
+    }
+
+    fn unpurged(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<RegionId>> {
+        self.inner
+            .unpurged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn trash_entries_of(&self, region: RegionId) -> Result<Vec<PathBuf>, StorageError> {
@@ -249,8 +279,17 @@ impl FsRegionStore {
         self.inner.regions.join(dir_name(region))
     }
 
+    /// Whether deletions run unpaced (no rate limit): a trash entry is then removed in one
+    /// go on the blocking pool.
+    fn unpaced(&self) -> bool {
+        self.inner.options.delete_rate.is_none_or(|rate| rate == 0)
+    }
+
     /// Removes one trash entry (file or directory) at the delete rate; returns its data bytes.
     async fn remove_paced(&self, path: PathBuf) -> Result<u64, StorageError> {
+        if self.unpaced() {
+            return unblock(move || remove_now(&path)).await;
+        }
         let files = {
             let path = path.clone();
             unblock(move || list_files(&path)).await?
@@ -273,17 +312,69 @@ impl FsRegionStore {
                 total += len;
             }
         }
-        let trash = self.inner.trash.clone();
-        unblock(move || {
-            match std::fs::remove_dir_all(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove trash entry", &path, e)),
-            }
-            fsync_dir(&trash)
+        // No fsync of the trash after the removal: the rename out of `regions/` was the
+        // deletion's durable commit point; an unlink a crash undoes only leaves bytes in the
+        // trash, which opening the store removes again.
+        unblock(move || match std::fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove trash entry", &path, e)),
         })
         .await?;
         Ok(total)
+    }
+}
+
+/// Trash entries grouped by region (`None`: a name that is no region's).
+fn list_trash(trash: &Path) -> Result<BTreeMap<Option<RegionId>, Vec<PathBuf>>, StorageError> {
+    let mut found: BTreeMap<Option<RegionId>, Vec<PathBuf>> = BTreeMap::new();
+    let listing = std::fs::read_dir(trash).map_err(|e| io_err("list", trash, e))?;
+    for entry in listing {
+        let entry = entry.map_err(|e| io_err("list", trash, e))?;
+        let region = parse_trash_name(&entry.file_name().to_string_lossy());
+        found.entry(region).or_default().push(entry.path());
+    }
+    Ok(found)
+}
+
+/// Removes a trash entry at once: one listing, a stat and an unlink per file, one rmdir (no
+/// re-listing, no fsync: see `remove_paced`). Returns its data bytes (the config file is
+/// bookkeeping, as in `size`). An entry already gone counts zero.
+fn remove_now(path: &Path) -> Result<u64, StorageError> {
+    let listing = match std::fs::read_dir(path) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            let len = std::fs::symlink_metadata(path)
+                .map_err(|e| io_err("stat", path, e))?
+                .len();
+            remove_file_if_present(path)?;
+            return Ok(len);
+        }
+        Err(e) => return Err(io_err("list", path, e)),
+    };
+    let mut total = 0;
+    for entry in listing {
+        let entry = entry.map_err(|e| io_err("list", path, e))?;
+        let file = entry.path();
+        let kind = entry.file_type().map_err(|e| io_err("stat", &file, e))?;
+        if kind.is_dir() {
+            total += remove_now(&file)?;
+            continue;
+        }
+        let len = entry
+            .metadata()
+            .map_err(|e| io_err("stat", &file, e))?
+            .len();
+        remove_file_if_present(&file)?;
+        if entry.file_name() != CONFIG_FILE {
+            total += len;
+        }
+    }
+    match std::fs::remove_dir(path) {
+        Ok(()) => Ok(total),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(total),
+        Err(e) => Err(io_err("remove trash entry", path, e)),
     }
 }
 
@@ -370,8 +461,8 @@ impl RegionStore for FsRegionStore {
         let lock = self.region_lock(config.region);
         let _guard = lock.lock().await;
         let dir = self.region_dir(config.region);
-        let regions = self.inner.regions.clone();
         let config = config.clone();
+        let inner = self.inner.clone();
         unblock(move || {
             if let Some(existing) = read_config(&dir)? {
                 return if existing == config {
@@ -382,19 +473,41 @@ impl RegionStore for FsRegionStore {
                     })
                 };
             }
+            let regions = &inner.regions;
             let staging = regions.join(format!("{STAGING_PREFIX}{}", dir_name(config.region)));
-            if staging.exists() {
-                std::fs::remove_dir_all(&staging).map_err(|e| io_err("remove", &staging, e))?;
+            match std::fs::create_dir(&staging) {
+                Ok(()) => {}
+                // Left by an interrupted create of this region: start it afresh.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    std::fs::remove_dir_all(&staging)
+                        .and_then(|()| std::fs::create_dir(&staging))
+                        .map_err(|e| io_err("create dir", &staging, e))?;
+                }
+                Err(e) => return Err(io_err("create dir", &staging, e)),
             }
-            std::fs::create_dir(&staging).map_err(|e| io_err("create dir", &staging, e))?;
             let data = staging.join(DATA_FILE);
-            std::fs::File::create(&data)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| io_err("create data file", &data, e))?;
-            atomic_write(&staging.join(CONFIG_FILE), &encode_config(&config)?)?;
+            // Empty: nothing of its own to fsync; its entry is covered by the staging
+            // directory's fsync below.
+            std::fs::File::create(&data).map_err(|e| io_err("create data file", &data, e))?;
+            // Written in place, not through a temp file: the staging directory is not a
+            // region yet, so a torn config there is removed on open. fsync 1: the config's
+            // bytes must be on disk before the rename can publish them.
+            let config_path = staging.join(CONFIG_FILE);
+            let mut file = std::fs::File::create(&config_path)
+                .map_err(|e| io_err("create", &config_path, e))?;
+            std::io::Write::write_all(&mut file, &encode_config(&config)?)
+                .map_err(|e| io_err("write", &config_path, e))?;
+            file.sync_all()
+                .map_err(|e| io_err("fsync", &config_path, e))?;
+            drop(file);
+            // fsync 2: the entries of the config and data files, before the directory is
+            // published under the region's name.
+            crate::fsutil::fsync_dir(&staging)?;
             // The region appears whole or not at all.
             std::fs::rename(&staging, &dir).map_err(|e| io_err("rename region", &dir, e))?;
-            fsync_dir(&regions)?;
+            // fsync 3, shared by concurrent creates: the rename into `regions/` is durable
+            // before the create is answered.
+            inner.regions_sync.sync()?;
             Ok(CreateOutcome::Created)
         })
         .await
@@ -444,36 +557,61 @@ impl RegionStore for FsRegionStore {
         let _guard = lock.lock().await;
         let dir = self.region_dir(region);
         let seq = self.inner.trash_seq.fetch_add(1, Ordering::Relaxed);
-        let (regions, trash) = (self.inner.regions.clone(), self.inner.trash.clone());
-        let renamed = unblock(move || {
-            if !dir.exists() {
-                return Ok(false);
+        let target = self.inner.trash.join(format!("{}~{seq}", dir_name(region)));
+        let older = self.unpurged().contains(&region);
+        let unpaced = self.unpaced();
+        let store = self.clone();
+        // One trip to the blocking pool for the rename, its fsyncs and (unpaced) the removal.
+        let slot = self.inner.delete_slots.acquire().await;
+        let (renamed, removed) = unblock(move || {
+            let renamed = match std::fs::rename(&dir, &target) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(io_err("move region to trash", &dir, e)),
+            };
+            if renamed {
+                // The deletion's commit point, durable before anything is removed or
+                // answered: out of `regions/` (else the region comes back after a crash) and
+                // into `trash/` (else its bytes are lost to the purge). Two directory fsyncs,
+                // shared by concurrent deletes.
+                store.inner.trash_sync.sync()?;
             }
-            let mut n = seq;
-            let mut target = trash.join(format!("{}~{n}", dir_name(region)));
-            while target.exists() {
-                n += 1;
-                target = trash.join(format!("{}~{n}", dir_name(region)));
+            if renamed && unpaced && !older {
+                return Ok((true, Some(remove_now(&target)?)));
             }
-            std::fs::rename(&dir, &target).map_err(|e| io_err("move region to trash", &dir, e))?;
-            fsync_dir(&trash)?;
-            fsync_dir(&regions)?;
-            Ok::<bool, StorageError>(true)
+            Ok::<_, StorageError>((renamed, None))
         })
         .await?;
-        let entries = {
-            let store = self.clone();
-            unblock(move || store.trash_entries_of(region)).await?
+        drop(slot);
+        let bytes = match removed {
+            Some(bytes) => bytes,
+            None => {
+                // A retry after a crash between the rename and the removal, older entries
+                // of this region found at open, or a paced deletion: every entry of the
+                // region in the trash, at the delete rate.
+                let entries = {
+                    let store = self.clone();
+                    unblock(move || store.trash_entries_of(region)).await?
+                };
+                if !renamed && entries.is_empty() {
+                    return Ok(DeleteOutcome::NotFound);
+                }
+                let mut bytes = 0;
+                for path in entries {
+                    bytes += self.remove_paced(path).await?;
+                }
+                self.unpurged().remove(&region);
+                bytes
+            }
         };
-        if !renamed && entries.is_empty() {
-            return Ok(DeleteOutcome::NotFound);
-        }
-        let mut bytes = 0;
-        for path in entries {
-            bytes += self.remove_paced(path).await?;
-        }
         tracing::info!(%region, bytes, "region deleted");
         Ok(DeleteOutcome::Deleted { bytes })
+    }
+
+    fn delete_detaches_membership(&self) -> bool {
+        // The rename into the trash takes the config (the membership) and the data out of
+        // the namespace together.
+        true
     }
 
     async fn list(&self) -> Result<Vec<RegionConfig>, StorageError> {

@@ -14,7 +14,7 @@ use crate::api::{MaintainTaskKind, TaskStatus};
 use crate::coded_enum;
 use crate::model::{DataNodeLocation, Epoch, RegionId, TaskId};
 use crate::runtime::Millis;
-use crate::storage::{StorageError, TaskJournal};
+use crate::storage::{Staged, StorageError, TaskJournal};
 
 /// Bytes before a record's CBOR body: the code and the checksum.
 pub const RECORD_HEADER_LEN: usize = 6;
@@ -385,18 +385,72 @@ pub(crate) struct JournalWriter {
     journal: Arc<dyn TaskJournal>,
     /// Records in the journal now (loaded + appended since the last rewrite).
     records: usize,
+    /// The ticket of the last record staged (none yet, or a journal that does not stage).
+    last_ticket: Option<u64>,
+}
+
+/// A record put in the journal's order whose durability may still be on its way: the
+/// effect it records may be made visible only after [`Pending::durable`] returned `Ok`.
+#[derive(Clone)]
+pub(crate) struct Pending {
+    journal: Arc<dyn TaskJournal>,
+    /// `None`: durable already (appended by a journal that does not stage).
+    ticket: Option<u64>,
+}
+
+impl Pending {
+    /// Resolves once the record (and every one before it) is durable. Waiting does not hold
+    /// the writer: concurrent records share one flush.
+    pub(crate) async fn durable(&self) -> Result<(), StorageError> {
+        match self.ticket {
+            Some(ticket) => self.journal.sync(ticket).await,
+            None => Ok(()),
+        }
+    }
 }
 
 impl JournalWriter {
     pub(crate) fn new(journal: Arc<dyn TaskJournal>, records: usize) -> Self {
-        Self { journal, records }
+        Self {
+            journal,
+            records,
+            last_ticket: None,
+        }
     }
 
     /// Durably appends `record`.
     pub(crate) async fn append(&mut self, record: &JournalRecord) -> Result<(), StorageError> {
-        self.journal.append(record.encode()).await?;
+        self.stage(record).await?.durable().await
+    }
+
+    /// Puts `record` in the journal's order (the order of the writer's holders); its
+    /// durability is awaited through the returned [`Pending`], after the writer is released.
+    /// A journal that cannot stage appends it durably here.
+    pub(crate) async fn stage(&mut self, record: &JournalRecord) -> Result<Pending, StorageError> {
+        let ticket = match self.journal.stage(record.encode())? {
+            Staged::Ticket(ticket) => Some(ticket),
+            Staged::Unsupported(bytes) => {
+                self.journal.append(bytes).await?;
+                None
+            }
+        };
         self.records += 1;
-        Ok(())
+        if ticket.is_some() {
+            self.last_ticket = ticket;
+        }
+        Ok(Pending {
+            journal: self.journal.clone(),
+            ticket,
+        })
+    }
+
+    /// Every record staged so far, as one [`Pending`]: an answer that relies on a record
+    /// another caller staged waits for it.
+    pub(crate) fn staged_so_far(&self) -> Pending {
+        Pending {
+            journal: self.journal.clone(),
+            ticket: self.last_ticket,
+        }
     }
 
     /// Whether the journal holds more than `threshold` records and at least twice the

@@ -29,7 +29,7 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ use event_listener::Event;
 
 use self::fencing::{EpochCheck, EpochFence};
 use self::guard::RegionGuards;
-use self::journal::{ForgetReason, JournalRecord, JournalWriter, ReplayError};
+use self::journal::{ForgetReason, JournalRecord, JournalWriter, Pending, ReplayError};
 use self::tasks::TaskTable;
 use crate::api::ApiError;
 use crate::confignode::clients::DataNodeClients;
@@ -152,6 +152,11 @@ pub(crate) struct Inner {
     /// Serialises every journal write with the table change it records, so the journal
     /// order is the order the table saw, and a compaction never races an append.
     writer: async_lock::Mutex<JournalWriter>,
+    /// Terminal statuses staged in the journal but not yet in the table (their durability
+    /// is awaited without the writer). A compaction, built from the table, waits for zero.
+    finishing: AtomicUsize,
+    /// Notified when `finishing` drops.
+    finish_applied: Event,
     guards: RegionGuards,
     /// Notified whenever a task turns terminal (long-polls wait on it).
     task_changed: Event,
@@ -187,6 +192,8 @@ impl DataNode {
             fence: EpochFence::new(replayed.highest_epoch),
             table: Mutex::new(replayed.table),
             writer: async_lock::Mutex::new(JournalWriter::new(journal, records.len())),
+            finishing: AtomicUsize::new(0),
+            finish_applied: Event::new(),
             guards: RegionGuards::default(),
             task_changed: Event::new(),
             halted: AtomicBool::new(false),
@@ -210,7 +217,7 @@ impl DataNode {
                 "resuming maintain task found unfinished at start-up");
             // Tickets are taken in acceptance order, so resumed tasks keep their queue order.
             let ticket = inner.guards.ticket(kind.region());
-            runner::spawn_task(&inner, task_id, kind, ticket);
+            runner::spawn_task(&inner, task_id, kind, ticket, None);
         }
         Ok(DataNode { inner })
     }
@@ -360,6 +367,45 @@ impl Inner {
         })
     }
 
+    /// Puts `record` in the journal's order; its durability is awaited with
+    /// [`Inner::durable`] after the writer is released. A failure halts the node, as in
+    /// [`Inner::journal`].
+    async fn stage(
+        &self,
+        writer: &mut JournalWriter,
+        record: &JournalRecord,
+    ) -> Result<Pending, ApiError> {
+        self.ensure_running()?;
+        writer.stage(record).await.map_err(|error| {
+            self.fail(error);
+            self.halted_error()
+        })
+    }
+
+    /// Waits until `pending` is durable; a failed flush halts the node.
+    async fn durable(&self, pending: &Pending) -> Result<(), ApiError> {
+        pending.durable().await.map_err(|error| {
+            self.fail(error);
+            self.halted_error()
+        })?;
+        // A node halted meanwhile acts on nothing more, as if it had crashed.
+        self.ensure_running()
+    }
+
+    /// Resolves once no staged terminal status is still waiting to enter the table.
+    async fn finishes_applied(&self) {
+        loop {
+            if self.finishing.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            let listener = self.finish_applied.listen();
+            if self.finishing.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            listener.await;
+        }
+    }
+
     /// Resolves once [`DataNode::halt`] has been called.
     async fn wait_halt(&self) {
         loop {
@@ -445,6 +491,12 @@ impl Inner {
             1 + table.len() + table.terminal_len() + table.markers_len()
         };
         if !self.is_halted() && writer.wants_compaction(live, self.config.compact_threshold) {
+            // The table is built into the new journal: every staged terminal status must be
+            // in it first (none can be staged meanwhile: this caller holds the writer).
+            self.finishes_applied().await;
+            if self.is_halted() {
+                return;
+            }
             let records = self.table().compacted_records(self.fence.highest());
             match writer.rewrite(records).await {
                 Ok(()) => {}

@@ -2,10 +2,11 @@
 //! against the region store, journals the outcome, then publishes it.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::Inner;
 use super::guard::RegionTicket;
-use super::journal::JournalRecord;
+use super::journal::{JournalRecord, Pending};
 use crate::api::{MaintainTaskKind, TaskStatus};
 use crate::metrics::{self, MetricEvent, Outcome};
 use crate::model::TaskId;
@@ -13,18 +14,29 @@ use crate::storage::{RegionStore, StorageError};
 
 /// Runs `task_id` in the background once `ticket`'s turn comes. Halting the DataNode stops
 /// it at its next await point.
+///
+/// `accepted` is the task's acceptance record while it may not be durable yet: the task
+/// starts only once it is (a task runs only if its acceptance survives a crash).
 pub(crate) fn spawn_task(
     inner: &Arc<Inner>,
     task_id: TaskId,
     kind: MaintainTaskKind,
     ticket: RegionTicket,
+    accepted: Option<Pending>,
 ) {
     let name = format!("maintain-{task_id}");
     let inner = inner.clone();
     inner.rt.spawner.clone().spawn(
         &name,
         Box::pin(async move {
-            let work = run_task(&inner, task_id, kind, ticket);
+            let work = async {
+                if let Some(accepted) = accepted
+                    && inner.durable(&accepted).await.is_err()
+                {
+                    return;
+                }
+                run_task(&inner, task_id, kind, ticket).await;
+            };
             // The halt is polled first, so a halted node runs no further step of the task.
             futures_lite::future::or(inner.wait_halt(), work).await;
         }),
@@ -52,10 +64,16 @@ async fn execute(inner: &Inner, kind: &MaintainTaskKind) -> TaskStatus {
             // Remove the local consensus peer first (the replica leaves its group: its stored
             // membership becomes empty), so the group stops counting on it before its data
             // goes. A missing region has no peer to remove: carry on to the (no-op) delete.
-            match store.set_peers(*region, &[]).await {
-                Ok(()) | Err(StorageError::RegionNotFound(_)) => {}
-                Err(error) => {
-                    return TaskStatus::Fail(format!("removing local peer of {region}: {error}"));
+            // A store whose delete detaches the membership atomically with the data needs no
+            // separate (durable, fsynced) peer removal.
+            if !store.delete_detaches_membership() {
+                match store.set_peers(*region, &[]).await {
+                    Ok(()) | Err(StorageError::RegionNotFound(_)) => {}
+                    Err(error) => {
+                        return TaskStatus::Fail(format!(
+                            "removing local peer of {region}: {error}"
+                        ));
+                    }
                 }
             }
             match store.delete(*region).await {
@@ -81,14 +99,27 @@ async fn record_finish(
     duration_ms: u64,
 ) {
     let record = JournalRecord::finished(task_id, &status, duration_ms);
-    let mut writer = inner.writer.lock().await;
-    if inner.journal(&mut writer, &record).await.is_err() {
-        return;
+    {
+        let staged = {
+            let mut writer = inner.writer.lock().await;
+            let staged = inner.stage(&mut writer, &record).await;
+            // Counted while the writer is held, so a compaction that takes the writer next
+            // sees it and waits for the table to hold this status.
+            staged.map(|pending| (pending, Finishing::new(inner)))
+        };
+        // The writer is released while the record becomes durable: concurrent tasks'
+        // records share one flush.
+        let Ok((pending, _finishing)) = staged else {
+            return;
+        };
+        if inner.durable(&pending).await.is_err() {
+            return;
+        }
+        inner
+            .table()
+            .finish(task_id, status.clone(), inner.rt.clock.now_ms());
+        inner.task_changed.notify(usize::MAX);
     }
-    inner
-        .table()
-        .finish(task_id, status.clone(), inner.rt.clock.now_ms());
-    inner.task_changed.notify(usize::MAX);
     let (outcome, reason) = match &status {
         TaskStatus::Fail(reason) => ("fail", reason.as_str()),
         _ => ("success", ""),
@@ -112,5 +143,24 @@ async fn record_finish(
         duration_ms,
         "maintain task finished"
     );
+    let mut writer = inner.writer.lock().await;
     inner.enforce_retention(&mut writer).await;
+}
+
+/// A terminal status staged but not yet in the table (counted in `Inner::finishing`); the
+/// count drops when this is dropped, whether the status went in or the task was stopped.
+struct Finishing<'a>(&'a Inner);
+
+impl<'a> Finishing<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        inner.finishing.fetch_add(1, Ordering::SeqCst);
+        Self(inner)
+    }
+}
+
+impl Drop for Finishing<'_> {
+    fn drop(&mut self) {
+        self.0.finishing.fetch_sub(1, Ordering::SeqCst);
+        self.0.finish_applied.notify(usize::MAX);
+    }
 }

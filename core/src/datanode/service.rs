@@ -121,7 +121,13 @@ impl DataNodeApi for DataNode {
         inner.admit_locked(&mut writer, epoch).await?;
         let admission = inner.table().admission(task.task_id, &task.kind);
         match admission {
-            Admission::Duplicate => return Ok(SubmitOutcome::Accepted),
+            Admission::Duplicate => {
+                // The first submission's record may still be on its way to the disk.
+                let staged = writer.staged_so_far();
+                drop(writer);
+                inner.durable(&staged).await?;
+                return Ok(SubmitOutcome::Accepted);
+            }
             Admission::Acked => {
                 return Ok(SubmitOutcome::Rejected(format!(
                     "{} finished and was acknowledged; a task id never runs twice",
@@ -143,16 +149,28 @@ impl DataNodeApi for DataNode {
             task_id: task.task_id,
             kind: StoredTaskKind::from(&task.kind),
         };
-        inner.journal(&mut writer, &accepted).await?;
+        let pending = inner.stage(&mut writer, &accepted).await?;
         // Queue on the region now, so a create issued after Accepted runs after this task.
         let ticket = inner.guards.ticket(task.kind.region());
+        // In the table at once (a resubmission is a duplicate, and status calls answer
+        // Processing, which promises nothing); the runner starts it only once the record is
+        // durable, and Accepted is answered only then.
         inner
             .table()
             .insert_running(task.task_id, task.kind.clone(), inner.rt.clock.now_ms());
+        runner::spawn_task(
+            inner,
+            task.task_id,
+            task.kind.clone(),
+            ticket,
+            Some(pending.clone()),
+        );
+        // Released before the disk wait: concurrent submissions share one flush.
+        drop(writer);
+        inner.durable(&pending).await?;
         tracing::info!(data_node = %inner.id_label(), task_id = %task.task_id,
             region = %task.kind.region(), kind = task.kind.name(), epoch = %epoch,
             "maintain task accepted");
-        runner::spawn_task(inner, task.task_id, task.kind, ticket);
         Ok(SubmitOutcome::Accepted)
     }
 
@@ -192,7 +210,12 @@ impl DataNodeApi for DataNode {
         inner.admit_locked(&mut writer, epoch).await?;
         let found = inner.table().ack_target(task_id);
         match found {
-            AckFound::Unknown => Ok(()),
+            AckFound::Unknown => {
+                // An ack of the same id may have just staged its record.
+                let staged = writer.staged_so_far();
+                drop(writer);
+                inner.durable(&staged).await
+            }
             AckFound::Running => Err(ApiError::Refused(format!(
                 "{task_id} is still running; only a terminal task can be acked"
             ))),
@@ -201,13 +224,19 @@ impl DataNodeApi for DataNode {
                     task_id,
                     reason: ForgetReason::Acked,
                 };
-                inner.journal(&mut writer, &forgotten).await?;
+                let pending = inner.stage(&mut writer, &forgotten).await?;
                 {
+                    // Forgotten at once, so the table matches the journal's order: only the
+                    // coordinator that acks can tell, and it is answered after the disk.
                     let mut table = inner.table();
                     table.remove(task_id);
                     // A duplicate of its submission arriving late must not run it again.
                     table.remember_acked(task_id, inner.rt.clock.now_ms());
                 }
+                // Released before the disk wait: concurrent acks share one flush.
+                drop(writer);
+                inner.durable(&pending).await?;
+                let mut writer = inner.writer.lock().await;
                 inner.enforce_retention(&mut writer).await;
                 Ok(())
             }

@@ -182,6 +182,12 @@ pub trait RegionStore: Send + Sync + 'static {
     /// Deletes a replica and all its data, honouring the store's delete rate limit. Resolves
     /// only when no byte of the region remains. Missing region: `NotFound` (success).
     async fn delete(&self, region: RegionId) -> Result<DeleteOutcome, StorageError>;
+    /// Whether `delete` takes a replica's membership out together with its data, at one
+    /// atomic point (a directory rename), so the group can never count on a replica whose
+    /// data is going: a deletion then needs no `set_peers(region, &[])` first.
+    fn delete_detaches_membership(&self) -> bool {
+        false
+    }
     /// Every replica, in region order.
     async fn list(&self) -> Result<Vec<RegionConfig>, StorageError>;
     /// Bytes of data a replica holds, or `None` if it does not exist.
@@ -223,6 +229,15 @@ pub trait RegionStore: Send + Sync + 'static {
     }
 }
 
+/// What [`TaskJournal::stage`] did with a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Staged {
+    /// Staged in order; durable once `sync(ticket)` returns `Ok`.
+    Ticket(u64),
+    /// This journal does not stage: the record, to be appended instead.
+    Unsupported(Vec<u8>),
+}
+
 /// The DataNode's durable journal of task records (opaque bytes owned by the DataNode).
 ///
 /// Storage that failed once is poisoned until reopened: a failed `append`, or a `rewrite`
@@ -231,10 +246,29 @@ pub trait RegionStore: Send + Sync + 'static {
 /// the failed call left behind is unknown. The failed call's own record may or may not be
 /// there after a reopen; every record acknowledged before it is. `load` still reads the
 /// acknowledged records. Only opening the journal again clears the poisoning.
+///
+/// A journal may also *stage* records ([`TaskJournal::stage`]): put them in the journal's order
+/// at once, without I/O, and make them durable later with [`TaskJournal::sync`], so that the
+/// records of concurrent callers share one flush (group commit). A staged record counts as
+/// acknowledged only once a `sync` covering it returned `Ok`.
 #[async_trait]
 pub trait TaskJournal: Send + Sync + 'static {
     /// Durably appends one record. Any failure poisons the journal.
     async fn append(&self, record: Vec<u8>) -> Result<(), StorageError>;
+    /// Puts `record` after every record appended or staged before it, without waiting for
+    /// the disk, and returns the ticket a [`TaskJournal::sync`] waits for. A journal that
+    /// cannot stage hands the record back ([`Staged::Unsupported`]); the caller then
+    /// [`TaskJournal::append`]s it. Fails (without staging) on a poisoned journal.
+    fn stage(&self, record: Vec<u8>) -> Result<Staged, StorageError> {
+        Ok(Staged::Unsupported(record))
+    }
+    /// Resolves once the record staged with `ticket`, and every record before it, is durable.
+    /// Concurrent callers share one flush. A failed flush poisons the journal and fails every
+    /// waiter it covered.
+    async fn sync(&self, ticket: u64) -> Result<(), StorageError> {
+        let _ = ticket;
+        Ok(())
+    }
     /// Every acknowledged record, in append order.
     async fn load(&self) -> Result<Vec<Vec<u8>>, StorageError>;
     /// Atomically replaces the journal's contents with `records` (compaction). A failure
