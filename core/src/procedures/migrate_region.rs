@@ -15,7 +15,11 @@
 //!
 //! A failure after the target was created (`Undo`) deletes the target replica through a
 //! child removal before the procedure ends failed: a failed migration leaves nothing behind.
-//! Locks: the database shared (a deletion of it waits), the region group exclusive.
+//! Locks: the region group exclusive, and nothing else. Not the database: a deletion of it
+//! submitted first holds the database while its child removal of this group waits for the
+//! group, so a migration waiting for the database behind it deadlocks both (simulator). A
+//! deletion's removal of the group waits for the migration instead; a migration that finds
+//! its database being deleted finishes as skipped.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -712,16 +716,11 @@ impl Procedure for MigrateRegionProcedure {
     }
 
     fn lock_keys(&self) -> Vec<LockKey> {
-        vec![
-            LockKey {
-                resource: LockResource::Database(self.data.database.clone()),
-                mode: LockMode::Shared,
-            },
-            LockKey {
-                resource: LockResource::RegionGroup(self.data.region),
-                mode: LockMode::Exclusive,
-            },
-        ]
+        // Only the group: see the module docs for why not the database.
+        vec![LockKey {
+            resource: LockResource::RegionGroup(self.data.region),
+            mode: LockMode::Exclusive,
+        }]
     }
 
     async fn step(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {

@@ -440,3 +440,45 @@ fn finish_reports_the_verified_copy_or_a_failed_source_removal() {
         );
     });
 }
+
+/// Simulator (seeds 7, 9, 21 of the first migration workload): a deletion of the database
+/// (submitted first, holding the database) spawned a removal of the group after a migration
+/// of it was submitted; the migration waited for the database, the removal for the group.
+#[test]
+fn a_migration_never_waits_behind_a_deletion_whose_child_waits_for_the_group() {
+    use crate::procedure::{LockTable, normalize_lock_keys};
+    use crate::procedures::{DeleteDatabaseProcedure, RemoveRegionGroupProcedure};
+    let region = RegionId::new(crate::model::RegionKind::Data, 4);
+    let deletion = ProcedureId(1);
+    let migration = ProcedureId(2);
+    let removal = ProcedureId(3);
+    let mut locks = LockTable::new();
+    let keys = |p: &dyn crate::procedure::Procedure| normalize_lock_keys(p.lock_keys());
+    assert!(locks.enqueue(
+        deletion,
+        keys(&DeleteDatabaseProcedure::new(db())),
+        Default::default()
+    ));
+    let migrating = locks.enqueue(
+        migration,
+        keys(&MigrateRegionProcedure::new(
+            db(),
+            region,
+            DataNodeId(0),
+            None,
+        )),
+        Default::default(),
+    );
+    assert!(
+        migrating,
+        "the migration waits behind the deletion: {:?}",
+        locks.blocker(migration)
+    );
+    // The deletion's child waits for the migration, which can finish.
+    assert!(!locks.enqueue(
+        removal,
+        keys(&RemoveRegionGroupProcedure::group(db(), region)),
+        [deletion].into_iter().collect()
+    ));
+    assert_eq!(locks.release(migration), vec![removal]);
+}
