@@ -459,8 +459,8 @@ impl MigrateRegionProcedure {
     }
 
     /// Retry: a DataNode unreachable. Stop: a newer epoch. Back to `CopyData`: the source
-    /// grew meanwhile, or the digests differ (at most [`MAX_COPY_FAILURES`] times). Fail:
-    /// a replica is missing.
+    /// grew meanwhile, the digests differ (at most [`MAX_COPY_FAILURES`] times), or the
+    /// source's DataNode was removed for good. Fail: a replica is missing.
     async fn verify(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
         let env = RegionEnv::of(ctx)?;
         let (region, target) = (self.data.region, self.target()?);
@@ -472,6 +472,13 @@ impl MigrateRegionProcedure {
             // Ack after persist: this state, past the copy's result, is durable.
             ack(ctx, env, target, task).await?;
             self.data.ack = None;
+        }
+        if ctx.state().read(|s| s.is_abandoned(region, copy_from)) {
+            // Its DataNode was removed for good: it will never answer, and the forced removal
+            // waits for this group. Copy on from another live replica (the copy resumes after
+            // the bytes the target has, once they match). Found by the simulator.
+            self.data.state = MigrateRegionState::CopyData;
+            return Ok(Step::Continue);
         }
         let (Some(to), Some(from)) = (
             RegionEnv::location(ctx, target),

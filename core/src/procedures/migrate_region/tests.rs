@@ -482,3 +482,32 @@ fn a_migration_never_waits_behind_a_deletion_whose_child_waits_for_the_group() {
     ));
     assert_eq!(locks.release(migration), vec![removal]);
 }
+
+/// Simulator (seeds 191, 247, 355 of the first migration workload): the copy source was
+/// lost for good during Verify; the migration asked it for a digest forever while the forced
+/// removal of its DataNode waited for the group.
+#[test]
+fn verify_copies_on_from_another_replica_when_the_source_was_removed_for_good() {
+    smol::block_on(async {
+        let (env, region, mut procedure) = setup(MigrateRegionState::Verify).await;
+        assert_eq!(procedure.data().copy_from, Some(DataNodeId(0)));
+        env.commit(crate::plan::ConfigPlan::AbandonReplica(
+            crate::plan::AbandonReplica {
+                region,
+                data_node: DataNodeId(0),
+                by: ProcedureId(99),
+                deletions: Vec::new(),
+            },
+        ))
+        .await
+        .expect("abandoned");
+        let before = env.nodes.calls_to(0).len();
+        let next = step(&env, &mut procedure).await.expect("step");
+        assert!(matches!(next, Step::Continue), "{next:?}");
+        assert_eq!(procedure.data().state, MigrateRegionState::CopyData);
+        assert_eq!(env.nodes.calls_to(0).len(), before, "asked the lost source");
+        // The next copy reads from a surviving replica.
+        step(&env, &mut procedure).await.expect("new copy task");
+        assert!(matches!(procedure.data().copy_from, Some(DataNodeId(1 | 2))));
+    });
+}
