@@ -78,6 +78,36 @@ coded_enum! {
     }
 }
 
+/// The replicas `group` has or is owed: its published ones and the DataNodes a queued create
+/// still targets (the cleaner retries it until it lands). A repair that counted only the
+/// published ones added a replica the queued create then added again (simulator).
+pub(crate) fn owed_replicas(state: &ClusterState, group: &RegionReplicaSet) -> usize {
+    let queued: std::collections::BTreeSet<DataNodeId> = state
+        .create_queue
+        .values()
+        .filter(|c| c.group.region == group.region && !group.replicas.contains(&c.target))
+        .map(|c| c.target)
+        .collect();
+    group.replicas.len() + queued.len()
+}
+
+/// Whether an unfinished procedure reserved `region`'s id: the creation of its group has not
+/// finished (its publish may have committed while the creation retries its step).
+fn creation_in_flight(state: &ClusterState, region: RegionId) -> bool {
+    state
+        .region_reservations
+        .iter()
+        .any(|((owner, kind), (first, count))| {
+            *kind == region.kind
+                && region.id >= *first
+                && region.id - *first < *count
+                && state
+                    .procedures
+                    .get(owner)
+                    .is_some_and(|p| !p.status.is_finished())
+        })
+}
+
 /// Persistent data of [`MigrateRegionProcedure`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrateRegionData {
@@ -269,7 +299,7 @@ impl MigrateRegionProcedure {
                         .databases
                         .get(&self.data.database)
                         .map_or(0, |d| replication_factor(&d.schema, region.kind));
-                    if group.replicas.len() >= rf {
+                    if owed_replicas(s, group) >= rf {
                         Err(format!("{region} already has its {rf} replicas"))
                     } else {
                         Ok(())
@@ -280,6 +310,19 @@ impl MigrateRegionProcedure {
         });
         if let Err(reason) = decision {
             return Ok(self.skip(reason));
+        }
+        if ctx.state().read(|s| creation_in_flight(s, region)) {
+            // Its creation may still commit and act on the replica set it planned (queue the
+            // creates it missed, on the very node this would move away from): moving now
+            // put a replica back on the source, one above the RF (simulator). Wait for it.
+            self.data.unreachable = self.data.unreachable.saturating_add(1);
+            return Ok(Step::Wait {
+                after: env
+                    .config
+                    .retry
+                    .delay(self.data.unreachable, ctx.runtime().rng.as_ref()),
+                waiting_for: format!("the creation of {region} to finish"),
+            });
         }
         let target = ctx.state().read(|s| match self.data.target {
             Some(target) => check_target(s, region, target).map(|()| target),
@@ -379,6 +422,16 @@ impl MigrateRegionProcedure {
                 _ => self.choose_copy_from(s),
             });
             let Some(copy_from) = copy_from else {
+                let none_left = ctx.state().read(|s| {
+                    s.region_group(region)
+                        .is_none_or(|g| g.replicas.iter().all(|n| Some(*n) == self.data.target))
+                });
+                if none_left {
+                    // Every replica was removed for good (a group whose database is being
+                    // deleted may lose its last one): nothing will ever be copied, and the
+                    // deletion waits for this group (simulator).
+                    return Ok(self.fail(format!("no replica of {region} is left to copy from")));
+                }
                 self.data.unreachable = self.data.unreachable.saturating_add(1);
                 return Ok(Step::Wait {
                     after: env

@@ -30,7 +30,7 @@ use crate::procedure::{
 use crate::state::{ClusterState, DataNodeStatus, LockKey, LockMode, LockResource, Rejection};
 
 use super::env::{RegionEnv, first_failed_child};
-use super::migrate_region::replication_factor;
+use super::migrate_region::{owed_replicas, replication_factor};
 use super::{
     MigrateRegionProcedure, REMOVE_DATA_NODE, REMOVE_REGION_GROUP, RemoveRegionGroupProcedure,
 };
@@ -256,7 +256,7 @@ impl RemoveDataNodeProcedure {
                 && (self.data.abandoned.contains(&group.region)
                     || state.is_abandoned(group.region, node))
                 && state.databases.get(database).is_some_and(|d| {
-                    group.replicas.len() < replication_factor(&d.schema, group.region.kind)
+                    owed_replicas(state, group) < replication_factor(&d.schema, group.region.kind)
                 })
             {
                 seen.insert(group.region);

@@ -260,6 +260,10 @@ fn a_replica_a_queued_create_still_owes_the_group_is_not_deleted() {
         let round = step(&env, &mut procedure, vec![]).await.expect("round");
         assert!(matches!(round, Step::Wait { .. }), "{round:?}");
         assert_eq!(procedure.data().removed, 0);
-        assert_eq!(env.state().create_queue.len(), 1, "the queued create was dropped");
+        assert_eq!(
+            env.state().create_queue.len(),
+            1,
+            "the queued create was dropped"
+        );
     });
 }
