@@ -299,7 +299,8 @@ fn check_migrations(world: &World, problems: &mut Vec<(Invariant, String)>) {
                 }
             }
             for (published_region, node) in &published {
-                if *published_region != region || target != Some(*node) {
+                // A migration still in Prepare did not publish it (the cleaner did).
+                if *published_region != region || target != Some(*node) || !moving {
                     continue;
                 }
                 let (Some(len), Some(source)) = (verified, copy_from) else {
@@ -447,10 +448,10 @@ fn ghost_region(
     {
         return;
     }
-    let running = seen
-        .nodes
-        .get(&node)
-        .is_some_and(|s| s.running().any(|(_, t)| t.region == region && t.rules_before <= index));
+    let running = seen.nodes.get(&node).is_some_and(|s| {
+        s.running()
+            .any(|(_, t)| t.region == region && t.rules_before <= index)
+    });
     let what = if running {
         "still runs a task on it"
     } else if ground.live(node, region) {

@@ -11,8 +11,9 @@ use shoal_core::model::{DataNodeId, DatabaseName, ProcedureId, RegionId, TaskId}
 use shoal_core::plan::{ConfigPlan, TransitionWithEffect};
 use shoal_core::procedure::ProcedureType;
 use shoal_core::procedures::{
-    CreateRegionGroupsProcedure, DeleteDatabaseProcedure, MigrateRegionProcedure, MigrateRegionState, MigrationMode,
-    RemovalScope, RemoveOrphanRegionProcedure, RemoveRegionGroupProcedure,
+    CreateRegionGroupsProcedure, DeleteDatabaseProcedure, MigrateRegionProcedure,
+    MigrateRegionState, MigrationMode, RemovalScope, RemoveOrphanRegionProcedure,
+    RemoveRegionGroupProcedure,
 };
 use shoal_core::runtime::{Clock, Millis};
 use shoal_core::state::{Applied, ClusterState, ProcedureRecord, ProcedureStatus};
@@ -187,7 +188,11 @@ impl Seen {
     /// A later creation generation may put `node` back into `region`'s group (a migration
     /// back to a DataNode the region left): replicas-scope ghost rules stop judging it there.
     fn footprint_recorded(&mut self, node: DataNodeId, region: RegionId) {
-        let indices = self.rules_by_region.get(&region).cloned().unwrap_or_default();
+        let indices = self
+            .rules_by_region
+            .get(&region)
+            .cloned()
+            .unwrap_or_default();
         for index in indices {
             if let Some(GhostRule::Region {
                 nodes: Some(nodes), ..
@@ -842,10 +847,9 @@ impl Observer {
         let spared = {
             let seen = lock(&self.seen);
             let by_reconciler = seen.nodes.get(&node).is_some_and(|s| {
-                let mut running = s.running().filter(|(_, t)| t.region == region);
                 let mut orphan = false;
                 let mut other = false;
-                for (task, _) in running.by_ref() {
+                for (task, _) in s.running().filter(|(_, t)| t.region == region) {
                     if seen.orphan_tasks.contains_key(task) {
                         orphan = true;
                     } else {

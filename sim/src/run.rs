@@ -15,10 +15,10 @@ use shoal_core::mutations::{self, Mutation};
 use shoal_core::plan::{
     ConfigPlan, CreateDatabase, CreateRegionGroups, RegisterDataNode, ReserveRegionIds,
 };
-use shoal_core::runtime::{BoxFuture, Clock};
-use shoal_core::snapshot::{self, ClusterStateV1, RegionMaintainTaskV2, SnapshotV1};
 use shoal_core::procedure::ProcedureType as _;
 use shoal_core::procedures::{RemoveDataNodeProcedure, removal_refusal};
+use shoal_core::runtime::{BoxFuture, Clock};
+use shoal_core::snapshot::{self, ClusterStateV1, RegionMaintainTaskV2, SnapshotV1};
 use shoal_core::state::{ClusterState, DataNodeStatus, RegionMaintainKind};
 use shoal_core::storage::{RegionConfig, RegionStore};
 
@@ -743,7 +743,10 @@ impl<'a> Runner<'a> {
         else {
             return;
         };
-        let Some(from) = replicas.get(replica as usize % replicas.len().max(1)).copied() else {
+        let Some(from) = replicas
+            .get(replica as usize % replicas.len().max(1))
+            .copied()
+        else {
             return;
         };
         let to = to
@@ -760,8 +763,9 @@ impl<'a> Runner<'a> {
     }
 
     /// DataNode `dn` is lost for good and removed with `--force` — if at least three other
-    /// DataNodes remain to re-replicate onto (RF is at most 3) and the removal would be
-    /// admitted (no group has its last replica there), judged on the durable state.
+    /// DataNodes remain to re-replicate onto (RF is at most 3), it is not being removed
+    /// already, and the removal would be admitted (no group has its last replica there),
+    /// judged on the durable state.
     fn kill(&mut self, dn: usize) {
         let Some(id) = self.world.dns.get(dn).filter(|d| !d.dead).map(|d| d.id) else {
             return;
@@ -778,7 +782,20 @@ impl<'a> Runner<'a> {
                         && !dead.iter().any(|d| d.dead && d.id == **n)
                 })
                 .count();
-            state.data_nodes.contains_key(&id)
+            // Not a node under a planned removal: a forced removal waits for the planned one
+            // (one lock per DataNode), whose migrations wait for the lost node. Not while a
+            // creation is unfinished: a creation step re-run after a crash records its planned
+            // replicas in the footprint again, the lost node included, after it was
+            // abandoned. Both are known limitations (docs/ARCHITECTURE.md, simulator), not
+            // exercised here.
+            let creating = state
+                .unfinished_procedures()
+                .any(|p| p.type_code == shoal_core::procedures::CREATE_REGION_GROUPS);
+            !creating
+                && state
+                    .data_nodes
+                    .get(&id)
+                    .is_some_and(|n| n.status != DataNodeStatus::Removing)
                 && others >= 3
                 && removal_refusal(state, id, true).is_none()
         });

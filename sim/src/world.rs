@@ -308,7 +308,13 @@ impl World {
                         rt.clone(),
                         store.clone(),
                         journal.clone(),
-                        DataNodeConfig::default(),
+                        DataNodeConfig {
+                            // A copy whose source is lost fails well within the checker's
+                            // stall bound (30 s without a durable change), as it would
+                            // within the default 60 s in production.
+                            copy_stall_timeout: Duration::from_secs(10),
+                            ..DataNodeConfig::default()
+                        },
                     )
                     .await
                     {
@@ -362,7 +368,8 @@ impl World {
         self.observer.with(|seen| {
             seen.dead.insert(id);
         });
-        self.observer.trace(|| format!("DataNode {id} lost for good"));
+        self.observer
+            .trace(|| format!("DataNode {id} lost for good"));
     }
 
     /// Whether ConfigNode slot `i` is up.
