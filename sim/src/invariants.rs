@@ -21,7 +21,9 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use shoal_core::model::{DataNodeId, RegionId, RegionKind};
+use shoal_core::model::{DataNodeId, ProcedureId, RegionId, RegionKind};
+use shoal_core::procedure::ProcedureType;
+use shoal_core::procedures::MigrateRegionProcedure;
 use shoal_core::storage::{RegionConfig, RegionStore};
 
 use crate::observe::{Decoded, GhostRule, Invariant, Seen, decode};
@@ -157,6 +159,24 @@ impl<'w> Ground<'w> {
         })
     }
 
+    /// The first `len` bytes of `node`'s replica of `region` (fewer if it is shorter;
+    /// `None` without a live replica).
+    fn bytes(&self, node: DataNodeId, region: RegionId, len: u64) -> Option<Vec<u8>> {
+        self.world
+            .dns
+            .iter()
+            .find(|slot| slot.id == node)
+            .and_then(|slot| {
+                ready(RegionStore::read_at(
+                    &slot.store.mem,
+                    region,
+                    0,
+                    usize::try_from(len).unwrap_or(usize::MAX),
+                ))
+            })
+            .and_then(Result::ok)
+    }
+
     /// Whether `node`'s store still removes bytes of `region`.
     fn in_trash(&mut self, node: DataNodeId, region: RegionId) -> bool {
         self.trash()
@@ -179,9 +199,22 @@ fn in_footprint(seen: &Seen, node: DataNodeId, region: RegionId) -> bool {
             .any(|d| d.target == node && d.group.region == region)
 }
 
+/// Whether `node`'s replica of `region` is exempt from the checks of what the cluster
+/// leaves behind: an orphan the workload planted (the reconciler's to find), or a replica on a
+/// DataNode lost for good that the cluster recorded as abandoned (its disk is gone).
+pub fn excused(seen: &Seen, node: DataNodeId, region: RegionId) -> bool {
+    seen.planted.contains(&(node, region))
+        || (seen.dead.contains(&node)
+            && seen
+                .state
+                .abandoned_replicas
+                .get(&region)
+                .is_some_and(|a| a.contains_key(&node)))
+}
+
 /// Whether the durable state knows that `node` may hold `region` (see [`known_replicas`]).
 fn knows(seen: &mut Seen, node: DataNodeId, region: RegionId) -> bool {
-    if in_footprint(seen, node, region) {
+    if in_footprint(seen, node, region) || excused(seen, node, region) {
         return true;
     }
     if seen.known_at != Some(seen.entries) {
@@ -191,10 +224,120 @@ fn knows(seen: &mut Seen, node: DataNodeId, region: RegionId) -> bool {
     seen.known.contains(&(node, region))
 }
 
+/// The decoded data of unfinished procedure `id`, cached by version.
+fn decoded(seen: &mut Seen, id: ProcedureId) -> Option<Decoded> {
+    let record = seen.state.procedures.get(&id)?;
+    let version = record.version;
+    if let Some((v, d)) = seen.decoded.get(&id)
+        && *v == version
+    {
+        return Some(d.clone());
+    }
+    let d = decode(record);
+    seen.decoded.insert(id, (version, d.clone()));
+    Some(d)
+}
+
+/// Checks what migrations promise, while they run: a group under a planned migration never
+/// serves fewer replicas (listed in metadata and live on their DataNode) than when it
+/// started, at most its RF; a published target's verified bytes equal its source's.
+fn check_migrations(world: &World, problems: &mut Vec<(Invariant, String)>) {
+    let ground = Ground::new(world);
+    world.observer.with(|seen| {
+        if seen.pending.known_changed || seen.migrating.is_none() {
+            let ids: Vec<ProcedureId> = seen
+                .state
+                .unfinished_procedures()
+                .filter(|r| r.type_code == MigrateRegionProcedure::TYPE_CODE)
+                .map(|r| r.id)
+                .collect();
+            seen.migration_floor.retain(|id, _| ids.contains(id));
+            seen.migrating = Some(ids);
+        }
+        let published = std::mem::take(&mut seen.pending.published);
+        let migrating = seen.migrating.clone().unwrap_or_default();
+        for id in migrating {
+            let Some(Decoded::Migrate {
+                region,
+                planned,
+                moving,
+                target,
+                copy_from,
+                verified,
+            }) = decoded(seen, id)
+            else {
+                continue;
+            };
+            let state = &seen.state;
+            // A replica abandoned with its DataNode leaves the group whatever runs.
+            if planned
+                && moving
+                && !state.abandoned_replicas.contains_key(&region)
+                && let Some(group) = state.region_group(region)
+                && let Some(entry) = state.database_of(region).and_then(|d| state.databases.get(d))
+            {
+                let rf = usize::from(match region.kind {
+                    RegionKind::Schema => entry.schema.schema_replication_factor.get(),
+                    RegionKind::Data => entry.schema.data_replication_factor.get(),
+                });
+                let serving = group
+                    .replicas
+                    .iter()
+                    .filter(|n| ground.live(**n, region))
+                    .count();
+                let floor = *seen
+                    .migration_floor
+                    .entry(id)
+                    .or_insert_with(|| rf.min(serving));
+                if serving < floor {
+                    problems.push((
+                        Invariant::MigrationKeepsReplicas,
+                        format!(
+                            "{region} serves {serving} replicas during migration {id}, fewer than {floor} (RF {rf})"
+                        ),
+                    ));
+                }
+            }
+            for (published_region, node) in &published {
+                // A migration still in Prepare did not publish it (the cleaner did).
+                if *published_region != region || target != Some(*node) || !moving {
+                    continue;
+                }
+                let (Some(len), Some(source)) = (verified, copy_from) else {
+                    problems.push((
+                        Invariant::MigratedBytesEqual,
+                        format!("migration {id} published {region} on {node} before verifying it"),
+                    ));
+                    continue;
+                };
+                let copied = ground.bytes(*node, region, len);
+                let original = ground.bytes(source, region, len);
+                if let (Some(copied), Some(original)) = (copied, original)
+                    && (copied.len() as u64 != len || copied != original)
+                {
+                    problems.push((
+                        Invariant::MigratedBytesEqual,
+                        format!(
+                            "migration {id} published {region} on {node}: its first {len} bytes differ from {source}'s ({} vs {} bytes)",
+                            copied.len(),
+                            original.len()
+                        ),
+                    ));
+                }
+            }
+        }
+    });
+}
+
 /// Checks the safety invariants that what changed since the last check could have broken
 /// (see the module docs).
 pub fn check_safety(world: &World) {
     let observer = &world.observer;
+    let mut migration_problems = Vec::new();
+    check_migrations(world, &mut migration_problems);
+    for (invariant, detail) in migration_problems {
+        observer.violate(invariant, detail);
+    }
     let mut ground = Ground::new(world);
     let mut problems: Vec<(Invariant, String)> = Vec::new();
     observer.with(|seen| {
@@ -299,15 +442,18 @@ fn ghost_region(
     else {
         return;
     };
-    if *ruled != region || nodes.as_ref().is_some_and(|n| !n.contains(&node)) {
+    if *ruled != region
+        || nodes.as_ref().is_some_and(|n| !n.contains(&node))
+        || excused(seen, node, region)
+    {
         return;
     }
-    let running = seen
-        .nodes
-        .get(&node)
-        .is_some_and(|s| s.running().any(|(_, t)| t.region == region));
+    let running = seen.nodes.get(&node).is_some_and(|s| {
+        s.running()
+            .any(|(_, t)| t.region == region && t.rules_before <= index)
+    });
     let what = if running {
-        "still runs a deletion of it"
+        "still runs a task on it"
     } else if ground.live(node, region) {
         "still holds it"
     } else if ground.in_trash(node, region) {
@@ -339,7 +485,10 @@ fn ghost_database(
     else {
         return;
     };
-    if region.id >= *bound || seen.region_db.get(&region) != Some(name) {
+    if region.id >= *bound
+        || seen.region_db.get(&region) != Some(name)
+        || excused(seen, node, region)
+    {
         return;
     }
     if ground.live(node, region) || ground.in_trash(node, region) {
@@ -356,6 +505,11 @@ fn ghost_database(
 /// check: the reference [`check_safety`] is compared with.
 pub fn check_safety_fully(world: &World) {
     let observer = &world.observer;
+    let mut migration_problems = Vec::new();
+    check_migrations(world, &mut migration_problems);
+    for (invariant, detail) in migration_problems {
+        observer.violate(invariant, detail);
+    }
     let dirty = observer.with(|seen| std::mem::take(&mut seen.dirty));
     if !dirty {
         return;
@@ -370,7 +524,9 @@ pub fn check_safety_fully(world: &World) {
         let known = &seen.known;
         for node in &held {
             for config in &node.live {
-                if !known.contains(&(node.id, config.region)) {
+                if !known.contains(&(node.id, config.region))
+                    && !excused(seen, node.id, config.region)
+                {
                     problems.push((
                         Invariant::NoOrphan,
                         format!(
@@ -381,27 +537,32 @@ pub fn check_safety_fully(world: &World) {
                 }
             }
         }
-        let running: std::collections::BTreeMap<DataNodeId, BTreeSet<RegionId>> = seen
-            .nodes
-            .iter()
-            .map(|(id, s)| (*id, s.running().map(|(_, t)| t.region).collect()))
-            .collect();
-        for rule in &seen.ghost_rules {
+        // Per DataNode and region, how many ghost rules existed when the oldest running task
+        // on it was accepted.
+        let mut running: std::collections::BTreeMap<(DataNodeId, RegionId), usize> =
+            std::collections::BTreeMap::new();
+        for (id, s) in &seen.nodes {
+            for (_, t) in s.running() {
+                let oldest = running.entry((*id, t.region)).or_insert(t.rules_before);
+                *oldest = (*oldest).min(t.rules_before);
+            }
+        }
+        for (index, rule) in seen.ghost_rules.iter().enumerate() {
             match rule {
                 GhostRule::Region {
                     procedure,
                     region,
                     nodes,
                 } => {
-                    for node in held
-                        .iter()
-                        .filter(|h| nodes.as_ref().is_none_or(|n| n.contains(&h.id)))
-                    {
+                    for node in held.iter().filter(|h| {
+                        nodes.as_ref().is_none_or(|n| n.contains(&h.id))
+                            && !excused(seen, h.id, *region)
+                    }) {
                         let live = node.holds(*region);
                         let trash = node.trash.contains(region);
                         let running = running
-                            .get(&node.id)
-                            .is_some_and(|regions| regions.contains(region));
+                            .get(&(node.id, *region))
+                            .is_some_and(|before| *before <= index);
                         if live || trash || running {
                             problems.push((
                                 Invariant::NoGhost,
@@ -409,7 +570,7 @@ pub fn check_safety_fully(world: &World) {
                                     "removal {procedure} of {region} reported Succeeded, but DataNode {} {}",
                                     node.id,
                                     if running {
-                                        "still runs a deletion of it"
+                                        "still runs a task on it"
                                     } else if trash {
                                         "still holds bytes of it"
                                     } else {
@@ -430,9 +591,12 @@ pub fn check_safety_fully(world: &World) {
                             .live
                             .iter()
                             .filter(|c| c.database == *name && c.region.id < *bound)
-                            .map(|c| c.region);
+                            .map(|c| c.region)
+                            .filter(|r| !excused(seen, node.id, *r));
                         let trash = node.trash.iter().copied().filter(|r| {
-                            r.id < *bound && seen.region_db.get(r) == Some(name)
+                            r.id < *bound
+                                && seen.region_db.get(r) == Some(name)
+                                && !excused(seen, node.id, *r)
                         });
                         for region in live.chain(trash) {
                             problems.push((
@@ -546,6 +710,51 @@ pub fn quiet_problems(world: &World) -> Vec<(Invariant, String)> {
             }
         }
         for node in &held {
+            let registered = state.data_nodes.contains_key(&node.id);
+            if seen.dead.contains(&node.id) {
+                // Lost for good: nothing is judged on its disk but that what it held is
+                // recorded as abandoned once it is removed.
+                if registered {
+                    problems.push((
+                        Invariant::Liveness,
+                        format!("DataNode {} was lost for good but is still registered", node.id),
+                    ));
+                    continue;
+                }
+                let regions = node.live.iter().map(|c| c.region).chain(node.trash.iter().copied());
+                for region in regions {
+                    if !excused(seen, node.id, region) {
+                        problems.push((
+                            Invariant::NoOrphan,
+                            format!(
+                                "DataNode {} was removed for good holding {region}, which no record shows abandoned",
+                                node.id
+                            ),
+                        ));
+                    }
+                }
+                continue;
+            }
+            for config in &node.live {
+                let planted = seen.planted.contains(&(node.id, config.region));
+                if planted && registered {
+                    problems.push((
+                        Invariant::Liveness,
+                        format!(
+                            "the orphan planted as {} on DataNode {} is still there",
+                            config.region, node.id
+                        ),
+                    ));
+                } else if !planted && !registered {
+                    problems.push((
+                        Invariant::NoOrphan,
+                        format!(
+                            "DataNode {} was removed but still holds {}",
+                            node.id, config.region
+                        ),
+                    ));
+                }
+            }
             for region in &node.trash {
                 problems.push((
                     Invariant::Liveness,
@@ -557,15 +766,17 @@ pub fn quiet_problems(world: &World) -> Vec<(Invariant, String)> {
                     problems.push((
                         Invariant::Liveness,
                         format!(
-                            "DataNode {} still runs {task} (delete {})",
-                            node.id, t.region
+                            "DataNode {} still runs {task} ({} {})",
+                            node.id,
+                            if t.copy { "copy into" } else { "delete" },
+                            t.region
                         ),
                     ));
                 }
             }
         }
         for (j, up) in running_nodes.iter().enumerate() {
-            if !up {
+            if !up && !world.dns.get(j).is_some_and(|d| d.dead) {
                 problems.push((Invariant::Liveness, format!("DataNode {j} is down")));
             }
         }

@@ -6,12 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use shoal_core::datanode::journal::{JournalRecord, OutcomeCode};
+use shoal_core::datanode::journal::{JournalRecord, MaintainKindCode, OutcomeCode};
 use shoal_core::model::{DataNodeId, DatabaseName, ProcedureId, RegionId, TaskId};
 use shoal_core::plan::{ConfigPlan, TransitionWithEffect};
 use shoal_core::procedure::ProcedureType;
 use shoal_core::procedures::{
-    CreateRegionGroupsProcedure, DeleteDatabaseProcedure, RemovalScope, RemoveRegionGroupProcedure,
+    CreateRegionGroupsProcedure, DeleteDatabaseProcedure, MigrateRegionProcedure,
+    MigrateRegionState, MigrationMode, RemovalScope, RemoveOrphanRegionProcedure,
+    RemoveRegionGroupProcedure,
 };
 use shoal_core::runtime::{Clock, Millis};
 use shoal_core::state::{Applied, ClusterState, ProcedureRecord, ProcedureStatus};
@@ -40,6 +42,14 @@ pub enum Invariant {
     MetadataMatchesReplicas,
     /// Not terminal, not empty, or not converged within the bound after faults stopped.
     Liveness,
+    /// A group under a planned migration served fewer replicas than when it started (at
+    /// most its RF).
+    MigrationKeepsReplicas,
+    /// A migration published a target whose verified bytes differ from its source's.
+    MigratedBytesEqual,
+    /// The orphan reconciler deleted a replica that was not an orphan (e.g. one whose
+    /// create was in flight).
+    ReconcilerDeletesOnlyOrphans,
 }
 
 impl Invariant {
@@ -53,6 +63,9 @@ impl Invariant {
             Invariant::NoTeardownOfPublished => "no-teardown-of-published",
             Invariant::MetadataMatchesReplicas => "metadata-matches-replicas",
             Invariant::Liveness => "liveness",
+            Invariant::MigrationKeepsReplicas => "migration-keeps-replicas",
+            Invariant::MigratedBytesEqual => "migrated-bytes-equal",
+            Invariant::ReconcilerDeletesOnlyOrphans => "reconciler-deletes-only-orphans",
         }
     }
 }
@@ -107,8 +120,14 @@ pub enum GhostRule {
 /// A task as seen in one DataNode's journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskSeen {
-    /// The region it deletes.
+    /// The region it deletes (or copies into).
     pub region: RegionId,
+    /// A migration's copy, not a deletion.
+    pub copy: bool,
+    /// Ghost rules reported before it was accepted: a task accepted after a deletion was
+    /// reported done is a new one (e.g. a DataNode removal's, of a replica already gone),
+    /// not that deletion's ghost.
+    pub rules_before: usize,
     /// Its terminal outcome once journaled (`true`: success).
     pub outcome: Option<bool>,
 }
@@ -143,6 +162,9 @@ pub struct PendingChecks {
     pub touched: BTreeSet<(DataNodeId, RegionId)>,
     /// Ghost rules from this index on were added since.
     pub rules_from: usize,
+    /// Targets published by migrations (`AddRegionLocation`): their bytes are compared with
+    /// the copy's source.
+    pub published: Vec<(RegionId, DataNodeId)>,
 }
 
 impl Seen {
@@ -161,6 +183,29 @@ impl Seen {
             }
         }
         self.ghost_rules.push(rule);
+    }
+
+    /// A later creation generation may put `node` back into `region`'s group (a migration
+    /// back to a DataNode the region left): replicas-scope ghost rules stop judging it there.
+    fn footprint_recorded(&mut self, node: DataNodeId, region: RegionId) {
+        let indices = self
+            .rules_by_region
+            .get(&region)
+            .cloned()
+            .unwrap_or_default();
+        for index in indices {
+            if let Some(GhostRule::Region {
+                nodes: Some(nodes), ..
+            }) = self.ghost_rules.get_mut(index)
+            {
+                nodes.retain(|n| *n != node);
+            }
+        }
+        if let Some(state) = self.nodes.get_mut(&node) {
+            // A new replica there may be deleted once more.
+            state.deletions.remove(&region);
+            state.deleted_ok.remove(&region);
+        }
     }
 
     /// A replica of `region` was created on `node` (or found there at the start).
@@ -190,6 +235,30 @@ pub enum Decoded {
     },
     /// A database deletion.
     DeleteDatabase(DatabaseName),
+    /// A migration.
+    Migrate {
+        /// The region.
+        region: RegionId,
+        /// Planned move (the group must keep its replicas), not a repair.
+        planned: bool,
+        /// Past `Prepare` and not undoing: it holds the group and is moving a replica.
+        moving: bool,
+        /// The target once chosen.
+        target: Option<DataNodeId>,
+        /// The replica the copy reads.
+        copy_from: Option<DataNodeId>,
+        /// Bytes the target was verified to hold equal to the source.
+        verified: Option<u64>,
+    },
+    /// An orphan removal.
+    Orphan {
+        /// Where the orphan is.
+        node: DataNodeId,
+        /// Which.
+        region: RegionId,
+        /// Its deletion task once chosen.
+        task: Option<TaskId>,
+    },
     /// Something else (or undecodable).
     Other,
 }
@@ -227,6 +296,36 @@ pub fn decode(record: &ProcedureRecord) -> Decoded {
             Ok(p) => Decoded::DeleteDatabase(p.data().name.clone()),
             Err(_) => Decoded::Other,
         },
+        MigrateRegionProcedure::TYPE_CODE => match MigrateRegionProcedure::decode(&record.data) {
+            Ok(p) => {
+                let d = p.data();
+                Decoded::Migrate {
+                    region: d.region,
+                    planned: d.mode == MigrationMode::Move,
+                    moving: !matches!(
+                        d.state,
+                        MigrateRegionState::Prepare | MigrateRegionState::Undo
+                    ),
+                    target: d.target,
+                    copy_from: d.copy_from,
+                    verified: d.copied.as_ref().map(|c| c.len),
+                }
+            }
+            Err(_) => Decoded::Other,
+        },
+        RemoveOrphanRegionProcedure::TYPE_CODE => {
+            match RemoveOrphanRegionProcedure::decode(&record.data) {
+                Ok(p) => {
+                    let d = p.data();
+                    Decoded::Orphan {
+                        node: d.node,
+                        region: d.region,
+                        task: d.task,
+                    }
+                }
+                Err(_) => Decoded::Other,
+            }
+        }
         _ => Decoded::Other,
     }
 }
@@ -272,6 +371,18 @@ pub struct Seen {
     pub entries: u64,
     /// Journal records seen.
     pub journal_records: u64,
+    /// DataNodes lost for good: their disks are judged only for replicas recorded as
+    /// abandoned.
+    pub dead: BTreeSet<DataNodeId>,
+    /// Orphans the workload planted, where.
+    pub planted: BTreeSet<(DataNodeId, RegionId)>,
+    /// Deletion tasks of orphan removals, with what each deletes.
+    pub orphan_tasks: BTreeMap<TaskId, (DataNodeId, RegionId)>,
+    /// Per unfinished planned migration: the fewest replicas its group may serve (its
+    /// serving replicas when first seen, at most its RF).
+    pub migration_floor: BTreeMap<ProcedureId, usize>,
+    /// Unfinished migrations as of the last durable entry (`None`: not listed yet).
+    pub migrating: Option<Vec<ProcedureId>>,
     /// Shapes of log entries decoded and compared with their proposed plan (see
     /// [`Observer::log_entry_durable`]).
     codec_checked: BTreeSet<(u16, u32, u32, u8, bool)>,
@@ -467,6 +578,14 @@ impl Observer {
                 }
                 (ConfigPlan::AddRegionLocation(p), Ok(_)) => {
                     seen.published.insert(p.region);
+                    seen.pending.published.push((p.region, p.data_node));
+                }
+                (ConfigPlan::RecordReplicaFootprints(p), Ok(_)) => {
+                    for group in &p.groups {
+                        for node in &group.replicas {
+                            seen.footprint_recorded(*node, group.region);
+                        }
+                    }
                 }
                 (
                     ConfigPlan::UpdateProcedure(p)
@@ -475,6 +594,15 @@ impl Observer {
                 ) => {
                     if p.record.status == ProcedureStatus::Succeeded {
                         finished = seen.state.procedures.get(&p.record.id).cloned();
+                    }
+                    if p.record.type_code == RemoveOrphanRegionProcedure::TYPE_CODE
+                        && let Decoded::Orphan {
+                            node,
+                            region,
+                            task: Some(task),
+                        } = decode(&p.record)
+                    {
+                        seen.orphan_tasks.insert(task, (node, region));
                     }
                     spawned = children
                         .iter()
@@ -568,6 +696,29 @@ impl Observer {
                         .copied()
                         .collect()
                 };
+                let abandoned: Vec<DataNodeId> = {
+                    let seen = lock(&self.seen);
+                    deleted
+                        .iter()
+                        .filter(|n| {
+                            seen.state
+                                .abandoned_replicas
+                                .get(&region)
+                                .and_then(|a| a.get(n))
+                                .is_some_and(|a| a.deletions.contains(&record.id))
+                        })
+                        .copied()
+                        .collect()
+                };
+                if !abandoned.is_empty() {
+                    self.violate(
+                        Invariant::HonestOutcomes,
+                        format!(
+                            "removal {} of {region} recorded deletions on {abandoned:?}, where its deletion was abandoned",
+                            record.id
+                        ),
+                    );
+                }
                 if !missing.is_empty() {
                     self.violate(
                         Invariant::HonestOutcomes,
@@ -613,11 +764,14 @@ impl Observer {
             let seen = &mut *guard;
             seen.dirty = true;
             seen.journal_records += 1;
+            let mut rules_before = seen.ghost_rules.len();
             let state = seen.nodes.entry(node).or_default();
             match &record {
                 JournalRecord::TaskAccepted { task_id, kind } => {
                     let region = kind.region;
                     if let Some(prior) = state.tasks.get(task_id) {
+                        // The same task again: it is as old as its first acceptance.
+                        rules_before = rules_before.min(prior.rules_before);
                         if prior.outcome.is_some() {
                             problems.push((
                                 Invariant::Once,
@@ -629,6 +783,8 @@ impl Observer {
                         *task_id,
                         TaskSeen {
                             region,
+                            copy: kind.code == MaintainKindCode::CopyRegion,
+                            rules_before,
                             outcome: None,
                         },
                     );
@@ -648,7 +804,7 @@ impl Observer {
                             }
                             task.outcome = Some(success);
                             let region = task.region;
-                            if success {
+                            if success && !task.copy {
                                 if state.last_delete_ok.get(&region) != Some(&true) {
                                     problems.push((
                                         Invariant::HonestOutcomes,
@@ -688,6 +844,30 @@ impl Observer {
         region: RegionId,
         outcome: Option<DeleteOutcome>,
     ) {
+        let spared = {
+            let seen = lock(&self.seen);
+            let by_reconciler = seen.nodes.get(&node).is_some_and(|s| {
+                let mut orphan = false;
+                let mut other = false;
+                for (task, _) in s.running().filter(|(_, t)| t.region == region) {
+                    if seen.orphan_tasks.contains_key(task) {
+                        orphan = true;
+                    } else {
+                        other = true;
+                    }
+                }
+                orphan && !other
+            });
+            !by_reconciler || seen.planted.contains(&(node, region))
+        };
+        if !spared && matches!(outcome, Some(DeleteOutcome::Deleted { .. })) {
+            self.violate(
+                Invariant::ReconcilerDeletesOnlyOrphans,
+                format!(
+                    "the orphan reconciler deleted {region} on DataNode {node}, which was no orphan"
+                ),
+            );
+        }
         let twice = {
             let mut seen = lock(&self.seen);
             seen.dirty = true;

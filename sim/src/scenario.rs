@@ -118,6 +118,39 @@ pub enum Op {
     },
     /// The leader snapshots its state and compacts the log.
     Snapshot,
+    /// Migrate a replica of a live group, as `shoal region migrate` does. Which group and
+    /// replica is resolved when the event plays, against the durable state (so a cut
+    /// scenario still migrates something): group `group % groups`, its replica
+    /// `replica % RF`.
+    MigrateRegion {
+        /// Which published group (modulo their number, in region order).
+        group: u32,
+        /// Which of its replicas moves (modulo their number).
+        replica: u32,
+        /// The target DataNode (`None`, or one already in the group: placement chooses).
+        to: Option<usize>,
+    },
+    /// Remove DataNode `dn` (planned: its replicas are migrated away, then it is
+    /// unregistered), as `shoal datanode remove` does.
+    RemoveDataNode {
+        /// Which DataNode.
+        dn: usize,
+    },
+    /// DataNode `dn` is lost for good: it crashes, never restarts, and is removed with
+    /// `--force`. Played only while at least three other DataNodes remain and the removal
+    /// would be admitted (every group can be re-replicated).
+    KillDataNode {
+        /// Which DataNode.
+        dn: usize,
+    },
+    /// Write a region directory straight into DataNode `dn`'s store, under an id no
+    /// footprint has: an orphan the reconciler must find and delete.
+    PlantOrphan {
+        /// Which DataNode.
+        dn: usize,
+        /// Bytes in it.
+        bytes: u32,
+    },
 }
 
 /// A timed event.
@@ -161,6 +194,9 @@ pub struct Tuning {
     /// How long a creation retries a replica create that finds its DataNode unreachable
     /// (ms).
     pub create_retry_window_ms: u64,
+    /// How long a replica must be seen unaccounted for before the reconciler removes it
+    /// (ms; 0 removes at the first sighting, which puts creates in flight to the test).
+    pub orphan_grace_ms: u64,
 }
 
 impl Default for Tuning {
@@ -169,6 +205,7 @@ impl Default for Tuning {
             step_backoff_ms: 50,
             cleaner_interval_ms: 500,
             create_retry_window_ms: 5_000,
+            orphan_grace_ms: 2_000,
         }
     }
 }
@@ -179,6 +216,7 @@ impl Tuning {
             step_backoff_ms: *rng.pick(&[20, 50, 200, 1_000]).unwrap_or(&50),
             cleaner_interval_ms: *rng.pick(&[100, 500, 2_000]).unwrap_or(&500),
             create_retry_window_ms: *rng.pick(&[1_000, 5_000]).unwrap_or(&5_000),
+            orphan_grace_ms: *rng.pick(&[0, 1_000, 2_000, 10_000]).unwrap_or(&2_000),
         }
     }
 }
@@ -215,6 +253,9 @@ impl Scenario {
         // Where a ConfigNode fault is aimed; its own stream, so the rest of the script is
         // drawn as before.
         let mut aim = SimRng::new(seed, 6);
+        // Whether an event is one of the issue-14 operations instead (migration, DataNode
+        // removal, planted orphans); its own stream too.
+        let mut moves = SimRng::new(seed, 8);
         let data_nodes = rng.range(3, 5) as usize;
         let delete_rates = (0..data_nodes)
             .map(|_| match rng.below(3) {
@@ -327,6 +368,26 @@ impl Scenario {
                     bytes: rng.range(1, 64 * 1024) as u32,
                 },
             };
+            // Small weights: about one removal and one loss of a DataNode in every three
+            // scenarios, a few migrations and orphans in each.
+            let op = match moves.below(1_000) {
+                0..=29 => Op::MigrateRegion {
+                    group: moves.below(1 << 16) as u32,
+                    replica: moves.below(8) as u32,
+                    to: (moves.below(2) == 0).then(|| moves.below(data_nodes as u64) as usize),
+                },
+                30..=32 => Op::RemoveDataNode {
+                    dn: moves.below(data_nodes as u64) as usize,
+                },
+                33..=35 if process => Op::KillDataNode {
+                    dn: moves.below(data_nodes as u64) as usize,
+                },
+                36..=50 => Op::PlantOrphan {
+                    dn: moves.below(data_nodes as u64) as usize,
+                    bytes: moves.range(1, 64 * 1024) as u32,
+                },
+                _ => op,
+            };
             events.push(Event { at_ms, op });
         }
         events.truncate(config.events);
@@ -354,6 +415,7 @@ impl Scenario {
                 | Op::FailCommit { .. }
                 | Op::Campaign { .. }
                 | Op::Partition { .. }
+                | Op::KillDataNode { .. }
         )
     }
 }

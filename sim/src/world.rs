@@ -85,10 +85,10 @@ pub fn confignode_config(tuning: &Tuning) -> ConfigNodeConfig {
         heartbeat_interval: Duration::from_millis(1_000),
         misses_before_unknown: 3,
         orphans: shoal_core::confignode::orphans::OrphanPolicy {
-            // The simulator's "no orphan" invariant judges what the cluster leaves; the
-            // reconciler is not part of its workload yet.
-            remove: false,
-            ..Default::default()
+            // Short, per seed: planted orphans must be gone once the cluster settles, and a
+            // zero grace puts every create in flight next to the reconciler.
+            grace: Duration::from_millis(tuning.orphan_grace_ms),
+            remove: true,
         },
     }
 }
@@ -136,6 +136,8 @@ pub struct DnSlot {
     pub node: Arc<Mutex<Option<DataNode>>>,
     /// Up (opening or serving) rather than crashed.
     pub up: bool,
+    /// Lost for good ([`crate::scenario::Op::KillDataNode`]): it never restarts.
+    pub dead: bool,
     rng: Arc<SharedRng>,
 }
 
@@ -227,6 +229,7 @@ impl World {
                     journal: SimJournal::new(id, disks.clone()),
                     node: Arc::new(Mutex::new(None)),
                     up: false,
+                    dead: false,
                     rng: Arc::new(SharedRng::new(SimRng::new(seed, 100 + j as u64))),
                 }
             })
@@ -272,7 +275,7 @@ impl World {
         let Some(slot) = self.dns.get_mut(j) else {
             return;
         };
-        if slot.up {
+        if slot.up || slot.dead {
             return;
         }
         slot.up = true;
@@ -291,6 +294,11 @@ impl World {
         let observer = self.observer.clone();
         let clock = self.clock.clone();
         let failed = self.failed_tx.clone();
+        // Copies pull from their source DataNode over the same network.
+        let peers = Arc::new(NetClients {
+            network: self.network.clone(),
+            from: address.clone(),
+        });
         observer.trace(|| format!("start DataNode {id}"));
         self.exec.spawn(
             tag,
@@ -300,12 +308,19 @@ impl World {
                         rt.clone(),
                         store.clone(),
                         journal.clone(),
-                        DataNodeConfig::default(),
+                        DataNodeConfig {
+                            // A copy whose source is lost fails well within the checker's
+                            // stall bound (30 s without a durable change), as it would
+                            // within the default 60 s in production.
+                            copy_stall_timeout: Duration::from_secs(10),
+                            ..DataNodeConfig::default()
+                        },
                     )
                     .await
                     {
                         Ok(node) => {
                             node.set_id(id);
+                            node.set_peer_clients(peers.clone());
                             *lock(&holder) = Some(node.clone());
                             network.host_on(&address, Arc::new(node.clone()), rt.spawner.clone());
                             observer.trace(|| format!("DataNode {id} serving"));
@@ -339,6 +354,22 @@ impl World {
         let id = slot.id;
         self.observer
             .trace(|| format!("crash DataNode {id} ({cancelled} tasks dropped)"));
+    }
+
+    /// DataNode `j` is lost for good: it crashes and never restarts; the checker stops
+    /// judging its disk except for what the cluster must record as abandoned.
+    pub fn kill_dn(&mut self, j: usize) {
+        self.crash_dn(j);
+        let Some(slot) = self.dns.get_mut(j) else {
+            return;
+        };
+        slot.dead = true;
+        let id = slot.id;
+        self.observer.with(|seen| {
+            seen.dead.insert(id);
+        });
+        self.observer
+            .trace(|| format!("DataNode {id} lost for good"));
     }
 
     /// Whether ConfigNode slot `i` is up.

@@ -127,6 +127,124 @@ fn regression_seeds_stay_fixed() {
     }
 }
 
+/// A fault-free scenario of issue 14's operations on 5 DataNodes: a database at RF 2 with
+/// data, a migration, a planted orphan, a DataNode lost for good and one removed. Everything
+/// must converge cleanly: the orphan deleted by the reconciler, the lost node's groups
+/// repaired, the removed node empty.
+#[test]
+fn migration_removal_loss_and_an_orphan_converge() {
+    use shoal_sim::scenario::{Event, Op};
+    let config = Config {
+        events: 0,
+        net_faults: false,
+        disk_faults: false,
+        process_faults: false,
+        ..Config::default()
+    };
+    let mut scenario = Scenario::generate(7, &config);
+    scenario.data_nodes = 5;
+    scenario.delete_rates = vec![0; 5];
+    scenario.legacy = false;
+    scenario.tuning.orphan_grace_ms = 1_000;
+    let ops = [
+        (
+            1_000,
+            Op::CreateDatabase {
+                db: 0,
+                schema_groups: 1,
+                data_groups: 2,
+                rf: 2,
+                keyed: true,
+            },
+        ),
+        (
+            5_000,
+            Op::Load {
+                db: 0,
+                bytes: 40_000,
+            },
+        ),
+        (
+            6_000,
+            Op::MigrateRegion {
+                group: 1,
+                replica: 0,
+                to: None,
+            },
+        ),
+        (
+            7_000,
+            Op::PlantOrphan {
+                dn: 3,
+                bytes: 4_096,
+            },
+        ),
+        (20_000, Op::KillDataNode { dn: 0 }),
+        (40_000, Op::RemoveDataNode { dn: 1 }),
+    ];
+    scenario.events = ops
+        .into_iter()
+        .map(|(at_ms, op)| Event { at_ms, op })
+        .collect();
+    let outcome = run(
+        &scenario,
+        &RunOptions {
+            trace: true,
+            ..Default::default()
+        },
+    );
+    assert!(!outcome.failed(), "{}", report(&outcome, None));
+    assert!(
+        outcome.converged_ms.is_some(),
+        "{}",
+        outcome.trace.join("\n")
+    );
+    let traced = |needle: &str| outcome.trace.iter().any(|l| l.contains(needle));
+    assert!(traced("client: migrate "), "no migration submitted");
+    assert!(traced("planted orphan "), "no orphan planted");
+    assert!(
+        traced("RemoveOrphanRegion -> Succeeded"),
+        "the orphan was not removed"
+    );
+    assert!(
+        traced("remove DataNode dn-0 --force -> procedure"),
+        "no forced removal"
+    );
+    assert!(
+        traced("UnregisterDataNode { id: DataNodeId(0) }"),
+        "dn-0 stays registered"
+    );
+    assert!(
+        traced("UnregisterDataNode { id: DataNodeId(1) }"),
+        "dn-1 stays registered"
+    );
+}
+
+/// Issue 14's operations are part of the generated workload, and stay rare.
+#[test]
+fn the_workload_migrates_removes_loses_and_plants() {
+    use shoal_sim::scenario::Op;
+    let mut counts = [0usize; 4];
+    let mut events = 0;
+    for seed in 0..200 {
+        for event in Scenario::generate(seed, &Config::default()).events {
+            events += 1;
+            match event.op {
+                Op::MigrateRegion { .. } => counts[0] += 1,
+                Op::RemoveDataNode { .. } => counts[1] += 1,
+                Op::KillDataNode { .. } => counts[2] += 1,
+                Op::PlantOrphan { .. } => counts[3] += 1,
+                _ => {}
+            }
+        }
+    }
+    assert!(counts.iter().all(|c| *c > 0), "{counts:?}");
+    assert!(
+        counts.iter().sum::<usize>() * 10 < events,
+        "{counts:?} of {events}"
+    );
+}
+
 /// New seeds per run beyond the regressions (`SHOAL_SIM_SEEDS` overrides it): about 48 s of
 /// CPU in debug, so about 25 s on 2 idle cores.
 const BUDGET: u64 = 400;

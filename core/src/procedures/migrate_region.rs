@@ -15,7 +15,11 @@
 //!
 //! A failure after the target was created (`Undo`) deletes the target replica through a
 //! child removal before the procedure ends failed: a failed migration leaves nothing behind.
-//! Locks: the database shared (a deletion of it waits), the region group exclusive.
+//! Locks: the region group exclusive, and nothing else. Not the database: a deletion of it
+//! submitted first holds the database while its child removal of this group waits for the
+//! group, so a migration waiting for the database behind it deadlocks both (simulator). A
+//! deletion's removal of the group waits for the migration instead; a migration that finds
+//! its database being deleted finishes as skipped.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -72,6 +76,36 @@ coded_enum! {
         /// copied from a surviving one.
         Repair = 2,
     }
+}
+
+/// The replicas `group` has or is owed: its published ones and the DataNodes a queued create
+/// still targets (the cleaner retries it until it lands). A repair that counted only the
+/// published ones added a replica the queued create then added again (simulator).
+pub(crate) fn owed_replicas(state: &ClusterState, group: &RegionReplicaSet) -> usize {
+    let queued: std::collections::BTreeSet<DataNodeId> = state
+        .create_queue
+        .values()
+        .filter(|c| c.group.region == group.region && !group.replicas.contains(&c.target))
+        .map(|c| c.target)
+        .collect();
+    group.replicas.len() + queued.len()
+}
+
+/// Whether an unfinished procedure reserved `region`'s id: the creation of its group has not
+/// finished (its publish may have committed while the creation retries its step).
+fn creation_in_flight(state: &ClusterState, region: RegionId) -> bool {
+    state
+        .region_reservations
+        .iter()
+        .any(|((owner, kind), (first, count))| {
+            *kind == region.kind
+                && region.id >= *first
+                && region.id - *first < *count
+                && state
+                    .procedures
+                    .get(owner)
+                    .is_some_and(|p| !p.status.is_finished())
+        })
 }
 
 /// Persistent data of [`MigrateRegionProcedure`].
@@ -265,7 +299,7 @@ impl MigrateRegionProcedure {
                         .databases
                         .get(&self.data.database)
                         .map_or(0, |d| replication_factor(&d.schema, region.kind));
-                    if group.replicas.len() >= rf {
+                    if owed_replicas(s, group) >= rf {
                         Err(format!("{region} already has its {rf} replicas"))
                     } else {
                         Ok(())
@@ -276,6 +310,19 @@ impl MigrateRegionProcedure {
         });
         if let Err(reason) = decision {
             return Ok(self.skip(reason));
+        }
+        if ctx.state().read(|s| creation_in_flight(s, region)) {
+            // Its creation may still commit and act on the replica set it planned (queue the
+            // creates it missed, on the very node this would move away from): moving now
+            // put a replica back on the source, one above the RF (simulator). Wait for it.
+            self.data.unreachable = self.data.unreachable.saturating_add(1);
+            return Ok(Step::Wait {
+                after: env
+                    .config
+                    .retry
+                    .delay(self.data.unreachable, ctx.runtime().rng.as_ref()),
+                waiting_for: format!("the creation of {region} to finish"),
+            });
         }
         let target = ctx.state().read(|s| match self.data.target {
             Some(target) => check_target(s, region, target).map(|()| target),
@@ -375,6 +422,16 @@ impl MigrateRegionProcedure {
                 _ => self.choose_copy_from(s),
             });
             let Some(copy_from) = copy_from else {
+                let none_left = ctx.state().read(|s| {
+                    s.region_group(region)
+                        .is_none_or(|g| g.replicas.iter().all(|n| Some(*n) == self.data.target))
+                });
+                if none_left {
+                    // Every replica was removed for good (a group whose database is being
+                    // deleted may lose its last one): nothing will ever be copied, and the
+                    // deletion waits for this group (simulator).
+                    return Ok(self.fail(format!("no replica of {region} is left to copy from")));
+                }
                 self.data.unreachable = self.data.unreachable.saturating_add(1);
                 return Ok(Step::Wait {
                     after: env
@@ -455,8 +512,8 @@ impl MigrateRegionProcedure {
     }
 
     /// Retry: a DataNode unreachable. Stop: a newer epoch. Back to `CopyData`: the source
-    /// grew meanwhile, or the digests differ (at most [`MAX_COPY_FAILURES`] times). Fail:
-    /// a replica is missing.
+    /// grew meanwhile, the digests differ (at most [`MAX_COPY_FAILURES`] times), or the
+    /// source's DataNode was removed for good. Fail: a replica is missing.
     async fn verify(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
         let env = RegionEnv::of(ctx)?;
         let (region, target) = (self.data.region, self.target()?);
@@ -468,6 +525,13 @@ impl MigrateRegionProcedure {
             // Ack after persist: this state, past the copy's result, is durable.
             ack(ctx, env, target, task).await?;
             self.data.ack = None;
+        }
+        if ctx.state().read(|s| s.is_abandoned(region, copy_from)) {
+            // Its DataNode was removed for good: it will never answer, and the forced removal
+            // waits for this group. Copy on from another live replica (the copy resumes after
+            // the bytes the target has, once they match). Found by the simulator.
+            self.data.state = MigrateRegionState::CopyData;
+            return Ok(Step::Continue);
         }
         let (Some(to), Some(from)) = (
             RegionEnv::location(ctx, target),
@@ -712,16 +776,11 @@ impl Procedure for MigrateRegionProcedure {
     }
 
     fn lock_keys(&self) -> Vec<LockKey> {
-        vec![
-            LockKey {
-                resource: LockResource::Database(self.data.database.clone()),
-                mode: LockMode::Shared,
-            },
-            LockKey {
-                resource: LockResource::RegionGroup(self.data.region),
-                mode: LockMode::Exclusive,
-            },
-        ]
+        // Only the group: see the module docs for why not the database.
+        vec![LockKey {
+            resource: LockResource::RegionGroup(self.data.region),
+            mode: LockMode::Exclusive,
+        }]
     }
 
     async fn step(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {

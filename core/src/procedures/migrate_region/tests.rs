@@ -440,3 +440,219 @@ fn finish_reports_the_verified_copy_or_a_failed_source_removal() {
         );
     });
 }
+
+/// Simulator (seeds 7, 9, 21 of the first migration workload): a deletion of the database
+/// (submitted first, holding the database) spawned a removal of the group after a migration
+/// of it was submitted; the migration waited for the database, the removal for the group.
+#[test]
+fn a_migration_never_waits_behind_a_deletion_whose_child_waits_for_the_group() {
+    use crate::procedure::{LockTable, normalize_lock_keys};
+    use crate::procedures::{DeleteDatabaseProcedure, RemoveRegionGroupProcedure};
+    let region = RegionId::new(crate::model::RegionKind::Data, 4);
+    let deletion = ProcedureId(1);
+    let migration = ProcedureId(2);
+    let removal = ProcedureId(3);
+    let mut locks = LockTable::new();
+    let keys = |p: &dyn crate::procedure::Procedure| normalize_lock_keys(p.lock_keys());
+    assert!(locks.enqueue(
+        deletion,
+        keys(&DeleteDatabaseProcedure::new(db())),
+        Default::default()
+    ));
+    let migrating = locks.enqueue(
+        migration,
+        keys(&MigrateRegionProcedure::new(
+            db(),
+            region,
+            DataNodeId(0),
+            None,
+        )),
+        Default::default(),
+    );
+    assert!(
+        migrating,
+        "the migration waits behind the deletion: {:?}",
+        locks.blocker(migration)
+    );
+    // The deletion's child waits for the migration, which can finish.
+    assert!(!locks.enqueue(
+        removal,
+        keys(&RemoveRegionGroupProcedure::group(db(), region)),
+        [deletion].into_iter().collect()
+    ));
+    assert_eq!(locks.release(migration), vec![removal]);
+}
+
+/// Simulator (seeds 191, 247, 355 of the first migration workload): the copy source was
+/// lost for good during Verify; the migration asked it for a digest forever while the forced
+/// removal of its DataNode waited for the group.
+#[test]
+fn verify_copies_on_from_another_replica_when_the_source_was_removed_for_good() {
+    smol::block_on(async {
+        let (env, region, mut procedure) = setup(MigrateRegionState::Verify).await;
+        assert_eq!(procedure.data().copy_from, Some(DataNodeId(0)));
+        env.commit(crate::plan::ConfigPlan::AbandonReplica(
+            crate::plan::AbandonReplica {
+                region,
+                data_node: DataNodeId(0),
+                by: ProcedureId(99),
+                deletions: Vec::new(),
+            },
+        ))
+        .await
+        .expect("abandoned");
+        let before = env.nodes.calls_to(0).len();
+        let next = step(&env, &mut procedure).await.expect("step");
+        assert!(matches!(next, Step::Continue), "{next:?}");
+        assert_eq!(procedure.data().state, MigrateRegionState::CopyData);
+        assert_eq!(env.nodes.calls_to(0).len(), before, "asked the lost source");
+        // The next copy reads from a surviving replica.
+        step(&env, &mut procedure).await.expect("new copy task");
+        assert!(matches!(
+            procedure.data().copy_from,
+            Some(DataNodeId(1 | 2))
+        ));
+    });
+}
+
+/// Simulator (seeds 743, 1190 of the migration workload): a creation's publish committed
+/// although its proposer saw the commit fail; while the creation retried, a migration moved
+/// the replica off dn-4, then the creation queued the create it had planned on dn-4 and the
+/// group ended with a replica too many. A migration waits for its group's creation to end.
+#[test]
+fn prepare_waits_while_the_creation_of_the_group_is_unfinished() {
+    smol::block_on(async {
+        let env = StepEnv::new(4).await;
+        let creation = MigrateRegionProcedure::new(
+            db(),
+            RegionId::new(RegionKind::Data, 0),
+            DataNodeId(0),
+            None,
+        );
+        let submitted = env
+            .commit(crate::plan::ConfigPlan::SubmitProcedure(
+                crate::plan::SubmitProcedure {
+                    procedure: crate::state::NewProcedure {
+                        type_code: crate::procedures::CREATE_REGION_GROUPS,
+                        type_name: "CreateRegionGroups".into(),
+                        state_code: 1,
+                        state_name: "Prepare".into(),
+                        data: creation.encode().expect("encode"),
+                        lock_keys: Vec::new(),
+                        submitted_at_ms: 0,
+                        submitted_unix_ms: 0,
+                    },
+                    request_key: None,
+                },
+            ))
+            .await;
+        let Ok(crate::state::Applied::ProcedureSubmitted { id: owner, .. }) = submitted else {
+            panic!("not submitted: {submitted:?}");
+        };
+        // The group exists (env.group reserves ids without an owner); its creation owns the
+        // id of a second group, published the same way.
+        env.group("db", 3, &[0, 1, 2]).await;
+        let reserved = env
+            .commit(crate::plan::ConfigPlan::ReserveRegionIds(
+                crate::plan::ReserveRegionIds {
+                    kind: RegionKind::Data,
+                    count: 1,
+                    for_procedure: Some(owner),
+                },
+            ))
+            .await;
+        let Ok(crate::state::Applied::RegionIdsReserved { first, .. }) = reserved else {
+            panic!("no id reserved: {reserved:?}");
+        };
+        let region = RegionId::new(RegionKind::Data, first);
+        env.commit(crate::plan::ConfigPlan::CreateRegionGroups(
+            crate::plan::CreateRegionGroups {
+                database: db(),
+                groups: vec![crate::model::RegionReplicaSet::new(
+                    region,
+                    vec![DataNodeId(0), DataNodeId(1), DataNodeId(2)],
+                )],
+            },
+        ))
+        .await
+        .expect("published");
+        let mut procedure = MigrateRegionProcedure::new(db(), region, DataNodeId(0), None);
+        let next = step(&env, &mut procedure).await.expect("prepare");
+        assert!(
+            matches!(&next, Step::Wait { waiting_for, .. } if waiting_for.contains("creation")),
+            "{next:?}"
+        );
+        assert_eq!(procedure.data().state, MigrateRegionState::Prepare);
+        assert_eq!(procedure.data().target, None);
+    });
+}
+
+/// Simulator (seed 743 of the migration workload): a group published on two DataNodes with
+/// the create of its third replica queued lost one of the two for good; the forced removal's
+/// repairs counted only published replicas and added two, then the queued create landed: four
+/// replicas at RF 3. A repair counts the replicas queued creates still owe the group.
+#[test]
+fn a_repair_counts_the_replica_a_queued_create_still_owes() {
+    smol::block_on(async {
+        let env = StepEnv::new(4).await;
+        let region = env.group("db", 3, &[0, 1]).await;
+        let group = crate::model::RegionReplicaSet::new(
+            region,
+            vec![DataNodeId(0), DataNodeId(1), DataNodeId(2)],
+        );
+        let target = env.state().data_nodes[&DataNodeId(2)].location.clone();
+        env.commit(crate::plan::ConfigPlan::OfferRegionMaintainTasks(
+            crate::plan::OfferRegionMaintainTasks {
+                tasks: vec![crate::plan::NewRegionMaintainTask {
+                    kind: crate::state::RegionMaintainKind::Create,
+                    database: db(),
+                    region: group,
+                    target,
+                }],
+            },
+        ))
+        .await
+        .expect("queued");
+        let mut procedure = MigrateRegionProcedure::repair(db(), region, DataNodeId(3), None);
+        step(&env, &mut procedure).await.expect("prepare");
+        assert!(
+            procedure.data().skipped.is_some(),
+            "a repair ran: {:?}",
+            procedure.data()
+        );
+        assert_eq!(procedure.data().target, None);
+    });
+}
+
+/// Simulator (seed 1759 of the migration workload): the only replica of an RF 1 group of a
+/// database being deleted was lost for good mid-copy; the migration waited for a live replica
+/// forever, and the deletion's removal of the group waited for the migration.
+#[test]
+fn a_copy_with_no_replica_left_to_copy_from_fails_and_undoes() {
+    smol::block_on(async {
+        let (env, region, mut procedure) = setup(MigrateRegionState::CopyData).await;
+        env.commit(crate::plan::ConfigPlan::SetDatabaseDeleting(
+            crate::plan::SetDatabaseDeleting {
+                name: db(),
+                deleting: true,
+            },
+        ))
+        .await
+        .expect("deleting");
+        for node in 0..3 {
+            env.commit(crate::plan::ConfigPlan::AbandonReplica(
+                crate::plan::AbandonReplica {
+                    region,
+                    data_node: DataNodeId(node),
+                    by: ProcedureId(99),
+                    deletions: Vec::new(),
+                },
+            ))
+            .await
+            .expect("abandoned");
+        }
+        step(&env, &mut procedure).await.expect("copy");
+        assert_eq!(procedure.data().state, MigrateRegionState::Undo);
+        assert!(procedure.data().failure.is_some());
+    });
+}

@@ -133,3 +133,137 @@ fn a_failed_child_fails_the_removal_with_its_reason() {
         assert!(matches!(&aborted, Err(ProcedureError::Abort(m)) if m.contains("copy failed")));
     });
 }
+
+/// Simulator (seed 26 of the first migration workload): a migration to dn-3 had recorded
+/// dn-3 in the footprint but not published it when dn-3's planned removal planned its round;
+/// the replica looked held without serving, so a replicas-scope removal was spawned. It ran
+/// after the migration published dn-3 and deleted a serving replica: the group fell below its
+/// RF. A replica whose group another procedure holds is planned only once that one finished.
+#[test]
+fn a_replica_a_migration_is_still_moving_onto_the_node_is_not_deleted_from_under_it() {
+    smol::block_on(async {
+        let env = StepEnv::new(5).await;
+        let region = env.group("db", 3, &[0, 1, 2]).await;
+        // The migration of dn-0's replica to dn-3, past CreateTarget: dn-3 is in the
+        // footprint, not in the group, and the migration holds the group.
+        let migration = MigrateRegionProcedure::new(
+            crate::procedures::testing::db(),
+            region,
+            DataNodeId(0),
+            Some(DataNodeId(3)),
+        );
+        let state = migration.state();
+        env.commit(ConfigPlan::SubmitProcedure(crate::plan::SubmitProcedure {
+            procedure: crate::state::NewProcedure {
+                type_code: migration.type_code(),
+                type_name: migration.type_name().to_string(),
+                state_code: state.code,
+                state_name: state.name.to_string(),
+                data: migration.encode().expect("encode"),
+                lock_keys: migration.lock_keys(),
+                submitted_at_ms: 0,
+                submitted_unix_ms: 0,
+            },
+            request_key: None,
+        }))
+        .await
+        .expect("submitted");
+        env.commit(ConfigPlan::RecordReplicaFootprints(
+            crate::plan::RecordReplicaFootprints {
+                database: crate::procedures::testing::db(),
+                groups: vec![crate::model::RegionReplicaSet::new(
+                    region,
+                    vec![DataNodeId(3)],
+                )],
+            },
+        ))
+        .await
+        .expect("recorded");
+        let mut procedure = RemoveDataNodeProcedure::new(DataNodeId(3), false);
+        step(&env, &mut procedure, vec![]).await.expect("mark");
+        let round = step(&env, &mut procedure, vec![]).await.expect("round");
+        assert!(
+            matches!(&round, Step::Wait { waiting_for, .. } if waiting_for.contains("to finish")),
+            "{round:?}"
+        );
+        assert_eq!(procedure.data().removed, 0);
+        assert_eq!(procedure.data().state, RemoveDataNodeState::MoveReplicas);
+    });
+}
+
+/// Simulator (seed 51 of the first migration workload): a forced removal abandoned dn-2's
+/// replicas, then failed (its repair found no running DataNode while another was down). The
+/// removal run again had nothing left to abandon, so it knew of no group to repair and
+/// unregistered the node, leaving the group below its RF for good.
+#[test]
+fn a_forced_removal_run_again_repairs_what_an_earlier_one_abandoned() {
+    smol::block_on(async {
+        let env = StepEnv::new(4).await;
+        let region = env.group("db", 3, &[0, 1, 2]).await;
+        let mut first = RemoveDataNodeProcedure::new(DataNodeId(2), true);
+        step(&env, &mut first, vec![]).await.expect("mark");
+        step(&env, &mut first, vec![]).await.expect("abandon");
+        assert!(env.state().is_abandoned(region, DataNodeId(2)));
+        // The first removal failed here; the operator removes the node again.
+        let mut again = RemoveDataNodeProcedure::new(DataNodeId(2), true);
+        step(&env, &mut again, vec![]).await.expect("mark");
+        while again.data().state != RemoveDataNodeState::MoveReplicas {
+            step(&env, &mut again, vec![]).await.expect("abandon");
+        }
+        let round = step(&env, &mut again, vec![]).await.expect("round");
+        let Step::SpawnChildren(children) = round else {
+            panic!("no repair spawned: {round:?}");
+        };
+        assert_eq!(children.len(), 1);
+        assert_eq!(children[0].type_name(), "MigrateRegion");
+        assert_eq!(again.data().repaired, 1);
+    });
+}
+
+/// Simulator (seed 144 of the first migration workload): a creation published a group on
+/// dn-1 and dn-3 and queued the create of its third replica on dn-0, which was being removed.
+/// The removal saw a replica held without serving, deleted it with the queued create, and the
+/// group stayed at 2 of its 3 replicas. It now waits for the queued create, then moves the
+/// replica like any other.
+#[test]
+fn a_replica_a_queued_create_still_owes_the_group_is_not_deleted() {
+    smol::block_on(async {
+        let env = StepEnv::new(5).await;
+        let region = env.group("db", 3, &[1, 3]).await;
+        let group = crate::model::RegionReplicaSet::new(
+            region,
+            vec![DataNodeId(0), DataNodeId(1), DataNodeId(3)],
+        );
+        env.commit(ConfigPlan::RecordReplicaFootprints(
+            crate::plan::RecordReplicaFootprints {
+                database: crate::procedures::testing::db(),
+                groups: vec![group.clone()],
+            },
+        ))
+        .await
+        .expect("recorded");
+        let target = env.state().data_nodes[&DataNodeId(0)].location.clone();
+        env.commit(ConfigPlan::OfferRegionMaintainTasks(
+            crate::plan::OfferRegionMaintainTasks {
+                tasks: vec![crate::plan::NewRegionMaintainTask {
+                    kind: crate::state::RegionMaintainKind::Create,
+                    database: crate::procedures::testing::db(),
+                    region: group,
+                    target,
+                }],
+            },
+        ))
+        .await
+        .expect("queued");
+        let mut procedure = RemoveDataNodeProcedure::new(DataNodeId(0), false);
+        step(&env, &mut procedure, vec![]).await.expect("mark");
+        let round = step(&env, &mut procedure, vec![]).await.expect("round");
+        assert!(matches!(round, Step::Wait { .. }), "{round:?}");
+        assert_eq!(procedure.data().removed, 0);
+        assert_eq!(
+            env.state().create_queue.len(),
+            1,
+            "the queued create was dropped"
+        );
+    });
+}
