@@ -2,6 +2,7 @@
 
 use crate::model::{
     DataNodeId, DataNodeLocation, DatabaseName, MaintainQueueId, ProcedureId, RegionId,
+    RegionReplicaSet,
 };
 use crate::plan::{self, ConfigPlan};
 
@@ -108,6 +109,13 @@ pub enum Rejection {
         /// The DataNode holding its last replica.
         data_node: DataNodeId,
     },
+    /// A footprint may not grow onto this DataNode: it is being removed, or its replica of
+    /// this region was abandoned (the DataNode is gone for good).
+    #[error("{data_node} takes no new replica of {region}: it is being removed or was")]
+    DataNodeLeaving {
+        region: RegionId,
+        data_node: DataNodeId,
+    },
     /// The plan's arguments are out of range.
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -164,7 +172,10 @@ impl ClusterState {
                 .get_mut(&id)
                 .ok_or(Rejection::UnknownDataNode(id))?;
             node.location = location;
-            node.status = DataNodeStatus::Running;
+            // Removing is an operator's decision: a restart (a re-registration) keeps it.
+            if node.status != DataNodeStatus::Removing {
+                node.status = DataNodeStatus::Running;
+            }
             return Ok(Applied::DataNodeRegistered(id));
         }
         // A retried first registration (reply lost) must not allocate a second id.
@@ -368,6 +379,16 @@ impl ClusterState {
             {
                 return Err(Rejection::UnknownDataNode(*node));
             }
+            // A group is first published only onto DataNodes that stay (a re-run of a publish
+            // keeps the stored replica set, whatever it names).
+            if self.database_of(group.region).is_none()
+                && let Some(node) = self.leaving(group)
+            {
+                return Err(Rejection::DataNodeLeaving {
+                    region: group.region,
+                    data_node: node,
+                });
+            }
             match self.database_of(group.region) {
                 // Published before, in this database: a re-run of the same publish. The
                 // stored replica set stays (the region cleaner may have completed it since).
@@ -488,6 +509,23 @@ impl ClusterState {
         })
     }
 
+    /// A DataNode of `group` that is not yet in its footprint and must not enter it: one
+    /// being removed (planned or forced), or one whose replica of this region was abandoned
+    /// (gone for good) — so a creation step that re-runs after a forced removal cannot put
+    /// the node it lost back. A node already in the footprint may be re-recorded (a re-run
+    /// step; nothing changes).
+    fn leaving(&self, group: &RegionReplicaSet) -> Option<DataNodeId> {
+        let recorded = self.footprints.get(&group.region);
+        group.replicas.iter().copied().find(|n| {
+            let new = !recorded.is_some_and(|f| f.data_nodes.contains_key(n));
+            let removing = self
+                .data_nodes
+                .get(n)
+                .is_some_and(|d| d.status == DataNodeStatus::Removing);
+            new && (removing || self.is_abandoned(group.region, *n))
+        })
+    }
+
     fn record_footprints(&mut self, p: &plan::RecordReplicaFootprints) -> ApplyResult {
         match self.databases.get(&p.database) {
             None => return Err(Rejection::DatabaseNotFound(p.database.clone())),
@@ -507,6 +545,12 @@ impl ClusterState {
                 .find(|n| !self.data_nodes.contains_key(n))
             {
                 return Err(Rejection::UnknownDataNode(*node));
+            }
+            if let Some(node) = self.leaving(group) {
+                return Err(Rejection::DataNodeLeaving {
+                    region: group.region,
+                    data_node: node,
+                });
             }
             let other_database = self
                 .footprints

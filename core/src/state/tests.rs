@@ -596,6 +596,61 @@ fn a_datanode_is_unregistered_only_once_it_may_hold_no_replica() {
 }
 
 #[test]
+fn a_footprint_never_grows_onto_a_datanode_that_is_leaving() {
+    let (mut state, nodes) = cluster_with_db();
+    let region = publish_one(&mut state, &nodes[..2]);
+    let record = |node: DataNodeId| {
+        ConfigPlan::RecordReplicaFootprints(RecordReplicaFootprints {
+            database: name("db"),
+            groups: vec![RegionReplicaSet::new(region, vec![node])],
+        })
+    };
+    // Being removed: no new replica there; one already in the footprint may be re-recorded
+    // (a re-run step), which changes nothing.
+    mark(&mut state, nodes[2], DataNodeStatus::Removing);
+    mark(&mut state, nodes[1], DataNodeStatus::Removing);
+    let before = state.clone();
+    assert_eq!(
+        state.apply(&record(nodes[2])),
+        Err(Rejection::DataNodeLeaving {
+            region,
+            data_node: nodes[2]
+        })
+    );
+    assert_eq!(state, before);
+    assert_eq!(state.apply(&record(nodes[1])), Ok(Applied::Unchanged));
+    // A restart re-registers it: it is still being removed.
+    let address = state.data_nodes[&nodes[2]].location.address.clone();
+    state
+        .apply(&ConfigPlan::RegisterDataNode(RegisterDataNode {
+            known_id: Some(nodes[2]),
+            address,
+        }))
+        .unwrap();
+    assert_eq!(state.data_nodes[&nodes[2]].status, DataNodeStatus::Removing);
+    // Abandoned (gone for good): a creation step that re-runs cannot put it back.
+    state
+        .apply(&ConfigPlan::AbandonReplica(AbandonReplica {
+            region,
+            data_node: nodes[1],
+            by: ProcedureId(7),
+            deletions: vec![],
+        }))
+        .unwrap();
+    assert!(!state.footprint(region).contains(&nodes[1]));
+    mark(&mut state, nodes[1], DataNodeStatus::Running);
+    assert_eq!(
+        state.apply(&record(nodes[1])),
+        Err(Rejection::DataNodeLeaving {
+            region,
+            data_node: nodes[1]
+        })
+    );
+    // Another DataNode that stays takes it.
+    assert_eq!(state.apply(&record(nodes[0])), Ok(Applied::Unchanged));
+}
+
+#[test]
 fn an_abandoned_replica_leaves_the_footprint_on_record_never_as_deleted() {
     let (mut state, nodes) = cluster_with_db();
     let region = publish_one(&mut state, &nodes);
