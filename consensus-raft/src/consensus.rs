@@ -44,7 +44,7 @@ use crate::types::{NodeId, RaftRequest, RaftResponse, ShoalRaft};
 pub struct RaftConsensus {
     node: Arc<Node>,
     state: Arc<StateCell>,
-    claim_lock: async_lock::Mutex<()>,
+    claim_lock: async_lock::Semaphore,
     /// Closing it stops the leadership publisher.
     publisher: Mutex<Option<async_channel::Sender<()>>>,
 }
@@ -116,7 +116,7 @@ impl RaftConsensus {
         Ok(Self {
             node,
             state,
-            claim_lock: async_lock::Mutex::new(()),
+            claim_lock: async_lock::Semaphore::new(1),
             publisher: Mutex::new(Some(publisher)),
         })
     }
@@ -515,7 +515,7 @@ impl Consensus for RaftConsensus {
     }
 
     async fn claim_epoch_above(&self, seen: Epoch) -> Result<Epoch, ConsensusError> {
-        let _one_at_a_time = self.claim_lock.lock().await;
+        let _one_at_a_time = self.claim_lock.acquire().await;
         let current = self.node.watch.get();
         self.check_epoch(current.epoch)?;
         if seen < current.epoch {

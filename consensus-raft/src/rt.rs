@@ -396,17 +396,19 @@ impl<T: OptionalSend> OneshotSender<T> for SmolOneshotSender<T> {
     }
 }
 
-/// An async mutex (async-lock).
-pub struct SmolMutex<T>(async_lock::Mutex<T>);
+/// An async mutex serving waiters in arrival order with no wall-clock dependence (core's
+/// `FifoMutex`: `async_lock::Mutex` turns fair after 500 µs of real contention, which would
+/// make a simulated run depend on the machine's speed).
+pub struct SmolMutex<T>(shoal_core::util::FifoMutex<T>);
 
 impl<T: OptionalSend + 'static> openraft::async_runtime::Mutex<T> for SmolMutex<T> {
     type Guard<'a>
-        = async_lock::MutexGuard<'a, T>
+        = shoal_core::util::FifoMutexGuard<'a, T>
     where
         Self: 'a;
 
     fn new(value: T) -> Self {
-        Self(async_lock::Mutex::new(value))
+        Self(shoal_core::util::FifoMutex::new(value))
     }
 
     fn lock(&self) -> impl Future<Output = Self::Guard<'_>> + OptionalSend {

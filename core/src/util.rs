@@ -76,3 +76,109 @@ mod tests {
         assert!(peak.load(Ordering::SeqCst) <= 4);
     }
 }
+
+/// An async mutex whose waiters are served strictly in arrival order, with no dependence on
+/// wall-clock time: `async_lock::Mutex` switches to a fair mode after 500 µs of *real*
+/// contention, so which waiter wins depends on how fast the machine is — and a simulated
+/// run would no longer be a function of its seed. Built on `async_lock::Semaphore` (FIFO,
+/// no clock) holding the value out of a `std` mutex while a guard lives.
+pub struct FifoMutex<T> {
+    permit: async_lock::Semaphore,
+    value: std::sync::Mutex<Option<T>>,
+}
+
+impl<T> FifoMutex<T> {
+    /// A mutex holding `value`.
+    pub fn new(value: T) -> Self {
+        Self {
+            permit: async_lock::Semaphore::new(1),
+            value: std::sync::Mutex::new(Some(value)),
+        }
+    }
+
+    /// Waits (in arrival order) until the value is free, then lends it until the guard drops.
+    pub async fn lock(&self) -> FifoMutexGuard<'_, T> {
+        let permit = self.permit.acquire().await;
+        let value = self
+            .value
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        FifoMutexGuard {
+            mutex: self,
+            value,
+            _permit: permit,
+        }
+    }
+}
+
+/// Exclusive access to a [`FifoMutex`]'s value; puts it back when dropped.
+pub struct FifoMutexGuard<'a, T> {
+    mutex: &'a FifoMutex<T>,
+    // `Some` for the guard's whole life: taken out under the permit, put back on drop.
+    value: Option<T>,
+    _permit: async_lock::SemaphoreGuard<'a>,
+}
+
+impl<T> std::ops::Deref for FifoMutexGuard<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.value
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a live guard holds the value"))
+    }
+}
+
+impl<T> std::ops::DerefMut for FifoMutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.value
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("a live guard holds the value"))
+    }
+}
+
+impl<T> Drop for FifoMutexGuard<'_, T> {
+    fn drop(&mut self) {
+        // Put the value back before the permit (declared last) is released.
+        *self.mutex.value.lock().unwrap_or_else(|p| p.into_inner()) = self.value.take();
+    }
+}
+
+/// A read-write gate whose waiters are served in arrival order, with no wall-clock
+/// dependence (see [`FifoMutex`]): readers share it, a writer excludes every reader.
+pub struct FifoGate {
+    /// One permit per possible reader; a writer takes them all.
+    permits: async_lock::Semaphore,
+    /// Serialises writers while they gather permits.
+    writer: async_lock::Semaphore,
+}
+
+/// Readers a [`FifoGate`] admits at once.
+const GATE_READERS: usize = 1 << 10;
+
+impl Default for FifoGate {
+    fn default() -> Self {
+        Self {
+            permits: async_lock::Semaphore::new(GATE_READERS),
+            writer: async_lock::Semaphore::new(1),
+        }
+    }
+}
+
+impl FifoGate {
+    /// Shared access (waits behind an earlier writer).
+    pub async fn read(&self) -> async_lock::SemaphoreGuard<'_> {
+        self.permits.acquire().await
+    }
+
+    /// Exclusive access: waits until every earlier reader is done; later readers wait.
+    pub async fn write(&self) -> Vec<async_lock::SemaphoreGuard<'_>> {
+        let _one_writer = self.writer.acquire().await;
+        let mut held = Vec::with_capacity(GATE_READERS);
+        for _ in 0..GATE_READERS {
+            held.push(self.permits.acquire().await);
+        }
+        held
+    }
+}

@@ -151,7 +151,7 @@ pub(crate) struct Inner {
     table: Mutex<TaskTable>,
     /// Serialises every journal write with the table change it records, so the journal
     /// order is the order the table saw, and a compaction never races an append.
-    writer: async_lock::Mutex<JournalWriter>,
+    writer: crate::util::FifoMutex<JournalWriter>,
     /// Terminal statuses staged in the journal but not yet in the table (their durability
     /// is awaited without the writer). A compaction, built from the table, waits for zero.
     finishing: AtomicUsize,
@@ -191,7 +191,7 @@ impl DataNode {
             config,
             fence: EpochFence::new(replayed.highest_epoch),
             table: Mutex::new(replayed.table),
-            writer: async_lock::Mutex::new(JournalWriter::new(journal, records.len())),
+            writer: crate::util::FifoMutex::new(JournalWriter::new(journal, records.len())),
             finishing: AtomicUsize::new(0),
             finish_applied: Event::new(),
             guards: RegionGuards::default(),
