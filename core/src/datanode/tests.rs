@@ -65,6 +65,8 @@ impl Harness {
     }
 
     async fn try_open(&self, config: DataNodeConfig) -> Result<DataNode, DataNodeError> {
+        // Opening again is a process restart: what was staged and never synced is gone.
+        self.journal.crash();
         DataNode::open(
             self.runtime(),
             Arc::new(self.store.clone()),
