@@ -130,6 +130,16 @@ impl MemTaskJournal {
         Ok(st.flush())
     }
 
+    /// Whether the record staged with `ticket` is durable (a failed flush or a crash may
+    /// leave it staged). Fails if a crash lost it.
+    pub fn is_durable(&self, ticket: u64) -> Result<bool, StorageError> {
+        let st = lock(&self.state);
+        if st.is_lost(ticket) {
+            return Err(lost_in_crash(ticket));
+        }
+        Ok(ticket <= st.durable_through)
+    }
+
     /// Makes every staged record durable now; returns them in order.
     pub fn flush_staged(&self) -> Vec<Vec<u8>> {
         lock(&self.state).flush()
