@@ -547,9 +547,16 @@ fn an_acceptance_lost_in_a_crash_before_its_sync_was_never_answered_and_a_resubm
             h.spawn(async move { node.submit_task(E1, delete_task(1, 1)).await })
         };
         settle().await;
-        assert!(!first.is_finished(), "Accepted only once the record is durable");
+        assert!(
+            !first.is_finished(),
+            "Accepted only once the record is durable"
+        );
         assert!(!duplicate.is_finished());
-        assert_eq!(h.store.delete_calls(region(1)), 0, "not started before durable");
+        assert_eq!(
+            h.store.delete_calls(region(1)),
+            0,
+            "not started before durable"
+        );
 
         // The process crashes before the flush: the staged acceptance is lost.
         node.halt();

@@ -224,7 +224,11 @@ mod tests {
             let lost_a = ticket(journal.stage(b"lost a".to_vec()).expect("stage"));
             let lost_b = ticket(journal.stage(b"lost b".to_vec()).expect("stage"));
             assert_eq!(journal.staged(), 2);
-            assert_eq!(journal.load().await.expect("load").len(), 2, "staged is not loaded");
+            assert_eq!(
+                journal.load().await.expect("load").len(),
+                2,
+                "staged is not loaded"
+            );
 
             assert_eq!(journal.crash(), 2);
 
@@ -233,7 +237,10 @@ mod tests {
                 after.load().await.expect("load"),
                 vec![b"appended".to_vec(), b"synced".to_vec()]
             );
-            assert!(after.sync(lost_a).await.is_err(), "a lost record is never durable");
+            assert!(
+                after.sync(lost_a).await.is_err(),
+                "a lost record is never durable"
+            );
             assert!(after.sync(lost_b).await.is_err());
             assert!(after.sync(first).await.is_ok(), "durable stays durable");
             // Records staged after the crash go after the durable ones; lost tickets stay
