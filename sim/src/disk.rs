@@ -6,8 +6,8 @@
 //!   leader's `claim_term` truncates it (as Raft overwrites an uncommitted suffix).
 //! - [`SimConsensus`]: a ConfigNode's [`LocalConsensus`], which hands the log the plan it is
 //!   about to append, so the checker applies durable entries without decoding each one.
-//! - [`SimJournal`]: a DataNode's task journal (appends are durable when they return; a crash
-//!   mid-append writes nothing).
+//! - [`SimJournal`]: a DataNode's task journal with staging (group commit): a record staged
+//!   is durable only once a sync covered it; a crash loses the staged records no sync covered.
 //! - [`SimRegionStore`]: a DataNode's regions over [`MemRegionStore`] (create and append are
 //!   durable when they return; a crash mid-delete leaves the rest of the bytes in trash).
 
@@ -24,7 +24,7 @@ use shoal_core::runtime::Clock;
 use shoal_core::state::ApplyResult;
 use shoal_core::storage::{
     CreateOutcome, DeleteOutcome, LogEntry, LogStore, MemRegionStore, MemTaskJournal, RegionConfig,
-    RegionStore, StorageError, TaskJournal,
+    RegionStore, Staged, StorageError, TaskJournal,
 };
 
 use crate::executor::{SimClock, SimRng};
@@ -393,10 +393,21 @@ impl Consensus for SimConsensus {
 }
 
 /// A DataNode's task journal over a [`MemTaskJournal`] shared by its incarnations.
+///
+/// It stages as the file journal does: `stage` puts a record in order (no I/O), `sync` is a
+/// disk write (latency, the journal's failure rate) and a scheduling point, so other tasks,
+/// and a crash, can come between staging and durability. One sync makes every staged record
+/// durable; the checker sees records when they become durable, in order. A failed sync (or
+/// append) poisons the journal until it is opened again, and its records may or may not have
+/// landed (a seeded coin). Opening it again (`load`, which only `DataNode::open` calls) is
+/// the restart after a crash or a halt: the records staged by the previous incarnation that
+/// no sync covered are lost.
 #[derive(Clone)]
 pub struct SimJournal {
     node: DataNodeId,
     inner: MemTaskJournal,
+    /// Why the open journal is poisoned (shared by the handles of one incarnation).
+    poisoned: Arc<Mutex<Option<StorageError>>>,
     disks: Disks,
 }
 
@@ -406,29 +417,105 @@ impl SimJournal {
         Self {
             node,
             inner: MemTaskJournal::new(),
+            poisoned: Arc::default(),
             disks,
         }
+    }
+
+    fn check_usable(&self) -> Result<(), StorageError> {
+        match &*lock(&self.poisoned) {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&self, cause: StorageError) -> StorageError {
+        let error = StorageError::Unavailable(format!(
+            "task journal of DataNode {} is poisoned until reopened: {cause}",
+            self.node
+        ));
+        *lock(&self.poisoned) = Some(error.clone());
+        error
+    }
+
+    /// Reports records that just became durable to the checker, in order.
+    fn observe(&self, durable: Vec<Vec<u8>>) {
+        for record in &durable {
+            self.disks.observer.journal_append(self.node, record);
+        }
+    }
+
+    /// One flush of every staged record, covering `ticket`: fails at the journal's rate
+    /// (poisoning; whether the write landed is a seeded coin).
+    fn flush(&self, ticket: u64, what: &'static str) -> Result<(), StorageError> {
+        if let Err(cause) = self.disks.fail(|f| f.journal, what) {
+            if lock(&self.disks.rng).chance(500_000) {
+                self.observe(self.inner.flush_staged());
+            }
+            return Err(self.poison(cause));
+        }
+        let durable = self.inner.sync_now(ticket)?;
+        self.observe(durable);
+        Ok(())
     }
 }
 
 #[async_trait]
 impl TaskJournal for SimJournal {
     async fn append(&self, record: Vec<u8>) -> Result<(), StorageError> {
+        self.check_usable()?;
         self.disks.latency().await;
-        self.disks.fail(|f| f.journal, "journal append")?;
-        self.disks.observer.journal_append(self.node, &record);
-        self.inner.append(record).await
+        self.check_usable()?;
+        let Staged::Ticket(ticket) = self.inner.stage(record)? else {
+            unreachable!("the memory journal stages");
+        };
+        self.flush(ticket, "journal append")
+    }
+
+    fn stage(&self, record: Vec<u8>) -> Result<Staged, StorageError> {
+        self.check_usable()?;
+        self.inner.stage(record)
+    }
+
+    async fn sync(&self, ticket: u64) -> Result<(), StorageError> {
+        self.disks.latency().await;
+        // A scheduling point even on an instant disk: others stage meanwhile (and share
+        // this flush), and a crash can come before the record is durable.
+        futures_lite::future::yield_now().await;
+        // Durable before a later failure stays durable: answer that first.
+        if self.inner.is_durable(ticket)? {
+            return Ok(());
+        }
+        self.check_usable()?;
+        self.flush(ticket, "journal sync")
     }
 
     async fn load(&self) -> Result<Vec<Vec<u8>>, StorageError> {
+        // Only `DataNode::open` loads: the previous incarnation is gone (crashed or halted),
+        // and with it whatever it staged that no sync covered.
+        let lost = self.inner.crash();
+        if lost > 0 {
+            self.disks.observer.trace(|| {
+                format!(
+                    "journal {}: {lost} staged records lost in the crash",
+                    self.node
+                )
+            });
+        }
+        *lock(&self.poisoned) = None;
         self.disks.latency().await;
         self.disks.fail(|f| f.journal, "journal load")?;
         self.inner.load().await
     }
 
     async fn rewrite(&self, records: Vec<Vec<u8>>) -> Result<(), StorageError> {
+        self.check_usable()?;
         self.disks.latency().await;
+        self.check_usable()?;
+        // Fails before replacing anything (retryable; the staged records stay staged).
         self.disks.fail(|f| f.journal, "journal rewrite")?;
+        // What is staged becomes durable first, so none is lost with the old contents.
+        self.observe(self.inner.flush_staged());
         self.inner.rewrite(records).await
     }
 }

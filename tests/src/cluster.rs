@@ -287,6 +287,8 @@ impl DataNodeSlot {
         if let Some(node) = self.node.lock().unwrap_or_else(|p| p.into_inner()).take() {
             node.halt();
         }
+        // What it staged in its journal and no sync covered is lost with the process.
+        self.journal.crash();
         network.stop(&self.current_address());
     }
 

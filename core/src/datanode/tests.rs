@@ -65,6 +65,8 @@ impl Harness {
     }
 
     async fn try_open(&self, config: DataNodeConfig) -> Result<DataNode, DataNodeError> {
+        // Opening again is a process restart: what was staged and never synced is gone.
+        self.journal.crash();
         DataNode::open(
             self.runtime(),
             Arc::new(self.store.clone()),
@@ -510,6 +512,114 @@ fn failed_result_append_halts_the_node_without_reporting_the_result() {
         assert_eq!(h.store.deletions_executed(region(1)), 2);
         assert_eq!(h.mem.size(region(1)).await, Ok(None));
         assert_eq!(finished_records(&h.journal, 1).await, 1);
+    });
+}
+
+/// How many `TaskAccepted` records the journal holds for `task`.
+async fn accepted_records(journal: &MemTaskJournal, task: u64) -> usize {
+    let records = journal.load().await.expect("load");
+    records
+        .iter()
+        .map(|bytes| JournalRecord::decode(bytes).expect("decodes"))
+        .filter(|record| {
+            matches!(record, JournalRecord::TaskAccepted { task_id, .. } if *task_id == TaskId(task))
+        })
+        .count()
+}
+
+#[test]
+fn an_acceptance_lost_in_a_crash_before_its_sync_was_never_answered_and_a_resubmit_runs_once() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        create_with_data(&node, 1, 100).await;
+        // The epoch is durable already: only the acceptance is staged below.
+        node.heartbeat(E1).await.expect("heartbeat");
+        h.journal.hold_syncs(true);
+        let first = {
+            let node = node.clone();
+            h.spawn(async move { node.submit_task(E1, delete_task(1, 1)).await })
+        };
+        until("the acceptance to be staged", || h.journal.staged() == 1).await;
+        // A duplicate arriving in the window waits for the same record.
+        let duplicate = {
+            let node = node.clone();
+            h.spawn(async move { node.submit_task(E1, delete_task(1, 1)).await })
+        };
+        settle().await;
+        assert!(
+            !first.is_finished(),
+            "Accepted only once the record is durable"
+        );
+        assert!(!duplicate.is_finished());
+        assert_eq!(
+            h.store.delete_calls(region(1)),
+            0,
+            "not started before durable"
+        );
+
+        // The process crashes before the flush: the staged acceptance is lost.
+        node.halt();
+        assert_eq!(h.journal.crash(), 1);
+        for answer in [first.await, duplicate.await] {
+            assert!(
+                matches!(&answer, Err(ApiError::Unreachable(_))),
+                "never Accepted: {answer:?}"
+            );
+        }
+        settle().await;
+        assert_eq!(h.store.delete_calls(region(1)), 0, "the task never started");
+        assert_eq!(accepted_records(&h.journal, 1).await, 0);
+
+        h.journal.hold_syncs(false);
+        let restarted = h.open().await;
+        assert_eq!(status(&restarted, 1).await, TaskStatus::NotExist);
+        // The ConfigNode treats NotExist as "resubmit" under the same id: it runs once.
+        submit(&restarted, delete_task(1, 1)).await;
+        assert_eq!(finished(&restarted, 1).await, TaskStatus::Success);
+        submit(&restarted, delete_task(1, 1)).await;
+        settle().await;
+        assert_eq!(h.store.delete_calls(region(1)), 1);
+        assert_eq!(h.store.deletions_executed(region(1)), 1);
+        assert_eq!(h.mem.size(region(1)).await, Ok(None));
+        assert_eq!(accepted_records(&h.journal, 1).await, 1);
+    });
+}
+
+#[test]
+fn a_result_lost_in_a_crash_before_its_sync_was_never_reported_and_the_task_runs_again() {
+    let h = Harness::new();
+    h.run(async {
+        let node = h.open().await;
+        create_with_data(&node, 1, 100).await;
+        h.store.hold_deletes();
+        submit(&node, delete_task(1, 1)).await;
+        until("the delete to reach the store", || {
+            h.store.held_deletes() == 1
+        })
+        .await;
+        h.journal.hold_syncs(true);
+        h.store.release_deletes();
+        until("the result to be staged", || h.journal.staged() == 1).await;
+        settle().await;
+        assert_eq!(h.store.deletions_executed(region(1)), 1);
+        assert_eq!(
+            status(&node, 1).await,
+            TaskStatus::Processing,
+            "a result is visible only once durable"
+        );
+
+        node.halt();
+        assert_eq!(h.journal.crash(), 1);
+        h.journal.hold_syncs(false);
+        assert_eq!(finished_records(&h.journal, 1).await, 0);
+
+        // The restart resumes the accepted task; the deletion finds nothing and succeeds.
+        let restarted = h.open().await;
+        assert_eq!(finished(&restarted, 1).await, TaskStatus::Success);
+        assert_eq!(h.store.deletions_executed(region(1)), 2);
+        assert_eq!(finished_records(&h.journal, 1).await, 1);
+        assert_eq!(accepted_records(&h.journal, 1).await, 1);
     });
 }
 

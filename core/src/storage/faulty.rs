@@ -12,7 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use event_listener::Event;
 
-use super::{CreateOutcome, DeleteOutcome, RegionConfig, RegionStore, StorageError, TaskJournal};
+use super::{
+    CreateOutcome, DeleteOutcome, RegionConfig, RegionStore, Staged, StorageError, TaskJournal,
+};
 use crate::model::{DataNodeId, RegionId};
 use crate::runtime::Clock;
 
@@ -241,11 +243,14 @@ impl RegionStore for FaultyRegionStore {
     }
 }
 
-/// Wraps a [`TaskJournal`] and fails its appends or rewrites on demand, keeping the
-/// [`TaskJournal`] contract of the file journal: a failed append, or a rewrite that fails
-/// after replacing the contents, poisons this open journal (that call and every later append
-/// and rewrite fail with [`StorageError::Unavailable`]; `load` still reads) until
-/// [`FaultyTaskJournal::reopen`]. Clones share the armed faults and the poisoning.
+/// Wraps a [`TaskJournal`] and fails its appends, syncs or rewrites on demand, keeping the
+/// [`TaskJournal`] contract of the file journal: a failed append or sync, or a rewrite that
+/// fails after replacing the contents, poisons this open journal (that call and every later
+/// stage, sync, append and rewrite fail with [`StorageError::Unavailable`]; `load` still
+/// reads) until [`FaultyTaskJournal::reopen`]. Staging is forwarded to the inner journal;
+/// the records a failed sync covered stay staged there, so a crash of the inner journal
+/// (`MemTaskJournal::crash`, which a test's restart does) loses them. Clones share the armed
+/// faults and the poisoning.
 #[derive(Clone)]
 pub struct FaultyTaskJournal {
     inner: Arc<dyn TaskJournal>,
@@ -295,8 +300,8 @@ impl FaultyTaskJournal {
         }
     }
 
-    /// Fails the next `count` appends without writing their records; each failure poisons
-    /// the handle it happened on.
+    /// Fails the next `count` appends or syncs without writing their records; each failure
+    /// poisons the handle it happened on.
     pub fn fail_next_appends(&self, count: usize) {
         self.faults.appends.store(count, Ordering::SeqCst);
     }
@@ -344,6 +349,23 @@ impl TaskJournal for FaultyTaskJournal {
             return Err(self.poison("journal append failed by test"));
         }
         match self.inner.append(record).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.poison(&error.to_string())),
+        }
+    }
+
+    fn stage(&self, record: Vec<u8>) -> Result<Staged, StorageError> {
+        self.check_usable()?;
+        self.inner.stage(record)
+    }
+
+    async fn sync(&self, ticket: u64) -> Result<(), StorageError> {
+        self.check_usable()?;
+        // A sync is the append's disk write: the same injected failures apply to it.
+        if take(&self.faults.appends) {
+            return Err(self.poison("journal sync failed by test"));
+        }
+        match self.inner.sync(ticket).await {
             Ok(()) => Ok(()),
             Err(error) => Err(self.poison(&error.to_string())),
         }

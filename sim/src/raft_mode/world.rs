@@ -288,6 +288,8 @@ impl RaftWorld {
         if let Some(node) = lock(&slot.node).take() {
             node.halt();
         }
+        // What it staged in its journal and no sync covered is lost with the process.
+        slot.journal.crash();
         self.network.stop(&slot.address);
         self.exec.cancel(dn_tag(j));
         self.note(format!("crash DataNode {j}"));
