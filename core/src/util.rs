@@ -99,11 +99,7 @@ impl<T> FifoMutex<T> {
     /// Waits (in arrival order) until the value is free, then lends it until the guard drops.
     pub async fn lock(&self) -> FifoMutexGuard<'_, T> {
         let permit = self.permit.acquire().await;
-        let value = self
-            .value
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let value = self.value.lock().unwrap_or_else(|p| p.into_inner()).take();
         FifoMutexGuard {
             mutex: self,
             value,
