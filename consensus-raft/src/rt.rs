@@ -396,7 +396,7 @@ impl<T: OptionalSend> OneshotSender<T> for SmolOneshotSender<T> {
     }
 }
 
-/// An async mutex serving waiters in arrival order with no wall-clock dependence (core's
+/// An async mutex with no wall-clock dependence (core's
 /// `FifoMutex`: `async_lock::Mutex` turns fair after 500 µs of real contention, which would
 /// make a simulated run depend on the machine's speed).
 pub struct SmolMutex<T>(shoal_core::util::FifoMutex<T>);

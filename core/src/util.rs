@@ -49,39 +49,12 @@ where
     outputs.into_iter().flatten().collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn join_all_keeps_order_and_respects_the_limit() {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let live = Arc::new(AtomicUsize::new(0));
-        let peak = Arc::new(AtomicUsize::new(0));
-        let futures: Vec<_> = (0..20u64)
-            .map(|i| {
-                let (live, peak) = (live.clone(), peak.clone());
-                Box::pin(async move {
-                    let now = live.fetch_add(1, Ordering::SeqCst) + 1;
-                    peak.fetch_max(now, Ordering::SeqCst);
-                    smol::Timer::after(std::time::Duration::from_millis(20 - i)).await;
-                    live.fetch_sub(1, Ordering::SeqCst);
-                    i
-                })
-            })
-            .collect();
-        let out = smol::block_on(join_all(futures, 4));
-        assert_eq!(out, (0..20).collect::<Vec<_>>());
-        assert!(peak.load(Ordering::SeqCst) <= 4);
-    }
-}
-
-/// An async mutex whose waiters are served strictly in arrival order, with no dependence on
-/// wall-clock time: `async_lock::Mutex` switches to a fair mode after 500 µs of *real*
-/// contention, so which waiter wins depends on how fast the machine is — and a simulated
-/// run would no longer be a function of its seed. Built on `async_lock::Semaphore` (FIFO,
-/// no clock) holding the value out of a `std` mutex while a guard lives.
+/// An async mutex with no dependence on wall-clock time: which waiter gets it next depends
+/// only on the order tasks are polled. `async_lock::Mutex` switches to a fair mode after
+/// 500 µs of *real* contention, so which waiter wins depends on how fast the machine is —
+/// and a simulated run would no longer be a function of its seed. Built on
+/// `async_lock::Semaphore` (no clock) holding the value out of a `std` mutex while a guard
+/// lives.
 pub struct FifoMutex<T> {
     permit: async_lock::Semaphore,
     value: std::sync::Mutex<Option<T>>,
@@ -96,7 +69,7 @@ impl<T> FifoMutex<T> {
         }
     }
 
-    /// Waits (in arrival order) until the value is free, then lends it until the guard drops.
+    /// Waits until the value is free, then lends it until the guard drops.
     pub async fn lock(&self) -> FifoMutexGuard<'_, T> {
         let permit = self.permit.acquire().await;
         let value = self.value.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -141,8 +114,8 @@ impl<T> Drop for FifoMutexGuard<'_, T> {
     }
 }
 
-/// A read-write gate whose waiters are served in arrival order, with no wall-clock
-/// dependence (see [`FifoMutex`]): readers share it, a writer excludes every reader.
+/// A read-write gate with no wall-clock dependence (see [`FifoMutex`]): readers share it, a
+/// writer waits for every reader already in and excludes new ones until it is done.
 pub struct FifoGate {
     /// One permit per possible reader; a writer takes them all.
     permits: async_lock::Semaphore,
@@ -176,5 +149,68 @@ impl FifoGate {
             held.push(self.permits.acquire().await);
         }
         held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_all_keeps_order_and_respects_the_limit() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let live = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let futures: Vec<_> = (0..20u64)
+            .map(|i| {
+                let (live, peak) = (live.clone(), peak.clone());
+                Box::pin(async move {
+                    let now = live.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    smol::Timer::after(std::time::Duration::from_millis(20 - i)).await;
+                    live.fetch_sub(1, Ordering::SeqCst);
+                    i
+                })
+            })
+            .collect();
+        let out = smol::block_on(join_all(futures, 4));
+        assert_eq!(out, (0..20).collect::<Vec<_>>());
+        assert!(peak.load(Ordering::SeqCst) <= 4);
+    }
+
+    #[test]
+    fn a_fifo_mutex_lends_its_value_to_one_holder_at_a_time_and_keeps_it() {
+        use futures_lite::future::poll_once;
+        let mutex = FifoMutex::new(Vec::new());
+        smol::block_on(async {
+            let mut first = mutex.lock().await;
+            first.push(0);
+            let mut second = Box::pin(mutex.lock());
+            assert!(poll_once(second.as_mut()).await.is_none(), "held: it waits");
+            drop(first);
+            let mut second = second.await;
+            second.push(1);
+            assert!(poll_once(Box::pin(mutex.lock())).await.is_none());
+            drop(second);
+            assert_eq!(*mutex.lock().await, vec![0, 1], "every change kept");
+        });
+    }
+
+    #[test]
+    fn a_fifo_gate_writer_waits_for_readers_and_excludes_new_ones() {
+        use futures_lite::future::poll_once;
+        let gate = FifoGate::default();
+        smol::block_on(async {
+            let a = gate.read().await;
+            let b = gate.read().await;
+            let mut write = Box::pin(gate.write());
+            assert!(poll_once(write.as_mut()).await.is_none(), "readers hold it");
+            drop((a, b));
+            let held = write.await;
+            assert!(poll_once(Box::pin(gate.read())).await.is_none());
+            drop(held);
+            assert!(poll_once(Box::pin(gate.read())).await.is_some());
+        });
     }
 }
