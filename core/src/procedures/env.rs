@@ -10,7 +10,7 @@ use crate::confignode::fence::EpochHealer;
 use crate::confignode::inflight::InflightCreates;
 use crate::model::{DataNodeId, DataNodeLocation, MaintainQueueId, ProcedureId, TaskId};
 use crate::plan::{ConfigPlan, DropQueuedCreates};
-use crate::procedure::{BackoffPolicy, ChildOutcome, ProcedureContext, ProcedureError};
+use crate::procedure::{BackoffPolicy, ChildOutcome, ProcedureContext, ProcedureError, Step};
 use crate::state::{ProcedureStatus, QueuedCreate};
 
 /// Tunables of the region procedures.
@@ -73,6 +73,59 @@ impl RegionEnv {
     pub(crate) fn location(ctx: &ProcedureContext, node: DataNodeId) -> Option<DataNodeLocation> {
         ctx.state()
             .read(|s| s.data_nodes.get(&node).map(|n| n.location.clone()))
+    }
+
+    /// While `task_id` runs on the DataNode at `location`, the step awaits a long-poll of it
+    /// without holding a worker (`Step::Await`) and re-runs when the poll returns: completion
+    /// is seen within the poll's round trip.
+    pub(crate) fn follow(
+        &self,
+        location: &DataNodeLocation,
+        task_id: TaskId,
+        waiting_for: String,
+    ) -> Step {
+        let client = self.clients.client(location);
+        let wait = self.config.poll_wait;
+        Step::Await {
+            until: Box::pin(async move {
+                let _ = client.task_result(task_id, Some(wait)).await;
+            }),
+            waiting_for,
+        }
+    }
+
+    /// Acks `task`'s result on `node`, wherever it is registered now (nowhere: nothing to
+    /// ack). Best effort: an unacked result is bounded and expires on the DataNode; only a
+    /// `StaleLeader` answer matters (this leader is fenced).
+    pub(crate) async fn ack(
+        &self,
+        ctx: &ProcedureContext,
+        node: DataNodeId,
+        task: TaskId,
+    ) -> Result<(), ProcedureError> {
+        match Self::location(ctx, node) {
+            Some(location) => self.ack_at(ctx, &location, node, task).await,
+            None => Ok(()),
+        }
+    }
+
+    /// [`RegionEnv::ack`] at a known `location`.
+    pub(crate) async fn ack_at(
+        &self,
+        ctx: &ProcedureContext,
+        location: &DataNodeLocation,
+        node: DataNodeId,
+        task: TaskId,
+    ) -> Result<(), ProcedureError> {
+        match self
+            .clients
+            .client(location)
+            .ack_task(ctx.epoch(), task)
+            .await
+        {
+            Err(e) => self.stale_leader(node, &e).map_or(Ok(()), Err),
+            Ok(()) => Ok(()),
+        }
     }
 
     /// Turns a `StaleLeader` answer into the error that stops this leader's session, after

@@ -476,14 +476,14 @@ impl MigrateRegionProcedure {
                     kind: MaintainTaskKind::CopyRegion { region, source },
                 };
                 match client.submit_task(ctx.epoch(), task).await {
-                    Ok(SubmitOutcome::Accepted) => Ok(follow(env, &location, task_id, running)),
+                    Ok(SubmitOutcome::Accepted) => Ok(env.follow(&location, task_id, running)),
                     Ok(SubmitOutcome::Rejected(reason)) => {
                         Ok(self.fail(format!("{target} refused copy task {task_id}: {reason}")))
                     }
                     Err(e) => self.call_failed(ctx, env, target, "a copy task submission", e),
                 }
             }
-            Ok(TaskStatus::Processing) => Ok(follow(env, &location, task_id, running)),
+            Ok(TaskStatus::Processing) => Ok(env.follow(&location, task_id, running)),
             Err(e) => self.call_failed(ctx, env, target, "a copy task poll", e),
         }
     }
@@ -523,7 +523,7 @@ impl MigrateRegionProcedure {
             .ok_or_else(|| ProcedureError::Data("verify without a copy source".into()))?;
         if let Some(task) = self.data.ack {
             // Ack after persist: this state, past the copy's result, is durable.
-            ack(ctx, env, target, task).await?;
+            env.ack(ctx, target, task).await?;
             self.data.ack = None;
         }
         if ctx.state().read(|s| s.is_abandoned(region, copy_from)) {
@@ -710,48 +710,6 @@ fn check_target(state: &ClusterState, region: RegionId, target: DataNodeId) -> R
         ));
     }
     Ok(())
-}
-
-/// Awaits a long-poll of the task without a worker; the step re-runs when it returns.
-fn follow(
-    env: &RegionEnv,
-    location: &DataNodeLocation,
-    task_id: TaskId,
-    waiting_for: String,
-) -> Step {
-    let client = env.clients.client(location);
-    let wait = env.config.poll_wait;
-    Step::Await {
-        until: Box::pin(async move {
-            let _ = client.task_result(task_id, Some(wait)).await;
-        }),
-        waiting_for,
-    }
-}
-
-/// Best effort: an unacked result is bounded and expires on the DataNode. Only a
-/// `StaleLeader` answer matters (this leader is fenced).
-async fn ack(
-    ctx: &ProcedureContext,
-    env: &RegionEnv,
-    node: DataNodeId,
-    task: TaskId,
-) -> Result<(), ProcedureError> {
-    let Some(location) = RegionEnv::location(ctx, node) else {
-        return Ok(());
-    };
-    match env
-        .clients
-        .client(&location)
-        .ack_task(ctx.epoch(), task)
-        .await
-    {
-        Err(e) => match env.stale_leader(node, &e) {
-            Some(stop) => Err(stop),
-            None => Ok(()),
-        },
-        Ok(()) => Ok(()),
-    }
 }
 
 #[async_trait]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{MaintainTask, MaintainTaskKind, SubmitOutcome, TaskStatus};
 use crate::coded_enum;
-use crate::model::{DataNodeId, DataNodeLocation, RegionId, TaskId};
+use crate::model::{DataNodeId, RegionId, TaskId};
 use crate::procedure::{
     Procedure, ProcedureContext, ProcedureError, ProcedureType, StateId, Step, decode_data,
     encode_data,
@@ -126,7 +126,7 @@ impl RemoveOrphanRegionProcedure {
             && self.data.deleted
         {
             // Ack after persist: the success is durable.
-            ack(ctx, env, &location, node, task).await?;
+            env.ack_at(ctx, &location, node, task).await?;
             return Ok(Step::Done(Vec::new()));
         }
         let Some(task_id) = self.data.task else {
@@ -173,14 +173,18 @@ impl RemoveOrphanRegionProcedure {
                     },
                 };
                 match client.submit_task(ctx.epoch(), task).await {
-                    Ok(SubmitOutcome::Accepted) => Ok(follow(env, &location, task_id, region)),
+                    Ok(SubmitOutcome::Accepted) => {
+                        Ok(env.follow(&location, task_id, orphan_waiting_for(region, task_id)))
+                    }
                     Ok(SubmitOutcome::Rejected(reason)) => Err(ProcedureError::Abort(format!(
                         "{node} refused deletion task {task_id}: {reason}"
                     ))),
                     Err(e) => self.call_failed(ctx, env, "a task submission", e),
                 }
             }
-            Ok(TaskStatus::Processing) => Ok(follow(env, &location, task_id, region)),
+            Ok(TaskStatus::Processing) => {
+                Ok(env.follow(&location, task_id, orphan_waiting_for(region, task_id)))
+            }
             Err(e) => self.call_failed(ctx, env, "a task poll", e),
         }
     }
@@ -211,36 +215,9 @@ impl RemoveOrphanRegionProcedure {
     }
 }
 
-fn follow(env: &RegionEnv, location: &DataNodeLocation, task_id: TaskId, region: RegionId) -> Step {
-    let client = env.clients.client(location);
-    let wait = env.config.poll_wait;
-    Step::Await {
-        until: Box::pin(async move {
-            let _ = client.task_result(task_id, Some(wait)).await;
-        }),
-        waiting_for: format!("deletion of orphan {region} (task {task_id})"),
-    }
-}
-
-async fn ack(
-    ctx: &ProcedureContext,
-    env: &RegionEnv,
-    location: &DataNodeLocation,
-    node: DataNodeId,
-    task: TaskId,
-) -> Result<(), ProcedureError> {
-    match env
-        .clients
-        .client(location)
-        .ack_task(ctx.epoch(), task)
-        .await
-    {
-        Err(e) => match env.stale_leader(node, &e) {
-            Some(stop) => Err(stop),
-            None => Ok(()),
-        },
-        Ok(()) => Ok(()),
-    }
+/// What a step following the deletion of an orphan says it waits for.
+fn orphan_waiting_for(region: RegionId, task_id: TaskId) -> String {
+    format!("deletion of orphan {region} (task {task_id})")
 }
 
 #[async_trait]

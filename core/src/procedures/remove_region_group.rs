@@ -242,7 +242,7 @@ impl RemoveRegionGroupProcedure {
             // Ack after persist: the deletion is durably recorded, so the DataNode may now
             // forget the result. Then straight on to the next DataNode (its task id is
             // persisted with this), or to dropping the metadata.
-            self.ack(ctx, env, node, task).await?;
+            env.ack(ctx, node, task).await?;
             self.data.task = None;
             self.data.task_node = None;
         }
@@ -315,36 +315,15 @@ impl RemoveRegionGroupProcedure {
                     },
                 };
                 match client.submit_task(ctx.epoch(), task).await {
-                    Ok(SubmitOutcome::Accepted) => {
-                        Ok(self.follow(env, &location, task_id, running))
-                    }
+                    Ok(SubmitOutcome::Accepted) => Ok(env.follow(&location, task_id, running)),
                     Ok(SubmitOutcome::Rejected(reason)) => Err(ProcedureError::Abort(format!(
                         "{node} refused deletion task {task_id}: {reason}"
                     ))),
                     Err(e) => self.call_failed(ctx, env, node, "a task submission", e),
                 }
             }
-            Ok(TaskStatus::Processing) => Ok(self.follow(env, &location, task_id, running)),
+            Ok(TaskStatus::Processing) => Ok(env.follow(&location, task_id, running)),
             Err(e) => self.call_failed(ctx, env, node, "a task poll", e),
-        }
-    }
-
-    /// While the task runs the step awaits a long-poll without a worker (`Step::Await`) and
-    /// re-runs when it returns: completion is seen within the poll's round trip.
-    fn follow(
-        &self,
-        env: &RegionEnv,
-        location: &crate::model::DataNodeLocation,
-        task_id: TaskId,
-        waiting_for: String,
-    ) -> Step {
-        let client = env.clients.client(location);
-        let wait = env.config.poll_wait;
-        Step::Await {
-            until: Box::pin(async move {
-                let _ = client.task_result(task_id, Some(wait)).await;
-            }),
-            waiting_for,
         }
     }
 
@@ -357,7 +336,7 @@ impl RemoveRegionGroupProcedure {
         if crate::mutations::active(crate::mutations::Mutation::AckEarly) {
             // Mutation: ack before the progress below is durable.
             let env = RegionEnv::of(ctx)?;
-            self.ack(ctx, env, node, task_id).await?;
+            env.ack(ctx, node, task_id).await?;
         }
         // Recorded in the same entry as `deleted` below: the node leaves the footprint
         // exactly when the procedure records it as deleted.
@@ -436,32 +415,6 @@ impl RemoveRegionGroupProcedure {
                     ),
                 })
             }
-        }
-    }
-
-    /// Best effort: an unacked result is bounded and expires on the DataNode. Only a
-    /// `StaleLeader` answer matters (this leader is fenced).
-    async fn ack(
-        &self,
-        ctx: &ProcedureContext,
-        env: &RegionEnv,
-        node: DataNodeId,
-        task: TaskId,
-    ) -> Result<(), ProcedureError> {
-        let Some(location) = RegionEnv::location(ctx, node) else {
-            return Ok(());
-        };
-        match env
-            .clients
-            .client(&location)
-            .ack_task(ctx.epoch(), task)
-            .await
-        {
-            Err(e) => match env.stale_leader(node, &e) {
-                Some(stop) => Err(stop),
-                None => Ok(()),
-            },
-            Ok(()) => Ok(()),
         }
     }
 
