@@ -538,34 +538,22 @@ impl TestCluster {
 
     /// Bytes of region data (live or still being removed) on every DataNode.
     pub fn region_bytes(&self) -> u64 {
-        self.data_nodes.iter().map(|s| s.mem.total_bytes()).sum()
+        self.data_nodes.region_bytes()
     }
 
     /// Replicas (live or still being removed) on every DataNode.
     pub async fn replica_count(&self) -> usize {
-        let mut count = 0;
-        for slot in &self.data_nodes {
-            count += slot.mem.list().await.expect("list").len();
-            count += slot.mem.regions_being_deleted().len();
-        }
-        count
+        self.data_nodes.replica_count().await
     }
 
     /// Maintain tasks running on every DataNode that is up.
     pub fn running_tasks(&self) -> usize {
-        self.data_nodes
-            .iter()
-            .filter_map(|s| s.node())
-            .map(|n| n.task_counts().running)
-            .sum()
+        self.data_nodes.running_tasks()
     }
 
     /// How many deletions of `region` each DataNode's store executed, by DataNode index.
     pub fn deletions(&self, region: RegionId) -> Vec<u64> {
-        self.data_nodes
-            .iter()
-            .map(|s| s.store.deletions_executed(region))
-            .collect()
+        self.data_nodes.deletions(region)
     }
 
     /// Procedures that have not finished, per the newest ConfigNode.
@@ -660,4 +648,45 @@ pub fn replicas_of(cluster: &TestCluster, name: &str) -> Vec<(RegionId, Vec<Data
         .into_iter()
         .map(|(_, g)| (g.region, g.replicas))
         .collect()
+}
+
+/// What a test asks of a cluster's DataNodes, whichever ConfigNodes drive them (one
+/// [`TestCluster`] leader or a Raft group).
+pub trait DataNodeSlots {
+    /// Bytes of region data (live or still being removed) on every DataNode.
+    fn region_bytes(&self) -> u64;
+    /// Replicas (live or still being removed) on every DataNode.
+    fn replica_count(&self) -> impl std::future::Future<Output = usize>;
+    /// Maintain tasks running on every DataNode that is up.
+    fn running_tasks(&self) -> usize;
+    /// How many deletions of `region` each DataNode's store executed, by DataNode index.
+    fn deletions(&self, region: RegionId) -> Vec<u64>;
+}
+
+impl DataNodeSlots for [Arc<DataNodeSlot>] {
+    fn region_bytes(&self) -> u64 {
+        self.iter().map(|s| s.mem.total_bytes()).sum()
+    }
+
+    async fn replica_count(&self) -> usize {
+        let mut count = 0;
+        for slot in self {
+            count += slot.mem.list().await.expect("list").len();
+            count += slot.mem.regions_being_deleted().len();
+        }
+        count
+    }
+
+    fn running_tasks(&self) -> usize {
+        self.iter()
+            .filter_map(|s| s.node())
+            .map(|n| n.task_counts().running)
+            .sum()
+    }
+
+    fn deletions(&self, region: RegionId) -> Vec<u64> {
+        self.iter()
+            .map(|s| s.store.deletions_executed(region))
+            .collect()
+    }
 }

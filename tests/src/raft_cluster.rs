@@ -25,11 +25,10 @@ use shoal_core::model::{
 use shoal_core::procedure::{ProcedureInfo, ProcedureView};
 use shoal_core::runtime::Runtime;
 use shoal_core::state::ClusterState;
-use shoal_core::storage::RegionStore;
 use shoal_runtime_smol::smol_runtime;
 use shoal_transport_inproc::InprocNetwork;
 
-use crate::cluster::{ClusterOptions, DataNodeSlot, NetClients, db};
+use crate::cluster::{ClusterOptions, DataNodeSlot, DataNodeSlots, NetClients, db};
 
 /// Wraps a member's consensus before its ConfigNode is built over it.
 pub type WrapConsensus =
@@ -375,34 +374,22 @@ impl RaftCluster {
 
     /// Bytes of region data (live or being removed) on every DataNode.
     pub fn region_bytes(&self) -> u64 {
-        self.data_nodes.iter().map(|s| s.mem.total_bytes()).sum()
+        self.data_nodes.region_bytes()
     }
 
     /// Replicas (live or being removed) on every DataNode.
     pub async fn replica_count(&self) -> usize {
-        let mut count = 0;
-        for slot in &self.data_nodes {
-            count += slot.mem.list().await.expect("list").len();
-            count += slot.mem.regions_being_deleted().len();
-        }
-        count
+        self.data_nodes.replica_count().await
     }
 
     /// Maintain tasks running on every DataNode that is up.
     pub fn running_tasks(&self) -> usize {
-        self.data_nodes
-            .iter()
-            .filter_map(|s| s.node())
-            .map(|n| n.task_counts().running)
-            .sum()
+        self.data_nodes.running_tasks()
     }
 
     /// How many deletions of `region` each DataNode executed, by DataNode index.
     pub fn deletions(&self, region: RegionId) -> Vec<u64> {
-        self.data_nodes
-            .iter()
-            .map(|s| s.store.deletions_executed(region))
-            .collect()
+        self.data_nodes.deletions(region)
     }
 
     /// Task ids some DataNode journaled as accepted more than once (a task id run twice).
