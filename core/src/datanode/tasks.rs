@@ -2,7 +2,7 @@
 //! evicted by the retention bound. Plain data behind the DataNode's state mutex; nothing
 //! here awaits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::journal::{ForgetReason, JournalRecord, OutcomeCode, ReplayError, StoredTaskKind};
@@ -62,12 +62,19 @@ pub(crate) struct TaskTable {
     tasks: BTreeMap<TaskId, TaskEntry>,
     /// Terminal results by finish order, oldest first.
     finished: BTreeMap<u64, TaskId>,
+    /// The same results by finish time (`finished_ms`, then `seq`): expiry by age pops from
+    /// the front instead of scanning every result.
+    finished_by_age: BTreeSet<(Millis, u64)>,
     /// Ids acked and forgotten, with when: a duplicate submission that arrives late (after
     /// the ack) is refused, so a task id never runs twice. Bounded like results.
     acked: BTreeMap<TaskId, Millis>,
+    /// `acked` by age, oldest first (pruning is a pop, not a scan).
+    acked_by_age: BTreeSet<(Millis, TaskId)>,
     /// Per region, the highest creation generation a deletion covered, and when: creates at
     /// or below it were sent before that deletion and are refused. Bounded like results.
     fences: BTreeMap<RegionId, (u64, Millis)>,
+    /// `fences` by age, oldest first.
+    fences_by_age: BTreeSet<(Millis, RegionId)>,
     next_seq: u64,
 }
 
@@ -96,11 +103,14 @@ impl TaskTable {
         }
         let accept_seq = self.seq();
         if let Some(TaskEntry {
-            state: TaskState::Finished { seq, .. },
+            state: TaskState::Finished {
+                seq, finished_ms, ..
+            },
             ..
         }) = self.tasks.get(&id)
         {
             self.finished.remove(seq);
+            self.finished_by_age.remove(&(*finished_ms, *seq));
         }
         self.tasks.insert(
             id,
@@ -118,8 +128,14 @@ impl TaskTable {
         let Some(entry) = self.tasks.get_mut(&id) else {
             return false;
         };
-        if let TaskState::Finished { seq: old, .. } = entry.state {
+        if let TaskState::Finished {
+            seq: old,
+            finished_ms: old_ms,
+            ..
+        } = entry.state
+        {
             self.finished.remove(&old);
+            self.finished_by_age.remove(&(old_ms, old));
         }
         entry.state = TaskState::Finished {
             status,
@@ -127,14 +143,23 @@ impl TaskTable {
             seq,
         };
         self.finished.insert(seq, id);
+        self.finished_by_age.insert((now, seq));
         true
     }
 
     /// Fences `region` against creates at or below `generation` (never lowers a fence).
     pub(crate) fn fence(&mut self, region: RegionId, generation: u64, now: Millis) {
-        let entry = self.fences.entry(region).or_insert((generation, now));
-        if generation >= entry.0 {
-            *entry = (generation, now);
+        match self.fences.get_mut(&region) {
+            None => {
+                self.fences.insert(region, (generation, now));
+                self.fences_by_age.insert((now, region));
+            }
+            Some(entry) if generation >= entry.0 => {
+                self.fences_by_age.remove(&(entry.1, region));
+                *entry = (generation, now);
+                self.fences_by_age.insert((now, region));
+            }
+            Some(_) => {}
         }
     }
 
@@ -145,7 +170,10 @@ impl TaskTable {
 
     /// Remembers that `id` was acked (see `acked`).
     pub(crate) fn remember_acked(&mut self, id: TaskId, now: Millis) {
-        self.acked.insert(id, now);
+        if let Some(was) = self.acked.insert(id, now) {
+            self.acked_by_age.remove(&(was, id));
+        }
+        self.acked_by_age.insert((now, id));
     }
 
     /// Forgets acked ids and region fences beyond `max_each` (oldest first) or older than
@@ -157,25 +185,22 @@ impl TaskTable {
         max_each: usize,
         max_age: Option<Duration>,
     ) {
+        // Amortised O(log n) per forgotten marker: both indexes are ordered by age.
         let max_age_ms = max_age.map(|age| age.as_millis() as Millis);
         let expired = |at: Millis| max_age_ms.is_some_and(|age| now.saturating_sub(at) > age);
-        self.acked.retain(|_, at| !expired(*at));
-        if self.acked.len() > max_each {
-            let mut by_age: Vec<(Millis, TaskId)> =
-                self.acked.iter().map(|(id, at)| (*at, *id)).collect();
-            by_age.sort();
-            for (_, id) in by_age.into_iter().take(self.acked.len() - max_each) {
-                self.acked.remove(&id);
+        while let Some(&(at, id)) = self.acked_by_age.first() {
+            if self.acked.len() <= max_each && !expired(at) {
+                break;
             }
+            self.acked_by_age.pop_first();
+            self.acked.remove(&id);
         }
-        self.fences.retain(|_, (_, at)| !expired(*at));
-        if self.fences.len() > max_each {
-            let mut by_age: Vec<(Millis, RegionId)> =
-                self.fences.iter().map(|(r, (_, at))| (*at, *r)).collect();
-            by_age.sort();
-            for (_, region) in by_age.into_iter().take(self.fences.len() - max_each) {
-                self.fences.remove(&region);
+        while let Some(&(at, region)) = self.fences_by_age.first() {
+            if self.fences.len() <= max_each && !expired(at) {
+                break;
             }
+            self.fences_by_age.pop_first();
+            self.fences.remove(&region);
         }
     }
 
@@ -187,11 +212,14 @@ impl TaskTable {
     /// Forgets `id` whatever its state.
     pub(crate) fn remove(&mut self, id: TaskId) {
         if let Some(TaskEntry {
-            state: TaskState::Finished { seq, .. },
+            state: TaskState::Finished {
+                seq, finished_ms, ..
+            },
             ..
         }) = self.tasks.remove(&id)
         {
             self.finished.remove(&seq);
+            self.finished_by_age.remove(&(finished_ms, seq));
         }
     }
 
@@ -246,22 +274,19 @@ impl TaskTable {
         max_results: usize,
         max_age: Option<Duration>,
     ) -> Vec<TaskId> {
+        // Only the front of each index is looked at: O(evicted · log n), not a scan of
+        // every result on every call.
         let excess = self.finished.len().saturating_sub(max_results);
-        let max_age_ms = max_age.map(|age| age.as_millis() as Millis);
-        self.finished
-            .values()
-            .enumerate()
-            .filter(|(position, id)| {
-                *position < excess
-                    || match (max_age_ms, self.tasks.get(id).map(|entry| &entry.state)) {
-                        (Some(age), Some(TaskState::Finished { finished_ms, .. })) => {
-                            now.saturating_sub(*finished_ms) > age
-                        }
-                        _ => false,
-                    }
-            })
-            .map(|(_, id)| *id)
-            .collect()
+        let mut evict: BTreeSet<u64> = self.finished.keys().take(excess).copied().collect();
+        if let Some(age) = max_age.map(|age| age.as_millis() as Millis) {
+            evict.extend(
+                self.finished_by_age
+                    .iter()
+                    .take_while(|(finished_ms, _)| now.saturating_sub(*finished_ms) > age)
+                    .map(|(_, seq)| *seq),
+            );
+        }
+        evict.into_iter().map(|seq| self.finished[&seq]).collect()
     }
 
     /// The records a compacted journal holds: the epoch, then every task in acceptance
@@ -347,4 +372,172 @@ pub(crate) fn replay(records: &[Vec<u8>], now: Millis) -> Result<Replayed, Repla
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod retention_tests {
+    //! The age indexes make retention incremental; these check it still forgets exactly
+    //! what a full scan of every marker and result would.
+
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::TaskTable;
+    use crate::api::{MaintainTaskKind, TaskStatus};
+    use crate::model::{RegionId, RegionKind, TaskId};
+    use crate::runtime::Millis;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Accept task `id` (a deletion of `region`, which fences it), at `dt` ms later.
+        Accept {
+            id: u64,
+            region: u64,
+            dt: u64,
+        },
+        Finish {
+            id: u64,
+            dt: u64,
+        },
+        Ack {
+            id: u64,
+            dt: u64,
+        },
+        Prune {
+            dt: u64,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..40u64, 0..8u64, 0..30u64).prop_map(|(id, region, dt)| Op::Accept {
+                id,
+                region,
+                dt
+            }),
+            (0..40u64, 0..30u64).prop_map(|(id, dt)| Op::Finish { id, dt }),
+            (0..40u64, 0..30u64).prop_map(|(id, dt)| Op::Ack { id, dt }),
+            (0..30u64).prop_map(|dt| Op::Prune { dt }),
+        ]
+    }
+
+    /// What the retention rules say, by scanning everything.
+    #[derive(Default)]
+    struct Model {
+        finished: BTreeMap<u64, (u64, Millis)>, // seq -> (id, finished_ms)
+        acked: BTreeMap<u64, Millis>,
+        fences: BTreeMap<u64, (u64, Millis)>,
+    }
+
+    impl Model {
+        fn over_retention(&self, now: Millis, max: usize, age: Millis) -> Vec<u64> {
+            let excess = self.finished.len().saturating_sub(max);
+            self.finished
+                .values()
+                .enumerate()
+                .filter(|(i, (_, at))| *i < excess || now.saturating_sub(*at) > age)
+                .map(|(_, (id, _))| *id)
+                .collect()
+        }
+
+        fn prune(&mut self, now: Millis, max: usize, age: Millis) {
+            self.acked.retain(|_, at| now.saturating_sub(*at) <= age);
+            while self.acked.len() > max {
+                let oldest = self.acked.iter().map(|(id, at)| (*at, *id)).min().unwrap();
+                self.acked.remove(&oldest.1);
+            }
+            self.fences
+                .retain(|_, (_, at)| now.saturating_sub(*at) <= age);
+            while self.fences.len() > max {
+                let oldest = self
+                    .fences
+                    .iter()
+                    .map(|(r, (_, at))| (*at, *r))
+                    .min()
+                    .unwrap();
+                self.fences.remove(&oldest.1);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn incremental_retention_forgets_what_a_full_scan_would(
+            ops in proptest::collection::vec(op(), 1..200),
+            max in 1..6usize,
+            age in 20..120u64,
+        ) {
+            let (mut table, mut model) = (TaskTable::default(), Model::default());
+            let mut seq_of: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut now: Millis = 0;
+            let max_age = Some(Duration::from_millis(age));
+            for op in ops {
+                match op {
+                    Op::Accept { id, region, dt } => {
+                        now += dt;
+                        let kind = MaintainTaskKind::DeleteRegionPeer {
+                            region: RegionId::new(RegionKind::Data, region as u32),
+                            generation: id,
+                        };
+                        if table.tasks.contains_key(&TaskId(id)) || table.acked.contains_key(&TaskId(id)) {
+                            continue;
+                        }
+                        table.insert_running(TaskId(id), kind, now);
+                        let fence = model.fences.entry(region).or_insert((id, now));
+                        if id >= fence.0 {
+                            *fence = (id, now);
+                        }
+                    }
+                    Op::Finish { id, dt } => {
+                        now += dt;
+                        if table.finish(TaskId(id), TaskStatus::Success, now) {
+                            if let Some(old) = seq_of.remove(&id) {
+                                model.finished.remove(&old);
+                            }
+                            let seq = table.next_seq;
+                            seq_of.insert(id, seq);
+                            model.finished.insert(seq, (id, now));
+                        }
+                    }
+                    Op::Ack { id, dt } => {
+                        now += dt;
+                        if let Some(seq) = seq_of.remove(&id) {
+                            model.finished.remove(&seq);
+                            table.remove(TaskId(id));
+                            table.remember_acked(TaskId(id), now);
+                            model.acked.insert(id, now);
+                        }
+                    }
+                    Op::Prune { dt } => {
+                        now += dt;
+                        let got: Vec<u64> = table
+                            .over_retention(now, max, max_age)
+                            .into_iter()
+                            .map(|t| t.0)
+                            .collect();
+                        prop_assert_eq!(&got, &model.over_retention(now, max, age));
+                        for id in got {
+                            table.remove(TaskId(id));
+                            model.finished.remove(&seq_of.remove(&id).unwrap());
+                        }
+                        table.prune_markers(now, max, max_age);
+                        model.prune(now, max, age);
+                    }
+                }
+                let acked: BTreeSet<u64> = table.acked.keys().map(|t| t.0).collect();
+                prop_assert_eq!(acked, model.acked.keys().copied().collect::<BTreeSet<_>>());
+                let fences: BTreeMap<u64, u64> =
+                    table.fences.iter().map(|(r, (g, _))| (u64::from(r.id), *g)).collect();
+                prop_assert_eq!(
+                    fences,
+                    model.fences.iter().map(|(r, (g, _))| (*r, *g)).collect::<BTreeMap<_, _>>()
+                );
+                prop_assert_eq!(table.acked_by_age.len(), table.acked.len());
+                prop_assert_eq!(table.fences_by_age.len(), table.fences.len());
+                prop_assert_eq!(table.finished_by_age.len(), table.finished.len());
+            }
+        }
+    }
 }
