@@ -201,6 +201,7 @@ pub fn region_env(options: WorldOptions) -> RegionEnv {
         clients: world,
         inflight: Arc::new(InflightCreates::default()),
         healer: Arc::new(EpochHealer::new()),
+        observed: Default::default(),
         config: LifecycleConfig {
             create_retry_window: Duration::from_secs(1),
             ..LifecycleConfig::default()
@@ -432,6 +433,7 @@ pub fn migration_env(lossy: bool) -> RegionEnv {
         clients: world,
         inflight: Arc::new(InflightCreates::default()),
         healer: Arc::new(EpochHealer::new()),
+        observed: Default::default(),
         config: LifecycleConfig {
             create_retry_window: Duration::from_secs(1),
             poll_wait: Duration::from_millis(200),

@@ -164,6 +164,7 @@ impl ConfigNode {
             clients: clients.clone(),
             inflight: inflight.clone(),
             healer: healer.clone(),
+            observed: Default::default(),
             config: config.lifecycle.clone(),
         });
         let executor = ProcedureExecutor::new(

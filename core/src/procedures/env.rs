@@ -1,10 +1,11 @@
 //! What the region procedures reach besides their persistent data (volatile), and the
 //! helpers they share.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::api::ApiError;
+use crate::api::{ApiError, MaintainTask, SubmitOutcome, TaskStatus};
 use crate::confignode::clients::DataNodeClients;
 use crate::confignode::fence::EpochHealer;
 use crate::confignode::inflight::InflightCreates;
@@ -53,6 +54,66 @@ pub struct RegionEnv {
     pub healer: Arc<EpochHealer>,
     /// Tunables.
     pub config: LifecycleConfig,
+    /// What the last long-poll of each followed task saw (see [`RegionEnv::drive`]).
+    pub observed: TaskObservations,
+}
+
+/// The answers long-polls of followed tasks returned, until a step of the procedure that
+/// follows the task takes them (volatile: a new leader or a restart starts empty).
+///
+/// Using one instead of asking again is sound because a task's status only moves forward:
+/// a terminal answer stays true of that task id forever (an id never runs twice), and any
+/// other answer only makes the step submit (idempotent) or follow again.
+#[derive(Debug, Clone, Default)]
+pub struct TaskObservations(Arc<Mutex<BTreeMap<(String, TaskId), Observation>>>);
+
+/// One long-poll's answer: a status, or the error the DataNode (or the network) gave.
+type Observation = Result<TaskStatus, ApiError>;
+
+impl TaskObservations {
+    /// At most this many answers wait to be taken (one per task being followed). An answer
+    /// whose step never came for it (the procedure moved on another way) would stay; when
+    /// they fill the map it is emptied, and the steps that lost theirs submit again.
+    const MAX: usize = 1 << 16;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, TaskId), Observation>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn put(&self, address: &str, task: TaskId, status: Observation) {
+        let mut seen = self.lock();
+        if seen.len() >= Self::MAX {
+            seen.clear();
+        }
+        seen.insert((address.to_string(), task), status);
+    }
+
+    fn take(&self, address: &str, task: TaskId) -> Option<Observation> {
+        self.lock().remove(&(address.to_string(), task))
+    }
+
+    /// Answers waiting to be taken.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no answer waits to be taken.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where a DataNode task stands, as one step of the procedure that owns it sees it.
+#[derive(Debug)]
+pub(crate) enum TaskProgress {
+    /// Finished successfully on the DataNode.
+    Succeeded,
+    /// Finished and failed there, with the DataNode's reason.
+    Failed(String),
+    /// Accepted and not finished: the step returns this `Step::Await`.
+    Running(Step),
+    /// The DataNode refused the submission (the id names another task, or was acked).
+    Rejected(String),
 }
 
 impl std::fmt::Debug for RegionEnv {
@@ -75,9 +136,56 @@ impl RegionEnv {
             .read(|s| s.data_nodes.get(&node).map(|n| n.location.clone()))
     }
 
+    /// Moves the task `task` on the DataNode at `location` on by one step, in as few calls
+    /// as the protocol allows: when the long-poll that woke this step saw the task terminal,
+    /// that answer is the result (no call); otherwise the task is submitted — idempotent: an
+    /// id already accepted, running or finished, is accepted again and runs nothing — and
+    /// followed. A task thus costs a submission, a long-poll and the ack; a step re-run
+    /// after a restart or a lost reply costs one submission more. The task id must be
+    /// persisted before the first call (the caller's job).
+    pub(crate) async fn drive(
+        &self,
+        epoch: crate::model::Epoch,
+        location: &DataNodeLocation,
+        task: MaintainTask,
+        waiting_for: String,
+    ) -> Result<TaskProgress, ApiError> {
+        match self.observed.take(&location.address, task.task_id) {
+            Some(Ok(TaskStatus::Success)) => return Ok(TaskProgress::Succeeded),
+            Some(Ok(TaskStatus::Fail(reason))) => return Ok(TaskProgress::Failed(reason)),
+            // The poll failed: the caller decides (wait and retry, abort, or stop) exactly
+            // as for a failed submission — never a loop of submit and failed poll.
+            Some(Err(error)) => return Err(error),
+            Some(Ok(TaskStatus::Processing)) => {
+                return Ok(TaskProgress::Running(self.follow(
+                    location,
+                    task.task_id,
+                    waiting_for,
+                )));
+            }
+            // Unknown there (evicted unacked, or never received): submit again.
+            Some(Ok(TaskStatus::NotExist)) | None => {}
+        }
+        let task_id = task.task_id;
+        match self
+            .clients
+            .client(location)
+            .submit_task(epoch, task)
+            .await?
+        {
+            SubmitOutcome::Accepted => Ok(TaskProgress::Running(self.follow(
+                location,
+                task_id,
+                waiting_for,
+            ))),
+            SubmitOutcome::Rejected(reason) => Ok(TaskProgress::Rejected(reason)),
+        }
+    }
+
     /// While `task_id` runs on the DataNode at `location`, the step awaits a long-poll of it
     /// without holding a worker (`Step::Await`) and re-runs when the poll returns: completion
-    /// is seen within the poll's round trip.
+    /// is seen within the poll's round trip, and the poll's answer is kept for that re-run
+    /// ([`RegionEnv::drive`]).
     pub(crate) fn follow(
         &self,
         location: &DataNodeLocation,
@@ -86,9 +194,11 @@ impl RegionEnv {
     ) -> Step {
         let client = self.clients.client(location);
         let wait = self.config.poll_wait;
+        let (observed, address) = (self.observed.clone(), location.address.clone());
         Step::Await {
             until: Box::pin(async move {
-                let _ = client.task_result(task_id, Some(wait)).await;
+                let answer = client.task_result(task_id, Some(wait)).await;
+                observed.put(&address, task_id, answer);
             }),
             waiting_for,
         }

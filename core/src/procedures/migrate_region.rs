@@ -24,10 +24,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{
-    ApiError, CreateRegionRequest, MaintainTask, MaintainTaskKind, RegionDigest, SubmitOutcome,
-    TaskStatus,
-};
+use crate::api::{ApiError, CreateRegionRequest, MaintainTask, MaintainTaskKind, RegionDigest};
 use crate::coded_enum;
 use crate::model::{
     DataNodeId, DataNodeLocation, DatabaseName, RegionId, RegionKind, RegionReplicaSet, TaskId,
@@ -39,7 +36,7 @@ use crate::procedure::{
 };
 use crate::state::{ClusterState, DataNodeStatus, LockKey, LockMode, LockResource};
 
-use super::env::{CallFailure, RegionEnv, first_failed_child, task_id_for};
+use super::env::{CallFailure, RegionEnv, TaskProgress, first_failed_child, task_id_for};
 use super::{MIGRATE_REGION, RemoveRegionGroupProcedure};
 
 /// Failed copies (or digests that do not match) before a migration gives up.
@@ -455,10 +452,16 @@ impl MigrateRegionProcedure {
         let Some(location) = RegionEnv::location(ctx, target) else {
             return Ok(self.fail(format!("target {target} is no longer registered")));
         };
-        let client = env.clients.client(&location);
         let running = format!("copy of {region} to {target} (task {task_id})");
-        match client.task_result(task_id, None).await {
-            Ok(TaskStatus::Success) => {
+        let Some(source) = self.data.task_source.clone() else {
+            return Err(ProcedureError::Data("copy task without a source".into()));
+        };
+        let task = MaintainTask {
+            task_id,
+            kind: MaintainTaskKind::CopyRegion { region, source },
+        };
+        match env.drive(ctx.epoch(), &location, task, running).await {
+            Ok(TaskProgress::Succeeded) => {
                 // The next step acks it, once this transition is durable.
                 self.data.ack = Some(task_id);
                 self.data.task = None;
@@ -466,25 +469,12 @@ impl MigrateRegionProcedure {
                 self.data.state = MigrateRegionState::Verify;
                 Ok(Step::Continue)
             }
-            Ok(TaskStatus::Fail(reason)) => Ok(self.copy_failed(ctx, env, reason)),
-            Ok(TaskStatus::NotExist) => {
-                let Some(source) = self.data.task_source.clone() else {
-                    return Err(ProcedureError::Data("copy task without a source".into()));
-                };
-                let task = MaintainTask {
-                    task_id,
-                    kind: MaintainTaskKind::CopyRegion { region, source },
-                };
-                match client.submit_task(ctx.epoch(), task).await {
-                    Ok(SubmitOutcome::Accepted) => Ok(env.follow(&location, task_id, running)),
-                    Ok(SubmitOutcome::Rejected(reason)) => {
-                        Ok(self.fail(format!("{target} refused copy task {task_id}: {reason}")))
-                    }
-                    Err(e) => self.call_failed(ctx, env, target, "a copy task submission", e),
-                }
+            Ok(TaskProgress::Failed(reason)) => Ok(self.copy_failed(ctx, env, reason)),
+            Ok(TaskProgress::Running(step)) => Ok(step),
+            Ok(TaskProgress::Rejected(reason)) => {
+                Ok(self.fail(format!("{target} refused copy task {task_id}: {reason}")))
             }
-            Ok(TaskStatus::Processing) => Ok(env.follow(&location, task_id, running)),
-            Err(e) => self.call_failed(ctx, env, target, "a copy task poll", e),
+            Err(e) => self.call_failed(ctx, env, target, "a copy task", e),
         }
     }
 

@@ -12,7 +12,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{MaintainTask, MaintainTaskKind, SubmitOutcome, TaskStatus};
+use crate::api::{MaintainTask, MaintainTaskKind};
 use crate::coded_enum;
 use crate::model::{DataNodeId, RegionId, TaskId};
 use crate::procedure::{
@@ -22,7 +22,7 @@ use crate::procedure::{
 use crate::state::{LockKey, LockMode, LockResource};
 
 use super::REMOVE_ORPHAN_REGION;
-use super::env::{CallFailure, RegionEnv, task_id_for};
+use super::env::{CallFailure, RegionEnv, TaskProgress, task_id_for};
 
 /// Failed deletions before the procedure gives up (the orphan stays listed).
 pub const MAX_ORPHAN_DELETE_FAILURES: u32 = 5;
@@ -139,15 +139,22 @@ impl RemoveOrphanRegionProcedure {
             self.data.generation = ctx.state().read(|s| s.last_generation);
             return Ok(Step::Continue);
         };
-        let client = env.clients.client(&location);
-        match client.task_result(task_id, None).await {
-            Ok(TaskStatus::Success) => {
+        let task = MaintainTask {
+            task_id,
+            kind: MaintainTaskKind::DeleteRegionPeer {
+                region,
+                generation: self.data.generation,
+            },
+        };
+        let waiting_for = orphan_waiting_for(region, task_id);
+        match env.drive(ctx.epoch(), &location, task, waiting_for).await {
+            Ok(TaskProgress::Succeeded) => {
                 tracing::warn!(procedure = %ctx.procedure_id(), %region, data_node = %node,
                     bytes = self.data.bytes, task = %task_id, "orphan replica deleted");
                 self.data.deleted = true;
                 Ok(Step::Continue)
             }
-            Ok(TaskStatus::Fail(reason)) => {
+            Ok(TaskProgress::Failed(reason)) => {
                 self.data.failures += 1;
                 if self.data.failures >= MAX_ORPHAN_DELETE_FAILURES {
                     return Err(ProcedureError::Abort(format!(
@@ -164,28 +171,11 @@ impl RemoveOrphanRegionProcedure {
                     waiting_for: format!("retry of the deletion of orphan {region}: {reason}"),
                 })
             }
-            Ok(TaskStatus::NotExist) => {
-                let task = MaintainTask {
-                    task_id,
-                    kind: MaintainTaskKind::DeleteRegionPeer {
-                        region,
-                        generation: self.data.generation,
-                    },
-                };
-                match client.submit_task(ctx.epoch(), task).await {
-                    Ok(SubmitOutcome::Accepted) => {
-                        Ok(env.follow(&location, task_id, orphan_waiting_for(region, task_id)))
-                    }
-                    Ok(SubmitOutcome::Rejected(reason)) => Err(ProcedureError::Abort(format!(
-                        "{node} refused deletion task {task_id}: {reason}"
-                    ))),
-                    Err(e) => self.call_failed(ctx, env, "a task submission", e),
-                }
-            }
-            Ok(TaskStatus::Processing) => {
-                Ok(env.follow(&location, task_id, orphan_waiting_for(region, task_id)))
-            }
-            Err(e) => self.call_failed(ctx, env, "a task poll", e),
+            Ok(TaskProgress::Running(step)) => Ok(step),
+            Ok(TaskProgress::Rejected(reason)) => Err(ProcedureError::Abort(format!(
+                "{node} refused deletion task {task_id}: {reason}"
+            ))),
+            Err(e) => self.call_failed(ctx, env, "a deletion task", e),
         }
     }
 

@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{MaintainTask, MaintainTaskKind, SubmitOutcome, TaskStatus};
+use crate::api::{MaintainTask, MaintainTaskKind};
 use crate::coded_enum;
 use crate::model::{DataNodeId, DatabaseName, RegionId, TaskId};
 use crate::plan::{ConfigPlan, DropRegionGroup, ReplicaDeleted};
@@ -33,7 +33,7 @@ use crate::procedure::{
 use crate::state::{LockKey, LockMode, LockResource, Rejection};
 
 use super::REMOVE_REGION_GROUP;
-use super::env::{CallFailure, RegionEnv, drop_queued_creates, task_id_for};
+use super::env::{CallFailure, RegionEnv, TaskProgress, drop_queued_creates, task_id_for};
 
 coded_enum! {
     /// States of [`RemoveRegionGroupProcedure`].
@@ -298,32 +298,25 @@ impl RemoveRegionGroupProcedure {
                 waiting_for: format!("DataNode {node} is not registered"),
             });
         };
-        let client = env.clients.client(&location);
         let running = format!(
             "deletion of {} on {node} (task {task_id})",
             self.data.region
         );
-        match client.task_result(task_id, None).await {
-            Ok(TaskStatus::Success) => self.succeeded(ctx, node, task_id).await,
-            Ok(TaskStatus::Fail(reason)) => Ok(self.failed(ctx, env, node, task_id, reason)),
-            Ok(TaskStatus::NotExist) => {
-                let task = MaintainTask {
-                    task_id,
-                    kind: MaintainTaskKind::DeleteRegionPeer {
-                        region: self.data.region,
-                        generation: self.data.task_generation,
-                    },
-                };
-                match client.submit_task(ctx.epoch(), task).await {
-                    Ok(SubmitOutcome::Accepted) => Ok(env.follow(&location, task_id, running)),
-                    Ok(SubmitOutcome::Rejected(reason)) => Err(ProcedureError::Abort(format!(
-                        "{node} refused deletion task {task_id}: {reason}"
-                    ))),
-                    Err(e) => self.call_failed(ctx, env, node, "a task submission", e),
-                }
-            }
-            Ok(TaskStatus::Processing) => Ok(env.follow(&location, task_id, running)),
-            Err(e) => self.call_failed(ctx, env, node, "a task poll", e),
+        let task = MaintainTask {
+            task_id,
+            kind: MaintainTaskKind::DeleteRegionPeer {
+                region: self.data.region,
+                generation: self.data.task_generation,
+            },
+        };
+        match env.drive(ctx.epoch(), &location, task, running).await {
+            Ok(TaskProgress::Succeeded) => self.succeeded(ctx, node, task_id).await,
+            Ok(TaskProgress::Failed(reason)) => Ok(self.failed(ctx, env, node, task_id, reason)),
+            Ok(TaskProgress::Running(step)) => Ok(step),
+            Ok(TaskProgress::Rejected(reason)) => Err(ProcedureError::Abort(format!(
+                "{node} refused deletion task {task_id}: {reason}"
+            ))),
+            Err(e) => self.call_failed(ctx, env, node, "a deletion task", e),
         }
     }
 

@@ -292,6 +292,7 @@ impl StepEnv {
             clients: Arc::new(Clients(nodes.clone())),
             inflight: Arc::new(InflightCreates::default()),
             healer: healer.clone(),
+            observed: Default::default(),
             config: LifecycleConfig {
                 create_retry_window: Duration::from_secs(1),
                 ..LifecycleConfig::default()
@@ -401,6 +402,36 @@ impl StepEnv {
     /// The committed state.
     pub fn state(&self) -> ClusterState {
         self.consensus.state().snapshot()
+    }
+
+    /// Runs a step and, when it awaits a followed task, what the executor does next: runs
+    /// the await (the DataNode's long-poll answers from the poll script) and then the next
+    /// step, which sees that answer. Any other step is returned as it is.
+    pub async fn step_past_await(
+        &self,
+        procedure: &mut dyn Procedure,
+        id: ProcedureId,
+        children: Vec<ChildOutcome>,
+    ) -> Result<Step, ProcedureError> {
+        match self.step(procedure, id, children.clone()).await {
+            Ok(Step::Await { until, .. }) => {
+                self.run_await(until).await;
+                self.step(procedure, id, children).await
+            }
+            other => other,
+        }
+    }
+
+    /// Runs a step's `Step::Await` future to its end on the manual clock.
+    pub async fn run_await(&self, until: BoxFuture<()>) {
+        let clock = self.clock.clone();
+        let ticker = async move {
+            loop {
+                futures_lite::future::yield_now().await;
+                clock.advance_to_next_deadline();
+            }
+        };
+        futures_lite::future::or(until, ticker).await;
     }
 
     /// Runs one step of `procedure` (as procedure `id`, with `children` finished) to its

@@ -40,14 +40,24 @@ async fn persisted() -> (StepEnv, RemoveOrphanRegionProcedure) {
     (env, procedure)
 }
 
-/// [`persisted`], then one step whose task poll gets `answer`.
+/// [`persisted`], then the step that submits the task: a DataNode status (`Ok`) is what
+/// the long-poll of the submitted task answers, and the step after it is returned; an error
+/// is the submission's answer.
 async fn deleting(
     answer: Result<TaskStatus, ApiError>,
 ) -> (StepEnv, RemoveOrphanRegionProcedure, Step) {
     let (env, mut procedure) = persisted().await;
-    env.nodes.answer_polls(1, vec![answer]);
-    let step = step(&env, &mut procedure).await.expect("step");
-    (env, procedure, step)
+    let step = match answer {
+        Ok(status) => {
+            env.nodes.answer_polls(1, vec![Ok(status)]);
+            env.step_past_await(&mut procedure, ID, Vec::new()).await
+        }
+        Err(error) => {
+            env.nodes.answer_submits(1, vec![Err(error)]);
+            step(&env, &mut procedure).await
+        }
+    };
+    (env, procedure, step.expect("step"))
 }
 
 fn submits(env: &StepEnv, node: u32) -> Vec<crate::api::MaintainTask> {
@@ -100,9 +110,14 @@ fn not_exist_submits_a_deletion_under_the_persisted_id() {
     smol::block_on(async {
         let (env, procedure, step) = deleting(Ok(TaskStatus::NotExist)).await;
         assert!(matches!(step, Step::Await { .. }), "{step:?}");
+        // Submitted, then again once its poll found nothing: always the persisted id.
         let submitted = submits(&env, 1);
-        assert_eq!(submitted.len(), 1);
-        assert_eq!(Some(submitted[0].task_id), procedure.data().task);
+        assert_eq!(submitted.len(), 2);
+        assert!(
+            submitted
+                .iter()
+                .all(|task| Some(task.task_id) == procedure.data().task)
+        );
     });
 }
 
@@ -112,7 +127,7 @@ fn processing_is_followed_without_a_commit() {
         let (env, procedure, step) = deleting(Ok(TaskStatus::Processing)).await;
         assert!(matches!(step, Step::Await { .. }));
         assert!(!procedure.data().deleted);
-        assert!(submits(&env, 1).is_empty());
+        assert_eq!(submits(&env, 1).len(), 1, "followed, not submitted again");
     });
 }
 
@@ -171,7 +186,7 @@ fn a_rejected_task_aborts_with_the_reason() {
 fn stale_leader_stops_the_session() {
     smol::block_on(async {
         let (env, mut procedure) = persisted().await;
-        env.nodes.answer_polls(
+        env.nodes.answer_submits(
             1,
             vec![Err(ApiError::StaleLeader {
                 request: env.epoch,

@@ -49,12 +49,13 @@ fn a_task_id_is_persisted_before_anything_is_sent() {
 }
 
 #[test]
-fn not_exist_resubmits_the_same_id_with_its_generation() {
+fn the_persisted_id_is_submitted_with_its_generation_and_followed() {
     smol::block_on(async {
         let (env, region, mut removal) = with_task().await;
-        // The default poll answer is NotExist: never submitted yet (or the reply was lost).
         let step = env.step(&mut removal, ID, Vec::new()).await;
-        assert!(matches!(step, Ok(Step::Await { .. })), "{step:?}");
+        let Ok(Step::Await { until, .. }) = step else {
+            panic!("{step:?}");
+        };
         let expected = MaintainTask {
             task_id: first_task(),
             kind: MaintainTaskKind::DeleteRegionPeer {
@@ -62,9 +63,13 @@ fn not_exist_resubmits_the_same_id_with_its_generation() {
                 generation: removal.data.task_generation,
             },
         };
+        assert_eq!(env.nodes.calls_to(0), vec![Call::Submit(expected.clone())]);
+        // The await long-polls the task; its answer is what the next step acts on.
+        env.nodes.answer_polls(0, vec![Ok(TaskStatus::Processing)]);
+        env.run_await(until).await;
         assert_eq!(
             env.nodes.calls_to(0),
-            vec![Call::Poll(first_task()), Call::Submit(expected)]
+            vec![Call::Submit(expected.clone()), Call::Poll(first_task())]
         );
         assert_eq!(
             removal.data.task,
@@ -75,12 +80,67 @@ fn not_exist_resubmits_the_same_id_with_its_generation() {
 }
 
 #[test]
+fn not_exist_resubmits_the_same_id_with_its_generation() {
+    smol::block_on(async {
+        let (env, region, mut removal) = with_task().await;
+        // The long-poll finds nothing: the DataNode evicted the unacked task (or lost the
+        // submission): the same id is submitted again, never a new one.
+        env.nodes.answer_polls(0, vec![Ok(TaskStatus::NotExist)]);
+        let step = env.step_past_await(&mut removal, ID, Vec::new()).await;
+        assert!(matches!(step, Ok(Step::Await { .. })), "{step:?}");
+        let expected = MaintainTask {
+            task_id: first_task(),
+            kind: MaintainTaskKind::DeleteRegionPeer {
+                region,
+                generation: removal.data.task_generation,
+            },
+        };
+        assert_eq!(
+            env.nodes.calls_to(0),
+            vec![
+                Call::Submit(expected.clone()),
+                Call::Poll(first_task()),
+                Call::Submit(expected)
+            ]
+        );
+        assert_eq!(removal.data.task, Some(first_task()));
+    });
+}
+
+#[test]
+fn a_rerun_after_a_restart_resubmits_and_learns_the_outcome_from_the_poll() {
+    smol::block_on(async {
+        let (env, _, mut removal) = with_task().await;
+        let _ = env.step(&mut removal, ID, Vec::new()).await;
+        // A new leader decodes the record: nothing was observed in this process, so the
+        // task is submitted again (a duplicate runs nothing) and its poll says it finished.
+        let mut rerun =
+            RemoveRegionGroupProcedure::decode(&encode_data(&removal.data).expect("encodes"))
+                .expect("decodes");
+        env.nodes.answer_polls(0, vec![Ok(TaskStatus::Success)]);
+        let step = env.step_past_await(&mut rerun, ID, Vec::new()).await;
+        assert!(matches!(step, Ok(Step::Continue)), "{step:?}");
+        assert!(rerun.data.deleted.contains(&DataNodeId(0)));
+        let submits = env
+            .nodes
+            .calls_to(0)
+            .into_iter()
+            .filter(|call| matches!(call, Call::Submit(_)))
+            .count();
+        assert_eq!(
+            submits, 2,
+            "the same task submitted twice, by design idempotent"
+        );
+    });
+}
+
+#[test]
 fn processing_is_awaited_without_changing_persistent_data() {
     smol::block_on(async {
         let (env, _, mut removal) = with_task().await;
         env.nodes.answer_polls(0, vec![Ok(TaskStatus::Processing)]);
         let before = encode_data(&removal.data).expect("encodes");
-        let step = env.step(&mut removal, ID, Vec::new()).await;
+        let step = env.step_past_await(&mut removal, ID, Vec::new()).await;
         assert!(matches!(step, Ok(Step::Await { .. })), "{step:?}");
         assert_eq!(encode_data(&removal.data).expect("encodes"), before);
     });
@@ -91,7 +151,7 @@ fn success_is_recorded_before_the_task_is_acked() {
     smol::block_on(async {
         let (env, region, mut removal) = with_task().await;
         env.nodes.answer_polls(0, vec![Ok(TaskStatus::Success)]);
-        let step = env.step(&mut removal, ID, Vec::new()).await;
+        let step = env.step_past_await(&mut removal, ID, Vec::new()).await;
         assert!(matches!(step, Ok(Step::Continue)), "{step:?}");
         let state = env.state();
         assert!(!state.footprint(region).contains(&DataNodeId(0)));
@@ -127,7 +187,7 @@ fn fail_backs_off_and_the_retry_gets_a_new_id_persisted_first() {
         let (env, _, mut removal) = with_task().await;
         env.nodes
             .answer_polls(0, vec![Ok(TaskStatus::Fail("disk full".into()))]);
-        let step = env.step(&mut removal, ID, Vec::new()).await;
+        let step = env.step_past_await(&mut removal, ID, Vec::new()).await;
         match step {
             Ok(Step::Wait { waiting_for, .. }) => assert!(waiting_for.contains("disk full")),
             other => panic!("{other:?}"),
@@ -152,7 +212,7 @@ fn fail_backs_off_and_the_retry_gets_a_new_id_persisted_first() {
 fn an_unreachable_datanode_keeps_the_step_waiting_visibly() {
     smol::block_on(async {
         let (env, _, mut removal) = with_task().await;
-        env.nodes.answer_polls(
+        env.nodes.answer_submits(
             0,
             vec![Err(ApiError::Unreachable("connection refused".into()))],
         );
@@ -194,7 +254,7 @@ fn an_answer_no_retry_can_change_aborts_instead_of_waiting() {
     smol::block_on(async {
         let (env, _, mut removal) = with_task().await;
         env.nodes
-            .answer_polls(0, vec![Err(ApiError::Malformed("bad reply".into()))]);
+            .answer_submits(0, vec![Err(ApiError::Malformed("bad reply".into()))]);
         let step = env.step(&mut removal, ID, Vec::new()).await;
         assert!(
             matches!(&step, Err(ProcedureError::Abort(r)) if r.contains("bad reply")),
@@ -208,7 +268,7 @@ fn stale_leader_stops_the_session_and_asks_for_a_higher_epoch() {
     smol::block_on(async {
         let (env, _, mut removal) = with_task().await;
         let seen = Epoch(env.epoch.0 + 40);
-        env.nodes.answer_polls(
+        env.nodes.answer_submits(
             0,
             vec![Err(ApiError::StaleLeader {
                 request: env.epoch,
@@ -273,12 +333,16 @@ fn a_record_written_before_the_footprint_resumes_its_task() {
         assert_eq!(removal.data.task_node, Some(DataNodeId(1)));
         assert!(removal.data.deleted.contains(&DataNodeId(0)));
         env.nodes.answer_polls(1, vec![Ok(TaskStatus::Processing)]);
-        let step = env.step(&mut removal, ID, Vec::new()).await;
+        let step = env.step_past_await(&mut removal, ID, Vec::new()).await;
         assert!(matches!(step, Ok(Step::Await { .. })), "{step:?}");
-        assert_eq!(
-            env.nodes.calls_to(1),
-            vec![Call::Poll(task_id_for(ID, 1).expect("fits"))],
-            "the task in flight is followed, not restarted"
+        let calls = env.nodes.calls_to(1);
+        assert!(
+            calls.iter().all(|call| match call {
+                Call::Submit(task) => task.task_id == task_id_for(ID, 1).expect("fits"),
+                Call::Poll(task) => *task == task_id_for(ID, 1).expect("fits"),
+                _ => false,
+            }) && calls.contains(&Call::Poll(task_id_for(ID, 1).expect("fits"))),
+            "the task in flight is followed under its id, not restarted: {calls:?}"
         );
     });
 }
@@ -288,7 +352,7 @@ fn a_lost_ack_is_harmless_but_a_stale_leader_ack_stops_the_session() {
     smol::block_on(async {
         let (env, _, mut removal) = with_task().await;
         env.nodes.answer_polls(0, vec![Ok(TaskStatus::Success)]);
-        let _ = env.step(&mut removal, ID, Vec::new()).await;
+        let _ = env.step_past_await(&mut removal, ID, Vec::new()).await;
         env.nodes.answer_acks(
             0,
             vec![Err(ApiError::Timeout(std::time::Duration::from_secs(1)))],
@@ -303,7 +367,7 @@ fn a_lost_ack_is_harmless_but_a_stale_leader_ack_stops_the_session() {
 
         // The next replica's ack meets a fence above this leader.
         env.nodes.answer_polls(1, vec![Ok(TaskStatus::Success)]);
-        let _ = env.step(&mut removal, ID, Vec::new()).await;
+        let _ = env.step_past_await(&mut removal, ID, Vec::new()).await;
         env.nodes.answer_acks(
             1,
             vec![Err(ApiError::StaleLeader {
@@ -316,5 +380,41 @@ fn a_lost_ack_is_harmless_but_a_stale_leader_ack_stops_the_session() {
             matches!(step, Err(ProcedureError::StaleLeader { .. })),
             "{step:?}"
         );
+    });
+}
+
+#[test]
+fn a_failed_poll_decides_the_step_like_a_failed_call_never_a_resubmit_loop() {
+    smol::block_on(async {
+        let (env, _, mut removal) = with_task().await;
+        env.nodes.answer_polls(
+            0,
+            vec![Err(ApiError::Unreachable("connection reset".into()))],
+        );
+        let step = env.step_past_await(&mut removal, ID, Vec::new()).await;
+        assert!(
+            matches!(&step, Ok(Step::Wait { waiting_for, .. }) if waiting_for.contains("connection reset")),
+            "{step:?}"
+        );
+        let submits = |env: &StepEnv| {
+            env.nodes
+                .calls_to(0)
+                .iter()
+                .filter(|call| matches!(call, Call::Submit(_)))
+                .count()
+        };
+        assert_eq!(submits(&env), 1, "backs off before anything is sent again");
+
+        let (env, _, mut removal) = with_task().await;
+        env.nodes.answer_polls(
+            0,
+            vec![Err(ApiError::Refused("task ids are u32 here".into()))],
+        );
+        let step = env.step_past_await(&mut removal, ID, Vec::new()).await;
+        assert!(
+            matches!(&step, Err(ProcedureError::Abort(r)) if r.contains("task ids are u32 here")),
+            "{step:?}"
+        );
+        assert_eq!(submits(&env), 1);
     });
 }
