@@ -412,6 +412,10 @@ pub struct GateData {
     pub gate: String,
     /// Lock keys.
     pub locks: Vec<LockKey>,
+    /// [`AwaitGateProcedure`] only: each await first changes the persistent data (which a
+    /// step may not keep: nothing is committed, so the live instance is dropped).
+    #[serde(default)]
+    pub scribbles: bool,
 }
 
 /// One step that records `start:name`, blocks until its gate opens (holding its worker),
@@ -430,6 +434,7 @@ impl GateProcedure {
                 name: name.to_string(),
                 gate: gate.to_string(),
                 locks,
+                scribbles: false,
             },
         }
     }
@@ -481,11 +486,15 @@ impl ProcedureType for GateProcedure {
 }
 
 /// One step that finishes once its gate is open, awaiting it with [`Step::Await`]: while
-/// the gate is closed it holds no worker and commits nothing.
+/// the gate is closed it holds no worker and commits nothing. When done it writes
+/// `name/awaits`: how many awaits its live instance remembers (a volatile count, kept only
+/// while the instance is).
 #[derive(Debug, Clone)]
 pub struct AwaitGateProcedure {
     /// Its persistent data (name and gate; no locks).
     pub data: GateData,
+    /// Awaits this instance returned (volatile).
+    awaits: u64,
 }
 
 impl AwaitGateProcedure {
@@ -496,7 +505,9 @@ impl AwaitGateProcedure {
                 name: name.to_string(),
                 gate: gate.to_string(),
                 locks: Vec::new(),
+                scribbles: false,
             },
+            awaits: 0,
         }
     }
 }
@@ -528,7 +539,12 @@ impl Procedure for AwaitGateProcedure {
         let listener = world.changed.listen();
         if lock(&world.open_gates).contains(&self.data.gate) {
             world.set_effect(format!("{}/done", self.data.name), 1);
+            world.set_effect(format!("{}/awaits", self.data.name), self.awaits);
             return Ok(Step::Done(Vec::new()));
+        }
+        self.awaits += 1;
+        if self.data.scribbles {
+            self.data.name.push('~');
         }
         Ok(Step::Await {
             until: Box::pin(listener),
@@ -543,6 +559,7 @@ impl ProcedureType for AwaitGateProcedure {
     fn decode(data: &[u8]) -> Result<Self, ProcedureError> {
         Ok(Self {
             data: decode_data(data)?,
+            awaits: 0,
         })
     }
 }

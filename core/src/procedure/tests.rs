@@ -463,6 +463,45 @@ fn awaiting_step_holds_no_worker_and_commits_nothing_until_woken() {
 }
 
 #[test]
+fn an_await_keeps_the_live_instance_only_while_its_data_is_the_record() {
+    run(|rig| async move {
+        let (_c, executor) = rig.node(config(1)).await;
+        // One at a time: an await gate wakes on any event, its own check included.
+        for (name, scribbles) in [("kept", false), ("dropped", true)] {
+            let mut procedure = AwaitGateProcedure::new(name, name);
+            procedure.data.scribbles = scribbles;
+            let id = executor
+                .submit(Box::new(procedure), None)
+                .await
+                .expect("submitted");
+            rig.drive(|| status_of(&executor, id) == ProcedureView::Waiting)
+                .await;
+            // Two wake-ups with its gate still closed: each run awaits again.
+            for other in ["x", "y"] {
+                let before = rig.world.events().len();
+                rig.world.open_gate(&format!("{name}-{other}"));
+                rig.drive(|| {
+                    rig.world.events().len() > before
+                        && status_of(&executor, id) == ProcedureView::Waiting
+                })
+                .await;
+            }
+            rig.world.open_gate(name);
+            rig.drive(|| status_of(&executor, id) == ProcedureView::Succeeded)
+                .await;
+        }
+        let effects = rig.world.effects();
+        // Unchanged data: one live instance throughout, which counted all three awaits.
+        assert_eq!(effects.get("kept/awaits"), Some(&3), "{effects:?}");
+        // Changed data (never committed): each such instance was dropped and the next run
+        // decoded the record — its name unscribbled, its count started again.
+        assert_eq!(effects.get("dropped/done"), Some(&1), "{effects:?}");
+        assert!(effects.keys().all(|key| !key.contains('~')), "{effects:?}");
+        assert_eq!(effects.get("dropped/awaits"), Some(&0), "{effects:?}");
+    });
+}
+
+#[test]
 fn waiting_procedure_reports_what_it_waits_for() {
     run(|rig| async move {
         let (_c, executor) = rig.node(config(1)).await;

@@ -89,9 +89,18 @@ impl SessionCore {
                     .await;
             }
             Ok(Step::Await { until, waiting_for }) => {
-                // Nothing to commit; the live instance is dropped so the next run starts
-                // from the committed record.
-                drop(instance);
+                // Nothing to commit. The live instance is kept only when its persistent
+                // data is exactly the committed record (what decoding it would give, plus
+                // what the instance remembers for itself); a step that changed its data
+                // and then awaited is dropped, so the next run starts from the record.
+                if instance
+                    .encode()
+                    .is_ok_and(|data| data.as_slice() == record.data.as_slice())
+                {
+                    self.put_instance(record.id, instance);
+                } else {
+                    drop(instance);
+                }
                 self.await_then_ready(record.id, until, waiting_for);
                 return;
             }

@@ -69,6 +69,14 @@ fn is_zero_u64(value: &u64) -> bool {
     *value == 0
 }
 
+/// A finished deletion task to ack, once the entry recording its success is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Plain data: fields are named for what they hold.
+pub struct PendingAck {
+    pub node: DataNodeId,
+    pub task: TaskId,
+}
+
 /// Persistent data of [`RemoveRegionGroupProcedure`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)] // Plain data: fields are named for what they hold.
@@ -91,9 +99,13 @@ pub struct RemoveRegionGroupData {
     /// The DataNode the current task deletes on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_node: Option<DataNodeId>,
-    /// The current task's id, persisted before it is submitted. Once `task_node` is in
-    /// `deleted`, it is the task still to be acked.
+    /// The current task's id, persisted before it is submitted. (Records written before
+    /// `ack`: once `task_node` is in `deleted`, it is the task still to be acked.)
     pub task: Option<TaskId>,
+    /// A deletion recorded (its node is in `deleted`) whose task is still to be acked: the
+    /// entry that records it also persists the next task id, and the ack goes out after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<PendingAck>,
     /// The creation generation the current task's deletion covers (the node's footprint
     /// generation when the task id was persisted; resubmissions send the same).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
@@ -122,6 +134,9 @@ pub struct RemoveRegionGroupData {
 #[derive(Debug, Clone)]
 pub struct RemoveRegionGroupProcedure {
     data: RemoveRegionGroupData,
+    /// The pending ack this instance already sent (volatile: a decoded record sends it
+    /// again, which is harmless), so the steps between two commits send it once.
+    acked: Option<PendingAck>,
 }
 
 impl RemoveRegionGroupProcedure {
@@ -154,6 +169,7 @@ impl RemoveRegionGroupProcedure {
                 abandoned: BTreeSet::new(),
                 task_node: None,
                 task: None,
+                ack: None,
                 task_generation: 0,
                 task_seq: 0,
                 failures: 0,
@@ -162,6 +178,7 @@ impl RemoveRegionGroupProcedure {
                 legacy_replicas: Vec::new(),
                 legacy_next: 0,
             },
+            acked: None,
         }
     }
 
@@ -236,9 +253,11 @@ impl RemoveRegionGroupProcedure {
     /// something no retry can change.
     async fn delete_replicas(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
         let env = RegionEnv::of(ctx)?;
+        self.send_pending_ack(ctx).await?;
         if let (Some(node), Some(task)) = (self.data.task_node, self.data.task)
             && self.data.deleted.contains(&node)
         {
+            // A record written before `ack`.
             // Ack after persist: the deletion is durably recorded, so the DataNode may now
             // forget the result. Then straight on to the next DataNode (its task id is
             // persisted with this), or to dropping the metadata.
@@ -276,20 +295,7 @@ impl RemoveRegionGroupProcedure {
             },
         };
         let Some(task_id) = self.data.task else {
-            // Persist the task id before submitting: a crash in between must resubmit the
-            // same id, never start a second deletion under a new one.
-            self.data.task = Some(task_id_for(ctx.procedure_id(), self.data.task_seq)?);
-            self.data.task_node = Some(node);
-            // Every create ever sent to this node for this group carries at most the
-            // generation it holds in the footprint now.
-            self.data.task_generation = ctx
-                .state()
-                .read(|s| s.creation_generation(self.data.region, node))
-                .unwrap_or(0);
-            // Deleting on it (again, if it was added back to the footprint).
-            self.data.deleted.remove(&node);
-            self.data.task_seq += 1;
-            self.data.task_since_ms = ctx.runtime().clock.now_ms();
+            self.assign_task(ctx, node)?;
             return Ok(Step::Continue);
         };
         let Some(location) = RegionEnv::location(ctx, node) else {
@@ -320,6 +326,43 @@ impl RemoveRegionGroupProcedure {
         }
     }
 
+    /// Gives the deletion on `node` a new task id, persisted by the step's transition
+    /// before anything is submitted: a crash in between resubmits the same id, never starts
+    /// a second deletion under a new one.
+    fn assign_task(
+        &mut self,
+        ctx: &ProcedureContext,
+        node: DataNodeId,
+    ) -> Result<(), ProcedureError> {
+        self.data.task = Some(task_id_for(ctx.procedure_id(), self.data.task_seq)?);
+        self.data.task_node = Some(node);
+        // Every create ever sent to this node for this group carries at most the
+        // generation it holds in the footprint now.
+        self.data.task_generation = ctx
+            .state()
+            .read(|s| s.creation_generation(self.data.region, node))
+            .unwrap_or(0);
+        // Deleting on it (again, if it was added back to the footprint).
+        self.data.deleted.remove(&node);
+        self.data.task_seq += 1;
+        self.data.task_since_ms = ctx.runtime().clock.now_ms();
+        Ok(())
+    }
+
+    /// Acks the deletion recorded by the last commit, once per instance (a re-run from the
+    /// record acks again: harmless). Cleared from the record by the next commit.
+    async fn send_pending_ack(&mut self, ctx: &ProcedureContext) -> Result<(), ProcedureError> {
+        if let Some(pending) = self.data.ack
+            && self.acked != Some(pending)
+        {
+            RegionEnv::of(ctx)?
+                .ack(ctx, pending.node, pending.task)
+                .await?;
+            self.acked = Some(pending);
+        }
+        Ok(())
+    }
+
     async fn succeeded(
         &mut self,
         ctx: &ProcedureContext,
@@ -344,10 +387,23 @@ impl RemoveRegionGroupProcedure {
             duration_ms = ctx.runtime().clock.now_ms().saturating_sub(self.data.task_since_ms),
             "replica deleted"
         );
-        // The task stays current until this is committed; the next step acks it.
+        // Acked after this is committed, by the next step; the next DataNode's task id is
+        // persisted in the same entry, so a replica costs one commit.
         self.data.deleted.insert(node);
+        self.data.ack = Some(PendingAck {
+            node,
+            task: task_id,
+        });
+        self.data.task = None;
+        self.data.task_node = None;
         self.data.failures = 0;
         self.data.unreachable = 0;
+        // `node` is still in the footprint until the staged `ReplicaDeleted` applies.
+        let next = self.remaining(ctx).into_iter().find(|n| *n != node);
+        match next {
+            Some(next) => self.assign_task(ctx, next)?,
+            None => self.data.state = RemoveRegionGroupState::DropMetadata,
+        }
         Ok(Step::Continue)
     }
 
@@ -413,6 +469,8 @@ impl RemoveRegionGroupProcedure {
 
     /// Retry: commit failures. Abort: none (missing metadata is already the goal).
     async fn drop_metadata(&mut self, ctx: &ProcedureContext) -> Result<Step, ProcedureError> {
+        self.send_pending_ack(ctx).await?;
+        self.data.ack = None;
         let region = self.data.region;
         if self.data.scope == RemovalScope::Group {
             let plan = DropRegionGroup {
@@ -496,7 +554,7 @@ impl ProcedureType for RemoveRegionGroupProcedure {
             data.targets.dedup();
             data.legacy_next = 0;
         }
-        Ok(Self { data })
+        Ok(Self { data, acked: None })
     }
 }
 

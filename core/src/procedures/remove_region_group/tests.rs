@@ -167,17 +167,42 @@ fn success_is_recorded_before_the_task_is_acked() {
             !env.nodes.calls_to(0).contains(&Call::Ack(first_task())),
             "no ack before the step's progress is persisted"
         );
-        // The next step (after the transition above is committed) acks, then moves on: the
-        // next DataNode's task id is persisted by that same step's transition.
-        let step = env.step(&mut removal, ID, Vec::new()).await;
-        assert!(matches!(step, Ok(Step::Continue)), "{step:?}");
-        assert!(env.nodes.calls_to(0).contains(&Call::Ack(first_task())));
+        // The same transition persists the ack still owed and the next DataNode's task id:
+        // one commit per replica.
+        assert_eq!(
+            removal.data.ack,
+            Some(super::PendingAck {
+                node: DataNodeId(0),
+                task: first_task()
+            })
+        );
         assert_eq!(removal.data.task_node, Some(DataNodeId(1)));
         assert_eq!(removal.data.task, Some(task_id_for(ID, 1).expect("fits")));
         assert!(
             env.nodes.calls_to(1).is_empty(),
             "nothing sent to the next DataNode before its id is durable"
         );
+        // The next step (after that transition is committed) acks, then submits the next.
+        let step = env.step(&mut removal, ID, Vec::new()).await;
+        let Ok(Step::Await { until, .. }) = step else {
+            panic!("{step:?}");
+        };
+        assert!(env.nodes.calls_to(0).contains(&Call::Ack(first_task())));
+        assert!(matches!(
+            env.nodes.calls_to(1).as_slice(),
+            [Call::Submit(_)]
+        ));
+        // The step after the await does not ack again (the instance remembers it).
+        env.nodes.answer_polls(1, vec![Ok(TaskStatus::Processing)]);
+        env.run_await(until).await;
+        let _ = env.step(&mut removal, ID, Vec::new()).await;
+        let acks = env
+            .nodes
+            .calls()
+            .into_iter()
+            .filter(|(_, call)| matches!(call, Call::Ack(_)))
+            .count();
+        assert_eq!(acks, 1);
     });
 }
 
@@ -357,8 +382,11 @@ fn a_lost_ack_is_harmless_but_a_stale_leader_ack_stops_the_session() {
             0,
             vec![Err(ApiError::Timeout(std::time::Duration::from_secs(1)))],
         );
+        // The lost ack does not hold the removal up: the next task is submitted.
         let step = env.step(&mut removal, ID, Vec::new()).await;
-        assert!(matches!(step, Ok(Step::Continue)), "{step:?}");
+        let Ok(Step::Await { until, .. }) = step else {
+            panic!("{step:?}");
+        };
         assert_eq!(
             removal.data.task_node,
             Some(DataNodeId(1)),
@@ -367,7 +395,9 @@ fn a_lost_ack_is_harmless_but_a_stale_leader_ack_stops_the_session() {
 
         // The next replica's ack meets a fence above this leader.
         env.nodes.answer_polls(1, vec![Ok(TaskStatus::Success)]);
-        let _ = env.step_past_await(&mut removal, ID, Vec::new()).await;
+        env.run_await(until).await;
+        let step = env.step(&mut removal, ID, Vec::new()).await;
+        assert!(matches!(step, Ok(Step::Continue)), "{step:?}");
         env.nodes.answer_acks(
             1,
             vec![Err(ApiError::StaleLeader {
