@@ -11,12 +11,12 @@
 //! a [`RemoveOrphanRegionProcedure`] for it (unless [`OrphanPolicy::remove`] is off, for
 //! forensic use), logged with DataNode, region and bytes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::api::{OrphanInfo, RegionReport};
-use crate::model::{DataNodeId, Epoch, ProcedureId, RegionId};
+use crate::model::{DataNodeId, Epoch, ProcedureId, RegionId, RegionKind};
 use crate::procedure::ProcedureExecutor;
 use crate::procedures::{REMOVE_ORPHAN_REGION, RemoveOrphanRegionProcedure};
 use crate::runtime::Millis;
@@ -54,31 +54,49 @@ pub struct OrphanTracker {
     seen: Mutex<BTreeMap<(DataNodeId, RegionId), Seen>>,
 }
 
-/// Whether `node`'s replica of `region` is accounted for by the footprint or by an unfinished
-/// procedure (which may be creating, moving or deleting it).
-pub fn accounted_for(state: &ClusterState, node: DataNodeId, region: RegionId) -> bool {
-    if state.footprint(region).contains(&node) {
-        return true;
-    }
-    let reserved = state
-        .region_reservations
-        .iter()
-        .any(|((owner, kind), (first, count))| {
-            *kind == region.kind
-                && region.id >= *first
-                && region.id - *first < *count
-                && state
+/// What accounts for a replica besides the footprint, gathered once per DataNode report:
+/// the regions unfinished procedures (other than orphan removals) hold a group lock on, and
+/// the id ranges unfinished procedures reserved. A report lists every replica of the node,
+/// so checking each against every procedure would cost replicas x procedures.
+struct Accounting {
+    locked: BTreeSet<RegionId>,
+    reserved: Vec<(RegionKind, u32, u32)>,
+}
+
+impl Accounting {
+    fn of(state: &ClusterState) -> Self {
+        let locked = state
+            .unfinished_procedures()
+            .filter(|p| p.type_code != REMOVE_ORPHAN_REGION)
+            .flat_map(|p| p.lock_keys.iter())
+            .filter_map(|k| match k.resource {
+                LockResource::RegionGroup(region) => Some(region),
+                _ => None,
+            })
+            .collect();
+        let reserved = state
+            .region_reservations
+            .iter()
+            .filter(|((owner, _), _)| {
+                state
                     .procedures
                     .get(owner)
                     .is_some_and(|p| !p.status.is_finished())
-        });
-    reserved
-        || state.unfinished_procedures().any(|p| {
-            p.type_code != REMOVE_ORPHAN_REGION
-                && p.lock_keys
-                    .iter()
-                    .any(|k| k.resource == LockResource::RegionGroup(region))
-        })
+            })
+            .map(|((_, kind), (first, count))| (*kind, *first, *count))
+            .collect();
+        Self { locked, reserved }
+    }
+
+    /// Whether `node`'s replica of `region` is accounted for by the footprint or by an
+    /// unfinished procedure (which may be creating, moving or deleting it).
+    fn covers(&self, state: &ClusterState, node: DataNodeId, region: RegionId) -> bool {
+        state.footprint(region).contains(&node)
+            || self.locked.contains(&region)
+            || self.reserved.iter().any(|(kind, first, count)| {
+                *kind == region.kind && region.id >= *first && region.id - *first < *count
+            })
+    }
 }
 
 impl OrphanTracker {
@@ -95,10 +113,11 @@ impl OrphanTracker {
         regions: &[RegionReport],
         now: Millis,
     ) {
+        let accounting = Accounting::of(state);
         let mut seen = self.lock();
         let mut current = BTreeMap::new();
         for report in regions {
-            if accounted_for(state, node, report.region) {
+            if accounting.covers(state, node, report.region) {
                 continue;
             }
             let fresh = Seen {
