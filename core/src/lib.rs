@@ -6,6 +6,7 @@
 //! storage and runtime seams in [`storage`] and [`runtime`], and the wire traits in [`api`].
 
 pub mod api;
+mod cbor;
 pub mod codes;
 pub mod confignode;
 pub mod consensus;

@@ -10,6 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cbor;
+
 use crate::model::{
     DataNodeId, DataNodeLocation, DatabaseName, DatabaseSchema, MaintainQueueId, ProcedureId,
     RegionId, RegionKind, RegionReplicaSet,
@@ -99,9 +101,33 @@ macro_rules! config_plans {
                 Ok(out)
             }
 
-            fn decode_body(code: PlanCode, body: &[u8]) -> Result<ConfigPlan, String> {
+            pub(crate) fn decode_body(code: PlanCode, body: &[u8]) -> Result<ConfigPlan, String> {
                 match code {
-                    $( PlanCode::$variant => Ok(ConfigPlan::$variant(decode_exact(body)?)), )*
+                    $( PlanCode::$variant => {
+                        Ok(ConfigPlan::$variant(cbor::decode_exact(body).map_err(body_error)?))
+                    } )*
+                }
+            }
+
+            /// [`ConfigPlan::decode_body`] through ciborium alone (the fast path's reference).
+            #[cfg(test)]
+            pub(crate) fn decode_body_ciborium(
+                code: PlanCode,
+                body: &[u8],
+            ) -> Result<ConfigPlan, String> {
+                match code {
+                    $( PlanCode::$variant => {
+                        Ok(ConfigPlan::$variant(cbor::decode_ciborium(body).map_err(body_error)?))
+                    } )*
+                }
+            }
+
+            /// [`ConfigPlan::decode_body`]'s fast path alone (`None`: it leaves the body to
+            /// ciborium).
+            #[cfg(test)]
+            pub(crate) fn decode_body_fast(code: PlanCode, body: &[u8]) -> Option<ConfigPlan> {
+                match code {
+                    $( PlanCode::$variant => cbor::decode_fast(body).ok().map(ConfigPlan::$variant), )*
                 }
             }
         }
@@ -441,21 +467,19 @@ impl ConfigPlan {
     }
 }
 
+/// The message of a body that did not decode.
+fn body_error(error: cbor::CborError) -> String {
+    match error {
+        cbor::CborError::Malformed(message) => message,
+        cbor::CborError::TrailingBytes(n) => format!("{n} trailing bytes"),
+    }
+}
+
 /// Body of [`ConfigPlan::DeleteProcedures`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteProcedures {
     /// Finished procedures to forget.
     pub ids: Vec<ProcedureId>,
-}
-
-/// Decodes one CBOR value and refuses trailing bytes.
-fn decode_exact<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-    let mut reader = body;
-    let value = ciborium::from_reader(&mut reader).map_err(|e| e.to_string())?;
-    if !reader.is_empty() {
-        return Err(format!("{} trailing bytes", reader.len()));
-    }
-    Ok(value)
 }
 
 impl ConfigPlan {

@@ -16,6 +16,7 @@ mod v2;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cbor::CborError;
 use crate::state::ClusterState;
 
 /// First bytes of every snapshot.
@@ -150,12 +151,10 @@ fn checksum(header: &[u8], body: &[u8]) -> u32 {
 }
 
 fn decode_exact<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-    let mut reader = body;
-    let value = ciborium::from_reader(&mut reader).map_err(|e| e.to_string())?;
-    if !reader.is_empty() {
-        return Err(format!("{} trailing bytes in body", reader.len()));
-    }
-    Ok(value)
+    crate::cbor::decode_exact(body).map_err(|e| match e {
+        CborError::Malformed(message) => message,
+        CborError::TrailingBytes(n) => format!("{n} trailing bytes in body"),
+    })
 }
 
 #[cfg(any(test, feature = "testing"))]
