@@ -25,6 +25,7 @@ use shoal_core::plan::{self, ConfigPlan};
 use shoal_core::snapshot::{self, Snapshot};
 use shoal_core::state::{Applied, ClusterState, NewProcedure, ProcedureStatus};
 use shoal_core::storage::{LogStore, SnapshotStore};
+use shoal_nodes::replay::ThreadedDecoder;
 use shoal_storage_fs::{FsLogStore, FsSnapshotStore, LogOptions};
 
 const EXE: &str = env!("CARGO_BIN_EXE_shoal");
@@ -257,7 +258,9 @@ fn in_process_child(dir: &Path) {
     let opened = started.elapsed();
     let (peak_after_open, _) = memory_mib(std::process::id()).expect("status");
     let snapshots = FsSnapshotStore::open(cn.join("snapshots"), 3).expect("snapshots");
-    let consensus = LocalConsensus::new(Arc::new(log), Arc::new(snapshots));
+    // As the `shoal confignode` process replays: batches decoded on every core.
+    let consensus = LocalConsensus::new(Arc::new(log), Arc::new(snapshots))
+        .with_replay_decoder(Arc::new(ThreadedDecoder::per_core()));
     let started = Instant::now();
     smol::block_on(consensus.campaign()).expect("campaign");
     let replayed = started.elapsed();

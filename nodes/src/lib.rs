@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod node;
 pub mod process;
 pub mod raft;
+pub mod replay;
 pub mod run;
 pub mod security;
 pub mod service;

@@ -20,6 +20,7 @@ use crate::follow::ConfigNodes;
 use crate::metrics::MetricsSource;
 use crate::process::{ensure_dir, start_metrics, write_atomically, write_listen_addr};
 use crate::raft::{GroupFlags, MemberWire, run_member, runs_replicated};
+use crate::replay::ThreadedDecoder;
 use crate::security::{NodeSecurityArgs, NodeTls};
 use crate::service::ConfigNodeService;
 use crate::storage::{StoreOptions, open_confignode_stores, open_datanode_stores};
@@ -81,7 +82,10 @@ pub fn run_confignode(
     let stores = open_confignode_stores(&settings.data_dir, &StoreOptions::default())?;
     let runtime = smol_runtime();
     let rpc = RpcRuntime::start("confignode")?;
-    let consensus = Arc::new(LocalConsensus::new(stores.log, stores.snapshots));
+    let consensus = Arc::new(
+        LocalConsensus::new(stores.log, stores.snapshots)
+            .with_replay_decoder(Arc::new(ThreadedDecoder::per_core())),
+    );
     let clients = Arc::new(CapnpDataNodeClients::new(
         rpc.clone(),
         ClientOptions::new(Role::ConfigNode, secrets.internal.clone())

@@ -32,6 +32,7 @@ use crate::clients::CapnpDataNodeClients;
 use crate::error::CliError;
 use crate::follow::ConfigNodes;
 use crate::process::{write_atomically, write_listen_addr};
+use crate::replay::ThreadedDecoder;
 use crate::service::{ConfigNodeService, LeaderHint};
 use crate::storage::{
     StoreOptions, has_single_node_state, open_confignode_stores, open_raft_stores,
@@ -156,7 +157,8 @@ pub fn import_single_node(
 ) -> Result<(), CliError> {
     let old = open_confignode_stores(data_dir, &StoreOptions::default())?;
     let epoch = old.log.current_term();
-    let local = LocalConsensus::new(old.log.clone(), old.snapshots.clone());
+    let local = LocalConsensus::new(old.log.clone(), old.snapshots.clone())
+        .with_replay_decoder(Arc::new(ThreadedDecoder::per_core()));
     let state = smol::block_on(async {
         local
             .load()

@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{Consensus, ConsensusError, Leadership, LeadershipWatch, StateCell};
+use super::{
+    Consensus, ConsensusError, Leadership, LeadershipWatch, ReplayDecoder, SequentialDecoder,
+    StateCell,
+};
 use crate::model::Epoch;
 use crate::plan::ConfigPlan;
 use crate::snapshot::{self, Snapshot};
@@ -40,6 +43,8 @@ struct Inner {
 pub struct LocalConsensus {
     log: Arc<dyn LogStore>,
     snapshots: Arc<dyn SnapshotStore>,
+    /// Decodes the entries replayed when loading (they are applied here, in order).
+    decoder: Arc<dyn ReplayDecoder>,
     state: Arc<StateCell>,
     watch: LeadershipWatch,
     inner: Mutex<Inner>,
@@ -68,6 +73,7 @@ impl LocalConsensus {
         Self {
             log,
             snapshots,
+            decoder: Arc::new(SequentialDecoder),
             state: Arc::new(StateCell::default()),
             watch: LeadershipWatch::new(),
             inner: Mutex::new(Inner::default()),
@@ -75,6 +81,13 @@ impl LocalConsensus {
             failure: Mutex::new(None),
             failure_event: event_listener::Event::new(),
         }
+    }
+
+    /// Replays with `decoder` (which may decode a batch on several threads) instead of
+    /// decoding one entry after another on the calling thread.
+    pub fn with_replay_decoder(mut self, decoder: Arc<dyn ReplayDecoder>) -> Self {
+        self.decoder = decoder;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -222,12 +235,20 @@ impl LocalConsensus {
             if batch.is_empty() {
                 break;
             }
-            for entry in batch {
-                let plan = ConfigPlan::decode(&entry.payload).map_err(|source| {
-                    ConsensusError::CorruptEntry {
-                        index: entry.index,
-                        source,
-                    }
+            let plans = self.decoder.decode_batch(&batch);
+            if plans.len() != batch.len() {
+                return Err(ConsensusError::Storage(StorageError::Unavailable(format!(
+                    "replay decoder returned {} plans for {} entries",
+                    plans.len(),
+                    batch.len()
+                ))));
+            }
+            // Applied strictly in index order, stopping at the first undecodable entry,
+            // whichever order the decoder worked in.
+            for (entry, plan) in batch.iter().zip(plans) {
+                let plan = plan.map_err(|source| ConsensusError::CorruptEntry {
+                    index: entry.index,
+                    source,
                 })?;
                 // Rejections replay as rejections: they are part of the deterministic history.
                 let _ = state.apply(&plan);

@@ -8,9 +8,13 @@
 //! [`LocalConsensus`] is the single-node implementation over any [`crate::storage::LogStore`].
 
 mod local;
+mod replay;
 mod watch;
 
 pub use local::LocalConsensus;
+#[cfg(any(test, feature = "testing"))]
+pub use replay::adversarial_history;
+pub use replay::{ReplayDecoder, SequentialDecoder, decode_entries};
 pub use watch::{Leadership, LeadershipWatch};
 
 use std::sync::{Arc, RwLock};
