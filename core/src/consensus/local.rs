@@ -251,7 +251,7 @@ impl LocalConsensus {
                     source,
                 })?;
                 // Rejections replay as rejections: they are part of the deterministic history.
-                let _ = state.apply(&plan);
+                let _ = state.apply_owned(plan);
                 index = entry.index;
                 term = entry.term;
             }

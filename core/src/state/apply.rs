@@ -154,9 +154,20 @@ impl ClusterState {
                 Ok(changed(self.legacy_deletions.remove(&p.id).is_some()))
             }
             ConfigPlan::SubmitProcedure(p) => Ok(self.submit_procedure(p)),
-            ConfigPlan::UpdateProcedure(p) => self.update_procedure(p),
+            ConfigPlan::UpdateProcedure(p) => self.update_procedure(p.clone()),
             ConfigPlan::DeleteProcedures(p) => self.delete_procedures(p),
+            ConfigPlan::TransitionWithEffect(p) => self.transition_with_effect(p.clone()),
+        }
+    }
+
+    /// [`ClusterState::apply`] of a plan the caller no longer needs: the same result and the
+    /// same next state, but a procedure transition's record moves into the state instead of
+    /// being copied (replay applies a million of them).
+    pub fn apply_owned(&mut self, plan: ConfigPlan) -> ApplyResult {
+        match plan {
+            ConfigPlan::UpdateProcedure(p) => self.update_procedure(p),
             ConfigPlan::TransitionWithEffect(p) => self.transition_with_effect(p),
+            other => self.apply(&other),
         }
     }
 
@@ -759,25 +770,23 @@ impl ClusterState {
         Ok(())
     }
 
-    fn update_procedure(&mut self, p: &plan::UpdateProcedure) -> ApplyResult {
-        self.check_update(p)?;
+    fn update_procedure(&mut self, p: plan::UpdateProcedure) -> ApplyResult {
+        self.check_update(&p)?;
         let id = p.record.id;
         let Some(stored) = self.procedures.get(&id) else {
             return Err(Rejection::UnknownProcedure(id));
         };
-        let mut record = p.record.clone();
+        let mut record = p.record;
         record.version = stored.version + 1;
         // Identity and bookkeeping fields are owned by the state, not by the proposer.
         record.request_key = stored.request_key.clone();
         record.parent = stored.parent;
         record.children = stored.children.clone();
         let mut children = Vec::with_capacity(p.spawn.len());
-        for new in &p.spawn {
+        for new in p.spawn {
             let child = self.allocate_procedure_id();
-            self.procedures.insert(
-                child,
-                ProcedureRecord::from_new(child, new.clone(), Some(id)),
-            );
+            self.procedures
+                .insert(child, ProcedureRecord::from_new(child, new, Some(id)));
             children.push(child);
         }
         record.children.extend(children.iter().copied());
@@ -788,7 +797,7 @@ impl ClusterState {
     /// The update's checks, then the effect, then the update: a refusal of either leaves
     /// the state untouched (the effect is checked by applying it, and a rejected plan
     /// changes nothing).
-    fn transition_with_effect(&mut self, p: &plan::TransitionWithEffect) -> ApplyResult {
+    fn transition_with_effect(&mut self, p: plan::TransitionWithEffect) -> ApplyResult {
         if p.effect.is_procedure_plan() || p.effect.is_retired() {
             return Err(Rejection::Invalid(format!(
                 "a transition's effect must be a current metadata plan, not {:?}",
@@ -797,7 +806,7 @@ impl ClusterState {
         }
         self.check_update(&p.update)?;
         self.apply(&p.effect)?;
-        self.update_procedure(&p.update)
+        self.update_procedure(p.update)
     }
 
     fn delete_procedures(&mut self, p: &plan::DeleteProcedures) -> ApplyResult {

@@ -341,6 +341,18 @@ fn replay(plans: &[ConfigPlan]) -> ClusterState {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
+    /// Applying a plan by value (replay) gives the result and state applying it by
+    /// reference does, plan after plan.
+    #[test]
+    fn apply_owned_equals_apply(plans in plan_history(60)) {
+        let (mut by_ref, mut owned) = (ClusterState::default(), ClusterState::default());
+        for plan in plans {
+            let expected = by_ref.apply(&plan);
+            prop_assert_eq!(owned.apply_owned(plan), expected);
+            prop_assert_eq!(&owned, &by_ref);
+        }
+    }
+
     /// State after N plans == state loaded from a snapshot taken at k, plus plans k..N.
     #[test]
     fn snapshot_then_replay_equals_full_replay(
