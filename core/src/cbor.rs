@@ -102,6 +102,7 @@ struct FastDeserializer<'a> {
 impl<'a> FastDeserializer<'a> {
     /// The header at the current position and its length in bytes; does not advance.
     /// Tags, floats, other simple values, breaks and indefinite lengths are unsupported.
+    #[inline]
     fn peek(&self) -> Result<(Header, usize), Unsupported> {
         let first = *self.input.get(self.pos).ok_or(Unsupported)?;
         let major = first >> 5;
@@ -138,6 +139,7 @@ impl<'a> FastDeserializer<'a> {
     }
 
     /// The `n`-byte big-endian argument after the initial byte.
+    #[inline]
     fn be(&self, n: usize) -> Result<u64, Unsupported> {
         let bytes = self
             .input
@@ -146,6 +148,7 @@ impl<'a> FastDeserializer<'a> {
         Ok(bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
     }
 
+    #[inline]
     fn pull(&mut self) -> Result<Header, Unsupported> {
         let (header, len) = self.peek()?;
         self.pos += len;
@@ -153,6 +156,7 @@ impl<'a> FastDeserializer<'a> {
     }
 
     /// The next `len` bytes of content.
+    #[inline]
     fn take(&mut self, len: usize) -> Result<&'a [u8], Unsupported> {
         let end = self.pos.checked_add(len).ok_or(Unsupported)?;
         let bytes = self.input.get(self.pos..end).ok_or(Unsupported)?;
@@ -160,6 +164,7 @@ impl<'a> FastDeserializer<'a> {
         Ok(bytes)
     }
 
+    #[inline]
     fn text(&mut self, len: usize) -> Result<&'a str, Unsupported> {
         std::str::from_utf8(self.take(len)?).map_err(|_| Unsupported)
     }

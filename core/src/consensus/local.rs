@@ -219,6 +219,7 @@ impl LocalConsensus {
             }
             None => (ClusterState::default(), 0, 0),
         };
+        let snapshot_index = index;
         if self.log.first_index() > index + 1 {
             return Err(StorageError::Corrupt {
                 file: "consensus log".into(),
@@ -256,6 +257,12 @@ impl LocalConsensus {
                 term = entry.term;
             }
         }
+        tracing::info!(
+            snapshot_index,
+            replayed_entries = index - snapshot_index,
+            applied_index = index,
+            "loaded the stored state"
+        );
         Ok((state, index, term))
     }
 }
