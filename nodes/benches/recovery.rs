@@ -8,7 +8,8 @@
 //! Run: `cargo bench -p shoal-nodes --bench recovery`. `SHOAL_BENCH_GROUPS` (default 100000)
 //! and `SHOAL_BENCH_ENTRIES` (default 1000000) size the state; `SHOAL_BENCH_ROUNDS` (default
 //! 3) repeats the measurement; `SHOAL_BENCH_DIR` puts the data elsewhere (default
-//! `target/bench-tmp/`; it takes about 400 MiB), where later runs reuse it. Targets (issue 17): serving within 2 s;
+//! `target/bench-tmp/`; it takes about 400 MiB), where later runs reuse it; `SHOAL_BENCH_EXE`
+//! times another `shoal` binary's process (e.g. one built from an earlier commit). Targets (issue 17): serving within 2 s;
 //! peak RSS <= 2x steady state.
 
 use std::path::{Path, PathBuf};
@@ -218,7 +219,8 @@ fn process_recovery(dir: &Path) -> (Duration, f64, f64) {
     let _ = std::fs::remove_file(&addr_file);
     let log = std::fs::File::create(dir.join("confignode.log")).expect("log file");
     let started = Instant::now();
-    let mut child = Command::new(EXE)
+    let exe = std::env::var("SHOAL_BENCH_EXE").unwrap_or_else(|_| EXE.to_string());
+    let mut child = Command::new(exe)
         .args(["confignode", "--data-dir"])
         .arg(dir)
         .args(["--listen", "127.0.0.1:0"])
