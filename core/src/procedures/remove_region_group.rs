@@ -7,13 +7,13 @@
 //! is re-read at every step, so nothing that may hold a replica is missed. In `Replicas`
 //! scope (a legacy per-replica deletion) only the named DataNodes are deleted on.
 //!
-//! Per DataNode: persist a task id, submit it, follow its result. `Success` commits
-//! `ReplicaDeleted` (the node leaves the footprint, the published set and the queue) in the
-//! same entry as the node recorded deleted ([`ProcedureContext::stage`]); only after that is
-//! the task acked, so a crash can never make the DataNode forget a result the procedure still
-//! needs (which would run the task id twice). The step that acks goes straight on: it
-//! persists the next DataNode's task id, or drops the metadata, in its own transition — two
-//! commits per replica. `NotExist` resubmits the *same* id; `Fail` backs off and persists a *new* id;
+//! Per DataNode: persist a task id, submit it, follow its result ([`RegionEnv::drive`]).
+//! `Success` commits `ReplicaDeleted` (the node leaves the footprint, the published set and
+//! the queue) in the same entry as the node recorded deleted ([`ProcedureContext::stage`]),
+//! the ack still owed ([`PendingAck`]) and the next DataNode's task id — one commit per
+//! replica; only after that entry is durable is the task acked (by the next step), so a crash
+//! can never make the DataNode forget a result the procedure still needs (which would run the
+//! task id twice). `NotExist` resubmits the *same* id; `Fail` backs off and persists a *new* id;
 //! transient errors keep the step waiting, visibly; `StaleLeader` stops this leader's
 //! session; any other error aborts with the DataNode's answer. No quorum is needed.
 
