@@ -58,7 +58,13 @@ async fn scenario(label: &str, groups: u32, bytes: usize, rate: Option<u64>) {
         if at >= delete_started {
             delete_entries += 1;
         }
-        if let Ok(ConfigPlan::UpdateProcedure(update)) = ConfigPlan::decode(&payload)
+        // A step's transition is committed alone or with the metadata change it staged.
+        let update = match ConfigPlan::decode(&payload) {
+            Ok(ConfigPlan::UpdateProcedure(update)) => Some(update),
+            Ok(ConfigPlan::TransitionWithEffect(staged)) => Some(staged.update),
+            _ => None,
+        };
+        if let Some(update) = update
             && update.record.type_code == REMOVE_REGION_GROUP
             && let Ok(data) = decode_data::<RemoveRegionGroupData>(&update.record.data)
         {
