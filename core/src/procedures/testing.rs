@@ -422,6 +422,28 @@ impl StepEnv {
         }
     }
 
+    /// Runs the step that drives a persisted task on `node`, the DataNode answering
+    /// `answer`: a status (`Ok`) is what the long-poll of the submitted task answers, and the
+    /// step after it is returned; an error is the submission's own answer.
+    pub async fn step_with_task_answer(
+        &self,
+        procedure: &mut dyn Procedure,
+        id: ProcedureId,
+        node: u32,
+        answer: Result<TaskStatus, ApiError>,
+    ) -> Result<Step, ProcedureError> {
+        match answer {
+            Ok(status) => {
+                self.nodes.answer_polls(node, vec![Ok(status)]);
+                self.step_past_await(procedure, id, Vec::new()).await
+            }
+            Err(error) => {
+                self.nodes.answer_submits(node, vec![Err(error)]);
+                self.step(procedure, id, Vec::new()).await
+            }
+        }
+    }
+
     /// Runs a step's `Step::Await` future to its end on the manual clock.
     pub async fn run_await(&self, until: BoxFuture<()>) {
         let clock = self.clock.clone();

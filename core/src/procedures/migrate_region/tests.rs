@@ -215,16 +215,9 @@ async fn copy_step(
 ) -> (StepEnv, MigrateRegionProcedure, Step) {
     let (env, _, mut procedure) = setup(MigrateRegionState::CopyData).await;
     step(&env, &mut procedure).await.expect("persist the id");
-    let step = match answer {
-        Ok(status) => {
-            env.nodes.answer_polls(3, vec![Ok(status)]);
-            env.step_past_await(&mut procedure, ID, Vec::new()).await
-        }
-        Err(error) => {
-            env.nodes.answer_submits(3, vec![Err(error)]);
-            step(&env, &mut procedure).await
-        }
-    };
+    let step = env
+        .step_with_task_answer(&mut procedure, ID, 3, answer)
+        .await;
     (env, procedure, step.expect("step"))
 }
 

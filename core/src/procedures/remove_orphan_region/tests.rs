@@ -47,16 +47,9 @@ async fn deleting(
     answer: Result<TaskStatus, ApiError>,
 ) -> (StepEnv, RemoveOrphanRegionProcedure, Step) {
     let (env, mut procedure) = persisted().await;
-    let step = match answer {
-        Ok(status) => {
-            env.nodes.answer_polls(1, vec![Ok(status)]);
-            env.step_past_await(&mut procedure, ID, Vec::new()).await
-        }
-        Err(error) => {
-            env.nodes.answer_submits(1, vec![Err(error)]);
-            step(&env, &mut procedure).await
-        }
-    };
+    let step = env
+        .step_with_task_answer(&mut procedure, ID, 1, answer)
+        .await;
     (env, procedure, step.expect("step"))
 }
 
