@@ -10,6 +10,16 @@ use crate::error::TransportError;
 /// The executor on the RPC thread; jobs spawn their (`!Send`) tasks onto it.
 pub(crate) type LocalEx = Rc<LocalExecutor<'static>>;
 
+thread_local! {
+    /// The executor of the RPC thread this is (none on any other thread).
+    static RPC_THREAD: std::cell::RefCell<Option<LocalEx>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The executor of the RPC thread the caller runs on, if it runs on one.
+pub(crate) fn this_rpc_thread() -> Option<LocalEx> {
+    RPC_THREAD.with(|this| this.borrow().clone())
+}
+
 type Job = Box<dyn FnOnce(&LocalEx) + Send>;
 
 /// Bounds on every incoming message, so a malformed or oversized message fails its own
@@ -67,6 +77,7 @@ impl RpcRuntime {
             .name(format!("shoal-rpc-{name}"))
             .spawn(move || {
                 let ex: LocalEx = Rc::new(LocalExecutor::new());
+                RPC_THREAD.with(|this| this.replace(Some(ex.clone())));
                 smol::block_on(ex.run(async {
                     while let Ok(job) = incoming.recv().await {
                         job(&ex);

@@ -484,6 +484,32 @@ impl ServerShared {
         record(MetricEvent::Rpc { method, outcome });
     }
 
+    /// Runs `call` as a task of this RPC thread and waits for its reply: no hand-off to
+    /// another thread and back, for short calls that only await (the DataNode's task
+    /// protocol: a table lookup, a journal record staged and its shared flush). Like
+    /// [`ServerShared::dispatch`], the call runs to completion even if the client goes. Never
+    /// for calls that compute for long: they would hold up every connection of the node.
+    async fn dispatch_here<T: Send + 'static>(
+        &self,
+        call: BoxFuture<Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let Some(local) = crate::runtime::this_rpc_thread() else {
+            return self.dispatch(call).await;
+        };
+        let (tx, rx) = async_channel::bounded(1);
+        local
+            .spawn(async move {
+                let _ = tx.send(call.await).await;
+            })
+            .detach();
+        rx.recv().await.unwrap_or_else(|_| {
+            Err(ApiError::Remote {
+                message: "the node dropped the call without replying".into(),
+                retryable: true,
+            })
+        })
+    }
+
     /// Runs `call` on the node's spawner and waits for its owned reply: the bridge between
     /// the RPC thread and the node. The call runs to completion even if the client goes.
     async fn dispatch<T: Send + 'static>(

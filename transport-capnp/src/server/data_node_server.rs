@@ -42,6 +42,40 @@ impl DataNodeServer {
         T: Send + 'static,
         F: FnOnce(Arc<dyn DataNodeApi>, D) -> BoxFuture<Result<T, ApiError>>,
     {
+        self.call_on(Where::NodeExecutor, access, method, decoded, f)
+            .await
+    }
+
+    /// [`DataNodeServer::call`] for the task protocol (submit, result, ack): short calls
+    /// that only await, run on this RPC thread (three per task, where the hand-off to the
+    /// node's executor and back cost more than the call).
+    async fn task_call<D, T, F>(
+        &self,
+        access: Access,
+        method: &'static str,
+        decoded: Result<D, ApiError>,
+        f: F,
+    ) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn DataNodeApi>, D) -> BoxFuture<Result<T, ApiError>>,
+    {
+        self.call_on(Where::RpcThread, access, method, decoded, f)
+            .await
+    }
+
+    async fn call_on<D, T, F>(
+        &self,
+        at: Where,
+        access: Access,
+        method: &'static str,
+        decoded: Result<D, ApiError>,
+        f: F,
+    ) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn DataNodeApi>, D) -> BoxFuture<Result<T, ApiError>>,
+    {
         let outcome =
             async {
                 self.shared.authorize(self.role, access, method)?;
@@ -50,12 +84,24 @@ impl DataNodeServer {
                         ApiError::Refused("this node serves no DataNode API".into())
                     })?;
                 let decoded = decoded?;
-                self.shared.dispatch(f(api, decoded)).await
+                match at {
+                    Where::NodeExecutor => self.shared.dispatch(f(api, decoded)).await,
+                    Where::RpcThread => self.shared.dispatch_here(f(api, decoded)).await,
+                }
             }
             .await;
         ServerShared::record_served(method, &outcome);
         outcome
     }
+}
+
+/// Where a call runs.
+#[derive(Clone, Copy)]
+enum Where {
+    /// On the node's executor (the default).
+    NodeExecutor,
+    /// On the RPC thread that received it.
+    RpcThread,
 }
 
 pub(crate) fn write_unit(mut b: unit_reply::Builder<'_>, outcome: Result<(), ApiError>) {
@@ -144,7 +190,7 @@ impl data_node::Server for DataNodeServer {
         let p = params.get()?;
         let decoded = codec::read_maintain_task(p.get_task()).map(|t| (Epoch(p.get_epoch()), t));
         let outcome = self
-            .call(
+            .task_call(
                 Access::DataNodeControl,
                 "DataNode.submitTask",
                 decoded,
@@ -172,7 +218,7 @@ impl data_node::Server for DataNodeServer {
             ms => Some(Duration::from_millis(ms).min(MAX_LONG_POLL)),
         };
         let outcome = self
-            .call(
+            .task_call(
                 Access::DataNodeControl,
                 "DataNode.taskResult",
                 Ok((task_id, wait)),
@@ -200,7 +246,7 @@ impl data_node::Server for DataNodeServer {
         let p = params.get()?;
         let decoded = Ok((Epoch(p.get_epoch()), TaskId(p.get_task_id())));
         let outcome = self
-            .call(
+            .task_call(
                 Access::DataNodeControl,
                 "DataNode.ackTask",
                 decoded,

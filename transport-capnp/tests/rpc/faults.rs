@@ -353,3 +353,37 @@ fn concurrent_calls_to_a_down_node_share_dials_paced_by_backoff() {
     let dials = accepted.load(Ordering::SeqCst);
     assert!((1..=2).contains(&dials), "32 calls made {dials} dials");
 }
+
+/// A task call the client gave up on (timed out, then its connection closed) still runs to
+/// its end on the node: a submission is never left half-done by a caller that went away.
+#[test]
+fn a_task_submission_whose_client_went_away_still_completes_on_the_node() {
+    let node = start_node(WireLimits::default());
+    let impatient = ClientOptions {
+        call_timeout: Duration::from_millis(200),
+        ..options(SECRET)
+    };
+    let task = MaintainTask {
+        task_id: TaskId(77),
+        kind: MaintainTaskKind::DeleteRegionPeer {
+            region: data_region(7),
+            generation: 1,
+        },
+    };
+    smol::block_on(async {
+        let client = data_client(&node, impatient);
+        client.heartbeat(Epoch(1)).await.expect("warm-up");
+        node.data_node.stall(Duration::from_millis(800));
+        let error = client
+            .submit_task(Epoch(1), task)
+            .await
+            .expect_err("the node answers too late");
+        assert!(matches!(error, ApiError::Timeout(_)), "{error:?}");
+        drop(client);
+        node.data_node.stall(Duration::ZERO);
+        smol::Timer::after(Duration::from_millis(1500)).await;
+        let fresh = data_client(&node, options(SECRET));
+        let status = fresh.task_result(TaskId(77), None).await.expect("status");
+        assert_eq!(status, TaskStatus::Processing, "the submission completed");
+    });
+}
