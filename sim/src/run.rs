@@ -150,6 +150,10 @@ struct Runner<'a> {
     full_checks: bool,
     /// Start (ms) of the current [`COMMIT_WINDOW_MS`] and the durable entries before it.
     commit_window: (u64, u64),
+    /// DataNodes the workload asked to remove (planned), whether or not the request has
+    /// landed yet: a request delayed by a crashed leader still takes the node out of service
+    /// once it lands.
+    removals_requested: BTreeSet<DataNodeId>,
 }
 
 /// A settle phase without any durable change for this long is stuck (ms). Longer than every
@@ -212,6 +216,7 @@ impl<'a> Runner<'a> {
             snapshotted: 0,
             full_checks: options.full_checks,
             commit_window: (0, 0),
+            removals_requested: BTreeSet::new(),
         };
         if let Some(v1) = v1 {
             runner.seed_legacy(&v1);
@@ -681,6 +686,7 @@ impl<'a> Runner<'a> {
                     return;
                 };
                 let key = Some(format!("request-{index}"));
+                self.removals_requested.insert(id);
                 let call = move |node: Arc<shoal_core::confignode::ConfigNode>| -> BoxFuture<Result<ProcedureId, ConfigNodeError>> {
                     let key = key.clone();
                     Box::pin(async move { node.remove_data_node(id, false, key).await })
@@ -771,34 +777,38 @@ impl<'a> Runner<'a> {
             return;
         };
         let dead = &self.world.dns;
-        let admitted = self.world.observer.with(|seen| {
-            let state = &seen.state;
-            let others = state
-                .data_nodes
-                .iter()
-                .filter(|(n, info)| {
-                    **n != id
-                        && info.status != DataNodeStatus::Removing
-                        && !dead.iter().any(|d| d.dead && d.id == **n)
-                })
-                .count();
-            // Not a node under a planned removal: a forced removal waits for the planned one
-            // (one lock per DataNode), whose migrations wait for the lost node. Not while a
-            // creation is unfinished: a creation step re-run after a crash records its planned
-            // replicas in the footprint again, the lost node included, after it was
-            // abandoned. Both are known limitations (docs/ARCHITECTURE.md, simulator), not
-            // exercised here.
-            let creating = state
-                .unfinished_procedures()
-                .any(|p| p.type_code == shoal_core::procedures::CREATE_REGION_GROUPS);
-            !creating
-                && state
+        // A removal asked for counts as under way even before its request lands.
+        let leaving = &self.removals_requested;
+        let admitted = !leaving.contains(&id)
+            && self.world.observer.with(|seen| {
+                let state = &seen.state;
+                let others = state
                     .data_nodes
-                    .get(&id)
-                    .is_some_and(|n| n.status != DataNodeStatus::Removing)
-                && others >= 3
-                && removal_refusal(state, id, true).is_none()
-        });
+                    .iter()
+                    .filter(|(n, info)| {
+                        **n != id
+                            && info.status != DataNodeStatus::Removing
+                            && !leaving.contains(n)
+                            && !dead.iter().any(|d| d.dead && d.id == **n)
+                    })
+                    .count();
+                // Not a node under a planned removal: a forced removal waits for the planned one
+                // (one lock per DataNode), whose migrations wait for the lost node. Not while a
+                // creation is unfinished: a creation step re-run after a crash records its planned
+                // replicas in the footprint again, the lost node included, after it was
+                // abandoned. Both are known limitations (docs/ARCHITECTURE.md, simulator), not
+                // exercised here.
+                let creating = state
+                    .unfinished_procedures()
+                    .any(|p| p.type_code == shoal_core::procedures::CREATE_REGION_GROUPS);
+                !creating
+                    && state
+                        .data_nodes
+                        .get(&id)
+                        .is_some_and(|n| n.status != DataNodeStatus::Removing)
+                    && others >= 3
+                    && removal_refusal(state, id, true).is_none()
+            });
         if !admitted {
             self.world
                 .observer
