@@ -435,7 +435,14 @@ impl LogStore for FsLogStore {
             if st.note_request() {
                 shared.leader_wake.notify_one();
             }
-            st.waiters.push((target, cx.waker().clone()));
+            // One entry per task: a future polled again (woken by anything) must not count
+            // twice among the proposers a flush wakes, or the next flush waits the whole
+            // commit delay for a proposer that does not exist. Two syncs of one task share
+            // the lower index: the wake is a hint, and each re-checks when polled.
+            match st.waiters.iter_mut().find(|(_, w)| w.will_wake(cx.waker())) {
+                Some(entry) => entry.0 = entry.0.min(target),
+                None => st.waiters.push((target, cx.waker().clone())),
+            }
             // No flush in progress: lead one. Never block the executor: the write + fdatasync
             // runs on a blocking thread, detached, so dropping this future mid-flush still
             // lets the job publish its result and hand the segment back.

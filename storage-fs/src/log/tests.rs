@@ -561,6 +561,54 @@ fn proposers_woken_by_one_flush_share_the_next_without_waiting_out_the_commit_de
     );
 }
 
+/// A sync future polled again before its flush (woken by anything) still counts as one
+/// proposer: the flush that wakes it must not wait the commit delay for a second one that
+/// does not exist (the cause of a rare 10 s stall of the test above).
+#[test]
+fn a_sync_polled_twice_before_its_flush_counts_as_one_proposer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = LogOptions {
+        flush_linger: std::time::Duration::from_secs(10),
+        commit_delay: std::time::Duration::from_secs(10),
+        ..LogOptions::default()
+    };
+    let log = Arc::new(FsLogStore::open(dir.path(), options).expect("open"));
+    let gate = log.gate_flushes();
+    let started = std::time::Instant::now();
+    let proposers: Vec<_> = (0..2)
+        .map(|_| {
+            let index = log.append(1, b"first").expect("append");
+            let log = log.clone();
+            smol::spawn(async move {
+                let mut first = std::pin::pin!(log.sync(index));
+                // A spurious extra poll before the flush.
+                if futures_lite::future::poll_once(first.as_mut())
+                    .await
+                    .is_none()
+                {
+                    futures_lite::future::poll_once(first.as_mut()).await;
+                }
+                first.await?;
+                let next = log.append(1, b"second")?;
+                log.sync(next).await
+            })
+        })
+        .collect();
+    wait_until("both proposers polled twice", || {
+        log.shared.lock().requests >= 4
+    });
+    assert_eq!(log.shared.lock().waiters.len(), 2, "one entry per proposer");
+    drop(gate);
+    for p in proposers {
+        smol::block_on(p).expect("sync");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "the second flush must not wait for a proposer counted twice: {took:?}"
+    );
+}
+
 /// A payload of `len` bytes that names its index.
 fn big_payload(index: u64, len: usize) -> Vec<u8> {
     let mut p = format!("entry-{index:06}-").into_bytes();
