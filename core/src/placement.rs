@@ -159,6 +159,7 @@ mod tests {
         let mut state = cluster(4);
         state
             .apply(&ConfigPlan::UpdateDataNodeStatus(UpdateDataNodeStatus {
+                only_from: None,
                 id: DataNodeId(1),
                 status: DataNodeStatus::Unknown,
             }))

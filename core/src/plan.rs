@@ -220,6 +220,12 @@ pub struct RegisterDataNode {
 pub struct UpdateDataNodeStatus {
     pub id: DataNodeId,
     pub status: DataNodeStatus,
+    /// Applies only while the node's status is still this one (a compare-and-set), else
+    /// changes nothing. The heartbeat monitor sets it to the status it read before its
+    /// round: a removal that marked the node `Removing` meanwhile is never overwritten by a
+    /// late `Unknown` or `Running`. Absent (entries written before it): unconditional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only_from: Option<DataNodeStatus>,
 }
 
 /// Body of [`ConfigPlan::UnregisterDataNode`].

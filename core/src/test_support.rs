@@ -128,7 +128,11 @@ pub fn plan_for(code: PlanCode) -> BoxedStrategy<ConfigPlan> {
         PlanCode::UpdateDataNodeStatus => {
             (data_node_id(), prop::sample::select(DataNodeStatus::ALL))
                 .prop_map(|(id, status)| {
-                    ConfigPlan::UpdateDataNodeStatus(UpdateDataNodeStatus { id, status })
+                    ConfigPlan::UpdateDataNodeStatus(UpdateDataNodeStatus {
+                        only_from: None,
+                        id,
+                        status,
+                    })
                 })
                 .boxed()
         }

@@ -105,9 +105,12 @@ impl HeartbeatMonitor {
             // Removing is set by an operator and is never overridden by heartbeats.
             if target != status && status != DataNodeStatus::Removing {
                 tracing::info!(data_node = %location.id, from = %status, to = %target, "DataNode status");
+                // Only from the status read before this round: a removal may have marked
+                // the node `Removing` since, and that must stand.
                 let plan = ConfigPlan::UpdateDataNodeStatus(UpdateDataNodeStatus {
                     id: location.id,
                     status: target,
+                    only_from: Some(status),
                 });
                 if let Err(e) = self.consensus.propose(epoch, plan).await {
                     tracing::warn!(data_node = %location.id, "status update not committed: {e}");

@@ -188,6 +188,7 @@ impl RemoveDataNodeProcedure {
             return Err(ProcedureError::Abort(reason));
         }
         let mark = UpdateDataNodeStatus {
+            only_from: None,
             id: node,
             status: DataNodeStatus::Removing,
         };

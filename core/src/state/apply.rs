@@ -215,6 +215,9 @@ impl ClusterState {
             .data_nodes
             .get_mut(&p.id)
             .ok_or(Rejection::UnknownDataNode(p.id))?;
+        if p.only_from.is_some_and(|from| from != node.status) {
+            return Ok(Applied::Unchanged);
+        }
         node.status = p.status;
         Ok(Applied::Done)
     }

@@ -188,6 +188,7 @@ fn unreserved_region_and_unknown_node_are_rejected() {
     );
     assert_eq!(
         state.apply(&ConfigPlan::UpdateDataNodeStatus(UpdateDataNodeStatus {
+            only_from: None,
             id: DataNodeId(42),
             status: DataNodeStatus::Unknown,
         })),
@@ -573,6 +574,7 @@ fn publish_one(state: &mut ClusterState, replicas: &[DataNodeId]) -> RegionId {
 fn mark(state: &mut ClusterState, id: DataNodeId, status: DataNodeStatus) {
     state
         .apply(&ConfigPlan::UpdateDataNodeStatus(UpdateDataNodeStatus {
+            only_from: None,
             id,
             status,
         }))
@@ -718,4 +720,25 @@ fn abandoning_the_last_replica_is_refused_unless_the_database_is_being_deleted()
         })),
         Ok(Applied::Done)
     );
+}
+
+#[test]
+fn a_status_update_read_before_a_removal_never_overwrites_removing() {
+    let mut state = ClusterState::default();
+    let node = register(&mut state, 7001);
+    // The heartbeat monitor read `Running`, then a removal marked the node `Removing`, then
+    // the monitor's verdict from its stale read arrives.
+    mark(&mut state, node, DataNodeStatus::Removing);
+    let late = ConfigPlan::UpdateDataNodeStatus(UpdateDataNodeStatus {
+        id: node,
+        status: DataNodeStatus::Unknown,
+        only_from: Some(DataNodeStatus::Running),
+    });
+    assert_eq!(state.apply(&late), Ok(Applied::Unchanged));
+    assert_eq!(state.data_nodes[&node].status, DataNodeStatus::Removing);
+    // From the status it really has, it applies; an entry without the condition (written
+    // before it existed) applies as it always did.
+    mark(&mut state, node, DataNodeStatus::Running);
+    assert_eq!(state.apply(&late), Ok(Applied::Done));
+    assert_eq!(state.data_nodes[&node].status, DataNodeStatus::Unknown);
 }

@@ -31,6 +31,7 @@ fn propose_resolves_after_apply() {
         assert_eq!(log.last_index(), 1);
         // A rejection is a committed, applied outcome too.
         let bad = ConfigPlan::UpdateDataNodeStatus(UpdateDataNodeStatus {
+            only_from: None,
             id: DataNodeId(9),
             status: DataNodeStatus::Unknown,
         });

@@ -243,6 +243,7 @@ impl History {
                 leader: DataNodeId(self.below(4) as u32),
             }),
             _ => ConfigPlan::UpdateDataNodeStatus(plan::UpdateDataNodeStatus {
+                only_from: None,
                 id: DataNodeId(self.below(4) as u32),
                 status: crate::state::DataNodeStatus::Running,
             }),
